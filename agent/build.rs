@@ -1,0 +1,34 @@
+//! Builds the eBPF sensors (`picket-ebpf`) for the BPF target with aya-build, so that the agent
+//! can embed the object. Packagers who build the object separately set `AYA_BUILD_SKIP=1`: the
+//! agent is then built without an embedded object and needs `--bpf-object PATH` at run time.
+
+use std::{env, fs, path::PathBuf};
+
+use anyhow::{anyhow, Context as _};
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
+    let object = out_dir.join("picket-sensors");
+    if env::var_os("AYA_BUILD_SKIP").is_some_and(|v| !v.is_empty() && v != "0") {
+        // An empty object: `picket` reports at start-up that it needs `--bpf-object`.
+        fs::write(&object, b"").context("writing the empty placeholder object")?;
+        return Ok(());
+    }
+    // bpf-linker must use the same LLVM major version as the rustc that compiles the eBPF crate.
+    // The pinned stable toolchain matches the LLVM bpf-linker is built against (see
+    // scripts/setup.sh); RUSTC_BOOTSTRAP lets it use `-Z build-std`, which the BPF target needs.
+    println!("cargo:rerun-if-env-changed=PICKET_EBPF_TOOLCHAIN");
+    let toolchain = env::var("PICKET_EBPF_TOOLCHAIN").unwrap_or_else(|_| "1.95.0".to_string());
+    // SAFETY-free in edition 2021: the build script is single-threaded here.
+    env::set_var("RUSTC_BOOTSTRAP", "1");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "picket-ebpf",
+            root_dir: "../ebpf",
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Custom(&toolchain),
+    )
+    .context("building the eBPF sensors (see README.md, 'Requirements', for the toolchain)")
+}

@@ -1,0 +1,204 @@
+//! SHA-256 of executed files, cached by (device, inode, size, ctime) so a binary is hashed once
+//! until it changes. Any write to a file changes its ctime, so a stale hash is never served.
+//! The same read also notes a script's `#!` interpreter.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs::File,
+    io::{self, Read},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use ring::digest::{Context, SHA256};
+
+/// Files larger than this are not hashed (reported as such): hashing them would stall the event
+/// path for too long.
+pub const MAX_HASHED_BYTES: u64 = 256 << 20;
+
+/// What identifies one version of a file's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+/// What reading a file once tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    pub sha256: [u8; 32],
+    /// The interpreter named on a `#!` first line, for scripts.
+    pub shebang: Option<PathBuf>,
+}
+
+/// Longest `#!` line considered (the kernel's own limit is 256 bytes).
+const SHEBANG_MAX: usize = 256;
+
+/// A bounded cache of file digests. Evicts the oldest entry when full.
+pub struct HashCache {
+    entries: HashMap<FileKey, Digest>,
+    order: VecDeque<FileKey>,
+    capacity: usize,
+    hits: u64,
+    misses: u64,
+}
+
+impl HashCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::with_capacity(capacity.min(1024)),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// The digest of the file at `path` (which may be a `/proc/PID/exe` link: the open follows
+    /// it to the very inode the process runs, even if deleted or a memfd).
+    pub fn digest(&mut self, path: &Path) -> io::Result<Digest> {
+        let mut file = File::open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        if meta.len() > MAX_HASHED_BYTES {
+            return Err(io::Error::other(format!(
+                "larger than {MAX_HASHED_BYTES} bytes, not hashed"
+            )));
+        }
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+        };
+        if let Some(digest) = self.entries.get(&key) {
+            self.hits += 1;
+            return Ok(digest.clone());
+        }
+        self.misses += 1;
+        let digest = read_digest(&mut file)?;
+        if self.entries.len() >= self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(key, digest.clone());
+        self.order.push_back(key);
+        Ok(digest)
+    }
+
+    /// The SHA-256 of the file at `path`.
+    pub fn sha256(&mut self, path: &Path) -> io::Result<[u8; 32]> {
+        self.digest(path).map(|d| d.sha256)
+    }
+
+    /// (hits, misses) so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+}
+
+/// SHA-256 of everything `reader` yields, and the `#!` interpreter its first bytes name.
+fn read_digest(reader: &mut impl Read) -> io::Result<Digest> {
+    let mut ctx = Context::new(&SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut head: Vec<u8> = Vec::new();
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if head.len() < SHEBANG_MAX {
+                    let take = n.min(SHEBANG_MAX - head.len());
+                    head.extend_from_slice(&buf[..take]);
+                }
+                ctx.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(ctx.finish().as_ref());
+    Ok(Digest {
+        sha256,
+        shebang: shebang(&head),
+    })
+}
+
+/// The interpreter of a `#!` line: its first word, as the kernel takes it.
+fn shebang(head: &[u8]) -> Option<PathBuf> {
+    let line = head.strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let interpreter = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .find(|word| !word.is_empty())?;
+    Some(crate::paths::from_bytes(interpreter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn hashes_and_rehashes_only_after_a_change() {
+        let dir = std::env::temp_dir().join(format!("picket-hash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let mut cache = HashCache::new(8);
+        let first = cache.sha256(&path).unwrap();
+        // SHA-256("abc"), FIPS 180-2 test vector.
+        assert_eq!(
+            crate::paths::hex(&first),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(cache.sha256(&path).unwrap(), first);
+        assert_eq!(cache.stats(), (1, 1));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"d").unwrap();
+        drop(f);
+        let second = cache.sha256(&path).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(cache.stats(), (1, 2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_the_interpreter_of_scripts_only() {
+        assert_eq!(
+            shebang(b"#!/bin/sh\nexit 0\n"),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            shebang(b"#! \t/usr/bin/env python3\n"),
+            Some(PathBuf::from("/usr/bin/env"))
+        );
+        assert_eq!(shebang(b"\x7fELF\x02\x01"), None);
+        assert_eq!(shebang(b"#!\n"), None);
+    }
+
+    #[test]
+    fn evicts_when_full() {
+        let dir = std::env::temp_dir().join(format!("picket-hash-evict-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cache = HashCache::new(2);
+        for i in 0..3 {
+            let p = dir.join(i.to_string());
+            std::fs::write(&p, i.to_string()).unwrap();
+            cache.sha256(&p).unwrap();
+        }
+        assert_eq!(cache.entries.len(), 2);
+        assert_eq!(cache.order.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,287 @@
+//! The process table: what the agent knows of each live process, kept from fork, exec, exit and
+//! chdir events, so that every event carries its process's executable, arguments and ancestry
+//! even when the process is already gone by the time user space reads the event.
+//!
+//! Processes that existed before the agent started are read from `/proc` the first time they
+//! are seen. The table is bounded: exited processes are kept a little (their children's
+//! ancestry refers to them) and evicted oldest first.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs,
+    path::PathBuf,
+};
+
+use crate::paths;
+
+/// Longest ancestry chain reported.
+pub const MAX_ANCESTRY: usize = 16;
+/// Exited processes kept for their descendants' ancestry.
+const KEEP_EXITED: usize = 4096;
+/// Upper bound on entries; beyond it the oldest exited ones go first, then any.
+const MAX_ENTRIES: usize = 65536;
+
+/// What is known about one process.
+#[derive(Debug, Clone, Default)]
+pub struct Process {
+    pub ppid: Option<u32>,
+    /// The executable: the file it exec'd (a script, for `#!` scripts).
+    pub exe: Option<PathBuf>,
+    pub sha256: Option<[u8; 32]>,
+    pub argv: Vec<Vec<u8>>,
+    /// Working directory, as tracked from chdir events (or read from `/proc`).
+    pub cwd: Option<PathBuf>,
+    /// Files this process opened for writing, by fd, newest last: resolves `fchmod(fd)` and
+    /// friends once the process (and its `/proc/PID/fd`) is gone. Bounded by [`MAX_OPEN_FILES`].
+    pub files: Vec<(i32, PathBuf)>,
+    pub exited: bool,
+}
+
+/// Open files remembered per process.
+const MAX_OPEN_FILES: usize = 16;
+
+impl Process {
+    /// Remembers that `fd` is `path`.
+    pub fn opened(&mut self, fd: i32, path: PathBuf) {
+        self.files.retain(|(f, _)| *f != fd);
+        if self.files.len() == MAX_OPEN_FILES {
+            self.files.remove(0);
+        }
+        self.files.push((fd, path));
+    }
+
+    /// The path of `fd`, if this process opened it for writing.
+    pub fn file(&self, fd: i32) -> Option<&PathBuf> {
+        self.files
+            .iter()
+            .rev()
+            .find(|(f, _)| *f == fd)
+            .map(|(_, p)| p)
+    }
+}
+
+/// One link of an ancestry chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exe: Option<PathBuf>,
+}
+
+/// All known processes.
+#[derive(Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, Process>,
+    exited: VecDeque<u32>,
+}
+
+impl ProcessTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process `pid`, read from `/proc` if it is not known yet.
+    pub fn get(&mut self, pid: u32) -> &mut Process {
+        if !self.procs.contains_key(&pid) {
+            let p = from_proc(pid);
+            self.insert(pid, p);
+        }
+        self.procs.entry(pid).or_default()
+    }
+
+    /// The process `pid` if known, without reading `/proc`.
+    #[cfg(test)]
+    pub fn peek(&self, pid: u32) -> Option<&Process> {
+        self.procs.get(&pid)
+    }
+
+    /// `parent` forked `child`: the child starts as a copy of its parent.
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        let mut p = self.get(parent).clone();
+        p.ppid = Some(parent);
+        p.exited = false;
+        // Descriptors are inherited, so the parent's open files stay valid for the child.
+        self.insert(child, p);
+    }
+
+    /// `pid` exec'd `exe`.
+    pub fn exec(
+        &mut self,
+        pid: u32,
+        exe: Option<PathBuf>,
+        sha256: Option<[u8; 32]>,
+        argv: Vec<Vec<u8>>,
+    ) {
+        let p = self.get(pid);
+        p.exe = exe;
+        p.sha256 = sha256;
+        p.argv = argv;
+        // Descriptors survive exec, but a close-on-exec one may be reused: forget them.
+        p.files.clear();
+    }
+
+    /// `pid` exited.
+    pub fn exit(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            if !p.exited {
+                p.exited = true;
+                self.exited.push_back(pid);
+            }
+        }
+        while self.exited.len() > KEEP_EXITED {
+            if let Some(old) = self.exited.pop_front() {
+                // The pid may have been reused by a live process since.
+                if self.procs.get(&old).is_some_and(|p| p.exited) {
+                    self.procs.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The working directory of `pid`: tracked, else read from `/proc`.
+    pub fn cwd(&mut self, pid: u32) -> Option<PathBuf> {
+        let p = self.get(pid);
+        if p.cwd.is_none() && !p.exited {
+            p.cwd = paths::read_proc_link(pid, "cwd");
+        }
+        p.cwd.clone()
+    }
+
+    /// `pid` changed its working directory to `cwd`.
+    pub fn set_cwd(&mut self, pid: u32, cwd: PathBuf) {
+        self.get(pid).cwd = Some(cwd);
+    }
+
+    /// The chain of parents of `pid`, nearest first, up to pid 1 or [`MAX_ANCESTRY`] links.
+    pub fn ancestry(&mut self, pid: u32) -> Vec<Ancestor> {
+        let mut chain = Vec::new();
+        let mut current = self.get(pid).ppid;
+        while let Some(ppid) = current {
+            if ppid == 0
+                || chain.len() == MAX_ANCESTRY
+                || chain.iter().any(|a: &Ancestor| a.pid == ppid)
+            {
+                break;
+            }
+            let parent = self.get(ppid);
+            chain.push(Ancestor {
+                pid: ppid,
+                exe: parent.exe.clone(),
+            });
+            if ppid == 1 {
+                break;
+            }
+            current = parent.ppid;
+        }
+        chain
+    }
+
+    /// Number of processes held.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    fn insert(&mut self, pid: u32, p: Process) {
+        if self.procs.len() >= MAX_ENTRIES && !self.procs.contains_key(&pid) {
+            self.evict_one();
+        }
+        self.procs.insert(pid, p);
+    }
+
+    fn evict_one(&mut self) {
+        while let Some(old) = self.exited.pop_front() {
+            if self.procs.get(&old).is_some_and(|p| p.exited) {
+                self.procs.remove(&old);
+                return;
+            }
+        }
+        // Every entry is live: drop an arbitrary one; it will be re-read from /proc if needed.
+        if let Some(&any) = self.procs.keys().next() {
+            self.procs.remove(&any);
+        }
+    }
+}
+
+/// Reads what `/proc` says of a process the agent has not seen start. Missing pieces stay
+/// `None`: the process may be a kernel thread, or gone.
+fn from_proc(pid: u32) -> Process {
+    let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_stat_ppid(&stat));
+    let argv = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
+        })
+        .unwrap_or_default();
+    Process {
+        ppid,
+        exe: paths::read_proc_link(pid, "exe"),
+        sha256: None,
+        argv,
+        cwd: None,
+        files: Vec::new(),
+        exited: false,
+    }
+}
+
+/// The ppid in `/proc/PID/stat`: the 4th field, counted after the `(comm)` that may itself hold
+/// spaces and parentheses.
+fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ppid_past_odd_comms() {
+        assert_eq!(parse_stat_ppid("42 (a b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn fork_exec_and_ancestry() {
+        let mut t = ProcessTable::new();
+        // Pids far above pid_max so /proc has nothing to say about them.
+        let (a, b, c) = (4_000_000_001, 4_000_000_002, 4_000_000_003);
+        t.get(a).exe = Some("/sbin/init-ish".into());
+        t.fork(a, b);
+        t.exec(b, Some("/bin/sh".into()), None, vec![b"sh".to_vec()]);
+        t.fork(b, c);
+        t.exec(c, Some("/bin/true".into()), None, vec![]);
+        let chain = t.ancestry(c);
+        assert_eq!(
+            chain,
+            vec![
+                Ancestor {
+                    pid: b,
+                    exe: Some("/bin/sh".into())
+                },
+                Ancestor {
+                    pid: a,
+                    exe: Some("/sbin/init-ish".into())
+                },
+            ]
+        );
+        t.set_cwd(b, "/tmp".into());
+        t.fork(b, 4_000_000_004);
+        assert_eq!(t.cwd(4_000_000_004), Some(PathBuf::from("/tmp")));
+    }
+
+    #[test]
+    fn exited_processes_are_evicted_in_order() {
+        let mut t = ProcessTable::new();
+        for pid in 0..(KEEP_EXITED as u32 + 10) {
+            let pid = 4_100_000_000 + pid;
+            t.fork(4_000_000_000, pid);
+            t.exit(pid);
+        }
+        assert!(t.peek(4_100_000_000).is_none());
+        assert!(t.peek(4_100_000_000 + KEEP_EXITED as u32 + 9).is_some());
+        assert!(t.len() <= KEEP_EXITED + 1);
+    }
+}

@@ -1,0 +1,429 @@
+//! Decoding ring buffer records into typed events.
+//!
+//! Records are untrusted bytes as far as this module is concerned: every length is checked
+//! against the record's size before use, and a record that does not make sense is an error
+//! value, never a panic.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use picket_common::{
+    EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOp, ForkEvent, NetEvent, NetOp,
+    ARGV_MAX, COMM_LEN, EXEC_EVENT_FILENAME_OFFSET, EXEC_FLAG_ARGV_MISSING,
+    EXEC_FLAG_ARGV_TRUNCATED, EXEC_FLAG_EXECVEAT, EXIT_FLAG_CODE, EXIT_FLAG_SIGNAL,
+    FILE_EVENT_PATH2_OFFSET, FILE_EVENT_PATH_OFFSET, FILE_FLAG_FD_ONLY, HEADER_FLAG_NO_TASK,
+    NET_FLAG_SOCK_UNKNOWN, PATH_MAX,
+};
+use thiserror::Error;
+
+const AF_INET6: u16 = 10;
+
+/// Why a record could not be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than a header")]
+    NoHeader(usize),
+    #[error("unknown record kind {0}")]
+    UnknownKind(u16),
+    #[error("{kind:?} record of {len} bytes, expected at least {min}")]
+    Short {
+        kind: EventKind,
+        len: usize,
+        min: usize,
+    },
+    #[error("{kind:?} record says {field} is {value} bytes, which does not fit in {len}")]
+    BadLength {
+        kind: EventKind,
+        field: &'static str,
+        value: usize,
+        len: usize,
+    },
+    #[error("unknown {what} {value}")]
+    UnknownOp { what: &'static str, value: u16 },
+}
+
+/// Who did something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Process id; 0 when the kernel did not know the task.
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Nanoseconds since boot.
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: String,
+    /// False for work done in interrupt context on behalf of no task.
+    pub known: bool,
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawEvent {
+    Exec(Exec),
+    Fork { task: Task, child_pid: u32 },
+    Exit(Exit),
+    Net(Net),
+    File(File),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub task: Task,
+    pub old_tid: u32,
+    /// The path the kernel was given (`bprm->filename`), raw bytes.
+    pub filename: Vec<u8>,
+    pub argv: Vec<Vec<u8>>,
+    pub argv_truncated: bool,
+    pub argv_missing: bool,
+    /// `Some((dirfd, flags))` for `execveat`.
+    pub execveat: Option<(i32, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub task: Task,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Net {
+    pub task: Task,
+    pub op: NetOp,
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+    pub fd: i32,
+    /// The kernel did not know the socket's type: user space must check it is UDP.
+    pub sock_type_unknown: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    pub task: Task,
+    pub op: FileOp,
+    /// As passed to the syscall (empty with `fd_only`).
+    pub path: Vec<u8>,
+    pub path2: Vec<u8>,
+    pub dirfd: i32,
+    pub dirfd2: i32,
+    /// The operation named an fd (in `dirfd`), not a path.
+    pub fd_only: bool,
+    pub op_flags: u32,
+    pub mode: u32,
+    pub owner: u32,
+    pub group: u32,
+    pub length: i64,
+    pub ret: i64,
+}
+
+/// Decodes one record.
+pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let header: EventHeader = read(bytes).ok_or(DecodeError::NoHeader(bytes.len()))?;
+    let kind = EventKind::from_u16(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let task = task(&header);
+    match kind {
+        EventKind::Exec => {
+            let min = EXEC_EVENT_FILENAME_OFFSET;
+            let e: ExecEvent = read_prefix(bytes, min).ok_or(DecodeError::Short {
+                kind,
+                len: bytes.len(),
+                min,
+            })?;
+            let filename_len = usize::from(e.filename_len);
+            let filename = bytes
+                .get(min..min + filename_len)
+                .ok_or(DecodeError::BadLength {
+                    kind,
+                    field: "filename",
+                    value: filename_len,
+                    len: bytes.len(),
+                })?
+                .to_vec();
+            let argv_len = usize::from(e.argv_len).min(ARGV_MAX);
+            let argv = split_argv(&e.argv[..argv_len], usize::from(e.argc));
+            Ok(RawEvent::Exec(Exec {
+                task,
+                old_tid: e.old_tid,
+                filename,
+                argv,
+                argv_truncated: header.flags & EXEC_FLAG_ARGV_TRUNCATED != 0,
+                argv_missing: header.flags & EXEC_FLAG_ARGV_MISSING != 0,
+                execveat: (header.flags & EXEC_FLAG_EXECVEAT != 0)
+                    .then_some((e.exec_fd, e.exec_at_flags)),
+            }))
+        }
+        EventKind::Fork => {
+            let e: ForkEvent = read(bytes).ok_or(short::<ForkEvent>(kind, bytes))?;
+            Ok(RawEvent::Fork {
+                task,
+                child_pid: e.child_pid,
+            })
+        }
+        EventKind::Exit => {
+            let e: ExitEvent = read(bytes).ok_or(short::<ExitEvent>(kind, bytes))?;
+            Ok(RawEvent::Exit(Exit {
+                task,
+                code: (header.flags & EXIT_FLAG_CODE != 0).then_some(e.exit_code),
+                signal: (header.flags & EXIT_FLAG_SIGNAL != 0).then_some(e.signal),
+            }))
+        }
+        EventKind::Net => {
+            let e: NetEvent = read(bytes).ok_or(short::<NetEvent>(kind, bytes))?;
+            let op = NetOp::from_u16(e.op).ok_or(DecodeError::UnknownOp {
+                what: "network operation",
+                value: e.op,
+            })?;
+            let v6 = e.family == AF_INET6;
+            Ok(RawEvent::Net(Net {
+                task,
+                op,
+                local: (ip(v6, &e.local_addr), e.local_port),
+                remote: (ip(v6, &e.remote_addr), e.remote_port),
+                fd: e.fd,
+                sock_type_unknown: header.flags & NET_FLAG_SOCK_UNKNOWN != 0,
+            }))
+        }
+        EventKind::File => {
+            let min = FILE_EVENT_PATH_OFFSET;
+            let e: FileEvent = read_prefix(bytes, min).ok_or(DecodeError::Short {
+                kind,
+                len: bytes.len(),
+                min,
+            })?;
+            let op = FileOp::from_u16(e.op).ok_or(DecodeError::UnknownOp {
+                what: "file operation",
+                value: e.op,
+            })?;
+            let path_len = usize::from(e.path_len);
+            let bad = |field, value| DecodeError::BadLength {
+                kind,
+                field,
+                value,
+                len: bytes.len(),
+            };
+            if path_len >= PATH_MAX {
+                return Err(bad("path", path_len));
+            }
+            let path = bytes
+                .get(min..min + path_len)
+                .ok_or(bad("path", path_len))?
+                .to_vec();
+            let path2_len = usize::from(e.path2_len);
+            let path2 = if path2_len > 0 {
+                bytes
+                    .get(FILE_EVENT_PATH2_OFFSET..FILE_EVENT_PATH2_OFFSET + path2_len)
+                    .ok_or(bad("path2", path2_len))?
+                    .to_vec()
+            } else {
+                Vec::new()
+            };
+            Ok(RawEvent::File(File {
+                task,
+                op,
+                path,
+                path2,
+                dirfd: e.dirfd,
+                dirfd2: e.dirfd2,
+                fd_only: header.flags & FILE_FLAG_FD_ONLY != 0,
+                op_flags: e.op_flags,
+                mode: e.mode,
+                owner: e.owner,
+                group: e.group,
+                length: e.length,
+                ret: e.ret,
+            }))
+        }
+    }
+}
+
+fn task(h: &EventHeader) -> Task {
+    let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    Task {
+        pid: h.tgid,
+        tid: h.tid,
+        uid: h.uid,
+        gid: h.gid,
+        boot_ns: h.boot_ns,
+        cgroup_id: h.cgroup_id,
+        comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
+        known: h.flags & HEADER_FLAG_NO_TASK == 0,
+    }
+}
+
+fn short<T>(kind: EventKind, bytes: &[u8]) -> DecodeError {
+    DecodeError::Short {
+        kind,
+        len: bytes.len(),
+        min: std::mem::size_of::<T>(),
+    }
+}
+
+fn ip(v6: bool, addr: &[u8; 16]) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    }
+}
+
+/// Splits NUL-terminated arguments; a last argument cut short by the buffer is kept.
+fn split_argv(bytes: &[u8], argc: usize) -> Vec<Vec<u8>> {
+    let mut args: Vec<Vec<u8>> = bytes
+        .split(|&b| b == 0)
+        .map(<[u8]>::to_vec)
+        .take(argc)
+        .collect();
+    // `split` yields an empty tail after the final NUL; `take(argc)` drops it unless an
+    // argument really was empty.
+    args.truncate(argc);
+    args
+}
+
+/// Reads a whole `T` from the start of `bytes`.
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    read_prefix(bytes, std::mem::size_of::<T>())
+}
+
+/// Reads a `T` of which only the first `len` bytes are present (the rest of a variable-length
+/// record's buffer, which the kernel did not send, is zeroed).
+fn read_prefix<T: Copy>(bytes: &[u8], len: usize) -> Option<T> {
+    let size = std::mem::size_of::<T>();
+    if bytes.len() < len || len > size {
+        return None;
+    }
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let take = bytes.len().min(size);
+    // SAFETY: `T` is one of the `#[repr(C)]` integer-only record types of `picket_common`, for
+    // which every bit pattern (including all zeroes) is valid; we copy at most `size` bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.as_mut_ptr().cast::<u8>(), take);
+        Some(value.assume_init())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u16,
+            flags: 0,
+            tgid: 42,
+            tid: 43,
+            uid: 1000,
+            gid: 1000,
+            _pad0: 0,
+            boot_ns: 7,
+            cgroup_id: 9,
+            comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    fn bytes_of<T>(v: &T, len: usize) -> Vec<u8> {
+        // SAFETY: test-only view of a plain struct's bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), len).to_vec() }
+    }
+
+    fn file_event(op: FileOp, path: &[u8], path2: &[u8]) -> Box<FileEvent> {
+        // SAFETY: all-zero is a valid FileEvent.
+        let mut e: Box<FileEvent> = Box::new(unsafe { std::mem::zeroed() });
+        e.header = header(EventKind::File);
+        e.op = op as u16;
+        e.path[..path.len()].copy_from_slice(path);
+        e.path_len = path.len() as u16;
+        e.path2[..path2.len()].copy_from_slice(path2);
+        e.path2_len = path2.len() as u16;
+        e
+    }
+
+    #[test]
+    fn decodes_a_variable_length_file_record() {
+        let e = file_event(FileOp::Unlink, b"/etc/\xffpasswd", b"");
+        let raw = bytes_of(&*e, FILE_EVENT_PATH_OFFSET + 12);
+        let RawEvent::File(f) = decode(&raw).unwrap() else {
+            panic!("not a file event")
+        };
+        assert_eq!(f.op, FileOp::Unlink);
+        assert_eq!(f.path, b"/etc/\xffpasswd");
+        assert_eq!(f.task.pid, 42);
+        assert_eq!(f.task.comm, "sh");
+    }
+
+    #[test]
+    fn decodes_both_names_of_a_rename() {
+        let e = file_event(FileOp::Rename, b"a", b"b/c");
+        let raw = bytes_of(&*e, FILE_EVENT_PATH2_OFFSET + 3);
+        let RawEvent::File(f) = decode(&raw).unwrap() else {
+            panic!("not a file event")
+        };
+        assert_eq!(
+            (f.path.as_slice(), f.path2.as_slice()),
+            (&b"a"[..], &b"b/c"[..])
+        );
+    }
+
+    #[test]
+    fn refuses_lengths_that_overrun_the_record() {
+        let e = file_event(FileOp::Open, b"/tmp/x", b"");
+        // Cut the record shorter than its path.
+        let raw = bytes_of(&*e, FILE_EVENT_PATH_OFFSET + 3);
+        assert!(matches!(
+            decode(&raw),
+            Err(DecodeError::BadLength { field: "path", .. })
+        ));
+        let raw = bytes_of(&*e, 10);
+        assert_eq!(decode(&raw), Err(DecodeError::NoHeader(10)));
+    }
+
+    #[test]
+    fn refuses_unknown_kinds_and_ops() {
+        let mut h = header(EventKind::Exit);
+        h.kind = 99;
+        assert_eq!(
+            decode(&bytes_of(&h, std::mem::size_of::<EventHeader>())),
+            Err(DecodeError::UnknownKind(99))
+        );
+        let mut e = file_event(FileOp::Open, b"/x", b"");
+        e.op = 200;
+        assert!(matches!(
+            decode(&bytes_of(&*e, FILE_EVENT_PATH_OFFSET + 2)),
+            Err(DecodeError::UnknownOp { value: 200, .. })
+        ));
+    }
+
+    #[test]
+    fn splits_argv() {
+        assert_eq!(
+            split_argv(b"ls\0-l\0\0", 3),
+            vec![b"ls".to_vec(), b"-l".to_vec(), b"".to_vec()]
+        );
+        assert_eq!(
+            split_argv(b"ls\0-l\0", 2),
+            vec![b"ls".to_vec(), b"-l".to_vec()]
+        );
+        assert!(split_argv(b"", 0).is_empty());
+    }
+
+    #[test]
+    fn decodes_exec_with_truncated_argv_flag() {
+        // SAFETY: all-zero is a valid ExecEvent.
+        let mut e: Box<ExecEvent> = Box::new(unsafe { std::mem::zeroed() });
+        e.header = header(EventKind::Exec);
+        e.header.flags = EXEC_FLAG_ARGV_TRUNCATED;
+        e.argv[..6].copy_from_slice(b"cat\0a\0");
+        e.argv_len = 6;
+        e.argc = 2;
+        e.filename[..8].copy_from_slice(b"/bin/cat");
+        e.filename_len = 8;
+        let raw = bytes_of(&*e, EXEC_EVENT_FILENAME_OFFSET + 8);
+        let RawEvent::Exec(x) = decode(&raw).unwrap() else {
+            panic!("not an exec")
+        };
+        assert_eq!(x.filename, b"/bin/cat");
+        assert_eq!(x.argv, vec![b"cat".to_vec(), b"a".to_vec()]);
+        assert!(x.argv_truncated);
+        assert_eq!(x.execveat, None);
+    }
+}

@@ -1,0 +1,324 @@
+//! The eBPF sensors: loading the object, attaching its tracepoint programs, and reading what
+//! they send.
+//!
+//! The object is embedded in the binary at build time (see `build.rs`) or loaded from a file with
+//! `--bpf-object`. Before loading, the record layouts of the tracepoints are read from tracefs
+//! and written into the object's `LAYOUT` global, so that the programs read the right offsets
+//! on this kernel.
+
+pub mod decode;
+mod programs;
+pub mod tracefs;
+
+use std::{collections::BTreeSet, fs, io, path::PathBuf};
+
+use aya::{
+    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use picket_common::{counter, Layout, Sensor};
+use thiserror::Error;
+
+pub use programs::SensorSet;
+use tracefs::{Tracefs, TracefsError};
+
+/// Default size of the ring buffer: room for several thousand typical records.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 1 << 21;
+
+/// The object built by `build.rs` (empty when built with `AYA_BUILD_SKIP`).
+static EMBEDDED_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/picket-sensors"));
+
+/// Errors while loading and attaching the sensors. Each says what the user can do about it.
+#[derive(Debug, Error)]
+pub enum SensorError {
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    /// No object given and none embedded.
+    #[error(
+        "this picket was built without an embedded eBPF object (AYA_BUILD_SKIP); \
+         pass --bpf-object PATH"
+    )]
+    NoObject,
+    /// `--bpf-object` could not be read.
+    #[error("reading the eBPF object {path}")]
+    ReadObject {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// `--ring-buffer-size` is not acceptable to the kernel.
+    #[error("--ring-buffer-size {0} must be a power of two and at least the page size ({1})")]
+    RingBufferSize(u32, u64),
+    /// The object could not be parsed or its maps created.
+    #[error("loading the eBPF object ({origin}): is it a Picket sensors object for this version?")]
+    Load {
+        origin: String,
+        #[source]
+        source: Box<EbpfError>,
+    },
+    /// A program the object should have is missing: object and agent do not match.
+    #[error("the eBPF object has no program `{0}`: it does not match this agent version")]
+    MissingProgram(&'static str),
+    /// A required tracepoint does not exist on this kernel.
+    #[error(
+        "tracepoint {category}:{name} does not exist on this kernel; {hint} \
+         (tracepoints present are listed under {tracefs}/events)"
+    )]
+    MissingTracepoint {
+        category: &'static str,
+        name: &'static str,
+        hint: &'static str,
+        tracefs: String,
+    },
+    /// The verifier rejected a program, or attaching failed.
+    #[error("loading or attaching program `{name}`{log}")]
+    Program {
+        name: &'static str,
+        log: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A map the object should have is missing or of the wrong type.
+    #[error("eBPF map `{name}`")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+}
+
+/// Loaded and attached sensors. Dropping this detaches every program.
+pub struct Sensors {
+    /// Owns the programs and their links.
+    _ebpf: Ebpf,
+    ring: Option<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    enabled: SensorSet,
+}
+
+impl Sensors {
+    /// Loads the object and attaches the programs of the `enabled` sensors.
+    pub fn load(
+        object: Option<&PathBuf>,
+        ring_buffer_bytes: u32,
+        enabled: SensorSet,
+    ) -> Result<Self, SensorError> {
+        let tracefs = Tracefs::find_or_mount()?;
+        let page = page_size();
+        if !ring_buffer_bytes.is_power_of_two() || u64::from(ring_buffer_bytes) < page {
+            return Err(SensorError::RingBufferSize(ring_buffer_bytes, page));
+        }
+        let bytes: std::borrow::Cow<'_, [u8]> = match object {
+            Some(path) => fs::read(path)
+                .map_err(|source| SensorError::ReadObject {
+                    path: path.clone(),
+                    source,
+                })?
+                .into(),
+            None if EMBEDDED_OBJECT.is_empty() => return Err(SensorError::NoObject),
+            None => EMBEDDED_OBJECT.into(),
+        };
+
+        let layout = layout(&tracefs)?;
+        log::debug!("tracepoint layout: {layout:?}");
+        let mut ebpf = EbpfLoader::new()
+            .set_global("LAYOUT", &layout, true)
+            .set_max_entries("EVENTS", ring_buffer_bytes)
+            .load(&bytes)
+            .map_err(|source| SensorError::Load {
+                origin: object.map_or_else(|| "embedded".to_string(), |p| p.display().to_string()),
+                source: Box::new(source),
+            })?;
+
+        let mut attached = 0usize;
+        for program in programs::PROGRAMS {
+            if !enabled.contains(program.sensor) {
+                continue;
+            }
+            if !tracefs.exists(program.category, program.name) {
+                match program.missing {
+                    programs::IfMissing::Skip(why) => {
+                        log::debug!(
+                            "tracepoint {}:{} not present ({why}), skipped",
+                            program.category,
+                            program.name
+                        );
+                        continue;
+                    }
+                    programs::IfMissing::Fail(hint) => {
+                        return Err(SensorError::MissingTracepoint {
+                            category: program.category,
+                            name: program.name,
+                            hint,
+                            tracefs: tracefs.root().display().to_string(),
+                        })
+                    }
+                }
+            }
+            attach(&mut ebpf, program)?;
+            attached += 1;
+        }
+        log::debug!("{attached} programs attached");
+
+        let ring = take_map(&mut ebpf, "EVENTS")?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
+        Ok(Self {
+            _ebpf: ebpf,
+            ring: Some(ring),
+            counters,
+            enabled,
+        })
+    }
+
+    /// The ring buffer, to be read by one consumer. `None` after the first call.
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    /// The sensors that were attached.
+    pub fn enabled(&self) -> SensorSet {
+        self.enabled
+    }
+
+    /// The in-kernel counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, MapError> {
+        let read = |index: u32| -> Result<u64, MapError> {
+            Ok(self.counters.get(&index, 0)?.iter().sum())
+        };
+        let mut lost = [0u64; 3];
+        for sensor in Sensor::ALL {
+            lost[sensor as usize] = read(counter::LOST_BASE + sensor as u32)?;
+        }
+        Ok(KernelCounters {
+            lost,
+            argv_missing: read(counter::ARGV_STASH_EVICTED)?,
+        })
+    }
+}
+
+/// Counters kept in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Records dropped because the ring buffer was full, by [`Sensor`].
+    pub lost: [u64; 3],
+    /// Execs reported without their arguments.
+    pub argv_missing: u64,
+}
+
+/// Takes the map `name` out of the object, as the type the agent expects.
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SensorError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
+        name: name.to_string(),
+    });
+    map.and_then(T::try_from)
+        .map_err(|source| SensorError::Map {
+            name,
+            source: Box::new(source),
+        })
+}
+
+fn attach(ebpf: &mut Ebpf, program: &programs::Program) -> Result<(), SensorError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program.name)
+        .ok_or(SensorError::MissingProgram(program.name))?
+        .try_into()
+        .map_err(|source| SensorError::Program {
+            name: program.name,
+            log: String::new(),
+            source: Box::new(source),
+        })?;
+    prog.load().map_err(|source| {
+        let log = match &source {
+            ProgramError::LoadError { verifier_log, .. } => {
+                // The end of the verifier's log says why it refused.
+                let text = verifier_log.to_string();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!(": verifier said:\n{}", tail.join("\n"))
+            }
+            _ => String::new(),
+        };
+        SensorError::Program {
+            name: program.name,
+            log,
+            source: Box::new(source),
+        }
+    })?;
+    prog.attach(program.category, program.name)
+        .map_err(|source| SensorError::Program {
+            name: program.name,
+            log: String::new(),
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
+
+/// Reads, from tracefs, where each field the programs use sits on this kernel.
+fn layout(tracefs: &Tracefs) -> Result<Layout, TracefsError> {
+    let enter = tracefs.format("syscalls", "sys_enter_openat")?;
+    // The first argument follows `__syscall_nr`; every argument has the kernel's `long` size.
+    let nr = enter.field("__syscall_nr")?.clone();
+    let first = enter
+        .fields()
+        .iter()
+        .find(|f| f.offset > nr.offset)
+        .ok_or_else(|| TracefsError::MissingField {
+            tracepoint: "syscalls:sys_enter_openat".into(),
+            field: "dfd".into(),
+        })?
+        .clone();
+    let exit = tracefs.format("syscalls", "sys_exit_openat")?;
+    let exec = tracefs.format("sched", "sched_process_exec")?;
+    let fork = tracefs.format("sched", "sched_process_fork")?;
+    let proc_exit = tracefs.format("sched", "sched_process_exit")?;
+    let signal = tracefs.format("signal", "signal_deliver")?;
+    let sock = tracefs.format("sock", "inet_sock_set_state")?;
+    let handler = signal.field("sa_handler")?;
+    Ok(Layout {
+        agent_tgid: std::process::id(),
+        syscall_args: first.offset,
+        syscall_arg_size: first.size,
+        syscall_ret: exit.offset("ret")?,
+        exec_filename: exec.offset("filename")?,
+        exec_old_pid: exec.offset("old_pid")?,
+        fork_parent_pid: fork.offset("parent_pid")?,
+        fork_child_pid: fork.offset("child_pid")?,
+        exit_group_dead: proc_exit.optional_offset("group_dead"),
+        signal_sig: signal.offset("sig")?,
+        signal_sa_handler: handler.offset,
+        signal_sa_handler_size: handler.size,
+        sock_oldstate: sock.offset("oldstate")?,
+        sock_newstate: sock.offset("newstate")?,
+        sock_sport: sock.offset("sport")?,
+        sock_dport: sock.offset("dport")?,
+        sock_family: sock.offset("family")?,
+        sock_protocol: sock.offset("protocol")?,
+        sock_saddr: sock.offset("saddr")?,
+        sock_daddr: sock.offset("daddr")?,
+        sock_saddr_v6: sock.offset("saddr_v6")?,
+        sock_daddr_v6: sock.offset("daddr_v6")?,
+    })
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(4096)
+}
+
+/// Names of the sensors in `set`, for messages.
+pub fn describe(set: SensorSet) -> String {
+    let names: BTreeSet<&str> = Sensor::ALL
+        .into_iter()
+        .filter(|s| set.contains(*s))
+        .map(Sensor::name)
+        .collect();
+    names.into_iter().collect::<Vec<_>>().join(",")
+}

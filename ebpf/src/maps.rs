@@ -1,0 +1,131 @@
+//! The maps the programs share, and the ring buffer output with per-sensor loss accounting.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use picket_common::{counter, ExecEvent, FileEvent, Sensor, ARGV_MAX};
+
+/// Default ring buffer size; the agent sets the real one at load time.
+const RING_BYTES: u32 = 1 << 20;
+
+/// Every record, in order.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Counters indexed by [`counter`] constants, summed over CPUs by the agent.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Scratch space to build an exec record (too big for the 512-byte stack).
+#[map(name = "EXEC_SCRATCH")]
+pub static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch space to build a file record.
+#[map(name = "FILE_SCRATCH")]
+pub static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// `argv` read at `sys_enter_execve*`, waiting for `sched_process_exec`; keyed by thread id.
+#[repr(C)]
+pub struct ArgvStash {
+    pub argc: u16,
+    pub argv_len: u16,
+    pub flags: u16,
+    pub _pad0: u16,
+    pub exec_fd: i32,
+    pub exec_at_flags: u32,
+    /// Twice [`ARGV_MAX`] so that a read of up to `ARGV_MAX` bytes at any offset below
+    /// `ARGV_MAX` provably stays inside the buffer.
+    pub argv: [u8; ARGV_MAX * 2],
+}
+
+#[map(name = "ARGV_SCRATCH")]
+pub static ARGV_SCRATCH: PerCpuArray<ArgvStash> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "ARGV_STASH")]
+pub static ARGV_STASH: LruHashMap<u32, ArgvStash> = LruHashMap::with_max_entries(128, 0);
+
+/// `clone` flags of a thread in `clone`/`clone3`, so `sched_process_fork` can skip threads.
+#[map(name = "CLONE_FLAGS")]
+pub static CLONE_FLAGS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// Exit status passed to `exit_group`, keyed by process id.
+#[map(name = "EXIT_CODES")]
+pub static EXIT_CODES: LruHashMap<u32, i32> = LruHashMap::with_max_entries(1024, 0);
+
+/// Fatal signal delivered with its default action, keyed by process id.
+#[map(name = "FATAL_SIGNALS")]
+pub static FATAL_SIGNALS: LruHashMap<u32, i32> = LruHashMap::with_max_entries(1024, 0);
+
+/// A file syscall's arguments, saved at entry and turned into a record at exit if it succeeded.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileStash {
+    pub op: u16,
+    pub flags: u16,
+    pub dirfd: i32,
+    pub dirfd2: i32,
+    pub op_flags: u32,
+    pub mode: u32,
+    pub owner: u32,
+    pub group: u32,
+    pub _pad0: u32,
+    pub path: u64,
+    pub path2: u64,
+    pub length: i64,
+}
+
+#[map(name = "FILE_STASH")]
+pub static FILE_STASH: LruHashMap<u32, FileStash> = LruHashMap::with_max_entries(4096, 0);
+
+/// Socket kind (`family << 16 | type`) keyed by `(tgid << 32) | fd`, for `AF_INET*` sockets
+/// created while the sensors run.
+#[map(name = "SOCKETS")]
+pub static SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
+
+/// The fd passed to `connect` by each thread, so the TCP `SYN_SENT` record (which happens inside
+/// that call) can name the socket; user space then asks it for the local port, which the kernel
+/// picks only after the state change.
+#[map(name = "CONNECT_FD")]
+pub static CONNECT_FD: LruHashMap<u32, i32> = LruHashMap::with_max_entries(1024, 0);
+
+/// `socket()` arguments between entry and exit, keyed by thread id.
+#[map(name = "SOCKET_STASH")]
+pub static SOCKET_STASH: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0);
+
+/// UDP destinations each process already sent to: only the first datagram is reported.
+#[repr(C)]
+pub struct UdpDest {
+    pub tgid: u32,
+    pub port: u16,
+    pub family: u16,
+    pub addr: [u8; 16],
+}
+
+#[map(name = "UDP_DESTS")]
+pub static UDP_DESTS: LruHashMap<UdpDest, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// Adds one to a counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Sends the first `len` bytes of `record` (clamped to its size), counting a loss for `sensor`
+/// when the ring buffer is full.
+#[inline(always)]
+pub fn emit<T>(sensor: Sensor, record: *const T, len: usize) {
+    let size = core::mem::size_of::<T>();
+    // The bound check is what lets the verifier accept a variable-length output.
+    if len == 0 || len > size {
+        return;
+    }
+    // SAFETY: `record` points to a live `T` (a map value or a stack value) and `len <= size`.
+    let bytes = unsafe { core::slice::from_raw_parts(record as *const u8, len) };
+    if EVENTS.output(bytes, 0).is_err() {
+        count(counter::LOST_BASE + sensor as u32);
+    }
+}

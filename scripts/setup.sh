@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what building and testing Picket needs on a Debian bookworm host, skipping whatever
+# is already there: LLVM 22 and bpf-linker (links the eBPF object), and the Rust toolchain that
+# compiles the eBPF crate. Idempotent: run it as often as you like.
+#
+# The eBPF crate is compiled by a pinned toolchain (PICKET_EBPF_TOOLCHAIN, default 1.95.0) whose
+# LLVM major version matches the LLVM bpf-linker is built against: bitcode from a newer LLVM
+# is unreadable by an older one ("Invalid record").
+set -euo pipefail
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+need_apt=()
+dpkg -s llvm-22-dev >/dev/null 2>&1 || need_apt+=(llvm-22-dev)
+dpkg -s libpolly-22-dev >/dev/null 2>&1 || need_apt+=(libpolly-22-dev)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! command -v rustup >/dev/null 2>&1; then
+    log "rustup is missing: install Rust from https://rustup.rs first"
+    exit 1
+fi
+
+EBPF_TOOLCHAIN="${PICKET_EBPF_TOOLCHAIN:-1.95.0}"
+if ! rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src'; then
+    log "installing Rust $EBPF_TOOLCHAIN with rust-src (compiles the eBPF crate)"
+    rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src,clippy
+fi
+for component in rustfmt clippy; do
+    rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+    rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed | grep -q "^$component" ||
+        rustup component add --toolchain "$EBPF_TOOLCHAIN" "$component"
+done
+
+if ! command -v bpf-linker >/dev/null 2>&1; then
+    log "installing bpf-linker (built against LLVM 22; takes a few minutes once)"
+    LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker --no-default-features --features llvm-22
+fi
+
+log "toolchain ready"

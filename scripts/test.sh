@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up everything and runs every check and test: formatting, clippy (the workspace, then the
+# eBPF crate for its own target), unit tests, and the end-to-end tests that load the real
+# sensors into the running kernel. Needs root (the sensors load eBPF programs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "the end-to-end tests load eBPF programs: run this as root (sudo $0)"
+    exit 1
+fi
+
+bash scripts/setup.sh
+EBPF_TOOLCHAIN="${PICKET_EBPF_TOOLCHAIN:-1.95.0}"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "clippy: workspace"
+cargo clippy --workspace --exclude picket-ebpf --all-targets --locked -- -D warnings
+
+log "clippy: eBPF crate (bpfel-unknown-none)"
+RUSTC_BOOTSTRAP=1 cargo "+$EBPF_TOOLCHAIN" clippy --package picket-ebpf --locked \
+    --target bpfel-unknown-none -Z build-std=core --release -- -D warnings
+
+log "tests"
+# The end-to-end tests start their own `picket monitor`s; four at a time keeps a 2-core
+# machine responsive.
+cargo test --workspace --exclude picket-ebpf --locked -- --test-threads=4

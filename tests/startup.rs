@@ -1,0 +1,207 @@
+//! Start-up that explains itself: the real `picket` binary, run the ways a new user gets wrong,
+//! must fail with a message that says what is wrong and what to do; and the ways packagers use
+//! it (an object loaded from a file, a machine without tracefs mounted) must work.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+const PICKET: &str = env!("CARGO_BIN_EXE_picket");
+
+/// Tests here that load the sensors or touch tracefs run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn refuses_to_start_unprivileged_and_says_how_to_fix_it() {
+    // `nobody`: no capabilities at all.
+    let out = Command::new(PICKET)
+        .args(["monitor"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("needs root"), "stderr: {err}");
+    assert!(err.contains("CAP_BPF"), "stderr: {err}");
+}
+
+#[test]
+fn names_an_object_file_that_does_not_exist() {
+    let out = Command::new(PICKET)
+        .args(["monitor", "--bpf-object", "/nonexistent/picket-sensors"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("/nonexistent/picket-sensors"), "stderr: {err}");
+    assert!(err.contains("No such file"), "stderr: {err}");
+}
+
+#[test]
+fn refuses_an_object_that_is_not_one() {
+    let dir = tempdir();
+    let junk = dir.join("junk.o");
+    std::fs::write(&junk, b"\x7fELF but not really").unwrap();
+    let out = Command::new(PICKET)
+        .arg("monitor")
+        .arg("--bpf-object")
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("loading the eBPF object"), "stderr: {err}");
+    assert!(err.contains(junk.to_str().unwrap()), "stderr: {err}");
+}
+
+#[test]
+fn refuses_bad_options_with_the_reason() {
+    let out = Command::new(PICKET)
+        .args(["monitor", "--filter", "exec,bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown event kind `bogus`"));
+
+    let out = Command::new(PICKET)
+        .args(["monitor", "--ring-buffer-size", "1000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("power of two"), "{}", stderr(&out));
+}
+
+#[test]
+fn loads_the_sensors_from_a_file_given_with_bpf_object() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let object = built_object();
+    let mut monitor = Command::new(PICKET)
+        .arg("monitor")
+        .args(["--filter", "exec", "--bpf-object"])
+        .arg(&object)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_stderr(&mut monitor, "monitoring");
+    // The sensors loaded from the file really work: an exec shows up.
+    let marker = format!("picket-bpf-object-{}", std::process::id());
+    let child = Command::new("/bin/echo").arg(&marker).output().unwrap();
+    assert!(child.status.success());
+    let stdout = BufReader::new(monitor.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = false;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.contains(&marker) && line.contains("\"event\":\"exec\"") {
+            seen = true;
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exec event for {marker}");
+    }
+    stop(&mut monitor);
+    assert!(seen, "no exec event for {marker}");
+}
+
+#[test]
+fn mounts_tracefs_when_it_is_missing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tracing = Path::new("/sys/kernel/tracing");
+    if tracing.join("events").is_dir() {
+        // Lazy unmount: succeeds even while something holds a file in it.
+        let status = Command::new("umount")
+            .arg("-l")
+            .arg(tracing)
+            .status()
+            .unwrap();
+        assert!(status.success(), "could not unmount tracefs for the test");
+    }
+    let debugfs_copy = Path::new("/sys/kernel/debug/tracing/events").is_dir();
+    let mut monitor = Command::new(PICKET)
+        .args(["monitor", "--filter", "exec"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = wait_for_stderr(&mut monitor, "monitoring");
+    stop(&mut monitor);
+    assert!(tracing.join("events").is_dir() || debugfs_copy);
+    if !debugfs_copy {
+        assert!(
+            seen.iter()
+                .any(|l| l.contains("mounted tracefs at /sys/kernel/tracing")),
+            "the monitor did not say it mounted tracefs: {seen:?}"
+        );
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Reads the child's stderr until a line contains `needle`; returns the lines read.
+fn wait_for_stderr(child: &mut std::process::Child, needle: &str) -> Vec<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = line.contains(needle);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    panic!("picket never logged `{needle}`; stderr: {seen:?}");
+}
+
+fn stop(child: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "picket monitor exited with {status}");
+}
+
+/// The sensors object `build.rs` built for this agent (the one it also embeds).
+fn built_object() -> PathBuf {
+    let exe = PathBuf::from(PICKET);
+    let build = exe.parent().unwrap().join("build");
+    std::fs::read_dir(&build)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("out").join("picket-sensors"))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("no built picket-sensors object under {}", build.display()))
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "picket-startup-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
