@@ -25,7 +25,10 @@ log "clippy: eBPF crate (bpfel-unknown-none)"
 RUSTC_BOOTSTRAP=1 cargo "+$EBPF_TOOLCHAIN" clippy --package picket-ebpf --locked \
     --target bpfel-unknown-none -Z build-std=core --release -- -D warnings
 
-log "tests"
+log "tests: shared record layouts"
+cargo test --package picket-common --locked
+
+log "tests: agent (unit, then end to end against the running kernel)"
 # The end-to-end tests start their own `picket monitor`s; four at a time keeps a 2-core
 # machine responsive.
-cargo test --workspace --exclude picket-ebpf --locked -- --test-threads=4
+cargo test --package picket-agent --locked -- --test-threads=4

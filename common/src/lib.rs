@@ -275,11 +275,6 @@ impl FileOp {
             _ => return None,
         })
     }
-
-    /// Whether the record carries a second path.
-    pub const fn has_two_paths(self) -> bool {
-        matches!(self, Self::Rename | Self::Link | Self::Symlink)
-    }
 }
 
 /// `dirfd` value meaning "the working directory" (`AT_FDCWD`).
@@ -376,4 +371,52 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` structs of integers with explicit padding: every bit pattern is
     // a valid value.
     unsafe impl aya::Pod for super::Layout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    // The kernel side and user space must agree byte for byte, on 32- and 64-bit targets alike;
+    // these sizes are the ABI of the ring buffer records.
+    #[test]
+    fn record_layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EventHeader>(), 56);
+        assert_eq!(size_of::<ForkEvent>(), 64);
+        assert_eq!(size_of::<ExitEvent>(), 64);
+        assert_eq!(size_of::<NetEvent>(), 104);
+        assert_eq!(EXEC_EVENT_FILENAME_OFFSET, 80 + ARGV_MAX);
+        assert_eq!(
+            size_of::<ExecEvent>(),
+            EXEC_EVENT_FILENAME_OFFSET + PATH_MAX
+        );
+        assert_eq!(FILE_EVENT_PATH_OFFSET, 104);
+        assert_eq!(FILE_EVENT_PATH2_OFFSET, FILE_EVENT_PATH_OFFSET + PATH_MAX);
+        assert_eq!(size_of::<FileEvent>(), FILE_EVENT_PATH2_OFFSET + PATH_MAX);
+        assert_eq!(size_of::<Layout>(), 22 * 4);
+        assert!(align_of::<FileEvent>() <= 8);
+    }
+
+    #[test]
+    fn kinds_and_ops_round_trip() {
+        for kind in [
+            EventKind::Exec,
+            EventKind::Fork,
+            EventKind::Exit,
+            EventKind::Net,
+            EventKind::File,
+        ] {
+            assert_eq!(EventKind::from_u16(kind as u16), Some(kind));
+        }
+        assert_eq!(EventKind::from_u16(0), None);
+        for op in 1..=12 {
+            assert_eq!(FileOp::from_u16(op).map(|o| o as u16), Some(op));
+        }
+        assert_eq!(FileOp::from_u16(13), None);
+        for op in 1..=6 {
+            assert_eq!(NetOp::from_u16(op).map(|o| o as u16), Some(op));
+        }
+        assert_eq!(NetOp::from_u16(7), None);
+    }
 }
