@@ -46,4 +46,14 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
     LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker --no-default-features --features llvm-22
 fi
 
+# Fuzzing (cargo fuzz) needs a nightly toolchain for its sanitizers; any recent one works.
+if ! rustup toolchain list | grep -q '^nightly'; then
+    log "installing the nightly toolchain (cargo fuzz)"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+fi
+
 log "toolchain ready"

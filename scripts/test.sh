@@ -25,8 +25,17 @@ log "clippy: eBPF crate (bpfel-unknown-none)"
 RUSTC_BOOTSTRAP=1 cargo "+$EBPF_TOOLCHAIN" clippy --package picket-ebpf --locked \
     --target bpfel-unknown-none -Z build-std=core --release -- -D warnings
 
-log "tests: shared record layouts"
-cargo test --package picket-common --locked
+log "tests: shared record layouts, policy"
+cargo test --package picket-common --package picket-policy --locked
+
+log "fuzz: the policy bundle decoder and TOML loader, ${PICKET_FUZZ_SECONDS:-20} s each"
+fuzz_corpus=$(mktemp -d)
+trap 'rm -rf "$fuzz_corpus"' EXIT
+for target in bundle toml; do
+    mkdir -p "$fuzz_corpus/$target"
+    (cd policy/fuzz && cargo +nightly fuzz run "$target" "$fuzz_corpus/$target" "corpus/$target" \
+        -- -max_total_time="${PICKET_FUZZ_SECONDS:-20}" -max_len=65536 2>&1 | tail -n 20)
+done
 
 log "tests: agent (unit, then end to end against the running kernel)"
 # The end-to-end tests start their own `picket monitor`s; four at a time keeps a 2-core

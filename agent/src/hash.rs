@@ -106,29 +106,41 @@ impl HashCache {
 
 /// SHA-256 of everything `reader` yields, and the `#!` interpreter its first bytes name.
 fn read_digest(reader: &mut impl Read) -> io::Result<Digest> {
-    let mut ctx = Context::new(&SHA256);
     let mut buf = vec![0u8; 64 * 1024];
     let mut head: Vec<u8> = Vec::new();
+    let sha256 = sha256_chunks(reader, &mut buf, |chunk| {
+        if head.len() < SHEBANG_MAX {
+            let take = chunk.len().min(SHEBANG_MAX - head.len());
+            head.extend_from_slice(&chunk[..take]);
+        }
+    })?;
+    Ok(Digest {
+        sha256,
+        shebang: shebang(&head),
+    })
+}
+
+/// SHA-256 of everything `reader` yields, read through `buf`; `seen` gets each chunk too.
+pub fn sha256_chunks(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    mut seen: impl FnMut(&[u8]),
+) -> io::Result<[u8; 32]> {
+    let mut ctx = Context::new(&SHA256);
     loop {
-        match reader.read(&mut buf) {
+        match reader.read(buf) {
             Ok(0) => break,
             Ok(n) => {
-                if head.len() < SHEBANG_MAX {
-                    let take = n.min(SHEBANG_MAX - head.len());
-                    head.extend_from_slice(&buf[..take]);
-                }
+                seen(&buf[..n]);
                 ctx.update(&buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    let mut sha256 = [0u8; 32];
-    sha256.copy_from_slice(ctx.finish().as_ref());
-    Ok(Digest {
-        sha256,
-        shebang: shebang(&head),
-    })
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Ok(out)
 }
 
 /// The interpreter of a `#!` line: its first word, as the kernel takes it.

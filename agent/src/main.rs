@@ -6,13 +6,16 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod baseline;
 mod enrich;
 mod hash;
 mod monitor;
 mod paths;
+mod policy_cmd;
 mod preflight;
 mod process;
 mod sensors;
+mod session;
 
 /// Picket watches process execution, network connections and file changes with eBPF.
 #[derive(Parser)]
@@ -26,6 +29,14 @@ struct Cli {
 enum Command {
     /// Load the sensors and print every event as one JSON line, until interrupted.
     Monitor(monitor::MonitorArgs),
+    /// Generate an Ed25519 key pair for signing policies: NAME.key (secret) and NAME.pub.
+    Keygen(policy_cmd::KeygenArgs),
+    /// Sign, verify, show and apply baseline policies.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+    /// Produce a baseline policy from a root filesystem.
+    #[command(subcommand)]
+    Baseline(baseline::BaselineCommand),
 }
 
 /// Options shared by every command that loads the sensors.
@@ -45,6 +56,12 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Monitor(args) => args,
+        Command::Keygen(args) => return report(policy_cmd::keygen(args)),
+        Command::Policy(cmd) => return report(policy_cmd::run(cmd)),
+        Command::Baseline(cmd) => return report(baseline::run(cmd)),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,11 +72,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Monitor(args) => monitor::run(args).await,
-        }
-    });
+    report(runtime.block_on(monitor::run(command)))
+}
+
+/// Logs an error with its chain of causes and turns the result into an exit code.
+fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,0 +1,161 @@
+//! A sensor session: load the sensors, read and enrich every record in kernel order, and hand
+//! the results to a [`Sink`] until interrupted or told to stop. `picket monitor` prints them;
+//! `picket baseline learn` collects them into a draft policy.
+//!
+//! Losses are never silent: every second the in-kernel loss counters are read and any increase
+//! goes to the sink.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use picket_common::Sensor;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    enrich::{Enricher, Event},
+    preflight,
+    sensors::{self, decode, KernelCounters, SensorSet, Sensors},
+    SensorArgs,
+};
+
+/// Where a session's output goes.
+pub trait Sink {
+    /// An enriched event.
+    fn event(&mut self, event: Event) -> anyhow::Result<()>;
+    /// `new` more records of `sensor` were lost (ring buffer full), `total` so far.
+    fn lost(&mut self, sensor: Sensor, new: u64, total: u64) -> anyhow::Result<()>;
+    /// A batch of records has been handled.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a session saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Records read from the ring buffer.
+    pub received: u64,
+    /// Records that could not be decoded (counted and logged, never fatal).
+    pub undecodable: u64,
+    /// Records lost in the kernel, by sensor.
+    pub lost: [u64; 3],
+}
+
+/// Runs the sensors in `set` until SIGINT, SIGTERM or `stop`; `purpose` is logged once ready.
+pub async fn run(
+    args: &SensorArgs,
+    set: SensorSet,
+    purpose: &str,
+    stop: impl Future<Output = ()>,
+    sink: &mut impl Sink,
+) -> anyhow::Result<Stats> {
+    preflight::check()?;
+    let mut sensors = Sensors::load(args.bpf_object.as_ref(), args.ring_buffer_size, set)
+        .context("starting the sensors")?;
+    let ring = sensors
+        .take_ring()
+        .context("the ring buffer was already taken")?;
+    // SAFETY: the ring buffer owns its map fd and keeps it open for as long as it lives, which
+    // is as long as the `AsyncFd` that owns it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("registering the ring buffer with the event loop")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(stop);
+
+    log::info!(
+        "sensors attached ({}), {purpose}",
+        sensors::describe(sensors.enabled())
+    );
+    let mut pump = Pump {
+        enricher: Enricher::new(),
+        stats: Stats::default(),
+        reported: KernelCounters::default(),
+    };
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for the ring buffer")?;
+                pump.drain(guard.get_inner_mut(), sink)?;
+                guard.clear_ready();
+            }
+            _ = tick.tick() => pump.report_losses(&sensors, sink)?,
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            _ = &mut stop => break,
+        }
+    }
+    // What arrived before the stop is still handled.
+    pump.drain(ring.get_mut(), sink)?;
+    pump.report_losses(&sensors, sink)?;
+    let (hits, misses) = pump.enricher.hash_stats();
+    log::info!(
+        "stopped: {} events, {} processes tracked, hash cache {hits} hits / {misses} misses",
+        pump.stats.received,
+        pump.enricher.processes()
+    );
+    Ok(pump.stats)
+}
+
+/// Turns records into events and keeps the counts.
+struct Pump {
+    enricher: Enricher,
+    stats: Stats,
+    reported: KernelCounters,
+}
+
+impl Pump {
+    /// Handles every record available now, then flushes the sink.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut impl Sink) -> anyhow::Result<()> {
+        while let Some(item) = ring.next() {
+            self.stats.received += 1;
+            match decode::decode(&item) {
+                Ok(raw) => {
+                    if let Some(event) = self.enricher.enrich(raw) {
+                        sink.event(event)?;
+                    }
+                }
+                Err(err) => {
+                    self.stats.undecodable += 1;
+                    // Log the first few, then one in a thousand: a flood must not flood the log.
+                    let n = self.stats.undecodable;
+                    if n <= 10 || n % 1000 == 0 {
+                        log::warn!("undecodable record #{n} ({} bytes): {err}", item.len());
+                    }
+                }
+            }
+        }
+        sink.flush()
+    }
+
+    /// Tells the sink about each sensor whose loss counter grew.
+    fn report_losses(&mut self, sensors: &Sensors, sink: &mut impl Sink) -> anyhow::Result<()> {
+        let now = sensors
+            .counters()
+            .context("reading the in-kernel counters")?;
+        for sensor in Sensor::ALL {
+            let i = sensor as usize;
+            let new = now.lost[i].saturating_sub(self.reported.lost[i]);
+            if new > 0 {
+                log::warn!(
+                    "{} sensor: {new} events lost (ring buffer full; total {})",
+                    sensor.name(),
+                    now.lost[i]
+                );
+                sink.lost(sensor, new, now.lost[i])?;
+            }
+        }
+        if now.argv_missing > self.reported.argv_missing {
+            log::debug!("{} execs reported without arguments", now.argv_missing);
+        }
+        self.reported = now;
+        self.stats.lost = now.lost;
+        sink.flush()
+    }
+}
