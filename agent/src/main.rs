@@ -56,12 +56,6 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
-    let command = match cli.command {
-        Command::Monitor(args) => args,
-        Command::Keygen(args) => return report(policy_cmd::keygen(args)),
-        Command::Policy(cmd) => return report(policy_cmd::run(cmd)),
-        Command::Baseline(cmd) => return report(baseline::run(cmd)),
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -72,7 +66,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    report(runtime.block_on(monitor::run(command)))
+    report(runtime.block_on(async {
+        match cli.command {
+            Command::Monitor(args) => monitor::run(args).await,
+            Command::Keygen(args) => policy_cmd::keygen(args),
+            Command::Policy(cmd) => policy_cmd::run(cmd),
+            Command::Baseline(cmd) => baseline::run(cmd).await,
+        }
+    }))
 }
 
 /// Logs an error with its chain of causes and turns the result into an exit code.

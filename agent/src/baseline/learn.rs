@@ -1,0 +1,308 @@
+//! `picket baseline learn`: runs the sensors for a while and writes what the device actually did
+//! (executables with their hashes, outbound peers, listeners, files written) as a draft policy
+//! for a person to review, merged into an existing policy when one is given.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use picket_common::Sensor;
+use picket_policy::{
+    model::{Executable, Listen, Metadata, Outbound, Protocol, Timestamp},
+    Policy,
+};
+use serde_json::Value;
+
+use crate::{
+    enrich::Event,
+    sensors::SensorSet,
+    session::{self, Sink},
+    SensorArgs,
+};
+
+/// Arguments of `picket baseline learn`.
+#[derive(clap::Args, Debug)]
+pub struct LearnArgs {
+    /// How long to watch: `90s`, `15m`, `2h` (a bare number is seconds).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// Where to write the draft policy (TOML).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+
+    /// A policy (TOML) to extend: its entries are kept and what is learned is added.
+    #[arg(long, value_name = "FILE")]
+    merge: Option<PathBuf>,
+
+    /// Device class of a new draft (ignored with --merge, which keeps the policy's).
+    #[arg(long, value_name = "CLASS", default_value = "unknown")]
+    device_class: String,
+
+    #[command(flatten)]
+    sensors: SensorArgs,
+}
+
+/// Runs the learning session and writes the draft.
+pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
+    let base = match &args.merge {
+        Some(path) => Some(picket_policy::load_toml_file(path)?),
+        None => None,
+    };
+    let mut seen = Learned::default();
+    let purpose = format!("learning for {:?}", args.duration);
+    let stats = session::run(
+        &args.sensors,
+        SensorSet::empty()
+            .with(Sensor::Process)
+            .with(Sensor::Network)
+            .with(Sensor::File),
+        &purpose,
+        tokio::time::sleep(args.duration),
+        &mut seen,
+    )
+    .await?;
+    let lost: u64 = stats.lost.iter().sum();
+    if lost > 0 {
+        seen.notes.insert(format!(
+            "{lost} events were lost during learning (ring buffer full): the draft may be incomplete"
+        ));
+    }
+    let (policy, notes) = seen.into_policy(base, &args.device_class)?;
+    let mut text = String::from(
+        "# Draft policy from `picket baseline learn`: review every entry before signing.\n",
+    );
+    for note in &notes {
+        text.push_str(&format!("# {}\n", note.replace('\n', " ")));
+    }
+    text.push('\n');
+    text.push_str(&picket_policy::to_toml(&policy));
+    // What is written must load back as the same policy.
+    let back = picket_policy::load_toml(&text, &args.out.display().to_string())
+        .context("the draft does not load back (a bug: please report it)")?;
+    anyhow::ensure!(back == policy, "the draft does not load back as written");
+    fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;
+    log::info!(
+        "wrote {}: {} executables, {} outbound rules, {} listeners; {} notes",
+        args.out.display(),
+        policy.executables.len(),
+        policy.network.outbound.len(),
+        policy.network.listen.len(),
+        notes.len()
+    );
+    Ok(())
+}
+
+/// What the device did, as seen through events.
+#[derive(Default)]
+struct Learned {
+    executables: BTreeMap<String, String>,
+    outbound: BTreeSet<(String, u16, Protocol, Option<String>)>,
+    listen: BTreeSet<(u16, Protocol, Option<String>)>,
+    /// Files written, counted by directory (a log directory can see thousands).
+    written: BTreeMap<String, (usize, String)>,
+    notes: BTreeSet<String>,
+}
+
+impl Sink for Learned {
+    fn event(&mut self, event: Event) -> anyhow::Result<()> {
+        let f = &event.fields;
+        let text = |key: &str| f.get(key).and_then(Value::as_str).map(str::to_string);
+        let exe = text("exe").filter(|e| e.starts_with('/') && !f.contains_key("exe_hex"));
+        match text("event").as_deref() {
+            Some("exec") => match (exe, text("sha256")) {
+                (Some(path), _) if path.starts_with("/memfd:") || path.ends_with(" (deleted)") => {
+                    self.notes.insert(format!(
+                        "not allowed: fileless or deleted executable {path}"
+                    ));
+                }
+                (Some(path), Some(sha)) => {
+                    self.executables.insert(path, sha);
+                }
+                (Some(path), None) => {
+                    self.notes
+                        .insert(format!("not allowed: {path} ran but could not be hashed"));
+                }
+                (None, _) => {}
+            },
+            Some("net") => {
+                let port = |key: &str| {
+                    f.get(key)
+                        .and_then(Value::as_u64)
+                        .and_then(|p| u16::try_from(p).ok())
+                        .filter(|p| *p != 0)
+                };
+                match text("op").as_deref() {
+                    Some(op @ ("tcp_connect" | "udp_connect" | "udp_send")) => {
+                        if let (Some(addr), Some(port)) = (text("remote_addr"), port("remote_port"))
+                        {
+                            let proto = if op == "tcp_connect" {
+                                Protocol::Tcp
+                            } else {
+                                Protocol::Udp
+                            };
+                            self.outbound.insert((addr, port, proto, exe));
+                        }
+                    }
+                    Some(op @ ("tcp_listen" | "udp_bind")) => {
+                        if let Some(port) = port("local_port") {
+                            let proto = if op == "tcp_listen" {
+                                Protocol::Tcp
+                            } else {
+                                Protocol::Udp
+                            };
+                            self.listen.insert((port, proto, exe));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("file") => {
+                if let Some(path) = text("path").filter(|p| p.starts_with('/')) {
+                    if !path.starts_with("/proc/") && !path.starts_with("/dev/") {
+                        let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
+                        let dir = if dir.is_empty() { "/" } else { dir };
+                        let entry = self
+                            .written
+                            .entry(dir.to_string())
+                            .or_insert_with(|| (0, name.to_string()));
+                        entry.0 += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn lost(&mut self, _sensor: Sensor, _new: u64, _total: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+impl Learned {
+    /// The draft: `base` (or a new policy) plus everything learned, and the notes for review.
+    fn into_policy(
+        mut self,
+        base: Option<Policy>,
+        device_class: &str,
+    ) -> anyhow::Result<(Policy, BTreeSet<String>)> {
+        let mut policy = match base {
+            Some(mut p) => {
+                // A draft built on a policy is its next version.
+                p.metadata.serial += 1;
+                p.metadata.created = now()?;
+                p
+            }
+            None => Policy {
+                metadata: Metadata {
+                    name: "learned".into(),
+                    device_class: device_class.to_string(),
+                    serial: 1,
+                    created: now()?,
+                },
+                modes: Default::default(),
+                executables: Vec::new(),
+                executable_globs: Vec::new(),
+                network: Default::default(),
+                files: Default::default(),
+            },
+        };
+        let known: BTreeMap<String, String> = policy
+            .executables
+            .iter()
+            .map(|e| (e.path.as_str().to_string(), e.sha256.to_string()))
+            .collect();
+        for (path, sha) in self.executables {
+            match known.get(&path) {
+                Some(old) if *old == sha => {}
+                Some(old) => {
+                    self.notes.insert(format!(
+                        "{path} ran with sha256 {sha}, the policy says {old}: kept the policy's"
+                    ));
+                }
+                None => match (path.parse(), sha.parse()) {
+                    (Ok(path), Ok(sha256)) => policy.executables.push(Executable { path, sha256 }),
+                    _ => {
+                        self.notes
+                            .insert(format!("not allowed: {path} is not a policy path"));
+                    }
+                },
+            }
+        }
+        for (addr, port, protocol, exe) in self.outbound {
+            let (Ok(cidr), Ok(ports)) = (addr.parse(), port.to_string().parse()) else {
+                continue;
+            };
+            policy.network.outbound.push(Outbound {
+                cidr,
+                ports,
+                protocol,
+                executable: exe.and_then(|e| e.parse().ok()),
+            });
+        }
+        for (port, protocol, exe) in self.listen {
+            policy.network.listen.push(Listen {
+                port: picket_policy::model::Port(port),
+                protocol,
+                executable: exe.and_then(|e| e.parse().ok()),
+            });
+        }
+        for (dir, (count, example)) in &self.written {
+            self.notes.insert(if *count == 1 {
+                format!("written while learning: {dir}/{example}")
+            } else {
+                format!("written while learning: {count} files in {dir}/ (e.g. {example})")
+            });
+        }
+        let policy = picket_policy::canonicalize(policy).map_err(|e| anyhow::anyhow!(e))?;
+        Ok((policy, self.notes))
+    }
+}
+
+fn now() -> anyhow::Result<Timestamp> {
+    Timestamp::for_new_policy().map_err(|e| anyhow::anyhow!("creation time: {e}"))
+}
+
+/// `90s`, `15m`, `2h`, `1d`, or seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 2h"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}` (use s, m, h or d)")),
+    };
+    if seconds == 0 {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

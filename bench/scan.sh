@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Measures `picket baseline scan` against `find | xargs -P sha256sum` on the same generated tree,
+# cold and warm page cache, and the time to verify a signed policy of 10,000 entries. Both are
+# run alternately for several rounds in the same run and reported as medians and ratios (this
+# machine is shared and noisy: ratios, not absolute times). Prints a table and rewrites the
+# "Integrity scan" section of docs/PERFORMANCE.md.
+#
+# Usage: sudo bench/scan.sh [FILES] [ROUNDS]      (defaults: 20000 files, 5 rounds)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FILES="${1:-20000}"
+ROUNDS="${2:-5}"
+WORK="$(mktemp -d /var/tmp/picket-bench.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+
+cargo build --release --locked --package picket-agent >&2
+PICKET="$PWD/target/release/picket"
+
+echo "generating $FILES files of mixed sizes under $WORK/root" >&2
+python3 - "$WORK/root" "$FILES" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+random.seed(7)
+# Mostly small files, some medium, a few large: like a root filesystem.
+sizes = [512] * 60 + [8 << 10] * 25 + [128 << 10] * 12 + [2 << 20] * 3
+for i in range(n):
+    d = os.path.join(root, "usr", "bin" if i % 2 else "lib", f"d{i % 200:03d}")
+    os.makedirs(d, exist_ok=True)
+    p = os.path.join(d, f"f{i:06d}")
+    with open(p, "wb") as f:
+        f.write(random.randbytes(random.choice(sizes)))
+    os.chmod(p, 0o755)
+PY
+bytes=$(du -sb "$WORK/root" | cut -f1)
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || return 1; }
+now() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+run_picket() { "$PICKET" baseline scan --root "$WORK/root" --out "$WORK/policy.toml" 2>/dev/null; }
+run_sha256sum() {
+    find "$WORK/root" -type f -print0 | xargs -0 -P"$(nproc)" -n 256 sha256sum >/dev/null
+}
+
+declare -A times
+cold=yes
+drop_caches || cold=no
+for round in $(seq "$ROUNDS"); do
+    for tool in picket sha256sum; do
+        if [ "$cold" = yes ]; then
+            drop_caches
+            t0=$(now); "run_$tool"; t1=$(now)
+            times[cold_$tool]+="$(( (t1 - t0) / 1000000 )) "
+        fi
+        "run_$tool"   # warm the cache
+        t0=$(now); "run_$tool"; t1=$(now)
+        times[warm_$tool]+="$(( (t1 - t0) / 1000000 )) "
+    done
+    echo "round $round/$ROUNDS done" >&2
+done
+
+# Verifying a signed policy of 10,000 file entries (process start included).
+python3 - "$WORK/big.toml" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write('[metadata]\nname = "big"\ndevice_class = "bench"\nserial = 1\ncreated = "2026-11-22T00:00:00Z"\n')
+    for i in range(10000):
+        f.write(f'\n[[files.protected]]\npath = "/etc/f{i:05d}"\nsha256 = "{i:064x}"\n')
+PY
+"$PICKET" keygen --out "$WORK/k" >/dev/null
+mkdir -p "$WORK/trust" && cp "$WORK/k.pub" "$WORK/trust/"
+"$PICKET" policy sign --key "$WORK/k.key" --in "$WORK/big.toml" --out "$WORK/big.bundle" >/dev/null
+verify_ms=""
+version_ms=""
+for round in $(seq "$ROUNDS"); do
+    t0=$(now); "$PICKET" policy verify --trust "$WORK/trust" "$WORK/big.bundle" >/dev/null; t1=$(now)
+    verify_ms+="$(( (t1 - t0) / 1000 )) "
+    t0=$(now); "$PICKET" --version >/dev/null; t1=$(now)
+    version_ms+="$(( (t1 - t0) / 1000 )) "
+done
+
+med() { echo "$1" | tr ' ' '\n' | grep -v '^$' | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }'; }
+mib=$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1048576 }')
+table="| measure | picket | baseline | ratio (baseline / picket; > 1 means picket is faster) |
+| --- | --- | --- | --- |"
+for cache in cold warm; do
+    [ -n "${times[${cache}_picket]:-}" ] || continue
+    p=$(med "${times[${cache}_picket]}"); s=$(med "${times[${cache}_sha256sum]}")
+    table+="
+| scan, $cache cache ($FILES files, $mib MiB) | $p ms | $s ms (\`find | xargs -P$(nproc) sha256sum\`) | $(ratio "$p" "$s") |"
+done
+v=$(med "$verify_ms"); b=$(med "$version_ms")
+table+="
+| verify a signed policy of 10,000 entries | $v µs | $b µs (\`picket --version\`: process start) | verification itself: $(( v > b ? v - b : 0 )) µs |"
+[ "$cold" = yes ] || table+="
+
+
+Cold-cache figures are missing: dropping the page cache needs root."
+
+echo "$table"
+
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), commit $(git rev-parse --short HEAD)"
+section="## Integrity scan
+
+Measured by \`bench/scan.sh\` ($ROUNDS rounds, medians) on $(date -u +%Y-%m-%d): $machine.
+
+$table
+"
+doc=docs/PERFORMANCE.md
+[ -f "$doc" ] || printf '# Performance\n\nFigures measured by the scripts in `bench/`; each section is rewritten by its script.\n' > "$doc"
+python3 - "$doc" "$section" <<'PY'
+import re, sys
+path, section = sys.argv[1], sys.argv[2]
+text = open(path).read()
+pattern = re.compile(r"## Integrity scan\n.*?(?=\n## |\Z)", re.S)
+text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+open(path, "w").write(text)
+PY
+echo "updated $doc" >&2

@@ -1,0 +1,112 @@
+//! `picket baseline learn` with the real sensors: what the device does while it learns ends up
+//! in the draft policy, which loads as a valid policy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const PICKET: &str = env!("CARGO_BIN_EXE_picket");
+
+#[test]
+fn learns_executables_peers_and_listeners_into_a_draft() {
+    let dir = std::env::temp_dir().join(format!("picket-learn-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    // A binary of our own, so its path and hash are unique to this test.
+    let tool = dir.join("learned-tool");
+    fs::copy("/bin/true", &tool).unwrap();
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    let base = dir.join("base.toml");
+    fs::write(
+        &base,
+        "[metadata]\nname = \"base\"\ndevice_class = \"lab\"\nserial = 3\n\
+         created = \"2026-01-01T00:00:00Z\"\n\n[[executable]]\npath = \"/opt/kept\"\n\
+         sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+    )
+    .unwrap();
+    let draft = dir.join("draft.toml");
+
+    let mut learn = Command::new(PICKET)
+        .args(["baseline", "learn", "--for", "6s", "--merge"])
+        .arg(&base)
+        .arg("--out")
+        .arg(&draft)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(learn.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines
+            .next()
+            .expect("picket exited before learning")
+            .unwrap();
+        if line.contains("learning for") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sensors never attached");
+    }
+
+    assert!(Command::new(&tool).status().unwrap().success());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fs::write(dir.join("written.log"), b"x").unwrap();
+
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = learn.wait().unwrap();
+    assert!(status.success(), "learn failed: {rest:?}");
+
+    let text = fs::read_to_string(&draft).unwrap();
+    let policy = picket_policy::load_toml(&text, "draft.toml").unwrap();
+    // Built on the base policy: its next serial, its entries kept.
+    assert_eq!(policy.metadata.serial, 4);
+    assert_eq!(policy.metadata.device_class, "lab");
+    assert!(policy
+        .executables
+        .iter()
+        .any(|e| e.path.as_str() == "/opt/kept"));
+    let learned = policy
+        .executables
+        .iter()
+        .find(|e| e.path.as_str() == tool.to_str().unwrap())
+        .unwrap_or_else(|| panic!("{} not learned:\n{text}", tool.display()));
+    assert_eq!(learned.sha256.to_string(), sha256_hex(&tool));
+    assert!(
+        policy.network.listen.iter().any(|l| l.port.0 == port),
+        "listener on {port} not learned:\n{text}"
+    );
+    assert!(
+        policy
+            .network
+            .outbound
+            .iter()
+            .any(|o| o.ports.contains(port) && o.cidr.to_string() == "127.0.0.1/32"),
+        "connection to {port} not learned:\n{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "# written while learning: {}",
+            dir.join("written.log").display()
+        )),
+        "written file not noted:\n{text}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+fn sha256_hex(path: &PathBuf) -> String {
+    let bytes = fs::read(path).unwrap();
+    ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
