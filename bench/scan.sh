@@ -89,7 +89,7 @@ for cache in cold warm; do
     [ -n "${times[${cache}_picket]:-}" ] || continue
     p=$(med "${times[${cache}_picket]}"); s=$(med "${times[${cache}_sha256sum]}")
     table+="
-| scan, $cache cache ($FILES files, $mib MiB) | $p ms | $s ms (\`find | xargs -P$(nproc) sha256sum\`) | $(ratio "$p" "$s") |"
+| scan, $cache cache ($FILES files, $mib MiB) | $p ms | $s ms (\`find \\| xargs -P$(nproc) sha256sum\`) | $(ratio "$p" "$s") |"
 done
 v=$(med "$verify_ms"); b=$(med "$version_ms")
 table+="
