@@ -6,14 +6,19 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod alert;
 mod baseline;
+mod config;
+mod detect;
 mod enrich;
 mod hash;
+mod integrity;
 mod monitor;
 mod paths;
 mod policy_cmd;
 mod preflight;
 mod process;
+mod run;
 mod sensors;
 mod session;
 
@@ -27,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: enforce the signed baseline policy and raise alerts for deviations.
+    Run(run::RunArgs),
     /// Load the sensors and print every event as one JSON line, until interrupted.
     Monitor(monitor::MonitorArgs),
     /// Generate an Ed25519 key pair for signing policies: NAME.key (secret) and NAME.pub.
@@ -68,6 +75,7 @@ fn main() -> ExitCode {
     };
     report(runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run::run(args).await,
             Command::Monitor(args) => monitor::run(args).await,
             Command::Keygen(args) => policy_cmd::keygen(args),
             Command::Policy(cmd) => policy_cmd::run(cmd),

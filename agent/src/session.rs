@@ -32,6 +32,10 @@ pub trait Sink {
     fn flush(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Called every second, for work on a timer.
+    fn tick(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// What a session saw.
@@ -85,7 +89,10 @@ pub async fn run(
                 pump.drain(guard.get_inner_mut(), sink)?;
                 guard.clear_ready();
             }
-            _ = tick.tick() => pump.report_losses(&sensors, sink)?,
+            _ = tick.tick() => {
+                pump.report_losses(&sensors, sink)?;
+                sink.tick()?;
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             _ = &mut stop => break,

@@ -28,7 +28,7 @@ use crate::{
 #[derive(clap::Args, Debug)]
 pub struct LearnArgs {
     /// How long to watch: `90s`, `15m`, `2h` (a bare number is seconds).
-    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long = "for", value_name = "DURATION", value_parser = crate::config::parse_duration)]
     duration: Duration,
 
     /// Where to write the draft policy (TOML).
@@ -266,43 +266,4 @@ impl Learned {
 
 fn now() -> anyhow::Result<Timestamp> {
     Timestamp::for_new_policy().map_err(|e| anyhow::anyhow!("creation time: {e}"))
-}
-
-/// `90s`, `15m`, `2h`, `1d`, or seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 2h"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("unknown unit `{unit}` in `{s}` (use s, m, h or d)")),
-    };
-    if seconds == 0 {
-        return Err("the duration must be longer than zero".into());
-    }
-    Ok(Duration::from_secs(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert!(parse_duration("5y").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
-    }
 }

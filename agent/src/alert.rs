@@ -1,0 +1,408 @@
+//! Alerts: what they carry, their persisted sequence numbers, aggregation of repeats, and the
+//! sinks they go to.
+//!
+//! An alert gets its sequence number when it is emitted, from a counter persisted in the state
+//! directory in blocks (one write per [`SEQ_BLOCK`] alerts, to spare flash): after a restart
+//! numbering resumes past the last block, so numbers only ever grow, possibly with a gap.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// How many sequence numbers are reserved per write of the counter.
+const SEQ_BLOCK: u64 = 64;
+
+/// The kinds of alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    UnknownExecutable,
+    ModifiedExecutable,
+    SuspiciousExec,
+    UnexpectedConnection,
+    UnexpectedListener,
+    ProtectedFileChanged,
+    IntegrityDrift,
+    AgentTamper,
+    SensorDataLoss,
+    PolicyRejected,
+}
+
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Medium,
+    High,
+    Critical,
+}
+
+/// An alert before it is numbered and aggregated.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub kind: Kind,
+    pub severity: Severity,
+    /// The rule category or baseline entry involved.
+    pub rule: String,
+    /// The executable, file or peer the alert is about.
+    pub path: Option<String>,
+    pub details: Value,
+    /// The acting process's context (pid, ppid, uid, exe, sha256, argv, ancestry, cgroup_id).
+    pub process: Option<Map<String, Value>>,
+}
+
+impl Draft {
+    /// What makes two alerts "the same" for aggregation: kind, subject, details, executable.
+    fn key(&self) -> String {
+        let exe = self
+            .process
+            .as_ref()
+            .and_then(|p| p.get("exe"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        format!(
+            "{:?}\u{0}{}\u{0}{}\u{0}{exe}",
+            self.kind,
+            self.path.as_deref().unwrap_or(""),
+            self.details
+        )
+    }
+}
+
+/// A numbered alert, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub alert: Kind,
+    pub severity: Severity,
+    pub seq: u64,
+    pub boot_id: String,
+    pub time_ms: u64,
+    pub device_id: String,
+    pub rule: String,
+    pub path: Option<String>,
+    pub details: Value,
+    /// Occurrences this alert stands for (more than 1 for an aggregate).
+    pub count: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub process: Option<Map<String, Value>>,
+}
+
+/// Where alerts go. The MQTT publisher will be one more implementation.
+pub trait AlertSink {
+    fn send(&mut self, alert: &Alert) -> anyhow::Result<()>;
+}
+
+/// Alerts as JSON lines, on stdout and/or appended to a file.
+pub struct JsonLinesSink {
+    stdout: Option<io::Stdout>,
+    file: Option<(PathBuf, fs::File)>,
+}
+
+impl JsonLinesSink {
+    pub fn new(stdout: bool, file: Option<&Path>) -> anyhow::Result<Self> {
+        let file = match file {
+            Some(path) => {
+                let f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening the alert file {}", path.display()))?;
+                Some((path.to_path_buf(), f))
+            }
+            None => None,
+        };
+        Ok(Self {
+            stdout: stdout.then(io::stdout),
+            file,
+        })
+    }
+}
+
+impl AlertSink for JsonLinesSink {
+    fn send(&mut self, alert: &Alert) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(alert).context("encoding an alert")?;
+        line.push(b'\n');
+        if let Some(out) = &mut self.stdout {
+            let mut out = out.lock();
+            out.write_all(&line).context("writing an alert to stdout")?;
+            out.flush().context("writing an alert to stdout")?;
+        }
+        if let Some((path, f)) = &mut self.file {
+            f.write_all(&line)
+                .with_context(|| format!("writing an alert to {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The persisted alert counter.
+pub struct Sequence {
+    path: PathBuf,
+    next: u64,
+    reserved_until: u64,
+}
+
+impl Sequence {
+    /// Opens the counter in `state_dir`, resuming past what a previous run reserved.
+    pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = state_dir.join("alert.seq");
+        let start = match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u64>().with_context(|| {
+                format!(
+                    "{} is corrupt: `{}` is not a number",
+                    path.display(),
+                    text.trim()
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Self {
+            path,
+            next: start + 1,
+            reserved_until: start,
+        })
+    }
+
+    /// The next number, reserving a new block on disk when the current one is used up.
+    pub fn take(&mut self) -> anyhow::Result<u64> {
+        if self.next > self.reserved_until {
+            let until = self.next + SEQ_BLOCK - 1;
+            let tmp = self.path.with_extension("tmp");
+            let write = || -> io::Result<()> {
+                let mut f = fs::File::create(&tmp)?;
+                f.write_all(format!("{until}\n").as_bytes())?;
+                f.sync_all()?;
+                fs::rename(&tmp, &self.path)
+            };
+            write().with_context(|| format!("persisting {}", self.path.display()))?;
+            self.reserved_until = until;
+        }
+        let n = self.next;
+        self.next += 1;
+        Ok(n)
+    }
+}
+
+/// Numbers, aggregates and sends alerts.
+pub struct Alerter {
+    device_id: String,
+    boot_id: String,
+    seq: Sequence,
+    window: Duration,
+    max_tracked: usize,
+    /// Alerts seen in the current window, by key: the first was sent; repeats are counted.
+    open: HashMap<String, Open>,
+    sinks: Vec<Box<dyn AlertSink>>,
+}
+
+struct Open {
+    draft: Draft,
+    opened: Instant,
+    first_ms: u64,
+    last_ms: u64,
+    repeats: u64,
+}
+
+impl Alerter {
+    pub fn new(
+        device_id: String,
+        seq: Sequence,
+        window: Duration,
+        max_tracked: usize,
+        sinks: Vec<Box<dyn AlertSink>>,
+    ) -> Self {
+        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        Self {
+            device_id,
+            boot_id,
+            seq,
+            window,
+            max_tracked: max_tracked.max(1),
+            open: HashMap::new(),
+            sinks,
+        }
+    }
+
+    /// Raises `draft`: sent now if it is new in its window, counted otherwise.
+    pub fn raise(&mut self, draft: Draft) -> anyhow::Result<()> {
+        let now = now_ms();
+        let key = draft.key();
+        if let Some(open) = self.open.get_mut(&key) {
+            open.repeats += 1;
+            open.last_ms = now;
+            return Ok(());
+        }
+        if self.open.len() >= self.max_tracked {
+            // Bounded: close the oldest window early.
+            if let Some(oldest) = self
+                .open
+                .iter()
+                .min_by_key(|(_, o)| o.opened)
+                .map(|(k, _)| k.clone())
+            {
+                if let Some(o) = self.open.remove(&oldest) {
+                    self.close(o)?;
+                }
+            }
+        }
+        self.emit(&draft, 1, now, now)?;
+        self.open.insert(
+            key,
+            Open {
+                draft,
+                opened: Instant::now(),
+                first_ms: now,
+                last_ms: now,
+                repeats: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Closes the windows that have ended, reporting their repeats as one alert each.
+    pub fn tick(&mut self) -> anyhow::Result<()> {
+        let window = self.window;
+        let ended: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.opened.elapsed() >= window)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ended {
+            if let Some(o) = self.open.remove(&key) {
+                self.close(o)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports every open window's repeats (at shutdown).
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        let open: Vec<Open> = self.open.drain().map(|(_, o)| o).collect();
+        for o in open {
+            self.close(o)?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, o: Open) -> anyhow::Result<()> {
+        if o.repeats > 0 {
+            self.emit(&o.draft, o.repeats, o.first_ms, o.last_ms)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, d: &Draft, count: u64, first_ms: u64, last_ms: u64) -> anyhow::Result<()> {
+        let alert = Alert {
+            alert: d.kind,
+            severity: d.severity,
+            seq: self.seq.take()?,
+            boot_id: self.boot_id.clone(),
+            time_ms: now_ms(),
+            device_id: self.device_id.clone(),
+            rule: d.rule.clone(),
+            path: d.path.clone(),
+            details: d.details.clone(),
+            count,
+            first_ms,
+            last_ms,
+            process: d.process.clone(),
+        };
+        log::warn!(
+            "alert #{} {:?}: {}",
+            alert.seq,
+            alert.alert,
+            alert.path.as_deref().unwrap_or("")
+        );
+        for sink in &mut self.sinks {
+            sink.send(&alert)?;
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    struct Collect(Arc<Mutex<Vec<Alert>>>);
+    impl AlertSink for Collect {
+        fn send(&mut self, alert: &Alert) -> anyhow::Result<()> {
+            self.0.lock().unwrap().push(alert.clone());
+            Ok(())
+        }
+    }
+
+    fn draft(path: &str) -> Draft {
+        Draft {
+            kind: Kind::UnknownExecutable,
+            severity: Severity::High,
+            rule: "executables".into(),
+            path: Some(path.into()),
+            details: Value::Null,
+            process: None,
+        }
+    }
+
+    #[test]
+    fn numbers_persist_across_restarts_and_repeats_aggregate() {
+        let dir = std::env::temp_dir().join(format!("picket-alert-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut a = Alerter::new(
+            "d".into(),
+            Sequence::open(&dir).unwrap(),
+            Duration::from_millis(0),
+            8,
+            vec![Box::new(Collect(seen.clone()))],
+        );
+        a.raise(draft("/tmp/x")).unwrap();
+        a.raise(draft("/tmp/x")).unwrap();
+        a.raise(draft("/tmp/x")).unwrap();
+        a.raise(draft("/tmp/y")).unwrap();
+        a.tick().unwrap();
+        {
+            let seen = seen.lock().unwrap();
+            let counts: Vec<(Option<&str>, u64)> =
+                seen.iter().map(|a| (a.path.as_deref(), a.count)).collect();
+            assert_eq!(
+                counts,
+                vec![
+                    (Some("/tmp/x"), 1),
+                    (Some("/tmp/y"), 1),
+                    (Some("/tmp/x"), 2)
+                ]
+            );
+            assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq));
+        }
+        let last = seen.lock().unwrap().last().unwrap().seq;
+        drop(a);
+        // A restart: numbering resumes above anything the first run could have used.
+        let mut seq = Sequence::open(&dir).unwrap();
+        assert!(seq.take().unwrap() > last);
+        fs::write(dir.join("alert.seq"), "garbage").unwrap();
+        assert!(Sequence::open(&dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
