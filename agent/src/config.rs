@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use picket_policy::model::{Mode, Modes};
 use serde::{de, Deserialize, Deserializer};
 
 /// `picket run`'s configuration.
@@ -27,10 +28,34 @@ pub struct AgentConfig {
     /// How often protected files are hashed again (they also are at start-up).
     #[serde(default = "default_rescan", deserialize_with = "duration")]
     pub rescan_interval: Duration,
+    /// Per-category modes overriding the policy's (for example `files = "off"` while a device
+    /// is being commissioned).
+    #[serde(default)]
+    pub modes: ModesConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub output: OutputConfig,
+}
+
+/// Local overrides of the policy's modes; an absent key keeps the policy's.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModesConfig {
+    pub executables: Option<Mode>,
+    pub network: Option<Mode>,
+    pub files: Option<Mode>,
+}
+
+impl ModesConfig {
+    /// The modes in force: these overrides over the policy's.
+    pub fn over(self, policy: Modes) -> Modes {
+        Modes {
+            executables: self.executables.unwrap_or(policy.executables),
+            network: self.network.unwrap_or(policy.network),
+            files: self.files.unwrap_or(policy.files),
+        }
+    }
 }
 
 /// Alert aggregation.
@@ -156,6 +181,10 @@ mod tests {
         assert_eq!(config.alerts.window, Duration::from_secs(60));
         assert_eq!(config.rescan_interval, Duration::from_secs(3600));
         assert!(config.output.stdout && config.output.file.is_some());
+        let policy = Modes::default();
+        let modes = config.modes.over(policy);
+        assert_eq!(modes.files, Mode::Alert);
+        assert_eq!(modes.executables, Mode::Alert);
     }
 
     #[test]

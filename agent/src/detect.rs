@@ -12,7 +12,7 @@ use std::{
 };
 
 use picket_policy::{
-    model::{Mode, Protocol},
+    model::{Mode, Modes, Protocol},
     Policy,
 };
 use serde_json::{json, Map, Value};
@@ -36,6 +36,8 @@ const TEMPORARY: [&str; 6] = [
 /// A policy made ready for per-event checks.
 pub struct Detector {
     policy: Policy,
+    /// The policy's modes with the local configuration's overrides.
+    modes: Modes,
     executables: HashMap<String, [u8; 32]>,
     protected: HashSet<String>,
     attributes: HashSet<String>,
@@ -44,8 +46,9 @@ pub struct Detector {
 }
 
 impl Detector {
-    /// Prepares `policy`; `own` lists the agent's binary, configuration, trust and state paths.
-    pub fn new(policy: Policy, own: Vec<PathBuf>) -> Self {
+    /// Prepares `policy` under `modes`; `own` lists the agent's binary, configuration, trust
+    /// and state paths.
+    pub fn new(policy: Policy, modes: Modes, own: Vec<PathBuf>) -> Self {
         let executables = policy
             .executables
             .iter()
@@ -65,6 +68,7 @@ impl Detector {
             .collect();
         Self {
             policy,
+            modes,
             executables,
             protected,
             attributes,
@@ -74,6 +78,10 @@ impl Detector {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    pub fn modes(&self) -> Modes {
+        self.modes
     }
 
     /// The alerts `event` raises.
@@ -93,8 +101,7 @@ impl Detector {
         let Some(exe) = str_field(f, "exe") else {
             return;
         };
-        let modes = self.policy.modes;
-        if modes.executables == Mode::Off {
+        if self.modes.executables == Mode::Off {
             return;
         }
         let fileless = f.get("fileless").and_then(Value::as_bool) == Some(true);
@@ -121,7 +128,7 @@ impl Detector {
         let actual = str_field(f, "sha256");
         match self.executables.get(exe) {
             Some(expected) => {
-                let expected = hex(expected);
+                let expected = crate::paths::hex(expected);
                 if actual != Some(expected.as_str()) {
                     out.push(draft(
                         Kind::ModifiedExecutable,
@@ -154,7 +161,7 @@ impl Detector {
     }
 
     fn net(&self, f: &Map<String, Value>, out: &mut Vec<Draft>) {
-        if self.policy.modes.network == Mode::Off {
+        if self.modes.network == Mode::Off {
             return;
         }
         let exe = str_field(f, "exe");
@@ -254,7 +261,7 @@ impl Detector {
                 ));
                 continue;
             }
-            if self.policy.modes.files == Mode::Off {
+            if self.modes.files == Mode::Off {
                 continue;
             }
             let protected = self.protected.contains(path)
@@ -346,10 +353,6 @@ fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    crate::paths::hex(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,7 +393,8 @@ glob = "/etc/init.d/*"
             "t.toml",
         )
         .unwrap();
-        Detector::new(policy, vec![PathBuf::from("/etc/picket")])
+        let modes = policy.modes;
+        Detector::new(policy, modes, vec![PathBuf::from("/etc/picket")])
     }
 
     fn event(fields: Value) -> Event {
@@ -446,6 +450,21 @@ glob = "/etc/init.d/*"
         let udp = json!({"event":"net","op":"udp_send","exe":"/usr/bin/app","remote_addr":"10.1.2.3","remote_port":443});
         assert_eq!(kinds(&d, udp), vec![Kind::UnexpectedConnection]);
         assert!(kinds(&d, json!({"event":"net","op":"tcp_listen","local_port":22})).is_empty());
+        assert_eq!(
+            kinds(&d, json!({"event":"net","op":"tcp_listen","local_port":23})),
+            vec![Kind::UnexpectedListener]
+        );
+    }
+
+    #[test]
+    fn a_category_switched_off_raises_nothing() {
+        let d = detector();
+        let off = Modes {
+            executables: Mode::Off,
+            ..d.modes()
+        };
+        let d = Detector::new(d.policy().clone(), off, vec![]);
+        assert!(kinds(&d, json!({"event":"exec","exe":"/tmp/sh"})).is_empty());
         assert_eq!(
             kinds(&d, json!({"event":"net","op":"tcp_listen","local_port":23})),
             vec![Kind::UnexpectedListener]

@@ -11,10 +11,11 @@ use crate::{
     hash::HashCache,
 };
 
-/// Compares every protected file with the baseline and returns one alert per difference.
-pub fn scan(policy: &Policy, hashes: &mut HashCache) -> Vec<Draft> {
+/// Compares every protected file with the baseline and returns one alert per difference;
+/// nothing when the files category is `mode`d off.
+pub fn scan(policy: &Policy, mode: Mode, hashes: &mut HashCache) -> Vec<Draft> {
     let mut out = Vec::new();
-    if policy.modes.files == Mode::Off {
+    if mode == Mode::Off {
         return out;
     }
     for entry in &policy.files.protected {

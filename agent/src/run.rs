@@ -101,9 +101,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Ok(exe) = std::env::current_exe() {
         own.push(exe);
     }
-    let detector = Detector::new(active.policy, own);
+    let modes = config.modes.over(active.policy.modes);
+    if modes != active.policy.modes {
+        log::warn!(
+            "the configuration overrides the policy's modes: {modes:?} (policy: {:?})",
+            active.policy.modes
+        );
+    }
+    let detector = Detector::new(active.policy, modes, own);
     let mut hashes = HashCache::new(8192);
-    for drift in integrity::scan(detector.policy(), &mut hashes) {
+    for drift in integrity::scan(detector.policy(), modes.files, &mut hashes) {
         alerter.raise(drift)?;
     }
 
@@ -163,7 +170,8 @@ impl Sink for Detecting {
         self.alerter.tick()?;
         if self.last_scan.elapsed() >= self.rescan_interval {
             self.last_scan = Instant::now();
-            for drift in integrity::scan(self.detector.policy(), &mut self.hashes) {
+            let files = self.detector.modes().files;
+            for drift in integrity::scan(self.detector.policy(), files, &mut self.hashes) {
                 self.alerter.raise(drift)?;
             }
         }
