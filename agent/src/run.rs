@@ -110,7 +110,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let detector = Detector::new(active.policy, modes, own);
     let mut hashes = HashCache::new(8192);
-    for drift in integrity::scan(detector.policy(), modes.files, &mut hashes) {
+    let mut snapshot = integrity::Snapshot::load(&config.state_dir);
+    let drift = integrity::scan(detector.policy(), modes.files, &mut hashes)
+        .into_iter()
+        .chain(snapshot.scan_globs(detector.policy(), modes.files, &mut hashes));
+    for drift in drift {
         alerter.raise(drift)?;
     }
 
@@ -118,6 +122,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         detector,
         alerter,
         hashes,
+        snapshot,
         rescan_interval: config.rescan_interval,
         last_scan: Instant::now(),
     };
@@ -143,6 +148,7 @@ struct Detecting {
     detector: Detector,
     alerter: Alerter,
     hashes: HashCache,
+    snapshot: integrity::Snapshot,
     rescan_interval: Duration,
     last_scan: Instant,
 }
@@ -170,8 +176,11 @@ impl Sink for Detecting {
         self.alerter.tick()?;
         if self.last_scan.elapsed() >= self.rescan_interval {
             self.last_scan = Instant::now();
-            let files = self.detector.modes().files;
-            for drift in integrity::scan(self.detector.policy(), files, &mut self.hashes) {
+            let (policy, files) = (self.detector.policy(), self.detector.modes().files);
+            let drift = integrity::scan(policy, files, &mut self.hashes)
+                .into_iter()
+                .chain(self.snapshot.scan_globs(policy, files, &mut self.hashes));
+            for drift in drift {
                 self.alerter.raise(drift)?;
             }
         }
