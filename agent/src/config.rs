@@ -28,6 +28,9 @@ pub struct AgentConfig {
     /// How often protected files are hashed again (they also are at start-up).
     #[serde(default = "default_rescan", deserialize_with = "duration")]
     pub rescan_interval: Duration,
+    /// How often the agent checks that its sensors still deliver (see `canary.rs`).
+    #[serde(default = "default_canary", deserialize_with = "duration")]
+    pub canary_interval: Duration,
     /// Per-category modes overriding the policy's (for example `files = "off"` while a device
     /// is being commissioned).
     #[serde(default)]
@@ -105,6 +108,9 @@ fn yes() -> bool {
 }
 fn default_rescan() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_canary() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_window() -> Duration {
     Duration::from_secs(60)

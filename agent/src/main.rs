@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod alert;
 mod baseline;
+mod canary;
 mod config;
 mod detect;
 mod enrich;
@@ -44,6 +45,9 @@ enum Command {
     /// Produce a baseline policy from a root filesystem.
     #[command(subcommand)]
     Baseline(baseline::BaselineCommand),
+    /// The sensor liveness check's test exec (internal): exits at once.
+    #[command(name = canary::SUBCOMMAND, hide = true)]
+    Canary { nonce: String },
 }
 
 /// Options shared by every command that loads the sensors.
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
             Command::Keygen(args) => policy_cmd::keygen(args),
             Command::Policy(cmd) => policy_cmd::run(cmd),
             Command::Baseline(cmd) => baseline::run(cmd).await,
+            Command::Canary { .. } => Ok(()),
         }
     }))
 }

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::{
     alert::{AlertSink, Alerter, Draft, JsonLinesSink, Kind, Sequence, Severity},
+    canary::Canary,
     config::AgentConfig,
     detect::Detector,
     enrich::Event,
@@ -123,6 +124,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         alerter,
         hashes,
         snapshot,
+        canary: Canary::new(config.canary_interval),
         rescan_interval: config.rescan_interval,
         last_scan: Instant::now(),
     };
@@ -149,12 +151,16 @@ struct Detecting {
     alerter: Alerter,
     hashes: HashCache,
     snapshot: integrity::Snapshot,
+    canary: Canary,
     rescan_interval: Duration,
     last_scan: Instant,
 }
 
 impl Sink for Detecting {
     fn event(&mut self, event: Event) -> anyhow::Result<()> {
+        if self.canary.consume(&event) {
+            return Ok(());
+        }
         for draft in self.detector.check(&event) {
             self.alerter.raise(draft)?;
         }
@@ -174,6 +180,10 @@ impl Sink for Detecting {
 
     fn tick(&mut self) -> anyhow::Result<()> {
         self.alerter.tick()?;
+        if let Some(tamper) = self.canary.tick(Instant::now()) {
+            log::error!("the sensors stopped delivering events");
+            self.alerter.raise(tamper)?;
+        }
         if self.last_scan.elapsed() >= self.rescan_interval {
             self.last_scan = Instant::now();
             let (policy, files) = (self.detector.policy(), self.detector.modes().files);
