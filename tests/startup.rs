@@ -14,11 +14,17 @@ use std::{
 
 const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
-/// Tests here that load the sensors or touch tracefs run one at a time.
+/// The tests here run one at a time: any of them may reach tracefs (which one of them
+/// unmounts) or load the sensors.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[test]
 fn refuses_to_start_unprivileged_and_says_how_to_fix_it() {
+    let _serial = serial();
     // `nobody`: no capabilities at all.
     let out = Command::new(PICKET)
         .args(["monitor"])
@@ -34,6 +40,7 @@ fn refuses_to_start_unprivileged_and_says_how_to_fix_it() {
 
 #[test]
 fn names_an_object_file_that_does_not_exist() {
+    let _serial = serial();
     let out = Command::new(PICKET)
         .args(["monitor", "--bpf-object", "/nonexistent/picket-sensors"])
         .output()
@@ -46,6 +53,7 @@ fn names_an_object_file_that_does_not_exist() {
 
 #[test]
 fn refuses_an_object_that_is_not_one() {
+    let _serial = serial();
     let dir = tempdir();
     let junk = dir.join("junk.o");
     std::fs::write(&junk, b"\x7fELF but not really").unwrap();
@@ -63,6 +71,7 @@ fn refuses_an_object_that_is_not_one() {
 
 #[test]
 fn refuses_bad_options_with_the_reason() {
+    let _serial = serial();
     let out = Command::new(PICKET)
         .args(["monitor", "--filter", "exec,bogus"])
         .output()
@@ -80,7 +89,7 @@ fn refuses_bad_options_with_the_reason() {
 
 #[test]
 fn loads_the_sensors_from_a_file_given_with_bpf_object() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let object = built_object();
     let mut monitor = Command::new(PICKET)
         .arg("monitor")
@@ -112,7 +121,7 @@ fn loads_the_sensors_from_a_file_given_with_bpf_object() {
 
 #[test]
 fn mounts_tracefs_when_it_is_missing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let tracing = Path::new("/sys/kernel/tracing");
     if tracing.join("events").is_dir() {
         // Lazy unmount: succeeds even while something holds a file in it.

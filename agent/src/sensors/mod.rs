@@ -105,7 +105,6 @@ impl Sensors {
         ring_buffer_bytes: u32,
         enabled: SensorSet,
     ) -> Result<Self, SensorError> {
-        let tracefs = Tracefs::find_or_mount()?;
         let page = page_size();
         if !ring_buffer_bytes.is_power_of_two() || u64::from(ring_buffer_bytes) < page {
             return Err(SensorError::RingBufferSize(ring_buffer_bytes, page));
@@ -121,6 +120,8 @@ impl Sensors {
             None => EMBEDDED_OBJECT.into(),
         };
 
+        // Cheap checks first; tracefs (which may need mounting) only once they pass.
+        let tracefs = Tracefs::find_or_mount()?;
         let layout = layout(&tracefs)?;
         log::debug!("tracepoint layout: {layout:?}");
         let mut ebpf = EbpfLoader::new()
