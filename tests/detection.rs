@@ -11,20 +11,18 @@
 mod harness;
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write as _};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use harness::{fork_child, sha256_file, spawn_fresh_executable, unique, wait_child};
+use harness::{sha256_file, spawn_fresh_executable, terminate, unique};
 use serde_json::Value;
 
 const PICKET: &str = env!("CARGO_BIN_EXE_picket");
@@ -240,7 +238,7 @@ fn scenario_raises_exactly_the_expected_alerts() {
 
     // A fileless executable: /usr/bin/true run from a memfd.
     let memfd_name = unique("picket-det-memfd");
-    let memfd_pid = exec_memfd(&memfd_name);
+    let (memfd_pid, _) = harness::exec_memfd(&memfd_name, "picket-det-fileless");
     let memfd_path = format!("/memfd:{memfd_name} (deleted)");
     expected.push(Expected::path(
         "unknown_executable",
@@ -715,22 +713,6 @@ impl Drop for Agent {
     }
 }
 
-/// SIGTERM, then reap; `None` if the child was still running after `timeout`.
-fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    // SAFETY: plain kill(2) of our own, not yet reaped, child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().ok().flatten() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn spawn_reader(
     pipe: impl Read + Send + 'static,
     shared: Arc<Shared>,
@@ -1031,40 +1013,6 @@ fn run_ok(cmd: &mut Command) -> u32 {
     let status = child.wait().unwrap();
     assert!(status.success(), "{cmd:?} failed: {status}");
     pid
-}
-
-/// Runs /usr/bin/true from a memfd named `name` (memfd_create, then execveat(AT_EMPTY_PATH) in a
-/// forked child); returns the child's pid once it has exited successfully.
-fn exec_memfd(name: &str) -> u32 {
-    let c_name = CString::new(name).unwrap();
-    // SAFETY: plain syscall; no MFD_CLOEXEC so the fd stays valid through the exec.
-    let fd = unsafe { libc::memfd_create(c_name.as_ptr(), 0) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` was just created and is owned by nothing else.
-    let mut memfd = unsafe { fs::File::from_raw_fd(fd) };
-    memfd
-        .write_all(&fs::read("/usr/bin/true").unwrap())
-        .unwrap();
-    let argv0 = CString::new("picket-det-fileless").unwrap();
-    let argv = [argv0.as_ptr(), std::ptr::null()];
-    let envp = [std::ptr::null::<libc::c_char>()];
-    let child = fork_child(|| {
-        // SAFETY: execveat(fd, "", argv, envp, AT_EMPTY_PATH) on data prepared before the fork.
-        unsafe {
-            libc::syscall(
-                libc::SYS_execveat,
-                memfd.as_raw_fd(),
-                c"".as_ptr(),
-                argv.as_ptr(),
-                envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
-        }
-        127
-    });
-    assert_eq!(wait_child(child), 0, "the memfd exec failed");
-    drop(memfd);
-    child as u32
 }
 
 /// A port free on 127.0.0.1 and 127.0.0.2, for TCP and UDP.

@@ -10,9 +10,7 @@
 mod harness;
 
 use std::ffi::{CString, OsStr};
-use std::io::Write;
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -158,35 +156,7 @@ fn exec_of_script_reports_script_and_interpreter() {
 #[test]
 fn execveat_of_memfd_is_fileless() {
     let mon = Monitor::start(&["--filter", "exec"]);
-    let name = CString::new("picket-memfd").unwrap();
-    // SAFETY: plain syscall; no MFD_CLOEXEC so the fd stays valid through the exec.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` was just created and is owned by nothing else.
-    let mut memfd = unsafe { std::fs::File::from_raw_fd(fd) };
-    memfd
-        .write_all(&std::fs::read("/bin/true").unwrap())
-        .unwrap();
-
-    let argv0 = CString::new("picket-memfd-true").unwrap();
-    let argv = [argv0.as_ptr(), std::ptr::null()];
-    let envp = [std::ptr::null::<libc::c_char>()];
-    let pid = fork_child(|| {
-        // SAFETY: execveat(fd, "", argv, envp, AT_EMPTY_PATH) on data prepared before the fork.
-        unsafe {
-            libc::syscall(
-                libc::SYS_execveat,
-                memfd.as_raw_fd(),
-                c"".as_ptr(),
-                argv.as_ptr(),
-                envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
-        }
-        127
-    });
-    assert_eq!(wait_child(pid), 0, "the memfd exec failed");
-    let pid = pid as u32;
+    let (pid, fd) = harness::exec_memfd("picket-memfd", "picket-memfd-true");
 
     let ev = mon.wait_for_pid(&format!("exec of the memfd by pid {pid}"), pid, |e| {
         e.kind() == "exec"

@@ -280,7 +280,7 @@ impl Drop for Monitor {
 }
 
 /// SIGTERM, then reap; `None` if the child was still running after `timeout`.
-fn terminate(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+pub fn terminate(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     // SAFETY: plain kill(2) of our own, not yet reaped, child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let deadline = Instant::now() + timeout;
@@ -528,4 +528,40 @@ pub fn run(cmd: &mut Command) -> u32 {
     let status = child.wait().unwrap();
     assert!(status.success(), "{cmd:?} failed: {status}");
     pid
+}
+
+/// Runs /usr/bin/true from a memfd named `name` (memfd_create, then execveat(fd, "",
+/// AT_EMPTY_PATH) in a forked child, with `argv0` as its only argument): a fileless exec.
+/// Returns the child's pid, once it has exited successfully, and the memfd's fd number.
+pub fn exec_memfd(name: &str, argv0: &str) -> (u32, i32) {
+    use std::io::Write as _;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let c_name = CString::new(name).unwrap();
+    // SAFETY: plain syscall; no MFD_CLOEXEC so the fd stays valid through the exec.
+    let fd = unsafe { libc::memfd_create(c_name.as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let mut memfd = unsafe { std::fs::File::from_raw_fd(fd) };
+    memfd
+        .write_all(&std::fs::read("/usr/bin/true").unwrap())
+        .unwrap();
+    let argv0 = CString::new(argv0).unwrap();
+    let argv = [argv0.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    let child = fork_child(|| {
+        // SAFETY: execveat(fd, "", argv, envp, AT_EMPTY_PATH) on data prepared before the fork.
+        unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                memfd.as_raw_fd(),
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+        }
+        127
+    });
+    assert_eq!(wait_child(child), 0, "the memfd exec failed");
+    (child as u32, fd)
 }
