@@ -8,6 +8,7 @@
 # Usage: sudo bench/scan.sh [FILES] [ROUNDS]      (defaults: 20000 files, 5 rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 FILES="${1:-20000}"
 ROUNDS="${2:-5}"
@@ -35,8 +36,6 @@ PY
 bytes=$(du -sb "$WORK/root" | cut -f1)
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || return 1; }
-now() { date +%s%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 run_picket() { "$PICKET" baseline scan --root "$WORK/root" --out "$WORK/policy.toml" 2>/dev/null; }
 run_sha256sum() {
@@ -80,8 +79,6 @@ for round in $(seq "$ROUNDS"); do
     version_ms+="$(( (t1 - t0) / 1000 )) "
 done
 
-med() { echo "$1" | tr ' ' '\n' | grep -v '^$' | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }'; }
 mib=$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1048576 }')
 table="| measure | picket | baseline | ratio (baseline / picket; > 1 means picket is faster) |
 | --- | --- | --- | --- |"
@@ -101,21 +98,11 @@ Cold-cache figures are missing: dropping the page cache needs root."
 
 echo "$table"
 
-machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), commit $(git rev-parse --short HEAD)"
+machine="$(machine)"
 section="## Integrity scan
 
 Measured by \`bench/scan.sh\` ($ROUNDS rounds, medians) on $(date -u +%Y-%m-%d): $machine.
 
 $table
 "
-doc=docs/PERFORMANCE.md
-[ -f "$doc" ] || printf '# Performance\n\nFigures measured by the scripts in `bench/`; each section is rewritten by its script.\n' > "$doc"
-python3 - "$doc" "$section" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2]
-text = open(path).read()
-pattern = re.compile(r"## Integrity scan\n.*?(?=\n## |\Z)", re.S)
-text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-open(path, "w").write(text)
-PY
-echo "updated $doc" >&2
+write_section "Integrity scan" "$section"

@@ -8,6 +8,7 @@
 # Usage: sudo bench/storm.sh [EXECS] [WRITES] [ROUNDS]     (defaults: 5000 20000 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 EXECS="${1:-5000}"
 WRITES="${2:-20000}"
@@ -58,7 +59,6 @@ for _ in range(n):
 PY
 }
 
-now() { date +%s%N; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 start_agent() {
     "$PICKET" run --config "$WORK/picket.toml" 2>"$WORK/agent.log" &
@@ -89,9 +89,6 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round/$ROUNDS done" >&2
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-med() { echo "$1" | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }'; }
 per() { awk -v us="$1" -v n="$2" 'BEGIN { printf "%.1f", us / n }'; }
 
 ew=$(med "${ms[exec_without]}"); eW=$(med "${ms[exec_with]}"); ec=$(med "${cpu[exec]}")
@@ -113,7 +110,7 @@ agent CPU under 10 µs per event (exec: $(verdict "$epe" 10), write: $(verdict "
 RSS under 16 MiB under load ($(verdict $((rss_kib / 1024)) 16))."
 echo "$table"
 
-machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), commit $(git rev-parse --short HEAD)"
+machine="$(machine)"
 section="## Agent cost
 
 Measured by \`bench/storm.sh\` ($ROUNDS rounds, medians) on $(date -u +%Y-%m-%d): $machine.
@@ -123,14 +120,4 @@ events it caused.
 
 $table
 "
-doc=docs/PERFORMANCE.md
-[ -f "$doc" ] || printf '# Performance\n\nFigures measured by the scripts in `bench/`; each section is rewritten by its script.\n' > "$doc"
-python3 - "$doc" "$section" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2]
-text = open(path).read()
-pattern = re.compile(r"## Agent cost\n.*?(?=\n## |\Z)", re.S)
-text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-open(path, "w").write(text)
-PY
-echo "updated $doc" >&2
+write_section "Agent cost" "$section"
