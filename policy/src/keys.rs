@@ -191,11 +191,6 @@ impl TrustStore {
                 .is_ok(),
         )
     }
-
-    /// Ids of the trusted keys.
-    pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
-        self.keys.keys().copied()
-    }
 }
 
 /// Parses `ed25519 <hex> [comment]`; `#` lines and blank lines are ignored.

@@ -219,7 +219,7 @@ impl FromStr for AbsPath {
 
 /// A path pattern (`*`, `?`, `[...]`, `**`), absolute.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Glob(String);
+pub struct Glob(String, glob::Pattern);
 
 impl Glob {
     pub fn as_str(&self) -> &str {
@@ -233,7 +233,7 @@ impl Glob {
             require_literal_separator: true,
             require_literal_leading_dot: false,
         };
-        glob::Pattern::new(&self.0).is_ok_and(|p| p.matches_with(path, options))
+        self.1.matches_with(path, options)
     }
 }
 
@@ -244,8 +244,9 @@ impl FromStr for Glob {
         if !s.starts_with('/') {
             return Err(format!("pattern `{s}` is not absolute"));
         }
-        glob::Pattern::new(s).map_err(|e| format!("pattern `{s}`: {e}"))?;
-        Ok(Glob(s.to_string()))
+        // Compiled once here: matching runs per event.
+        let pattern = glob::Pattern::new(s).map_err(|e| format!("pattern `{s}`: {e}"))?;
+        Ok(Glob(s.to_string(), pattern))
     }
 }
 
