@@ -1,0 +1,468 @@
+//! Picket's wire protocol: the MQTT topics a device and the backend use, and the versioned
+//! messages they exchange. Documented for third parties in `docs/PROTOCOL.md`; this crate is
+//! the one definition both sides compile against.
+//!
+//! Every message is an [`Envelope`]: protocol version, the sender's device id, and a body whose
+//! type the topic determines ([`Alert`], [`Heartbeat`], [`Status`], [`PolicyResult`]). It is
+//! encoded either as postcard (compact, the default on cellular links) or as JSON (for
+//! third-party consumers); the first byte tells which (see [`Format`]). Policy bundles sent to a
+//! device are not wrapped: the bundle is already a signed, versioned envelope of its own.
+
+#![forbid(unsafe_code)]
+
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
+
+/// The protocol version this crate speaks; carried in every envelope.
+pub const VERSION: u16 = 1;
+
+/// The largest message (any topic but the policy one) a receiver accepts.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// The largest policy bundle a device accepts over MQTT.
+pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The first byte of a postcard-encoded message. JSON messages start with `{`.
+pub const POSTCARD_MARKER: u8 = 0x00;
+
+pub mod topic;
+
+/// What went wrong decoding a message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("empty message")]
+    Empty,
+    #[error("message of {0} bytes is over the limit of {MAX_MESSAGE_BYTES}")]
+    TooLarge(usize),
+    #[error("unknown message format (first byte 0x{0:02x}; expected 0x00 for postcard or `{{` for JSON)")]
+    UnknownFormat(u8),
+    #[error("protocol version {0} is not supported (this side speaks {VERSION})")]
+    Version(u16),
+    #[error("malformed {format} message: {reason}")]
+    Malformed {
+        format: &'static str,
+        reason: String,
+    },
+    #[error("encoding failed: {0}")]
+    Encode(String),
+}
+
+/// How a message is encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `0x00` followed by the postcard encoding of the envelope.
+    #[default]
+    Postcard,
+    /// A JSON object.
+    Json,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Postcard => "postcard",
+            Format::Json => "JSON",
+        }
+    }
+}
+
+/// Every message: version, sender, body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Protocol version ([`VERSION`]).
+    pub v: u16,
+    /// The sending device's id; must equal the device id in the topic.
+    pub device_id: String,
+    pub body: T,
+}
+
+/// Encodes `body` from `device_id` as `format`.
+pub fn encode<T: Serialize>(format: Format, device_id: &str, body: &T) -> Result<Vec<u8>, Error> {
+    // The same fields as `Envelope`, borrowed.
+    #[derive(Serialize)]
+    struct EnvelopeRef<'a, T> {
+        v: u16,
+        device_id: &'a str,
+        body: &'a T,
+    }
+    let envelope = EnvelopeRef {
+        v: VERSION,
+        device_id,
+        body,
+    };
+    match format {
+        Format::Postcard => {
+            let mut out = vec![POSTCARD_MARKER];
+            postcard::to_io(&envelope, &mut out).map_err(|e| Error::Encode(e.to_string()))?;
+            Ok(out)
+        }
+        Format::Json => serde_json::to_vec(&envelope).map_err(|e| Error::Encode(e.to_string())),
+    }
+}
+
+/// Decodes a message whose body is a `T`, telling which format it came in.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<(Format, Envelope<T>), Error> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(Error::TooLarge(payload.len()));
+    }
+    let first = *payload.first().ok_or(Error::Empty)?;
+    let format = match first {
+        POSTCARD_MARKER => Format::Postcard,
+        b'{' | b' ' | b'\t' | b'\r' | b'\n' => Format::Json,
+        other => return Err(Error::UnknownFormat(other)),
+    };
+    let malformed = |reason: String| Error::Malformed {
+        format: format.name(),
+        reason,
+    };
+    // The version first: a newer sender's body may not parse, and that deserves its own error.
+    let version = match format {
+        Format::Postcard => {
+            postcard::take_from_bytes::<u16>(&payload[1..])
+                .map_err(|e| malformed(e.to_string()))?
+                .0
+        }
+        Format::Json => {
+            #[derive(Deserialize)]
+            struct Versioned {
+                v: u16,
+            }
+            serde_json::from_slice::<Versioned>(payload)
+                .map_err(|e| malformed(e.to_string()))?
+                .v
+        }
+    };
+    if version != VERSION {
+        return Err(Error::Version(version));
+    }
+    let envelope = match format {
+        Format::Postcard => {
+            let (envelope, rest) =
+                postcard::take_from_bytes(&payload[1..]).map_err(|e| malformed(e.to_string()))?;
+            if !rest.is_empty() {
+                return Err(malformed(format!("{} bytes after the message", rest.len())));
+            }
+            envelope
+        }
+        Format::Json => serde_json::from_slice(payload).map_err(|e| malformed(e.to_string()))?,
+    };
+    Ok((format, envelope))
+}
+
+/// The kinds of alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    UnknownExecutable,
+    ModifiedExecutable,
+    SuspiciousExec,
+    UnexpectedConnection,
+    UnexpectedListener,
+    ProtectedFileChanged,
+    IntegrityDrift,
+    AgentTamper,
+    SensorDataLoss,
+    PolicyRejected,
+    /// The spool was full: this many older, less severe alerts were dropped undelivered.
+    AlertsDropped,
+}
+
+impl AlertKind {
+    /// The name used on the wire and in the backend (`unknown_executable`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertKind::UnknownExecutable => "unknown_executable",
+            AlertKind::ModifiedExecutable => "modified_executable",
+            AlertKind::SuspiciousExec => "suspicious_exec",
+            AlertKind::UnexpectedConnection => "unexpected_connection",
+            AlertKind::UnexpectedListener => "unexpected_listener",
+            AlertKind::ProtectedFileChanged => "protected_file_changed",
+            AlertKind::IntegrityDrift => "integrity_drift",
+            AlertKind::AgentTamper => "agent_tamper",
+            AlertKind::SensorDataLoss => "sensor_data_loss",
+            AlertKind::PolicyRejected => "policy_rejected",
+            AlertKind::AlertsDropped => "alerts_dropped",
+        }
+    }
+}
+
+/// How urgent an alert is; ordered from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    /// 1 (medium) to 3 (critical): the order in which a full spool gives alerts up.
+    pub fn rank(self) -> u8 {
+        match self {
+            Severity::Medium => 1,
+            Severity::High => 2,
+            Severity::Critical => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// An alert as delivered to the fleet. `(device_id, seq)` identifies it: a device's sequence
+/// numbers only grow (possibly with gaps after a restart), and a message received twice carries
+/// the same number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub seq: u64,
+    /// The kernel's boot id when the alert was raised.
+    pub boot_id: String,
+    /// When it was raised, in milliseconds since the Unix epoch (device clock).
+    pub time_ms: u64,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    /// The policy rule category or entry involved.
+    pub rule: String,
+    /// The executable, file or peer the alert is about.
+    pub path: Option<String>,
+    /// Kind-specific details (see docs/PROTOCOL.md).
+    pub details: Details,
+    /// How many occurrences this alert stands for (more than 1 for an aggregate).
+    pub count: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub process: Option<ProcessContext>,
+}
+
+/// The process that caused an alert.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessContext {
+    pub pid: Option<u32>,
+    pub ppid: Option<u32>,
+    pub uid: Option<u32>,
+    pub exe: Option<String>,
+    pub sha256: Option<String>,
+    /// The first arguments (bounded); `argv_dropped` says how many more there were.
+    pub argv: Vec<String>,
+    pub argv_dropped: u32,
+    /// Parent, grandparent, ... as far as the agent knows them.
+    pub ancestry: Vec<Ancestor>,
+    pub cgroup_id: Option<u64>,
+}
+
+/// One ancestor of an alert's process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exe: Option<String>,
+}
+
+/// Kind-specific alert details: a JSON object. JSON messages carry it as an object; postcard
+/// ones as its JSON text (postcard cannot carry self-describing values).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Details(pub serde_json::Value);
+
+impl Serialize for Details {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            s.serialize_str(&self.0.to_string())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Details {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            serde_json::Value::deserialize(d).map(Details)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text)
+                .map(Details)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+}
+
+/// Published every heartbeat interval (not retained, not spooled: the next one supersedes it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub time_ms: u64,
+    pub uptime_s: u64,
+    pub agent_version: String,
+    /// Serial of the policy in force.
+    pub policy_serial: u64,
+    /// Resident memory of the agent, in bytes.
+    pub rss_bytes: u64,
+    pub sensors: Vec<SensorCounters>,
+    pub alerts: AlertCounters,
+    /// Alerts waiting in the spool for the broker's acknowledgement.
+    pub spool_pending: u64,
+    pub spool_bytes: u64,
+}
+
+/// Events one sensor delivered and lost since the agent started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorCounters {
+    /// `process`, `network` or `file`.
+    pub sensor: String,
+    pub seen: u64,
+    pub lost: u64,
+}
+
+/// What became of alerts since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertCounters {
+    /// Raised by detection (each occurrence).
+    pub raised: u64,
+    /// Occurrences folded into an aggregate instead of being sent on their own.
+    pub aggregated: u64,
+    /// Written to the spool.
+    pub spooled: u64,
+    /// Acknowledged by the broker.
+    pub sent: u64,
+    /// Dropped from a full spool.
+    pub dropped: u64,
+}
+
+/// The device's presence, retained on its status topic; the broker publishes the `Offline` one
+/// (the last will) when the device goes away without saying so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: Presence,
+    pub time_ms: u64,
+    pub agent_version: String,
+    pub policy_serial: u64,
+    pub policy_name: String,
+    pub boot_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Online,
+    Offline,
+}
+
+/// What a device did with a policy bundle it received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyResult {
+    pub time_ms: u64,
+    /// SHA-256 of the bundle as received (hex), to match a result with what was sent.
+    pub bundle_sha256: String,
+    pub outcome: PolicyOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyOutcome {
+    /// Verified and now in force.
+    Applied { name: String, serial: u64 },
+    /// Identical to the policy in force.
+    Unchanged { serial: u64 },
+    /// Refused; the policy in force stays.
+    Refused { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn alert() -> Alert {
+        Alert {
+            seq: 42,
+            boot_id: "b".into(),
+            time_ms: 1_700_000_000_000,
+            kind: AlertKind::UnknownExecutable,
+            severity: Severity::High,
+            rule: "executables".into(),
+            path: Some("/tmp/x".into()),
+            details: Details(json!({"sha256": "ab", "n": 3, "nested": {"a": [1, 2]}})),
+            count: 1,
+            first_ms: 1,
+            last_ms: 2,
+            process: Some(ProcessContext {
+                pid: Some(7),
+                exe: Some("/tmp/x".into()),
+                argv: vec!["x".into(), "--y".into()],
+                ancestry: vec![Ancestor {
+                    pid: 1,
+                    exe: Some("/sbin/init".into()),
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn both_formats_round_trip() {
+        for format in [Format::Postcard, Format::Json] {
+            let bytes = encode(format, "gw-1", &alert()).unwrap();
+            let (got, env) = decode::<Alert>(&bytes).unwrap();
+            assert_eq!(got, format);
+            assert_eq!(env.v, VERSION);
+            assert_eq!(env.device_id, "gw-1");
+            assert_eq!(env.body, alert());
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode(Format::Json, "gw-1", &alert()).unwrap()).unwrap();
+        assert_eq!(json["body"]["kind"], "unknown_executable");
+        assert_eq!(json["body"]["details"]["nested"]["a"][1], 2);
+        let postcard = encode(Format::Postcard, "gw-1", &alert()).unwrap();
+        assert!(postcard.len() < serde_json::to_vec(&json).unwrap().len());
+    }
+
+    #[test]
+    fn outcomes_and_status_round_trip() {
+        for outcome in [
+            PolicyOutcome::Applied {
+                name: "p".into(),
+                serial: 3,
+            },
+            PolicyOutcome::Unchanged { serial: 3 },
+            PolicyOutcome::Refused {
+                reason: "rollback".into(),
+            },
+        ] {
+            let r = PolicyResult {
+                time_ms: 1,
+                bundle_sha256: "00".into(),
+                outcome,
+            };
+            for format in [Format::Postcard, Format::Json] {
+                let bytes = encode(format, "d", &r).unwrap();
+                assert_eq!(decode::<PolicyResult>(&bytes).unwrap().1.body, r);
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_input_with_the_reason() {
+        assert_eq!(decode::<Alert>(&[]), Err(Error::Empty));
+        assert_eq!(decode::<Alert>(b"\xffabc"), Err(Error::UnknownFormat(0xff)));
+        let big = vec![0u8; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(decode::<Alert>(&big), Err(Error::TooLarge(big.len())));
+        let future = br#"{"v": 9, "device_id": "d", "body": {}}"#;
+        assert_eq!(decode::<Alert>(future), Err(Error::Version(9)));
+        assert!(matches!(
+            decode::<Alert>(br#"{"v": 1, "device_id": "d"}"#),
+            Err(Error::Malformed { format: "JSON", .. })
+        ));
+        // Every truncation of a valid postcard message is refused, none panics.
+        let bytes = encode(Format::Postcard, "gw-1", &alert()).unwrap();
+        for len in 1..bytes.len() {
+            assert!(decode::<Alert>(&bytes[..len]).is_err(), "prefix of {len}");
+        }
+        // Trailing bytes are refused, not ignored.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode::<Alert>(&longer).is_err());
+    }
+}
