@@ -13,37 +13,18 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use serde::Serialize;
+
+use crate::report::Counters;
 use serde_json::{Map, Value};
 
 /// How many sequence numbers are reserved per write of the counter.
 const SEQ_BLOCK: u64 = 64;
 
-/// The kinds of alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    UnknownExecutable,
-    ModifiedExecutable,
-    SuspiciousExec,
-    UnexpectedConnection,
-    UnexpectedListener,
-    ProtectedFileChanged,
-    IntegrityDrift,
-    AgentTamper,
-    SensorDataLoss,
-    PolicyRejected,
-}
-
-/// How urgent an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Medium,
-    High,
-    Critical,
-}
+pub use picket_proto::{AlertKind as Kind, Severity};
 
 /// An alert before it is numbered and aggregated.
 #[derive(Debug, Clone)]
@@ -96,9 +77,80 @@ pub struct Alert {
     pub process: Option<Map<String, Value>>,
 }
 
-/// Where alerts go. The MQTT publisher will be one more implementation.
+impl Alert {
+    /// The alert as delivered to the fleet (see `picket_proto::Alert`).
+    pub fn to_wire(&self) -> picket_proto::Alert {
+        picket_proto::Alert {
+            seq: self.seq,
+            boot_id: self.boot_id.clone(),
+            time_ms: self.time_ms,
+            kind: self.alert,
+            severity: self.severity,
+            rule: self.rule.clone(),
+            path: self.path.clone(),
+            details: picket_proto::Details(self.details.clone()),
+            count: self.count,
+            first_ms: self.first_ms,
+            last_ms: self.last_ms,
+            process: self.process.as_ref().map(process_context),
+        }
+    }
+}
+
+/// The typed process context of an alert, from the fields detection gathered.
+fn process_context(p: &Map<String, Value>) -> picket_proto::ProcessContext {
+    let u32_of = |key: &str| {
+        p.get(key)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    let str_of = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_string);
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    picket_proto::ProcessContext {
+        pid: u32_of("pid"),
+        ppid: u32_of("ppid"),
+        uid: u32_of("uid"),
+        exe: str_of("exe"),
+        sha256: str_of("sha256"),
+        argv: strings(p.get("argv")),
+        argv_dropped: u32_of("argv_dropped").unwrap_or(0),
+        ancestry: p
+            .get("ancestry")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| {
+                        Some(picket_proto::Ancestor {
+                            pid: u32::try_from(x.get("pid")?.as_u64()?).ok()?,
+                            exe: x.get("exe").and_then(Value::as_str).map(str::to_string),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        cgroup_id: p.get("cgroup_id").and_then(Value::as_u64),
+    }
+}
+
+/// Where alerts go: JSON lines, the spool of the MQTT reporter.
 pub trait AlertSink {
     fn send(&mut self, alert: &Alert) -> anyhow::Result<()>;
+    /// Makes what was sent durable (called once per batch of events).
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Alerts this sink had to give up (a full spool) since the last call.
+    fn take_dropped(&mut self) -> u64 {
+        0
+    }
 }
 
 /// Alerts as JSON lines, on stdout and/or appended to a file.
@@ -203,6 +255,7 @@ pub struct Alerter {
     /// Alerts seen in the current window, by key: the first was sent; repeats are counted.
     open: HashMap<String, Open>,
     sinks: Vec<Box<dyn AlertSink>>,
+    counters: Arc<Counters>,
 }
 
 struct Open {
@@ -220,6 +273,7 @@ impl Alerter {
         window: Duration,
         max_tracked: usize,
         sinks: Vec<Box<dyn AlertSink>>,
+        counters: Arc<Counters>,
     ) -> Self {
         let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_string())
@@ -232,14 +286,30 @@ impl Alerter {
             max_tracked: max_tracked.max(1),
             open: HashMap::new(),
             sinks,
+            counters,
         }
+    }
+
+    /// The kernel's boot id, as stamped on alerts.
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// Makes every alert sent so far durable in the sinks that keep them (the spool).
+    pub fn flush_sinks(&mut self) -> anyhow::Result<()> {
+        for sink in &mut self.sinks {
+            sink.flush()?;
+        }
+        Ok(())
     }
 
     /// Raises `draft`: sent now if it is new in its window, counted otherwise.
     pub fn raise(&mut self, draft: Draft) -> anyhow::Result<()> {
         let now = now_ms();
         let key = draft.key();
+        Counters::add(&self.counters.raised, 1);
         if let Some(open) = self.open.get_mut(&key) {
+            Counters::add(&self.counters.aggregated, 1);
             open.repeats += 1;
             open.last_ms = now;
             return Ok(());
@@ -329,11 +399,32 @@ impl Alerter {
         for sink in &mut self.sinks {
             sink.send(&alert)?;
         }
+        // A full spool made room by dropping older, less severe alerts: say how many. The
+        // report may itself push one more out, which the next report counts.
+        if d.kind != Kind::AlertsDropped {
+            for _ in 0..4 {
+                let dropped: u64 = self.sinks.iter_mut().map(|s| s.take_dropped()).sum();
+                if dropped == 0 {
+                    break;
+                }
+                log::error!("the spool is full: {dropped} undelivered alerts were dropped");
+                let report = Draft {
+                    kind: Kind::AlertsDropped,
+                    severity: Severity::Critical,
+                    rule: "spool".into(),
+                    path: None,
+                    details: serde_json::json!({ "dropped": dropped }),
+                    process: None,
+                };
+                self.emit(&report, 1, now_ms(), now_ms())?;
+            }
+        }
         Ok(())
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -376,6 +467,7 @@ mod tests {
             Duration::from_millis(0),
             8,
             vec![Box::new(Collect(seen.clone()))],
+            Arc::default(),
         );
         a.raise(draft("/tmp/x")).unwrap();
         a.raise(draft("/tmp/x")).unwrap();

@@ -15,8 +15,10 @@ use serde::{de, Deserialize, Deserializer};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// This device's id (its certificate's CN once reporting exists).
-    pub device_id: String,
+    /// This device's id. With `[mqtt]` it is the CN of the device certificate, and may be
+    /// left out (if given, it must match).
+    #[serde(default)]
+    pub device_id: Option<String>,
     /// The class of device; policies for another class are refused.
     pub device_class: String,
     /// The signed policy bundle to enforce.
@@ -39,6 +41,83 @@ pub struct AgentConfig {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub output: OutputConfig,
+    /// Reporting to the fleet; without it alerts only go to `[output]`.
+    #[serde(default)]
+    pub mqtt: Option<MqttConfig>,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+}
+
+/// The broker and the device's TLS identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `host:port` of the broker's TLS listener.
+    pub broker: String,
+    /// PEM: the fleet CA that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// PEM: this device's certificate (its CN is the device id).
+    pub cert: PathBuf,
+    /// PEM: this device's private key.
+    pub key: PathBuf,
+    /// `auto` (v5, falling back to 3.1.1), `v5` or `v3.1.1`.
+    #[serde(default = "default_protocol")]
+    pub protocol: crate::mqtt::Protocol,
+    /// `postcard` (compact) or `json` (for third-party consumers).
+    #[serde(default)]
+    pub format: picket_proto::Format,
+    #[serde(default = "default_keep_alive", deserialize_with = "duration")]
+    pub keep_alive: Duration,
+    #[serde(default = "default_heartbeat", deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// First delay before reconnecting; it doubles up to `reconnect_max`, with jitter.
+    #[serde(default = "default_reconnect_min", deserialize_with = "duration")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_reconnect_max", deserialize_with = "duration")]
+    pub reconnect_max: Duration,
+}
+
+impl MqttConfig {
+    /// The broker's host and port.
+    pub fn address(&self) -> anyhow::Result<(String, u16)> {
+        let (host, port) = self
+            .broker
+            .rsplit_once(':')
+            .with_context(|| format!("mqtt.broker `{}` is not host:port", self.broker))?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .with_context(|| format!("mqtt.broker `{}`: `{port}` is not a port", self.broker))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        anyhow::ensure!(
+            !host.is_empty(),
+            "mqtt.broker `{}` has no host",
+            self.broker
+        );
+        Ok((host.to_string(), port))
+    }
+}
+
+/// The on-disk queue of alerts awaiting the broker's acknowledgement.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Default: `spool/` in the state directory.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Most disk space the spool uses: a number of bytes or `512KiB`, `16MiB`.
+    #[serde(default = "default_spool_bytes", deserialize_with = "size")]
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: default_spool_bytes(),
+        }
+    }
 }
 
 /// Local overrides of the policy's modes; an absent key keeps the policy's.
@@ -103,6 +182,24 @@ impl Default for OutputConfig {
     }
 }
 
+fn default_protocol() -> crate::mqtt::Protocol {
+    crate::mqtt::Protocol::Auto
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_spool_bytes() -> u64 {
+    8 << 20
+}
 fn yes() -> bool {
     true
 }
@@ -131,8 +228,63 @@ impl AgentConfig {
             "{}: alerts.max_tracked must be at least 1",
             path.display()
         );
+        anyhow::ensure!(
+            config.spool.max_bytes >= 64 * 1024,
+            "{}: spool.max_bytes must be at least 64KiB",
+            path.display()
+        );
+        match (&config.mqtt, &config.device_id) {
+            (Some(mqtt), _) => {
+                mqtt.address()
+                    .with_context(|| format!("{}", path.display()))?;
+            }
+            (None, Some(id)) => picket_proto::topic::check_device_id(id)
+                .with_context(|| format!("{}: device_id", path.display()))?,
+            (None, None) => anyhow::bail!(
+                "{}: device_id is required without [mqtt] (with it, the certificate's CN is the id)",
+                path.display()
+            ),
+        }
         Ok(config)
     }
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(t) => parse_size(&t).map_err(de::Error::custom),
+    }
+}
+
+/// `4096`, `512KiB`, `16MiB`, `1GiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 4096, 512KiB, 16MiB"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -180,6 +332,16 @@ mod tests {
     }
 
     #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert!(parse_size("16MB").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
     fn the_shipped_example_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/picket.toml");
         let config = AgentConfig::load(&path).unwrap();
@@ -191,6 +353,14 @@ mod tests {
         let modes = config.modes.over(policy);
         assert_eq!(modes.files, Mode::Alert);
         assert_eq!(modes.executables, Mode::Alert);
+        let mqtt = config.mqtt.as_ref().unwrap();
+        assert_eq!(
+            mqtt.address().unwrap(),
+            ("fleet.example.com".to_string(), 8883)
+        );
+        assert_eq!(mqtt.format, picket_proto::Format::Postcard);
+        assert_eq!(mqtt.protocol, crate::mqtt::Protocol::Auto);
+        assert_eq!(config.spool.max_bytes, 8 << 20);
     }
 
     #[test]

@@ -15,13 +15,17 @@ mod enrich;
 mod hash;
 mod integrity;
 mod monitor;
+mod mqtt;
 mod paths;
 mod policy_cmd;
 mod preflight;
 mod process;
+mod report;
 mod run;
 mod sensors;
 mod session;
+mod spool;
+mod tls;
 
 /// Picket watches process execution, network connections and file changes with eBPF.
 #[derive(Parser)]

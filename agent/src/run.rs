@@ -4,6 +4,7 @@
 use std::{
     fs,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,18 +14,23 @@ use picket_policy::{
     keys::TrustStore,
     store::{Accepted, PolicyStore},
 };
+use picket_proto::topic::{topic, Channel};
 use serde_json::json;
+use tokio::sync::{mpsc, Notify};
 
 use crate::{
     alert::{AlertSink, Alerter, Draft, JsonLinesSink, Kind, Sequence, Severity},
     canary::Canary,
-    config::AgentConfig,
+    config::{AgentConfig, ModesConfig},
     detect::Detector,
-    enrich::Event,
+    enrich::{Category, Event},
     hash::HashCache,
-    integrity,
+    integrity, mqtt,
+    report::{self, Counters, PolicyEvent, Reporter, ReporterConfig, Shared, SpoolSink},
     sensors::SensorSet,
     session::{self, Sink},
+    spool::{Spool, SpoolLimits},
+    tls::Identity,
     SensorArgs,
 };
 
@@ -50,16 +56,70 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let trust = TrustStore::load_dir(&config.trust_dir)?;
     let store = PolicyStore::open(&config.state_dir, Some(config.device_class.clone()))?;
-    let sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(JsonLinesSink::new(
-        config.output.stdout,
-        config.output.file.as_deref(),
-    )?)];
+    let identity = match &config.mqtt {
+        Some(m) => Some(Identity::load(&m.ca, &m.cert, &m.key)?),
+        None => None,
+    };
+    let device_id = match (&identity, &config.device_id) {
+        (Some(i), Some(id)) if *id != i.device_id => anyhow::bail!(
+            "{}: device_id `{id}` differs from the device certificate's CN `{}`",
+            args.config.display(),
+            i.device_id
+        ),
+        (Some(i), _) => i.device_id.clone(),
+        (None, Some(id)) => id.clone(),
+        (None, None) => anyhow::bail!("{}: no device_id", args.config.display()),
+    };
+
+    let counters = Arc::new(Counters::default());
+    let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
+    if config.output.stdout || config.output.file.is_some() {
+        sinks.push(Box::new(JsonLinesSink::new(
+            config.output.stdout,
+            config.output.file.as_deref(),
+        )?));
+    }
+    let shared = match &config.mqtt {
+        Some(_) => {
+            let dir = config
+                .spool
+                .dir
+                .clone()
+                .unwrap_or_else(|| report::default_spool_dir(&config.state_dir));
+            let (spool, recovered) = Spool::open(
+                &dir,
+                SpoolLimits {
+                    max_bytes: config.spool.max_bytes,
+                },
+            )
+            .with_context(|| format!("opening the spool {}", dir.display()))?;
+            if recovered.torn > 0 {
+                log::warn!(
+                    "spool {}: {} damaged record(s) skipped (an interrupted write)",
+                    dir.display(),
+                    recovered.torn
+                );
+            }
+            if recovered.records > 0 {
+                log::info!(
+                    "spool {}: {} alert(s) from a previous run await delivery",
+                    dir.display(),
+                    recovered.records
+                );
+            }
+            let shared = Shared::new(counters.clone(), spool, (String::new(), 0));
+            sinks.push(Box::new(SpoolSink::new(shared.clone())));
+            Some(shared)
+        }
+        None => None,
+    };
     let mut alerter = Alerter::new(
-        config.device_id.clone(),
+        device_id.clone(),
         Sequence::open(&config.state_dir)?,
         config.alerts.window,
         config.alerts.max_tracked,
         sinks,
+        counters.clone(),
     );
 
     // The configured bundle goes through the same checks as any update; if it is refused, the
@@ -94,6 +154,51 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let meta = &active.policy.metadata;
     let purpose = format!("running with policy `{}` serial {}", meta.name, meta.serial);
 
+    // Reporting runs beside detection, on the same thread: it only waits on the network.
+    let stop = Arc::new(Notify::new());
+    let (policy_tx, policy_rx) = mpsc::unbounded_channel();
+    let reporter = match (&config.mqtt, identity, &shared) {
+        (Some(m), Some(identity), Some(shared)) => {
+            *shared.policy.lock().unwrap_or_else(|e| e.into_inner()) =
+                (meta.name.clone(), meta.serial);
+            let (host, port) = m.address()?;
+            let will = report::Reporter::offline_status(
+                &device_id,
+                m.format,
+                (meta.name.clone(), meta.serial),
+                alerter.boot_id(),
+            );
+            let options = mqtt::Options {
+                host,
+                port,
+                client_id: device_id.clone(),
+                keep_alive: m.keep_alive,
+                tls: identity.config,
+                will: (topic(&device_id, Channel::Status), will),
+                // Larger than a bundle may be, so that an oversized one is refused and reported.
+                max_incoming: 2 * picket_proto::MAX_POLICY_BYTES,
+                inflight: report::WINDOW as u16,
+            };
+            let reporter = Reporter::new(
+                ReporterConfig {
+                    options,
+                    protocol: m.protocol,
+                    format: m.format,
+                    heartbeat: m.heartbeat_interval,
+                    reconnect_min: m.reconnect_min,
+                    reconnect_max: m.reconnect_max,
+                    boot_id: alerter.boot_id().to_string(),
+                },
+                shared.clone(),
+                store,
+                trust,
+                policy_tx,
+            );
+            Some(tokio::spawn(reporter.run(stop.clone())))
+        }
+        _ => None,
+    };
+
     let mut own = vec![
         args.config.clone(),
         config.trust_dir.clone(),
@@ -109,7 +214,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             active.policy.modes
         );
     }
-    let detector = Detector::new(active.policy, modes, own);
+    let detector = Detector::new(active.policy, modes, own.clone());
     let mut hashes = HashCache::new(8192);
     let mut snapshot = integrity::Snapshot::load(&config.state_dir);
     let drift = integrity::scan(detector.policy(), modes.files, &mut hashes)
@@ -118,6 +223,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for drift in drift {
         alerter.raise(drift)?;
     }
+    alerter.flush_sinks()?;
 
     let mut sink = Detecting {
         detector,
@@ -127,6 +233,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         canary: Canary::new(config.canary_interval),
         rescan_interval: config.rescan_interval,
         last_scan: Instant::now(),
+        counters,
+        policies: policy_rx,
+        modes: config.modes,
+        own,
     };
     let all = SensorSet::empty()
         .with(Sensor::Process)
@@ -140,8 +250,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &mut sink,
     )
     .await;
-    // Repeats still counted in open windows are reported before leaving.
+    // Repeats still counted in open windows are reported before leaving, and made durable.
     sink.alerter.flush()?;
+    sink.alerter.flush_sinks()?;
+    if let Some(reporter) = reporter {
+        stop.notify_one();
+        if tokio::time::timeout(Duration::from_secs(5), reporter)
+            .await
+            .is_err()
+        {
+            log::warn!("the reporter did not stop in time; undelivered alerts stay spooled");
+        }
+    }
     result.map(|_| ())
 }
 
@@ -154,10 +274,68 @@ struct Detecting {
     canary: Canary,
     rescan_interval: Duration,
     last_scan: Instant,
+    counters: Arc<Counters>,
+    /// Policies received over MQTT, already verified and persisted by the reporter.
+    policies: mpsc::UnboundedReceiver<PolicyEvent>,
+    modes: ModesConfig,
+    own: Vec<PathBuf>,
+}
+
+impl Detecting {
+    /// Hashes the protected files again and raises an alert for each drift.
+    fn rescan(&mut self) -> anyhow::Result<()> {
+        self.last_scan = Instant::now();
+        let (policy, files) = (self.detector.policy(), self.detector.modes().files);
+        let drift = integrity::scan(policy, files, &mut self.hashes)
+            .into_iter()
+            .chain(self.snapshot.scan_globs(policy, files, &mut self.hashes));
+        for drift in drift {
+            self.alerter.raise(drift)?;
+        }
+        Ok(())
+    }
+
+    fn policy_event(&mut self, event: PolicyEvent) -> anyhow::Result<()> {
+        match event {
+            PolicyEvent::Installed(v) => {
+                let modes = self.modes.over(v.policy.modes);
+                log::info!(
+                    "now enforcing policy `{}` serial {}",
+                    v.policy.metadata.name,
+                    v.policy.metadata.serial
+                );
+                self.detector = Detector::new(v.policy, modes, self.own.clone());
+                // The new policy may protect other files, or the same ones with other hashes.
+                self.rescan()
+            }
+            PolicyEvent::Refused { reason, sha256 } => self.alerter.raise(Draft {
+                kind: Kind::PolicyRejected,
+                severity: Severity::High,
+                rule: "policy".into(),
+                path: None,
+                details: json!({ "reason": reason, "source": "mqtt", "bundle_sha256": sha256 }),
+                process: None,
+            }),
+        }
+    }
+}
+
+fn sensor_index(sensor: Sensor) -> usize {
+    match sensor {
+        Sensor::Process => 0,
+        Sensor::Network => 1,
+        Sensor::File => 2,
+    }
 }
 
 impl Sink for Detecting {
     fn event(&mut self, event: Event) -> anyhow::Result<()> {
+        let i = match event.category {
+            Category::Exec => 0,
+            Category::Net => 1,
+            Category::File => 2,
+        };
+        Counters::add(&self.counters.seen[i], 1);
         if self.canary.consume(&event) {
             return Ok(());
         }
@@ -168,6 +346,7 @@ impl Sink for Detecting {
     }
 
     fn lost(&mut self, sensor: Sensor, new: u64, total: u64) -> anyhow::Result<()> {
+        Counters::add(&self.counters.lost[sensor_index(sensor)], new);
         self.alerter.raise(Draft {
             kind: Kind::SensorDataLoss,
             severity: Severity::Medium,
@@ -178,22 +357,22 @@ impl Sink for Detecting {
         })
     }
 
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.alerter.flush_sinks()
+    }
+
     fn tick(&mut self) -> anyhow::Result<()> {
         self.alerter.tick()?;
+        while let Ok(event) = self.policies.try_recv() {
+            self.policy_event(event)?;
+        }
         if let Some(tamper) = self.canary.tick(Instant::now()) {
             log::error!("the sensors stopped delivering events");
             self.alerter.raise(tamper)?;
         }
         if self.last_scan.elapsed() >= self.rescan_interval {
-            self.last_scan = Instant::now();
-            let (policy, files) = (self.detector.policy(), self.detector.modes().files);
-            let drift = integrity::scan(policy, files, &mut self.hashes)
-                .into_iter()
-                .chain(self.snapshot.scan_globs(policy, files, &mut self.hashes));
-            for drift in drift {
-                self.alerter.raise(drift)?;
-            }
+            self.rescan()?;
         }
-        Ok(())
+        self.alerter.flush_sinks()
     }
 }

@@ -1,0 +1,632 @@
+//! Reporting to the fleet over MQTT: alerts from the spool, heartbeats, the retained status, and
+//! signed policy updates received on the device's policy topic.
+//!
+//! Delivery: an alert goes into the spool (and is made durable) before it is published, and
+//! leaves the spool only when the broker acknowledges it (PUBACK). At most [`WINDOW`] alerts are
+//! in flight. After a reconnection, everything unacknowledged is published again from the spool
+//! in order: duplicates on the wire are possible, the sequence numbers tell; loss is not.
+//!
+//! Mapping acknowledgements to alerts: the client library reports each publish as it goes out,
+//! in the order publishes were queued, with its packet id; the reporter queues publishes only
+//! while connected and keeps the same order in `queued`, so the n-th "sent" is the n-th queued,
+//! and a PUBACK's packet id names the alert.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use picket_common::Sensor;
+use picket_policy::{
+    bundle::Verified,
+    keys::TrustStore,
+    store::{Accepted, PolicyStore},
+};
+use picket_proto::{
+    topic::{topic, Channel},
+    AlertCounters, Format, Heartbeat, PolicyOutcome, PolicyResult, Presence, SensorCounters,
+    Status,
+};
+use tokio::sync::{mpsc, Notify};
+
+use crate::{
+    alert::{self, AlertSink},
+    mqtt::{self, Ev, Protocol},
+    spool::Spool,
+};
+
+/// Alerts published and not yet acknowledged, at most.
+pub const WINDOW: usize = 32;
+
+/// What the agent counts for its heartbeat.
+#[derive(Default)]
+pub struct Counters {
+    /// Events delivered per sensor (process, network, file).
+    pub seen: [AtomicU64; 3],
+    pub lost: [AtomicU64; 3],
+    pub raised: AtomicU64,
+    pub aggregated: AtomicU64,
+    pub spooled: AtomicU64,
+    pub sent: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
+/// State shared by the detection loop (which spools alerts) and the reporter (which sends them).
+pub struct Shared {
+    pub counters: Arc<Counters>,
+    pub spool: Mutex<Spool>,
+    /// Signalled when new alerts are durable in the spool.
+    pub wake: Notify,
+    /// Name and serial of the policy in force.
+    pub policy: Mutex<(String, u64)>,
+}
+
+impl Shared {
+    pub fn new(counters: Arc<Counters>, spool: Spool, policy: (String, u64)) -> Arc<Self> {
+        Arc::new(Self {
+            counters,
+            spool: Mutex::new(spool),
+            wake: Notify::new(),
+            policy: Mutex::new(policy),
+        })
+    }
+
+    fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
+        // A panic while holding the lock would already have ended the agent (panics abort the
+        // runtime's only thread); the data is still consistent on disk.
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn policy(&self) -> (String, u64) {
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The alert sink that writes to the spool: the alert is durable once `flush` returns.
+pub struct SpoolSink {
+    shared: Arc<Shared>,
+    dirty: bool,
+}
+
+impl SpoolSink {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            dirty: false,
+        }
+    }
+}
+
+impl AlertSink for SpoolSink {
+    fn send(&mut self, alert: &alert::Alert) -> anyhow::Result<()> {
+        let wire = alert.to_wire();
+        let body = postcard::to_allocvec(&wire).context("encoding an alert for the spool")?;
+        self.shared
+            .spool()
+            .push(alert.seq, alert.severity.rank(), &body)
+            .context("writing an alert to the spool")?;
+        Counters::add(&self.shared.counters.spooled, 1);
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.dirty {
+            self.shared
+                .spool()
+                .flush()
+                .context("writing the spool to disk")?;
+            self.dirty = false;
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn take_dropped(&mut self) -> u64 {
+        let n = self.shared.spool().take_dropped();
+        Counters::add(&self.shared.counters.dropped, n);
+        n
+    }
+}
+
+/// What the reporter tells the detection loop about policies received over MQTT.
+pub enum PolicyEvent {
+    /// Verified, persisted, and to be put in force.
+    Installed(Box<Verified>),
+    /// Refused: the policy in force stays; the loop raises an alert.
+    Refused { reason: String, sha256: String },
+}
+
+/// How to reach the broker and what to send.
+pub struct ReporterConfig {
+    pub options: mqtt::Options,
+    pub protocol: Protocol,
+    pub format: Format,
+    pub heartbeat: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub boot_id: String,
+}
+
+/// The reporter task.
+pub struct Reporter {
+    config: ReporterConfig,
+    device_id: String,
+    shared: Arc<Shared>,
+    store: PolicyStore,
+    trust: TrustStore,
+    policies: mpsc::UnboundedSender<PolicyEvent>,
+    started: Instant,
+}
+
+/// What went out on the current connection and awaits its packet id or acknowledgement.
+#[derive(Default)]
+struct Link {
+    connected: bool,
+    /// Publishes queued and not yet reported sent: `Some(seq)` for alerts.
+    queued: VecDeque<Option<u64>>,
+    /// Packet id → alert sequence number, for alerts sent and not yet acknowledged.
+    inflight: HashMap<u16, u64>,
+    /// The highest alert sequence number queued on this connection.
+    last: Option<u64>,
+}
+
+impl Link {
+    fn alerts_in_flight(&self) -> usize {
+        self.inflight.len() + self.queued.iter().filter(|q| q.is_some()).count()
+    }
+}
+
+/// How long to wait before the next connection attempt: doubling, capped, with jitter.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max: max.max(min),
+            next: min,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The delay to wait now: between half and all of the current step (so that a fleet cut
+    /// off at once does not come back at once), then the step doubles.
+    fn delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let mut b = [0u8; 4];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        let fraction = f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX);
+        step.mul_f64(0.5 + fraction / 2.0)
+    }
+}
+
+impl Reporter {
+    pub fn new(
+        config: ReporterConfig,
+        shared: Arc<Shared>,
+        store: PolicyStore,
+        trust: TrustStore,
+        policies: mpsc::UnboundedSender<PolicyEvent>,
+    ) -> Self {
+        Self {
+            device_id: config.options.client_id.clone(),
+            config,
+            shared,
+            store,
+            trust,
+            policies,
+            started: Instant::now(),
+        }
+    }
+
+    /// The offline status, also the last will.
+    pub fn offline_status(
+        device_id: &str,
+        format: Format,
+        policy: (String, u64),
+        boot_id: &str,
+    ) -> Vec<u8> {
+        status_payload(device_id, format, Presence::Offline, policy, boot_id)
+    }
+
+    /// Runs until `stop` is notified: then says goodbye (offline status) and returns.
+    pub async fn run(self, stop: Arc<Notify>) {
+        let mut v5 = self.config.protocol != Protocol::V311;
+        let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_connected = false;
+        let mut ever_connected = false;
+        loop {
+            // Capacity: the window of alerts plus the few other messages around them.
+            let (client, mut events) = mqtt::connect(&self.config.options, v5, WINDOW + 16);
+            let mut link = Link::default();
+            loop {
+                let result = {
+                    let next = events.next();
+                    tokio::pin!(next);
+                    // The connection's future is never dropped half-way: other work happens
+                    // while it waits, between its polls.
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut next => break Some(r),
+                            _ = stop.notified() => break None,
+                            _ = self.shared.wake.notified(), if link.connected => {
+                                self.fill(&client, &mut link);
+                            }
+                            _ = heartbeat.tick(), if link.connected => {
+                                self.heartbeat(&client, &mut link);
+                            }
+                        }
+                    }
+                };
+                let Some(result) = result else {
+                    self.goodbye(&client, &mut events, link).await;
+                    return;
+                };
+                match result {
+                    Ok(Ev::Connected) => {
+                        link = Link {
+                            connected: true,
+                            ..Link::default()
+                        };
+                        backoff.reset();
+                        ever_connected = true;
+                        if !was_connected {
+                            log::info!(
+                                "connected to the broker {}:{} (MQTT {}) as `{}`",
+                                self.config.options.host,
+                                self.config.options.port,
+                                if v5 { "v5" } else { "3.1.1" },
+                                self.device_id
+                            );
+                        }
+                        was_connected = true;
+                        let policy_topic = topic(&self.device_id, Channel::Policy);
+                        if let Err(e) = client.subscribe(&policy_topic) {
+                            log::error!("subscribing to {policy_topic}: {e}");
+                        }
+                        self.status(&client, &mut link, Presence::Online);
+                        self.fill(&client, &mut link);
+                    }
+                    Ok(Ev::Sent { pkid }) => match link.queued.pop_front() {
+                        Some(Some(seq)) => {
+                            link.inflight.insert(pkid, seq);
+                        }
+                        Some(None) => {}
+                        None => log::debug!("publish {pkid} went out unannounced"),
+                    },
+                    Ok(Ev::PubAck { pkid, refused }) => {
+                        if let Some(seq) = link.inflight.remove(&pkid) {
+                            match refused {
+                                None => self.delivered(seq),
+                                Some(reason) => log::error!(
+                                    "the broker refused alert #{seq} ({reason}); it stays in the \
+                                     spool and is sent again after the next reconnection"
+                                ),
+                            }
+                        }
+                        self.fill(&client, &mut link);
+                    }
+                    Ok(Ev::Message { topic: t, payload }) => {
+                        self.policy_message(&client, &mut link, &t, &payload);
+                    }
+                    Ok(Ev::Other | Ev::Disconnected) => {}
+                    Err(failure) => {
+                        link = Link::default();
+                        if was_connected || !ever_connected && backoff.next == backoff.min {
+                            log::warn!(
+                                "broker {}:{} unreachable: {}; alerts are kept in the spool",
+                                self.config.options.host,
+                                self.config.options.port,
+                                failure.message
+                            );
+                        } else {
+                            log::debug!("reconnecting failed: {}", failure.message);
+                        }
+                        was_connected = false;
+                        let switch = self.config.protocol == Protocol::Auto
+                            && failure.protocol
+                            && !ever_connected;
+                        let delay = backoff.delay();
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = stop.notified() => return,
+                        }
+                        if switch {
+                            v5 = !v5;
+                            log::info!(
+                                "the broker refused MQTT {}; trying {}",
+                                if v5 { "3.1.1" } else { "v5" },
+                                if v5 { "v5" } else { "3.1.1" }
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes spooled alerts until the window is full.
+    fn fill(&self, client: &mqtt::Client, link: &mut Link) {
+        let room = WINDOW.saturating_sub(link.alerts_in_flight());
+        if room == 0 {
+            return;
+        }
+        let entries = match self.shared.spool().peek(link.last, room) {
+            Ok(entries) => entries,
+            Err(e) => {
+                log::error!("reading the spool: {e:#}");
+                return;
+            }
+        };
+        let alert_topic = topic(&self.device_id, Channel::Alert);
+        for entry in entries {
+            let payload = match self.wire(&entry.payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Cannot happen with records this agent wrote; never block the queue on it.
+                    log::error!("spooled alert #{} is unreadable, dropped: {e:#}", entry.seq);
+                    let _ = self.shared.spool().ack(entry.seq);
+                    Counters::add(&self.shared.counters.dropped, 1);
+                    link.last = Some(entry.seq);
+                    continue;
+                }
+            };
+            if let Err(e) = client.publish(&alert_topic, true, false, payload) {
+                log::debug!("publish queue full ({e}); alert #{} waits", entry.seq);
+                return;
+            }
+            link.queued.push_back(Some(entry.seq));
+            link.last = Some(entry.seq);
+        }
+    }
+
+    /// The alert's message in the configured format, from its spooled postcard body.
+    fn wire(&self, body: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let alert: picket_proto::Alert =
+            postcard::from_bytes(body).context("decoding a spooled alert")?;
+        Ok(picket_proto::encode(
+            self.config.format,
+            &self.device_id,
+            &alert,
+        )?)
+    }
+
+    fn delivered(&self, seq: u64) {
+        match self.shared.spool().ack(seq) {
+            Ok(true) => Counters::add(&self.shared.counters.sent, 1),
+            Ok(false) => {}
+            Err(e) => log::error!("removing alert #{seq} from the spool: {e:#}"),
+        }
+    }
+
+    fn publish_other(
+        &self,
+        client: &mqtt::Client,
+        link: &mut Link,
+        channel: Channel,
+        qos1: bool,
+        retain: bool,
+        payload: Vec<u8>,
+    ) {
+        let t = topic(&self.device_id, channel);
+        match client.publish(&t, qos1, retain, payload) {
+            Ok(()) => link.queued.push_back(None),
+            Err(e) => log::warn!("cannot publish on {t}: {e}"),
+        }
+    }
+
+    fn status(&self, client: &mqtt::Client, link: &mut Link, presence: Presence) {
+        let payload = status_payload(
+            &self.device_id,
+            self.config.format,
+            presence,
+            self.shared.policy(),
+            &self.config.boot_id,
+        );
+        self.publish_other(client, link, Channel::Status, true, true, payload);
+    }
+
+    fn heartbeat(&self, client: &mqtt::Client, link: &mut Link) {
+        let c = &self.shared.counters;
+        let (pending, bytes) = {
+            let stats = self.shared.spool().stats();
+            (stats.pending as u64, stats.disk_bytes)
+        };
+        let hb = Heartbeat {
+            time_ms: alert::now_ms(),
+            uptime_s: self.started.elapsed().as_secs(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            policy_serial: self.shared.policy().1,
+            rss_bytes: rss_bytes(),
+            sensors: [Sensor::Process, Sensor::Network, Sensor::File]
+                .iter()
+                .enumerate()
+                .map(|(i, s)| SensorCounters {
+                    sensor: s.name().into(),
+                    seen: c.seen[i].load(Relaxed),
+                    lost: c.lost[i].load(Relaxed),
+                })
+                .collect(),
+            alerts: AlertCounters {
+                raised: c.raised.load(Relaxed),
+                aggregated: c.aggregated.load(Relaxed),
+                spooled: c.spooled.load(Relaxed),
+                sent: c.sent.load(Relaxed),
+                dropped: c.dropped.load(Relaxed),
+            },
+            spool_pending: pending,
+            spool_bytes: bytes,
+        };
+        match picket_proto::encode(self.config.format, &self.device_id, &hb) {
+            Ok(payload) => {
+                self.publish_other(client, link, Channel::Heartbeat, false, false, payload)
+            }
+            Err(e) => log::error!("encoding a heartbeat: {e}"),
+        }
+    }
+
+    /// A message on the policy topic: a signed bundle, checked like one on disk.
+    fn policy_message(&self, client: &mqtt::Client, link: &mut Link, t: &str, payload: &[u8]) {
+        if t != topic(&self.device_id, Channel::Policy) {
+            log::warn!("ignoring a message on {t}, a topic this device did not subscribe to");
+            return;
+        }
+        if payload.is_empty() {
+            // The backend cleared the retained bundle: nothing to apply.
+            return;
+        }
+        let sha256 =
+            crate::paths::hex(ring::digest::digest(&ring::digest::SHA256, payload).as_ref());
+        let outcome = if payload.len() > picket_proto::MAX_POLICY_BYTES {
+            Err(format!(
+                "the bundle is {} bytes, over the limit of {}",
+                payload.len(),
+                picket_proto::MAX_POLICY_BYTES
+            ))
+        } else {
+            self.store
+                .accept(payload, &self.trust)
+                .map_err(|e| format!("{e:#}"))
+        };
+        let outcome = match outcome {
+            Ok(Accepted::Installed(v)) => {
+                let (name, serial) = (v.policy.metadata.name.clone(), v.policy.metadata.serial);
+                log::info!("policy `{name}` serial {serial} received over MQTT and installed");
+                *self.shared.policy.lock().unwrap_or_else(|e| e.into_inner()) =
+                    (name.clone(), serial);
+                let _ = self.policies.send(PolicyEvent::Installed(Box::new(v)));
+                self.status(client, link, Presence::Online);
+                PolicyOutcome::Applied { name, serial }
+            }
+            Ok(Accepted::Unchanged(v)) => PolicyOutcome::Unchanged {
+                serial: v.policy.metadata.serial,
+            },
+            Err(reason) => {
+                log::error!("policy received over MQTT refused: {reason}");
+                let _ = self.policies.send(PolicyEvent::Refused {
+                    reason: reason.clone(),
+                    sha256: sha256.clone(),
+                });
+                PolicyOutcome::Refused { reason }
+            }
+        };
+        let result = PolicyResult {
+            time_ms: alert::now_ms(),
+            bundle_sha256: sha256,
+            outcome,
+        };
+        match picket_proto::encode(self.config.format, &self.device_id, &result) {
+            Ok(p) => self.publish_other(client, link, Channel::PolicyResult, true, false, p),
+            Err(e) => log::error!("encoding a policy result: {e}"),
+        }
+    }
+
+    /// On shutdown: a last chance for spooled alerts (two seconds), then the offline status
+    /// (so the broker need not send the last will) and a clean disconnection. What is not
+    /// acknowledged by then stays in the spool for the next start.
+    async fn goodbye(&self, client: &mqtt::Client, events: &mut mqtt::Events, mut link: Link) {
+        if !link.connected {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut said_goodbye = false;
+        loop {
+            if !said_goodbye {
+                self.fill(client, &mut link);
+                let idle = link.alerts_in_flight() == 0
+                    && self
+                        .shared
+                        .spool()
+                        .peek(link.last, 1)
+                        .map_or(true, |e| e.is_empty());
+                if idle || tokio::time::Instant::now() >= deadline {
+                    self.status(client, &mut link, Presence::Offline);
+                    client.disconnect();
+                    said_goodbye = true;
+                }
+            }
+            let next = tokio::time::timeout_at(deadline + Duration::from_secs(1), events.next());
+            match next.await {
+                Ok(Ok(Ev::Sent { pkid })) => {
+                    if let Some(Some(seq)) = link.queued.pop_front() {
+                        link.inflight.insert(pkid, seq);
+                    }
+                }
+                Ok(Ok(Ev::PubAck {
+                    pkid,
+                    refused: None,
+                })) => {
+                    if let Some(seq) = link.inflight.remove(&pkid) {
+                        self.delivered(seq);
+                    }
+                }
+                Ok(Ok(Ev::Disconnected)) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+fn status_payload(
+    device_id: &str,
+    format: Format,
+    state: Presence,
+    (policy_name, policy_serial): (String, u64),
+    boot_id: &str,
+) -> Vec<u8> {
+    let status = Status {
+        state,
+        time_ms: alert::now_ms(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        policy_serial,
+        policy_name,
+        boot_id: boot_id.into(),
+    };
+    // Encoding a status cannot fail: plain strings and numbers.
+    picket_proto::encode(format, device_id, &status).unwrap_or_default()
+}
+
+/// The agent's resident memory, from /proc/self/statm.
+pub fn rss_bytes() -> u64 {
+    let pages = fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+/// Where the spool lives by default.
+pub fn default_spool_dir(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("spool")
+}
