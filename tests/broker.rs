@@ -8,10 +8,12 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use harness::broker::{
     tls_alert, tls_client_config_without_certificate, try_connect, Mosquitto, Pki, Subscriber,
+    BROKER_HOST,
 };
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -129,6 +131,54 @@ fn device_cannot_publish_under_another_devices_topic() {
         "forged publishes reached the backend: {messages:?}"
     );
     assert_eq!(messages.len(), 1, "{messages:?}");
+}
+
+/// MQTT 3.1.1 has no reason codes: Mosquitto acknowledges a refused publish like any other
+/// and drops it. A device speaking 3.1.1 must not get through either.
+#[test]
+fn device_cannot_publish_under_another_devices_topic_with_mqtt_3_1_1() {
+    let (pki, broker, backend) = broker_with_backend();
+    let device_a = pki.device("dev-a");
+
+    let mut options = rumqttc::MqttOptions::new("dev-a", BROKER_HOST, broker.port());
+    options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        Arc::new(device_a.tls_config()),
+    )));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 8);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for (topic, payload) in [
+            ("picket/v1/dev-b/alerts", "forged"),
+            ("picket/v1/dev-a/alerts", "genuine"),
+        ] {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        let mut pubacks = 0;
+        while pubacks < 2 {
+            let event = tokio::time::timeout(DELIVERY, eventloop.poll())
+                .await
+                .expect("the broker acknowledges both publishes in time")
+                .expect("the 3.1.1 connection stays up");
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = event {
+                pubacks += 1;
+            }
+        }
+    });
+
+    backend
+        .wait_for_message(DELIVERY, |m| m.payload == b"genuine")
+        .expect("the backend must receive dev-a's publish to its own topic");
+    let messages = backend.messages();
+    assert!(
+        messages.iter().all(|m| m.payload != b"forged"),
+        "a forged 3.1.1 publish reached the backend: {messages:?}"
+    );
 }
 
 #[test]

@@ -353,6 +353,8 @@ impl Mosquitto {
             .open(&self.log)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
         let _ = writeln!(log, "--- starting mosquitto on port {}", self.port);
+        // What this start logs begins here.
+        let start_offset = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
         let stdout = log.try_clone().expect("dup the log file");
         let child = Command::new("mosquitto")
             .arg("-c")
@@ -362,18 +364,28 @@ impl Mosquitto {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run mosquitto ({e}); scripts/setup.sh installs it"));
-        let child = self.child.insert(child);
+        self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         loop {
-            if let Some(status) = child.try_wait().ok().flatten() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
                 self.child = None;
                 return Err(format!(
                     "mosquitto exited with {status} before accepting connections; log:\n{}",
                     self.log()
                 ));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // Mosquitto logs `running` once its listener is bound: a connection before that
+            // would reach whoever else holds the port.
+            let running = self
+                .log()
+                .get(start_offset..)
+                .is_some_and(|l| l.contains(" running"));
+            if running && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -580,11 +592,11 @@ impl Subscriber {
     /// `timeout` with what did arrive.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Message> {
         if !self.wait_until(timeout, |s| s.messages.len() >= n) {
+            let got = self.messages();
             panic!(
-                "MQTT client {} received {} of {n} messages within {timeout:?}: {:?}",
+                "MQTT client {} received {} of {n} messages within {timeout:?}: {got:?}",
                 self.id,
-                self.lock().messages.len(),
-                self.lock().messages
+                got.len()
             );
         }
         self.messages()
@@ -605,8 +617,9 @@ impl Subscriber {
     }
 
     /// Publishes `payload` to `topic` at QoS 1 and returns the reason code of the broker's
-    /// PUBACK (v5: `NotAuthorized` when the ACL refuses the topic). Panics if the client is not
-    /// connected or no PUBACK comes within 10 s. One publish at a time per client.
+    /// PUBACK (`NotAuthorized` when the ACL refuses the topic). Panics if no PUBACK comes
+    /// within 10 s (a publish queued while reconnecting goes out once connected). One publish
+    /// at a time per client.
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) -> PubAckReason {
         let _one_at_a_time = self.publish_lock.lock().unwrap();
         let sent_before = self.lock().published.len();
