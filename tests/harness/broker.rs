@@ -619,7 +619,8 @@ impl Subscriber {
     /// Publishes `payload` to `topic` at QoS 1 and returns the reason code of the broker's
     /// PUBACK (`NotAuthorized` when the ACL refuses the topic). Panics if no PUBACK comes
     /// within 10 s (a publish queued while reconnecting goes out once connected). One publish
-    /// at a time per client.
+    /// at a time per client. If the client's own filters match `topic`, it receives the
+    /// message too.
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) -> PubAckReason {
         let _one_at_a_time = self.publish_lock.lock().unwrap();
         let sent_before = self.lock().published.len();
