@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Picket needs on a Debian bookworm host, skipping whatever
-# is already there: LLVM 22 and bpf-linker (links the eBPF object), and the Rust toolchain that
-# compiles the eBPF crate. Idempotent: run it as often as you like.
+# is already there: LLVM 22 and bpf-linker (links the eBPF object), the Rust toolchain that
+# compiles the eBPF crate, and Mosquitto (the MQTT tests). Idempotent: run it as often as you
+# like.
 #
 # The eBPF crate is compiled by a pinned toolchain (PICKET_EBPF_TOOLCHAIN, default 1.95.0) whose
 # LLVM major version matches the LLVM bpf-linker is built against: bitcode from a newer LLVM
@@ -23,6 +24,26 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# Mosquitto: the MQTT broker of the end-to-end tests, which start their own instances on free
+# loopback ports. The package enables a system service; none must run.
+need_mqtt=()
+dpkg -s mosquitto >/dev/null 2>&1 || need_mqtt+=(mosquitto)
+dpkg -s mosquitto-clients >/dev/null 2>&1 || need_mqtt+=(mosquitto-clients)
+if [ ${#need_mqtt[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_mqtt[*]}"
+    # A stale list of another architecture must not stop the install: apt-get install says
+    # precisely what is missing if it matters.
+    $SUDO apt-get update -qq || log "apt-get update reported errors; installing anyway"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_mqtt[@]}"
+    if [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now mosquitto.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/mosquitto ]; then
+        # Stops only the service's own process (its pid file), not the tests' brokers.
+        [ ! -f /run/mosquitto/mosquitto.pid ] || $SUDO /etc/init.d/mosquitto stop >/dev/null 2>&1 || true
+        $SUDO update-rc.d mosquitto disable >/dev/null 2>&1 || true
+    fi
 fi
 
 if ! command -v rustup >/dev/null 2>&1; then

@@ -5,6 +5,8 @@
 //! every wait selects events by pid, path or port, never by position in the stream.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod broker;
+
 use std::collections::VecDeque;
 use std::ffi::{CString, OsStr};
 use std::fmt::Write as _;
