@@ -256,6 +256,8 @@ pub struct Alerter {
     open: HashMap<String, Open>,
     sinks: Vec<Box<dyn AlertSink>>,
     counters: Arc<Counters>,
+    /// Alerts the sinks dropped and no alert has reported yet.
+    dropped_unreported: u64,
 }
 
 struct Open {
@@ -287,6 +289,7 @@ impl Alerter {
             open: HashMap::new(),
             sinks,
             counters,
+            dropped_unreported: 0,
         }
     }
 
@@ -355,7 +358,7 @@ impl Alerter {
                 self.close(o)?;
             }
         }
-        Ok(())
+        self.report_dropped()
     }
 
     /// Reports every open window's repeats (at shutdown).
@@ -364,7 +367,7 @@ impl Alerter {
         for o in open {
             self.close(o)?;
         }
-        Ok(())
+        self.report_dropped()
     }
 
     fn close(&mut self, o: Open) -> anyhow::Result<()> {
@@ -399,27 +402,29 @@ impl Alerter {
         for sink in &mut self.sinks {
             sink.send(&alert)?;
         }
-        // A full spool made room by dropping older, less severe alerts: say how many. The
-        // report may itself push one more out, which the next report counts.
-        if d.kind != Kind::AlertsDropped {
-            for _ in 0..4 {
-                let dropped: u64 = self.sinks.iter_mut().map(|s| s.take_dropped()).sum();
-                if dropped == 0 {
-                    break;
-                }
-                log::error!("the spool is full: {dropped} undelivered alerts were dropped");
-                let report = Draft {
-                    kind: Kind::AlertsDropped,
-                    severity: Severity::Critical,
-                    rule: "spool".into(),
-                    path: None,
-                    details: serde_json::json!({ "dropped": dropped }),
-                    process: None,
-                };
-                self.emit(&report, 1, now_ms(), now_ms())?;
-            }
-        }
+        // A full spool made room by dropping older, less severe alerts: counted here, reported
+        // once a second by `tick` (a report per drop would itself fill the spool).
+        self.dropped_unreported += self.sinks.iter_mut().map(|s| s.take_dropped()).sum::<u64>();
         Ok(())
+    }
+
+    /// Reports the alerts the spool dropped since the last report, as one alert.
+    fn report_dropped(&mut self) -> anyhow::Result<()> {
+        let dropped = std::mem::take(&mut self.dropped_unreported);
+        if dropped == 0 {
+            return Ok(());
+        }
+        log::error!("the spool is full: {dropped} undelivered alerts were dropped");
+        let report = Draft {
+            kind: Kind::AlertsDropped,
+            severity: Severity::Critical,
+            rule: "spool".into(),
+            path: None,
+            details: serde_json::json!({ "dropped": dropped }),
+            process: None,
+        };
+        let now = now_ms();
+        self.emit(&report, 1, now, now)
     }
 }
 

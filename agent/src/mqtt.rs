@@ -75,8 +75,8 @@ pub enum Client {
 
 /// The event loop half: drives the connection.
 pub enum Events {
-    V4(rumqttc::EventLoop),
-    V5(v5::EventLoop),
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<v5::EventLoop>),
 }
 
 /// Creates a connection (not yet connected: the first `Events::next` connects).
@@ -103,7 +103,7 @@ pub fn connect(options: &Options, v5: bool, capacity: usize) -> (Client, Events)
                 None,
             ));
         let (client, events) = v5::AsyncClient::new(o, capacity);
-        (Client::V5(client), Events::V5(events))
+        (Client::V5(client), Events::V5(Box::new(events)))
     } else {
         let mut o = rumqttc::MqttOptions::new(&options.client_id, &options.host, options.port);
         o.set_transport(tls)
@@ -120,7 +120,7 @@ pub fn connect(options: &Options, v5: bool, capacity: usize) -> (Client, Events)
             ));
         let (client, mut events) = rumqttc::AsyncClient::new(o, capacity);
         events.set_network_options(network);
-        (Client::V4(client), Events::V4(events))
+        (Client::V4(client), Events::V4(Box::new(events)))
     }
 }
 
