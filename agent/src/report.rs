@@ -630,3 +630,38 @@ pub fn rss_bytes() -> u64 {
 pub fn default_spool_dir(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("spool")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let steps: Vec<u64> = [1, 2, 4, 8, 8, 8].to_vec();
+        for step in steps {
+            let d = b.delay();
+            let step = Duration::from_secs(step);
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+        }
+        b.reset();
+        assert!(b.delay() <= Duration::from_secs(1));
+        // Jitter: a fleet does not come back in step.
+        let delays: std::collections::BTreeSet<Duration> = (0..20)
+            .map(|_| Backoff::new(Duration::from_secs(60), Duration::from_secs(60)).delay())
+            .collect();
+        assert!(delays.len() > 10, "{delays:?}");
+    }
+
+    #[test]
+    fn link_counts_alerts_in_flight_not_other_messages() {
+        let mut link = Link::default();
+        link.queued.extend([Some(1), None, Some(2)]);
+        link.inflight.insert(7, 0);
+        assert_eq!(link.alerts_in_flight(), 3);
+    }
+}

@@ -89,3 +89,86 @@ fn common_name(cert: &CertificateDer<'_>) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("the certificate's CN is not a string: {e}"))?
         .to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
+
+    struct Files(std::path::PathBuf);
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A CA, and a device certificate with subject `cn` (none if empty), as PEM files.
+    fn pki(tag: &str, cn: &str) -> (Files, [std::path::PathBuf; 3], String) {
+        let dir = std::env::temp_dir().join(format!("picket-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        if !cn.is_empty() {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let paths = [
+            write(&dir, "ca.pem", &ca_cert.pem()),
+            write(&dir, "device.pem", &cert.pem()),
+            write(&dir, "device.key", &key.serialize_pem()),
+        ];
+        (
+            Files(dir),
+            paths,
+            KeyPair::generate().unwrap().serialize_pem(),
+        )
+    }
+
+    #[test]
+    fn the_device_id_is_the_certificates_cn() {
+        let (_files, [ca, cert, key], _) = pki("cn", "gw-0042");
+        assert_eq!(
+            Identity::load(&ca, &cert, &key).unwrap().device_id,
+            "gw-0042"
+        );
+    }
+
+    #[test]
+    fn refuses_unusable_identities_saying_which_file() {
+        let (files, [ca, cert, key], other_key) = pki("bad", "");
+        let err = format!("{:#}", Identity::load(&ca, &cert, &key).err().unwrap());
+        assert!(
+            err.contains("no common name") && err.contains("device.pem"),
+            "{err}"
+        );
+
+        let (files2, [ca, cert, _], _) = pki("bad2", "gw-1");
+        let wrong = write(&files.0, "other.key", &other_key);
+        let err = format!("{:#}", Identity::load(&ca, &cert, &wrong).err().unwrap());
+        assert!(err.contains("cannot be used for TLS"), "{err}");
+
+        let garbage = write(&files2.0, "garbage.pem", "not a certificate");
+        let err = format!(
+            "{:#}",
+            Identity::load(&garbage, &cert, &wrong).err().unwrap()
+        );
+        assert!(err.contains("garbage.pem"), "{err}");
+
+        let (_f3, [ca, cert, key], _) = pki("bad3", "gw/1");
+        let err = format!("{:#}", Identity::load(&ca, &cert, &key).err().unwrap());
+        assert!(err.contains("invalid device id"), "{err}");
+    }
+}
