@@ -10,7 +10,8 @@
 #     installs it, with the real `picket`: the bundle verifies with the public key, and lists
 #     the image's files by their paths on the device. Its refusals: a signing key the image does
 #     not trust, an image without picket.
-#  4. The device side: the eBPF object from scripts/build-ebpf-object.sh, the layer's default
+#  4. The device side: the eBPF object from scripts/build-ebpf-object.sh (byte for byte the one
+#     the agent's build.rs embeds), the layer's default
 #     configuration and the signed baseline, run by `picket run` in a sandbox that reproduces
 #     the systemd unit's capability bounding set, NoNewPrivileges and read-only file system,
 #     /sys and /proc/sys: the sensors load and the baseline is enforced. Then the sysvinit
@@ -217,6 +218,13 @@ prepare_device() {
         fail "build-ebpf-object.sh printed no SHA-256: $(cat "$work/object.out")"
     grep -q "$(sha256sum "$d/lib/picket/picket-sensors.bpf.o" | cut -d' ' -f1)" "$work/object.out" ||
         fail "the printed SHA-256 is not the object's"
+    # The same bytes as the object the agent's build.rs embeds (the newest one built here).
+    local embedded
+    embedded=$(ls -t "$root"/target/debug/build/picket-agent-*/out/picket-sensors 2>/dev/null |
+        while read -r f; do [ -s "$f" ] && echo "$f" && break; done)
+    [ -n "$embedded" ] || fail "no embedded object under target/debug/build: build picket without AYA_BUILD_SKIP"
+    cmp "$embedded" "$d/lib/picket/picket-sensors.bpf.o" ||
+        fail "build-ebpf-object.sh and build.rs give different objects"
     # An ELF file for the BPF machine (e_machine 247).
     [ "$(od -An -tx1 -j0 -N4 "$d/lib/picket/picket-sensors.bpf.o" | tr -d ' ')" = 7f454c46 ] ||
         fail "picket-sensors.bpf.o is not an ELF file"
@@ -247,13 +255,14 @@ sandboxed_agent() {
     [ -n "$caps" ] || fail "no CapabilityBoundingSet in picket.service"
     local setpriv_caps="-all"
     for c in $caps; do
-        setpriv_caps="$setpriv_caps,+$(echo "${c#CAP_}" | tr 'A-Z' 'a-z')"
+        setpriv_caps="$setpriv_caps,+$(echo "${c#CAP_}" | tr '[:upper:]' '[:lower:]')"
     done
     # ProtectSystem=strict with the state and log directories writable, ProtectKernelTunables
     # (read-only /sys, tracefs included, and /proc/sys; /proc/kallsyms inaccessible),
     # NoNewPrivileges, and the bounding set, in a mount namespace of the agent's own.
     local unknown_exe=$work/not-in-baseline
     cp /usr/bin/true "$unknown_exe"
+    # shellcheck disable=SC2016 # expanded by the inner shell
     unshare --mount --propagation private -- sh -c '
         set -e
         d=$1; shift

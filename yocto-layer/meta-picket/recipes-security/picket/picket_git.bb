@@ -12,8 +12,8 @@ LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=13;endline=13;md5=2507bd5f0713f0
 PV = "0.1.0+git"
 
 # The source: by default the git checkout this layer is part of (PICKET_SRCDIR: the layer is
-# yocto-layer/meta-picket in Picket's source tree), at its current commit, so that the recipe, picket-crates.inc and the code
-# always come from one commit. A manufacturer building from a mirror of the repository sets
+# yocto-layer/meta-picket in Picket's source tree), at its current commit, so that the recipe,
+# picket-crates.inc and the code always come from one commit. A manufacturer building from a mirror of the repository sets
 # PICKET_SRC_URI and SRCREV (a full commit id) instead; picket-crates.inc must then come from
 # that commit's Cargo.lock (scripts/gen-crates-inc.py).
 PICKET_SRCDIR := "${@os.path.normpath('${THISDIR}/../../../..')}"
@@ -30,7 +30,20 @@ SRC_URI:append:class-target = " \
     file://picket-sensors.bpf.o \
     ${PICKET_TRUSTED_KEYS} \
 "
-SRCREV ?= "${@oe.buildcfg.get_metadata_git_revision(d.getVar('PICKET_SRCDIR'))}"
+SRCREV ?= "${@picket_checkout_head(d)}"
+# The checkout's HEAD moves without any recipe file changing: parse the recipe every time, as
+# BitBake does for AUTOREV, so that SRCREV is never a stale cached value.
+# nooelint: oelint.vars.mispell.unknown - BB_DONT_CACHE is BitBake's (lib/bb/cache.py), not in oelint's list
+BB_DONT_CACHE = "1"
+
+def picket_checkout_head(d):
+    """The commit the checkout holding this layer is at: the default SRCREV."""
+    srcdir = d.getVar('PICKET_SRCDIR')
+    try:
+        out, _ = bb.process.run('git rev-parse --verify HEAD', cwd=srcdir)
+    except bb.process.ExecutionError as e:
+        bb.fatal("picket: %s is not a git checkout (%s): set PICKET_SRC_URI and SRCREV" % (srcdir, e))
+    return out.strip()
 
 require ${BPN}-crates.inc
 
