@@ -78,7 +78,8 @@ PICKET_DEVICE_ID ?= "${MACHINE}"
 
 SYSTEMD_SERVICE:${PN} = "picket.service"
 INITSCRIPT_NAME = "picket"
-# Early in the boot (S level 05, before networking at 40 in OE's initscripts), stopped late.
+# Early in the multi-user runlevels, once the rcS scripts have mounted the file systems and set
+# up /var/volatile (OE's networking starts just before, at 01); stopped late.
 INITSCRIPT_PARAMS = "start 05 2 3 4 5 . stop 95 0 1 6 ."
 
 # UNPACKDIR exists from styhead on; scarthgap unpacks local files into WORKDIR.
