@@ -32,12 +32,17 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+apt_install() {
+    apt-get update -qq || log "apt-get update reported errors; trying the install anyway"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
 OELINT_VERSION=9.11.2
 venv=$root/target/yocto-venv
 if ! "$venv/bin/oelint-adv" --version 2>/dev/null | grep -qx "oelint-adv $OELINT_VERSION"; then
     log "installing oelint-adv $OELINT_VERSION in $venv"
     if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        apt_install python3-venv
     fi
     rm -rf "$venv"
     python3 -m venv "$venv"
@@ -45,7 +50,7 @@ if ! "$venv/bin/oelint-adv" --version 2>/dev/null | grep -qx "oelint-adv $OELINT
 fi
 if ! command -v systemd-analyze >/dev/null; then
     log "installing systemd (for systemd-analyze)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
+    apt_install systemd
 fi
 
 if [ -z "${PICKET:-}" ]; then
@@ -108,6 +113,13 @@ lint() {
 
 sources_match() {
     python3 "$layer/scripts/gen-crates-inc.py" --check
+    # A crate the recipe could not fetch is refused by name.
+    printf '[[package]]\nname = "gitdep"\nversion = "1.0.0"\nsource = "git+https://example.invalid/g#0a1b"\n' \
+        >"$work/git.lock"
+    if python3 "$layer/scripts/gen-crates-inc.py" --lock "$work/git.lock" --out "$work/git.inc" 2>"$work/git.err"; then
+        fail "gen-crates-inc.py accepted a git dependency"
+    fi
+    grep -q "gitdep 1.0.0 comes from git+https" "$work/git.err" || fail "unclear refusal: $(cat "$work/git.err")"
     local version pv
     version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
     pv=$(sed -n 's/^PV = "\(.*\)+git"$/\1/p' "$recipe_dir/picket_git.bb")
