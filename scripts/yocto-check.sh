@@ -61,12 +61,7 @@ fi
 PICKET=$(realpath "$PICKET")
 
 work=$(mktemp -d /var/tmp/picket-yocto.XXXXXX)
-agent_pid=""
-cleanup() {
-    if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'rm -rf "$work"' EXIT
 
 passed=0
 failed=0
@@ -289,7 +284,10 @@ sandboxed_agent() {
         exec setpriv --bounding-set "$1" --inh-caps -all --no-new-privs -- "$2" run \
             --config "$d/etc/picket/picket.toml" --bpf-object "$d/lib/picket/picket-sensors.bpf.o"
     ' sandbox "$d" "$setpriv_caps" "$PICKET" >"$work/agent.out" 2>"$work/agent.err" &
-    agent_pid=$!
+    local agent_pid=$!
+    # Each check runs in a subshell: stop the agent when it ends, whatever happened.
+    # shellcheck disable=SC2064 # the pid is known now, and only now
+    trap "kill $agent_pid 2>/dev/null || true" EXIT
     wait_for "running with policy" 60 "$work/agent.err" ||
         fail "the sandboxed agent did not start: $(cat "$work/agent.err")"
     grep -q "policy \`yocto-check-image\` serial 42 installed" "$work/agent.err" ||
@@ -310,7 +308,6 @@ sandboxed_agent() {
         fail "the agent runs with $(grep CapBnd "/proc/$agent_pid/status"), not the unit's bounding set"
     kill -TERM "$agent_pid"
     wait "$agent_pid" || fail "the agent did not stop cleanly on SIGTERM: $(tail -n 5 "$work/agent.err")"
-    agent_pid=""
 }
 
 sysvinit_script() {
@@ -319,6 +316,8 @@ sysvinit_script() {
         -e "s|@SYSCONFDIR@|$d/etc|g" -e "s|@LOCALSTATEDIR@|$d/var|g" \
         -e "s|^PIDFILE=.*|PIDFILE=$work/picket.pid|" "$recipe_dir/files/picket.init" >"$init"
     rm -f "$d/var/log/picket/picket.log"
+    # shellcheck disable=SC2064 # $init is a local variable
+    trap "sh '$init' stop >/dev/null 2>&1 || true" EXIT
     sh "$init" start
     wait_for "running with policy" 60 "$d/var/log/picket/picket.log" ||
         fail "the init script's agent did not start: $(cat "$d/var/log/picket/picket.log")"
