@@ -225,6 +225,12 @@ impl Sequence {
         })
     }
 
+    /// Makes the next number greater than `n` (a number found elsewhere, in the spool, that
+    /// this counter must not reuse if its own file was lost).
+    pub fn skip_past(&mut self, n: u64) {
+        self.next = self.next.max(n.saturating_add(1));
+    }
+
     /// The next number, reserving a new block on disk when the current one is used up.
     pub fn take(&mut self) -> anyhow::Result<u64> {
         if self.next > self.reserved_until {
@@ -498,6 +504,10 @@ mod tests {
         // A restart: numbering resumes above anything the first run could have used.
         let mut seq = Sequence::open(&dir).unwrap();
         assert!(seq.take().unwrap() > last);
+        seq.skip_past(1000);
+        assert_eq!(seq.take().unwrap(), 1001);
+        drop(seq);
+        assert!(Sequence::open(&dir).unwrap().take().unwrap() > 1001);
         fs::write(dir.join("alert.seq"), "garbage").unwrap();
         assert!(Sequence::open(&dir).is_err());
         fs::remove_dir_all(&dir).unwrap();

@@ -114,26 +114,42 @@ impl SpoolSink {
 }
 
 impl AlertSink for SpoolSink {
+    /// Never fails the detection loop: an alert the spool cannot take is logged and counted as
+    /// dropped (the heartbeat shows it).
     fn send(&mut self, alert: &alert::Alert) -> anyhow::Result<()> {
-        let wire = alert.to_wire();
-        let body = postcard::to_allocvec(&wire).context("encoding an alert for the spool")?;
-        self.shared
-            .spool()
-            .push(alert.seq, alert.severity.rank(), &body)
-            .context("writing an alert to the spool")?;
-        Counters::add(&self.shared.counters.spooled, 1);
-        self.dirty = true;
+        let mut spool = self.shared.spool();
+        let body = match fit(alert.to_wire(), spool.max_payload()) {
+            Ok(body) => body,
+            Err(e) => {
+                log::error!("alert #{} cannot be spooled: {e:#}", alert.seq);
+                Counters::add(&self.shared.counters.dropped, 1);
+                return Ok(());
+            }
+        };
+        match spool.push(alert.seq, alert.severity.rank(), &body) {
+            Ok(()) => {
+                Counters::add(&self.shared.counters.spooled, 1);
+                self.dirty = true;
+            }
+            Err(e) => {
+                log::error!("alert #{} cannot be spooled: {e:#}", alert.seq);
+                Counters::add(&self.shared.counters.dropped, 1);
+            }
+        }
         Ok(())
     }
 
+    /// A failed write (a full or failing disk) is logged; the batch stays buffered and the next
+    /// flush tries again. Nothing unflushed is ever published.
     fn flush(&mut self) -> anyhow::Result<()> {
         if self.dirty {
-            self.shared
-                .spool()
-                .flush()
-                .context("writing the spool to disk")?;
-            self.dirty = false;
-            self.shared.wake.notify_one();
+            match self.shared.spool().flush() {
+                Ok(()) => {
+                    self.dirty = false;
+                    self.shared.wake.notify_one();
+                }
+                Err(e) => log::error!("writing the spool to disk: {e:#}"),
+            }
         }
         Ok(())
     }
@@ -143,6 +159,55 @@ impl AlertSink for SpoolSink {
         Counters::add(&self.shared.counters.dropped, n);
         n
     }
+}
+
+/// The alert's postcard body, made to fit in `max` bytes if it does not: long strings are cut
+/// (argv, ancestry, paths, details), and `details` says so.
+fn fit(mut wire: picket_proto::Alert, max: usize) -> anyhow::Result<Vec<u8>> {
+    let body = postcard::to_allocvec(&wire).context("encoding an alert")?;
+    if body.len() <= max {
+        return Ok(body);
+    }
+    let cut = |s: &mut String, n: usize| {
+        if s.len() > n {
+            let mut end = n;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s.push('…');
+        }
+    };
+    for limit in [1024, 256, 64] {
+        if let Some(p) = wire.process.as_mut() {
+            p.ancestry.truncate(4);
+            for a in &mut p.ancestry {
+                if let Some(exe) = a.exe.as_mut() {
+                    cut(exe, limit);
+                }
+            }
+            for arg in &mut p.argv {
+                cut(arg, limit);
+            }
+            if let Some(exe) = p.exe.as_mut() {
+                cut(exe, limit);
+            }
+        }
+        if let Some(path) = wire.path.as_mut() {
+            cut(path, limit);
+        }
+        let details = wire.details.0.to_string();
+        if details.len() > limit {
+            let mut text = details;
+            cut(&mut text, limit);
+            wire.details = picket_proto::Details(serde_json::json!({ "truncated": text }));
+        }
+        let body = postcard::to_allocvec(&wire).context("encoding an alert")?;
+        if body.len() <= max {
+            return Ok(body);
+        }
+    }
+    anyhow::bail!("{} bytes even cut down, over the spool's record limit of {max}", body.len())
 }
 
 /// What the reporter tells the detection loop about policies received over MQTT.
@@ -655,6 +720,52 @@ mod tests {
             .map(|_| Backoff::new(Duration::from_secs(60), Duration::from_secs(60)).delay())
             .collect();
         assert!(delays.len() > 10, "{delays:?}");
+    }
+
+    #[test]
+    fn oversized_alerts_are_cut_to_fit() {
+        let long = "x".repeat(5000);
+        let wire = picket_proto::Alert {
+            seq: 1,
+            boot_id: "b".into(),
+            time_ms: 0,
+            kind: picket_proto::AlertKind::UnknownExecutable,
+            severity: picket_proto::Severity::High,
+            rule: "executables".into(),
+            path: Some(long.clone()),
+            details: picket_proto::Details(serde_json::json!({ "sha256": long })),
+            count: 1,
+            first_ms: 0,
+            last_ms: 0,
+            process: Some(picket_proto::ProcessContext {
+                exe: Some(long.clone()),
+                argv: vec![long.clone(); 16],
+                ancestry: vec![
+                    picket_proto::Ancestor {
+                        pid: 1,
+                        exe: Some(long.clone())
+                    };
+                    8
+                ],
+                ..Default::default()
+            }),
+        };
+        let small = postcard::to_allocvec(&wire).unwrap().len();
+        assert!(small > 100_000);
+        let body = fit(wire.clone(), 4096).unwrap();
+        assert!(body.len() <= 4096);
+        let back: picket_proto::Alert = postcard::from_bytes(&body).unwrap();
+        assert_eq!(back.seq, 1);
+        assert!(back.path.unwrap().ends_with('…'));
+        assert!(back.details.0["truncated"].is_string());
+        // What fits is left alone.
+        let mut fine = wire;
+        fine.path = Some("/tmp/x".into());
+        fine.details = picket_proto::Details(serde_json::json!({}));
+        fine.process = None;
+        let body = fit(fine.clone(), 4096).unwrap();
+        assert_eq!(postcard::from_bytes::<picket_proto::Alert>(&body).unwrap(), fine);
+        assert!(fit(fine, 10).is_err());
     }
 
     #[test]

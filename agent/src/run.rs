@@ -79,6 +79,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             config.output.file.as_deref(),
         )?));
     }
+    let mut sequence = Sequence::open(&config.state_dir)?;
     let shared = match &config.mqtt {
         Some(_) => {
             let dir = config
@@ -107,6 +108,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     recovered.records
                 );
             }
+            // Numbers never go back, even if the counter's file was lost and the spool was not.
+            sequence.skip_past(spool.stats().last_seq);
             let shared = Shared::new(counters.clone(), spool, (String::new(), 0));
             sinks.push(Box::new(SpoolSink::new(shared.clone())));
             Some(shared)
@@ -115,7 +118,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut alerter = Alerter::new(
         device_id.clone(),
-        Sequence::open(&config.state_dir)?,
+        sequence,
         config.alerts.window,
         config.alerts.max_tracked,
         sinks,
