@@ -22,6 +22,7 @@ mod process;
 mod run;
 mod sensors;
 mod session;
+mod spool;
 
 /// Picket watches process execution, network connections and file changes with eBPF.
 #[derive(Parser)]
