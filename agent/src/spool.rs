@@ -9,7 +9,7 @@
 //!   power cut could take back.
 //! - **Crash-safe.** Every record carries its length and two CRC-32s (header and body). A record
 //!   torn by a crash or damaged on the medium is detected, counted and skipped; the records
-//!   before and after it are kept. Opening a damaged spool never fails because of its content.
+//!   before and after it are kept. A damaged record never makes opening fail.
 //! - **In order.** Records come back in sequence-number order, oldest first.
 //! - **Bounded.** The records waiting (and the unflushed batch) never take more than
 //!   `max_bytes` minus one segment. When a new record would not fit, the oldest record of the
@@ -116,7 +116,9 @@ pub struct Entry {
 pub struct Recovered {
     /// Records waiting to be published.
     pub records: usize,
-    /// Damaged or partial records skipped (torn writes, damage on the medium).
+    /// Damaged or partial records skipped (torn writes, damage on the medium). A torn end of
+    /// the newest segment is cut off; damage further back is counted again at each open
+    /// until its segment is compacted or deleted.
     pub torn: usize,
     /// Bytes of the segment files.
     pub bytes: u64,
@@ -345,7 +347,15 @@ impl Spool {
         let mut last_alert = 0u64;
         for (n, &id) in ids.iter().enumerate() {
             let path = self.seg_path(id);
-            let buf = read_segment(&path)?;
+            let buf = match read_segment(&path) {
+                Ok(buf) => buf,
+                Err(e) => {
+                    // Its records are lost; the others are not held hostage.
+                    log::warn!("spool: skipping a segment: {e:#}");
+                    torn += 1;
+                    continue;
+                }
+            };
             let scanned = scan(&buf);
             torn += scanned.torn;
             let mut seg = Segment {
@@ -429,8 +439,8 @@ impl Spool {
                 .checked_add(1)
                 .filter(|&n| n <= MAX_SEGMENT_ID)
                 .context("the spool's segment numbers are exhausted: empty the spool directory")?;
-            let size = self.segments.get(&last).map_or(0, |s| s.size);
-            if size < self.segment_bytes {
+            let size = self.segments.get(&last).map(|s| s.size);
+            if size.is_some_and(|size| size < self.segment_bytes) {
                 let path = self.seg_path(last);
                 let file = OpenOptions::new()
                     .write(true)
@@ -449,7 +459,8 @@ impl Spool {
     }
 
     /// Adds a record to the unflushed batch. `seq` must be above every sequence number the
-    /// spool has seen ([`SpoolStats::last_seq`]). Makes room if needed by dropping the oldest
+    /// spool has seen ([`SpoolStats::last_seq`], records and tombstones: a caller whose
+    /// counter went back resumes above it). Makes room if needed by dropping the oldest
     /// records of the lowest severity, which may be this one.
     pub fn push(&mut self, seq: u64, severity: u8, payload: &[u8]) -> anyhow::Result<()> {
         if payload.len() > self.max_payload() {
@@ -582,7 +593,11 @@ impl Spool {
             next_tomb += tomb_records.len();
         }
         self.tombs_pending.clear();
-        self.collect_free(false)
+        // The batch is durable: failing to delete what is no longer needed does not undo that.
+        if let Err(e) = self.collect_free(false) {
+            log::warn!("spool: {e:#}");
+        }
+        Ok(())
     }
 
     /// Durable records still waiting, in sequence order, with a sequence number above `after`;
@@ -817,7 +832,10 @@ impl Spool {
                 break;
             };
             let before = self.disk_bytes;
-            self.compact(id)?;
+            if let Err(e) = self.compact(id) {
+                // Try the others; a segment that cannot be read must not stop the spool.
+                log::warn!("spool: {e:#}");
+            }
             self.collect_free(true)?;
             if self.disk_bytes >= before {
                 futile.insert(id);
@@ -976,27 +994,39 @@ impl Spool {
     /// Deletes the segments holding nothing needed: no waiting record, and no tombstone of a
     /// record still on disk elsewhere. The active segment only when `include_active` (it is
     /// otherwise kept and filled, sparing the creation of files).
+    /// A file that cannot be deleted is logged and left for later.
     fn collect_free(&mut self, include_active: bool) -> anyhow::Result<()> {
+        let mut stuck = BTreeSet::new();
         loop {
             let active = self.active.as_ref().map(|a| a.id);
             let free: Vec<u32> = self
                 .segments
                 .iter()
                 .filter(|(&id, s)| {
-                    s.live == 0 && s.refs == 0 && (include_active || Some(id) != active)
+                    s.live == 0
+                        && s.refs == 0
+                        && (include_active || Some(id) != active)
+                        && !stuck.contains(&id)
                 })
                 .map(|(&id, _)| id)
                 .collect();
-            if free.is_empty() {
-                return Ok(());
+            let mut removed = Vec::new();
+            for id in free {
+                match remove_file(&self.seg_path(id)) {
+                    Ok(()) => removed.push(id),
+                    Err(e) => {
+                        log::warn!("spool: {e:#}");
+                        stuck.insert(id);
+                    }
+                }
             }
-            for &id in &free {
-                remove_file(&self.seg_path(id))?;
+            if removed.is_empty() {
+                return Ok(());
             }
             // Durable before the deletions they allow (tombstones that become unneeded).
             sync_dir(&self.dir)?;
             self.stats.syncs += 1;
-            for id in free {
+            for id in removed {
                 let seqs: Vec<u64> = self
                     .index
                     .iter()
@@ -1036,7 +1066,7 @@ fn read_segment(path: &Path) -> anyhow::Result<Vec<u8>> {
         .len();
     if len > MAX_FILE {
         bail!(
-            "{} is {len} bytes, larger than any spool segment ({MAX_FILE} bytes at most): not a spool file; move it out of the spool directory",
+            "{} is {len} bytes, larger than any spool segment ({MAX_FILE} bytes at most): not a spool file",
             path.display()
         );
     }
@@ -1968,5 +1998,30 @@ mod tests {
         drop(spool);
         let (mut spool, _) = open(&dir.0, 64 * 1024);
         assert_eq!(seqs(&all(&mut spool)), [1, 3]);
+    }
+
+    #[test]
+    fn an_unreadable_segment_is_skipped() {
+        let (dir, _) = sample("foreign", 5, 64 * 1024, &[]);
+        // Too large to be a segment (sparse), and one that cannot be read.
+        File::create(dir.0.join("00000005.seg"))
+            .unwrap()
+            .set_len(MAX_FILE + 1)
+            .unwrap();
+        fs::create_dir(dir.0.join("00000007.seg")).unwrap();
+        let (found, recovered) = open_damaged(&dir.0, 64 * 1024);
+        assert_eq!(found, [1, 2, 3, 4, 5]);
+        assert_eq!(recovered.torn, 2);
+        let (mut spool, _) = open(&dir.0, 64 * 1024);
+        spool.push(6, 0, &payload(6, 60)).unwrap();
+        spool.flush().unwrap();
+        assert!(dir.0.join("00000008.seg").exists(), "new segments go above");
+        assert_eq!(
+            fs::metadata(dir.0.join("00000005.seg")).unwrap().len(),
+            MAX_FILE + 1
+        );
+        drop(spool);
+        let (found, _) = open_damaged(&dir.0, 64 * 1024);
+        assert_eq!(found, [1, 2, 3, 4, 5, 6]);
     }
 }
