@@ -50,7 +50,8 @@
 //!
 //! A segment whose records are all gone, and whose tombstones name no record still on disk in
 //! another segment, is deleted (in normal operation, acknowledgements arrive in order and
-//! whole segments go this way, without rewriting anything). When a flush would take the files
+//! whole segments go this way, without rewriting anything; the newest segment is kept and
+//! filled first). When a flush would take the files
 //! over `max_bytes` (records dropped or acknowledged out of order leave holes), segments are
 //! compacted, the most reclaimable first: rewritten to a temporary file with their waiting
 //! records and the tombstones still needed, synced, and renamed over the original.
