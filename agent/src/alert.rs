@@ -414,6 +414,13 @@ impl Alerter {
         Ok(())
     }
 
+    /// Counts alerts lost outside the sinks' view (damaged spool records found at start-up);
+    /// the next report says so.
+    pub fn count_dropped(&mut self, n: u64) {
+        self.dropped_unreported += n;
+        Counters::add(&self.counters.dropped, n);
+    }
+
     /// Reports the alerts the spool dropped since the last report, as one alert.
     fn report_dropped(&mut self) -> anyhow::Result<()> {
         let dropped = std::mem::take(&mut self.dropped_unreported);

@@ -207,7 +207,10 @@ fn fit(mut wire: picket_proto::Alert, max: usize) -> anyhow::Result<Vec<u8>> {
             return Ok(body);
         }
     }
-    anyhow::bail!("{} bytes even cut down, over the spool's record limit of {max}", body.len())
+    anyhow::bail!(
+        "{} bytes even cut down, over the spool's record limit of {max}",
+        body.len()
+    )
 }
 
 /// What the reporter tells the detection loop about policies received over MQTT.
@@ -764,7 +767,10 @@ mod tests {
         fine.details = picket_proto::Details(serde_json::json!({}));
         fine.process = None;
         let body = fit(fine.clone(), 4096).unwrap();
-        assert_eq!(postcard::from_bytes::<picket_proto::Alert>(&body).unwrap(), fine);
+        assert_eq!(
+            postcard::from_bytes::<picket_proto::Alert>(&body).unwrap(),
+            fine
+        );
         assert!(fit(fine, 10).is_err());
     }
 

@@ -80,6 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         )?));
     }
     let mut sequence = Sequence::open(&config.state_dir)?;
+    let mut torn = 0;
     let shared = match &config.mqtt {
         Some(_) => {
             let dir = config
@@ -96,10 +97,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening the spool {}", dir.display()))?;
             if recovered.torn > 0 {
                 log::warn!(
-                    "spool {}: {} damaged record(s) skipped (an interrupted write)",
+                    "spool {}: {} damaged record(s) skipped (an interrupted write, or damage \
+                     on the medium)",
                     dir.display(),
                     recovered.torn
                 );
+                torn = recovered.torn as u64;
             }
             if recovered.records > 0 {
                 log::info!(
@@ -124,6 +127,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         sinks,
         counters.clone(),
     );
+    // Damaged records are alerts that will never be delivered: the first report says so.
+    alerter.count_dropped(torn);
 
     // The configured bundle goes through the same checks as any update; if it is refused, the
     // last good policy stays in force and the refusal is an alert.

@@ -60,7 +60,6 @@
 //!
 //! In memory: about 60 bytes per record on disk (sequence number, place, severity, state), the
 //! unflushed batch, and per-segment counters. Payloads are read from disk by `peek`.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::{
     collections::{BTreeMap, BTreeSet},
