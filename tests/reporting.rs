@@ -27,6 +27,14 @@ use picket_proto::{
 };
 
 const PICKET: &str = env!("CARGO_BIN_EXE_picket");
+
+/// One test at a time: every agent sees every exec on the machine, so one test's thousand
+/// execs would fill another's spool and crowd its broker connection.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 const DEVICE: &str = "gw-test-01";
 const BACKEND: &str = "picket-backend";
 
@@ -325,6 +333,7 @@ fn last_heartbeat(sub: &Subscriber) -> Option<Heartbeat> {
 
 #[test]
 fn alerts_status_and_heartbeats_reach_the_fleet_in_order() {
+    let _serial = serial();
     let fleet = Fleet::new("order");
     let sub = fleet.subscriber();
     let agent = Agent::start(&fleet.config("format = \"postcard\"\n"));
@@ -399,6 +408,7 @@ fn alerts_status_and_heartbeats_reach_the_fleet_in_order() {
 
 #[test]
 fn json_format_is_plain_json() {
+    let _serial = serial();
     let fleet = Fleet::new("json");
     let sub = fleet.subscriber();
     let agent = Agent::start(&fleet.config("format = \"json\"\n"));
@@ -419,6 +429,7 @@ fn json_format_is_plain_json() {
 
 #[test]
 fn a_30_second_broker_outage_loses_no_alert() {
+    let _serial = serial();
     let mut fleet = Fleet::new("outage");
     let sub = fleet.subscriber();
     let agent = Agent::start(&fleet.config(""));
@@ -459,6 +470,7 @@ fn a_30_second_broker_outage_loses_no_alert() {
 
 #[test]
 fn alerts_spooled_before_a_sigkill_are_delivered_after_restart() {
+    let _serial = serial();
     let mut fleet = Fleet::new("kill");
     fleet.broker.stop();
     let config = fleet.config("");
@@ -495,6 +507,7 @@ fn alerts_spooled_before_a_sigkill_are_delivered_after_restart() {
 
 #[test]
 fn policies_over_mqtt_are_verified_like_policies_on_disk() {
+    let _serial = serial();
     let fleet = Fleet::new("policy");
     let sub = fleet.subscriber();
     let agent = Agent::start(&fleet.config(""));
@@ -597,6 +610,7 @@ fn policies_over_mqtt_are_verified_like_policies_on_disk() {
 
 #[test]
 fn a_full_spool_drops_the_oldest_and_says_how_many() {
+    let _serial = serial();
     let mut fleet = Fleet::new("full");
     fleet.broker.stop();
     let config = fleet.config("[spool]\nmax_bytes = \"64KiB\"\n");
