@@ -281,10 +281,15 @@ async fn session(
             }
             Event::Incoming(Packet::SubAck(ack)) => {
                 use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
+                let mut refused = 0;
                 for (code, filter) in ack.return_codes.iter().zip(filters) {
                     if !matches!(code, SubscribeReasonCode::Success(_)) {
+                        refused += 1;
                         log::error!("the broker refused the subscription to `{filter}`: {code:?}");
                     }
+                }
+                if refused == 0 {
+                    log::info!("subscribed to {}", filters.join(", "));
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use picket_proto::{Alert, Heartbeat, PolicyOutcome, PolicyResult, Presence, Status};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -642,15 +642,12 @@ impl Store for SqliteStore {
 /// The number of alerts stored for `device_id`.
 #[cfg(test)]
 pub fn alert_count(store: &SqliteStore, device_id: &str) -> anyhow::Result<u64> {
-    let n: Option<i64> = store
-        .conn
-        .query_row(
-            "SELECT count(*) FROM alerts WHERE device_id = ?1",
-            params![device_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(n.map(uint).unwrap_or(0))
+    let n: i64 = store.conn.query_row(
+        "SELECT count(*) FROM alerts WHERE device_id = ?1",
+        params![device_id],
+        |r| r.get(0),
+    )?;
+    Ok(uint(n))
 }
 
 #[cfg(test)]
