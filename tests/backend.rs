@@ -2,6 +2,7 @@
 //! devices (each with its own certificate) publish messages built with `picket_proto::encode`,
 //! the backend runs as a child process, and the tests read what it stored through its CLI and
 //! HTTP API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support {
     use std::io::{Read, Write};
@@ -572,7 +573,7 @@ async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
     let gaps = backend.query(&["gaps", "--json"]);
     assert_eq!(
         gaps,
-        serde_json::json!([{"device_id": "gw-1", "first_missing": 4, "last_missing": 5, "missing": 2}])
+        serde_json::json!([{"device_id": "gw-1", "first_missing": 4, "last_missing": 5, "missing": 2, "restart": false}])
     );
 
     // The HTTP API says the same, and exports OCSF.

@@ -203,10 +203,15 @@ pub fn gaps_table(gaps: &[Gap]) -> String {
                     format!("{}-{}", g.first_missing, g.last_missing)
                 },
                 g.missing.to_string(),
+                if g.restart {
+                    "agent restart (rest of a reserved block)".into()
+                } else {
+                    "missing".into()
+                },
             ]
         })
         .collect();
-    table(&["DEVICE", "MISSING SEQ", "COUNT"], rows)
+    table(&["DEVICE", "MISSING SEQ", "COUNT", "CAUSE"], rows)
 }
 
 pub fn refused_table(refused: &[RefusedRow]) -> String {
@@ -286,7 +291,11 @@ mod tests {
             first_missing: 4,
             last_missing: 6,
             missing: 3,
+            restart: false,
         }]);
-        assert_eq!(t, "DEVICE  MISSING SEQ  COUNT\ngw-1    4-6          3\n");
+        assert_eq!(
+            t,
+            "DEVICE  MISSING SEQ  COUNT  CAUSE\ngw-1    4-6          3      missing\n"
+        );
     }
 }

@@ -67,6 +67,19 @@ pub struct Gap {
     pub first_missing: u64,
     pub last_missing: u64,
     pub missing: u64,
+    /// The gap is what an agent restart leaves: the agent reserves sequence numbers in blocks
+    /// of [`AGENT_SEQ_BLOCK`] and resumes after the last reserved block, so a restart skips the
+    /// rest of a block. Such a gap lies within one block and ends at its end.
+    pub restart: bool,
+}
+
+/// The agent reserves alert sequence numbers in blocks of this many (1-64, 65-128, ...).
+pub const AGENT_SEQ_BLOCK: u64 = 64;
+
+fn restart_gap(first_missing: u64, last_missing: u64) -> bool {
+    first_missing >= 1
+        && last_missing % AGENT_SEQ_BLOCK == 0
+        && (first_missing - 1) / AGENT_SEQ_BLOCK == (last_missing - 1) / AGENT_SEQ_BLOCK
 }
 
 /// Messages refused, by reason and by the device id their topic named.
@@ -593,6 +606,7 @@ impl Store for SqliteStore {
                 first_missing: first,
                 last_missing: last,
                 missing: last - first + 1,
+                restart: restart_gap(first, last),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -780,13 +794,15 @@ mod tests {
                     device_id: "gw-1".into(),
                     first_missing: 4,
                     last_missing: 6,
-                    missing: 3
+                    missing: 3,
+                    restart: false,
                 },
                 Gap {
                     device_id: "gw-1".into(),
                     first_missing: 9,
                     last_missing: 9,
-                    missing: 1
+                    missing: 1,
+                    restart: false,
                 },
             ]
         );
@@ -794,6 +810,20 @@ mod tests {
         // The missing one arrives late: the gap closes.
         s.insert_alert("gw-1", &alert(9), "postcard", 2).unwrap();
         assert_eq!(s.gaps(Some("gw-1")).unwrap().len(), 1);
+        // The agent restarted after 70 and resumed at 129: the rest of its block is skipped.
+        for seq in [70, 129] {
+            s.insert_alert("gw-1", &alert(seq), "postcard", 3).unwrap();
+        }
+        let gaps = s.gaps(Some("gw-1")).unwrap();
+        assert_eq!(gaps.len(), 3);
+        // 11..=69 spans two blocks: not explained by a restart alone.
+        assert_eq!((gaps[1].first_missing, gaps[1].restart), (11, false));
+        assert_eq!((gaps[2].first_missing, gaps[2].last_missing), (71, 128));
+        assert!(gaps[2].restart);
+        assert!(restart_gap(64, 64));
+        assert!(restart_gap(1, 64));
+        assert!(!restart_gap(64, 65));
+        assert!(!restart_gap(60, 127));
     }
 
     #[test]
