@@ -249,6 +249,26 @@ lab = ["gw-1", "gw-2"]
     }
 
     #[test]
+    fn the_documented_configuration_parses() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/BACKEND.md"),
+        )
+        .unwrap();
+        let block = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a TOML block in docs/BACKEND.md");
+        let config = Config::parse(block).unwrap();
+        assert_eq!(config.mqtt().unwrap().client_id, "picket-backend-1");
+        assert_eq!(
+            config.devices.heartbeat_timeout,
+            default_heartbeat_timeout()
+        );
+        assert_eq!(config.http.unwrap().listen, default_listen());
+    }
+
+    #[test]
     fn refuses_unknown_keys_with_their_line() {
         let err = Config::parse("[store]\nsqlite = \"a.db\"\nretension = \"3d\"\n")
             .unwrap_err()
