@@ -37,14 +37,14 @@ fn bad_request(e: String) -> ApiError {
 async fn query<T, F>(api: &Api, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&dyn Store) -> anyhow::Result<T> + Send + 'static,
+    F: FnOnce(&mut dyn Store) -> anyhow::Result<T> + Send + 'static,
 {
     let store = api.store.clone();
     tokio::task::spawn_blocking(move || {
-        let store = store
+        let mut store = store
             .lock()
             .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
-        f(store.as_ref())
+        f(store.as_mut())
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

@@ -56,9 +56,10 @@ pub struct MqttConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The SQLite database file.
-    #[serde(default = "default_sqlite")]
-    pub sqlite: PathBuf,
+    /// The SQLite database file (default `/var/lib/picket-backend/picket.db`).
+    sqlite: Option<PathBuf>,
+    /// A PostgreSQL connection string; when set, the store is PostgreSQL, not SQLite.
+    pub postgres: Option<String>,
     /// Alerts older than this (by time received) are deleted. Absent: kept forever.
     #[serde(default, deserialize_with = "opt_duration")]
     pub retention: Option<Duration>,
@@ -70,7 +71,8 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            sqlite: default_sqlite(),
+            sqlite: None,
+            postgres: None,
             retention: None,
             retention_interval: default_retention_interval(),
         }
@@ -119,8 +121,13 @@ fn default_session_expiry() -> Duration {
 fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
 }
-fn default_sqlite() -> PathBuf {
-    PathBuf::from("/var/lib/picket-backend/picket.db")
+impl StoreConfig {
+    /// The SQLite database (when `postgres` is not set).
+    pub fn sqlite(&self) -> PathBuf {
+        self.sqlite
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/picket-backend/picket.db"))
+    }
 }
 fn default_retention_interval() -> Duration {
     Duration::from_secs(3600)
@@ -156,6 +163,10 @@ impl Config {
                 "mqtt.keep_alive must be at least 5s"
             );
         }
+        anyhow::ensure!(
+            config.store.sqlite.is_none() || config.store.postgres.is_none(),
+            "store.sqlite and store.postgres are both set: choose one"
+        );
         for (group, devices) in &config.groups {
             for id in devices {
                 picket_proto::topic::check_device_id(id)

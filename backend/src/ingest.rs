@@ -293,7 +293,7 @@ async fn session(
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => {
-                if let Err(e) = receive(client, store, &publish) {
+                if let Err(e) = receive(client, store, publish).await {
                     return e;
                 }
             }
@@ -305,21 +305,29 @@ async fn session(
     }
 }
 
-fn receive(
+async fn receive(
     client: &AsyncClient,
     store: &Arc<Mutex<Box<dyn Store>>>,
-    publish: &Publish,
+    publish: Publish,
 ) -> Result<(), anyhow::Error> {
-    let topic_name = String::from_utf8_lossy(&publish.topic);
+    let topic_name = String::from_utf8_lossy(&publish.topic).to_string();
+    // The store may block (disk, network): off the async threads.
     let outcome = {
-        let mut store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
-        handle(store.as_mut(), &topic_name, &publish.payload, now_ms())
+        let store = store.clone();
+        let topic_name = topic_name.clone();
+        let payload = publish.payload.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
+            handle(store.as_mut(), &topic_name, &payload, now_ms())
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("store task: {e}")))
     };
     match outcome {
         Ok(_) => client
-            .try_ack(publish)
+            .try_ack(&publish)
             .map_err(|e| anyhow::anyhow!("acknowledging: {e}")),
         // Not acknowledged: the broker delivers it again after the reconnection.
         Err(e) => Err(e.context(format!("storing a message from `{topic_name}`"))),

@@ -8,6 +8,9 @@ mod api;
 mod config;
 mod ingest;
 mod ocsf;
+mod pgstore;
+#[cfg(test)]
+mod pgtest;
 mod push;
 mod query;
 mod store;
@@ -22,7 +25,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 
 const DEFAULT_CONFIG: &str = "/etc/picket-backend/backend.toml";
 
@@ -141,7 +144,7 @@ fn load_config(path: Option<&Path>, required: bool) -> anyhow::Result<Option<Con
 }
 
 /// The store the query commands read.
-fn open_for_query(cli: &Cli) -> anyhow::Result<(SqliteStore, Config)> {
+fn open_for_query(cli: &Cli) -> anyhow::Result<(Box<dyn Store>, Config)> {
     let config = if cli.db.is_some() && cli.config.is_none() {
         None
     } else {
@@ -151,11 +154,8 @@ fn open_for_query(cli: &Cli) -> anyhow::Result<(SqliteStore, Config)> {
         Some(c) => c,
         None => Config::parse("")?,
     };
-    let path = cli
-        .db
-        .clone()
-        .unwrap_or_else(|| config.store.sqlite.clone());
-    Ok((SqliteStore::open_existing(&path)?, config))
+    let store = store::open(&config.store, cli.db.as_deref(), false)?;
+    Ok((store, config))
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -174,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Devices { json } => {
-            let (store, config) = open_for_query(&cli)?;
+            let (mut store, config) = open_for_query(&cli)?;
             let devices = store.devices(ingest::now_ms(), config.devices.heartbeat_timeout)?;
             if *json {
                 print_json(&devices)?;
@@ -184,7 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Alerts(a) => {
-            let (store, _) = open_for_query(&cli)?;
+            let (mut store, _) = open_for_query(&cli)?;
             let filter = query::alert_filter(
                 a.device.clone(),
                 a.since.as_deref(),
@@ -208,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(d) = device {
                 picket_proto::topic::check_device_id(d)?;
             }
-            let (store, _) = open_for_query(&cli)?;
+            let (mut store, _) = open_for_query(&cli)?;
             let gaps = store.gaps(device.as_deref())?;
             if *json {
                 print_json(&gaps)?;
@@ -218,7 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Refused { json } => {
-            let (store, _) = open_for_query(&cli)?;
+            let (mut store, _) = open_for_query(&cli)?;
             let refused = store.refused()?;
             if *json {
                 print_json(&refused)?;
@@ -228,7 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Policy(PolicyCommand::Results { device, json }) => {
-            let (store, _) = open_for_query(&cli)?;
+            let (mut store, _) = open_for_query(&cli)?;
             let results = store.policy_results(device.as_deref())?;
             if *json {
                 print_json(&results)?;
@@ -259,9 +259,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 
 fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
     let mqtt = config.mqtt()?.clone();
-    let path = db.unwrap_or_else(|| config.store.sqlite.clone());
-    let store: Box<dyn Store> = Box::new(SqliteStore::open(&path)?);
+    let store = store::open(&config.store, db.as_deref(), true)?;
     let store = Arc::new(Mutex::new(store));
+    let location = match (&config.store.postgres, &db) {
+        (Some(_), None) => "PostgreSQL".to_string(),
+        (_, Some(path)) => path.display().to_string(),
+        (None, None) => config.store.sqlite().display().to_string(),
+    };
     // Fail early on unreadable certificates rather than in the reconnection loop.
     tls::client_config(&mqtt.ca, &mqtt.cert, &mqtt.key)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -270,7 +274,8 @@ fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         if let Some(http) = &config.http {
-            let reader: Box<dyn Store> = Box::new(SqliteStore::open_existing(&path)?);
+            // Its own connection, so that queries do not wait for the ingest's.
+            let reader = store::open(&config.store, db.as_deref(), false)?;
             let app = api::router(reader, config.devices.heartbeat_timeout);
             let listener = tokio::net::TcpListener::bind(http.listen)
                 .await
@@ -290,10 +295,13 @@ fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
                 loop {
                     tick.tick().await;
                     let cutoff = ingest::now_ms().saturating_sub(retention.as_millis() as u64);
-                    let deleted = match store.lock() {
+                    let store = store.clone();
+                    let deleted = tokio::task::spawn_blocking(move || match store.lock() {
                         Ok(mut s) => s.delete_before(cutoff),
                         Err(_) => Err(anyhow::anyhow!("the store lock is poisoned")),
-                    };
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("retention task: {e}")));
                     match deleted {
                         Ok(0) => {}
                         Ok(n) => log::info!("retention: deleted {n} alert(s)"),
@@ -307,7 +315,7 @@ fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
             mqtt.host,
             mqtt.port,
             mqtt.client_id,
-            path.display()
+            location
         );
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -76,7 +76,7 @@ pub struct Gap {
 /// The agent reserves alert sequence numbers in blocks of this many (1-64, 65-128, ...).
 pub const AGENT_SEQ_BLOCK: u64 = 64;
 
-fn restart_gap(first_missing: u64, last_missing: u64) -> bool {
+pub(crate) fn restart_gap(first_missing: u64, last_missing: u64) -> bool {
     first_missing >= 1
         && last_missing % AGENT_SEQ_BLOCK == 0
         && (first_missing - 1) / AGENT_SEQ_BLOCK == (last_missing - 1) / AGENT_SEQ_BLOCK
@@ -160,13 +160,77 @@ pub trait Store: Send {
     /// Deletes alerts and policy results received before `before_ms`; returns how many alerts.
     fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64>;
 
-    fn devices(&self, now_ms: u64, heartbeat_timeout: Duration) -> anyhow::Result<Vec<DeviceRow>>;
+    fn devices(
+        &mut self,
+        now_ms: u64,
+        heartbeat_timeout: Duration,
+    ) -> anyhow::Result<Vec<DeviceRow>>;
     /// Newest first.
-    fn alerts(&self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>>;
-    fn gaps(&self, device: Option<&str>) -> anyhow::Result<Vec<Gap>>;
-    fn refused(&self) -> anyhow::Result<Vec<RefusedRow>>;
+    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>>;
+    fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>>;
+    fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>>;
     /// Newest first.
-    fn policy_results(&self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>>;
+    fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>>;
+}
+
+/// The counters of a heartbeat, as the registry keeps them.
+pub(crate) fn heartbeat_counters(hb: &Heartbeat) -> Value {
+    serde_json::json!({
+        "time_ms": hb.time_ms,
+        "rss_bytes": hb.rss_bytes,
+        "sensors": hb.sensors.iter().map(|s| serde_json::json!({
+            "sensor": s.sensor, "seen": s.seen, "lost": s.lost
+        })).collect::<Vec<_>>(),
+        "alerts": {
+            "raised": hb.alerts.raised,
+            "aggregated": hb.alerts.aggregated,
+            "spooled": hb.alerts.spooled,
+            "sent": hb.alerts.sent,
+            "dropped": hb.alerts.dropped,
+        },
+        "spool_pending": hb.spool_pending,
+        "spool_bytes": hb.spool_bytes,
+    })
+}
+
+/// A device's state from its latest status and when it was last heard of.
+pub(crate) fn presence(
+    status: Option<&str>,
+    last_seen_ms: u64,
+    now_ms: u64,
+    heartbeat_timeout: Duration,
+) -> &'static str {
+    match status {
+        Some("online")
+            if now_ms.saturating_sub(last_seen_ms) > heartbeat_timeout.as_millis() as u64 =>
+        {
+            "timed_out"
+        }
+        Some("online") => "online",
+        Some(_) => "offline",
+        None => "unknown",
+    }
+}
+
+/// Opens the store the configuration names: PostgreSQL when `store.postgres` is set, else
+/// SQLite (`store.sqlite`, or `sqlite` when given). `create`: create a missing SQLite
+/// database (for `serve`); queries refuse a missing one.
+pub fn open(
+    config: &crate::config::StoreConfig,
+    sqlite: Option<&Path>,
+    create: bool,
+) -> anyhow::Result<Box<dyn Store>> {
+    match (&config.postgres, sqlite) {
+        (Some(params), None) => Ok(Box::new(crate::pgstore::PgStore::connect(params)?)),
+        (_, path) => {
+            let path = path.map_or_else(|| config.sqlite(), Path::to_path_buf);
+            Ok(Box::new(if create {
+                SqliteStore::open(&path)?
+            } else {
+                SqliteStore::open_existing(&path)?
+            }))
+        }
+    }
 }
 
 /// The SQLite store (WAL mode, so readers do not block the ingest).
@@ -366,22 +430,7 @@ impl Store for SqliteStore {
         hb: &Heartbeat,
         received_ms: u64,
     ) -> anyhow::Result<()> {
-        let counters = serde_json::json!({
-            "time_ms": hb.time_ms,
-            "rss_bytes": hb.rss_bytes,
-            "sensors": hb.sensors.iter().map(|s| serde_json::json!({
-                "sensor": s.sensor, "seen": s.seen, "lost": s.lost
-            })).collect::<Vec<_>>(),
-            "alerts": {
-                "raised": hb.alerts.raised,
-                "aggregated": hb.alerts.aggregated,
-                "spooled": hb.alerts.spooled,
-                "sent": hb.alerts.sent,
-                "dropped": hb.alerts.dropped,
-            },
-            "spool_pending": hb.spool_pending,
-            "spool_bytes": hb.spool_bytes,
-        });
+        let counters = heartbeat_counters(hb);
         self.touch_device(device_id, received_ms)?;
         self.conn.execute(
             "UPDATE devices SET heartbeat_ms = ?2, uptime_s = ?3, agent_version = ?4,
@@ -507,8 +556,11 @@ impl Store for SqliteStore {
         Ok(alerts as u64)
     }
 
-    fn devices(&self, now_ms: u64, heartbeat_timeout: Duration) -> anyhow::Result<Vec<DeviceRow>> {
-        let timeout_ms = heartbeat_timeout.as_millis() as u64;
+    fn devices(
+        &mut self,
+        now_ms: u64,
+        heartbeat_timeout: Duration,
+    ) -> anyhow::Result<Vec<DeviceRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT d.device_id, d.first_seen_ms, d.last_seen_ms, d.status, d.status_ms,
                     d.agent_version, d.policy_serial, d.policy_name, d.boot_id, d.heartbeat_ms,
@@ -519,12 +571,7 @@ impl Store for SqliteStore {
         let rows = stmt.query_map([], |r| {
             let last_seen_ms = uint(r.get(2)?);
             let status: Option<String> = r.get(3)?;
-            let state = match status.as_deref() {
-                Some("online") if now_ms.saturating_sub(last_seen_ms) > timeout_ms => "timed_out",
-                Some("online") => "online",
-                Some(_) => "offline",
-                None => "unknown",
-            };
+            let state = presence(status.as_deref(), last_seen_ms, now_ms, heartbeat_timeout);
             let counters: Option<String> = r.get(11)?;
             Ok(DeviceRow {
                 device_id: r.get(0)?,
@@ -546,7 +593,7 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn alerts(&self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
+    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT device_id, seq, boot_id, time_ms, received_ms, kind, severity, rule, path,
                     details, count, first_ms, last_ms, process, format
@@ -590,7 +637,7 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn gaps(&self, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
+    fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
         let mut stmt = self.conn.prepare(
             "SELECT device_id, seq + 1, next - 1 FROM (
                  SELECT device_id, seq,
@@ -612,7 +659,7 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn refused(&self) -> anyhow::Result<Vec<RefusedRow>> {
+    fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT reason, device_id, count, first_ms, last_ms, last_topic, last_error
              FROM refused ORDER BY reason, device_id",
@@ -631,7 +678,7 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn policy_results(&self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
+    fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT device_id, bundle_sha256, time_ms, received_ms, outcome, name, serial, reason
              FROM policy_results WHERE ?1 IS NULL OR device_id = ?1
@@ -651,17 +698,6 @@ impl Store for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-}
-
-/// The number of alerts stored for `device_id`.
-#[cfg(test)]
-pub fn alert_count(store: &SqliteStore, device_id: &str) -> anyhow::Result<u64> {
-    let n: i64 = store.conn.query_row(
-        "SELECT count(*) FROM alerts WHERE device_id = ?1",
-        params![device_id],
-        |r| r.get(0),
-    )?;
-    Ok(uint(n))
 }
 
 #[cfg(test)]
@@ -712,13 +748,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn alerts_are_stored_once_with_their_context() {
-        let mut s = SqliteStore::memory().unwrap();
+    fn alerts_are_stored_once_with_their_context(s: &mut dyn Store) {
         assert!(s.insert_alert("gw-1", &alert(1), "postcard", 10).unwrap());
         assert!(!s.insert_alert("gw-1", &alert(1), "postcard", 11).unwrap());
         assert!(s.insert_alert("gw-2", &alert(1), "json", 12).unwrap());
-        assert_eq!(alert_count(&s, "gw-1").unwrap(), 1);
+        assert_eq!(count(s, "gw-1"), 1);
         let rows = s
             .alerts(&AlertFilter {
                 device: Some("gw-1".into()),
@@ -736,15 +770,13 @@ mod tests {
         assert_eq!(row.format, "postcard");
     }
 
-    #[test]
-    fn queries_filter_and_order() {
-        let mut s = SqliteStore::memory().unwrap();
+    fn queries_filter_and_order(s: &mut dyn Store) {
         for seq in 1..=6 {
             s.insert_alert("gw-1", &alert(seq), "postcard", 100 * seq)
                 .unwrap();
         }
         s.insert_alert("gw-2", &alert(2), "postcard", 250).unwrap();
-        let q = |f: AlertFilter| -> Vec<(String, u64)> {
+        let mut q = |f: AlertFilter| -> Vec<(String, u64)> {
             s.alerts(&f)
                 .unwrap()
                 .into_iter()
@@ -777,9 +809,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn gaps_are_computed_per_device() {
-        let mut s = SqliteStore::memory().unwrap();
+    fn gaps_are_computed_per_device(s: &mut dyn Store) {
         for seq in [1, 2, 3, 7, 8, 10] {
             s.insert_alert("gw-1", &alert(seq), "postcard", 1).unwrap();
         }
@@ -826,9 +856,7 @@ mod tests {
         assert!(!restart_gap(60, 127));
     }
 
-    #[test]
-    fn retention_deletes_old_alerts_only() {
-        let mut s = SqliteStore::memory().unwrap();
+    fn retention_deletes_old_alerts_only(s: &mut dyn Store) {
         for seq in 1..=5 {
             s.insert_alert("gw-1", &alert(seq), "postcard", seq * 1000)
                 .unwrap();
@@ -845,9 +873,7 @@ mod tests {
         assert_eq!(s.devices(5000, Duration::from_secs(60)).unwrap().len(), 1);
     }
 
-    #[test]
-    fn registry_follows_status_heartbeats_and_timeout() {
-        let mut s = SqliteStore::memory().unwrap();
+    fn registry_follows_status_heartbeats_and_timeout(s: &mut dyn Store) {
         let timeout = Duration::from_secs(60);
         s.record_status("gw-1", &status(Presence::Online), 1_000)
             .unwrap();
@@ -893,9 +919,7 @@ mod tests {
         assert_eq!(d.last_seen_ms, 112_000);
     }
 
-    #[test]
-    fn refusals_and_policy_results_are_counted() {
-        let mut s = SqliteStore::memory().unwrap();
+    fn refusals_and_policy_results_are_counted(s: &mut dyn Store) {
         for _ in 0..3 {
             s.count_refused("malformed", Some("gw-1"), "picket/v1/gw-1/alert", "bad", 5)
                 .unwrap();
@@ -932,7 +956,60 @@ mod tests {
         let mut s = SqliteStore::open(&path).unwrap();
         s.insert_alert("gw-1", &alert(1), "json", 1).unwrap();
         drop(s);
-        let s = SqliteStore::open_existing(&path).unwrap();
-        assert_eq!(alert_count(&s, "gw-1").unwrap(), 1);
+        let mut s = SqliteStore::open_existing(&path).unwrap();
+        assert_eq!(count(&mut s, "gw-1"), 1);
+    }
+
+    fn count(s: &mut dyn Store, device: &str) -> usize {
+        s.alerts(&AlertFilter {
+            device: Some(device.into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .len()
+    }
+
+    /// What every store must do, run on each implementation.
+    const CHECKS: &[(&str, fn(&mut dyn Store))] = &[
+        (
+            "alerts_are_stored_once_with_their_context",
+            alerts_are_stored_once_with_their_context,
+        ),
+        ("queries_filter_and_order", queries_filter_and_order),
+        ("gaps_are_computed_per_device", gaps_are_computed_per_device),
+        (
+            "retention_deletes_old_alerts_only",
+            retention_deletes_old_alerts_only,
+        ),
+        (
+            "registry_follows_status_heartbeats_and_timeout",
+            registry_follows_status_heartbeats_and_timeout,
+        ),
+        (
+            "refusals_and_policy_results_are_counted",
+            refusals_and_policy_results_are_counted,
+        ),
+    ];
+
+    #[test]
+    fn sqlite_store_passes_the_checks() {
+        for (name, check) in CHECKS {
+            eprintln!("sqlite: {name}");
+            check(&mut SqliteStore::memory().unwrap());
+        }
+    }
+
+    #[test]
+    fn postgres_store_passes_the_same_checks() {
+        let pg = crate::pgtest::Postgres::start();
+        for (i, (name, check)) in CHECKS.iter().enumerate() {
+            eprintln!("postgres: {name}");
+            let params = pg.database(&format!("check{i}"));
+            check(&mut crate::pgstore::PgStore::connect(&params).unwrap());
+        }
+        // A second connection finds the schema in place.
+        let params = pg.database("check0");
+        let mut again = crate::pgstore::PgStore::connect(&params).unwrap();
+        assert_eq!(count(&mut again, "gw-1"), 1);
     }
 }
