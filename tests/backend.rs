@@ -4,6 +4,9 @@
 //! HTTP API.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../backend/src/pgtest.rs"]
+mod pgtest;
+
 mod support {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
@@ -158,13 +161,19 @@ mod support {
                 &path,
                 format!(
                     "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{name}\"\n\
-                     ca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
-                     [store]\nsqlite = \"{db}\"\n{extra}",
+                     ca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n{store}{extra}",
+                    store = if extra.contains("[store]") {
+                        String::new()
+                    } else {
+                        format!(
+                            "[store]\nsqlite = \"{}\"\n",
+                            self.path(&format!("{name}.db")).display()
+                        )
+                    },
                     port = self.port,
                     ca = self.path("ca.pem").display(),
                     cert = self.path(&format!("{BACKEND_ID}.pem")).display(),
                     key = self.path(&format!("{BACKEND_ID}.key")).display(),
-                    db = self.path(&format!("{name}.db")).display(),
                 ),
             )
             .unwrap();
@@ -183,7 +192,8 @@ mod support {
     pub struct Backend {
         child: Child,
         pub config: PathBuf,
-        pub db: PathBuf,
+        /// The SQLite database (none when the store is PostgreSQL).
+        pub db: Option<PathBuf>,
         log: PathBuf,
     }
 
@@ -209,7 +219,7 @@ mod support {
             let mut backend = Backend {
                 child,
                 config,
-                db: broker.path(&format!("{name}.db")),
+                db: (!extra.contains("[store]")).then(|| broker.path(&format!("{name}.db"))),
                 log,
             };
             backend.wait_log("subscribed to", 1);
@@ -236,6 +246,30 @@ mod support {
             }
         }
 
+        /// SIGTERM, and checks that it exits cleanly (status 0) within the timeout.
+        pub fn stop(mut self) {
+            let pid = self.child.id().to_string();
+            assert!(Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success());
+            let start = Instant::now();
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    assert!(status.success(), "exit {status}:\n{}", self.log());
+                    assert!(
+                        self.log().contains("terminated; stopping"),
+                        "{}",
+                        self.log()
+                    );
+                    return;
+                }
+                assert!(start.elapsed() < TIMEOUT, "still running after SIGTERM");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
         pub fn assert_running(&mut self) {
             assert!(
                 self.child.try_wait().unwrap().is_none(),
@@ -246,12 +280,12 @@ mod support {
 
         /// Runs a query command on this backend's database and parses its JSON output.
         pub fn query(&self, args: &[&str]) -> Value {
-            let out = backend_bin()
-                .arg("--db")
-                .arg(&self.db)
-                .args(args)
-                .output()
-                .unwrap();
+            let mut command = backend_bin();
+            match &self.db {
+                Some(db) => command.arg("--db").arg(db),
+                None => command.arg("--config").arg(&self.config),
+            };
+            let out = command.args(args).output().unwrap();
             assert!(out.status.success(), "{args:?}: {}", text(&out));
             serde_json::from_slice(&out.stdout)
                 .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out)))
@@ -603,13 +637,16 @@ async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
     // And its table names the alerts.
     let out = backend_bin()
         .arg("--db")
-        .arg(&backend.db)
+        .arg(backend.db.as_ref().unwrap())
         .args(["alerts", "--device", "gw-1"])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("RECEIVED"), "{table}");
     assert!(table.contains("/tmp/dropped-6 [4242]"), "{table}");
+    tokio::task::spawn_blocking(move || backend.stop())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -698,7 +735,7 @@ async fn presence_follows_status_heartbeats_and_the_last_will() {
         .arg("--config")
         .arg(&short)
         .arg("--db")
-        .arg(&backend.db)
+        .arg(backend.db.as_ref().unwrap())
         .args(["devices", "--json"])
         .output()
         .unwrap();
@@ -1000,4 +1037,57 @@ fn a_bad_configuration_is_refused_with_its_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(!dir.path().join("none.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_postgresql_store() {
+    let (_pg, params) = tokio::task::spawn_blocking(|| {
+        let pg = pgtest::Postgres::start();
+        let params = pg.database("picket");
+        (pg, params)
+    })
+    .await
+    .unwrap();
+    let broker = Broker::start();
+    let store = format!("[store]\npostgres = \"{params}\"\n");
+    let a = Backend::start(&broker, "be-a", &store);
+    let b = Backend::start(&broker, "be-b", &store);
+    let will = picket_proto::encode(Format::Json, "gw-1", &status(Presence::Offline)).unwrap();
+    let mut device = Device::connect(&broker, "gw-1", Some(will)).await;
+    device
+        .publish(
+            Channel::Status,
+            Format::Json,
+            &status(Presence::Online),
+            true,
+        )
+        .await;
+    const N: u64 = 20;
+    for seq in (1..=N).filter(|s| *s != 7) {
+        device
+            .publish(Channel::Alert, Format::Postcard, &alert(seq), false)
+            .await;
+    }
+    // Delivered again: still stored once.
+    device
+        .publish(Channel::Alert, Format::Postcard, &alert(3), false)
+        .await;
+    device.flush().await;
+    let alerts = a.wait_for(&["alerts", "--json"], |v| seqs(v).len() == N as usize - 1);
+    let mut expected: Vec<u64> = (1..=N).filter(|s| *s != 7).collect();
+    expected.sort();
+    assert_eq!(seqs(&alerts), expected);
+    assert_eq!(alerts[0]["process"]["ancestry"][0]["exe"], "/sbin/init");
+    let gaps = a.query(&["gaps", "--json"]);
+    assert_eq!(gaps[0]["first_missing"], 7);
+    assert_eq!(gaps.as_array().unwrap().len(), 1);
+    a.wait_for(&["devices", "--json"], |v| v[0]["state"] == "online");
+    device.vanish();
+    a.wait_for(&["devices", "--json"], |v| v[0]["state"] == "offline");
+    tokio::task::spawn_blocking(move || {
+        a.stop();
+        b.stop();
+    })
+    .await
+    .unwrap();
 }

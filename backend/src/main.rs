@@ -268,14 +268,17 @@ fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
     };
     // Fail early on unreadable certificates rather than in the reconnection loop.
     tls::client_config(&mqtt.ca, &mqtt.cert, &mqtt.key)?;
+    // The API's own connection, so that queries do not wait for the ingest's.
+    let reader = match &config.http {
+        Some(_) => Some(store::open(&config.store, db.as_deref(), false)?),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        if let Some(http) = &config.http {
-            // Its own connection, so that queries do not wait for the ingest's.
-            let reader = store::open(&config.store, db.as_deref(), false)?;
+        if let (Some(http), Some(reader)) = (&config.http, reader) {
             let app = api::router(reader, config.devices.heartbeat_timeout);
             let listener = tokio::net::TcpListener::bind(http.listen)
                 .await

@@ -85,7 +85,20 @@ fn opt_uint(v: Option<i64>) -> Option<u64> {
 }
 
 pub struct PgStore {
-    client: Client,
+    /// Always `Some` but in `drop`.
+    client: Option<Client>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Closing a connection blocks on the client's own runtime, which tokio forbids on a
+        // thread that drives async tasks: there, close it from a thread of its own.
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::spawn(move || drop(client)).join();
+            }
+        }
+    }
 }
 
 impl PgStore {
@@ -113,7 +126,9 @@ impl PgStore {
             ),
         }
         tx.commit()?;
-        Ok(PgStore { client })
+        Ok(PgStore {
+            client: Some(client),
+        })
     }
 }
 
@@ -153,6 +168,14 @@ fn alert_row(r: &Row) -> AlertRow {
     }
 }
 
+impl PgStore {
+    fn client(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("the client is only taken when dropped")
+    }
+}
+
 impl Store for PgStore {
     fn insert_alert(
         &mut self,
@@ -166,7 +189,7 @@ impl Store for PgStore {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()?;
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client().transaction()?;
         let inserted = tx.execute(
             "INSERT INTO alerts (device_id, seq, boot_id, time_ms, received_ms, kind, severity,
                  rule, path, details, count, first_ms, last_ms, process, format)
@@ -202,7 +225,7 @@ impl Store for PgStore {
         received_ms: u64,
     ) -> anyhow::Result<()> {
         let counters = crate::store::heartbeat_counters(hb).to_string();
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client().transaction()?;
         touch_device(&mut tx, device_id, received_ms)?;
         tx.execute(
             "UPDATE devices SET heartbeat_ms = $2, uptime_s = $3, agent_version = $4,
@@ -231,7 +254,7 @@ impl Store for PgStore {
             Presence::Online => "online",
             Presence::Offline => "offline",
         };
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client().transaction()?;
         touch_device(&mut tx, device_id, received_ms)?;
         tx.execute(
             "UPDATE devices SET status = $2, status_ms = $3, agent_version = $4,
@@ -264,7 +287,7 @@ impl Store for PgStore {
             PolicyOutcome::Unchanged { serial } => ("unchanged", None, Some(int(*serial)), None),
             PolicyOutcome::Refused { reason } => ("refused", None, None, Some(reason.as_str())),
         };
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client().transaction()?;
         let inserted = tx.execute(
             "INSERT INTO policy_results (device_id, bundle_sha256, time_ms, received_ms,
                  outcome, name, serial, reason)
@@ -302,7 +325,7 @@ impl Store for PgStore {
     ) -> anyhow::Result<()> {
         let topic: String = topic.chars().take(200).collect();
         let error: String = error.chars().take(500).collect();
-        self.client.execute(
+        self.client().execute(
             "INSERT INTO refused (reason, device_id, count, first_ms, last_ms, last_topic, last_error)
              VALUES ($1, $2, 1, $3, $3, $4, $5)
              ON CONFLICT (reason, device_id) DO UPDATE SET count = refused.count + 1,
@@ -314,7 +337,7 @@ impl Store for PgStore {
     }
 
     fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64> {
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client().transaction()?;
         let alerts = tx.execute(
             "DELETE FROM alerts WHERE received_ms < $1",
             &[&int(before_ms)],
@@ -332,7 +355,7 @@ impl Store for PgStore {
         now_ms: u64,
         heartbeat_timeout: Duration,
     ) -> anyhow::Result<Vec<DeviceRow>> {
-        let rows = self.client.query(
+        let rows = self.client().query(
             "SELECT d.device_id, d.first_seen_ms, d.last_seen_ms, d.status, d.status_ms,
                     d.agent_version, d.policy_serial, d.policy_name, d.boot_id, d.heartbeat_ms,
                     d.uptime_s, d.counters,
@@ -373,7 +396,7 @@ impl Store for PgStore {
     }
 
     fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
-        let rows = self.client.query(
+        let rows = self.client().query(
             "SELECT device_id, seq, boot_id, time_ms, received_ms, kind, severity, rule, path,
                     details, count, first_ms, last_ms, process, format
              FROM alerts
@@ -393,7 +416,7 @@ impl Store for PgStore {
     }
 
     fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
-        let rows = self.client.query(
+        let rows = self.client().query(
             "SELECT device_id, seq + 1, next - 1 FROM (
                  SELECT device_id, seq,
                         lead(seq) OVER (PARTITION BY device_id ORDER BY seq) AS next
@@ -418,7 +441,7 @@ impl Store for PgStore {
     }
 
     fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>> {
-        let rows = self.client.query(
+        let rows = self.client().query(
             "SELECT reason, device_id, count, first_ms, last_ms, last_topic, last_error
              FROM refused ORDER BY reason, device_id",
             &[],
@@ -438,7 +461,7 @@ impl Store for PgStore {
     }
 
     fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
-        let rows = self.client.query(
+        let rows = self.client().query(
             "SELECT device_id, bundle_sha256, time_ms, received_ms, outcome, name, serial, reason
              FROM policy_results WHERE $1::TEXT IS NULL OR device_id = $1
              ORDER BY received_ms DESC, device_id",

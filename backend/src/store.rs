@@ -970,7 +970,8 @@ mod tests {
     }
 
     /// What every store must do, run on each implementation.
-    const CHECKS: &[(&str, fn(&mut dyn Store))] = &[
+    type Check = fn(&mut dyn Store);
+    const CHECKS: &[(&str, Check)] = &[
         (
             "alerts_are_stored_once_with_their_context",
             alerts_are_stored_once_with_their_context,
