@@ -82,6 +82,7 @@ mod support {
                      pattern write picket/v1/%u/policy/result\n\
                      pattern read picket/v1/%u/policy\n\n\
                      user {BACKEND_ID}\n\
+                     topic deny picket/v1/locked/policy\n\
                      topic read picket/v1/#\n\
                      topic write picket/v1/+/policy\n"
                 ),
@@ -990,6 +991,29 @@ async fn policy_push_reaches_devices_and_shows_their_results() {
         assert!(start.elapsed() < TIMEOUT, "gw-2 never got the bundle");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // The broker refuses the publication (its ACL): said at once, not after the timeout.
+    let config = backend.config.clone();
+    let path = bundle_path.clone();
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        backend_bin()
+            .arg("--config")
+            .arg(&config)
+            .args(["policy", "push", "--device", "locked", "--timeout", "30s"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("locked: the broker refused the bundle"),
+        "{}",
+        text(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
 
     // Unknown groups and bad device ids are refused before anything is sent.
     let out = backend_bin()

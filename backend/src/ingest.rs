@@ -119,7 +119,7 @@ pub fn handle(
                     let claimed: String = envelope.device_id.chars().take(80).collect();
                     return Err((
                         Refusal::DeviceMismatch,
-                        format!("the message says it is from `{claimed}`"),
+                        format!("the message says it is from {claimed:?}"),
                     ));
                 }
                 let format = match format {

@@ -81,6 +81,10 @@ pub async fn push(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut published = false;
     let mut acked = 0usize;
+    // Which device each outgoing publish (by packet id) was for, to name refusals.
+    let mut sending: std::collections::VecDeque<&str> = std::collections::VecDeque::new();
+    let mut in_flight: BTreeMap<u16, &str> = BTreeMap::new();
+    let mut refused_by_broker: BTreeSet<String> = BTreeSet::new();
     let mut results: BTreeMap<String, PolicyOutcome> = BTreeMap::new();
     while results.len() < targets.len() {
         let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
@@ -108,6 +112,7 @@ pub async fn push(
                     anyhow::bail!("the broker refused the subscription to the results: {code:?}");
                 }
                 for d in targets {
+                    sending.push_back(d);
                     client.try_publish(
                         topic::topic(d, Channel::Policy),
                         QoS::AtLeastOnce,
@@ -117,9 +122,30 @@ pub async fn push(
                 }
                 published = true;
             }
-            Event::Incoming(Packet::PubAck(_)) => {
+            Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => {
+                if let Some(d) = sending.pop_front() {
+                    in_flight.insert(pkid, d);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                use rumqttc::v5::mqttbytes::v5::PubAckReason;
+                let device = in_flight.remove(&ack.pkid).unwrap_or("?");
+                if !matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                ) {
+                    println!("{device}: the broker refused the bundle: {:?}", ack.reason);
+                    refused_by_broker.insert(device.to_string());
+                    // No result will come for it.
+                    results.insert(
+                        device.to_string(),
+                        PolicyOutcome::Refused {
+                            reason: format!("refused by the broker: {:?}", ack.reason),
+                        },
+                    );
+                }
                 acked += 1;
-                if acked == targets.len() {
+                if acked == targets.len() && refused_by_broker.is_empty() {
                     println!(
                         "the broker accepted the bundle for every device; waiting for results"
                     );
