@@ -754,7 +754,12 @@ async fn presence_follows_status_heartbeats_and_the_last_will() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_refused_and_counted_while_good_ones_are_stored() {
     let broker = Broker::start();
-    let mut backend = Backend::start(&broker, "be", "");
+    let http = free_http_port();
+    let mut backend = Backend::start(
+        &broker,
+        "be",
+        &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
+    );
     let mut device = Device::connect(&broker, "gw-1", None).await;
     device
         .publish_raw(Channel::Alert, b"\x07not a message".to_vec(), false)
@@ -795,6 +800,8 @@ async fn bad_messages_are_refused_and_counted_while_good_ones_are_stored() {
     assert_eq!(count("device_mismatch"), 1, "{refused:#}");
     let alerts = backend.wait_for(&["alerts", "--json"], |v| !seqs(v).is_empty());
     assert_eq!(seqs(&alerts), [3]);
+    let (code, api_refused) = http_get(http, "/api/refused");
+    assert_eq!((code, &api_refused), (200, &refused));
     assert!(
         alerts[0]["device_id"] == "gw-1",
         "nothing is stored for the claimed device"
@@ -971,6 +978,8 @@ async fn policy_push_reaches_devices_and_shows_their_results() {
     assert_eq!(results[0]["device_id"], "gw-1");
     assert_eq!(results[0]["outcome"], "applied");
     assert_eq!(results[0]["bundle_sha256"], sha);
+    let devices = backend.query(&["devices", "--json"]);
+    assert_eq!(devices[0]["policy_serial"], 4, "{devices:#}");
 
     // gw-2 connects later and finds the bundle retained on its policy topic.
     let gw2 = Device::connect(&broker, "gw-2", None).await;

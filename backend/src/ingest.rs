@@ -134,25 +134,37 @@ pub fn handle(
         }
     }
     let result = match channel {
-        Channel::Alert => decode::<Alert>(payload, device).map(|(format, alert)| {
-            store
-                .insert_alert(device, &alert, format, now_ms)
-                .map(|new| {
-                    if new {
-                        log::info!(
-                            "alert {device}#{} {} {} {}",
-                            alert.seq,
-                            alert.severity.name(),
-                            alert.kind.name(),
-                            alert.path.as_deref().unwrap_or("-")
-                        );
-                        Outcome::Stored
-                    } else {
-                        log::debug!("alert {device}#{} received again", alert.seq);
-                        Outcome::Duplicate
-                    }
-                })
-        }),
+        Channel::Alert => decode::<Alert>(payload, device)
+            .and_then(|(format, alert)| {
+                // Stores keep it as a signed 64-bit integer.
+                if alert.seq > i64::MAX as u64 {
+                    Err((
+                        Refusal::Malformed,
+                        format!("sequence number {} is out of range", alert.seq),
+                    ))
+                } else {
+                    Ok((format, alert))
+                }
+            })
+            .map(|(format, alert)| {
+                store
+                    .insert_alert(device, &alert, format, now_ms)
+                    .map(|new| {
+                        if new {
+                            log::info!(
+                                "alert {device}#{} {} {} {}",
+                                alert.seq,
+                                alert.severity.name(),
+                                alert.kind.name(),
+                                alert.path.as_deref().unwrap_or("-")
+                            );
+                            Outcome::Stored
+                        } else {
+                            log::debug!("alert {device}#{} received again", alert.seq);
+                            Outcome::Duplicate
+                        }
+                    })
+            }),
         Channel::Heartbeat => decode::<Heartbeat>(payload, device).map(|(_, hb)| {
             store
                 .record_heartbeat(device, &hb, now_ms)
@@ -375,6 +387,10 @@ mod tests {
         check(&t, b"garbage", Refusal::Malformed);
         check(&t, b"", Refusal::Malformed);
         check(&t, &ok[..ok.len() - 1], Refusal::Malformed);
+        let mut huge = alert(1);
+        huge.seq = u64::MAX;
+        let huge = picket_proto::encode(Format::Postcard, "gw-1", &huge).unwrap();
+        check(&t, &huge, Refusal::Malformed);
         check(&t, &vec![b'{'; MAX_MESSAGE_BYTES + 1], Refusal::Oversized);
         check(
             &t,
@@ -402,7 +418,7 @@ mod tests {
                 .map(|r| r.count)
                 .sum::<u64>()
         };
-        assert_eq!(count("malformed"), 4);
+        assert_eq!(count("malformed"), 5);
         assert_eq!(count("device_mismatch"), 1);
         assert_eq!(count("oversized"), 1);
         assert_eq!(count("foreign_topic"), 1);
