@@ -20,6 +20,10 @@ need_apt=()
 dpkg -s llvm-22-dev >/dev/null 2>&1 || need_apt+=(llvm-22-dev)
 dpkg -s libpolly-22-dev >/dev/null 2>&1 || need_apt+=(libpolly-22-dev)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# The backend's end-to-end tests run a real broker.
+dpkg -s mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
+# ... and a throwaway PostgreSQL server (the backend's PostgreSQL store).
+dpkg -s postgresql >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
     $SUDO apt-get update -qq

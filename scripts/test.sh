@@ -41,4 +41,9 @@ log "tests: agent (unit, then end to end against the running kernel)"
 # The end-to-end tests start their own `picket monitor`s; four at a time keeps a 2-core
 # machine responsive.
 cargo test --package picket-agent --locked -- --test-threads=4
-bash scripts/yocto-check.sh   # the Yocto layer: lint, crates, scan-and-sign, the unit sandboxed
+
+log "tests: backend (unit, then end to end against Mosquitto with mutual TLS)"
+cargo test --package picket-backend --locked
+
+log "the Yocto layer: lint, crates, scan-and-sign, the unit sandboxed"
+bash scripts/yocto-check.sh

@@ -1,0 +1,301 @@
+//! The backend's configuration file (`backend.toml`), documented in `docs/BACKEND.md`.
+//! Unknown keys are refused, with the line they are on.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{de, Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: Option<MqttConfig>,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub devices: DevicesConfig,
+    pub http: Option<HttpConfig>,
+    /// Group name → device ids, for `policy push --group`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host name or address; also the name its certificate must carry.
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// MQTT client id; unique per backend instance.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// CA certificate(s) (PEM) that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// This backend's client certificate (PEM) and its private key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Shared-subscription group: instances with the same group split the messages between
+    /// them. Empty: every instance receives every message.
+    #[serde(default = "default_share_group")]
+    pub share_group: String,
+    #[serde(default = "default_keep_alive", deserialize_with = "duration")]
+    pub keep_alive: Duration,
+    /// How long the broker keeps this instance's session (and queues its messages) while it
+    /// is disconnected.
+    #[serde(default = "default_session_expiry", deserialize_with = "duration")]
+    pub session_expiry: Duration,
+    /// Longest wait between reconnection attempts (the wait doubles from 1 s up to this).
+    #[serde(default = "default_max_backoff", deserialize_with = "duration")]
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite database file (default `/var/lib/picket-backend/picket.db`).
+    sqlite: Option<PathBuf>,
+    /// A PostgreSQL connection string; when set, the store is PostgreSQL, not SQLite.
+    pub postgres: Option<String>,
+    /// Alerts older than this (by time received) are deleted. Absent: kept forever.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub retention: Option<Duration>,
+    /// How often the retention runs.
+    #[serde(default = "default_retention_interval", deserialize_with = "duration")]
+    pub retention_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            sqlite: None,
+            postgres: None,
+            retention: None,
+            retention_interval: default_retention_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// A device that said it is online but sent nothing for this long is shown offline.
+    #[serde(default = "default_heartbeat_timeout", deserialize_with = "duration")]
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            heartbeat_timeout: default_heartbeat_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP JSON API.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_port() -> u16 {
+    8883
+}
+fn default_client_id() -> String {
+    "picket-backend".into()
+}
+fn default_share_group() -> String {
+    "picket-backend".into()
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_session_expiry() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+impl StoreConfig {
+    /// The SQLite database (when `postgres` is not set).
+    pub fn sqlite(&self) -> PathBuf {
+        self.sqlite
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/picket-backend/picket.db"))
+    }
+}
+fn default_retention_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_heartbeat_timeout() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl Config {
+    /// Reads and checks the configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the configuration {}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        if let Some(mqtt) = &config.mqtt {
+            anyhow::ensure!(!mqtt.host.is_empty(), "mqtt.host is empty");
+            anyhow::ensure!(!mqtt.client_id.is_empty(), "mqtt.client_id is empty");
+            anyhow::ensure!(
+                !mqtt.share_group.contains(['/', '+', '#']),
+                "mqtt.share_group `{}` may not contain `/`, `+` or `#`",
+                mqtt.share_group
+            );
+            anyhow::ensure!(
+                mqtt.keep_alive >= Duration::from_secs(5),
+                "mqtt.keep_alive must be at least 5s"
+            );
+        }
+        anyhow::ensure!(
+            config.store.sqlite.is_none() || config.store.postgres.is_none(),
+            "store.sqlite and store.postgres are both set: choose one"
+        );
+        for (group, devices) in &config.groups {
+            for id in devices {
+                picket_proto::topic::check_device_id(id)
+                    .map_err(|e| anyhow::anyhow!("groups.{group}: {e}"))?;
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn mqtt(&self) -> anyhow::Result<&MqttConfig> {
+        self.mqtt
+            .as_ref()
+            .context("the configuration has no [mqtt] section")
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(de::Error::custom)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// `90s`, `15m`, `2h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 2h, 7d"))?;
+    let seconds = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(format!("unknown unit `{unit}` in `{s}` (use s, m, h or d)")),
+    }
+    .ok_or_else(|| format!("`{s}` is too long"))?;
+    if seconds == 0 {
+        return Err("a duration must be longer than zero".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_configuration() {
+        let config = Config::parse(
+            r#"
+[mqtt]
+host = "broker.example"
+client_id = "be-1"
+ca = "ca.pem"
+cert = "be.pem"
+key = "be.key"
+share_group = "g"
+
+[store]
+sqlite = "/tmp/x.db"
+retention = "30d"
+
+[devices]
+heartbeat_timeout = "90s"
+
+[http]
+listen = "127.0.0.1:9000"
+
+[groups]
+lab = ["gw-1", "gw-2"]
+"#,
+        )
+        .unwrap();
+        let mqtt = config.mqtt().unwrap();
+        assert_eq!(mqtt.port, 8883);
+        assert_eq!(mqtt.share_group, "g");
+        assert_eq!(
+            config.store.retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(config.devices.heartbeat_timeout, Duration::from_secs(90));
+        assert_eq!(config.http.unwrap().listen.port(), 9000);
+        assert_eq!(config.groups["lab"], ["gw-1", "gw-2"]);
+    }
+
+    #[test]
+    fn the_documented_configuration_parses() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/BACKEND.md"),
+        )
+        .unwrap();
+        let block = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a TOML block in docs/BACKEND.md");
+        let config = Config::parse(block).unwrap();
+        assert_eq!(config.mqtt().unwrap().client_id, "picket-backend-1");
+        assert_eq!(
+            config.devices.heartbeat_timeout,
+            default_heartbeat_timeout()
+        );
+        assert_eq!(config.http.unwrap().listen, default_listen());
+    }
+
+    #[test]
+    fn refuses_unknown_keys_with_their_line() {
+        let err = Config::parse("[store]\nsqlite = \"a.db\"\nretension = \"3d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("retension"), "{err}");
+        let err = Config::parse("[groups]\nlab = [\"a/b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("groups.lab"), "{err}");
+        let err = Config::parse("[devices]\nheartbeat_timeout = \"3y\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("unknown unit"),
+            "{err}"
+        );
+    }
+}
