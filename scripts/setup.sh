@@ -20,9 +20,9 @@ need_apt=()
 dpkg -s llvm-22-dev >/dev/null 2>&1 || need_apt+=(llvm-22-dev)
 dpkg -s libpolly-22-dev >/dev/null 2>&1 || need_apt+=(libpolly-22-dev)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
-# The backend's end-to-end tests run a real broker.
-dpkg -s mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
-# ... and a throwaway PostgreSQL server (the backend's PostgreSQL store).
+# The local fleet (scripts/run.sh) and the benchmarks make their certificates with it.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The backend's tests start a throwaway PostgreSQL server (the backend's PostgreSQL store).
 dpkg -s postgresql >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
@@ -30,8 +30,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
-# Mosquitto: the MQTT broker of the end-to-end tests, which start their own instances on free
-# loopback ports. The package enables a system service; none must run.
+# Mosquitto: the MQTT broker of the local fleet and of the end-to-end tests, which start their
+# own instances on their own ports. The package enables a system service; none must run.
 need_mqtt=()
 dpkg -s mosquitto >/dev/null 2>&1 || need_mqtt+=(mosquitto)
 dpkg -s mosquitto-clients >/dev/null 2>&1 || need_mqtt+=(mosquitto-clients)

@@ -45,5 +45,8 @@ cargo test --package picket-agent --locked -- --test-threads=4
 log "tests: backend (unit, then end to end against Mosquitto with mutual TLS)"
 cargo test --package picket-backend --locked
 
+log "the local fleet of scripts/run.sh: first run, an alert end to end, clean stop, second run"
+bash tests/fleet.sh
+
 log "the Yocto layer: lint, crates, scan-and-sign, the unit sandboxed"
 bash scripts/yocto-check.sh
