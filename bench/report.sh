@@ -24,7 +24,7 @@ AGENT="" BROKER="" SUB=""
 cleanup() {
     for p in $AGENT $BROKER $SUB; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$WORK"
+    [ -n "${BENCH_KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -130,7 +130,7 @@ wait_for agent.log "connected to the broker" 1 60
 for i in $(seq "$EXECS"); do
     echo "$(now) $WORK/bin/l$i" >> exec-times
     "bin/l$i"
-    wait_for latency.out "\"path\":\"$WORK/bin/l$i\"" 1 10
+    wait_for latency.out "\"kind\":\"unknown_executable\".*\"path\":\"$WORK/bin/l$i\"" 1 10
 done
 python3 - exec-times latency.out > latency.txt <<'PY'
 import json, sys
@@ -141,8 +141,9 @@ for line in open(sys.argv[1]):
 lat = []
 for line in open(sys.argv[2]):
     t, payload = line.split(" ", 1)
-    path = json.loads(payload)["body"].get("path")
-    if path in sent:
+    body = json.loads(payload)["body"]
+    path = body.get("path")
+    if body.get("kind") == "unknown_executable" and path in sent:
         secs, frac = t.split(".")
         lat.append((int(secs) * 10**9 + int(frac.ljust(9, "0")[:9]) - sent.pop(path)) / 1e6)
 lat.sort()
@@ -159,9 +160,19 @@ kill "$SUB" 2>/dev/null || true; SUB=""
 : > drain.out
 start_broker
 subscribe drain.out
-wait_for drain.out '"path":"'"$WORK"'/bin/b' "$BACKLOG" 300
-# From the first alert received to the last: the reconnection delay is not the publisher's.
-RATE=$(awk -v n="$BACKLOG" 'NR == 1 { first = $1 } { last = $1 } END { printf "%.0f", (n - 1) / (last - first) }' drain.out)
+# Until all arrived, or nothing more arrives for 10 s (an exec the sensors lost under load
+# never becomes an alert: the table says how many arrived).
+PATTERN='"kind":"unknown_executable".*"path":"'"$WORK"'/bin/b'
+GOT=0 STILL=0
+while [ "$GOT" -lt "$BACKLOG" ] && [ "$STILL" -lt 100 ]; do
+    sleep 0.1
+    NOW=$(grep -c "$PATTERN" drain.out || true)
+    if [ "$NOW" = "$GOT" ]; then STILL=$((STILL + 1)); else STILL=0; GOT=$NOW; fi
+done
+LOST=$( (grep -o 'total [0-9]*' agent.log || true) | awk '{s = $2} END {print s + 0}')
+# Every message from the first received to the last (the backlog's and what else the machine
+# ran meanwhile): the reconnection delay is not the publisher's.
+RATE=$(awk 'NR == 1 { first = $1 } { last = $1 } END { printf "%.0f", (NR - 1) / (last - first) }' drain.out)
 RSS=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$AGENT/status")
 cd - >/dev/null
 
@@ -170,7 +181,7 @@ TABLE="| measure | value | target |
 | --- | --- | --- |
 | exec → subscriber latency, p50 | $P50 ms | |
 | exec → subscriber latency, p99 | $P99 ms | < 50 ms: $(verdict "$P99" 50) |
-| spool drain rate after an outage ($BACKLOG alerts) | $RATE alerts/s | |
+| spool drain rate after an outage ($GOT of $BACKLOG unknown executables arrived; events lost by the sensors meanwhile: $LOST) | $RATE alerts/s | |
 | agent peak RSS during the run | $RSS MiB | |"
 echo "$TABLE"
 [ "$SMOKE" = 1 ] && exit 0

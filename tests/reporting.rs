@@ -407,11 +407,12 @@ fn alerts_status_and_heartbeats_reach_the_fleet_in_order() {
 }
 
 #[test]
-fn json_format_is_plain_json() {
+fn json_format_over_mqtt_3_1_1_is_plain_json() {
     let _serial = serial();
     let fleet = Fleet::new("json");
     let sub = fleet.subscriber();
-    let agent = Agent::start(&fleet.config("format = \"json\"\n"));
+    let agent = Agent::start(&fleet.config("format = \"json\"\nprotocol = \"v3.1.1\"\n"));
+    agent.wait_log("(MQTT 3.1.1)", Duration::from_secs(20));
     let paths = fleet.unknown_execs("json", 3);
     wait_for_alerts(&sub, &paths, Duration::from_secs(30), || agent.log());
     let m = sub
