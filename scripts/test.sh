@@ -41,3 +41,5 @@ log "tests: agent (unit, then end to end against the running kernel)"
 # The end-to-end tests start their own `picket monitor`s; four at a time keeps a 2-core
 # machine responsive.
 cargo test --package picket-agent --locked -- --test-threads=4
+
+bash scripts/cross.sh test   # ARM: static agents, unit tests under qemu-user, Debian ARM kernels in qemu-system
