@@ -111,10 +111,11 @@ musl_from_source() {
         # The unwinder: libgcc's, under the name Rust's musl targets link (libunwind.a).
         cp "$gccdir/libgcc_eh.a" "$sysroot/libunwind.a"
     fi
-    local var="CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
+    local var
+    var="CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
     export "$var=-L native=$sysroot"
     export RUSTC_BOOTSTRAP=1
-    BUILD_STD=(-Z build-std=std,panic_abort)
+    BUILD_STD=(-Z "build-std=std,panic_abort")
 }
 
 # Sets BUILD_STD (extra cargo arguments) for `target`.

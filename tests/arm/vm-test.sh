@@ -192,11 +192,11 @@ name = "arm-vm"
 device_class = "picket-arm-vm"
 serial = 1
 EOF
-    # The image's files belong to root in the cpio (--owner 0:0): record them that way.
     "${HOST_PICKET[@]}" keygen --out "$keys/vm" >/dev/null 2>&1 || fail "picket keygen failed"
     cp "$keys/vm.pub" "$stage/etc/picket/trust/" || exit 1
     "${HOST_PICKET[@]}" baseline scan --root "$stage" --config "$dir/scan.toml" --out "$dir/policy.toml" 2>"$dir/scan.log" ||
         fail "picket baseline scan: $(tail -n 5 "$dir/scan.log")"
+    # The image's files belong to root in the cpio (--owner 0:0): record them that way.
     if [ "$(id -u)" -ne 0 ]; then
         sed -i -E 's/^(owner|group) = [0-9]+$/\1 = 0/' "$dir/policy.toml"
     fi
@@ -210,7 +210,7 @@ EOF
 
 # Boots one architecture and checks the console. Returns non-zero on failure.
 run_vm() {
-    local arch=$1 target debarch meta qemu machine kpkg kdeb kdir kernel config initrd console started status
+    local arch=$1 target debarch meta qemu kpkg kdeb kdir kernel config initrd console started status
     case "$arch" in
         aarch64)
             target=aarch64-unknown-linux-musl debarch=arm64 meta=linux-image-$KERNEL_FLAVOUR_arm64
@@ -218,7 +218,7 @@ run_vm() {
             ;;
         armv7)
             target=armv7-unknown-linux-musleabihf debarch=armhf meta=linux-image-$KERNEL_FLAVOUR_armhf
-            qemu=(qemu-system-arm -M virt,highmem=off -cpu cortex-a15)
+            qemu=(qemu-system-arm -M "virt,highmem=off" -cpu cortex-a15)
             ;;
         *) err "unknown architecture $arch (aarch64 or armv7)"; return 1 ;;
     esac
@@ -233,7 +233,10 @@ run_vm() {
     kdir=$(extract_deb "$kdeb") || return 1
     kernel=$(find "$kdir/boot" -name 'vmlinuz-*' | head -n 1)
     config=$(find "$kdir/boot" -name 'config-*' | head -n 1)
-    [ -n "$kernel" ] && [ -n "$config" ] || { err "$arch: no vmlinuz or config in $kdeb"; return 1; }
+    if [ -z "$kernel" ] || [ -z "$config" ]; then
+        err "$arch: no vmlinuz or config in $kdeb"
+        return 1
+    fi
     check_kernel_config "$config" || return 1
     local bbdeb
     bbdeb=$(fetch_deb busybox-static "$debarch") || return 1
