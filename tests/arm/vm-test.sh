@@ -68,13 +68,15 @@ fetch_deb() {
     printf '%s\n' "$found"
 }
 
-# Extracts a .deb once; prints the directory.
+# Extracts the members given (e.g. ./boot) of a .deb once; prints the directory.
 extract_deb() {
     local deb=$1 dir
+    shift
     dir="$WORK/x/$(basename "$deb" .deb)"
     if [ ! -e "$dir/.done" ]; then
         rm -rf "$dir" && mkdir -p "$dir"
-        dpkg-deb -x "$deb" "$dir" && touch "$dir/.done"
+        dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" "$@" || fail "extracting $* from $deb"
+        touch "$dir/.done"
     fi
     printf '%s\n' "$dir"
 }
@@ -164,7 +166,7 @@ build_initramfs() {
     stage="$dir/rootfs"
     keys="$dir/keys"
     rm -rf "$stage" "$keys" && mkdir -p "$stage"/{bin,etc/app,etc/picket/trust,var/lib/picket,var/log/picket} "$keys"
-    bb=$(extract_deb "$busybox_deb") || exit 1
+    bb=$(extract_deb "$busybox_deb" ./bin/busybox) || exit 1
     cp "$bb/bin/busybox" "$stage/bin/busybox" || fail "no bin/busybox in $busybox_deb"
     cp "$agent" "$stage/bin/picket" || exit 1
     write_init "$stage/init"
@@ -230,7 +232,7 @@ run_vm() {
     kpkg=$(resolve_kernel "$meta" "$debarch") || true
     [ -n "$kpkg" ] || { err "$arch: apt-cache knows no $meta:$debarch (scripts/cross.sh setup adds the $debarch architecture)"; return 1; }
     kdeb=$(fetch_deb "$kpkg" "$debarch") || return 1
-    kdir=$(extract_deb "$kdeb") || return 1
+    kdir=$(extract_deb "$kdeb" ./boot) || return 1
     kernel=$(find "$kdir/boot" -name 'vmlinuz-*' | head -n 1)
     config=$(find "$kdir/boot" -name 'config-*' | head -n 1)
     if [ -z "$kernel" ] || [ -z "$config" ]; then
