@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Boots Debian's ARM kernels under qemu-system with a small initramfs that holds the static musl
-# `picket`, a static busybox, a trust key, a signed baseline and a configuration; inside, `picket
-# run` must raise an `unknown_executable` alert for an exec of a copied binary in /tmp and a
-# `protected_file_changed` alert for a write to a protected file. Any step that does not work
-# fails the test with the step and what the kernel or the agent said.
+# `picket`, a static busybox, a trust key, a signed baseline and a configuration. Inside, `picket
+# run` must raise an `unknown_executable` alert for an exec of a copied binary in /tmp, a
+# `protected_file_changed` alert for a write to a protected file, and `unexpected_listener` and
+# `unexpected_connection` alerts for a TCP listener and a connection on loopback; and nothing
+# else. Any step that does not work fails the test with the step and what the kernel or the
+# agent said.
 #
 #   tests/arm/vm-test.sh [aarch64|armv7 ...]      (default: both)
 #
@@ -136,10 +138,22 @@ mkdir -p /tmp/unknown && cp /bin/busybox /tmp/unknown/echo
 [ "$(/tmp/unknown/echo ran)" = ran ] || die "could not run /tmp/unknown/echo"
 step "write to the protected file /etc/app/app.conf"
 echo "tampered" >>/etc/app/app.conf || die "could not write /etc/app/app.conf"
+step "a TCP listener on port 7777 and a connection to it, on loopback"
+ip link set lo up || die "ip link set lo up"
+nc -l -p 7777 </dev/null >/dev/null &
+i=0
+until netstat -tln | grep -q ':7777 '; do
+    i=$((i + 1))
+    [ "$i" -le 40 ] || die "nc did not listen on port 7777"
+    sleep 0.25
+done
+echo hello | nc 127.0.0.1 7777 || die "could not connect to 127.0.0.1:7777"
 
 i=0
 until grep -q '"alert":"unknown_executable".*"path":"/tmp/unknown/echo"' /var/log/picket/alerts.jsonl 2>/dev/null &&
-    grep -q '"alert":"protected_file_changed".*"path":"/etc/app/app.conf"' /var/log/picket/alerts.jsonl 2>/dev/null; do
+    grep -q '"alert":"protected_file_changed".*"path":"/etc/app/app.conf"' /var/log/picket/alerts.jsonl 2>/dev/null &&
+    grep -q '"alert":"unexpected_listener".*"port":7777' /var/log/picket/alerts.jsonl 2>/dev/null &&
+    grep -q '"alert":"unexpected_connection".*"remote_port":7777' /var/log/picket/alerts.jsonl 2>/dev/null; do
     kill -0 "$agent" 2>/dev/null || die "picket run exited while waiting for the alerts"
     i=$((i + 1))
     [ "$i" -le 120 ] || break
@@ -276,13 +290,19 @@ run_vm() {
         { log "$arch: no unknown_executable alert for /tmp/unknown/echo"; ok=1; }
     grep -q '^PICKET-ALERT: .*"alert":"protected_file_changed".*"path":"/etc/app/app.conf"' "$console.txt" ||
         { log "$arch: no protected_file_changed alert for /etc/app/app.conf"; ok=1; }
+    grep -q '^PICKET-ALERT: .*"alert":"unexpected_listener".*"port":7777' "$console.txt" ||
+        { log "$arch: no unexpected_listener alert for port 7777"; ok=1; }
+    grep -q '^PICKET-ALERT: .*"alert":"unexpected_connection".*"remote_addr":"127.0.0.1","remote_port":7777' "$console.txt" ||
+        { log "$arch: no unexpected_connection alert for 127.0.0.1:7777"; ok=1; }
     # Nothing else may raise an alert: the rest of the system is in the baseline. The copy in
     # /tmp is also a suspicious exec (a temporary location).
     local unexpected
     unexpected=$(grep '^PICKET-ALERT: ' "$console.txt" |
         grep -v -e '"alert":"unknown_executable".*"path":"/tmp/unknown/echo"' \
             -e '"alert":"suspicious_exec".*"path":"/tmp/unknown/echo"' \
-            -e '"alert":"protected_file_changed".*"path":"/etc/app/app.conf"' || true)
+            -e '"alert":"protected_file_changed".*"path":"/etc/app/app.conf"' \
+            -e '"alert":"unexpected_listener".*"port":7777' \
+            -e '"alert":"unexpected_connection".*"remote_port":7777' || true)
     [ -z "$unexpected" ] || { log "$arch: unexpected alerts:"; printf '%s\n' "$unexpected" >&2; ok=1; }
     grep -q '^PICKET-VM-AGENT-EXIT: 0' "$console.txt" ||
         { log "$arch: picket run did not exit cleanly on SIGTERM: $(grep '^PICKET-VM-AGENT-EXIT' "$console.txt")"; ok=1; }
