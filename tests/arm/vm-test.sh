@@ -262,7 +262,7 @@ run_vm() {
     log "$arch: booting $(basename "$kernel") ($kpkg) with $(du -k "$initrd" | cut -f1) KiB of initramfs; console in $console"
     started=$(date +%s%N)
     status=0
-    timeout --foreground -k 10 "$TIMEOUT" "${qemu[@]}" -m 512 -smp 1 -nographic -no-reboot \
+    timeout --foreground -k 10 "$TIMEOUT" "${qemu[@]}" -m 512 -smp 1 -nographic -no-reboot -nic none \
         -kernel "$kernel" -initrd "$initrd" \
         -append "console=ttyAMA0 rdinit=/init panic=-1 loglevel=4" \
         </dev/null >"$console" 2>&1 || status=$?
