@@ -117,6 +117,12 @@ mount -t debugfs debugfs /sys/kernel/debug || die "mount debugfs"
 mount -t tracefs tracefs /sys/kernel/tracing || die "mount tracefs: $(dmesg | tail -n 3)"
 step "kernel $(uname -r) $(uname -m), up $(cut -d' ' -f1 /proc/uptime) s"
 [ -d /sys/kernel/tracing/events/syscalls ] || die "no syscall tracepoints in tracefs (CONFIG_FTRACE_SYSCALLS)"
+# arm64 has only the *at() forms of the file syscalls; 32-bit ARM has the legacy ones too.
+legacy=""
+for call in open creat rename unlink rmdir mkdir link symlink chmod chown lchown; do
+    [ -d "/sys/kernel/tracing/events/syscalls/sys_enter_$call" ] || legacy="$legacy $call"
+done
+step "$(ls /sys/kernel/tracing/events/syscalls | wc -l) syscall tracepoints; legacy file syscalls absent:${legacy:- none}"
 
 mkdir -p /var/log/picket /var/lib/picket
 step "starting picket run"
