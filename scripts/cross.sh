@@ -28,16 +28,18 @@ SIZES="$ROOT/target/cross/sizes.tsv"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-targets_or_default() {
+# Sets TARGETS from the arguments: none means the musl targets, `all` all four.
+select_targets() {
+    TARGETS=()
     if [ $# -eq 0 ]; then
-        printf '%s\n' "${MUSL_TARGETS[@]}"
+        TARGETS=("${MUSL_TARGETS[@]}")
     elif [ "$1" = all ]; then
-        printf '%s\n' "${ALL_TARGETS[@]}"
+        TARGETS=("${ALL_TARGETS[@]}")
     else
         local t
         for t in "$@"; do
             case " ${ALL_TARGETS[*]} " in
-                *" $t "*) printf '%s\n' "$t" ;;
+                *" $t "*) TARGETS+=("$t") ;;
                 *) die "unknown target $t (one of: ${ALL_TARGETS[*]}, all)" ;;
             esac
         done
@@ -131,7 +133,8 @@ prepare_target() {
 
 build() {
     local target
-    for target in $(targets_or_default "$@"); do
+    select_targets "$@"
+    for target in "${TARGETS[@]}"; do
         prepare_target "$target"
         log "building picket for $target (profile $PROFILE)"
         (
@@ -149,7 +152,8 @@ build() {
 unit() {
     local target results="$ROOT/target/cross/unit.tsv"
     mkdir -p "$ROOT/target/cross"
-    for target in $(targets_or_default "$@"); do
+    select_targets "$@"
+    for target in "${TARGETS[@]}"; do
         prepare_target "$target"
         log "unit tests of picket-common and picket-agent on $target, under qemu-user"
         local out="$ROOT/target/cross/unit-$target.log"
@@ -174,10 +178,11 @@ unit() {
 
 sizes() {
     local target bin bytes gz
+    select_targets "$@"
     mkdir -p "$(dirname "$SIZES")"
     printf 'target\tprofile\tbytes\tgzip_bytes\tlinkage\n' >"$SIZES"
     printf '%-34s %-14s %12s %12s  %s\n' target profile bytes gzip linkage >&2
-    for target in $(targets_or_default "$@"); do
+    for target in "${TARGETS[@]}"; do
         bin="target/$target/$PROFILE/picket"
         [ -f "$bin" ] || die "no $bin: run scripts/cross.sh build $target"
         bytes=$(stat -c %s "$bin")
