@@ -81,4 +81,6 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
 fi
 
+bash "$(dirname "$0")/cross.sh" setup   # ARM cross compilers, qemu, Rust targets (cross/README.md)
+
 log "toolchain ready"

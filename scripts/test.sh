@@ -50,3 +50,6 @@ bash tests/fleet.sh
 
 log "the Yocto layer: lint, crates, scan-and-sign, the unit sandboxed"
 bash scripts/yocto-check.sh
+
+log "ARM: static agents, unit tests under qemu-user, the agent on Debian's ARM kernels in qemu-system"
+bash scripts/cross.sh test

@@ -115,6 +115,14 @@ impl Enricher {
                 .clone()
                 .or_else(|| self.fd_path(pid, &filename))
                 .unwrap_or_else(|| filename.clone())
+        } else if names_own_exe(&filename, pid) {
+            // `/proc/self/exe`: the process runs its own executable again (busybox does for
+            // its applets). The link is the file itself, not a path to report: name the file,
+            // as running now, or else as the process table knew it before the exec.
+            running
+                .clone()
+                .or_else(|| self.table.get(pid).exe.clone())
+                .unwrap_or_else(|| filename.clone())
         } else {
             let cwd = self.table.cwd(pid).unwrap_or_else(|| PathBuf::from("/"));
             paths::absolute(&cwd, &filename)
@@ -619,9 +627,33 @@ fn open_flags(flags: u32) -> Vec<&'static str> {
     out
 }
 
+/// Whether an exec path is the exec'ing process's own `/proc` link to its executable:
+/// `/proc/self/exe`, `/proc/thread-self/exe` or `/proc/PID/exe` with its own PID.
+fn names_own_exe(filename: &Path, pid: u32) -> bool {
+    let Some(rest) = filename
+        .to_str()
+        .and_then(|f| f.strip_prefix("/proc/"))
+        .and_then(|f| f.strip_suffix("/exe"))
+    else {
+        return false;
+    };
+    rest == "self" || rest == "thread-self" || rest.parse::<u32>().is_ok_and(|p| p == pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recognises_own_exe_links() {
+        assert!(names_own_exe(Path::new("/proc/self/exe"), 7));
+        assert!(names_own_exe(Path::new("/proc/thread-self/exe"), 7));
+        assert!(names_own_exe(Path::new("/proc/7/exe"), 7));
+        assert!(!names_own_exe(Path::new("/proc/8/exe"), 7));
+        assert!(!names_own_exe(Path::new("/proc/self/fd/3"), 7));
+        assert!(!names_own_exe(Path::new("/bin/busybox"), 7));
+        assert!(!names_own_exe(Path::new("/proc/self/exe/x"), 7));
+    }
 
     #[test]
     fn names_open_flags() {
