@@ -26,7 +26,7 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 dpkg -s postgresql >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
-    $SUDO apt-get update -qq
+    $SUDO apt-get update -qq || log "apt-get update reported errors; installing anyway"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
