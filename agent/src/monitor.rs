@@ -152,7 +152,7 @@ struct JsonLines {
 impl Sink for JsonLines {
     fn event(&mut self, event: Event) -> anyhow::Result<()> {
         if self.filter.allows(event.category) {
-            self.line(&serde_json::Value::Object(event.fields))?;
+            self.line(&*event.fields)?;
         }
         Ok(())
     }
@@ -188,7 +188,7 @@ impl JsonLines {
         self.flush()
     }
 
-    fn line(&mut self, value: &serde_json::Value) -> anyhow::Result<()> {
+    fn line(&mut self, value: &impl serde::Serialize) -> anyhow::Result<()> {
         serde_json::to_writer(&mut self.stdout, value).context("writing to stdout")?;
         self.stdout.write_all(b"\n").context("writing to stdout")
     }

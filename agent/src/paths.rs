@@ -19,9 +19,39 @@ pub fn from_bytes(bytes: &[u8]) -> PathBuf {
 pub fn absolute(base: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         normalize(path)
+    } else if is_normal(base.as_os_str().as_bytes())
+        && is_normal_relative(path.as_os_str().as_bytes())
+    {
+        base.join(path)
     } else {
         normalize(&base.join(path))
     }
+}
+
+/// The absolute form of the raw path `raw`: itself when it is absolute and already normal (the
+/// usual case, taken without rebuilding it component by component), else normalised.
+pub fn normalized_bytes(raw: &[u8]) -> PathBuf {
+    if is_normal(raw) {
+        from_bytes(raw)
+    } else {
+        normalize(Path::new(OsStr::from_bytes(raw)))
+    }
+}
+
+/// Whether `p` is an absolute path that [`normalize`] would leave as it is: no empty, `.` or
+/// `..` component and no trailing slash (except for `/` itself).
+fn is_normal(p: &[u8]) -> bool {
+    if p == b"/" {
+        return true;
+    }
+    p.first() == Some(&b'/') && is_normal_relative(&p[1..])
+}
+
+/// Whether the relative path `p` has only ordinary, non-empty components.
+fn is_normal_relative(p: &[u8]) -> bool {
+    !p.is_empty()
+        && p.split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
 /// Removes `.` and empty components and applies `..` lexically (`/a/b/../c` is `/a/c`, and
@@ -74,11 +104,11 @@ pub fn render(path: &OsStr) -> Rendered {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
 }
@@ -97,6 +127,33 @@ mod tests {
         ] {
             assert_eq!(normalize(Path::new(input)), PathBuf::from(want), "{input}");
         }
+    }
+
+    #[test]
+    fn takes_normal_paths_as_they_are() {
+        for (input, want) in [
+            (&b"/etc/passwd"[..], "/etc/passwd"),
+            (b"/", "/"),
+            (b"/a//b", "/a/b"),
+            (b"/a/./b", "/a/b"),
+            (b"/a/../b", "/b"),
+            (b"/a/", "/a"),
+            (b"/a/.", "/a"),
+            (b"/a/b/..", "/a"),
+            (b"a/b", "a/b"),
+            (b"", ""),
+        ] {
+            assert_eq!(normalized_bytes(input), PathBuf::from(want), "{input:?}");
+        }
+        assert_eq!(
+            absolute(Path::new("/home/u"), Path::new("x/y")),
+            PathBuf::from("/home/u/x/y")
+        );
+        assert_eq!(
+            absolute(Path::new("/home/u"), Path::new("x/")),
+            PathBuf::from("/home/u/x")
+        );
+        assert_eq!(hex(&[0x00, 0x7f, 0xff]), "007fff");
     }
 
     #[test]
