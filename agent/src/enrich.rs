@@ -23,7 +23,7 @@ use std::{
 };
 
 use picket_common::{FileOp, NetOp, AT_FDCWD};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::{
     hash::HashCache,
@@ -184,57 +184,52 @@ impl Record {
         }
     }
 
-    /// The JSON object printed for this event. Keys keep the order they always had.
+    /// The JSON object printed for this event.
     pub fn to_json(&self) -> Map<String, Value> {
+        let mut map = MapOut(Map::new());
+        let _ = self.emit(&mut map);
+        map.0
+    }
+
+    /// Writes this event as one JSON object, exactly as [`Record::to_json`] would serialise,
+    /// without building it first (what `picket monitor` prints for every event).
+    pub fn write_json(&self, writer: &mut impl std::io::Write) -> serde_json::Result<()> {
+        use serde::ser::{SerializeMap, Serializer as _};
+        let mut ser = serde_json::Serializer::new(writer);
+        let map = ser.serialize_map(None)?;
+        let mut out = StreamOut(map);
+        self.emit(&mut out)?;
+        out.0.end()
+    }
+
+    /// The event's fields, in the order they are printed, to `out`.
+    fn emit<O: Out>(&self, out: &mut O) -> Result<(), O::Error> {
         let task = &self.task;
-        let mut f = Map::new();
-        f.insert("event".into(), json!(self.kind()));
-        f.insert("time_ns".into(), json!(task.boot_ns));
-        let known = |v: u32| if task.known { json!(v) } else { Value::Null };
-        f.insert(
-            "pid".into(),
-            if task.pid != 0 {
-                json!(task.pid)
-            } else {
-                Value::Null
-            },
-        );
-        f.insert("tid".into(), known(task.tid));
-        f.insert("ppid".into(), Value::Null);
-        f.insert("uid".into(), known(task.uid));
-        f.insert("gid".into(), known(task.gid));
-        f.insert("comm".into(), json!(task.comm.text()));
-        f.insert("exe".into(), Value::Null);
-        f.insert("sha256".into(), Value::Null);
-        f.insert("argv".into(), json!([]));
-        f.insert("ancestry".into(), json!([]));
-        f.insert("cgroup_id".into(), json!(task.cgroup_id));
-        if let Some(p) = &self.process {
-            f.insert("pid".into(), json!(task.pid));
-            f.insert("ppid".into(), json!(p.ppid));
-            match &p.image.exe {
-                Some(exe) => insert_path(&mut f, "exe", exe),
-                None => {
-                    f.insert("exe".into(), Value::Null);
-                }
-            }
-            f.insert(
-                "sha256".into(),
-                json!(p.image.sha256.as_ref().map(|d| paths::hex(d))),
-            );
-            let argv: Vec<Value> = p
-                .image
-                .argv
-                .iter()
-                .map(|a| Value::String(String::from_utf8_lossy(a).into_owned()))
-                .collect();
-            f.insert("argv".into(), Value::Array(argv));
-            let ancestry: Vec<Value> = p
-                .ancestry
-                .iter()
-                .map(|a| json!({ "pid": a.pid, "exe": a.exe().map(Path::to_string_lossy) }))
-                .collect();
-            f.insert("ancestry".into(), Value::Array(ancestry));
+        let known = |v: u32| task.known.then_some(v);
+        out.put("event", self.kind())?;
+        out.put("time_ns", &task.boot_ns)?;
+        let pid = (task.pid != 0 || self.process.is_some()).then_some(task.pid);
+        out.put("pid", &pid)?;
+        out.put("tid", &known(task.tid))?;
+        let process = self.process.as_ref();
+        out.put("ppid", &process.and_then(|p| p.ppid))?;
+        out.put("uid", &known(task.uid))?;
+        out.put("gid", &known(task.gid))?;
+        out.put("comm", task.comm.text().as_ref())?;
+        let exe = process.and_then(|p| p.image.exe.as_deref());
+        out.put("exe", &exe.map(Lossy))?;
+        let sha256 = process
+            .and_then(|p| p.image.sha256.as_ref())
+            .map(|d| Hex(d));
+        out.put("sha256", &sha256)?;
+        out.put("argv", &Argv(process.map_or(&[][..], |p| &p.image.argv)))?;
+        out.put(
+            "ancestry",
+            &Ancestry(process.map_or(&[][..], |p| &p.ancestry)),
+        )?;
+        out.put("cgroup_id", &task.cgroup_id)?;
+        if let Some(exe) = exe {
+            put_hex(out, "exe_hex", exe)?;
         }
         match &self.detail {
             Detail::Exec {
@@ -246,25 +241,23 @@ impl Record {
                 deleted,
                 execveat,
             } => {
-                insert_path(&mut f, "filename", filename);
-                f.insert("argv_truncated".into(), json!(argv_truncated));
+                put_path(out, "filename", "filename_hex", filename)?;
+                out.put("argv_truncated", argv_truncated)?;
                 if *argv_missing {
-                    f.insert("argv_missing".into(), json!(true));
+                    out.put("argv_missing", &true)?;
                 }
                 if let Some(interp) = interpreter {
-                    insert_path(&mut f, "interpreter", interp);
+                    put_path(out, "interpreter", "interpreter_hex", interp)?;
                 }
-                f.insert("fileless".into(), json!(fileless));
-                f.insert("deleted".into(), json!(deleted));
-                f.insert("execveat".into(), json!(execveat));
+                out.put("fileless", fileless)?;
+                out.put("deleted", deleted)?;
+                out.put("execveat", execveat)?;
             }
-            Detail::Fork { child_pid } => {
-                f.insert("child_pid".into(), json!(child_pid));
-            }
+            Detail::Fork { child_pid } => out.put("child_pid", child_pid)?,
             Detail::Exit { code, signal } => {
                 // The kernel stores `exit_group(status)` as `status & 0xff`.
-                f.insert("exit_code".into(), json!(code.map(|c| c & 0xff)));
-                f.insert("signal".into(), json!(signal));
+                out.put("exit_code", &code.map(|c| c & 0xff))?;
+                out.put("signal", signal)?;
             }
             Detail::Net {
                 op,
@@ -273,20 +266,20 @@ impl Record {
                 remote,
                 socket_type,
             } => {
-                f.insert("op".into(), json!(net_op_name(*op)));
-                f.insert("pid_source".into(), json!(pid_source));
+                out.put("op", net_op_name(*op))?;
+                out.put("pid_source", *pid_source)?;
                 let family = if local.0.is_ipv6() || remote.0.is_ipv6() {
                     "ipv6"
                 } else {
                     "ipv4"
                 };
-                f.insert("family".into(), json!(family));
-                f.insert("local_addr".into(), json!(local.0.to_string()));
-                f.insert("local_port".into(), json!(local.1));
-                f.insert("remote_addr".into(), json!(remote.0.to_string()));
-                f.insert("remote_port".into(), json!(remote.1));
+                out.put("family", family)?;
+                out.put("local_addr", &Text(&local.0))?;
+                out.put("local_port", &local.1)?;
+                out.put("remote_addr", &Text(&remote.0))?;
+                out.put("remote_port", &remote.1)?;
                 if let Some(t) = socket_type {
-                    f.insert("socket_type".into(), json!(t));
+                    out.put("socket_type", *t)?;
                 }
             }
             Detail::File {
@@ -301,44 +294,157 @@ impl Record {
                 group,
                 length,
             } => {
-                f.insert("op".into(), json!(file_op_name(*op)));
+                out.put("op", file_op_name(*op))?;
                 match path {
-                    Some(p) => insert_path(&mut f, "path", p),
-                    None => {
-                        f.insert("path".into(), Value::Null);
-                    }
+                    Some(p) => put_path(out, "path", "path_hex", p)?,
+                    None => out.put("path", &None::<&str>)?,
                 }
-                f.insert("path_resolved".into(), json!(resolved));
-                if let Some((name, p)) = second {
-                    insert_path(&mut f, name, p);
+                out.put("path_resolved", resolved)?;
+                match second {
+                    Some(("new_path", p)) => put_path(out, "new_path", "new_path_hex", p)?,
+                    Some((_, p)) => put_path(out, "target", "target_hex", p)?,
+                    None => {}
                 }
                 if let Some(target) = symlink_target {
-                    insert_path(&mut f, "target", target);
+                    put_path(out, "target", "target_hex", target)?;
                 }
                 match op {
                     FileOp::Open => {
-                        f.insert("flags".into(), json!(open_flags(*flags)));
+                        out.put("flags", &open_flags(*flags))?;
                         if *flags & (libc::O_CREAT as u32) != 0 {
-                            f.insert("mode".into(), json!(mode_text(*mode)));
+                            out.put("mode", &Mode(*mode))?;
                         }
                     }
-                    FileOp::Mkdir | FileOp::Chmod => {
-                        f.insert("mode".into(), json!(mode_text(*mode)));
-                    }
+                    FileOp::Mkdir | FileOp::Chmod => out.put("mode", &Mode(*mode))?,
                     FileOp::Chown => {
                         // -1 means "leave unchanged".
                         let id = |v: u32| (v != u32::MAX).then_some(v);
-                        f.insert("owner".into(), json!(id(*owner)));
-                        f.insert("group".into(), json!(id(*group)));
+                        out.put("owner", &id(*owner))?;
+                        out.put("group", &id(*group))?;
                     }
-                    FileOp::Truncate => {
-                        f.insert("length".into(), json!(length));
-                    }
+                    FileOp::Truncate => out.put("length", length)?,
                     _ => {}
                 }
             }
         }
-        f
+        Ok(())
+    }
+}
+
+/// Where [`Record::emit`] puts fields: a JSON object in memory, or a JSON writer.
+trait Out {
+    type Error;
+    fn put<V: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &V,
+    ) -> Result<(), Self::Error>;
+}
+
+struct MapOut(Map<String, Value>);
+
+impl Out for MapOut {
+    type Error = std::convert::Infallible;
+    fn put<V: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &V,
+    ) -> Result<(), Self::Error> {
+        // These values always have a JSON form; `Null` would only stand in for one that had not.
+        let value = serde_json::to_value(value).unwrap_or(Value::Null);
+        self.0.insert(key.to_string(), value);
+        Ok(())
+    }
+}
+
+struct StreamOut<M>(M);
+
+impl<M: serde::ser::SerializeMap<Error = serde_json::Error>> Out for StreamOut<M> {
+    type Error = serde_json::Error;
+    fn put<V: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &V,
+    ) -> Result<(), Self::Error> {
+        self.0.serialize_entry(key, value)
+    }
+}
+
+/// `path` under `key` as text, and its exact bytes under `hex_key` when it is not UTF-8.
+fn put_path<O: Out>(out: &mut O, key: &str, hex_key: &str, path: &Path) -> Result<(), O::Error> {
+    out.put(key, &Lossy(path))?;
+    put_hex(out, hex_key, path)
+}
+
+/// The exact bytes of `path` under `key`, when it is not UTF-8.
+fn put_hex<O: Out>(out: &mut O, key: &str, path: &Path) -> Result<(), O::Error> {
+    if path.to_str().is_none() {
+        out.put(key, &Hex(path.as_os_str().as_bytes()))?;
+    }
+    Ok(())
+}
+
+/// A path as text (invalid UTF-8 replaced).
+struct Lossy<'a>(&'a Path);
+
+impl serde::Serialize for Lossy<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string_lossy())
+    }
+}
+
+/// Bytes as lowercase hex.
+struct Hex<'a>(&'a [u8]);
+
+impl serde::Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&paths::hex(self.0))
+    }
+}
+
+/// Anything printed through `Display` (addresses), without an intermediate string.
+struct Text<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> serde::Serialize for Text<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+/// Permission bits in octal, as `0644`.
+struct Mode(u32);
+
+impl serde::Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&mode_text(self.0))
+    }
+}
+
+/// Arguments as text (invalid UTF-8 replaced).
+struct Argv<'a>(&'a [Vec<u8>]);
+
+impl serde::Serialize for Argv<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|a| String::from_utf8_lossy(a)))
+    }
+}
+
+/// The ancestry chain as `[{"pid": .., "exe": ..}, ...]`.
+struct Ancestry<'a>(&'a [Ancestor]);
+
+impl serde::Serialize for Ancestry<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct One<'a>(&'a Ancestor);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("pid", &self.0.pid)?;
+                m.serialize_entry("exe", &self.0.exe().map(Lossy))?;
+                m.end()
+            }
+        }
+        s.collect_seq(self.0.iter().map(One))
     }
 }
 
@@ -718,15 +824,6 @@ fn event(category: Category, record: Record) -> Event {
     }
 }
 
-/// Inserts `path` under `key`, and its exact bytes under `KEY_hex` when it is not UTF-8.
-fn insert_path(fields: &mut Map<String, Value>, key: &str, path: &Path) {
-    let r = paths::render(path.as_os_str());
-    fields.insert(key.into(), json!(r.text));
-    if let Some(hex) = r.hex {
-        fields.insert(format!("{key}_hex"), json!(hex));
-    }
-}
-
 /// Whether two paths name the same inode.
 fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -862,6 +959,141 @@ fn open_flags(flags: u32) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sensors::decode::Comm;
+
+    fn task(known: bool) -> Task {
+        Task {
+            pid: 42,
+            tid: 43,
+            uid: 1000,
+            gid: 100,
+            boot_ns: 7,
+            cgroup_id: 9,
+            comm: Comm::new(b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0"),
+            known,
+        }
+    }
+
+    fn context(exe: &[u8]) -> Option<Context> {
+        let parent = Arc::new(Image {
+            exe: Some("/bin/init".into()),
+            ..Image::default()
+        });
+        Some(Context {
+            ppid: Some(1),
+            image: Arc::new(Image {
+                exe: Some(paths::from_bytes(exe)),
+                sha256: Some([0xab; 32]),
+                argv: vec![b"sh".to_vec(), b"-c\xff".to_vec()],
+            }),
+            ancestry: vec![Ancestor {
+                pid: 1,
+                image: parent,
+            }],
+        })
+    }
+
+    /// The line printed for `r`, checked to be the same both ways it can be produced.
+    fn printed(r: &Record) -> String {
+        let mut direct = Vec::new();
+        r.write_json(&mut direct).unwrap();
+        let direct = String::from_utf8(direct).unwrap();
+        assert_eq!(direct, serde_json::to_string(&r.to_json()).unwrap());
+        direct
+    }
+
+    #[test]
+    fn prints_events_with_fields_in_their_order() {
+        let exec = Record {
+            task: task(true),
+            process: context(b"/tmp/\xffsh"),
+            detail: Detail::Exec {
+                filename: "/tmp/x".into(),
+                argv_truncated: false,
+                argv_missing: true,
+                interpreter: Some("/bin/sh".into()),
+                fileless: false,
+                deleted: false,
+                execveat: false,
+            },
+        };
+        let sha = "ab".repeat(32);
+        assert_eq!(
+            printed(&exec),
+            format!(
+                r#"{{"event":"exec","time_ns":7,"pid":42,"tid":43,"ppid":1,"uid":1000,"gid":100,"comm":"sh","exe":"/tmp/�sh","sha256":"{sha}","argv":["sh","-c�"],"ancestry":[{{"pid":1,"exe":"/bin/init"}}],"cgroup_id":9,"exe_hex":"2f746d702fff7368","filename":"/tmp/x","argv_truncated":false,"argv_missing":true,"interpreter":"/bin/sh","fileless":false,"deleted":false,"execveat":false}}"#
+            )
+        );
+        let accept = Record {
+            task: Task {
+                pid: 0,
+                ..task(false)
+            },
+            process: None,
+            detail: Detail::Net {
+                op: NetOp::TcpAccept,
+                pid_source: "unknown",
+                local: ("::1".parse().unwrap(), 22),
+                remote: ("::1".parse().unwrap(), 40000),
+                socket_type: None,
+            },
+        };
+        assert_eq!(
+            printed(&accept),
+            r#"{"event":"net","time_ns":7,"pid":null,"tid":null,"ppid":null,"uid":null,"gid":null,"comm":"sh","exe":null,"sha256":null,"argv":[],"ancestry":[],"cgroup_id":9,"op":"tcp_accept","pid_source":"unknown","family":"ipv6","local_addr":"::1","local_port":22,"remote_addr":"::1","remote_port":40000}"#
+        );
+        let rename = Record {
+            task: task(true),
+            process: context(b"/bin/mv"),
+            detail: Detail::File {
+                op: FileOp::Rename,
+                path: Some(paths::from_bytes(b"/a/\xfe")),
+                resolved: true,
+                second: Some(("new_path", "/b".into())),
+                symlink_target: None,
+                flags: 0,
+                mode: 0,
+                owner: 0,
+                group: 0,
+                length: 0,
+            },
+        };
+        let line = printed(&rename);
+        assert!(
+            line.ends_with(r#""cgroup_id":9,"op":"rename","path":"/a/�","path_hex":"2f612ffe","path_resolved":true,"new_path":"/b"}"#),
+            "{line}"
+        );
+        let open = Record {
+            task: task(true),
+            process: context(b"/bin/sh"),
+            detail: Detail::File {
+                op: FileOp::Open,
+                path: None,
+                resolved: false,
+                second: None,
+                symlink_target: None,
+                flags: (libc::O_WRONLY | libc::O_CREAT) as u32,
+                mode: 0o100640,
+                owner: 0,
+                group: 0,
+                length: 0,
+            },
+        };
+        let line = printed(&open);
+        assert!(
+            line.ends_with(r#""op":"open","path":null,"path_resolved":false,"flags":["O_WRONLY","O_CREAT"],"mode":"0640"}"#),
+            "{line}"
+        );
+        let exit = Record {
+            task: task(true),
+            process: context(b"/bin/sh"),
+            detail: Detail::Exit {
+                code: Some(0x1ff),
+                signal: None,
+            },
+        };
+        assert!(printed(&exit).ends_with(r#""exit_code":255,"signal":null}"#));
+    }
 
     #[test]
     fn names_open_flags() {

@@ -82,26 +82,6 @@ pub fn read_proc_link(pid: u32, what: &str) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/{what}")).ok()
 }
 
-/// How a path is printed: text, plus its exact bytes in hex when it is not UTF-8.
-pub struct Rendered {
-    pub text: String,
-    pub hex: Option<String>,
-}
-
-/// Renders a path for JSON output.
-pub fn render(path: &OsStr) -> Rendered {
-    match path.to_str() {
-        Some(text) => Rendered {
-            text: text.to_string(),
-            hex: None,
-        },
-        None => Rendered {
-            text: path.to_string_lossy().into_owned(),
-            hex: Some(hex(path.as_bytes())),
-        },
-    }
-}
-
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -166,17 +146,5 @@ mod tests {
             absolute(Path::new("/home/u"), Path::new("/etc/passwd")),
             PathBuf::from("/etc/passwd")
         );
-    }
-
-    #[test]
-    fn renders_non_utf8_exactly() {
-        let p = from_bytes(b"/tmp/\xffx");
-        let r = render(p.as_os_str());
-        assert_eq!(
-            r.hex.as_deref(),
-            Some("2f746d702f ff78".replace(' ', "").as_str())
-        );
-        assert!(r.text.starts_with("/tmp/"));
-        assert!(render(OsStr::new("/ok")).hex.is_none());
     }
 }
