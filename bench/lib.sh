@@ -17,9 +17,10 @@ machine() {
     echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), commit $(git rev-parse --short HEAD)"
 }
 
-# Replaces the section titled "## $1" of docs/PERFORMANCE.md with "$2" (appends it if absent).
+# Replaces the section titled "## $1" of docs/PERFORMANCE.md (or of $PICKET_BENCH_DOC, which the
+# smoke runs point elsewhere) with "$2" (appends it if absent).
 write_section() {
-    local doc=docs/PERFORMANCE.md
+    local doc="${PICKET_BENCH_DOC:-docs/PERFORMANCE.md}"
     [ -f "$doc" ] || printf '# Performance\n\nFigures measured by the scripts in `bench/`; each section is rewritten by its script.\n' > "$doc"
     python3 - "$doc" "$1" "$2" <<'PY'
 import re, sys
