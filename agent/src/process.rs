@@ -174,6 +174,14 @@ impl ProcessTable {
             if !p.exited {
                 p.exited = true;
                 self.exited.push_back(pid);
+                // Kept only for its descendants' ancestry (pid, parent, executable): its
+                // arguments, open files and directory are dropped, so that the exited
+                // processes kept weigh little even when their command lines were long.
+                if let Some(image) = Arc::get_mut(&mut p.image) {
+                    image.argv = Vec::new();
+                }
+                p.files = Vec::new();
+                p.cwd = None;
             }
         }
         while self.exited.len() > KEEP_EXITED {
@@ -323,6 +331,25 @@ mod tests {
         t.set_cwd(b, "/tmp".into());
         t.fork(b, 4_000_000_004);
         assert_eq!(t.cwd(4_000_000_004).as_deref(), Some(Path::new("/tmp")));
+    }
+
+    #[test]
+    fn exited_processes_keep_only_what_ancestry_needs() {
+        let mut t = ProcessTable::new();
+        let (a, b) = (4_200_000_001, 4_200_000_002);
+        t.exec(a, Some("/bin/sh".into()), None, vec![b"sh".to_vec(); 100]);
+        t.get(a).opened(3, Path::new("/tmp/log"));
+        t.fork(a, b);
+        // Shared with a live child: left as it is.
+        t.exit(a);
+        assert_eq!(t.peek(a).unwrap().image.argv.len(), 100);
+        assert!(t.peek(a).unwrap().files.is_empty());
+        t.exec(b, Some("/bin/true".into()), None, vec![b"true".to_vec()]);
+        t.exit(b);
+        let gone = t.peek(b).unwrap();
+        assert!(gone.image.argv.is_empty());
+        assert_eq!(gone.image.exe.as_deref(), Some(Path::new("/bin/true")));
+        assert_eq!(t.ancestry(b)[0].exe(), Some(Path::new("/bin/sh")));
     }
 
     #[test]
