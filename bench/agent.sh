@@ -187,7 +187,7 @@ for storm in exec write connect; do
     storms+="
 | $what | $w ms | $W ms | $slow ($(verdict "$slow" 1.05)) | $r ($n) | $h | $pe µs ($(verdict "$pe" 9.99)) |"
     [ "$(verdict "$slow" 1.05)" = met ] || missed+=" $storm storm slowdown $slow;"
-    [ "$(verdict "$pe" 9.99)" = met ] || missed+=" $storm CPU per event $pe µs;"
+    [ "$(verdict "$pe" 9.99)" = met ] || missed+=" $storm CPU per record $pe µs;"
 done
 
 # Idle memory, then the ceiling: file opens at rising rates for CEILING_SECONDS each, under one
