@@ -227,6 +227,11 @@ for rate in $RATES; do
     if [ "$lost" = 0 ] && [ "$achieved" -gt "$ceiling" ]; then ceiling=$achieved; fi
 done
 startup_peak=$(kib "$AGENT" VmHWM)
+no_loss=""
+if [ "$(lost_total)" = 0 ]; then
+    no_loss=" Nothing was lost at any step: the agent's ceiling is above the highest rate
+the loop reached here."
+fi
 stop_agent
 wait "$SAMPLER" || true
 load_rss=$(sort -n "$WORK/rss" | tail -1)
@@ -299,7 +304,7 @@ never silent.
 
 $steps
 
-Highest rate without loss: **$ceiling opens/s**.
+Highest rate without loss: **$ceiling opens/s**.$no_loss
 
 | memory | measured | target |
 | --- | --- | --- |
