@@ -19,6 +19,7 @@ need_apt=()
 dpkg -s llvm-22-dev >/dev/null 2>&1 || need_apt+=(llvm-22-dev)
 dpkg -s libpolly-22-dev >/dev/null 2>&1 || need_apt+=(libpolly-22-dev)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) # bench/: the SHA-256 reference
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
     $SUDO apt-get update -qq
