@@ -36,15 +36,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The smoke run takes the debug build, which the tests have built already; figures come from
-# the release build.
-if [ "$SMOKE" = yes ]; then
-    cargo build --locked --package picket-agent >&2
-    PICKET="$PWD/target/debug/picket"
-else
-    cargo build --release --locked --package picket-agent >&2
-    PICKET="$PWD/target/release/picket"
-fi
+# The smoke run takes the debug build (see build_picket); figures come from the release build.
+[ "$SMOKE" = yes ] && export PICKET_BENCH_PROFILE="${PICKET_BENCH_PROFILE:-debug}"
+build_picket
 cc -O2 -o "$WORK/flood" bench/flood.c
 
 # A baseline that allows what the storms do, so that the agent does its full per-event work

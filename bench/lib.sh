@@ -33,3 +33,15 @@ open(path, "w").write(text)
 PY
     echo "updated $doc" >&2
 }
+
+# Builds the agent and sets PICKET to it: the release build, or the debug build (which the
+# tests have built already) when PICKET_BENCH_PROFILE=debug, as the smoke run does.
+build_picket() {
+    if [ "${PICKET_BENCH_PROFILE:-release}" = debug ]; then
+        cargo build --locked --package picket-agent >&2
+        PICKET="$PWD/target/debug/picket"
+    else
+        cargo build --release --locked --package picket-agent >&2
+        PICKET="$PWD/target/release/picket"
+    fi
+}

@@ -17,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 if [ "${1:-}" = --smoke ]; then
     PICKET_BENCH_DOC="$(mktemp /tmp/picket-bench-doc.XXXXXX)"
-    export PICKET_BENCH_DOC
+    export PICKET_BENCH_DOC PICKET_BENCH_PROFILE=debug
     trap 'rm -f "$PICKET_BENCH_DOC"' EXIT
     bash bench/agent.sh --smoke
     bash bench/scan.sh 200 1
