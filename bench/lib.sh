@@ -17,9 +17,10 @@ machine() {
     echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), commit $(git rev-parse --short HEAD)"
 }
 
-# Replaces the section titled "## $1" of docs/PERFORMANCE.md with "$2" (appends it if absent).
+# Replaces the section titled "## $1" of docs/PERFORMANCE.md (or of $PICKET_BENCH_DOC, which the
+# smoke runs point elsewhere) with "$2" (appends it if absent).
 write_section() {
-    local doc=docs/PERFORMANCE.md
+    local doc="${PICKET_BENCH_DOC:-docs/PERFORMANCE.md}"
     [ -f "$doc" ] || printf '# Performance\n\nFigures measured by the scripts in `bench/`; each section is rewritten by its script.\n' > "$doc"
     python3 - "$doc" "$1" "$2" <<'PY'
 import re, sys
@@ -31,4 +32,16 @@ text = pattern.sub(lambda _: new, text) if pattern.search(text) else text.rstrip
 open(path, "w").write(text)
 PY
     echo "updated $doc" >&2
+}
+
+# Builds the agent and sets PICKET to it: the release build, or the debug build (which the
+# tests have built already) when PICKET_BENCH_PROFILE=debug, as the smoke run does.
+build_picket() {
+    if [ "${PICKET_BENCH_PROFILE:-release}" = debug ]; then
+        cargo build --locked --package picket-agent >&2
+        PICKET="$PWD/target/debug/picket"
+    else
+        cargo build --release --locked --package picket-agent >&2
+        PICKET="$PWD/target/release/picket"
+    fi
 }

@@ -15,8 +15,7 @@ ROUNDS="${2:-5}"
 WORK="$(mktemp -d /var/tmp/picket-bench.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 
-cargo build --release --locked --package picket-agent >&2
-PICKET="$PWD/target/release/picket"
+build_picket
 
 echo "generating $FILES files of mixed sizes under $WORK/root" >&2
 python3 - "$WORK/root" "$FILES" <<'PY'

@@ -20,7 +20,8 @@ need_apt=()
 dpkg -s llvm-22-dev >/dev/null 2>&1 || need_apt+=(llvm-22-dev)
 dpkg -s libpolly-22-dev >/dev/null 2>&1 || need_apt+=(libpolly-22-dev)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
-# The local fleet (scripts/run.sh) and the benchmarks make their certificates with it.
+# The local fleet (scripts/run.sh) and the benchmarks make their certificates with it; bench/
+# also takes it as the SHA-256 reference.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The backend's tests start a throwaway PostgreSQL server (the backend's PostgreSQL store).
 dpkg -s postgresql >/dev/null 2>&1 || need_apt+=(postgresql)

@@ -131,7 +131,7 @@ mod tests {
         };
         Event {
             category: Category::Exec,
-            fields,
+            fields: fields.into(),
         }
     }
 

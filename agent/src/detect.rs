@@ -6,11 +6,13 @@
 //! scanned (they are few).
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
-    net::IpAddr,
-    path::PathBuf,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
 };
 
+use picket_common::{FileOp, NetOp};
 use picket_policy::{
     model::{Mode, Modes, Protocol},
     Policy,
@@ -19,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     alert::{Draft, Kind, Severity},
-    enrich::Event,
+    enrich::{file_op_name, net_op_name, Detail, Event, Record},
 };
 
 /// Directories from which a legitimate device runs nothing: writable by ordinary users or
@@ -41,7 +43,7 @@ pub struct Detector {
     executables: HashMap<String, [u8; 32]>,
     protected: HashSet<String>,
     attributes: HashSet<String>,
-    /// The agent's own files: any change to them is tampering.
+    /// The agent's own files, normalised: any change to them is tampering.
     own: Vec<PathBuf>,
 }
 
@@ -66,6 +68,7 @@ impl Detector {
             .iter()
             .map(|f| f.path.as_str().to_string())
             .collect();
+        let own = own.iter().map(|p| crate::paths::normalize(p)).collect();
         Self {
             policy,
             modes,
@@ -84,28 +87,48 @@ impl Detector {
         self.modes
     }
 
-    /// The alerts `event` raises.
+    /// The alerts `event` raises. Checks work on the typed record; the event's JSON is built
+    /// only when an alert needs its process context.
     pub fn check(&self, event: &Event) -> Vec<Draft> {
-        let f = &event.fields;
         let mut out = Vec::new();
-        match str_field(f, "event") {
-            Some("exec") => self.exec(f, &mut out),
-            Some("net") => self.net(f, &mut out),
-            Some("file") => self.file(f, &mut out),
-            _ => {}
+        let Some(r) = event.record() else {
+            return out;
+        };
+        match &r.detail {
+            Detail::Exec {
+                fileless, deleted, ..
+            } => self.exec(event, r, *fileless, *deleted, &mut out),
+            Detail::Net {
+                op, local, remote, ..
+            } => self.net(event, r, *op, local.1, *remote, &mut out),
+            Detail::File {
+                op, path, second, ..
+            } => {
+                // Every path the operation touches: a rename changes both names.
+                let new_path = match second {
+                    Some(("new_path", p)) => Some(p),
+                    _ => None,
+                };
+                for p in path.iter().chain(new_path) {
+                    self.file(event, *op, p, &mut out);
+                }
+            }
+            Detail::Fork { .. } | Detail::Exit { .. } => {}
         }
         out
     }
 
-    fn exec(&self, f: &Map<String, Value>, out: &mut Vec<Draft>) {
-        let Some(exe) = str_field(f, "exe") else {
+    fn exec(&self, event: &Event, r: &Record, fileless: bool, deleted: bool, out: &mut Vec<Draft>) {
+        let Some(ctx) = &r.process else {
+            return;
+        };
+        let Some(exe) = ctx.exe_text() else {
             return;
         };
         if self.modes.executables == Mode::Off {
             return;
         }
-        let fileless = f.get("fileless").and_then(Value::as_bool) == Some(true);
-        let deleted = f.get("deleted").and_then(Value::as_bool) == Some(true);
+        let exe = exe.as_ref();
         let reason = if fileless {
             Some("fileless")
         } else if deleted {
@@ -122,21 +145,21 @@ impl Detector {
                 "executables",
                 exe,
                 json!({ "reason": reason }),
-                f,
+                event,
             ));
         }
-        let actual = str_field(f, "sha256");
+        let actual = ctx.image.sha256;
+        let actual_hex = || actual.as_ref().map(|d| crate::paths::hex(d));
         match self.executables.get(exe) {
             Some(expected) => {
-                let expected = crate::paths::hex(expected);
-                if actual != Some(expected.as_str()) {
+                if actual.as_ref() != Some(expected) {
                     out.push(draft(
                         Kind::ModifiedExecutable,
                         Severity::Critical,
                         "executables",
                         exe,
-                        json!({ "expected": expected, "actual": actual }),
-                        f,
+                        json!({ "expected": crate::paths::hex(expected), "actual": actual_hex() }),
+                        event,
                     ));
                 }
             }
@@ -152,41 +175,41 @@ impl Detector {
                         Severity::High,
                         "executables",
                         exe,
-                        json!({ "sha256": actual }),
-                        f,
+                        json!({ "sha256": actual_hex() }),
+                        event,
                     ));
                 }
             }
         }
     }
 
-    fn net(&self, f: &Map<String, Value>, out: &mut Vec<Draft>) {
+    fn net(
+        &self,
+        event: &Event,
+        r: &Record,
+        op: NetOp,
+        local_port: u16,
+        remote: (std::net::IpAddr, u16),
+        out: &mut Vec<Draft>,
+    ) {
         if self.modes.network == Mode::Off {
             return;
         }
-        let exe = str_field(f, "exe");
+        let exe = r.process.as_ref().and_then(|p| p.exe_text());
+        let exe = exe.as_deref();
         let allowed_exe = |rule: &Option<picket_policy::model::AbsPath>| {
             rule.as_ref().is_none_or(|r| Some(r.as_str()) == exe)
         };
         let proto_ok = |rule: Protocol, proto: Protocol| rule == Protocol::Any || rule == proto;
-        let port = |key: &str| {
-            f.get(key)
-                .and_then(Value::as_u64)
-                .and_then(|p| u16::try_from(p).ok())
-        };
-        match str_field(f, "op") {
-            Some(op @ ("tcp_connect" | "udp_connect" | "udp_send")) => {
-                let proto = if op == "tcp_connect" {
+        let name = net_op_name(op);
+        match op {
+            NetOp::TcpConnect | NetOp::UdpConnect | NetOp::UdpSend => {
+                let proto = if op == NetOp::TcpConnect {
                     Protocol::Tcp
                 } else {
                     Protocol::Udp
                 };
-                let (Some(addr), Some(rport)) = (
-                    str_field(f, "remote_addr").and_then(|a| a.parse::<IpAddr>().ok()),
-                    port("remote_port"),
-                ) else {
-                    return;
-                };
+                let (addr, rport) = remote;
                 let allowed = self.policy.network.outbound.iter().any(|r| {
                     r.cidr.contains(&addr)
                         && r.ports.contains(rport)
@@ -200,26 +223,28 @@ impl Detector {
                         "network.outbound",
                         exe.unwrap_or(""),
                         json!({
-                            "op": op,
+                            "op": name,
                             "remote_addr": addr.to_string(),
                             "remote_port": rport,
                             "protocol": protocol_name(proto),
                         }),
-                        f,
+                        event,
                     ));
                 }
             }
-            Some(op @ ("tcp_listen" | "udp_bind")) => {
-                let proto = if op == "tcp_listen" {
+            NetOp::TcpListen | NetOp::UdpBind => {
+                let proto = if op == NetOp::TcpListen {
                     Protocol::Tcp
                 } else {
                     Protocol::Udp
                 };
-                let Some(lport) = port("local_port").filter(|p| *p != 0) else {
+                if local_port == 0 {
                     return;
-                };
+                }
                 let allowed = self.policy.network.listen.iter().any(|r| {
-                    r.port.0 == lport && proto_ok(r.protocol, proto) && allowed_exe(&r.executable)
+                    r.port.0 == local_port
+                        && proto_ok(r.protocol, proto)
+                        && allowed_exe(&r.executable)
                 });
                 if !allowed {
                     out.push(draft(
@@ -227,67 +252,69 @@ impl Detector {
                         Severity::High,
                         "network.listen",
                         exe.unwrap_or(""),
-                        json!({ "op": op, "port": lport, "protocol": protocol_name(proto) }),
-                        f,
+                        json!({ "op": name, "port": local_port, "protocol": protocol_name(proto) }),
+                        event,
                     ));
                 }
             }
-            _ => {}
+            NetOp::TcpAccept => {}
         }
     }
 
-    fn file(&self, f: &Map<String, Value>, out: &mut Vec<Draft>) {
-        let Some(op) = str_field(f, "op") else {
+    fn file(&self, event: &Event, op: FileOp, path: &Path, out: &mut Vec<Draft>) {
+        let op_name = file_op_name(op);
+        if self.own.iter().any(|own| under(path, own)) {
+            out.push(draft(
+                Kind::AgentTamper,
+                Severity::Critical,
+                "agent",
+                &path.to_string_lossy(),
+                json!({ "op": op_name }),
+                event,
+            ));
             return;
-        };
-        // Every path the operation touches: a rename changes both names.
-        let paths: Vec<&str> = ["path", "new_path"]
-            .iter()
-            .filter_map(|k| str_field(f, k))
-            .collect();
-        for path in paths {
-            if self
-                .own
-                .iter()
-                .any(|own| std::path::Path::new(path).starts_with(own))
-            {
-                out.push(draft(
-                    Kind::AgentTamper,
-                    Severity::Critical,
-                    "agent",
-                    path,
-                    json!({ "op": op }),
-                    f,
-                ));
-                continue;
-            }
-            if self.modes.files == Mode::Off {
-                continue;
-            }
-            let protected = self.protected.contains(path)
-                || self
-                    .policy
-                    .files
-                    .protected_glob
-                    .iter()
-                    .any(|g| g.glob.matches(path));
-            let attributes_changed =
-                matches!(op, "chmod" | "chown") && self.attributes.contains(path);
-            if protected || attributes_changed {
-                out.push(draft(
-                    Kind::ProtectedFileChanged,
-                    Severity::High,
-                    if protected {
-                        "files.protected"
-                    } else {
-                        "files.attributes"
-                    },
-                    path,
-                    json!({ "op": op }),
-                    f,
-                ));
-            }
         }
+        if self.modes.files == Mode::Off {
+            return;
+        }
+        // As printed: lossy text for a name that is not UTF-8.
+        let text: Cow<'_, str> = path.to_string_lossy();
+        let protected = self.protected.contains(text.as_ref())
+            || self
+                .policy
+                .files
+                .protected_glob
+                .iter()
+                .any(|g| g.glob.matches(&text));
+        let attributes_changed =
+            matches!(op, FileOp::Chmod | FileOp::Chown) && self.attributes.contains(text.as_ref());
+        if protected || attributes_changed {
+            out.push(draft(
+                Kind::ProtectedFileChanged,
+                Severity::High,
+                if protected {
+                    "files.protected"
+                } else {
+                    "files.attributes"
+                },
+                &text,
+                json!({ "op": op_name }),
+                event,
+            ));
+        }
+    }
+}
+
+/// Whether `path` is `dir` or inside it, component-wise like [`Path::starts_with`], for a
+/// normalised `dir`: compared as bytes (no component iteration on every event).
+fn under(path: &Path, dir: &Path) -> bool {
+    let (p, d) = (path.as_os_str().as_bytes(), dir.as_os_str().as_bytes());
+    if d.is_empty() {
+        return path.is_relative();
+    }
+    match p.strip_prefix(d) {
+        Some(rest) => rest.is_empty() || rest[0] == b'/' || d.ends_with(b"/"),
+        None => false,
     }
 }
 
@@ -297,7 +324,7 @@ fn draft(
     rule: &str,
     path: &str,
     details: Value,
-    f: &Map<String, Value>,
+    event: &Event,
 ) -> Draft {
     Draft {
         kind,
@@ -305,7 +332,7 @@ fn draft(
         rule: rule.to_string(),
         path: Some(path.to_string()),
         details,
-        process: Some(process_context(f)),
+        process: Some(process_context(&event.fields)),
     }
 }
 
@@ -339,10 +366,6 @@ fn process_context(f: &Map<String, Value>) -> Map<String, Value> {
         Value::Array(argv.into_iter().take(MAX_ALERT_ARGS).collect()),
     );
     p
-}
-
-fn str_field<'a>(f: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    f.get(key).and_then(Value::as_str)
 }
 
 fn protocol_name(p: Protocol) -> &'static str {
@@ -397,14 +420,140 @@ glob = "/etc/init.d/*"
         Detector::new(policy, modes, vec![PathBuf::from("/etc/picket")])
     }
 
+    /// A typed event with what `fields` gives (the keys a test uses), the rest empty.
     fn event(fields: Value) -> Event {
-        let Value::Object(fields) = fields else {
-            panic!()
+        use crate::{
+            enrich::{Context, Fields, Record},
+            process::Image,
+            sensors::decode::{Comm, Task},
+        };
+        use std::{net::IpAddr, sync::Arc};
+        let text = |k: &str| fields.get(k).and_then(Value::as_str);
+        let flag = |k: &str| fields.get(k).and_then(Value::as_bool) == Some(true);
+        let port = |k: &str| {
+            fields
+                .get(k)
+                .and_then(Value::as_u64)
+                .map_or(0, |p| p as u16)
+        };
+        let mut sha256 = None;
+        if let Some(hex) = text("sha256") {
+            let mut d = [0u8; 32];
+            for (i, b) in d.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap();
+            }
+            sha256 = Some(d);
+        }
+        let image = Image {
+            exe: text("exe").map(PathBuf::from),
+            sha256,
+            argv: vec![],
+        };
+        let process = Some(Context {
+            ppid: None,
+            image: Arc::new(image),
+            ancestry: vec![],
+        });
+        let file_op = |op: &str| match op {
+            "open" => FileOp::Open,
+            "rename" => FileOp::Rename,
+            "unlink" => FileOp::Unlink,
+            "chmod" => FileOp::Chmod,
+            other => panic!("no file op {other} in these tests"),
+        };
+        let net_op = |op: &str| match op {
+            "tcp_connect" => NetOp::TcpConnect,
+            "tcp_listen" => NetOp::TcpListen,
+            "udp_send" => NetOp::UdpSend,
+            other => panic!("no net op {other} in these tests"),
+        };
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        let (category, detail) = match text("event").unwrap() {
+            "exec" => (
+                Category::Exec,
+                Detail::Exec {
+                    filename: PathBuf::new(),
+                    argv_truncated: false,
+                    argv_missing: false,
+                    interpreter: None,
+                    fileless: flag("fileless"),
+                    deleted: flag("deleted"),
+                    execveat: false,
+                },
+            ),
+            "net" => (
+                Category::Net,
+                Detail::Net {
+                    op: net_op(text("op").unwrap()),
+                    pid_source: "task",
+                    local: (any, port("local_port")),
+                    remote: (
+                        text("remote_addr").map_or(any, |a| a.parse().unwrap()),
+                        port("remote_port"),
+                    ),
+                    socket_type: None,
+                },
+            ),
+            "file" => (
+                Category::File,
+                Detail::File {
+                    op: file_op(text("op").unwrap()),
+                    path: text("path").map(PathBuf::from),
+                    resolved: true,
+                    second: text("new_path").map(|p| ("new_path", PathBuf::from(p))),
+                    symlink_target: None,
+                    flags: 0,
+                    mode: 0,
+                    owner: 0,
+                    group: 0,
+                    length: 0,
+                },
+            ),
+            other => panic!("no event {other} in these tests"),
+        };
+        let task = Task {
+            pid: 7,
+            tid: 7,
+            uid: 0,
+            gid: 0,
+            boot_ns: 0,
+            cgroup_id: 0,
+            comm: Comm::new(&[0; 16]),
+            known: true,
         };
         Event {
-            category: Category::Exec,
-            fields,
+            category,
+            fields: Fields::new_for_test(Record {
+                task,
+                process,
+                detail,
+            }),
         }
+    }
+
+    #[test]
+    fn alerts_carry_the_process_context_as_printed() {
+        let d = detector();
+        let e = event(json!({"event":"exec","exe":"/tmp/sh"}));
+        let drafts = d.check(&e);
+        let p = drafts[0].process.as_ref().unwrap();
+        assert_eq!(p["exe"], json!("/tmp/sh"));
+        assert_eq!(p["pid"], json!(7));
+        assert_eq!(p["sha256"], Value::Null);
+        assert_eq!(p["argv"], json!([]));
+        assert_eq!(drafts[1].details, json!({ "sha256": null }));
+    }
+
+    #[test]
+    fn own_paths_match_whole_components() {
+        assert!(under(Path::new("/etc/picket"), Path::new("/etc/picket")));
+        assert!(under(
+            Path::new("/etc/picket/k.pub"),
+            Path::new("/etc/picket")
+        ));
+        assert!(!under(Path::new("/etc/picketx"), Path::new("/etc/picket")));
+        assert!(under(Path::new("/x"), Path::new("/")));
+        assert!(!under(Path::new("etc/picket"), Path::new("/etc/picket")));
     }
 
     fn kinds(d: &Detector, fields: Value) -> Vec<Kind> {

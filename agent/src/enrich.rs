@@ -5,21 +5,30 @@
 //! Records arrive in the order the kernel produced them, so the state kept here (working
 //! directories, forks, execs) is the state at the time of each event, even for processes that
 //! have exited since.
+//!
+//! An event is a typed [`Record`]; its JSON form (what `picket monitor` prints and what an alert
+//! carries) is built only when something asks for it, so that events which are neither printed
+//! nor alerted on (most of them, under `picket run`) cost no JSON at all. The process context
+//! is shared with the process table (reference-counted), not copied.
 
 use std::{
+    borrow::Cow,
+    cell::OnceCell,
     collections::HashMap,
     net::IpAddr,
+    ops::Deref,
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use picket_common::{FileOp, NetOp, AT_FDCWD};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::{
     hash::HashCache,
     paths::{self, read_proc_link},
-    process::ProcessTable,
+    process::{Ancestor, Image, ProcessTable},
     sensors::decode::{Exec, File, Net, RawEvent, Task},
 };
 
@@ -31,10 +40,442 @@ pub enum Category {
     File,
 }
 
-/// An enriched event, ready to print.
+/// An enriched event.
 pub struct Event {
     pub category: Category,
-    pub fields: Map<String, Value>,
+    /// The event's fields: typed, and as JSON on first use (`Deref` to a JSON object).
+    pub fields: Fields,
+}
+
+impl Event {
+    /// The typed record (absent only for events built from JSON in tests).
+    pub fn record(&self) -> Option<&Record> {
+        self.fields.record.as_ref()
+    }
+}
+
+/// An event's fields: the typed record, and its JSON object built once, when first asked for.
+pub struct Fields {
+    record: Option<Record>,
+    json: OnceCell<Map<String, Value>>,
+}
+
+impl Fields {
+    fn new(record: Record) -> Self {
+        Self {
+            record: Some(record),
+            json: OnceCell::new(),
+        }
+    }
+
+    /// The JSON object, built now if it was not yet.
+    pub fn json(&self) -> &Map<String, Value> {
+        self.json.get_or_init(|| match &self.record {
+            Some(r) => r.to_json(),
+            None => Map::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+impl Fields {
+    pub fn new_for_test(record: Record) -> Self {
+        Self::new(record)
+    }
+}
+
+impl Deref for Fields {
+    type Target = Map<String, Value>;
+
+    fn deref(&self) -> &Map<String, Value> {
+        self.json()
+    }
+}
+
+/// An event given directly as JSON: seen by sinks as such; it has no typed record, so the
+/// detector has nothing to check in it.
+#[cfg(test)]
+impl From<Map<String, Value>> for Fields {
+    fn from(map: Map<String, Value>) -> Self {
+        Self {
+            record: None,
+            json: OnceCell::from(map),
+        }
+    }
+}
+
+/// One event, typed.
+#[derive(Debug)]
+pub struct Record {
+    /// Who did it (for an accept, `pid` is the listener's).
+    pub task: Task,
+    /// That process's context; `None` for network events of no known process.
+    pub process: Option<Context>,
+    pub detail: Detail,
+}
+
+/// What the agent knows of the process behind an event.
+#[derive(Debug)]
+pub struct Context {
+    pub ppid: Option<u32>,
+    /// What it runs (executable, SHA-256, arguments), shared with the process table.
+    pub image: Arc<Image>,
+    pub ancestry: Vec<Ancestor>,
+}
+
+impl Context {
+    /// The executable as text (lossy for a name that is not UTF-8, as printed).
+    pub fn exe_text(&self) -> Option<Cow<'_, str>> {
+        self.image.exe.as_ref().map(|e| e.to_string_lossy())
+    }
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum Detail {
+    Exec {
+        filename: PathBuf,
+        argv_truncated: bool,
+        argv_missing: bool,
+        interpreter: Option<PathBuf>,
+        fileless: bool,
+        deleted: bool,
+        execveat: bool,
+    },
+    Fork {
+        child_pid: u32,
+    },
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Net {
+        op: NetOp,
+        pid_source: &'static str,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        socket_type: Option<&'static str>,
+    },
+    File {
+        op: FileOp,
+        path: Option<PathBuf>,
+        resolved: bool,
+        /// The operation's other name: `new_path` of a rename, `target` of a link.
+        second: Option<(&'static str, PathBuf)>,
+        /// What a symlink points to, as written.
+        symlink_target: Option<PathBuf>,
+        flags: u32,
+        mode: u32,
+        owner: u32,
+        group: u32,
+        length: i64,
+    },
+}
+
+impl Record {
+    /// The `event` field: exec, fork, exit, net or file.
+    pub fn kind(&self) -> &'static str {
+        match self.detail {
+            Detail::Exec { .. } => "exec",
+            Detail::Fork { .. } => "fork",
+            Detail::Exit { .. } => "exit",
+            Detail::Net { .. } => "net",
+            Detail::File { .. } => "file",
+        }
+    }
+
+    /// The JSON object printed for this event.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut map = MapOut(Map::new());
+        let _ = self.emit(&mut map);
+        map.0
+    }
+
+    /// Writes this event as one JSON object, exactly as [`Record::to_json`] would serialise,
+    /// without building it first (what `picket monitor` prints for every event).
+    pub fn write_json(&self, writer: &mut impl std::io::Write) -> serde_json::Result<()> {
+        use serde::ser::{SerializeMap, Serializer as _};
+        let mut ser = serde_json::Serializer::new(writer);
+        let map = ser.serialize_map(None)?;
+        let mut out = StreamOut(map);
+        self.emit(&mut out)?;
+        out.0.end()
+    }
+
+    /// The event's fields, in the order they are printed, to `out`.
+    fn emit<O: Out>(&self, out: &mut O) -> Result<(), O::Error> {
+        let task = &self.task;
+        let known = |v: u32| task.known.then_some(v);
+        out.put("event", self.kind())?;
+        out.put("time_ns", &task.boot_ns)?;
+        let pid = (task.pid != 0 || self.process.is_some()).then_some(task.pid);
+        out.put("pid", &pid)?;
+        out.put("tid", &known(task.tid))?;
+        let process = self.process.as_ref();
+        out.put("ppid", &process.and_then(|p| p.ppid))?;
+        out.put("uid", &known(task.uid))?;
+        out.put("gid", &known(task.gid))?;
+        out.put("comm", task.comm.text().as_ref())?;
+        let exe = process.and_then(|p| p.image.exe.as_deref());
+        out.put("exe", &exe.map(Lossy))?;
+        let sha256 = process
+            .and_then(|p| p.image.sha256.as_ref())
+            .map(|d| Hex(d));
+        out.put("sha256", &sha256)?;
+        out.put("argv", &Argv(process.map_or(&[][..], |p| &p.image.argv)))?;
+        out.put(
+            "ancestry",
+            &Ancestry(process.map_or(&[][..], |p| &p.ancestry)),
+        )?;
+        out.put("cgroup_id", &task.cgroup_id)?;
+        if let Some(exe) = exe {
+            put_hex(out, "exe_hex", exe)?;
+        }
+        match &self.detail {
+            Detail::Exec {
+                filename,
+                argv_truncated,
+                argv_missing,
+                interpreter,
+                fileless,
+                deleted,
+                execveat,
+            } => {
+                put_path(out, "filename", "filename_hex", filename)?;
+                out.put("argv_truncated", argv_truncated)?;
+                if *argv_missing {
+                    out.put("argv_missing", &true)?;
+                }
+                if let Some(interp) = interpreter {
+                    put_path(out, "interpreter", "interpreter_hex", interp)?;
+                }
+                out.put("fileless", fileless)?;
+                out.put("deleted", deleted)?;
+                out.put("execveat", execveat)?;
+            }
+            Detail::Fork { child_pid } => out.put("child_pid", child_pid)?,
+            Detail::Exit { code, signal } => {
+                // The kernel stores `exit_group(status)` as `status & 0xff`.
+                out.put("exit_code", &code.map(|c| c & 0xff))?;
+                out.put("signal", signal)?;
+            }
+            Detail::Net {
+                op,
+                pid_source,
+                local,
+                remote,
+                socket_type,
+            } => {
+                out.put("op", net_op_name(*op))?;
+                out.put("pid_source", *pid_source)?;
+                let family = if local.0.is_ipv6() || remote.0.is_ipv6() {
+                    "ipv6"
+                } else {
+                    "ipv4"
+                };
+                out.put("family", family)?;
+                out.put("local_addr", &Text(&local.0))?;
+                out.put("local_port", &local.1)?;
+                out.put("remote_addr", &Text(&remote.0))?;
+                out.put("remote_port", &remote.1)?;
+                if let Some(t) = socket_type {
+                    out.put("socket_type", *t)?;
+                }
+            }
+            Detail::File {
+                op,
+                path,
+                resolved,
+                second,
+                symlink_target,
+                flags,
+                mode,
+                owner,
+                group,
+                length,
+            } => {
+                out.put("op", file_op_name(*op))?;
+                match path {
+                    Some(p) => put_path(out, "path", "path_hex", p)?,
+                    None => out.put("path", &None::<&str>)?,
+                }
+                out.put("path_resolved", resolved)?;
+                match second {
+                    Some(("new_path", p)) => put_path(out, "new_path", "new_path_hex", p)?,
+                    Some((_, p)) => put_path(out, "target", "target_hex", p)?,
+                    None => {}
+                }
+                if let Some(target) = symlink_target {
+                    put_path(out, "target", "target_hex", target)?;
+                }
+                match op {
+                    FileOp::Open => {
+                        out.put("flags", &open_flags(*flags))?;
+                        if *flags & (libc::O_CREAT as u32) != 0 {
+                            out.put("mode", &Mode(*mode))?;
+                        }
+                    }
+                    FileOp::Mkdir | FileOp::Chmod => out.put("mode", &Mode(*mode))?,
+                    FileOp::Chown => {
+                        // -1 means "leave unchanged".
+                        let id = |v: u32| (v != u32::MAX).then_some(v);
+                        out.put("owner", &id(*owner))?;
+                        out.put("group", &id(*group))?;
+                    }
+                    FileOp::Truncate => out.put("length", length)?,
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where [`Record::emit`] puts fields: a JSON object in memory, or a JSON writer.
+trait Out {
+    type Error;
+    fn put<V: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &V,
+    ) -> Result<(), Self::Error>;
+}
+
+struct MapOut(Map<String, Value>);
+
+impl Out for MapOut {
+    type Error = std::convert::Infallible;
+    fn put<V: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &V,
+    ) -> Result<(), Self::Error> {
+        // These values always have a JSON form; `Null` would only stand in for one that had not.
+        let value = serde_json::to_value(value).unwrap_or(Value::Null);
+        self.0.insert(key.to_string(), value);
+        Ok(())
+    }
+}
+
+struct StreamOut<M>(M);
+
+impl<M: serde::ser::SerializeMap<Error = serde_json::Error>> Out for StreamOut<M> {
+    type Error = serde_json::Error;
+    fn put<V: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &V,
+    ) -> Result<(), Self::Error> {
+        self.0.serialize_entry(key, value)
+    }
+}
+
+/// `path` under `key` as text, and its exact bytes under `hex_key` when it is not UTF-8.
+fn put_path<O: Out>(out: &mut O, key: &str, hex_key: &str, path: &Path) -> Result<(), O::Error> {
+    out.put(key, &Lossy(path))?;
+    put_hex(out, hex_key, path)
+}
+
+/// The exact bytes of `path` under `key`, when it is not UTF-8.
+fn put_hex<O: Out>(out: &mut O, key: &str, path: &Path) -> Result<(), O::Error> {
+    if path.to_str().is_none() {
+        out.put(key, &Hex(path.as_os_str().as_bytes()))?;
+    }
+    Ok(())
+}
+
+/// A path as text (invalid UTF-8 replaced).
+struct Lossy<'a>(&'a Path);
+
+impl serde::Serialize for Lossy<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string_lossy())
+    }
+}
+
+/// Bytes as lowercase hex.
+struct Hex<'a>(&'a [u8]);
+
+impl serde::Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&paths::hex(self.0))
+    }
+}
+
+/// Anything printed through `Display` (addresses), without an intermediate string.
+struct Text<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> serde::Serialize for Text<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+/// Permission bits in octal, as `0644`.
+struct Mode(u32);
+
+impl serde::Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&mode_text(self.0))
+    }
+}
+
+/// Arguments as text (invalid UTF-8 replaced).
+struct Argv<'a>(&'a [Vec<u8>]);
+
+impl serde::Serialize for Argv<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|a| String::from_utf8_lossy(a)))
+    }
+}
+
+/// The ancestry chain as `[{"pid": .., "exe": ..}, ...]`.
+struct Ancestry<'a>(&'a [Ancestor]);
+
+impl serde::Serialize for Ancestry<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct One<'a>(&'a Ancestor);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("pid", &self.0.pid)?;
+                m.serialize_entry("exe", &self.0.exe().map(Lossy))?;
+                m.end()
+            }
+        }
+        s.collect_seq(self.0.iter().map(One))
+    }
+}
+
+/// The `op` of a network event.
+pub fn net_op_name(op: NetOp) -> &'static str {
+    match op {
+        NetOp::TcpConnect => "tcp_connect",
+        NetOp::TcpAccept => "tcp_accept",
+        NetOp::TcpListen => "tcp_listen",
+        NetOp::UdpConnect => "udp_connect",
+        NetOp::UdpSend => "udp_send",
+        NetOp::UdpBind => "udp_bind",
+    }
+}
+
+/// The `op` of a file event.
+pub fn file_op_name(op: FileOp) -> &'static str {
+    match op {
+        FileOp::Open => "open",
+        FileOp::Rename => "rename",
+        FileOp::Unlink => "unlink",
+        FileOp::Rmdir => "rmdir",
+        FileOp::Mkdir => "mkdir",
+        FileOp::Link => "link",
+        FileOp::Symlink => "symlink",
+        FileOp::Chmod => "chmod",
+        FileOp::Chown => "chown",
+        FileOp::Truncate => "truncate",
+        FileOp::Chdir => "chdir",
+        FileOp::MemfdCreate => "memfd_create",
+    }
 }
 
 /// Keeps the state that gives events their context.
@@ -67,24 +508,33 @@ impl Enricher {
             RawEvent::Exec(e) => Some(self.exec(e)),
             RawEvent::Fork { task, child_pid } => {
                 self.table.fork(task.pid, child_pid);
-                let mut fields = self.common("fork", &task);
-                fields.insert("child_pid".into(), json!(child_pid));
-                Some(Event {
-                    category: Category::Exec,
-                    fields,
-                })
+                let process = Some(self.context(task.pid));
+                Some(event(
+                    Category::Exec,
+                    Record {
+                        task,
+                        process,
+                        detail: Detail::Fork { child_pid },
+                    },
+                ))
             }
             RawEvent::Exit(e) => {
-                let mut fields = self.common("exit", &e.task);
-                // The kernel stores `exit_group(status)` as `status & 0xff`.
-                fields.insert("exit_code".into(), json!(e.code.map(|c| c & 0xff)));
-                fields.insert("signal".into(), json!(e.signal));
+                let process = Some(self.context(e.task.pid));
                 self.table.exit(e.task.pid);
-                self.listeners.retain(|_, pid| *pid != e.task.pid);
-                Some(Event {
-                    category: Category::Exec,
-                    fields,
-                })
+                if !self.listeners.is_empty() {
+                    self.listeners.retain(|_, pid| *pid != e.task.pid);
+                }
+                Some(event(
+                    Category::Exec,
+                    Record {
+                        task: e.task,
+                        process,
+                        detail: Detail::Exit {
+                            code: e.code,
+                            signal: e.signal,
+                        },
+                    },
+                ))
             }
             RawEvent::Net(n) => self.net(n),
             RawEvent::File(f) => self.file(f),
@@ -121,15 +571,24 @@ impl Enricher {
             // as running now, or else as the process table knew it before the exec.
             running
                 .clone()
-                .or_else(|| self.table.get(pid).exe.clone())
+                .or_else(|| self.table.get(pid).image.exe.clone())
                 .unwrap_or_else(|| filename.clone())
+        } else if filename.is_absolute() {
+            paths::normalized_bytes(&e.filename)
         } else {
-            let cwd = self.table.cwd(pid).unwrap_or_else(|| PathBuf::from("/"));
+            let cwd = self
+                .table
+                .cwd(pid)
+                .unwrap_or_else(|| Arc::from(Path::new("/")));
             paths::absolute(&cwd, &filename)
         };
         // A script runs under an interpreter: the running binary is another file than the one
         // exec'd. Hash the file exec'd; for a binary, the very inode running when still there.
-        let interpreted_live = running.is_some() && !by_fd && !same_file(&exe, &proc_exe);
+        // The kernel's name of the running file equal to the name exec'd settles it without a
+        // `stat` (the usual case); else the inodes are compared.
+        let interpreted_live = running
+            .as_ref()
+            .is_some_and(|r| !by_fd && *r != exe && !same_file(&exe, &proc_exe));
         let hash_from = if running.is_some() && !interpreted_live {
             proc_exe.as_path()
         } else {
@@ -137,7 +596,7 @@ impl Enricher {
         };
         let digest = self.hashes.digest(hash_from).ok();
         let interpreter = if interpreted_live {
-            running.clone()
+            running
         } else {
             digest.as_ref().and_then(|d| d.shebang.clone())
         };
@@ -147,22 +606,23 @@ impl Enricher {
         let deleted = exe_text.ends_with(b" (deleted)");
 
         self.table.exec(pid, Some(exe), sha256, e.argv);
-        let mut fields = self.common("exec", &e.task);
-        insert_path(&mut fields, "filename", &filename);
-        fields.insert("argv_truncated".into(), json!(e.argv_truncated));
-        if e.argv_missing {
-            fields.insert("argv_missing".into(), json!(true));
-        }
-        if let Some(interp) = interpreter {
-            insert_path(&mut fields, "interpreter", &interp);
-        }
-        fields.insert("fileless".into(), json!(fileless));
-        fields.insert("deleted".into(), json!(deleted));
-        fields.insert("execveat".into(), json!(e.execveat.is_some()));
-        Event {
-            category: Category::Exec,
-            fields,
-        }
+        let process = Some(self.context(pid));
+        event(
+            Category::Exec,
+            Record {
+                task: e.task,
+                process,
+                detail: Detail::Exec {
+                    filename,
+                    argv_truncated: e.argv_truncated,
+                    argv_missing: e.argv_missing,
+                    interpreter,
+                    fileless,
+                    deleted,
+                    execveat: e.execveat.is_some(),
+                },
+            },
+        )
     }
 
     /// What `fd` of `pid` is, per the process table, for a `/dev/fd/N` exec path.
@@ -176,11 +636,11 @@ impl Enricher {
             .to_str()?
             .parse()
             .ok()?;
-        self.table.get(pid).file(fd).cloned()
+        self.table.get(pid).file(fd).map(|p| p.to_path_buf())
     }
 
     fn net(&mut self, n: Net) -> Option<Event> {
-        let mut task = n.task.clone();
+        let mut task = n.task;
         let mut pid_source = "task";
         match n.op {
             NetOp::TcpListen => {
@@ -231,38 +691,21 @@ impl Enricher {
                 }
             }
         }
-        let op = match n.op {
-            NetOp::TcpConnect => "tcp_connect",
-            NetOp::TcpAccept => "tcp_accept",
-            NetOp::TcpListen => "tcp_listen",
-            NetOp::UdpConnect => "udp_connect",
-            NetOp::UdpSend => "udp_send",
-            NetOp::UdpBind => "udp_bind",
-        };
-        let mut fields = if task.pid == 0 {
-            self.common_without_process("net", &task)
-        } else {
-            self.common("net", &task)
-        };
-        fields.insert("op".into(), json!(op));
-        fields.insert("pid_source".into(), json!(pid_source));
-        let family = if local.0.is_ipv6() || n.remote.0.is_ipv6() {
-            "ipv6"
-        } else {
-            "ipv4"
-        };
-        fields.insert("family".into(), json!(family));
-        fields.insert("local_addr".into(), json!(ip_text(local.0)));
-        fields.insert("local_port".into(), json!(local.1));
-        fields.insert("remote_addr".into(), json!(ip_text(n.remote.0)));
-        fields.insert("remote_port".into(), json!(n.remote.1));
-        if let Some(t) = socket_type {
-            fields.insert("socket_type".into(), json!(t));
-        }
-        Some(Event {
-            category: Category::Net,
-            fields,
-        })
+        let process = (task.pid != 0).then(|| self.context(task.pid));
+        Some(event(
+            Category::Net,
+            Record {
+                task,
+                process,
+                detail: Detail::Net {
+                    op: n.op,
+                    pid_source,
+                    local,
+                    remote: n.remote,
+                    socket_type,
+                },
+            },
+        ))
     }
 
     fn file(&mut self, f: File) -> Option<Event> {
@@ -272,7 +715,7 @@ impl Enricher {
                 let mut name = b"/memfd:".to_vec();
                 name.extend_from_slice(&f.path);
                 name.extend_from_slice(b" (deleted)");
-                self.table.get(pid).opened(fd, paths::from_bytes(&name));
+                self.table.get(pid).opened(fd, &paths::from_bytes(&name));
             }
             return None;
         }
@@ -287,34 +730,18 @@ impl Enricher {
             }
             return None;
         }
-        let (op, main, main_dirfd, second) = match f.op {
-            FileOp::Open => ("open", &f.path, f.dirfd, None),
-            FileOp::Rename => (
-                "rename",
-                &f.path,
-                f.dirfd,
-                Some(("new_path", &f.path2, f.dirfd2)),
-            ),
-            FileOp::Unlink => ("unlink", &f.path, f.dirfd, None),
-            FileOp::Rmdir => ("rmdir", &f.path, f.dirfd, None),
-            FileOp::Mkdir => ("mkdir", &f.path, f.dirfd, None),
+        let (main, main_dirfd, second) = match f.op {
+            FileOp::Rename => (&f.path, f.dirfd, Some(("new_path", &f.path2, f.dirfd2))),
             // The new link is what changed; the existing file is its target.
-            FileOp::Link => (
-                "link",
-                &f.path2,
-                f.dirfd2,
-                Some(("target", &f.path, f.dirfd)),
-            ),
-            FileOp::Symlink => ("symlink", &f.path2, f.dirfd2, None),
-            FileOp::Chmod => ("chmod", &f.path, f.dirfd, None),
-            FileOp::Chown => ("chown", &f.path, f.dirfd, None),
-            FileOp::Truncate => ("truncate", &f.path, f.dirfd, None),
+            FileOp::Link => (&f.path2, f.dirfd2, Some(("target", &f.path, f.dirfd))),
+            FileOp::Symlink => (&f.path2, f.dirfd2, None),
             FileOp::Chdir | FileOp::MemfdCreate => return None,
+            _ => (&f.path, f.dirfd, None),
         };
         let (path, resolved) = if f.fd_only {
             // /proc is right while the process lives; after that, what it opened for writing.
             let path = read_proc_link(pid, &format!("fd/{}", f.dirfd))
-                .or_else(|| self.table.get(pid).file(f.dirfd).cloned());
+                .or_else(|| self.table.get(pid).file(f.dirfd).map(|p| p.to_path_buf()));
             let resolved = path.is_some();
             (path, resolved)
         } else {
@@ -323,55 +750,35 @@ impl Enricher {
         };
         if let (FileOp::Open, Some(p), true) = (f.op, &path, resolved) {
             if let Ok(fd) = i32::try_from(f.ret) {
-                self.table.get(pid).opened(fd, p.clone());
+                self.table.get(pid).opened(fd, p);
             }
         }
-        let mut fields = self.common("file", &f.task);
-        fields.insert("op".into(), json!(op));
-        match &path {
-            Some(p) => insert_path(&mut fields, "path", p),
-            None => {
-                fields.insert("path".into(), Value::Null);
-            }
-        }
-        fields.insert("path_resolved".into(), json!(resolved));
-        if let Some((name, raw, dirfd)) = second {
+        let second = second.map(|(name, raw, dirfd)| {
             let (p, _) = self.resolve(pid, dirfd, raw);
-            insert_path(
-                &mut fields,
-                name,
-                &p.unwrap_or_else(|| paths::from_bytes(raw)),
-            );
-        }
-        if f.op == FileOp::Symlink {
-            // The target of a symlink is stored as written, never resolved.
-            insert_path(&mut fields, "target", &paths::from_bytes(&f.path));
-        }
-        match f.op {
-            FileOp::Open => {
-                fields.insert("flags".into(), json!(open_flags(f.op_flags)));
-                if f.op_flags & (libc::O_CREAT as u32) != 0 {
-                    fields.insert("mode".into(), json!(mode_text(f.mode)));
-                }
-            }
-            FileOp::Mkdir | FileOp::Chmod => {
-                fields.insert("mode".into(), json!(mode_text(f.mode)));
-            }
-            FileOp::Chown => {
-                // -1 means "leave unchanged".
-                let id = |v: u32| (v != u32::MAX).then_some(v);
-                fields.insert("owner".into(), json!(id(f.owner)));
-                fields.insert("group".into(), json!(id(f.group)));
-            }
-            FileOp::Truncate => {
-                fields.insert("length".into(), json!(f.length));
-            }
-            _ => {}
-        }
-        Some(Event {
-            category: Category::File,
-            fields,
-        })
+            (name, p.unwrap_or_else(|| paths::from_bytes(raw)))
+        });
+        // The target of a symlink is stored as written, never resolved.
+        let symlink_target = (f.op == FileOp::Symlink).then(|| paths::from_bytes(&f.path));
+        let process = Some(self.context(pid));
+        Some(event(
+            Category::File,
+            Record {
+                task: f.task,
+                process,
+                detail: Detail::File {
+                    op: f.op,
+                    path,
+                    resolved,
+                    second,
+                    symlink_target,
+                    flags: f.op_flags,
+                    mode: f.mode,
+                    owner: f.owner,
+                    group: f.group,
+                    length: f.length,
+                },
+            },
+        ))
     }
 
     /// Makes `raw` absolute against `dirfd` of `pid`. Returns the path and whether that worked;
@@ -380,14 +787,14 @@ impl Enricher {
         if raw.is_empty() {
             return (None, false);
         }
-        let path = paths::from_bytes(raw);
-        if path.is_absolute() {
-            return (Some(paths::normalize(&path)), true);
+        if raw[0] == b'/' {
+            return (Some(paths::normalized_bytes(raw)), true);
         }
+        let path = paths::from_bytes(raw);
         let base = if dirfd == AT_FDCWD {
             self.table.cwd(pid)
         } else {
-            read_proc_link(pid, &format!("fd/{dirfd}"))
+            read_proc_link(pid, &format!("fd/{dirfd}")).map(Arc::from)
         };
         match base {
             Some(base) => (Some(paths::absolute(&base, &path)), true),
@@ -395,99 +802,33 @@ impl Enricher {
         }
     }
 
-    /// Fields every event carries: who did it, and that process's context.
-    fn common(&mut self, kind: &str, task: &Task) -> Map<String, Value> {
-        let mut fields = self.common_without_process(kind, task);
-        let pid = task.pid;
+    /// The context of process `pid`: what it runs and its ancestry.
+    fn context(&mut self, pid: u32) -> Context {
         let ancestry = self.table.ancestry(pid);
         let p = self.table.get(pid);
-        if p.sha256.is_none() && !p.exited && p.exe.is_some() {
+        if !p.hash_tried && !p.exited && p.image.exe.is_some() && p.image.sha256.is_none() {
             // A process that started before the agent: hash what it runs, once.
+            p.hash_tried = true;
             let digest = self
                 .hashes
                 .sha256(Path::new(&format!("/proc/{pid}/exe")))
                 .ok();
-            p.sha256 = digest;
-        }
-        fields.insert("pid".into(), json!(pid));
-        fields.insert("ppid".into(), json!(p.ppid));
-        match &p.exe {
-            Some(exe) => insert_path(&mut fields, "exe", exe),
-            None => {
-                fields.insert("exe".into(), Value::Null);
+            if digest.is_some() {
+                Arc::make_mut(&mut p.image).sha256 = digest;
             }
         }
-        fields.insert("sha256".into(), json!(p.sha256.map(|d| paths::hex(&d))));
-        let argv: Vec<String> = p
-            .argv
-            .iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        fields.insert("argv".into(), json!(argv));
-        let ancestry: Vec<Value> = ancestry
-            .iter()
-            .map(|a| {
-                json!({
-                    "pid": a.pid,
-                    "exe": a.exe.as_ref().map(|e| e.to_string_lossy()),
-                })
-            })
-            .collect();
-        fields.insert("ancestry".into(), Value::Array(ancestry));
-        fields
-    }
-
-    /// Fields for an event no known process can be tied to.
-    fn common_without_process(&self, kind: &str, task: &Task) -> Map<String, Value> {
-        let mut fields = Map::new();
-        fields.insert("event".into(), json!(kind));
-        fields.insert("time_ns".into(), json!(task.boot_ns));
-        let known = task.pid != 0;
-        fields.insert(
-            "pid".into(),
-            if known { json!(task.pid) } else { Value::Null },
-        );
-        fields.insert(
-            "tid".into(),
-            if task.known {
-                json!(task.tid)
-            } else {
-                Value::Null
-            },
-        );
-        fields.insert("ppid".into(), Value::Null);
-        fields.insert(
-            "uid".into(),
-            if task.known {
-                json!(task.uid)
-            } else {
-                Value::Null
-            },
-        );
-        fields.insert(
-            "gid".into(),
-            if task.known {
-                json!(task.gid)
-            } else {
-                Value::Null
-            },
-        );
-        fields.insert("comm".into(), json!(task.comm));
-        fields.insert("exe".into(), Value::Null);
-        fields.insert("sha256".into(), Value::Null);
-        fields.insert("argv".into(), json!([]));
-        fields.insert("ancestry".into(), json!([]));
-        fields.insert("cgroup_id".into(), json!(task.cgroup_id));
-        fields
+        Context {
+            ppid: p.ppid,
+            image: Arc::clone(&p.image),
+            ancestry,
+        }
     }
 }
 
-/// Inserts `path` under `key`, and its exact bytes under `KEY_hex` when it is not UTF-8.
-fn insert_path(fields: &mut Map<String, Value>, key: &str, path: &Path) {
-    let r = paths::render(path.as_os_str());
-    fields.insert(key.into(), json!(r.text));
-    if let Some(hex) = r.hex {
-        fields.insert(format!("{key}_hex"), json!(hex));
+fn event(category: Category, record: Record) -> Event {
+    Event {
+        category,
+        fields: Fields::new(record),
     }
 }
 
@@ -593,10 +934,6 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<std::net::SocketA
     }
 }
 
-fn ip_text(ip: IpAddr) -> String {
-    ip.to_string()
-}
-
 fn mode_text(mode: u32) -> String {
     format!("{:04o}", mode & 0o7777)
 }
@@ -643,6 +980,141 @@ fn names_own_exe(filename: &Path, pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sensors::decode::Comm;
+
+    fn task(known: bool) -> Task {
+        Task {
+            pid: 42,
+            tid: 43,
+            uid: 1000,
+            gid: 100,
+            boot_ns: 7,
+            cgroup_id: 9,
+            comm: Comm::new(b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0"),
+            known,
+        }
+    }
+
+    fn context(exe: &[u8]) -> Option<Context> {
+        let parent = Arc::new(Image {
+            exe: Some("/bin/init".into()),
+            ..Image::default()
+        });
+        Some(Context {
+            ppid: Some(1),
+            image: Arc::new(Image {
+                exe: Some(paths::from_bytes(exe)),
+                sha256: Some([0xab; 32]),
+                argv: vec![b"sh".to_vec(), b"-c\xff".to_vec()],
+            }),
+            ancestry: vec![Ancestor {
+                pid: 1,
+                image: parent,
+            }],
+        })
+    }
+
+    /// The line printed for `r`, checked to be the same both ways it can be produced.
+    fn printed(r: &Record) -> String {
+        let mut direct = Vec::new();
+        r.write_json(&mut direct).unwrap();
+        let direct = String::from_utf8(direct).unwrap();
+        assert_eq!(direct, serde_json::to_string(&r.to_json()).unwrap());
+        direct
+    }
+
+    #[test]
+    fn prints_events_with_fields_in_their_order() {
+        let exec = Record {
+            task: task(true),
+            process: context(b"/tmp/\xffsh"),
+            detail: Detail::Exec {
+                filename: "/tmp/x".into(),
+                argv_truncated: false,
+                argv_missing: true,
+                interpreter: Some("/bin/sh".into()),
+                fileless: false,
+                deleted: false,
+                execveat: false,
+            },
+        };
+        let sha = "ab".repeat(32);
+        assert_eq!(
+            printed(&exec),
+            format!(
+                r#"{{"event":"exec","time_ns":7,"pid":42,"tid":43,"ppid":1,"uid":1000,"gid":100,"comm":"sh","exe":"/tmp/�sh","sha256":"{sha}","argv":["sh","-c�"],"ancestry":[{{"pid":1,"exe":"/bin/init"}}],"cgroup_id":9,"exe_hex":"2f746d702fff7368","filename":"/tmp/x","argv_truncated":false,"argv_missing":true,"interpreter":"/bin/sh","fileless":false,"deleted":false,"execveat":false}}"#
+            )
+        );
+        let accept = Record {
+            task: Task {
+                pid: 0,
+                ..task(false)
+            },
+            process: None,
+            detail: Detail::Net {
+                op: NetOp::TcpAccept,
+                pid_source: "unknown",
+                local: ("::1".parse().unwrap(), 22),
+                remote: ("::1".parse().unwrap(), 40000),
+                socket_type: None,
+            },
+        };
+        assert_eq!(
+            printed(&accept),
+            r#"{"event":"net","time_ns":7,"pid":null,"tid":null,"ppid":null,"uid":null,"gid":null,"comm":"sh","exe":null,"sha256":null,"argv":[],"ancestry":[],"cgroup_id":9,"op":"tcp_accept","pid_source":"unknown","family":"ipv6","local_addr":"::1","local_port":22,"remote_addr":"::1","remote_port":40000}"#
+        );
+        let rename = Record {
+            task: task(true),
+            process: context(b"/bin/mv"),
+            detail: Detail::File {
+                op: FileOp::Rename,
+                path: Some(paths::from_bytes(b"/a/\xfe")),
+                resolved: true,
+                second: Some(("new_path", "/b".into())),
+                symlink_target: None,
+                flags: 0,
+                mode: 0,
+                owner: 0,
+                group: 0,
+                length: 0,
+            },
+        };
+        let line = printed(&rename);
+        assert!(
+            line.ends_with(r#""cgroup_id":9,"op":"rename","path":"/a/�","path_hex":"2f612ffe","path_resolved":true,"new_path":"/b"}"#),
+            "{line}"
+        );
+        let open = Record {
+            task: task(true),
+            process: context(b"/bin/sh"),
+            detail: Detail::File {
+                op: FileOp::Open,
+                path: None,
+                resolved: false,
+                second: None,
+                symlink_target: None,
+                flags: (libc::O_WRONLY | libc::O_CREAT) as u32,
+                mode: 0o100640,
+                owner: 0,
+                group: 0,
+                length: 0,
+            },
+        };
+        let line = printed(&open);
+        assert!(
+            line.ends_with(r#""op":"open","path":null,"path_resolved":false,"flags":["O_WRONLY","O_CREAT"],"mode":"0640"}"#),
+            "{line}"
+        );
+        let exit = Record {
+            task: task(true),
+            process: context(b"/bin/sh"),
+            detail: Detail::Exit {
+                code: Some(0x1ff),
+                signal: None,
+            },
+        };
+        assert!(printed(&exit).ends_with(r#""exit_code":255,"signal":null}"#));
+    }
 
     #[test]
     fn recognises_own_exe_links() {

@@ -57,26 +57,19 @@ impl HashCache {
         }
     }
 
-    /// The digest of the file at `path` (which may be a `/proc/PID/exe` link: the open follows
-    /// it to the very inode the process runs, even if deleted or a memfd).
+    /// The digest of the file at `path` (which may be a `/proc/PID/exe` link: it is followed to
+    /// the very inode the process runs, even if deleted or a memfd).
+    ///
+    /// A cached file costs one `stat`; the file is opened only when its digest is not cached.
     pub fn digest(&mut self, path: &Path) -> io::Result<Digest> {
+        let key = checked_key(&std::fs::metadata(path)?)?;
+        if let Some(digest) = self.entries.get(&key) {
+            self.hits += 1;
+            return Ok(digest.clone());
+        }
         let mut file = File::open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(io::Error::other("not a regular file"));
-        }
-        if meta.len() > MAX_HASHED_BYTES {
-            return Err(io::Error::other(format!(
-                "larger than {MAX_HASHED_BYTES} bytes, not hashed"
-            )));
-        }
-        let key = FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.len(),
-            ctime: meta.ctime(),
-            ctime_nsec: meta.ctime_nsec(),
-        };
+        // The key of what was opened: the file may have changed since the `stat`.
+        let key = checked_key(&file.metadata()?)?;
         if let Some(digest) = self.entries.get(&key) {
             self.hits += 1;
             return Ok(digest.clone());
@@ -102,6 +95,25 @@ impl HashCache {
     pub fn stats(&self) -> (u64, u64) {
         (self.hits, self.misses)
     }
+}
+
+/// The cache key of a file, if it is one that is hashed.
+fn checked_key(meta: &std::fs::Metadata) -> io::Result<FileKey> {
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_HASHED_BYTES {
+        return Err(io::Error::other(format!(
+            "larger than {MAX_HASHED_BYTES} bytes, not hashed"
+        )));
+    }
+    Ok(FileKey {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.len(),
+        ctime: meta.ctime(),
+        ctime_nsec: meta.ctime_nsec(),
+    })
 }
 
 /// SHA-256 of everything `reader` yields, and the `#!` interpreter its first bytes name.

@@ -152,7 +152,16 @@ struct JsonLines {
 impl Sink for JsonLines {
     fn event(&mut self, event: Event) -> anyhow::Result<()> {
         if self.filter.allows(event.category) {
-            self.line(&serde_json::Value::Object(event.fields))?;
+            match event.record() {
+                // Written straight from the typed record: no JSON object built per event.
+                Some(record) => {
+                    record
+                        .write_json(&mut self.stdout)
+                        .context("writing to stdout")?;
+                    self.stdout.write_all(b"\n").context("writing to stdout")?;
+                }
+                None => self.line(&*event.fields)?,
+            }
         }
         Ok(())
     }
@@ -188,7 +197,7 @@ impl JsonLines {
         self.flush()
     }
 
-    fn line(&mut self, value: &serde_json::Value) -> anyhow::Result<()> {
+    fn line(&mut self, value: &impl serde::Serialize) -> anyhow::Result<()> {
         serde_json::to_writer(&mut self.stdout, value).context("writing to stdout")?;
         self.stdout.write_all(b"\n").context("writing to stdout")
     }

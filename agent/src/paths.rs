@@ -19,9 +19,39 @@ pub fn from_bytes(bytes: &[u8]) -> PathBuf {
 pub fn absolute(base: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         normalize(path)
+    } else if is_normal(base.as_os_str().as_bytes())
+        && is_normal_relative(path.as_os_str().as_bytes())
+    {
+        base.join(path)
     } else {
         normalize(&base.join(path))
     }
+}
+
+/// The absolute form of the raw path `raw`: itself when it is absolute and already normal (the
+/// usual case, taken without rebuilding it component by component), else normalised.
+pub fn normalized_bytes(raw: &[u8]) -> PathBuf {
+    if is_normal(raw) {
+        from_bytes(raw)
+    } else {
+        normalize(Path::new(OsStr::from_bytes(raw)))
+    }
+}
+
+/// Whether `p` is an absolute path that [`normalize`] would leave as it is: no empty, `.` or
+/// `..` component and no trailing slash (except for `/` itself).
+fn is_normal(p: &[u8]) -> bool {
+    if p == b"/" {
+        return true;
+    }
+    p.first() == Some(&b'/') && is_normal_relative(&p[1..])
+}
+
+/// Whether the relative path `p` has only ordinary, non-empty components.
+fn is_normal_relative(p: &[u8]) -> bool {
+    !p.is_empty()
+        && p.split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
 /// Removes `.` and empty components and applies `..` lexically (`/a/b/../c` is `/a/c`, and
@@ -52,33 +82,13 @@ pub fn read_proc_link(pid: u32, what: &str) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/{what}")).ok()
 }
 
-/// How a path is printed: text, plus its exact bytes in hex when it is not UTF-8.
-pub struct Rendered {
-    pub text: String,
-    pub hex: Option<String>,
-}
-
-/// Renders a path for JSON output.
-pub fn render(path: &OsStr) -> Rendered {
-    match path.to_str() {
-        Some(text) => Rendered {
-            text: text.to_string(),
-            hex: None,
-        },
-        None => Rendered {
-            text: path.to_string_lossy().into_owned(),
-            hex: Some(hex(path.as_bytes())),
-        },
-    }
-}
-
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
 }
@@ -100,6 +110,33 @@ mod tests {
     }
 
     #[test]
+    fn takes_normal_paths_as_they_are() {
+        for (input, want) in [
+            (&b"/etc/passwd"[..], "/etc/passwd"),
+            (b"/", "/"),
+            (b"/a//b", "/a/b"),
+            (b"/a/./b", "/a/b"),
+            (b"/a/../b", "/b"),
+            (b"/a/", "/a"),
+            (b"/a/.", "/a"),
+            (b"/a/b/..", "/a"),
+            (b"a/b", "a/b"),
+            (b"", ""),
+        ] {
+            assert_eq!(normalized_bytes(input), PathBuf::from(want), "{input:?}");
+        }
+        assert_eq!(
+            absolute(Path::new("/home/u"), Path::new("x/y")),
+            PathBuf::from("/home/u/x/y")
+        );
+        assert_eq!(
+            absolute(Path::new("/home/u"), Path::new("x/")),
+            PathBuf::from("/home/u/x")
+        );
+        assert_eq!(hex(&[0x00, 0x7f, 0xff]), "007fff");
+    }
+
+    #[test]
     fn joins_relative_paths_only() {
         assert_eq!(
             absolute(Path::new("/home/u"), Path::new("../x/./y")),
@@ -109,17 +146,5 @@ mod tests {
             absolute(Path::new("/home/u"), Path::new("/etc/passwd")),
             PathBuf::from("/etc/passwd")
         );
-    }
-
-    #[test]
-    fn renders_non_utf8_exactly() {
-        let p = from_bytes(b"/tmp/\xffx");
-        let r = render(p.as_os_str());
-        assert_eq!(
-            r.hex.as_deref(),
-            Some("2f746d702f ff78".replace(' ', "").as_str())
-        );
-        assert!(r.text.starts_with("/tmp/"));
-        assert!(render(OsStr::new("/ok")).hex.is_none());
     }
 }

@@ -9,7 +9,9 @@
 use std::{
     collections::{HashMap, VecDeque},
     fs,
-    path::PathBuf,
+    hash::{BuildHasherDefault, Hasher},
+    path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use crate::paths;
@@ -21,19 +23,29 @@ const KEEP_EXITED: usize = 4096;
 /// Upper bound on entries; beyond it the oldest exited ones go first, then any.
 const MAX_ENTRIES: usize = 65536;
 
-/// What is known about one process.
-#[derive(Debug, Clone, Default)]
-pub struct Process {
-    pub ppid: Option<u32>,
+/// What a process runs: set at exec, shared (not copied) by its forks and by the events that
+/// report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Image {
     /// The executable: the file it exec'd (a script, for `#!` scripts).
     pub exe: Option<PathBuf>,
     pub sha256: Option<[u8; 32]>,
     pub argv: Vec<Vec<u8>>,
+}
+
+/// What is known about one process.
+#[derive(Debug, Clone, Default)]
+pub struct Process {
+    pub ppid: Option<u32>,
+    pub image: Arc<Image>,
+    /// Whether hashing the running executable was tried already (for processes older than the
+    /// agent): a file that cannot be hashed is not retried on every event.
+    pub hash_tried: bool,
     /// Working directory, as tracked from chdir events (or read from `/proc`).
-    pub cwd: Option<PathBuf>,
+    pub cwd: Option<Arc<Path>>,
     /// Files this process opened for writing, by fd, newest last: resolves `fchmod(fd)` and
     /// friends once the process (and its `/proc/PID/fd`) is gone. Bounded by [`MAX_OPEN_FILES`].
-    pub files: Vec<(i32, PathBuf)>,
+    pub files: Vec<(i32, Arc<Path>)>,
     pub exited: bool,
 }
 
@@ -42,16 +54,22 @@ const MAX_OPEN_FILES: usize = 16;
 
 impl Process {
     /// Remembers that `fd` is `path`.
-    pub fn opened(&mut self, fd: i32, path: PathBuf) {
-        self.files.retain(|(f, _)| *f != fd);
+    pub fn opened(&mut self, fd: i32, path: &Path) {
+        if let Some(i) = self.files.iter().position(|(f, _)| *f == fd) {
+            // The same fd reopened on the same file (a loop of open/close): nothing to copy.
+            if *self.files[i].1 == *path && i + 1 == self.files.len() {
+                return;
+            }
+            self.files.remove(i);
+        }
         if self.files.len() == MAX_OPEN_FILES {
             self.files.remove(0);
         }
-        self.files.push((fd, path));
+        self.files.push((fd, Arc::from(path)));
     }
 
     /// The path of `fd`, if this process opened it for writing.
-    pub fn file(&self, fd: i32) -> Option<&PathBuf> {
+    pub fn file(&self, fd: i32) -> Option<&Arc<Path>> {
         self.files
             .iter()
             .rev()
@@ -64,13 +82,44 @@ impl Process {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ancestor {
     pub pid: u32,
-    pub exe: Option<PathBuf>,
+    /// What the ancestor ran at the time (its executable is `image.exe`).
+    pub image: Arc<Image>,
 }
+
+impl Ancestor {
+    pub fn exe(&self) -> Option<&Path> {
+        self.image.exe.as_deref()
+    }
+}
+
+/// Hashes process ids: they are small integers chosen by the kernel, so a multiplicative hash
+/// spreads them well and costs a fraction of the default (SipHash).
+#[derive(Default)]
+pub struct PidHasher(u64);
+
+impl Hasher for PidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by process id.
+pub type PidMap<V> = HashMap<u32, V, BuildHasherDefault<PidHasher>>;
 
 /// All known processes.
 #[derive(Default)]
 pub struct ProcessTable {
-    procs: HashMap<u32, Process>,
+    procs: PidMap<Process>,
     exited: VecDeque<u32>,
 }
 
@@ -94,7 +143,8 @@ impl ProcessTable {
         self.procs.get(&pid)
     }
 
-    /// `parent` forked `child`: the child starts as a copy of its parent.
+    /// `parent` forked `child`: the child starts as a copy of its parent (sharing its image and
+    /// working directory, not copying them).
     pub fn fork(&mut self, parent: u32, child: u32) {
         let mut p = self.get(parent).clone();
         p.ppid = Some(parent);
@@ -112,9 +162,8 @@ impl ProcessTable {
         argv: Vec<Vec<u8>>,
     ) {
         let p = self.get(pid);
-        p.exe = exe;
-        p.sha256 = sha256;
-        p.argv = argv;
+        p.image = Arc::new(Image { exe, sha256, argv });
+        p.hash_tried = true;
         // Descriptors survive exec, but a close-on-exec one may be reused: forget them.
         p.files.clear();
     }
@@ -125,6 +174,14 @@ impl ProcessTable {
             if !p.exited {
                 p.exited = true;
                 self.exited.push_back(pid);
+                // Kept only for its descendants' ancestry (pid, parent, executable): its
+                // arguments, open files and directory are dropped, so that the exited
+                // processes kept weigh little even when their command lines were long.
+                if let Some(image) = Arc::get_mut(&mut p.image) {
+                    image.argv = Vec::new();
+                }
+                p.files = Vec::new();
+                p.cwd = None;
             }
         }
         while self.exited.len() > KEEP_EXITED {
@@ -138,34 +195,34 @@ impl ProcessTable {
     }
 
     /// The working directory of `pid`: tracked, else read from `/proc`.
-    pub fn cwd(&mut self, pid: u32) -> Option<PathBuf> {
+    pub fn cwd(&mut self, pid: u32) -> Option<Arc<Path>> {
         let p = self.get(pid);
         if p.cwd.is_none() && !p.exited {
-            p.cwd = paths::read_proc_link(pid, "cwd");
+            p.cwd = paths::read_proc_link(pid, "cwd").map(Arc::from);
         }
         p.cwd.clone()
     }
 
     /// `pid` changed its working directory to `cwd`.
     pub fn set_cwd(&mut self, pid: u32, cwd: PathBuf) {
-        self.get(pid).cwd = Some(cwd);
+        self.get(pid).cwd = Some(Arc::from(cwd));
     }
 
     /// The chain of parents of `pid`, nearest first, up to pid 1 or [`MAX_ANCESTRY`] links.
     pub fn ancestry(&mut self, pid: u32) -> Vec<Ancestor> {
-        let mut chain = Vec::new();
+        let mut chain: Vec<Ancestor> = Vec::new();
         let mut current = self.get(pid).ppid;
         while let Some(ppid) = current {
-            if ppid == 0
-                || chain.len() == MAX_ANCESTRY
-                || chain.iter().any(|a: &Ancestor| a.pid == ppid)
-            {
+            if ppid == 0 || chain.len() == MAX_ANCESTRY || chain.iter().any(|a| a.pid == ppid) {
                 break;
             }
             let parent = self.get(ppid);
+            if chain.is_empty() {
+                chain.reserve(4);
+            }
             chain.push(Ancestor {
                 pid: ppid,
-                exe: parent.exe.clone(),
+                image: Arc::clone(&parent.image),
             });
             if ppid == 1 {
                 break;
@@ -217,9 +274,12 @@ fn from_proc(pid: u32) -> Process {
         .unwrap_or_default();
     Process {
         ppid,
-        exe: paths::read_proc_link(pid, "exe"),
-        sha256: None,
-        argv,
+        image: Arc::new(Image {
+            exe: paths::read_proc_link(pid, "exe"),
+            sha256: None,
+            argv,
+        }),
+        hash_tried: false,
         cwd: None,
         files: Vec::new(),
         exited: false,
@@ -248,28 +308,48 @@ mod tests {
         let mut t = ProcessTable::new();
         // Pids far above pid_max so /proc has nothing to say about them.
         let (a, b, c) = (4_000_000_001, 4_000_000_002, 4_000_000_003);
-        t.get(a).exe = Some("/sbin/init-ish".into());
+        t.get(a).image = Arc::new(Image {
+            exe: Some("/sbin/init-ish".into()),
+            ..Image::default()
+        });
         t.fork(a, b);
         t.exec(b, Some("/bin/sh".into()), None, vec![b"sh".to_vec()]);
         t.fork(b, c);
         t.exec(c, Some("/bin/true".into()), None, vec![]);
-        let chain = t.ancestry(c);
+        let chain: Vec<(u32, Option<PathBuf>)> = t
+            .ancestry(c)
+            .iter()
+            .map(|a| (a.pid, a.exe().map(Path::to_path_buf)))
+            .collect();
         assert_eq!(
             chain,
             vec![
-                Ancestor {
-                    pid: b,
-                    exe: Some("/bin/sh".into())
-                },
-                Ancestor {
-                    pid: a,
-                    exe: Some("/sbin/init-ish".into())
-                },
+                (b, Some("/bin/sh".into())),
+                (a, Some("/sbin/init-ish".into())),
             ]
         );
         t.set_cwd(b, "/tmp".into());
         t.fork(b, 4_000_000_004);
-        assert_eq!(t.cwd(4_000_000_004), Some(PathBuf::from("/tmp")));
+        assert_eq!(t.cwd(4_000_000_004).as_deref(), Some(Path::new("/tmp")));
+    }
+
+    #[test]
+    fn exited_processes_keep_only_what_ancestry_needs() {
+        let mut t = ProcessTable::new();
+        let (a, b) = (4_200_000_001, 4_200_000_002);
+        t.exec(a, Some("/bin/sh".into()), None, vec![b"sh".to_vec(); 100]);
+        t.get(a).opened(3, Path::new("/tmp/log"));
+        t.fork(a, b);
+        // Shared with a live child: left as it is.
+        t.exit(a);
+        assert_eq!(t.peek(a).unwrap().image.argv.len(), 100);
+        assert!(t.peek(a).unwrap().files.is_empty());
+        t.exec(b, Some("/bin/true".into()), None, vec![b"true".to_vec()]);
+        t.exit(b);
+        let gone = t.peek(b).unwrap();
+        assert!(gone.image.argv.is_empty());
+        assert_eq!(gone.image.exe.as_deref(), Some(Path::new("/bin/true")));
+        assert_eq!(t.ancestry(b)[0].exe(), Some(Path::new("/bin/sh")));
     }
 
     #[test]

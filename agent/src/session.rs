@@ -68,6 +68,7 @@ pub async fn run(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with the event loop")?;
+    release_startup_memory();
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -108,6 +109,17 @@ pub async fn run(
         pump.enricher.processes()
     );
     Ok(pump.stats)
+}
+
+/// Hands back to the kernel the heap that start-up used and freed (the parsed eBPF object and
+/// kernel BTF, several MiB): the allocator keeps freed memory for reuse otherwise, and it would
+/// stay resident for the life of the agent.
+fn release_startup_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free heap pages to the kernel; no live allocation moves.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Turns records into events and keeps the counts.

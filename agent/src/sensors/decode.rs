@@ -4,7 +4,10 @@
 //! against the record's size before use, and a record that does not make sense is an error
 //! value, never a panic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    mem::offset_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use picket_common::{
     EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOp, ForkEvent, NetEvent, NetOp,
@@ -52,9 +55,42 @@ pub struct Task {
     /// Nanoseconds since boot.
     pub boot_ns: u64,
     pub cgroup_id: u64,
-    pub comm: String,
+    pub comm: Comm,
     /// False for work done in interrupt context on behalf of no task.
     pub known: bool,
+}
+
+/// A task's command name as the kernel keeps it: up to [`COMM_LEN`] bytes, kept inline (no
+/// allocation per record) and turned into text only when printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    pub fn new(raw: &[u8; COMM_LEN]) -> Self {
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        Self {
+            bytes: *raw,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The name as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.text())
+    }
 }
 
 /// A decoded record.
@@ -125,12 +161,17 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     match kind {
         EventKind::Exec => {
             let min = EXEC_EVENT_FILENAME_OFFSET;
-            let e: ExecEvent = read_prefix(bytes, min).ok_or(DecodeError::Short {
-                kind,
-                len: bytes.len(),
-                min,
-            })?;
-            let filename_len = usize::from(e.filename_len);
+            if bytes.len() < min {
+                return Err(DecodeError::Short {
+                    kind,
+                    len: bytes.len(),
+                    min,
+                });
+            }
+            // Only the fixed fields are read: copying the whole record type would zero and
+            // copy kilobytes of buffers per record.
+            let filename_len =
+                usize::from(field::<u16>(bytes, offset_of!(ExecEvent, filename_len)));
             let filename = bytes
                 .get(min..min + filename_len)
                 .ok_or(DecodeError::BadLength {
@@ -140,17 +181,24 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                     len: bytes.len(),
                 })?
                 .to_vec();
-            let argv_len = usize::from(e.argv_len).min(ARGV_MAX);
-            let argv = split_argv(&e.argv[..argv_len], usize::from(e.argc));
+            let argv_len =
+                usize::from(field::<u16>(bytes, offset_of!(ExecEvent, argv_len))).min(ARGV_MAX);
+            let argv_at = offset_of!(ExecEvent, argv);
+            let argc = usize::from(field::<u16>(bytes, offset_of!(ExecEvent, argc)));
+            let argv = split_argv(&bytes[argv_at..argv_at + argv_len], argc);
             Ok(RawEvent::Exec(Exec {
                 task,
-                old_tid: e.old_tid,
+                old_tid: field(bytes, offset_of!(ExecEvent, old_tid)),
                 filename,
                 argv,
                 argv_truncated: header.flags & EXEC_FLAG_ARGV_TRUNCATED != 0,
                 argv_missing: header.flags & EXEC_FLAG_ARGV_MISSING != 0,
-                execveat: (header.flags & EXEC_FLAG_EXECVEAT != 0)
-                    .then_some((e.exec_fd, e.exec_at_flags)),
+                execveat: (header.flags & EXEC_FLAG_EXECVEAT != 0).then(|| {
+                    (
+                        field(bytes, offset_of!(ExecEvent, exec_fd)),
+                        field(bytes, offset_of!(ExecEvent, exec_at_flags)),
+                    )
+                }),
             }))
         }
         EventKind::Fork => {
@@ -186,22 +234,25 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         }
         EventKind::File => {
             let min = FILE_EVENT_PATH_OFFSET;
-            let e: FileEvent = read_prefix(bytes, min).ok_or(DecodeError::Short {
-                kind,
-                len: bytes.len(),
-                min,
-            })?;
-            let op = FileOp::from_u16(e.op).ok_or(DecodeError::UnknownOp {
+            if bytes.len() < min {
+                return Err(DecodeError::Short {
+                    kind,
+                    len: bytes.len(),
+                    min,
+                });
+            }
+            let raw_op = field::<u16>(bytes, offset_of!(FileEvent, op));
+            let op = FileOp::from_u16(raw_op).ok_or(DecodeError::UnknownOp {
                 what: "file operation",
-                value: e.op,
+                value: raw_op,
             })?;
-            let path_len = usize::from(e.path_len);
             let bad = |field, value| DecodeError::BadLength {
                 kind,
                 field,
                 value,
                 len: bytes.len(),
             };
+            let path_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path_len)));
             if path_len >= PATH_MAX {
                 return Err(bad("path", path_len));
             }
@@ -209,7 +260,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 .get(min..min + path_len)
                 .ok_or(bad("path", path_len))?
                 .to_vec();
-            let path2_len = usize::from(e.path2_len);
+            let path2_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path2_len)));
             let path2 = if path2_len > 0 {
                 bytes
                     .get(FILE_EVENT_PATH2_OFFSET..FILE_EVENT_PATH2_OFFSET + path2_len)
@@ -223,22 +274,21 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 op,
                 path,
                 path2,
-                dirfd: e.dirfd,
-                dirfd2: e.dirfd2,
+                dirfd: field(bytes, offset_of!(FileEvent, dirfd)),
+                dirfd2: field(bytes, offset_of!(FileEvent, dirfd2)),
                 fd_only: header.flags & FILE_FLAG_FD_ONLY != 0,
-                op_flags: e.op_flags,
-                mode: e.mode,
-                owner: e.owner,
-                group: e.group,
-                length: e.length,
-                ret: e.ret,
+                op_flags: field(bytes, offset_of!(FileEvent, op_flags)),
+                mode: field(bytes, offset_of!(FileEvent, mode)),
+                owner: field(bytes, offset_of!(FileEvent, owner)),
+                group: field(bytes, offset_of!(FileEvent, group)),
+                length: field(bytes, offset_of!(FileEvent, length)),
+                ret: field(bytes, offset_of!(FileEvent, ret)),
             }))
         }
     }
 }
 
 fn task(h: &EventHeader) -> Task {
-    let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
     Task {
         pid: h.tgid,
         tid: h.tid,
@@ -246,7 +296,7 @@ fn task(h: &EventHeader) -> Task {
         gid: h.gid,
         boot_ns: h.boot_ns,
         cgroup_id: h.cgroup_id,
-        comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
+        comm: Comm::new(&h.comm),
         known: h.flags & HEADER_FLAG_NO_TASK == 0,
     }
 }
@@ -280,26 +330,26 @@ fn split_argv(bytes: &[u8], argc: usize) -> Vec<Vec<u8>> {
     args
 }
 
-/// Reads a whole `T` from the start of `bytes`.
-fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
-    read_prefix(bytes, std::mem::size_of::<T>())
+/// Reads the integer at `offset` of a record whose fixed part (which holds `offset`) has been
+/// checked to be present; a record cut short reads as zero rather than panicking.
+fn field<T: Copy + Default>(bytes: &[u8], offset: usize) -> T {
+    let size = std::mem::size_of::<T>();
+    match bytes.get(offset..offset + size) {
+        // SAFETY: `T` is a plain integer type, valid for any bit pattern, and the slice holds
+        // exactly `size_of::<T>()` bytes; `read_unaligned` needs no alignment.
+        Some(b) => unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) },
+        None => T::default(),
+    }
 }
 
-/// Reads a `T` of which only the first `len` bytes are present (the rest of a variable-length
-/// record's buffer, which the kernel did not send, is zeroed).
-fn read_prefix<T: Copy>(bytes: &[u8], len: usize) -> Option<T> {
-    let size = std::mem::size_of::<T>();
-    if bytes.len() < len || len > size {
-        return None;
-    }
-    let mut value = std::mem::MaybeUninit::<T>::zeroed();
-    let take = bytes.len().min(size);
+/// Reads a whole `T` from the start of `bytes` (only small fixed-size records and the header
+/// are read this way).
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    let b = bytes.get(..std::mem::size_of::<T>())?;
     // SAFETY: `T` is one of the `#[repr(C)]` integer-only record types of `picket_common`, for
-    // which every bit pattern (including all zeroes) is valid; we copy at most `size` bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.as_mut_ptr().cast::<u8>(), take);
-        Some(value.assume_init())
-    }
+    // which every bit pattern is valid, and `b` holds `size_of::<T>()` bytes; `read_unaligned`
+    // needs no alignment.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
 
 #[cfg(test)]
@@ -348,7 +398,7 @@ mod tests {
         assert_eq!(f.op, FileOp::Unlink);
         assert_eq!(f.path, b"/etc/\xffpasswd");
         assert_eq!(f.task.pid, 42);
-        assert_eq!(f.task.comm, "sh");
+        assert_eq!(f.task.comm.text(), "sh");
     }
 
     #[test]

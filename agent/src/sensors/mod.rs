@@ -23,8 +23,10 @@ use thiserror::Error;
 pub use programs::SensorSet;
 use tracefs::{Tracefs, TracefsError};
 
-/// Default size of the ring buffer: room for several thousand typical records.
-pub const DEFAULT_RING_BUFFER_BYTES: u32 = 1 << 21;
+/// Default size of the ring buffer: room for about 7,000 typical records (a burst the agent
+/// absorbs while it catches up). The buffer is mapped into the agent twice (the kernel's
+/// wrap-around mapping), so it counts double in the agent's resident memory.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 1 << 20;
 
 /// The object built by `build.rs` (empty when built with `AYA_BUILD_SKIP`).
 static EMBEDDED_OBJECT: &[u8] =

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every benchmark and rewrites the figures in docs/PERFORMANCE.md (machine, kernel and
+# commit included): the agent's cost under storms, its event-rate ceiling and memory, hashing
+# and size (bench/agent.sh), then the integrity scan (bench/scan.sh). Needs root (the agent
+# loads its sensors; the scan drops the page cache). About 15 minutes.
+#
+# Usage: sudo bench/run.sh            the full run
+#        sudo bench/run.sh --smoke    a short run that checks the harness still works: small
+#                                     counts, one round, figures printed but not written to
+#                                     docs/PERFORMANCE.md (and not meaningful)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "the benchmarks load the agent's sensors: run them as root (sudo $0)" >&2
+    exit 1
+fi
+if [ "${1:-}" = --smoke ]; then
+    PICKET_BENCH_DOC="$(mktemp /tmp/picket-bench-doc.XXXXXX)"
+    export PICKET_BENCH_DOC PICKET_BENCH_PROFILE=debug
+    trap 'rm -f "$PICKET_BENCH_DOC"' EXIT
+    bash bench/agent.sh --smoke
+    bash bench/scan.sh 200 1
+    echo "smoke run done: the harness works (figures above are not meaningful)" >&2
+else
+    bash bench/agent.sh
+    bash bench/scan.sh
+fi
