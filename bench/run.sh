@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every benchmark and rewrites the figures in docs/PERFORMANCE.md (machine, kernel and
 # commit included): the agent's cost under storms, its event-rate ceiling and memory, hashing
-# and size (bench/agent.sh), then the integrity scan (bench/scan.sh). Needs root (the agent
+# and size (bench/agent.sh), the integrity scan (bench/scan.sh), then reporting over MQTT/TLS
+# (bench/report.sh). Needs root (the agent
 # loads its sensors; the scan drops the page cache). About 15 minutes.
 #
 # Usage: sudo bench/run.sh            the full run
@@ -21,8 +22,10 @@ if [ "${1:-}" = --smoke ]; then
     trap 'rm -f "$PICKET_BENCH_DOC"' EXIT
     bash bench/agent.sh --smoke
     bash bench/scan.sh 200 1
+    bash bench/report.sh --smoke
     echo "smoke run done: the harness works (figures above are not meaningful)" >&2
 else
     bash bench/agent.sh
     bash bench/scan.sh
+    bash bench/report.sh
 fi

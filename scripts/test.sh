@@ -45,6 +45,9 @@ cargo test --package picket-agent --locked -- --test-threads=4
 log "tests: backend (unit, then end to end against Mosquitto with mutual TLS)"
 cargo test --package picket-backend --locked
 
+log "bench: a smoke run of the benchmark harness (figures not meaningful, not asserted)"
+bash bench/run.sh --smoke
+
 log "the local fleet of scripts/run.sh: first run, an alert end to end, clean stop, second run"
 bash tests/fleet.sh
 
