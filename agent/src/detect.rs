@@ -150,7 +150,24 @@ impl Detector {
         }
         let actual = ctx.image.sha256;
         let actual_hex = || actual.as_ref().map(|d| crate::paths::hex(d));
-        match self.executables.get(exe) {
+        // A name the baseline does not list may be a link to one it does (`/usr/bin/awk` to
+        // `/usr/bin/mawk`, `/bin` to `/usr/bin`): the baseline records files where they live.
+        // Only looked up on a miss; the hash still decides, whatever the link points to now.
+        let resolved = (!self.executables.contains_key(exe)
+            && !self
+                .policy
+                .executable_globs
+                .iter()
+                .any(|g| g.glob.matches(exe)))
+        .then(|| std::fs::canonicalize(exe).ok())
+        .flatten()
+        .and_then(|p| p.to_str().map(str::to_string))
+        .filter(|p| p != exe);
+        let listed = self
+            .executables
+            .get(exe)
+            .or_else(|| resolved.as_deref().and_then(|r| self.executables.get(r)));
+        match listed {
             Some(expected) => {
                 if actual.as_ref() != Some(expected) {
                     out.push(draft(
@@ -164,11 +181,9 @@ impl Detector {
                 }
             }
             None => {
-                let glob = self
-                    .policy
-                    .executable_globs
-                    .iter()
-                    .find(|g| g.glob.matches(exe));
+                let glob = self.policy.executable_globs.iter().find(|g| {
+                    g.glob.matches(exe) || resolved.as_deref().is_some_and(|r| g.glob.matches(r))
+                });
                 if glob.is_none() {
                     out.push(draft(
                         Kind::UnknownExecutable,
@@ -587,6 +602,54 @@ glob = "/etc/init.d/*"
             ),
             vec![Kind::SuspiciousExec, Kind::UnknownExecutable]
         );
+    }
+
+    #[test]
+    fn a_link_to_a_listed_executable_is_that_executable() {
+        // Not under /tmp: that alone is suspicious.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(format!("picket-detect-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        std::fs::write(dir.join("real/tool"), b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("real/tool"), dir.join("tool")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("bin")).unwrap();
+        let real = dir.join("real/tool").canonicalize().unwrap();
+        let policy = picket_policy::load_toml(
+            &format!(
+                "[metadata]\nname = \"t\"\ndevice_class = \"c\"\nserial = 1\n\
+             created = \"2026-11-22T10:00:00Z\"\n\n[[executable]]\npath = \"{}\"\n\
+             sha256 = \"{}\"\n",
+                real.display(),
+                "a".repeat(64)
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let d = Detector::new(policy, Modes::default(), vec![]);
+        let exec = |path: &Path, sha: &str| {
+            kinds(
+                &d,
+                json!({"event":"exec","exe":path.to_str().unwrap(),"sha256":sha}),
+            )
+        };
+        let a = "a".repeat(64);
+        assert!(exec(&dir.join("tool"), &a).is_empty(), "a file link");
+        assert!(
+            exec(&dir.join("bin/tool"), &a).is_empty(),
+            "a directory link"
+        );
+        // The hash still decides.
+        assert_eq!(
+            exec(&dir.join("tool"), &"b".repeat(64)),
+            vec![Kind::ModifiedExecutable]
+        );
+        assert_eq!(
+            exec(&dir.join("missing"), &a),
+            vec![Kind::UnknownExecutable]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
