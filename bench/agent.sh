@@ -261,10 +261,11 @@ fi
 # Sizes.
 strip -o "$WORK/picket.stripped" "$PICKET"
 size_kib=$(($(stat -c %s "$WORK/picket.stripped") / 1024))
-if [ -f target/cross-sizes.txt ]; then
-    cross=$(sed 's/^/    /' target/cross-sizes.txt)
+if [ -f target/cross/sizes.tsv ]; then
+    cross=$(awk -F'\t' '{ printf "    %-32s %-14s %10s %10s  %s\n", $1, $2, $3, $4, $5 }' \
+        target/cross/sizes.tsv)
 else
-    cross="    not built (target/cross-sizes.txt is absent)"
+    cross="    not built (run \`scripts/cross.sh build\`, which writes target/cross/sizes.tsv)"
 fi
 
 machine="$(machine)"
@@ -320,7 +321,7 @@ Measured by \`bench/agent.sh\` on $today: $machine.
 | --- | --- | --- | --- |
 | SHA-256, one thread, $HASH_MIB MiB in memory (\`picket baseline scan\`, process start included) | $picket_mbs MB/s | $openssl_mbs MB/s (\`openssl speed -evp sha256\`, 16 KiB blocks) | $(ratio "$openssl_mbs" "$picket_mbs") |
 
-Stripped \`picket\` (x86_64, release): $size_kib KiB. ARM builds (from \`target/cross-sizes.txt\`):
+Stripped \`picket\` (x86_64, release): $size_kib KiB. ARM builds (from \`target/cross/sizes.tsv\`, written by \`scripts/cross.sh\`):
 
 $cross
 "
