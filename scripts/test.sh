@@ -47,6 +47,7 @@ cargo test --package picket-backend --locked
 
 log "bench: a smoke run of the benchmark harness (figures not meaningful, not asserted)"
 bash bench/run.sh --smoke
+bash bench/backend.sh --smoke
 
 log "the local fleet of scripts/run.sh: first run, an alert end to end, clean stop, second run"
 bash tests/fleet.sh
