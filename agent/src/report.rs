@@ -45,6 +45,10 @@ use crate::{
 /// Alerts published and not yet acknowledged, at most.
 pub const WINDOW: usize = 32;
 
+/// The shortest wait for an acknowledgement before a connection is deemed stuck; twice the
+/// keep-alive when that is longer.
+const STALL_MIN: Duration = Duration::from_secs(30);
+
 /// What the agent counts for its heartbeat.
 #[derive(Default)]
 pub struct Counters {
@@ -244,9 +248,11 @@ pub struct Reporter {
 }
 
 /// What went out on the current connection and awaits its packet id or acknowledgement.
-#[derive(Default)]
 struct Link {
     connected: bool,
+    /// When the connection last made progress (connected, a publish went out, an
+    /// acknowledgement came back).
+    progress: Instant,
     /// Publishes queued and not yet reported sent: `Some(seq)` for alerts.
     queued: VecDeque<Option<u64>>,
     /// Packet id → alert sequence number, for alerts sent and not yet acknowledged.
@@ -255,7 +261,26 @@ struct Link {
     last: Option<u64>,
 }
 
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            connected: false,
+            progress: Instant::now(),
+            queued: VecDeque::new(),
+            inflight: HashMap::new(),
+            last: None,
+        }
+    }
+}
+
 impl Link {
+    fn connected() -> Self {
+        Self {
+            connected: true,
+            ..Self::default()
+        }
+    }
+
     fn alerts_in_flight(&self) -> usize {
         self.inflight.len() + self.queued.iter().filter(|q| q.is_some()).count()
     }
@@ -323,6 +348,10 @@ impl Reporter {
     }
 
     /// Runs until `stop` is notified: then says goodbye (offline status) and returns.
+    ///
+    /// Each connection attempt gets a client of its own: nothing queued on a connection that
+    /// failed is replayed on the next one, so the order of "sent" reports on a connection is
+    /// the order of what this reporter queued on it (see [`Link`]).
     pub async fn run(self, stop: Arc<Notify>) {
         let mut v5 = self.config.protocol != Protocol::V311;
         let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
@@ -334,13 +363,14 @@ impl Reporter {
             // Capacity: the window of alerts plus the few other messages around them.
             let (client, mut events) = mqtt::connect(&self.config.options, v5, WINDOW + 16);
             let mut link = Link::default();
-            loop {
+            let failure = loop {
                 let result = {
                     let next = events.next();
                     tokio::pin!(next);
                     // The connection's future is never dropped half-way: other work happens
                     // while it waits, between its polls.
                     loop {
+                        let stalled = link.progress + self.stall_timeout();
                         tokio::select! {
                             biased;
                             r = &mut next => break Some(r),
@@ -350,6 +380,22 @@ impl Reporter {
                             }
                             _ = heartbeat.tick(), if link.connected => {
                                 self.heartbeat(&client, &mut link);
+                                if self.passed_over(&link) {
+                                    link.last = None;
+                                    self.fill(&client, &mut link);
+                                }
+                            }
+                            _ = tokio::time::sleep_until(stalled.into()),
+                                if link.connected && link.alerts_in_flight() > 0 =>
+                            {
+                                break Some(Err(mqtt::Failure {
+                                    message: format!(
+                                        "{} alert(s) published and not acknowledged for {}s",
+                                        link.alerts_in_flight(),
+                                        self.stall_timeout().as_secs()
+                                    ),
+                                    protocol: false,
+                                }));
                             }
                         }
                     }
@@ -360,10 +406,7 @@ impl Reporter {
                 };
                 match result {
                     Ok(Ev::Connected) => {
-                        link = Link {
-                            connected: true,
-                            ..Link::default()
-                        };
+                        link = Link::connected();
                         backoff.reset();
                         ever_connected = true;
                         if !was_connected {
@@ -383,14 +426,18 @@ impl Reporter {
                         self.status(&client, &mut link, Presence::Online);
                         self.fill(&client, &mut link);
                     }
-                    Ok(Ev::Sent { pkid }) => match link.queued.pop_front() {
-                        Some(Some(seq)) => {
-                            link.inflight.insert(pkid, seq);
+                    Ok(Ev::Sent { pkid }) => {
+                        link.progress = Instant::now();
+                        match link.queued.pop_front() {
+                            Some(Some(seq)) => {
+                                link.inflight.insert(pkid, seq);
+                            }
+                            Some(None) => {}
+                            None => log::debug!("publish {pkid} went out unannounced"),
                         }
-                        Some(None) => {}
-                        None => log::debug!("publish {pkid} went out unannounced"),
-                    },
+                    }
                     Ok(Ev::PubAck { pkid, refused }) => {
+                        link.progress = Instant::now();
                         if let Some(seq) = link.inflight.remove(&pkid) {
                             match refused {
                                 None => self.delivered(seq),
@@ -406,40 +453,70 @@ impl Reporter {
                         self.policy_message(&client, &mut link, &t, &payload);
                     }
                     Ok(Ev::Other | Ev::Disconnected) => {}
-                    Err(failure) => {
-                        link = Link::default();
-                        if was_connected || !ever_connected && backoff.next == backoff.min {
-                            log::warn!(
-                                "broker {}:{} unreachable: {}; alerts are kept in the spool",
-                                self.config.options.host,
-                                self.config.options.port,
-                                failure.message
-                            );
-                        } else {
-                            log::debug!("reconnecting failed: {}", failure.message);
-                        }
-                        was_connected = false;
-                        let switch = self.config.protocol == Protocol::Auto
-                            && failure.protocol
-                            && !ever_connected;
-                        let delay = backoff.delay();
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = stop.notified() => return,
-                        }
-                        if switch {
-                            v5 = !v5;
-                            log::info!(
-                                "the broker refused MQTT {}; trying {}",
-                                if v5 { "3.1.1" } else { "v5" },
-                                if v5 { "v5" } else { "3.1.1" }
-                            );
-                            break;
-                        }
-                    }
+                    Err(failure) => break failure,
                 }
+            };
+            // This connection is over: what it did not get acknowledged is still in the spool
+            // and goes out again, from the oldest, on the next one.
+            drop(link);
+            if was_connected || !ever_connected && backoff.next == backoff.min {
+                log::warn!(
+                    "broker {}:{} unreachable: {}; alerts are kept in the spool",
+                    self.config.options.host,
+                    self.config.options.port,
+                    failure.message
+                );
+            } else {
+                log::debug!("reconnecting failed: {}", failure.message);
+            }
+            was_connected = false;
+            let switch =
+                self.config.protocol == Protocol::Auto && failure.protocol && !ever_connected;
+            let delay = backoff.delay();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.notified() => return,
+            }
+            if switch {
+                v5 = !v5;
+                log::info!(
+                    "the broker refused MQTT {}; trying {}",
+                    if v5 { "3.1.1" } else { "v5" },
+                    if v5 { "v5" } else { "3.1.1" }
+                );
             }
         }
+    }
+
+    /// Whether, with nothing in flight, the spool still holds an alert this connection went
+    /// past without sending (it would otherwise wait for the next reconnection). Never
+    /// expected; checked with each heartbeat so that no such alert can stay behind.
+    fn passed_over(&self, link: &Link) -> bool {
+        let Some(last) = link.last else {
+            return false;
+        };
+        if link.alerts_in_flight() > 0 {
+            return false;
+        }
+        match self.shared.spool().peek(None, 1) {
+            Ok(oldest) => match oldest.first() {
+                Some(entry) if entry.seq <= last => {
+                    log::warn!(
+                        "alert #{} is still spooled behind #{last}; sending again from the oldest",
+                        entry.seq
+                    );
+                    true
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// How long alerts may wait for their acknowledgement before the connection is deemed
+    /// broken and replaced (everything unacknowledged then goes out again).
+    fn stall_timeout(&self) -> Duration {
+        (self.config.options.keep_alive * 2).max(STALL_MIN)
     }
 
     /// Publishes spooled alerts until the window is full.
