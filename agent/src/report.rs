@@ -259,6 +259,8 @@ struct Link {
     inflight: HashMap<u16, u64>,
     /// The highest alert sequence number queued on this connection.
     last: Option<u64>,
+    /// The broker refused an alert on this connection (it waits for the next one).
+    refused: bool,
 }
 
 impl Default for Link {
@@ -269,6 +271,7 @@ impl Default for Link {
             queued: VecDeque::new(),
             inflight: HashMap::new(),
             last: None,
+            refused: false,
         }
     }
 }
@@ -278,6 +281,20 @@ impl Link {
         Self {
             connected: true,
             ..Self::default()
+        }
+    }
+
+    /// Whether [`Link::passed_over`] is worth asking: alerts were sent, none is in flight,
+    /// none was refused.
+    fn may_have_passed_over(&self) -> bool {
+        self.last.is_some() && !self.refused && self.alerts_in_flight() == 0
+    }
+
+    /// Whether `oldest`, the oldest alert still spooled, is one this connection went past.
+    fn passed_over(&self, oldest: Option<u64>) -> bool {
+        match (self.last, oldest) {
+            (Some(last), Some(oldest)) => self.may_have_passed_over() && oldest <= last,
+            _ => false,
         }
     }
 
@@ -441,10 +458,13 @@ impl Reporter {
                         if let Some(seq) = link.inflight.remove(&pkid) {
                             match refused {
                                 None => self.delivered(seq),
-                                Some(reason) => log::error!(
-                                    "the broker refused alert #{seq} ({reason}); it stays in the \
-                                     spool and is sent again after the next reconnection"
-                                ),
+                                Some(reason) => {
+                                    link.refused = true;
+                                    log::error!(
+                                        "the broker refused alert #{seq} ({reason}); it stays in \
+                                         the spool and is sent again after the next reconnection"
+                                    );
+                                }
                             }
                         }
                         self.fill(&client, &mut link);
@@ -492,25 +512,21 @@ impl Reporter {
     /// past without sending (it would otherwise wait for the next reconnection). Never
     /// expected; checked with each heartbeat so that no such alert can stay behind.
     fn passed_over(&self, link: &Link) -> bool {
-        let Some(last) = link.last else {
+        if !link.may_have_passed_over() {
             return false;
+        }
+        let oldest = match self.shared.spool().peek(None, 1) {
+            Ok(oldest) => oldest.first().map(|e| e.seq),
+            Err(_) => return false,
         };
-        if link.alerts_in_flight() > 0 {
-            return false;
+        let passed = link.passed_over(oldest);
+        if let (true, Some(seq)) = (passed, oldest) {
+            log::warn!(
+                "alert #{seq} is still spooled behind #{}; sending again from the oldest",
+                link.last.unwrap_or_default()
+            );
         }
-        match self.shared.spool().peek(None, 1) {
-            Ok(oldest) => match oldest.first() {
-                Some(entry) if entry.seq <= last => {
-                    log::warn!(
-                        "alert #{} is still spooled behind #{last}; sending again from the oldest",
-                        entry.seq
-                    );
-                    true
-                }
-                _ => false,
-            },
-            Err(_) => false,
-        }
+        passed
     }
 
     /// How long alerts may wait for their acknowledgement before the connection is deemed
@@ -849,6 +865,28 @@ mod tests {
             fine
         );
         assert!(fit(fine, 10).is_err());
+    }
+
+    #[test]
+    fn an_alert_left_behind_is_noticed_only_when_nothing_is_in_flight() {
+        let mut link = Link::connected();
+        assert!(!link.passed_over(Some(1)), "nothing sent yet");
+        link.last = Some(10);
+        assert!(link.passed_over(Some(7)));
+        assert!(link.passed_over(Some(10)));
+        assert!(!link.passed_over(Some(11)), "a new alert, not sent yet");
+        assert!(!link.passed_over(None), "the spool is empty");
+        link.queued.push_back(Some(10));
+        assert!(!link.passed_over(Some(7)), "still in flight");
+        link.queued.clear();
+        link.inflight.insert(3, 10);
+        assert!(!link.passed_over(Some(7)), "still in flight");
+        link.inflight.clear();
+        link.refused = true;
+        assert!(
+            !link.passed_over(Some(7)),
+            "refused: waits for the next connection"
+        );
     }
 
     #[test]
