@@ -40,7 +40,7 @@ PROFILE=release
 [ "$SMOKE" = 1 ] && PROFILE=dev
 cargo build --locked --package picket-backend --bins --example bench_publish \
     $([ "$PROFILE" = release ] && echo --release) >&2
-OUT="$PWD/target/$([ "$PROFILE" = release ] && echo release || echo debug)"
+OUT="${CARGO_TARGET_DIR:-$PWD/target}/$([ "$PROFILE" = release ] && echo release || echo debug)"
 BACKEND="$OUT/picket-backend"
 PUBLISH="$OUT/examples/bench_publish"
 for tool in mosquitto openssl python3 curl; do
@@ -71,8 +71,9 @@ for i in $(seq "$DEVICES"); do
 done
 
 # Mosquitto as scripts/run.sh configures it (certificate CN as user name, per-device ACL),
-# without a limit on the messages queued for a slow subscriber (the default, 1000, would drop
-# what the backend has not taken yet).
+# with room for the whole burst in the queue of a slow subscriber (the default, 1000 beyond
+# the backend's receive maximum of 256, would drop what the backend has not taken yet; 0, no
+# limit, makes Mosquitto 2.0.11 drop connections, see docs/BACKEND.md).
 PORT=$(free_port)
 cat > acl <<EOF
 user picket-backend
@@ -96,7 +97,7 @@ require_certificate true
 use_identity_as_username true
 acl_file $WORK/acl
 persistence false
-max_queued_messages 0
+max_queued_messages 1000000
 log_dest file $WORK/mosquitto.log
 EOF
 mosquitto -c mosquitto.conf >/dev/null 2>&1 &

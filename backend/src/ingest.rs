@@ -337,10 +337,9 @@ async fn session(
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => {
-                if messages.send(publish).is_err() {
-                    // The store task ended: its result comes with the next turn.
-                    continue;
-                }
+                // Fails only when the store task has ended: its result comes with the next
+                // turn of the loop.
+                let _ = messages.send(publish);
             }
             Event::Incoming(Packet::Disconnect(d)) => {
                 break anyhow::anyhow!("the broker disconnected: {:?}", d.reason_code);
