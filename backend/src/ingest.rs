@@ -517,6 +517,54 @@ mod tests {
         assert_eq!(count("foreign_topic"), 1);
     }
 
+    /// A batch is stored in one transaction: all of it, or (when the store fails part way)
+    /// none of it, refusals included, so that the broker's redelivery counts nothing twice.
+    #[test]
+    fn a_batch_is_stored_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let store: Mutex<Box<dyn Store>> = Mutex::new(Box::new(SqliteStore::open(&path).unwrap()));
+        // The store fails on the third alert of gw-2, after writing others.
+        let admin = rusqlite::Connection::open(&path).unwrap();
+        admin
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON alerts
+                 WHEN NEW.device_id = 'gw-2' AND NEW.seq = 3
+                 BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+            )
+            .unwrap();
+        let publish = |device: &str, payload: Vec<u8>| {
+            Publish::new(
+                topic::topic(device, Channel::Alert),
+                QoS::AtLeastOnce,
+                payload,
+                None,
+            )
+        };
+        let mut batch = Vec::new();
+        for seq in 1..=3 {
+            for device in ["gw-2", "gw-1"] {
+                let alert = picket_proto::encode(Format::Postcard, device, &alert(seq)).unwrap();
+                batch.push(publish(device, alert));
+            }
+        }
+        batch.push(publish("gw-1", b"garbage".to_vec()));
+        let stored = |store: &Mutex<Box<dyn Store>>| {
+            let mut s = store.lock().unwrap();
+            let refused: u64 = s.refused().unwrap().iter().map(|r| r.count).sum();
+            (s.alerts(&AlertFilter::default()).unwrap().len(), refused)
+        };
+        let error = store_batch(&store, &batch).unwrap_err();
+        assert!(format!("{error:#}").contains("disk on fire"), "{error:#}");
+        assert_eq!(stored(&store), (0, 0), "nothing of the failed batch");
+        // Delivered again once the store works: all of it, once; then a duplicate.
+        admin.execute_batch("DROP TRIGGER fail").unwrap();
+        store_batch(&store, &batch).unwrap();
+        assert_eq!(stored(&store), (6, 1));
+        store_batch(&store, &batch[..2]).unwrap();
+        assert_eq!(stored(&store), (6, 1));
+    }
+
     #[test]
     fn subscribes_shared_except_to_statuses() {
         assert_eq!(
