@@ -122,6 +122,9 @@ require_certificate true
 use_identity_as_username true
 use_username_as_clientid true
 persistence false
+# The backend takes at most 256 messages at a time (its MQTT receive maximum); the broker
+# queues the rest of a burst for it, and past this limit drops them (docs/BACKEND.md).
+max_queued_messages 100000
 acl_file $FLEET/broker/acl
 log_dest file $FLEET/broker/mosquitto.log
 EOF

@@ -10,7 +10,7 @@ use picket_proto::topic::{self, Channel};
 use picket_proto::{Alert, Heartbeat, PolicyResult, Status, MAX_MESSAGE_BYTES};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use serde::de::DeserializeOwned;
 
@@ -238,6 +238,18 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The most QoS 1 messages the broker may have sent to the ingest without their
+/// acknowledgement (MQTT v5 receive maximum), and so the most one transaction stores. Large
+/// enough that a transaction's cost is spread over many messages and that the broker is
+/// not kept waiting for each commit; small enough that a batch (at most 256 messages of
+/// at most 256 KiB, typically under 1 KiB) stays a short transaction.
+pub const RECEIVE_MAXIMUM: u16 = 256;
+
+/// The capacity of rumqttc's request queue (the acknowledgements on their way to the
+/// connection). At most [`RECEIVE_MAXIMUM`] messages are unacknowledged at any time, so at
+/// most that many acknowledgements wait in it, with the subscription: twice that never fills.
+const REQUEST_CAPACITY: usize = 2 * RECEIVE_MAXIMUM as usize;
+
 /// Runs the ingest until the process ends: connects, subscribes, stores; reconnects with a
 /// doubling wait (1 s up to `max_backoff`) whenever the connection or the store fails.
 pub async fn run(config: MqttConfig, store: Arc<Mutex<Box<dyn Store>>>) -> anyhow::Result<()> {
@@ -247,12 +259,12 @@ pub async fn run(config: MqttConfig, store: Arc<Mutex<Box<dyn Store>>>) -> anyho
         .set_session_expiry_interval(Some(
             u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX),
         ))
+        .set_receive_maximum(Some(RECEIVE_MAXIMUM))
         .set_manual_acks(true);
     let filters = filters(&config.share_group);
     let mut backoff = Duration::from_secs(1);
     loop {
-        let (client, eventloop) = AsyncClient::new(options.clone(), 256);
-        let error = session(&client, eventloop, &filters, &store, &mut backoff).await;
+        let error = session(&options, &filters, &store, &mut backoff).await;
         log::warn!(
             "MQTT {}:{}: {error:#}; reconnecting in {}s",
             config.host,
@@ -264,18 +276,38 @@ pub async fn run(config: MqttConfig, store: Arc<Mutex<Box<dyn Store>>>) -> anyho
     }
 }
 
-/// One connection, until it fails.
+/// One connection, until it fails: this task polls the event loop without ever waiting for
+/// the store, and hands each message to [`storage`], which stores and acknowledges them.
+///
+/// The channel between them is unbounded so that this loop never waits on it: it must keep
+/// polling, since that is what sends the acknowledgements queued by [`storage`]. What it
+/// holds is bounded all the same, by the broker: no more than [`RECEIVE_MAXIMUM`] messages
+/// are unacknowledged, whether in the channel, being stored or with their acknowledgement
+/// queued.
 async fn session(
-    client: &AsyncClient,
-    mut eventloop: EventLoop,
+    options: &MqttOptions,
     filters: &[String],
     store: &Arc<Mutex<Box<dyn Store>>>,
     backoff: &mut Duration,
 ) -> anyhow::Error {
-    loop {
-        let event = match eventloop.poll().await {
+    let (client, mut eventloop) = AsyncClient::new(options.clone(), REQUEST_CAPACITY);
+    let (messages, received) = tokio::sync::mpsc::unbounded_channel();
+    let mut storing = tokio::spawn(storage(client.clone(), store.clone(), received));
+    let error = loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            ended = &mut storing => {
+                let error = match ended {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => anyhow::anyhow!("the store task ended"),
+                    Err(e) => anyhow::anyhow!("the store task failed: {e}"),
+                };
+                return error;
+            }
+        };
+        let event = match event {
             Ok(event) => event,
-            Err(e) => return e.into(),
+            Err(e) => break e.into(),
         };
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
@@ -288,7 +320,7 @@ async fn session(
                     .iter()
                     .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
                 if let Err(e) = client.try_subscribe_many(subscriptions) {
-                    return anyhow::anyhow!("subscribing: {e}");
+                    break anyhow::anyhow!("subscribing: {e}");
                 }
             }
             Event::Incoming(Packet::SubAck(ack)) => {
@@ -305,45 +337,106 @@ async fn session(
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => {
-                if let Err(e) = receive(client, store, publish).await {
-                    return e;
-                }
+                // Fails only when the store task has ended: its result comes with the next
+                // turn of the loop.
+                let _ = messages.send(publish);
             }
             Event::Incoming(Packet::Disconnect(d)) => {
-                return anyhow::anyhow!("the broker disconnected: {:?}", d.reason_code);
+                break anyhow::anyhow!("the broker disconnected: {:?}", d.reason_code);
             }
             _ => {}
         }
+    };
+    // The store task finishes the batch it has begun (its acknowledgements, if any, go
+    // nowhere: the broker delivers those messages again on the next connection, and they are
+    // stored once), so that it does not write after the next session's messages.
+    drop(eventloop);
+    drop(messages);
+    match storing.await {
+        Ok(Err(e)) => log::debug!("store task after the disconnection: {e:#}"),
+        Err(e) => log::error!("store task: {e}"),
+        Ok(Ok(())) => {}
     }
+    error
 }
 
-async fn receive(
-    client: &AsyncClient,
-    store: &Arc<Mutex<Box<dyn Store>>>,
-    publish: Publish,
-) -> Result<(), anyhow::Error> {
-    let topic_name = String::from_utf8_lossy(&publish.topic).to_string();
-    // The store may block (disk, network): off the async threads.
-    let outcome = {
-        let store = store.clone();
-        let topic_name = topic_name.clone();
-        let payload = publish.payload.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut store = store
-                .lock()
-                .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
-            handle(store.as_mut(), &topic_name, &payload, now_ms())
-        })
+/// Stores what [`session`] receives: everything already received (up to
+/// [`RECEIVE_MAXIMUM`]) in one transaction, then acknowledges each message. `Err` when the
+/// store failed (nothing of that batch is acknowledged: the broker delivers it again after
+/// the reconnection) or the connection is gone.
+async fn storage(
+    client: AsyncClient,
+    store: Arc<Mutex<Box<dyn Store>>>,
+    mut received: tokio::sync::mpsc::UnboundedReceiver<Publish>,
+) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(RECEIVE_MAXIMUM as usize);
+    while received
+        .recv_many(&mut batch, RECEIVE_MAXIMUM as usize)
         .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("store task: {e}")))
-    };
-    match outcome {
-        Ok(_) => client
-            .try_ack(&publish)
-            .map_err(|e| anyhow::anyhow!("acknowledging: {e}")),
-        // Not acknowledged: the broker delivers it again after the reconnection.
-        Err(e) => Err(e.context(format!("storing a message from `{topic_name}`"))),
+        > 0
+    {
+        let publishes = std::mem::take(&mut batch);
+        // The store may block (disk, network): off the async threads.
+        let (publishes, stored) = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let stored = store_batch(&store, &publishes);
+                (publishes, stored)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("store task: {e}"))?
+        };
+        stored?;
+        for publish in &publishes {
+            // Never waits in practice (see REQUEST_CAPACITY); fails only once the event loop
+            // is gone.
+            client
+                .ack(publish)
+                .await
+                .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
+        }
+        batch = publishes;
+        batch.clear();
     }
+    Ok(())
+}
+
+/// Stores `publishes` in one transaction, each as [`handle`] does.
+///
+/// In the order of their devices (each device's messages in the order received), so that two
+/// instances sharing a PostgreSQL store lock the `devices` rows in the same order and do not
+/// deadlock.
+pub fn store_batch(store: &Mutex<Box<dyn Store>>, publishes: &[Publish]) -> anyhow::Result<()> {
+    let mut order: Vec<(&[u8], usize)> = publishes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (device_part(&p.topic), i))
+        .collect();
+    order.sort();
+    let mut store = store
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
+    let started = std::time::Instant::now();
+    store.in_transaction(&mut |store| {
+        for &(_, i) in &order {
+            let publish = &publishes[i];
+            let topic_name = String::from_utf8_lossy(&publish.topic);
+            handle(store, &topic_name, &publish.payload, now_ms())
+                .map_err(|e| e.context(format!("storing a message from `{topic_name}`")))?;
+        }
+        Ok(())
+    })?;
+    log::debug!(
+        "stored {} message(s) in one transaction in {:?}",
+        publishes.len(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// The device id part of a topic (`picket/v1/<device>/...`), or the whole topic.
+fn device_part(topic: &[u8]) -> &[u8] {
+    topic.split(|b| *b == b'/').nth(2).unwrap_or(topic)
 }
 
 #[cfg(test)]
@@ -422,6 +515,54 @@ mod tests {
         assert_eq!(count("device_mismatch"), 1);
         assert_eq!(count("oversized"), 1);
         assert_eq!(count("foreign_topic"), 1);
+    }
+
+    /// A batch is stored in one transaction: all of it, or (when the store fails part way)
+    /// none of it, refusals included, so that the broker's redelivery counts nothing twice.
+    #[test]
+    fn a_batch_is_stored_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let store: Mutex<Box<dyn Store>> = Mutex::new(Box::new(SqliteStore::open(&path).unwrap()));
+        // The store fails on the third alert of gw-2, after writing others.
+        let admin = rusqlite::Connection::open(&path).unwrap();
+        admin
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON alerts
+                 WHEN NEW.device_id = 'gw-2' AND NEW.seq = 3
+                 BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+            )
+            .unwrap();
+        let publish = |device: &str, payload: Vec<u8>| {
+            Publish::new(
+                topic::topic(device, Channel::Alert),
+                QoS::AtLeastOnce,
+                payload,
+                None,
+            )
+        };
+        let mut batch = Vec::new();
+        for seq in 1..=3 {
+            for device in ["gw-2", "gw-1"] {
+                let alert = picket_proto::encode(Format::Postcard, device, &alert(seq)).unwrap();
+                batch.push(publish(device, alert));
+            }
+        }
+        batch.push(publish("gw-1", b"garbage".to_vec()));
+        let stored = |store: &Mutex<Box<dyn Store>>| {
+            let mut s = store.lock().unwrap();
+            let refused: u64 = s.refused().unwrap().iter().map(|r| r.count).sum();
+            (s.alerts(&AlertFilter::default()).unwrap().len(), refused)
+        };
+        let error = store_batch(&store, &batch).unwrap_err();
+        assert!(format!("{error:#}").contains("disk on fire"), "{error:#}");
+        assert_eq!(stored(&store), (0, 0), "nothing of the failed batch");
+        // Delivered again once the store works: all of it, once; then a duplicate.
+        admin.execute_batch("DROP TRIGGER fail").unwrap();
+        store_batch(&store, &batch).unwrap();
+        assert_eq!(stored(&store), (6, 1));
+        store_batch(&store, &batch[..2]).unwrap();
+        assert_eq!(stored(&store), (6, 1));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use postgres::{Client, NoTls, Row};
 use serde_json::Value;
 
 use crate::store::{
-    restart_gap, AlertFilter, AlertRow, DeviceRow, Gap, PolicyResultRow, RefusedRow, Store,
+    alerts_query, restart_gap, AlertFilter, AlertRow, DeviceRow, Gap, PolicyResultRow, QueryArg,
+    RefusedRow, Store,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -49,6 +50,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     PRIMARY KEY (device_id, seq)
 );
 CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received_ms);
+CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms);
+CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms);
 CREATE TABLE IF NOT EXISTS refused (
     reason TEXT NOT NULL,
     device_id TEXT NOT NULL,
@@ -87,6 +90,28 @@ fn opt_uint(v: Option<i64>) -> Option<u64> {
 pub struct PgStore {
     /// Always `Some` but in `drop`.
     client: Option<Client>,
+    /// In [`Store::in_transaction`]: the writes run in its transaction, not in their own.
+    in_batch: bool,
+}
+
+/// Runs `$body` (an `anyhow::Result`) with `$c` bound to a client in a transaction: the open
+/// one of [`Store::in_transaction`], or one of its own, committed when `$body` succeeds.
+macro_rules! write {
+    ($self:ident, |$c:ident| $body:expr) => {{
+        if $self.in_batch {
+            let $c = $self.client();
+            $body
+        } else {
+            let mut tx = $self.client().transaction()?;
+            let result: anyhow::Result<_> = {
+                let $c = &mut tx;
+                $body
+            };
+            let result = result?;
+            tx.commit()?;
+            Ok(result)
+        }
+    }};
 }
 
 impl Drop for PgStore {
@@ -128,6 +153,7 @@ impl PgStore {
         tx.commit()?;
         Ok(PgStore {
             client: Some(client),
+            in_batch: false,
         })
     }
 }
@@ -189,33 +215,33 @@ impl Store for PgStore {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()?;
-        let mut tx = self.client().transaction()?;
-        let inserted = tx.execute(
-            "INSERT INTO alerts (device_id, seq, boot_id, time_ms, received_ms, kind, severity,
+        write!(self, |tx| {
+            let inserted = tx.execute(
+                "INSERT INTO alerts (device_id, seq, boot_id, time_ms, received_ms, kind, severity,
                  rule, path, details, count, first_ms, last_ms, process, format)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (device_id, seq) DO NOTHING",
-            &[
-                &device_id,
-                &int(alert.seq),
-                &alert.boot_id,
-                &int(alert.time_ms),
-                &int(received_ms),
-                &alert.kind.name(),
-                &alert.severity.name(),
-                &alert.rule,
-                &alert.path,
-                &alert.details.0.to_string(),
-                &int(alert.count),
-                &int(alert.first_ms),
-                &int(alert.last_ms),
-                &process,
-                &format,
-            ],
-        )? == 1;
-        touch_device(&mut tx, device_id, received_ms)?;
-        tx.commit()?;
-        Ok(inserted)
+                &[
+                    &device_id,
+                    &int(alert.seq),
+                    &alert.boot_id,
+                    &int(alert.time_ms),
+                    &int(received_ms),
+                    &alert.kind.name(),
+                    &alert.severity.name(),
+                    &alert.rule,
+                    &alert.path,
+                    &alert.details.0.to_string(),
+                    &int(alert.count),
+                    &int(alert.first_ms),
+                    &int(alert.last_ms),
+                    &process,
+                    &format,
+                ],
+            )? == 1;
+            touch_device(tx, device_id, received_ms)?;
+            Ok(inserted)
+        })
     }
 
     fn record_heartbeat(
@@ -225,23 +251,23 @@ impl Store for PgStore {
         received_ms: u64,
     ) -> anyhow::Result<()> {
         let counters = crate::store::heartbeat_counters(hb).to_string();
-        let mut tx = self.client().transaction()?;
-        touch_device(&mut tx, device_id, received_ms)?;
-        tx.execute(
-            "UPDATE devices SET heartbeat_ms = $2, uptime_s = $3, agent_version = $4,
+        write!(self, |tx| {
+            touch_device(tx, device_id, received_ms)?;
+            tx.execute(
+                "UPDATE devices SET heartbeat_ms = $2, uptime_s = $3, agent_version = $4,
                  policy_serial = $5, counters = $6
              WHERE device_id = $1 AND (heartbeat_ms IS NULL OR heartbeat_ms <= $2)",
-            &[
-                &device_id,
-                &int(received_ms),
-                &int(hb.uptime_s),
-                &hb.agent_version,
-                &int(hb.policy_serial),
-                &counters,
-            ],
-        )?;
-        tx.commit()?;
-        Ok(())
+                &[
+                    &device_id,
+                    &int(received_ms),
+                    &int(hb.uptime_s),
+                    &hb.agent_version,
+                    &int(hb.policy_serial),
+                    &counters,
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     fn record_status(
@@ -254,24 +280,24 @@ impl Store for PgStore {
             Presence::Online => "online",
             Presence::Offline => "offline",
         };
-        let mut tx = self.client().transaction()?;
-        touch_device(&mut tx, device_id, received_ms)?;
-        tx.execute(
-            "UPDATE devices SET status = $2, status_ms = $3, agent_version = $4,
+        write!(self, |tx| {
+            touch_device(tx, device_id, received_ms)?;
+            tx.execute(
+                "UPDATE devices SET status = $2, status_ms = $3, agent_version = $4,
                  policy_serial = $5, policy_name = $6, boot_id = $7
              WHERE device_id = $1",
-            &[
-                &device_id,
-                &state,
-                &int(received_ms),
-                &status.agent_version,
-                &int(status.policy_serial),
-                &status.policy_name,
-                &status.boot_id,
-            ],
-        )?;
-        tx.commit()?;
-        Ok(())
+                &[
+                    &device_id,
+                    &state,
+                    &int(received_ms),
+                    &status.agent_version,
+                    &int(status.policy_serial),
+                    &status.policy_name,
+                    &status.boot_id,
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     fn insert_policy_result(
@@ -287,32 +313,32 @@ impl Store for PgStore {
             PolicyOutcome::Unchanged { serial } => ("unchanged", None, Some(int(*serial)), None),
             PolicyOutcome::Refused { reason } => ("refused", None, None, Some(reason.as_str())),
         };
-        let mut tx = self.client().transaction()?;
-        let inserted = tx.execute(
-            "INSERT INTO policy_results (device_id, bundle_sha256, time_ms, received_ms,
+        write!(self, |tx| {
+            let inserted = tx.execute(
+                "INSERT INTO policy_results (device_id, bundle_sha256, time_ms, received_ms,
                  outcome, name, serial, reason)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (device_id, bundle_sha256, time_ms) DO NOTHING",
-            &[
-                &device_id,
-                &result.bundle_sha256,
-                &int(result.time_ms),
-                &int(received_ms),
-                &outcome,
-                &name,
-                &serial,
-                &reason,
-            ],
-        )? == 1;
-        touch_device(&mut tx, device_id, received_ms)?;
-        if let PolicyOutcome::Applied { name, serial } = &result.outcome {
-            tx.execute(
-                "UPDATE devices SET policy_serial = $2, policy_name = $3 WHERE device_id = $1",
-                &[&device_id, &int(*serial), name],
-            )?;
-        }
-        tx.commit()?;
-        Ok(inserted)
+                &[
+                    &device_id,
+                    &result.bundle_sha256,
+                    &int(result.time_ms),
+                    &int(received_ms),
+                    &outcome,
+                    &name,
+                    &serial,
+                    &reason,
+                ],
+            )? == 1;
+            touch_device(tx, device_id, received_ms)?;
+            if let PolicyOutcome::Applied { name, serial } = &result.outcome {
+                tx.execute(
+                    "UPDATE devices SET policy_serial = $2, policy_name = $3 WHERE device_id = $1",
+                    &[&device_id, &int(*serial), name],
+                )?;
+            }
+            Ok(inserted)
+        })
     }
 
     fn count_refused(
@@ -337,17 +363,37 @@ impl Store for PgStore {
     }
 
     fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64> {
-        let mut tx = self.client().transaction()?;
-        let alerts = tx.execute(
-            "DELETE FROM alerts WHERE received_ms < $1",
-            &[&int(before_ms)],
-        )?;
-        tx.execute(
-            "DELETE FROM policy_results WHERE received_ms < $1",
-            &[&int(before_ms)],
-        )?;
-        tx.commit()?;
-        Ok(alerts)
+        write!(self, |tx| {
+            let alerts = tx.execute(
+                "DELETE FROM alerts WHERE received_ms < $1",
+                &[&int(before_ms)],
+            )?;
+            tx.execute(
+                "DELETE FROM policy_results WHERE received_ms < $1",
+                &[&int(before_ms)],
+            )?;
+            Ok(alerts)
+        })
+    }
+
+    fn in_transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.in_batch, "transactions do not nest");
+        self.client().batch_execute("BEGIN")?;
+        self.in_batch = true;
+        let result = f(self);
+        self.in_batch = false;
+        match result {
+            // A transaction in which a statement failed is rolled back by COMMIT without an
+            // error: `f` passes every error on, so that this does not happen unnoticed.
+            Ok(()) => Ok(self.client().batch_execute("COMMIT")?),
+            Err(e) => {
+                let _ = self.client().batch_execute("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     fn devices(
@@ -396,22 +442,19 @@ impl Store for PgStore {
     }
 
     fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
-        let rows = self.client().query(
-            "SELECT device_id, seq, boot_id, time_ms, received_ms, kind, severity, rule, path,
-                    details, count, first_ms, last_ms, process, format
-             FROM alerts
-             WHERE ($1::TEXT IS NULL OR device_id = $1) AND ($2::BIGINT IS NULL OR received_ms >= $2)
-               AND ($3::TEXT IS NULL OR kind = $3) AND ($4::TEXT IS NULL OR severity = $4)
-             ORDER BY received_ms DESC, device_id, seq DESC
-             LIMIT $5",
-            &[
-                &filter.device,
-                &filter.since_ms.map(int),
-                &filter.kind,
-                &filter.severity,
-                &filter.limit.map(int),
-            ],
-        )?;
+        let (sql, args) = alerts_query(filter, |n| format!("${n}"));
+        let args: Vec<Box<dyn postgres::types::ToSql + Sync>> = args
+            .into_iter()
+            .map(|a| -> Box<dyn postgres::types::ToSql + Sync> {
+                match a {
+                    QueryArg::Text(t) => Box::new(t),
+                    QueryArg::Int(i) => Box::new(i),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            args.iter().map(|a| a.as_ref()).collect();
+        let rows = self.client().query(&sql, &refs)?;
         Ok(rows.iter().map(alert_row).collect())
     }
 

@@ -119,6 +119,61 @@ pub struct AlertFilter {
     pub limit: Option<u64>,
 }
 
+/// A value bound to a query built by [`alerts_query`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum QueryArg {
+    Text(String),
+    Int(i64),
+}
+
+/// The alerts query for `filter`, with a `WHERE` clause of only the filters given (so that an
+/// index bounds what is read: `(device_id, received_ms)`, `(kind, received_ms)` or
+/// `(received_ms)`) and an order every one of these indexes gives when read backwards (ties
+/// on `received_ms` by device id, then sequence number: the primary key's columns, which end
+/// every index entry). `placeholder(n)` writes the n-th parameter (1-based): `?n` or `$n`.
+pub(crate) fn alerts_query(
+    filter: &AlertFilter,
+    placeholder: fn(usize) -> String,
+) -> (String, Vec<QueryArg>) {
+    let mut clauses = Vec::new();
+    let mut args = Vec::new();
+    let mut bind = |column: &str, op: &str, arg: QueryArg| {
+        args.push(arg);
+        clauses.push(format!("{column} {op} {}", placeholder(args.len())));
+    };
+    if let Some(device) = &filter.device {
+        bind("device_id", "=", QueryArg::Text(device.clone()));
+    }
+    if let Some(since) = filter.since_ms {
+        bind(
+            "received_ms",
+            ">=",
+            QueryArg::Int(i64::try_from(since).unwrap_or(i64::MAX)),
+        );
+    }
+    if let Some(kind) = &filter.kind {
+        bind("kind", "=", QueryArg::Text(kind.clone()));
+    }
+    if let Some(severity) = &filter.severity {
+        bind("severity", "=", QueryArg::Text(severity.clone()));
+    }
+    let mut sql = String::from(
+        "SELECT device_id, seq, boot_id, time_ms, received_ms, kind, severity, rule, path,
+                details, count, first_ms, last_ms, process, format
+         FROM alerts",
+    );
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    sql.push_str(" ORDER BY received_ms DESC, device_id DESC, seq DESC");
+    if let Some(limit) = filter.limit {
+        args.push(QueryArg::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" LIMIT {}", placeholder(args.len())));
+    }
+    (sql, args)
+}
+
 /// The storage the backend needs; SQLite is the default implementation.
 pub trait Store: Send {
     /// Stores an alert; `false` when `(device_id, seq)` was already stored.
@@ -159,13 +214,22 @@ pub trait Store: Send {
     ) -> anyhow::Result<()>;
     /// Deletes alerts and policy results received before `before_ms`; returns how many alerts.
     fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64>;
+    /// Runs `f` in one transaction: what it writes through the store it is given is committed
+    /// together when it returns `Ok`, and rolled back (nothing written) when it returns `Err`.
+    /// `f` must pass on every error of the store (a statement that failed may have aborted the
+    /// transaction). The ingest stores each batch of messages this way.
+    fn in_transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()>;
 
     fn devices(
         &mut self,
         now_ms: u64,
         heartbeat_timeout: Duration,
     ) -> anyhow::Result<Vec<DeviceRow>>;
-    /// Newest first.
+    /// Newest first: by `received_ms`, then device id and sequence number, all descending
+    /// (the order of the indexes that serve the filters).
     fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>>;
     fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>>;
     fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>>;
@@ -272,6 +336,8 @@ CREATE TABLE alerts (
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX alerts_received ON alerts (received_ms);
+CREATE INDEX alerts_device_received ON alerts (device_id, received_ms);
+CREATE INDEX alerts_kind_received ON alerts (kind, received_ms);
 CREATE TABLE refused (
     reason TEXT NOT NULL,
     device_id TEXT NOT NULL,
@@ -293,6 +359,13 @@ CREATE TABLE policy_results (
     reason TEXT,
     PRIMARY KEY (device_id, bundle_sha256, time_ms)
 );
+";
+
+/// Indexes added after the first schema: created when a database is opened (a no-op once they
+/// exist; the first open of a large store built without them takes a while).
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms);
+CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms);
 ";
 
 /// SQLite integers are signed: values above `i64::MAX` (never produced by a sane device, but
@@ -361,7 +434,10 @@ impl SqliteStore {
                 })
                 .context("creating the schema")?;
             }
-            SCHEMA_VERSION => {}
+            SCHEMA_VERSION => {
+                conn.execute_batch(INDEXES)
+                    .context("creating the indexes")?;
+            }
             other => anyhow::bail!(
                 "schema version {other} is newer than this backend's ({SCHEMA_VERSION})"
             ),
@@ -387,7 +463,7 @@ impl Store for SqliteStore {
         format: &str,
         received_ms: u64,
     ) -> anyhow::Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let process = alert
             .process
             .as_ref()
@@ -491,7 +567,7 @@ impl Store for SqliteStore {
             PolicyOutcome::Unchanged { serial } => ("unchanged", None, Some(*serial), None),
             PolicyOutcome::Refused { reason } => ("refused", None, None, Some(reason.as_str())),
         };
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO policy_results (device_id, bundle_sha256, time_ms,
                  received_ms, outcome, name, serial, reason)
@@ -543,7 +619,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let alerts = tx.execute(
             "DELETE FROM alerts WHERE received_ms < ?1",
             params![int(before_ms)],
@@ -554,6 +630,30 @@ impl Store for SqliteStore {
         )?;
         tx.commit()?;
         Ok(alerts as u64)
+    }
+
+    fn in_transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        // IMMEDIATE: take the write lock now (waiting up to the busy timeout) rather than fail
+        // to upgrade a read transaction later. The methods use savepoints, which nest in it.
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(()) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(e)
+            }
+        }
     }
 
     fn devices(
@@ -594,46 +694,33 @@ impl Store for SqliteStore {
     }
 
     fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT device_id, seq, boot_id, time_ms, received_ms, kind, severity, rule, path,
-                    details, count, first_ms, last_ms, process, format
-             FROM alerts
-             WHERE (?1 IS NULL OR device_id = ?1) AND (?2 IS NULL OR received_ms >= ?2)
-               AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR severity = ?4)
-             ORDER BY received_ms DESC, device_id, seq DESC
-             LIMIT ?5",
-        )?;
-        let limit = filter.limit.map(int).unwrap_or(-1);
-        let rows = stmt.query_map(
-            params![
-                filter.device,
-                filter.since_ms.map(int),
-                filter.kind,
-                filter.severity,
-                limit
-            ],
-            |r| {
-                let details: String = r.get(9)?;
-                let process: Option<String> = r.get(13)?;
-                Ok(AlertRow {
-                    device_id: r.get(0)?,
-                    seq: uint(r.get(1)?),
-                    boot_id: r.get(2)?,
-                    time_ms: uint(r.get(3)?),
-                    received_ms: uint(r.get(4)?),
-                    kind: r.get(5)?,
-                    severity: r.get(6)?,
-                    rule: r.get(7)?,
-                    path: r.get(8)?,
-                    details: serde_json::from_str(&details).unwrap_or(Value::String(details)),
-                    count: uint(r.get(10)?),
-                    first_ms: uint(r.get(11)?),
-                    last_ms: uint(r.get(12)?),
-                    process: process.map(|p| serde_json::from_str(&p).unwrap_or(Value::String(p))),
-                    format: r.get(14)?,
-                })
-            },
-        )?;
+        let (sql, args) = alerts_query(filter, |n| format!("?{n}"));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let args = args.into_iter().map(|a| match a {
+            QueryArg::Text(t) => rusqlite::types::Value::Text(t),
+            QueryArg::Int(i) => rusqlite::types::Value::Integer(i),
+        });
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            let details: String = r.get(9)?;
+            let process: Option<String> = r.get(13)?;
+            Ok(AlertRow {
+                device_id: r.get(0)?,
+                seq: uint(r.get(1)?),
+                boot_id: r.get(2)?,
+                time_ms: uint(r.get(3)?),
+                received_ms: uint(r.get(4)?),
+                kind: r.get(5)?,
+                severity: r.get(6)?,
+                rule: r.get(7)?,
+                path: r.get(8)?,
+                details: serde_json::from_str(&details).unwrap_or(Value::String(details)),
+                count: uint(r.get(10)?),
+                first_ms: uint(r.get(11)?),
+                last_ms: uint(r.get(12)?),
+                process: process.map(|p| serde_json::from_str(&p).unwrap_or(Value::String(p))),
+                format: r.get(14)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -809,6 +896,79 @@ mod tests {
         );
     }
 
+    fn ties_are_ordered_by_device_then_sequence_descending(s: &mut dyn Store) {
+        for (device, seq) in [("gw-1", 1), ("gw-2", 1), ("gw-1", 2), ("gw-3", 9)] {
+            s.insert_alert(device, &alert(seq), "postcard", 5).unwrap();
+        }
+        s.insert_alert("gw-1", &alert(3), "postcard", 4).unwrap();
+        let order: Vec<(String, u64)> = s
+            .alerts(&AlertFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.device_id, a.seq))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("gw-3".into(), 9),
+                ("gw-2".into(), 1),
+                ("gw-1".into(), 2),
+                ("gw-1".into(), 1),
+                ("gw-1".into(), 3)
+            ]
+        );
+    }
+
+    fn a_transaction_commits_all_or_nothing(s: &mut dyn Store) {
+        let hb = Heartbeat {
+            time_ms: 1,
+            uptime_s: 1,
+            agent_version: "0.1.0".into(),
+            policy_serial: 1,
+            rss_bytes: 1,
+            sensors: Vec::new(),
+            alerts: AlertCounters::default(),
+            spool_pending: 0,
+            spool_bytes: 0,
+        };
+        // A failure after some writes: none of them stays.
+        let failed = s.in_transaction(&mut |t| {
+            assert!(t.insert_alert("gw-1", &alert(1), "postcard", 10)?);
+            t.record_heartbeat("gw-2", &hb, 10)?;
+            t.record_status("gw-3", &status(Presence::Online), 10)?;
+            t.count_refused("malformed", Some("gw-1"), "picket/v1/gw-1/alert", "bad", 10)?;
+            anyhow::bail!("the store failed")
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "the store failed");
+        assert!(s.alerts(&AlertFilter::default()).unwrap().is_empty());
+        assert!(s.devices(10, Duration::from_secs(60)).unwrap().is_empty());
+        assert!(s.refused().unwrap().is_empty());
+        // The same again, committed; then a duplicate in a second transaction.
+        let mut new = Vec::new();
+        s.in_transaction(&mut |t| {
+            for seq in 1..=3 {
+                new.push(t.insert_alert("gw-1", &alert(seq), "postcard", 10 + seq)?);
+            }
+            t.record_heartbeat("gw-2", &hb, 10)?;
+            t.count_refused("malformed", Some("gw-1"), "picket/v1/gw-1/alert", "bad", 10)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(new, [true, true, true]);
+        s.in_transaction(&mut |t| {
+            new.push(t.insert_alert("gw-1", &alert(2), "postcard", 20)?);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(new.last(), Some(&false));
+        assert_eq!(count(s, "gw-1"), 3);
+        assert_eq!(s.devices(10, Duration::from_secs(60)).unwrap().len(), 2);
+        assert_eq!(s.refused().unwrap()[0].count, 1);
+        // Writes outside a transaction still commit on their own.
+        assert!(s.insert_alert("gw-1", &alert(4), "postcard", 30).unwrap());
+        assert_eq!(count(s, "gw-1"), 4);
+    }
+
     fn gaps_are_computed_per_device(s: &mut dyn Store) {
         for seq in [1, 2, 3, 7, 8, 10] {
             s.insert_alert("gw-1", &alert(seq), "postcard", 1).unwrap();
@@ -948,6 +1108,116 @@ mod tests {
         assert_eq!(d.policy_name.as_deref(), Some("p2"));
     }
 
+    /// Each combination of filters reads through an index that bounds it and gives the order
+    /// asked for: no full scan, no sort.
+    #[test]
+    fn alert_queries_use_an_index_for_their_filters_and_order() {
+        let mut s = SqliteStore::memory().unwrap();
+        for seq in 1..=20 {
+            s.insert_alert(&format!("gw-{}", seq % 3), &alert(seq), "json", seq)
+                .unwrap();
+        }
+        let text = |v: &str| Some(v.to_string());
+        let cases = [
+            (AlertFilter::default(), "alerts_received"),
+            (
+                AlertFilter {
+                    since_ms: Some(5),
+                    ..Default::default()
+                },
+                "alerts_received (received_ms>?)",
+            ),
+            (
+                AlertFilter {
+                    device: text("gw-1"),
+                    ..Default::default()
+                },
+                "alerts_device_received (device_id=?)",
+            ),
+            (
+                AlertFilter {
+                    device: text("gw-1"),
+                    since_ms: Some(5),
+                    ..Default::default()
+                },
+                "alerts_device_received (device_id=? AND received_ms>?)",
+            ),
+            (
+                AlertFilter {
+                    kind: text("agent_tamper"),
+                    since_ms: Some(5),
+                    ..Default::default()
+                },
+                "alerts_kind_received (kind=? AND received_ms>?)",
+            ),
+            (
+                AlertFilter {
+                    kind: text("agent_tamper"),
+                    limit: Some(3),
+                    ..Default::default()
+                },
+                "alerts_kind_received (kind=?)",
+            ),
+            (
+                AlertFilter {
+                    severity: text("high"),
+                    limit: Some(3),
+                    ..Default::default()
+                },
+                "alerts_received",
+            ),
+        ];
+        for (filter, index) in cases {
+            let (sql, args) = alerts_query(&filter, |n| format!("?{n}"));
+            let args = args.into_iter().map(|a| match a {
+                QueryArg::Text(t) => rusqlite::types::Value::Text(t),
+                QueryArg::Int(i) => rusqlite::types::Value::Integer(i),
+            });
+            let mut stmt = s
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(
+                plan.contains(&format!("USING INDEX {index}")) && !plan.contains("TEMP B-TREE"),
+                "{filter:?}: {plan}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_indexes_are_added_to_an_existing_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.conn
+            .execute_batch("DROP INDEX alerts_device_received; DROP INDEX alerts_kind_received")
+            .unwrap();
+        drop(s);
+        let s = SqliteStore::open_existing(&path).unwrap();
+        let indexes: Vec<String> = s
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'alerts' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "alerts_device_received",
+                "alerts_kind_received",
+                "alerts_received"
+            ]
+        );
+    }
+
     #[test]
     fn a_file_database_is_reopened_and_a_missing_one_is_not_created() {
         let dir = tempfile::tempdir().unwrap();
@@ -977,6 +1247,14 @@ mod tests {
             alerts_are_stored_once_with_their_context,
         ),
         ("queries_filter_and_order", queries_filter_and_order),
+        (
+            "ties_are_ordered_by_device_then_sequence_descending",
+            ties_are_ordered_by_device_then_sequence_descending,
+        ),
+        (
+            "a_transaction_commits_all_or_nothing",
+            a_transaction_commits_all_or_nothing,
+        ),
         ("gaps_are_computed_per_device", gaps_are_computed_per_device),
         (
             "retention_deletes_old_alerts_only",
