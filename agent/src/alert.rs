@@ -143,9 +143,14 @@ fn process_context(p: &Map<String, Value>) -> picket_proto::ProcessContext {
 /// Where alerts go: JSON lines, the spool of the MQTT reporter.
 pub trait AlertSink {
     fn send(&mut self, alert: &Alert) -> anyhow::Result<()>;
-    /// Makes what was sent durable (called once per batch of events).
+    /// Hands what was sent on to be made durable (called once per batch of events); must
+    /// not wait for the disk where that can be avoided.
     fn flush(&mut self) -> anyhow::Result<()> {
         Ok(())
+    }
+    /// Makes what was sent durable before returning (at shutdown).
+    fn sync(&mut self) -> anyhow::Result<()> {
+        self.flush()
     }
     /// Alerts this sink had to give up (a full spool) since the last call.
     fn take_dropped(&mut self) -> u64 {
@@ -304,10 +309,19 @@ impl Alerter {
         &self.boot_id
     }
 
-    /// Makes every alert sent so far durable in the sinks that keep them (the spool).
+    /// Hands every alert sent so far on to the sinks' storage (the spool writes it in the
+    /// background).
     pub fn flush_sinks(&mut self) -> anyhow::Result<()> {
         for sink in &mut self.sinks {
             sink.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every alert sent so far durable in the sinks that keep them, waiting for it.
+    pub fn sync_sinks(&mut self) -> anyhow::Result<()> {
+        for sink in &mut self.sinks {
+            sink.sync()?;
         }
         Ok(())
     }
@@ -423,6 +437,8 @@ impl Alerter {
 
     /// Reports the alerts the spool dropped since the last report, as one alert.
     fn report_dropped(&mut self) -> anyhow::Result<()> {
+        // The spool makes room as it writes, after the alerts were emitted.
+        self.dropped_unreported += self.sinks.iter_mut().map(|s| s.take_dropped()).sum::<u64>();
         let dropped = std::mem::take(&mut self.dropped_unreported);
         if dropped == 0 {
             return Ok(());

@@ -68,7 +68,8 @@ impl Counters {
     }
 }
 
-/// State shared by the detection loop (which spools alerts) and the reporter (which sends them).
+/// State shared by the detection loop (which raises alerts), the spool writer (which makes
+/// them durable) and the reporter (which sends them).
 pub struct Shared {
     pub counters: Arc<Counters>,
     pub spool: Mutex<Spool>,
@@ -76,6 +77,8 @@ pub struct Shared {
     pub wake: Notify,
     /// Name and serial of the policy in force.
     pub policy: Mutex<(String, u64)>,
+    /// Alerts the spool dropped to make room, not yet reported by an `alerts_dropped` alert.
+    dropped: AtomicU64,
 }
 
 impl Shared {
@@ -85,13 +88,25 @@ impl Shared {
             spool: Mutex::new(spool),
             wake: Notify::new(),
             policy: Mutex::new(policy),
+            dropped: AtomicU64::new(0),
         })
     }
 
+    /// The spool, waiting for it if the writer holds it.
     fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
         // A panic while holding the lock would already have ended the agent (panics abort the
         // runtime's only thread); the data is still consistent on disk.
         self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The spool if it is free now: the event loop's thread never waits for the writer's
+    /// `fdatasync`.
+    fn try_spool(&self) -> Option<std::sync::MutexGuard<'_, Spool>> {
+        match self.spool.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     fn policy(&self) -> (String, u64) {
@@ -102,39 +117,132 @@ impl Shared {
     }
 }
 
-/// The alert sink that writes to the spool: the alert is durable once `flush` returns.
-pub struct SpoolSink {
-    shared: Arc<Shared>,
-    dirty: bool,
+/// An alert on its way to the spool.
+struct Spooled {
+    seq: u64,
+    severity: u8,
+    body: Vec<u8>,
 }
 
-impl SpoolSink {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            shared,
-            dirty: false,
+/// What the detection loop hands to the spool writer.
+enum ToWriter {
+    /// Alerts to spool and make durable, in sequence order.
+    Alerts(Vec<Spooled>),
+    /// Make everything durable, then answer.
+    Sync(std::sync::mpsc::SyncSender<()>),
+}
+
+/// How often the writer makes acknowledgements durable (tombstones) when no alert comes, and
+/// tries again after a failed write.
+const WRITER_IDLE: Duration = Duration::from_secs(1);
+
+/// The spool writer: a thread that pushes alerts into the spool and makes them durable (one
+/// write and one `fdatasync` for all that arrived meanwhile), so that the event loop, which
+/// reads the sensors' ring buffer, never waits for the disk. Ends when its sender is dropped,
+/// after a last flush.
+fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWriter>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut failures: u64 = 0;
+    loop {
+        let mut alerts = Vec::new();
+        let mut syncs = Vec::new();
+        let mut take = |m: ToWriter| match m {
+            ToWriter::Alerts(mut a) => alerts.append(&mut a),
+            ToWriter::Sync(answer) => syncs.push(answer),
+        };
+        let last = match from_loop.recv_timeout(WRITER_IDLE) {
+            Ok(m) => {
+                take(m);
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        while let Ok(m) = from_loop.try_recv() {
+            take(m);
+        }
+        let pushed = !alerts.is_empty();
+        let flushed = {
+            let mut spool = shared.spool();
+            for a in alerts {
+                match spool.push(a.seq, a.severity, &a.body) {
+                    Ok(()) => Counters::add(&shared.counters.spooled, 1),
+                    Err(e) => {
+                        log::error!("alert #{} cannot be spooled: {e:#}", a.seq);
+                        Counters::add(&shared.counters.dropped, 1);
+                    }
+                }
+            }
+            shared.dropped.fetch_add(spool.take_dropped(), Relaxed);
+            // Also what the reporter acknowledged meanwhile (a no-op when there is nothing).
+            spool.flush()
+        };
+        match flushed {
+            Ok(()) => {
+                if failures > 0 {
+                    log::info!("the spool is written to disk again");
+                }
+                failures = 0;
+                if pushed {
+                    shared.wake.notify_one();
+                }
+            }
+            // A full or failing disk: the batch stays buffered in the spool and the next round
+            // tries again. Nothing unflushed is ever published.
+            Err(e) => {
+                if failures % 60 == 0 {
+                    log::error!("writing the spool to disk: {e:#}");
+                }
+                failures += 1;
+            }
+        }
+        for answer in syncs {
+            let _ = answer.send(());
+        }
+        if last {
+            return;
         }
     }
 }
 
+/// The alert sink that spools: alerts go to the spool writer's thread with each flush, and
+/// are durable when `sync` returns.
+pub struct SpoolSink {
+    shared: Arc<Shared>,
+    batch: Vec<Spooled>,
+    max_payload: usize,
+    writer: std::sync::mpsc::Sender<ToWriter>,
+}
+
+impl SpoolSink {
+    /// Starts the spool writer's thread.
+    pub fn new(shared: Arc<Shared>) -> anyhow::Result<Self> {
+        let (writer, from_loop) = std::sync::mpsc::channel();
+        let max_payload = shared.spool().max_payload();
+        let for_writer = shared.clone();
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || spool_writer(for_writer, from_loop))
+            .context("starting the spool writer's thread")?;
+        Ok(Self {
+            shared,
+            batch: Vec::new(),
+            max_payload,
+            writer,
+        })
+    }
+}
+
 impl AlertSink for SpoolSink {
-    /// Never fails the detection loop: an alert the spool cannot take is logged and counted as
-    /// dropped (the heartbeat shows it).
+    /// Never fails the detection loop: an alert that cannot be spooled is logged and counted
+    /// as dropped (the heartbeat shows it).
     fn send(&mut self, alert: &alert::Alert) -> anyhow::Result<()> {
-        let mut spool = self.shared.spool();
-        let body = match fit(alert.to_wire(), spool.max_payload()) {
-            Ok(body) => body,
-            Err(e) => {
-                log::error!("alert #{} cannot be spooled: {e:#}", alert.seq);
-                Counters::add(&self.shared.counters.dropped, 1);
-                return Ok(());
-            }
-        };
-        match spool.push(alert.seq, alert.severity.rank(), &body) {
-            Ok(()) => {
-                Counters::add(&self.shared.counters.spooled, 1);
-                self.dirty = true;
-            }
+        match fit(alert.to_wire(), self.max_payload) {
+            Ok(body) => self.batch.push(Spooled {
+                seq: alert.seq,
+                severity: alert.severity.rank(),
+                body,
+            }),
             Err(e) => {
                 log::error!("alert #{} cannot be spooled: {e:#}", alert.seq);
                 Counters::add(&self.shared.counters.dropped, 1);
@@ -143,23 +251,31 @@ impl AlertSink for SpoolSink {
         Ok(())
     }
 
-    /// A failed write (a full or failing disk) is logged; the batch stays buffered and the next
-    /// flush tries again. Nothing unflushed is ever published.
     fn flush(&mut self) -> anyhow::Result<()> {
-        if self.dirty {
-            match self.shared.spool().flush() {
-                Ok(()) => {
-                    self.dirty = false;
-                    self.shared.wake.notify_one();
-                }
-                Err(e) => log::error!("writing the spool to disk: {e:#}"),
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            let n = batch.len() as u64;
+            if self.writer.send(ToWriter::Alerts(batch)).is_err() {
+                log::error!("the spool writer is gone: {n} alert(s) not spooled");
+                Counters::add(&self.shared.counters.dropped, n);
             }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> anyhow::Result<()> {
+        self.flush()?;
+        let (answer, done) = std::sync::mpsc::sync_channel(1);
+        if self.writer.send(ToWriter::Sync(answer)).is_ok()
+            && done.recv_timeout(Duration::from_secs(10)).is_err()
+        {
+            log::warn!("the spool writer did not finish in 10 s");
         }
         Ok(())
     }
 
     fn take_dropped(&mut self) -> u64 {
-        let n = self.shared.spool().take_dropped();
+        let n = self.shared.dropped.swap(0, Relaxed);
         Counters::add(&self.shared.counters.dropped, n);
         n
     }
@@ -245,6 +361,10 @@ pub struct Reporter {
     trust: TrustStore,
     policies: mpsc::UnboundedSender<PolicyEvent>,
     started: Instant,
+    /// Alerts the broker acknowledged, to take out of the spool when it is free.
+    acked: Mutex<Vec<u64>>,
+    /// The spool's waiting records and bytes when last read, for heartbeats.
+    last_stats: Mutex<(u64, u64)>,
 }
 
 /// What went out on the current connection and awaits its packet id or acknowledgement.
@@ -351,6 +471,8 @@ impl Reporter {
             trust,
             policies,
             started: Instant::now(),
+            acked: Mutex::new(Vec::new()),
+            last_stats: Mutex::new((0, 0)),
         }
     }
 
@@ -515,9 +637,9 @@ impl Reporter {
         if !link.may_have_passed_over() {
             return false;
         }
-        let oldest = match self.shared.spool().peek(None, 1) {
-            Ok(oldest) => oldest.first().map(|e| e.seq),
-            Err(_) => return false,
+        let oldest = match self.shared.try_spool().map(|mut s| s.peek(None, 1)) {
+            Some(Ok(oldest)) => oldest.first().map(|e| e.seq),
+            _ => return false,
         };
         let passed = link.passed_over(oldest);
         if let (true, Some(seq)) = (passed, oldest) {
@@ -541,13 +663,19 @@ impl Reporter {
         if room == 0 {
             return;
         }
-        let entries = match self.shared.spool().peek(link.last, room) {
+        // Busy writing: the writer wakes this reporter when it is done.
+        let Some(mut spool) = self.shared.try_spool() else {
+            return;
+        };
+        self.take_acked(&mut spool);
+        let entries = match spool.peek(link.last, room) {
             Ok(entries) => entries,
             Err(e) => {
                 log::error!("reading the spool: {e:#}");
                 return;
             }
         };
+        drop(spool);
         let alert_topic = topic(&self.device_id, Channel::Alert);
         for entry in entries {
             let payload = match self.wire(&entry.payload) {
@@ -581,11 +709,26 @@ impl Reporter {
         )?)
     }
 
+    /// The broker has `seq`: it leaves the spool now, or when the writer lets go of it.
     fn delivered(&self, seq: u64) {
-        match self.shared.spool().ack(seq) {
-            Ok(true) => Counters::add(&self.shared.counters.sent, 1),
-            Ok(false) => {}
-            Err(e) => log::error!("removing alert #{seq} from the spool: {e:#}"),
+        self.acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(seq);
+        if let Some(mut spool) = self.shared.try_spool() {
+            self.take_acked(&mut spool);
+        }
+    }
+
+    /// Takes the alerts the broker acknowledged out of the spool (durable with its next write).
+    fn take_acked(&self, spool: &mut Spool) {
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap_or_else(|e| e.into_inner()));
+        for seq in acked {
+            match spool.ack(seq) {
+                Ok(true) => Counters::add(&self.shared.counters.sent, 1),
+                Ok(false) => {}
+                Err(e) => log::error!("removing alert #{seq} from the spool: {e:#}"),
+            }
         }
     }
 
@@ -619,8 +762,13 @@ impl Reporter {
     fn heartbeat(&self, client: &mqtt::Client, link: &mut Link) {
         let c = &self.shared.counters;
         let (pending, bytes) = {
-            let stats = self.shared.spool().stats();
-            (stats.pending as u64, stats.disk_bytes)
+            let mut last = self.last_stats.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(mut spool) = self.shared.try_spool() {
+                self.take_acked(&mut spool);
+                let stats = spool.stats();
+                *last = (stats.pending as u64, stats.disk_bytes);
+            }
+            *last
         };
         let hb = Heartbeat {
             time_ms: alert::now_ms(),
@@ -723,12 +871,11 @@ impl Reporter {
         loop {
             if !said_goodbye {
                 self.fill(client, &mut link);
-                let idle = link.alerts_in_flight() == 0
-                    && self
-                        .shared
-                        .spool()
-                        .peek(link.last, 1)
-                        .map_or(true, |e| e.is_empty());
+                let idle = link.alerts_in_flight() == 0 && {
+                    let mut spool = self.shared.spool();
+                    self.take_acked(&mut spool);
+                    spool.peek(link.last, 1).map_or(true, |e| e.is_empty())
+                };
                 if idle || tokio::time::Instant::now() >= deadline {
                     self.status(client, &mut link, Presence::Offline);
                     client.disconnect();
@@ -750,7 +897,11 @@ impl Reporter {
                         self.delivered(seq);
                     }
                 }
-                Ok(Ok(Ev::Disconnected)) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(Ev::Disconnected)) | Ok(Err(_)) | Err(_) => {
+                    let mut spool = self.shared.spool();
+                    self.take_acked(&mut spool);
+                    return;
+                }
                 Ok(Ok(_)) => {}
             }
         }
@@ -865,6 +1016,94 @@ mod tests {
             fine
         );
         assert!(fit(fine, 10).is_err());
+    }
+
+    fn alert(seq: u64, severity: alert::Severity, path: &str) -> alert::Alert {
+        alert::Alert {
+            alert: alert::Kind::UnknownExecutable,
+            severity,
+            seq,
+            boot_id: "b".into(),
+            time_ms: 0,
+            device_id: "gw".into(),
+            rule: "executables".into(),
+            path: Some(path.into()),
+            details: serde_json::json!({}),
+            count: 1,
+            first_ms: 0,
+            last_ms: 0,
+            process: None,
+        }
+    }
+
+    #[test]
+    fn the_spool_writer_makes_alerts_durable_in_order_and_reports_drops() {
+        let dir = std::env::temp_dir().join(format!("picket-writer-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let limits = crate::spool::SpoolLimits {
+            max_bytes: crate::spool::MIN_MAX_BYTES,
+        };
+        let (spool, _) = Spool::open(&dir, limits).unwrap();
+        let counters = Arc::new(Counters::default());
+        let shared = Shared::new(counters.clone(), spool, ("p".into(), 1));
+        let mut sink = SpoolSink::new(shared.clone()).unwrap();
+        for seq in 1..=10 {
+            sink.send(&alert(seq, alert::Severity::High, "/tmp/x"))
+                .unwrap();
+        }
+        // Handed over, not waited for; durable once `sync` returns.
+        sink.flush().unwrap();
+        sink.sync().unwrap();
+        let seqs: Vec<u64> = shared
+            .spool()
+            .peek(None, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        assert_eq!(counters.spooled.load(Relaxed), 10);
+        assert_eq!(sink.take_dropped(), 0);
+
+        // Past its bound the spool drops the least severe first; the sink reports how many.
+        let long = "p".repeat(1000);
+        for seq in 11..=60 {
+            sink.send(&alert(seq, alert::Severity::Medium, &long)).unwrap();
+        }
+        sink.sync().unwrap();
+        let dropped = sink.take_dropped();
+        assert!(dropped > 0, "16 KiB cannot hold 50 alerts of 1 KiB");
+        assert_eq!(counters.dropped.load(Relaxed), dropped);
+        let kept = shared.spool().peek(None, 100).unwrap();
+        assert_eq!(kept.len() as u64, 60 - dropped);
+        assert!(kept.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(
+            kept.iter()
+                .filter(|e| e.severity == alert::Severity::High.rank())
+                .count(),
+            10,
+            "the severe alerts stay"
+        );
+
+        // Durable: a new spool on the same directory finds them (the writer has let go of it
+        // once its sender is gone).
+        drop(sink);
+        let mut shared = shared;
+        let spool = loop {
+            match Arc::try_unwrap(shared) {
+                Ok(s) => break s.spool.into_inner().unwrap(),
+                Err(again) => {
+                    shared = again;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        drop(spool);
+        let (mut spool, recovered) = Spool::open(&dir, limits).unwrap();
+        assert_eq!(recovered.torn, 0);
+        assert_eq!(spool.peek(None, 100).unwrap().len() as u64, 60 - dropped);
+        drop(spool);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             // Numbers never go back, even if the counter's file was lost and the spool was not.
             sequence.skip_past(spool.stats().last_seq);
             let shared = Shared::new(counters.clone(), spool, (String::new(), 0));
-            sinks.push(Box::new(SpoolSink::new(shared.clone())));
+            sinks.push(Box::new(SpoolSink::new(shared.clone())?));
             Some(shared)
         }
         None => None,
@@ -260,7 +260,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await;
     // Repeats still counted in open windows are reported before leaving, and made durable.
     sink.alerter.flush()?;
-    sink.alerter.flush_sinks()?;
+    sink.alerter.sync_sinks()?;
     if let Some(reporter) = reporter {
         stop.notify_one();
         if tokio::time::timeout(Duration::from_secs(5), reporter)
@@ -269,6 +269,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         {
             log::warn!("the reporter did not stop in time; undelivered alerts stay spooled");
         }
+        // What the broker acknowledged while saying goodbye is not sent again next time.
+        sink.alerter.sync_sinks()?;
     }
     result.map(|_| ())
 }
