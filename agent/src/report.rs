@@ -1068,7 +1068,8 @@ mod tests {
         // Past its bound the spool drops the least severe first; the sink reports how many.
         let long = "p".repeat(1000);
         for seq in 11..=60 {
-            sink.send(&alert(seq, alert::Severity::Medium, &long)).unwrap();
+            sink.send(&alert(seq, alert::Severity::Medium, &long))
+                .unwrap();
         }
         sink.sync().unwrap();
         let dropped = sink.take_dropped();

@@ -192,29 +192,7 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     duration(d).map(Some)
 }
 
-/// `90s`, `15m`, `2h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 2h, 7d"))?;
-    let seconds = match unit {
-        "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(86_400),
-        _ => return Err(format!("unknown unit `{unit}` in `{s}` (use s, m, h or d)")),
-    }
-    .ok_or_else(|| format!("`{s}` is too long"))?;
-    if seconds == 0 {
-        return Err("a duration must be longer than zero".into());
-    }
-    Ok(Duration::from_secs(seconds))
-}
+pub use picket_proto::duration::parse as parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,7 @@ pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
 /// The first byte of a postcard-encoded message. JSON messages start with `{`.
 pub const POSTCARD_MARKER: u8 = 0x00;
 
+pub mod duration;
 pub mod topic;
 
 /// What went wrong decoding a message.
