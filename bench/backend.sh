@@ -52,22 +52,15 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # A development PKI: CA, broker (localhost), backend (CN picket-backend) and one certificate per
 # device (CN = device id, which the broker takes as the user name for the ACL).
+. scripts/dev-pki.sh
 cd "$WORK"
 mkdir devices
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -keyout ca.key -out ca.pem -subj "/CN=bench-ca" 2>/dev/null
-cert() { # FILE CN EXTENSIONS
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout "$1.key" -out "$1.csr" -subj "/CN=$2" 2>/dev/null
-    printf '%b' "$3" > "$1.ext"
-    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-        -out "$1.pem" -extfile "$1.ext" 2>/dev/null
-}
-cert broker localhost 'basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n'
-cert backend picket-backend 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
+pki_ca . bench-ca 2
+pki_cert . broker localhost server 2
+pki_cert . backend picket-backend client 2
 for i in $(seq "$DEVICES"); do
     id=$(printf 'bench-%04d' "$i")
-    cert "devices/$id" "$id" 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
+    pki_cert . "devices/$id" "$id" client 2
 done
 
 # Mosquitto as scripts/run.sh configures it (certificate CN as user name, per-device ACL),

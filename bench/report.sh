@@ -35,19 +35,12 @@ PICKET="$PWD/target/$([ "$PROFILE" = release ] && echo release || echo debug)/pi
 command -v mosquitto >/dev/null || { echo "mosquitto is missing: run scripts/setup.sh" >&2; exit 1; }
 
 # A development PKI: CA, broker (localhost), device and subscriber certificates.
+. scripts/dev-pki.sh
 cd "$WORK"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -keyout ca.key -out ca.pem -subj "/CN=bench-ca" 2>/dev/null
-cert() { # NAME CN EXTENSIONS
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout "$1.key" -out "$1.csr" -subj "/CN=$2" 2>/dev/null
-    printf '%b' "$3" > "$1.ext"
-    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-        -out "$1.pem" -extfile "$1.ext" 2>/dev/null
-}
-cert broker localhost 'basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n'
-cert device bench-device 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
-cert sub picket-backend 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
+pki_ca . bench-ca 2
+pki_cert . broker localhost server 2
+pki_cert . device bench-device client 2
+pki_cert . sub picket-backend client 2
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat > mosquitto.conf <<EOF
 user root

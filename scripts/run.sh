@@ -57,20 +57,11 @@ DEVICE="dev-${DEVICE:-host}"
 # 1. The development PKI and the signing key (kept: a second run reuses them).
 if [ ! -f pki/ca.pem ]; then
     log "making a development PKI in $FLEET/pki"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-        -keyout pki/ca.key -out pki/ca.pem -subj "/CN=Picket development fleet CA" 2>/dev/null
-    cert() { # NAME CN EXTENSIONS
-        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout "pki/$1.key" -out "pki/$1.csr" -subj "/CN=$2" 2>/dev/null
-        printf '%b' "$3" > "pki/$1.ext"
-        openssl x509 -req -in "pki/$1.csr" -CA pki/ca.pem -CAkey pki/ca.key -CAcreateserial \
-            -days 3650 -out "pki/$1.pem" -extfile "pki/$1.ext" 2>/dev/null
-        rm -f "pki/$1.csr" "pki/$1.ext"
-    }
-    cert broker localhost 'basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n'
-    cert backend picket-backend 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
-    cert device "$DEVICE" 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
-    chmod 600 pki/*.key
+    . "$ROOT/scripts/dev-pki.sh"
+    pki_ca pki "Picket development fleet CA" 3650
+    pki_cert pki broker localhost server 3650
+    pki_cert pki backend picket-backend client 3650
+    pki_cert pki device "$DEVICE" client 3650
 fi
 [ -f signing.key ] || "$PICKET" keygen --out signing >/dev/null
 cp signing.pub trust/
