@@ -284,31 +284,55 @@ async fn stop_child(child: &mut Child) -> Option<ExitStatus> {
 }
 
 /// Stops a broker that a `serve` killed before it could stop it left running: the process of
-/// the pid file, if it is a Mosquitto with this configuration file.
-fn stop_leftover(files: &Files) {
+/// the pid file, if it is a Mosquitto with this configuration file. One whose parent is a
+/// running `picket-backend` belongs to another `serve` with the same `broker.dir`: an error.
+fn stop_leftover(files: &Files) -> anyhow::Result<()> {
     let Ok(text) = std::fs::read_to_string(&files.pid) else {
-        return;
+        return Ok(());
     };
-    let _ = std::fs::remove_file(&files.pid);
     let Ok(pid) = text.trim().parse::<i32>() else {
-        return;
+        return Ok(());
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let conf = files.conf.as_os_str().as_encoded_bytes();
     if !cmdline.split(|b| *b == 0).any(|arg| arg == conf) {
-        return;
+        return Ok(());
+    }
+    let Some((_, ppid)) = proc_state(pid) else {
+        return Ok(());
+    };
+    let parent = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+    if ppid > 1 && String::from_utf8_lossy(&parent).contains("picket-backend") {
+        bail!(
+            "broker.dir {} is in use: its broker (pid {pid}) belongs to a running picket-backend \
+             (pid {ppid})",
+            files.conf.parent().unwrap_or(Path::new("")).display()
+        );
     }
     log::warn!("stopping a broker left running by an earlier serve (pid {pid})");
-    let pid = Pid::from_raw(pid);
-    let _ = kill(pid, Signal::SIGTERM);
+    // Its parent reaps it, or not soon: a zombie counts as gone.
+    let alive = || proc_state(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'));
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let start = Instant::now();
-    while kill(pid, None).is_ok() && start.elapsed() < STOP_TIMEOUT {
+    while alive() && start.elapsed() < STOP_TIMEOUT {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if kill(pid, None).is_ok() {
-        let _ = kill(pid, Signal::SIGKILL);
+    if alive() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         std::thread::sleep(Duration::from_millis(200));
     }
+    let _ = std::fs::remove_file(&files.pid);
+    Ok(())
+}
+
+/// A process's state letter and parent pid (`/proc/<pid>/stat`), if it exists.
+fn proc_state(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: the fields after the last `)`.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }
 
 /// The running managed broker: a task that restarts it when it dies, until [`Broker::stop`].
@@ -346,7 +370,7 @@ impl Broker {
             .with_context(|| format!("creating the broker's directory {}", dir.display()))?;
         let dir = absolute(&dir, "broker.dir")?;
         let files = Files::new(&dir);
-        stop_leftover(&files);
+        stop_leftover(&files)?;
         std::fs::write(&files.acl, acl(&backend_cn))
             .with_context(|| format!("writing {}", files.acl.display()))?;
         std::fs::write(

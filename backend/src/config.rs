@@ -334,6 +334,47 @@ lab = ["gw-1", "gw-2"]
     }
 
     #[test]
+    fn the_broker_section() {
+        let config = Config::parse(
+            "[store]\nsqlite = \"/srv/fleet/picket.db\"\n\n\
+             [broker]\nca = \"ca.pem\"\ncert = \"b.pem\"\nkey = \"b.key\"\n",
+        )
+        .unwrap();
+        let broker = config.broker.as_ref().unwrap();
+        assert_eq!(broker.listen, "127.0.0.1:8883".parse().unwrap());
+        assert_eq!(broker.max_queued_messages, 100_000);
+        assert_eq!(broker.mosquitto, None);
+        assert_eq!(
+            broker.dir(&config.store),
+            PathBuf::from("/srv/fleet/broker")
+        );
+        let pg = Config::parse(
+            "[store]\npostgres = \"dbname=p\"\n[broker]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            pg.broker.as_ref().unwrap().dir(&pg.store),
+            PathBuf::from("/var/lib/picket-backend/broker")
+        );
+        let err = Config::parse("[broker]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nport = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 5") && err.contains("port"), "{err}");
+        let err = Config::parse(
+            "[broker]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nmax_queued_messages = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_queued_messages"), "{err}");
+        let err = Config::parse(
+            "[broker]\nlisten = \"localhost\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
     fn refuses_unknown_keys_with_their_line() {
         let err = Config::parse("[store]\nsqlite = \"a.db\"\nretension = \"3d\"\n")
             .unwrap_err()
