@@ -331,6 +331,9 @@ lab = ["gw-1", "gw-2"]
             default_heartbeat_timeout()
         );
         assert_eq!(config.http.unwrap().listen, default_listen());
+        let broker = config.broker.unwrap();
+        assert_eq!(broker.listen, default_broker_listen());
+        assert_eq!(broker.max_queued_messages, default_max_queued_messages());
     }
 
     #[test]
