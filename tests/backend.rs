@@ -348,7 +348,19 @@ mod support {
     }
 
     impl Drop for Backend {
+        /// SIGTERM first, so that a `serve` with a managed broker stops it (a failed test
+        /// leaves no Mosquitto behind), then SIGKILL.
         fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(8) {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
