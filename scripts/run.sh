@@ -5,10 +5,11 @@
 #   1. makes a development PKI (CA, broker, backend and device certificates) and a policy
 #      signing key, once, in the fleet directory;
 #   2. scans this machine into a baseline policy and signs it (once; kept for later runs);
-#   3. starts Mosquitto (mutual TLS, per-device ACL), `picket-backend serve` (SQLite, HTTP API)
+#   3. starts `picket-backend serve` (SQLite, HTTP API), which starts and supervises its
+#      broker, Mosquitto (mutual TLS, per-device ACL; the `[broker]` section of backend.toml),
 #      and `picket run` reporting to it over MQTT;
 #   4. shows the alerts as the backend stores them, with a hint of what to try.
-# Ctrl-C stops all three. Running it again reuses the PKI, the baseline and the stored alerts.
+# Ctrl-C stops them all. Running it again reuses the PKI, the baseline and the stored alerts.
 #
 # Needs root: the agent loads eBPF programs.
 # Environment: PICKET_FLEET_DIR (default /var/lib/picket-fleet), PICKET_FLEET_BROKER_PORT
@@ -101,35 +102,8 @@ EOF
     "$PICKET" policy sign --key signing.key --in policy.toml --out policy.bundle
 fi
 
-# 3. Broker, backend, agent.
-cat > broker/mosquitto.conf <<EOF
-user root
-per_listener_settings false
-listener $BROKER_PORT 127.0.0.1
-cafile $FLEET/pki/ca.pem
-certfile $FLEET/pki/broker.pem
-keyfile $FLEET/pki/broker.key
-require_certificate true
-use_identity_as_username true
-use_username_as_clientid true
-persistence false
-# The backend takes at most 256 messages at a time (its MQTT receive maximum); the broker
-# queues the rest of a burst for it, and past this limit drops them (docs/BACKEND.md).
-max_queued_messages 100000
-acl_file $FLEET/broker/acl
-log_dest file $FLEET/broker/mosquitto.log
-EOF
-cat > broker/acl <<EOF
-user picket-backend
-topic read picket/v1/#
-topic write picket/v1/+/policy
-
-pattern write picket/v1/%u/alert
-pattern write picket/v1/%u/heartbeat
-pattern write picket/v1/%u/status
-pattern write picket/v1/%u/policy/result
-pattern read picket/v1/%u/policy
-EOF
+# 3. Backend (with its broker), agent. `serve` writes the broker's configuration and ACL into
+# broker/ (from [broker]) and runs Mosquitto; see docs/BACKEND.md, "Managed broker".
 cat > backend/backend.toml <<EOF
 [mqtt]
 host = "localhost"
@@ -147,6 +121,16 @@ heartbeat_timeout = "3m"
 
 [http]
 listen = "127.0.0.1:$HTTP_PORT"
+
+[broker]
+listen = "127.0.0.1:$BROKER_PORT"
+ca = "$FLEET/pki/ca.pem"
+cert = "$FLEET/pki/broker.pem"
+key = "$FLEET/pki/broker.key"
+dir = "$FLEET/broker"
+# The backend takes at most 256 messages at a time (its MQTT receive maximum); the broker
+# queues the rest of a burst for it, and past this limit drops them (docs/BACKEND.md).
+max_queued_messages = 100000
 EOF
 cat > agent/picket.toml <<EOF
 device_class = "local-fleet"
@@ -166,7 +150,7 @@ EOF
 
 # The programs run in sessions of their own, so that Ctrl-C reaches this script only, which
 # stops them in order: the agent first (it says "offline" and the backend stores it), then the
-# backend, then the broker.
+# backend, which stops its broker.
 PIDS=()
 stop_pid() {
     kill "$1" 2>/dev/null || return 0
@@ -193,13 +177,17 @@ wait_port() {
     exit 1
 }
 
-setsid mosquitto -c broker/mosquitto.conf >/dev/null 2>>broker/mosquitto.log &
-PIDS+=($!)
-wait_port "$BROKER_PORT" "mosquitto" "$FLEET/broker/mosquitto.log"
-
 RUST_LOG=info setsid "$BACKEND" serve --config backend/backend.toml >>backend/backend.log 2>&1 &
-PIDS+=($!)
+BACKEND_PID=$!
+PIDS+=("$BACKEND_PID")
+# `serve` answers HTTP once its broker listens; it stops at once if the broker cannot start.
+for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT") 2>/dev/null && break
+    kill -0 "$BACKEND_PID" 2>/dev/null || { log "picket-backend stopped:"; tail -15 backend/backend.log >&2; exit 1; }
+    sleep 0.1
+done
 wait_port "$HTTP_PORT" "picket-backend" "$FLEET/backend/backend.log"
+wait_port "$BROKER_PORT" "the broker (run by picket-backend)" "$FLEET/broker/mosquitto.log"
 # The backend's log is the screen: one line per stored alert, and device presence.
 setsid tail -n 0 -F backend/backend.log &
 PIDS+=($!)
@@ -215,7 +203,7 @@ done
 
 cat >&2 <<EOF
 
-  Picket fleet running: device $DEVICE -> Mosquitto 127.0.0.1:$BROKER_PORT (mutual TLS) -> picket-backend
+  Picket fleet running: device $DEVICE -> Mosquitto 127.0.0.1:$BROKER_PORT (mutual TLS, run by picket-backend) -> picket-backend
   Try, in another terminal:
     cp /bin/ls /tmp/ls && /tmp/ls                      # an unknown executable, from /tmp
     echo changed >> /etc/picket-fleet-demo.conf        # a protected file

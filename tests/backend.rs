@@ -43,6 +43,19 @@ mod support {
         issuer: CertifiedIssuer<'static, KeyPair>,
     }
 
+    /// A self-signed CA.
+    pub fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, name);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap()
+    }
+
     fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -53,17 +66,16 @@ mod support {
 
     impl Broker {
         pub fn start() -> Broker {
+            let mut broker = Broker::pki();
+            broker.spawn();
+            broker
+        }
+
+        /// The PKI, the ACL and a free port, without starting Mosquitto (for `serve`'s managed
+        /// broker, configured by [`Broker::managed_section`]).
+        pub fn pki() -> Broker {
             let dir = tempfile::tempdir().unwrap();
-            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca.distinguished_name
-                .push(DnType::CommonName, "Picket test CA");
-            ca.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+            let issuer = new_ca("Picket test CA");
             std::fs::write(dir.path().join("ca.pem"), issuer.pem()).unwrap();
             let mut broker = Broker {
                 port: 0,
@@ -90,8 +102,20 @@ mod support {
             )
             .unwrap();
             broker.port = free_port();
-            broker.spawn();
             broker
+        }
+
+        /// A `[broker]` section for `serve` to run Mosquitto itself on this PKI and port.
+        pub fn managed_section(&self) -> String {
+            format!(
+                "[broker]\nlisten = \"127.0.0.1:{port}\"\nca = \"{ca}\"\ncert = \"{cert}\"\n\
+                 key = \"{key}\"\ndir = \"{dir}\"\n",
+                port = self.port,
+                ca = self.path("ca.pem").display(),
+                cert = self.path("broker.pem").display(),
+                key = self.path("broker.key").display(),
+                dir = self.path("managed").display(),
+            )
         }
 
         fn spawn(&mut self) {
@@ -142,15 +166,26 @@ mod support {
 
         /// Issues `<name>.pem` and `<name>.key` with CN `name`.
         pub fn issue(&self, name: &str, sans: &[&str]) {
+            self.issue_by(&self.issuer, name, name, sans);
+        }
+
+        /// Issues `<file>.pem` and `<file>.key` with CN `cn`, signed by `issuer`.
+        pub fn issue_by(
+            &self,
+            issuer: &CertifiedIssuer<'static, KeyPair>,
+            file: &str,
+            cn: &str,
+            sans: &[&str],
+        ) {
             let mut params =
                 CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                     .unwrap();
-            params.distinguished_name.push(DnType::CommonName, name);
+            params.distinguished_name.push(DnType::CommonName, cn);
             let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            let cert = params.signed_by(&key, issuer).unwrap();
             let d = self.dir.path();
-            std::fs::write(d.join(format!("{name}.pem")), cert.pem()).unwrap();
-            std::fs::write(d.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+            std::fs::write(d.join(format!("{file}.pem")), cert.pem()).unwrap();
+            std::fs::write(d.join(format!("{file}.key")), key.serialize_pem()).unwrap();
         }
 
         pub fn path(&self, name: &str) -> PathBuf {
@@ -313,7 +348,19 @@ mod support {
     }
 
     impl Drop for Backend {
+        /// SIGTERM first, so that a `serve` with a managed broker stops it (a failed test
+        /// leaves no Mosquitto behind), then SIGKILL.
         fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(8) {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -1209,4 +1256,195 @@ async fn a_burst_is_stored_once_without_reconnecting() {
     tokio::task::spawn_blocking(move || backend.stop())
         .await
         .unwrap();
+}
+
+/// The pid in the managed broker's pid file, once it is a running Mosquitto.
+fn managed_broker_pid(broker: &Broker) -> u32 {
+    let pid: u32 = std::fs::read_to_string(broker.path("managed/mosquitto.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("mosquitto"),
+        "pid {pid} is not mosquitto: {:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    pid
+}
+
+/// Whether a TLS client with `file`.pem/.key (trusting the fleet CA) gets a CONNACK.
+async fn connects(broker: &Broker, file: &str, client_id: &str) -> bool {
+    use rumqttc::v5::{mqttbytes::v5::Packet, AsyncClient, Event, MqttOptions};
+    use rumqttc::{TlsConfiguration, Transport};
+    let tls = client_tls(
+        &broker.path("ca.pem"),
+        &broker.path(&format!("{file}.pem")),
+        &broker.path(&format!("{file}.key")),
+    );
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        std::sync::Arc::new(tls),
+    )));
+    let (_client, mut eventloop) = AsyncClient::new(options, 10);
+    match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => true,
+        Ok(other) => {
+            eprintln!("{file}: {other:?}");
+            false
+        }
+        Err(_) => panic!("{file}: neither accepted nor refused within 5 s"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_its_own_broker_with_the_per_device_acl() {
+    let broker = Broker::pki();
+    let mut backend = Backend::start(&broker, "managed", &broker.managed_section());
+    let log = backend.log();
+    assert!(
+        log.contains("broker: ") && log.contains("listening on"),
+        "{log}"
+    );
+    assert!(!log.contains("not at the managed broker"), "{log}");
+    let pid = managed_broker_pid(&broker);
+    let conf = std::fs::read_to_string(broker.path("managed/mosquitto.conf")).unwrap();
+    assert!(conf.contains("require_certificate true"), "{conf}");
+    let acl = std::fs::read_to_string(broker.path("managed/acl")).unwrap();
+    assert!(acl.starts_with(&format!("user {BACKEND_ID}\n")), "{acl}");
+
+    // A device writes under its own id: stored.
+    let mut device = Device::connect(&broker, "gw-a", None).await;
+    device
+        .publish(Channel::Alert, Format::Postcard, &alert(1), false)
+        .await;
+    device.flush().await;
+    backend.wait_for(&["alerts", "--json"], |v| seqs(v) == [1]);
+
+    // The same device writes under another device's topic, with an envelope of that device:
+    // the broker's ACL drops it (the backend would store it: it is well-formed), while the
+    // device's next own alert gets through.
+    let forged = picket_proto::encode(Format::Postcard, "gw-b", &alert(7)).unwrap();
+    device
+        .client
+        .publish(
+            picket_proto::topic::topic("gw-b", Channel::Alert),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            forged,
+        )
+        .await
+        .unwrap();
+    device
+        .publish(Channel::Alert, Format::Postcard, &alert(2), false)
+        .await;
+    backend.wait_for(&["alerts", "--json"], |v| seqs(v) == [1, 2]);
+    let all = backend.query(&["alerts", "--json"]);
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["device_id"] == "gw-a"),
+        "{all:#}"
+    );
+    assert_eq!(backend.query(&["refused", "--json"]), serde_json::json!([]));
+
+    // A certificate from another CA, even with a known device's CN, cannot connect; one from
+    // the fleet CA can.
+    let other_ca = new_ca("Another CA");
+    broker.issue_by(&other_ca, "foreign", "gw-a", &[]);
+    assert!(!connects(&broker, "foreign", "gw-a").await);
+    broker.issue("gw-c", &[]);
+    assert!(connects(&broker, "gw-c", "gw-c").await);
+
+    // The broker dies: `serve` logs it, starts it again, and the ingest resumes.
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    backend.wait_log("the broker exited", 1);
+    backend.wait_log("broker restarted", 1);
+    backend.wait_log("subscribed to", 2);
+    let pid = managed_broker_pid(&broker);
+    drop(device);
+    let mut device = Device::connect(&broker, "gw-a", None).await;
+    device
+        .publish(Channel::Alert, Format::Postcard, &alert(3), false)
+        .await;
+    device.flush().await;
+    backend.wait_for(&["alerts", "--json"], |v| seqs(v) == [1, 2, 3]);
+    drop(device);
+
+    // SIGTERM: `serve` stops its broker before it exits; the port is free.
+    backend.stop();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the broker (pid {pid}) outlived serve"
+    );
+    std::net::TcpListener::bind(("127.0.0.1", broker.port))
+        .expect("the broker's port is still in use after serve exited");
+}
+
+#[test]
+fn a_managed_broker_that_cannot_start_is_reported() {
+    let broker = Broker::pki();
+    // The port is taken.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", broker.port)).unwrap();
+    let config = broker.backend_config("taken", &broker.managed_section());
+    let started = std::time::Instant::now();
+    let out = backend_bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("port in use"), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(taken);
+    // No Mosquitto where it is said to be.
+    let config = broker.backend_config(
+        "missing",
+        &format!(
+            "{}mosquitto = \"/nonexistent/mosquitto\"\n",
+            broker.managed_section()
+        ),
+    );
+    let out = backend_bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("install mosquitto (scripts/setup.sh does)"),
+        "{}",
+        text(&out)
+    );
+    // A broker certificate Mosquitto cannot use: it exits at its start, and its log says why.
+    let section = broker
+        .managed_section()
+        .replace("broker.key", "backend-wrong.key");
+    std::fs::copy(
+        broker.path(&format!("{BACKEND_ID}.key")),
+        broker.path("backend-wrong.key"),
+    )
+    .unwrap();
+    let config = broker.backend_config("mismatch", &section);
+    let out = backend_bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("exited at its start") && text(&out).contains("mosquitto.log"),
+        "{}",
+        text(&out)
+    );
+    assert!(std::net::TcpListener::bind(("127.0.0.1", broker.port)).is_ok());
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end: the README's main command, `scripts/run.sh`, brings up a whole local fleet
-# (development PKI, a signed baseline of this machine, Mosquitto, picket-backend, picket run),
-# shows an alert for an unknown executable run from /tmp as the backend stores it, stops
+# (development PKI, a signed baseline of this machine, picket-backend with the Mosquitto it
+# runs, picket run), shows an alert for an unknown executable run from /tmp as the backend stores it, stops
 # everything on SIGTERM (as on Ctrl-C), and works again on a second run.
 #
 # Runs as root (the agent loads eBPF programs). Uses the debug build (PICKET_BUILD_PROFILE=dev),

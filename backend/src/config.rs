@@ -18,6 +18,8 @@ pub struct Config {
     #[serde(default)]
     pub devices: DevicesConfig,
     pub http: Option<HttpConfig>,
+    /// A Mosquitto that `serve` starts and supervises (`docs/BACKEND.md`, "Managed broker").
+    pub broker: Option<BrokerConfig>,
     /// Group name → device ids, for `policy push --group`.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
@@ -103,6 +105,50 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address and port of the broker's TLS listener.
+    #[serde(default = "default_broker_listen")]
+    pub listen: SocketAddr,
+    /// The fleet CA (PEM): it signed the devices' and the backend's certificates.
+    pub ca: PathBuf,
+    /// The broker's certificate (PEM) and its private key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The Mosquitto executable (default: `mosquitto` on `PATH`, or in `/usr/sbin`).
+    pub mosquitto: Option<PathBuf>,
+    /// Messages Mosquitto queues per client beyond those in flight.
+    #[serde(default = "default_max_queued_messages")]
+    pub max_queued_messages: u64,
+    /// Where the generated configuration, ACL and log go.
+    dir: Option<PathBuf>,
+}
+
+impl BrokerConfig {
+    /// `broker.dir`, by default `broker/` next to the SQLite database, or
+    /// `/var/lib/picket-backend/broker` with PostgreSQL.
+    pub fn dir(&self, store: &StoreConfig) -> PathBuf {
+        if let Some(dir) = &self.dir {
+            return dir.clone();
+        }
+        match &store.postgres {
+            Some(_) => PathBuf::from("/var/lib/picket-backend/broker"),
+            None => store
+                .sqlite()
+                .parent()
+                .map(|p| p.join("broker"))
+                .unwrap_or_else(|| PathBuf::from("broker")),
+        }
+    }
+}
+
+fn default_broker_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8883))
+}
+fn default_max_queued_messages() -> u64 {
+    100_000
+}
 fn default_port() -> u16 {
     8883
 }
@@ -167,6 +213,14 @@ impl Config {
             config.store.sqlite.is_none() || config.store.postgres.is_none(),
             "store.sqlite and store.postgres are both set: choose one"
         );
+        if let Some(broker) = &config.broker {
+            anyhow::ensure!(broker.listen.port() != 0, "broker.listen needs a port");
+            anyhow::ensure!(
+                broker.max_queued_messages > 0,
+                "broker.max_queued_messages = 0 (no limit) is refused: with it Mosquitto 2.0.11 \
+                 drops the connection of a client whose publication its ACL refuses"
+            );
+        }
         for (group, devices) in &config.groups {
             for id in devices {
                 picket_proto::topic::check_device_id(id)
@@ -255,6 +309,50 @@ lab = ["gw-1", "gw-2"]
             default_heartbeat_timeout()
         );
         assert_eq!(config.http.unwrap().listen, default_listen());
+        let broker = config.broker.unwrap();
+        assert_eq!(broker.listen, default_broker_listen());
+        assert_eq!(broker.max_queued_messages, default_max_queued_messages());
+    }
+
+    #[test]
+    fn the_broker_section() {
+        let config = Config::parse(
+            "[store]\nsqlite = \"/srv/fleet/picket.db\"\n\n\
+             [broker]\nca = \"ca.pem\"\ncert = \"b.pem\"\nkey = \"b.key\"\n",
+        )
+        .unwrap();
+        let broker = config.broker.as_ref().unwrap();
+        assert_eq!(broker.listen, "127.0.0.1:8883".parse().unwrap());
+        assert_eq!(broker.max_queued_messages, 100_000);
+        assert_eq!(broker.mosquitto, None);
+        assert_eq!(
+            broker.dir(&config.store),
+            PathBuf::from("/srv/fleet/broker")
+        );
+        let pg = Config::parse(
+            "[store]\npostgres = \"dbname=p\"\n[broker]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            pg.broker.as_ref().unwrap().dir(&pg.store),
+            PathBuf::from("/var/lib/picket-backend/broker")
+        );
+        let err = Config::parse("[broker]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nport = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 5") && err.contains("port"), "{err}");
+        let err = Config::parse(
+            "[broker]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nmax_queued_messages = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_queued_messages"), "{err}");
+        let err = Config::parse(
+            "[broker]\nlisten = \"localhost\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod broker;
 mod config;
 mod ingest;
 mod ocsf;
@@ -278,6 +279,29 @@ fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // The managed broker first: when the HTTP API answers, the broker listens too.
+        let broker = match &config.broker {
+            Some(b) => Some(broker::Broker::start(&config, b).await?),
+            None => None,
+        };
+        let served = serve_with(&config, mqtt, store, reader, location).await;
+        if let Some(broker) = broker {
+            broker.stop().await;
+        }
+        served
+    })
+}
+
+/// `serve` once the store is open (and the managed broker, if any, is listening): until a
+/// signal or an error.
+async fn serve_with(
+    config: &Config,
+    mqtt: config::MqttConfig,
+    store: Arc<Mutex<Box<dyn Store>>>,
+    reader: Option<Box<dyn Store>>,
+    location: String,
+) -> anyhow::Result<()> {
+    {
         if let (Some(http), Some(reader)) = (&config.http, reader) {
             let app = api::router(reader, config.devices.heartbeat_timeout);
             let listener = tokio::net::TcpListener::bind(http.listen)
@@ -327,5 +351,5 @@ fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => { log::info!("interrupted; stopping"); Ok(()) }
             _ = sigterm.recv() => { log::info!("terminated; stopping"); Ok(()) }
         }
-    })
+    }
 }
