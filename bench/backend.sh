@@ -63,7 +63,7 @@ for i in $(seq "$DEVICES"); do
     pki_cert . "devices/$id" "$id" client 2
 done
 
-# Mosquitto as scripts/run.sh configures it (certificate CN as user name, per-device ACL),
+# Mosquitto configured as serve's managed broker configures it (certificate CN as user name, per-device ACL),
 # with room for the whole burst in the queue of a slow subscriber (the default, 1000 beyond
 # the backend's receive maximum of 256, would drop what the backend has not taken yet; 0, no
 # limit, makes Mosquitto 2.0.11 drop connections, see docs/BACKEND.md).
@@ -295,8 +295,8 @@ write_section "Backend" "## Backend
 \`bench/backend.sh\` ($(machine)), $PROFILE build. The machine is shared with other
 builds and its figures vary from run to run: read them as orders of magnitude.
 
-Ingest: a real Mosquitto with mutual TLS on loopback (certificate CN as user name, the
-per-device ACL of \`scripts/run.sh\`), $DEVICES devices publishing $ALERTS Postcard alerts (QoS 1,
+Ingest: a real Mosquitto with mutual TLS on loopback (certificate CN as user name,
+the same per-device ACL as \`serve\`'s managed broker), $DEVICES devices publishing $ALERTS Postcard alerts (QoS 1,
 about 400 bytes each, with a process context) all at once from \`backend/examples/bench_publish.rs\`,
 which then polls the store. Rate = alerts stored / time from the first publish to the latest
 \`received_ms\` in the store. SQLite: one \`serve\`. PostgreSQL: a cluster started for the run
