@@ -16,7 +16,7 @@ use std::{
     fs,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -79,6 +79,8 @@ pub struct Shared {
     pub policy: Mutex<(String, u64)>,
     /// Alerts the spool dropped to make room, not yet reported by an `alerts_dropped` alert.
     dropped: AtomicU64,
+    /// The reporter took acknowledged alerts out of the spool since the writer's last flush.
+    acked: AtomicBool,
 }
 
 impl Shared {
@@ -89,6 +91,7 @@ impl Shared {
             wake: Notify::new(),
             policy: Mutex::new(policy),
             dropped: AtomicU64::new(0),
+            acked: AtomicBool::new(false),
         })
     }
 
@@ -161,7 +164,11 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
         while let Ok(m) = from_loop.try_recv() {
             take(m);
         }
-        let pushed = !alerts.is_empty();
+        let acked = shared.acked.swap(false, Relaxed);
+        if alerts.is_empty() && syncs.is_empty() && !acked && failures == 0 && !last {
+            // Nothing to write: an idle agent does not touch the spool.
+            continue;
+        }
         let flushed = {
             let mut spool = shared.spool();
             for a in alerts {
@@ -183,9 +190,6 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
                     log::info!("the spool is written to disk again");
                 }
                 failures = 0;
-                if pushed {
-                    shared.wake.notify_one();
-                }
             }
             // A full or failing disk: the batch stays buffered in the spool and the next round
             // tries again. Nothing unflushed is ever published.
@@ -196,6 +200,9 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
                 failures += 1;
             }
         }
+        // New alerts to send; and the reporter, which does not wait for the spool while this
+        // thread holds it, may have skipped sending meanwhile.
+        shared.wake.notify_one();
         for answer in syncs {
             let _ = answer.send(());
         }
@@ -723,6 +730,9 @@ impl Reporter {
     /// Takes the alerts the broker acknowledged out of the spool (durable with its next write).
     fn take_acked(&self, spool: &mut Spool) {
         let acked = std::mem::take(&mut *self.acked.lock().unwrap_or_else(|e| e.into_inner()));
+        if !acked.is_empty() {
+            self.shared.acked.store(true, Relaxed);
+        }
         for seq in acked {
             match spool.ack(seq) {
                 Ok(true) => Counters::add(&self.shared.counters.sent, 1),
