@@ -600,14 +600,20 @@ fn policies_over_mqtt_are_verified_like_policies_on_disk() {
         "now enforcing policy `good` serial 5",
         Duration::from_secs(5),
     );
-    let rejected = sub
-        .messages()
-        .iter()
-        .filter(|m| on(m, Channel::Alert))
-        .map(decode::<Alert>)
-        .filter(|a| a.kind == AlertKind::PolicyRejected)
-        .count();
-    assert!(rejected >= 1, "no policy_rejected alert");
+    // The refusals were raised as alerts too (spooled, then sent: they may still be on their way).
+    let rejected = || {
+        sub.messages()
+            .iter()
+            .filter(|m| on(m, Channel::Alert))
+            .map(decode::<Alert>)
+            .filter(|a| a.kind == AlertKind::PolicyRejected)
+            .count()
+    };
+    let start = Instant::now();
+    while rejected() == 0 && start.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(rejected() >= 1, "no policy_rejected alert");
     let log = agent.stop();
     assert!(!log.contains("panicked"), "{log}");
     // Persisted: after a restart serial 5 is in force without being sent again.
