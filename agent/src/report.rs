@@ -9,10 +9,12 @@
 //! Mapping acknowledgements to alerts: the client library reports each publish as it goes out,
 //! in the order publishes were queued, with its packet id; the reporter queues publishes only
 //! while connected and keeps the same order in `queued`, so the n-th "sent" is the n-th queued,
-//! and a PUBACK's packet id names the alert.
+//! and a PUBACK's packet id names the alert. Should a report not fit (a packet id where a QoS 0
+//! message was queued, an acknowledgement nothing awaits), the connection is dropped and
+//! everything unacknowledged goes out again on the next.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     fs,
     path::PathBuf,
     sync::{
@@ -380,10 +382,12 @@ struct Link {
     /// When the connection last made progress (connected, a publish went out, an
     /// acknowledgement came back).
     progress: Instant,
-    /// Publishes queued and not yet reported sent: `Some(seq)` for alerts.
-    queued: VecDeque<Option<u64>>,
+    /// Publishes queued and not yet reported sent, in order.
+    queued: VecDeque<Queued>,
     /// Packet id → alert sequence number, for alerts sent and not yet acknowledged.
     inflight: HashMap<u16, u64>,
+    /// Packet ids of the other QoS 1 messages sent and not yet acknowledged.
+    others: HashSet<u16>,
     /// The highest alert sequence number queued on this connection.
     last: Option<u64>,
     /// The broker refused an alert on this connection (it waits for the next one).
@@ -397,6 +401,7 @@ impl Default for Link {
             progress: Instant::now(),
             queued: VecDeque::new(),
             inflight: HashMap::new(),
+            others: HashSet::new(),
             last: None,
             refused: false,
         }
@@ -426,8 +431,58 @@ impl Link {
     }
 
     fn alerts_in_flight(&self) -> usize {
-        self.inflight.len() + self.queued.iter().filter(|q| q.is_some()).count()
+        self.inflight.len()
+            + self
+                .queued
+                .iter()
+                .filter(|q| matches!(q, Queued::Alert(_)))
+                .count()
     }
+
+    /// A publish went out with `pkid`: it is the oldest queued. `Err` when what the library
+    /// reports does not fit what was queued (acknowledgements could then not be matched to
+    /// alerts).
+    fn sent(&mut self, pkid: u16) -> Result<(), String> {
+        match (self.queued.pop_front(), pkid) {
+            (Some(Queued::Alert(seq)), 1..) => {
+                self.inflight.insert(pkid, seq);
+            }
+            (Some(Queued::Qos1), 1..) => {
+                self.others.insert(pkid);
+            }
+            (Some(Queued::Qos0), 0) => {}
+            (queued, _) => {
+                return Err(format!(
+                    "a publish went out with packet id {pkid} where {queued:?} was expected"
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The broker acknowledged `pkid`: the alert it carried, if it was one. `Err` for a
+    /// packet id nothing sent on this connection awaits.
+    fn acknowledged(&mut self, pkid: u16) -> Result<Option<u64>, String> {
+        if let Some(seq) = self.inflight.remove(&pkid) {
+            return Ok(Some(seq));
+        }
+        if self.others.remove(&pkid) {
+            return Ok(None);
+        }
+        Err(format!(
+            "an acknowledgement for packet id {pkid}, which nothing sent awaits"
+        ))
+    }
+}
+
+/// A publish queued on the connection, as the reporter knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    Alert(u64),
+    /// A QoS 1 message other than an alert (status, policy result).
+    Qos1,
+    /// A QoS 0 message (heartbeat).
+    Qos0,
 }
 
 /// How long to wait before the next connection attempt: doubling, capped, with jitter.
@@ -574,17 +629,27 @@ impl Reporter {
                     }
                     Ok(Ev::Sent { pkid }) => {
                         link.progress = Instant::now();
-                        match link.queued.pop_front() {
-                            Some(Some(seq)) => {
-                                link.inflight.insert(pkid, seq);
-                            }
-                            Some(None) => {}
-                            None => log::debug!("publish {pkid} went out unannounced"),
+                        if let Err(message) = link.sent(pkid) {
+                            // Never expected; starting over on a new connection re-sends
+                            // whatever was not acknowledged.
+                            break mqtt::Failure {
+                                message,
+                                protocol: false,
+                            };
                         }
                     }
                     Ok(Ev::PubAck { pkid, refused }) => {
                         link.progress = Instant::now();
-                        if let Some(seq) = link.inflight.remove(&pkid) {
+                        let acknowledged = match link.acknowledged(pkid) {
+                            Ok(acknowledged) => acknowledged,
+                            Err(message) => {
+                                break mqtt::Failure {
+                                    message,
+                                    protocol: false,
+                                }
+                            }
+                        };
+                        if let Some(seq) = acknowledged {
                             match refused {
                                 None => self.delivered(seq),
                                 Some(reason) => {
@@ -644,10 +709,16 @@ impl Reporter {
         if !link.may_have_passed_over() {
             return false;
         }
-        let oldest = match self.shared.try_spool().map(|mut s| s.peek(None, 1)) {
-            Some(Ok(oldest)) => oldest.first().map(|e| e.seq),
-            _ => return false,
+        let Some(mut spool) = self.shared.try_spool() else {
+            return false;
         };
+        // Acknowledged alerts waiting to leave the spool are not behind.
+        self.take_acked(&mut spool);
+        let oldest = match spool.peek(None, 1) {
+            Ok(oldest) => oldest.first().map(|e| e.seq),
+            Err(_) => return false,
+        };
+        drop(spool);
         let passed = link.passed_over(oldest);
         if let (true, Some(seq)) = (passed, oldest) {
             log::warn!(
@@ -700,7 +771,7 @@ impl Reporter {
                 log::debug!("publish queue full ({e}); alert #{} waits", entry.seq);
                 return;
             }
-            link.queued.push_back(Some(entry.seq));
+            link.queued.push_back(Queued::Alert(entry.seq));
             link.last = Some(entry.seq);
         }
     }
@@ -753,7 +824,9 @@ impl Reporter {
     ) {
         let t = topic(&self.device_id, channel);
         match client.publish(&t, qos1, retain, payload) {
-            Ok(()) => link.queued.push_back(None),
+            Ok(()) => link
+                .queued
+                .push_back(if qos1 { Queued::Qos1 } else { Queued::Qos0 }),
             Err(e) => log::warn!("cannot publish on {t}: {e}"),
         }
     }
@@ -895,15 +968,13 @@ impl Reporter {
             let next = tokio::time::timeout_at(deadline + Duration::from_secs(1), events.next());
             match next.await {
                 Ok(Ok(Ev::Sent { pkid })) => {
-                    if let Some(Some(seq)) = link.queued.pop_front() {
-                        link.inflight.insert(pkid, seq);
-                    }
+                    let _ = link.sent(pkid);
                 }
                 Ok(Ok(Ev::PubAck {
                     pkid,
                     refused: None,
                 })) => {
-                    if let Some(seq) = link.inflight.remove(&pkid) {
+                    if let Ok(Some(seq)) = link.acknowledged(pkid) {
                         self.delivered(seq);
                     }
                 }
@@ -1126,7 +1197,7 @@ mod tests {
         assert!(link.passed_over(Some(10)));
         assert!(!link.passed_over(Some(11)), "a new alert, not sent yet");
         assert!(!link.passed_over(None), "the spool is empty");
-        link.queued.push_back(Some(10));
+        link.queued.push_back(Queued::Alert(10));
         assert!(!link.passed_over(Some(7)), "still in flight");
         link.queued.clear();
         link.inflight.insert(3, 10);
@@ -1140,9 +1211,36 @@ mod tests {
     }
 
     #[test]
+    fn a_link_matches_acknowledgements_to_alerts_or_says_it_cannot() {
+        let mut link = Link::connected();
+        link.queued.extend([
+            Queued::Qos1,
+            Queued::Qos0,
+            Queued::Alert(7),
+            Queued::Alert(8),
+        ]);
+        link.sent(1).unwrap();
+        link.sent(0).unwrap();
+        link.sent(2).unwrap();
+        link.sent(3).unwrap();
+        assert_eq!(link.acknowledged(2), Ok(Some(7)));
+        assert_eq!(link.acknowledged(1), Ok(None));
+        assert!(link.acknowledged(2).is_err(), "acknowledged twice");
+        assert!(link.acknowledged(9).is_err(), "never sent");
+        assert_eq!(link.acknowledged(3), Ok(Some(8)));
+        // What the library reports must fit what was queued.
+        assert!(link.sent(4).is_err(), "nothing queued");
+        link.queued.push_back(Queued::Qos0);
+        assert!(link.sent(5).is_err(), "a QoS 0 message has no packet id");
+        link.queued.push_back(Queued::Alert(9));
+        assert!(link.sent(0).is_err(), "an alert goes out with a packet id");
+    }
+
+    #[test]
     fn link_counts_alerts_in_flight_not_other_messages() {
         let mut link = Link::default();
-        link.queued.extend([Some(1), None, Some(2)]);
+        link.queued
+            .extend([Queued::Alert(1), Queued::Qos1, Queued::Alert(2)]);
         link.inflight.insert(7, 0);
         assert_eq!(link.alerts_in_flight(), 3);
     }
