@@ -787,15 +787,13 @@ impl Reporter {
         )?)
     }
 
-    /// The broker has `seq`: it leaves the spool now, or when the writer lets go of it.
+    /// The broker has `seq`: it leaves the spool with the next [`Reporter::take_acked`] (the
+    /// `fill` that follows every acknowledgement, or the end of `goodbye`).
     fn delivered(&self, seq: u64) {
         self.acked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(seq);
-        if let Some(mut spool) = self.shared.try_spool() {
-            self.take_acked(&mut spool);
-        }
     }
 
     /// Takes the alerts the broker acknowledged out of the spool (durable with its next write).
