@@ -258,6 +258,11 @@ fn alerts_about(sub: &Subscriber, paths: &BTreeSet<String>) -> BTreeMap<String, 
     let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for m in sub.messages().iter().filter(|m| on(m, Channel::Alert)) {
         let alert: Alert = decode(m);
+        // The unknown-executable alert of each: a checkout under a temporary directory (/tmp)
+        // also gets a suspicious_exec alert for every one, with a number of its own.
+        if alert.kind != AlertKind::UnknownExecutable {
+            continue;
+        }
         if let Some(path) = alert.path.as_ref().filter(|p| paths.contains(*p)) {
             seen.entry(path.clone()).or_default().push(alert.seq);
         }
