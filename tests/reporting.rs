@@ -371,9 +371,10 @@ fn alerts_status_and_heartbeats_reach_the_fleet_in_order() {
         .iter()
         .filter(|m| on(m, Channel::Alert))
         .map(decode::<Alert>)
-        .find(|a| a.path.as_deref() == Some(paths[0].as_str()))
+        .find(|a| {
+            a.kind == AlertKind::UnknownExecutable && a.path.as_deref() == Some(paths[0].as_str())
+        })
         .unwrap();
-    assert_eq!(first.kind, AlertKind::UnknownExecutable);
     let process = first.process.expect("process context");
     assert_eq!(process.exe.as_deref(), Some(paths[0].as_str()));
     assert_eq!(process.argv, vec![paths[0].clone()]);
