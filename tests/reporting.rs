@@ -211,6 +211,23 @@ impl Agent {
         self.child.id()
     }
 
+    /// Stops the agent (SIGSTOP) until [`Agent::resume`]: what happens meanwhile (the broker
+    /// coming back, the subscriber subscribing again) is done before the agent can reconnect.
+    fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused agent go on (SIGCONT).
+    fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain kill(2) of our own child, not yet reaped (it is reaped on drop).
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
     /// SIGTERM, and the log.
     fn stop(mut self) -> String {
         terminate(&mut self.child, Duration::from_secs(20));
@@ -451,8 +468,13 @@ fn a_30_second_broker_outage_loses_no_alert() {
     let paths = fleet.unknown_execs("outage", 1000);
     let raised_in = down.elapsed();
     thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
+    // The subscriber subscribes again before the agent can reconnect: an alert published while
+    // no one subscribes is acknowledged by the broker ("no matching subscribers") and reaches
+    // no one, the agent's delivery done.
+    agent.pause();
     fleet.broker.restart();
     sub.wait_connected(2, Duration::from_secs(20));
+    agent.resume();
 
     let seen = wait_for_alerts(&sub, &paths, Duration::from_secs(120), || agent.log());
     let duplicates = assert_once_each(&seen);
@@ -655,8 +677,11 @@ fn a_full_spool_drops_the_oldest_and_says_how_many() {
     let rss = rss_kib(agent.pid());
     assert!(rss < 64 * 1024, "agent RSS {rss} KiB");
 
+    // Subscribed before the agent reconnects (see the outage test).
+    agent.pause();
     fleet.broker.restart();
     let sub = fleet.subscriber();
+    agent.resume();
     // What is left arrives: the newest alerts, and the reports of how many were dropped (one a
     // second at most, so the reports do not fill the spool themselves).
     let alerts = |sub: &Subscriber| -> Vec<Alert> {

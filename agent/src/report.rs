@@ -379,8 +379,8 @@ pub struct Reporter {
 /// What went out on the current connection and awaits its packet id or acknowledgement.
 struct Link {
     connected: bool,
-    /// When the connection last made progress (connected, a publish went out, an
-    /// acknowledgement came back).
+    /// Since when the alerts in flight wait: the last acknowledgement, or when alerts were
+    /// queued with none in flight. Other messages going out (heartbeats) are no progress.
     progress: Instant,
     /// Publishes queued and not yet reported sent, in order.
     queued: VecDeque<Queued>,
@@ -430,6 +430,15 @@ impl Link {
         }
     }
 
+    /// Alert `seq` was handed to the client library.
+    fn queue_alert(&mut self, seq: u64) {
+        if self.alerts_in_flight() == 0 {
+            self.progress = Instant::now();
+        }
+        self.queued.push_back(Queued::Alert(seq));
+        self.last = Some(seq);
+    }
+
     fn alerts_in_flight(&self) -> usize {
         self.inflight.len()
             + self
@@ -464,9 +473,11 @@ impl Link {
     /// packet id nothing sent on this connection awaits.
     fn acknowledged(&mut self, pkid: u16) -> Result<Option<u64>, String> {
         if let Some(seq) = self.inflight.remove(&pkid) {
+            self.progress = Instant::now();
             return Ok(Some(seq));
         }
         if self.others.remove(&pkid) {
+            self.progress = Instant::now();
             return Ok(None);
         }
         Err(format!(
@@ -583,7 +594,13 @@ impl Reporter {
                                 self.heartbeat(&client, &mut link);
                                 if self.passed_over(&link) {
                                     link.last = None;
-                                    self.fill(&client, &mut link);
+                                }
+                                // Also alerts no wake-up announced: none waits longer than a
+                                // heartbeat for a chance to go out.
+                                let idle = link.alerts_in_flight() == 0;
+                                let queued = self.fill(&client, &mut link);
+                                if idle && queued > 0 {
+                                    log::debug!("{queued} spooled alert(s) sent with the heartbeat");
                                 }
                             }
                             _ = tokio::time::sleep_until(stalled.into()),
@@ -628,7 +645,6 @@ impl Reporter {
                         self.fill(&client, &mut link);
                     }
                     Ok(Ev::Sent { pkid }) => {
-                        link.progress = Instant::now();
                         if let Err(message) = link.sent(pkid) {
                             // Never expected; starting over on a new connection re-sends
                             // whatever was not acknowledged.
@@ -639,7 +655,6 @@ impl Reporter {
                         }
                     }
                     Ok(Ev::PubAck { pkid, refused }) => {
-                        link.progress = Instant::now();
                         let acknowledged = match link.acknowledged(pkid) {
                             Ok(acknowledged) => acknowledged,
                             Err(message) => {
@@ -735,26 +750,27 @@ impl Reporter {
         (self.config.options.keep_alive * 2).max(STALL_MIN)
     }
 
-    /// Publishes spooled alerts until the window is full.
-    fn fill(&self, client: &mqtt::Client, link: &mut Link) {
+    /// Publishes spooled alerts until the window is full; returns how many it queued.
+    fn fill(&self, client: &mqtt::Client, link: &mut Link) -> usize {
         let room = WINDOW.saturating_sub(link.alerts_in_flight());
         if room == 0 {
-            return;
+            return 0;
         }
         // Busy writing: the writer wakes this reporter when it is done.
         let Some(mut spool) = self.shared.try_spool() else {
-            return;
+            return 0;
         };
         self.take_acked(&mut spool);
         let entries = match spool.peek(link.last, room) {
             Ok(entries) => entries,
             Err(e) => {
                 log::error!("reading the spool: {e:#}");
-                return;
+                return 0;
             }
         };
         drop(spool);
         let alert_topic = topic(&self.device_id, Channel::Alert);
+        let mut queued = 0;
         for entry in entries {
             let payload = match self.wire(&entry.payload) {
                 Ok(p) => p,
@@ -769,11 +785,12 @@ impl Reporter {
             };
             if let Err(e) = client.publish(&alert_topic, true, false, payload) {
                 log::debug!("publish queue full ({e}); alert #{} waits", entry.seq);
-                return;
+                break;
             }
-            link.queued.push_back(Queued::Alert(entry.seq));
-            link.last = Some(entry.seq);
+            link.queue_alert(entry.seq);
+            queued += 1;
         }
+        queued
     }
 
     /// The alert's message in the configured format, from its spooled postcard body.
@@ -1232,6 +1249,31 @@ mod tests {
         assert!(link.sent(5).is_err(), "a QoS 0 message has no packet id");
         link.queued.push_back(Queued::Alert(9));
         assert!(link.sent(0).is_err(), "an alert goes out with a packet id");
+    }
+
+    #[test]
+    fn alerts_wait_since_the_first_was_queued_or_the_last_acknowledgement() {
+        let pause = || std::thread::sleep(Duration::from_millis(5));
+        let mut link = Link::connected();
+        let connected = link.progress;
+        pause();
+        link.queue_alert(1);
+        let first = link.progress;
+        assert!(first > connected, "alerts wait from the first queued");
+        pause();
+        link.queue_alert(2);
+        link.queued.push_back(Queued::Qos0);
+        link.sent(1).unwrap();
+        link.sent(2).unwrap();
+        link.sent(0).unwrap();
+        assert_eq!(link.progress, first, "what goes out is no progress");
+        pause();
+        assert_eq!(link.acknowledged(1), Ok(Some(1)));
+        let acked = link.progress;
+        assert!(acked > first, "an acknowledgement is");
+        pause();
+        link.queue_alert(3);
+        assert_eq!(link.progress, acked, "alert 2 still waits since then");
     }
 
     #[test]

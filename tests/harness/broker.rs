@@ -254,7 +254,7 @@ fn client_config_builder(
 }
 
 /// A Mosquitto broker with one mutual-TLS listener on a free loopback port. Killed on drop;
-/// its log is printed to stderr when dropped during a panic.
+/// the end of its log is printed to stderr when dropped during a panic.
 pub struct Mosquitto {
     dir: TempDir,
     conf: PathBuf,
@@ -404,14 +404,19 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
+            // Its end only: the panic's own message, printed before, stays in view.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
             eprintln!(
-                "--- mosquitto log ({}):\n{}",
-                self.log.display(),
-                self.log()
+                "--- the last lines of the mosquitto log:\n{}",
+                lines[lines.len().saturating_sub(BROKER_LOG_TAIL)..].join("\n")
             );
         }
     }
 }
+
+/// How many lines of the broker's log a failing test prints.
+const BROKER_LOG_TAIL: usize = 25;
 
 /// A loopback port nothing listens on right now.
 fn free_port() -> u16 {
