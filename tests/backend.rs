@@ -308,6 +308,10 @@ mod support {
             }
         }
 
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
         pub fn assert_running(&mut self) {
             assert!(
                 self.child.try_wait().unwrap().is_none(),
@@ -537,7 +541,7 @@ mod support {
 }
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use picket_proto::topic::Channel;
 use picket_proto::{
@@ -1385,6 +1389,81 @@ async fn serve_runs_its_own_broker_with_the_per_device_acl() {
     );
     std::net::TcpListener::bind(("127.0.0.1", broker.port))
         .expect("the broker's port is still in use after serve exited");
+}
+
+/// Sends `signal` (a name, as `kill -<signal>` takes it) to `pid`.
+fn kill(signal: &str, pid: u32) {
+    assert!(std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Waits until `pid` has exited (gone, or a zombie its stopped parent has not reaped).
+fn wait_exited(pid: u32) {
+    let start = Instant::now();
+    loop {
+        let exited = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        };
+        if exited {
+            return;
+        }
+        assert!(start.elapsed() < TIMEOUT, "pid {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_sent_while_the_backend_is_away_from_its_restarted_broker_are_stored() {
+    let broker = Broker::pki();
+    let mut backend = Backend::start(&broker, "managed", &broker.managed_section());
+    // The managed broker's only receiver subscribes without sharing: Mosquitto keeps plain
+    // subscriptions across its restarts, not shared ones.
+    let log = backend.log();
+    assert!(log.contains("subscribed to picket/v1/+/alert,"), "{log}");
+    assert!(!log.contains("$share/"), "{log}");
+
+    // The broker restarts and a device is back before the backend is: `serve` (with its
+    // ingest) is stopped, the broker exits (SIGTERM: it saves its state), and a broker with
+    // the configuration `serve` wrote (and its saved state) comes back in its place.
+    let serve = backend.pid();
+    let managed = managed_broker_pid(&broker);
+    kill("STOP", serve);
+    kill("TERM", managed);
+    wait_exited(managed);
+    let mut restarted = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(broker.path("managed/mosquitto.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", broker.port)).is_err() {
+        assert!(start.elapsed() < TIMEOUT, "the broker did not come back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut device = Device::connect(&broker, "gw-a", None).await;
+    device
+        .publish(Channel::Alert, Format::Postcard, &alert(1), false)
+        .await;
+    device.flush().await;
+    drop(device);
+
+    // That broker stops too (saving the alert it keeps for the backend's session); `serve`
+    // resumes, starts its broker again, and the ingest gets and stores the alert.
+    kill("TERM", restarted.id());
+    restarted.wait().unwrap();
+    kill("CONT", serve);
+    backend.wait_log("broker restarted", 1);
+    backend.wait_for(&["alerts", "--json"], |v| seqs(v) == [1]);
+    backend.stop();
 }
 
 #[test]

@@ -37,6 +37,9 @@ pub struct Files {
     pub log: PathBuf,
     /// The pid of the running broker, to stop one left behind by a `serve` that was killed.
     pub pid: PathBuf,
+    /// Where the broker keeps its persistent state (`mosquitto.db`): the backend's session and
+    /// the messages queued for it, retained messages.
+    pub dir: PathBuf,
 }
 
 impl Files {
@@ -46,12 +49,17 @@ impl Files {
             acl: dir.join("acl"),
             log: dir.join("mosquitto.log"),
             pid: dir.join("mosquitto.pid"),
+            dir: dir.to_path_buf(),
         }
     }
 }
 
+/// How often the broker saves its state (the backend's session and subscriptions, the messages
+/// queued for it, retained messages), and on a clean exit.
+pub const AUTOSAVE: Duration = Duration::from_secs(10);
+
 /// The Mosquitto configuration: mutual TLS on `listen`, the certificate's CN as user name and
-/// client id, no persistence, the ACL of [`acl`].
+/// client id, its state saved in `files.dir`, the ACL of [`acl`].
 pub fn mosquitto_conf(
     listen: SocketAddr,
     ca: &Path,
@@ -75,7 +83,11 @@ pub fn mosquitto_conf(
          require_certificate true\n\
          use_identity_as_username true\n\
          use_username_as_clientid true\n\
-         persistence false\n\
+         # The backend's session (its subscriptions, the messages queued for it) outlives a broker\n\
+         # restart: alerts devices publish before the backend is back wait for it.\n\
+         persistence true\n\
+         persistence_location {dir}/\n\
+         autosave_interval {autosave}\n\
          # The backend takes at most 256 messages at a time (its MQTT receive maximum); the broker\n\
          # queues the rest of a burst for it, and past this limit drops them (docs/BACKEND.md).\n\
          max_queued_messages {max_queued_messages}\n\
@@ -88,6 +100,8 @@ pub fn mosquitto_conf(
         key = key.display(),
         acl = files.acl.display(),
         log = files.log.display(),
+        dir = files.dir.display(),
+        autosave = AUTOSAVE.as_secs(),
     )
 }
 
@@ -513,7 +527,9 @@ mod tests {
                 "require_certificate true",
                 "use_identity_as_username true",
                 "use_username_as_clientid true",
-                "persistence false",
+                "persistence true",
+                "persistence_location /var/lib/picket-backend/broker/",
+                "autosave_interval 10",
                 "max_queued_messages 100000",
                 "acl_file /var/lib/picket-backend/broker/acl",
                 "log_dest file /var/lib/picket-backend/broker/mosquitto.log",

@@ -41,7 +41,8 @@ pub struct MqttConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// Shared-subscription group: instances with the same group split the messages between
-    /// them. Empty: every instance receives every message.
+    /// them. Empty: every instance receives every message. Not used when ingesting from the
+    /// managed broker (`[broker]`), whose only receiver `serve` is.
     #[serde(default = "default_share_group")]
     pub share_group: String,
     #[serde(default = "default_keep_alive", deserialize_with = "duration")]

@@ -1,7 +1,8 @@
 //! The MQTT ingest: subscribes to every device's topics (alerts, heartbeats and policy results
-//! through a shared subscription, so that several instances split them; statuses directly,
-//! since a broker does not hand retained messages to shared subscriptions), checks each
-//! message, and stores it. A message is acknowledged to the broker only once stored.
+//! through a shared subscription, so that several instances split them, except from the
+//! managed broker; statuses directly, since a broker does not hand retained messages to shared
+//! subscriptions), checks each message, and stores it. A message is acknowledged to the broker
+//! only once stored.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

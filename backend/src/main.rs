@@ -259,7 +259,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
-    let mqtt = config.mqtt()?.clone();
+    let mut mqtt = config.mqtt()?.clone();
+    if let Some(broker) = &config.broker {
+        if broker::points_at(&mqtt.host, mqtt.port, broker.listen) {
+            // The managed broker's only receiver: plain subscriptions, which Mosquitto keeps
+            // with the session across its restarts (shared ones it does not keep).
+            mqtt.share_group.clear();
+        }
+    }
     let store = store::open(&config.store, db.as_deref(), true)?;
     let store = Arc::new(Mutex::new(store));
     let location = match (&config.store.postgres, &db) {
