@@ -92,7 +92,11 @@ pub fn mosquitto_conf(
          # queues the rest of a burst for it, and past this limit drops them (docs/BACKEND.md).\n\
          max_queued_messages {max_queued_messages}\n\
          acl_file {acl}\n\
-         log_dest file {log}\n",
+         log_dest file {log}\n\
+         # Connections, disconnections and problems; not every autosave.\n\
+         log_type error\n\
+         log_type warning\n\
+         log_type notice\n",
         port = listen.port(),
         ip = listen.ip(),
         ca = ca.display(),
@@ -533,6 +537,9 @@ mod tests {
                 "max_queued_messages 100000",
                 "acl_file /var/lib/picket-backend/broker/acl",
                 "log_dest file /var/lib/picket-backend/broker/mosquitto.log",
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
             ]
         );
         let v6 = mosquitto_conf(
