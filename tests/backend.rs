@@ -1467,6 +1467,58 @@ async fn alerts_sent_while_the_backend_is_away_from_its_restarted_broker_are_sto
 }
 
 #[test]
+fn a_sigterm_while_the_managed_broker_starts_leaves_no_broker() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = Broker::pki();
+    // A Mosquitto slow to start: `serve` is told to stop while it waits for it to listen.
+    let started = broker.path("wrapper-started");
+    let wrapper = broker.path("slow-mosquitto");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nsleep 2\nexec mosquitto \"$@\"\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = broker.backend_config(
+        "slow",
+        &format!(
+            "{}mosquitto = \"{}\"\n",
+            broker.managed_section(),
+            wrapper.display()
+        ),
+    );
+    let serve = backend_bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !(started.exists() && broker.path("managed/mosquitto.pid").exists()) {
+        assert!(start.elapsed() < TIMEOUT, "the broker was never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = managed_broker_pid(&broker);
+    kill("TERM", serve.id());
+    let out = serve.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("terminated; stopping"),
+        "{}",
+        text(&out)
+    );
+    wait_exited(pid);
+    std::net::TcpListener::bind(("127.0.0.1", broker.port))
+        .expect("the broker's port is still in use after serve exited");
+}
+
+#[test]
 fn a_managed_broker_that_cannot_start_is_reported() {
     let broker = Broker::pki();
     // The port is taken.

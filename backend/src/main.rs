@@ -286,17 +286,36 @@ fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Caught from here on: a SIGINT or SIGTERM while the managed broker starts stops it
+        // once it listens, instead of ending `serve` and leaving the broker running.
+        let signals = Signals::new()?;
         // The managed broker first: when the HTTP API answers, the broker listens too.
         let broker = match &config.broker {
             Some(b) => Some(broker::Broker::start(&config, b).await?),
             None => None,
         };
-        let served = serve_with(&config, mqtt, store, reader, location).await;
+        let served = serve_with(&config, mqtt, store, reader, location, signals).await;
         if let Some(broker) = broker {
             broker.stop().await;
         }
         served
     })
+}
+
+/// The signals that stop `serve`, caught from their creation on.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
+    }
 }
 
 /// `serve` once the store is open (and the managed broker, if any, is listening): until a
@@ -307,6 +326,7 @@ async fn serve_with(
     store: Arc<Mutex<Box<dyn Store>>>,
     reader: Option<Box<dyn Store>>,
     location: String,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
     {
         if let (Some(http), Some(reader)) = (&config.http, reader) {
@@ -351,12 +371,10 @@ async fn serve_with(
             mqtt.client_id,
             location
         );
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = ingest::run(mqtt, store) => r,
-            _ = tokio::signal::ctrl_c() => { log::info!("interrupted; stopping"); Ok(()) }
-            _ = sigterm.recv() => { log::info!("terminated; stopping"); Ok(()) }
+            _ = signals.interrupt.recv() => { log::info!("interrupted; stopping"); Ok(()) }
+            _ = signals.terminate.recv() => { log::info!("terminated; stopping"); Ok(()) }
         }
     }
 }
