@@ -367,10 +367,12 @@ fn openat_relative_to_directory_fd() {
     let mon = Monitor::start(&["--filter", "file"]);
     let dir = TempDir::new();
     let dir_c = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
-    let pause = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 200_000_000,
-    };
+    // The agent resolves the directory through the process's open descriptors (documented:
+    // once they are gone the path stays relative), so the child keeps its directory open
+    // until the test has seen the event (a byte on `done`), or 10 s.
+    let mut done = [0 as libc::c_int; 2];
+    // SAFETY: `done` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(done.as_mut_ptr()) }, 0);
     let pid = fork_child(|| {
         // SAFETY: raw syscalls on data prepared before the fork.
         unsafe {
@@ -387,19 +389,28 @@ fn openat_relative_to_directory_fd() {
             if fd < 0 {
                 return 2;
             }
-            libc::nanosleep(&pause, std::ptr::null_mut());
+            let mut wait = libc::pollfd {
+                fd: done[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            libc::poll(&mut wait, 1, 10_000);
         }
         0
     });
-    assert_eq!(wait_child(pid), 0, "the openat child failed");
-    let pid = pid as u32;
     let path = dir.join("viadirfd.txt");
-
     let ev = mon.wait_for_pid(
         &format!("open of {} by pid {pid}", path.display()),
-        pid,
+        pid as u32,
         |e| is_file_op(e, "open", &path),
     );
+    // SAFETY: writes one byte from a live buffer to our end of the pipe, then closes both.
+    unsafe {
+        libc::write(done[1], c"x".as_ptr().cast(), 1);
+        libc::close(done[0]);
+        libc::close(done[1]);
+    }
+    assert_eq!(wait_child(pid), 0, "the openat child failed");
     assert!(ev.has_flag("O_WRONLY") && ev.has_flag("O_CREAT"), "{ev}");
     assert_eq!(ev.str_field("mode"), Some("0644"), "{ev}");
     assert_eq!(ev["path_resolved"], true, "{ev}");
