@@ -1363,11 +1363,7 @@ async fn serve_runs_its_own_broker_with_the_per_device_acl() {
     assert!(connects(&broker, "gw-c", "gw-c").await);
 
     // The broker dies: `serve` logs it, starts it again, and the ingest resumes.
-    assert!(std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    kill("KILL", pid);
     backend.wait_log("the broker exited", 1);
     backend.wait_log("broker restarted", 1);
     backend.wait_log("subscribed to", 2);
