@@ -11,7 +11,8 @@
 #
 # TARGET is one of aarch64-unknown-linux-gnu, aarch64-unknown-linux-musl,
 # armv7-unknown-linux-gnueabihf, armv7-unknown-linux-musleabihf, or `all`.
-# PICKET_PROFILE selects the cargo profile of `build` (default release-small).
+# PICKET_PROFILE selects the cargo profile of `build` (default release-small). Its agents are
+# stripped and abort on panic: CARGO_PROFILE_<PROFILE>_STRIP and _PANIC, set here unless given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,6 +24,9 @@ ALL_TARGETS=(aarch64-unknown-linux-gnu aarch64-unknown-linux-musl
     armv7-unknown-linux-gnueabihf armv7-unknown-linux-musleabihf)
 MUSL_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
 PROFILE="${PICKET_PROFILE:-release-small}"
+STRIP_VAR="CARGO_PROFILE_$(echo "$PROFILE" | tr 'a-z-' 'A-Z_')_STRIP"
+PANIC_VAR="${STRIP_VAR%_STRIP}_PANIC"
+export "$STRIP_VAR=${!STRIP_VAR:-true}" "$PANIC_VAR=${!PANIC_VAR:-abort}"
 SIZES="$ROOT/target/cross/sizes.tsv"
 
 SUDO=""
