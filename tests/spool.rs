@@ -14,10 +14,6 @@
 // Without the harness clippy does not see a test here; a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-#[allow(dead_code)]
-#[path = "../agent/src/spool.rs"]
-mod spool;
-
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
@@ -26,7 +22,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use spool::{Spool, SpoolLimits};
+use picket_agent::spool::{Spool, SpoolLimits};
 
 const NAME: &str = "spool_survives_kill_9";
 const CHILD_ENV: &str = "PICKET_SPOOL_CRASH_CHILD";

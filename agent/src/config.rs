@@ -62,7 +62,7 @@ pub struct MqttConfig {
     pub key: PathBuf,
     /// `auto` (v5, falling back to 3.1.1), `v5` or `v3.1.1`.
     #[serde(default = "default_protocol")]
-    pub protocol: crate::mqtt::Protocol,
+    pub protocol: crate::report::mqtt::Protocol,
     /// `postcard` (compact) or `json` (for third-party consumers).
     #[serde(default)]
     pub format: picket_proto::Format,
@@ -182,8 +182,8 @@ impl Default for OutputConfig {
     }
 }
 
-fn default_protocol() -> crate::mqtt::Protocol {
-    crate::mqtt::Protocol::Auto
+fn default_protocol() -> crate::report::mqtt::Protocol {
+    crate::report::mqtt::Protocol::Auto
 }
 fn default_keep_alive() -> Duration {
     Duration::from_secs(30)
@@ -326,7 +326,7 @@ mod tests {
             ("fleet.example.com".to_string(), 8883)
         );
         assert_eq!(mqtt.format, picket_proto::Format::Postcard);
-        assert_eq!(mqtt.protocol, crate::mqtt::Protocol::Auto);
+        assert_eq!(mqtt.protocol, crate::report::mqtt::Protocol::Auto);
         assert_eq!(config.spool.max_bytes, 8 << 20);
     }
 

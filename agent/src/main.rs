@@ -2,30 +2,12 @@
 //!
 //! The binary's entry point: command-line parsing, logging, and dispatch to the subcommands.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use picket_agent::cmd::{baseline, monitor, policy as policy_cmd, run};
+use picket_agent::detect::canary;
 
-mod alert;
-mod baseline;
-mod canary;
-mod config;
-mod detect;
-mod enrich;
-mod hash;
-mod integrity;
-mod monitor;
-mod mqtt;
-mod paths;
-mod policy_cmd;
-mod preflight;
-mod process;
-mod report;
-mod run;
-mod sensors;
-mod session;
-mod spool;
-mod tls;
 
 /// Picket watches process execution, network connections and file changes with eBPF.
 #[derive(Parser)]
@@ -52,18 +34,6 @@ enum Command {
     /// The sensor liveness check's test exec (internal): exits at once.
     #[command(name = canary::SUBCOMMAND, hide = true)]
     Canary { nonce: String },
-}
-
-/// Options shared by every command that loads the sensors.
-#[derive(clap::Args, Debug, Clone)]
-pub struct SensorArgs {
-    /// Load the eBPF object from this file instead of the one built into the binary.
-    #[arg(long, value_name = "PATH")]
-    pub bpf_object: Option<PathBuf>,
-
-    /// Size of the kernel-to-agent ring buffer in bytes (a power of two, at least one page).
-    #[arg(long, value_name = "BYTES", default_value_t = sensors::DEFAULT_RING_BUFFER_BYTES)]
-    pub ring_buffer_size: u32,
 }
 
 fn main() -> ExitCode {

@@ -7,6 +7,7 @@
 //! on this kernel.
 
 pub mod decode;
+pub mod preflight;
 mod programs;
 pub mod tracefs;
 
@@ -325,3 +326,16 @@ pub fn describe(set: SensorSet) -> String {
         .collect();
     names.into_iter().collect::<Vec<_>>().join(",")
 }
+
+/// Options shared by every command that loads the sensors.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SensorArgs {
+    /// Load the eBPF object from this file instead of the one built into the binary.
+    #[arg(long, value_name = "PATH")]
+    pub bpf_object: Option<PathBuf>,
+
+    /// Size of the kernel-to-agent ring buffer in bytes (a power of two, at least one page).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BUFFER_BYTES)]
+    pub ring_buffer_size: u32,
+}
+

@@ -11,6 +11,9 @@
 //! nor alerted on (most of them, under `picket run`) cost no JSON at all. The process context
 //! is shared with the process table (reference-counted), not copied.
 
+pub mod hash;
+pub mod process;
+
 use std::{
     borrow::Cow,
     cell::OnceCell,
@@ -25,10 +28,12 @@ use std::{
 use picket_common::{FileOp, NetOp, AT_FDCWD};
 use serde_json::{Map, Value};
 
-use crate::{
+use self::{
     hash::HashCache,
-    paths::{self, read_proc_link},
     process::{Ancestor, Image, ProcessTable},
+};
+use crate::{
+    paths::{self, read_proc_link},
     sensors::decode::{Exec, File, Net, RawEvent, Task},
 };
 

@@ -5,6 +5,9 @@
 //! the per-event cost does not grow with the size of the baseline; globs and network rules are
 //! scanned (they are few).
 
+pub mod canary;
+pub mod integrity;
+
 use std::{
     borrow::Cow,
     collections::{HashMap, HashSet},
@@ -438,8 +441,7 @@ glob = "/etc/init.d/*"
     /// A typed event with what `fields` gives (the keys a test uses), the rest empty.
     fn event(fields: Value) -> Event {
         use crate::{
-            enrich::{Context, Fields, Record},
-            process::Image,
+            enrich::{process::Image, Context, Fields, Record},
             sensors::decode::{Comm, Task},
         };
         use std::{net::IpAddr, sync::Arc};

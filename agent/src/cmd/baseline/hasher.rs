@@ -146,7 +146,7 @@ fn hash_file(found: &Found, buf: &mut [u8], bytes: &AtomicU64) -> Result<Hashed,
 
 /// SHA-256 of everything in `file`, counting the bytes for the progress line.
 fn digest(file: &mut File, buf: &mut [u8], bytes: &AtomicU64) -> io::Result<[u8; 32]> {
-    crate::hash::sha256_chunks(file, buf, |chunk| {
+    crate::enrich::hash::sha256_chunks(file, buf, |chunk| {
         bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     })
 }

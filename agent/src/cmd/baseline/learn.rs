@@ -19,9 +19,8 @@ use serde_json::Value;
 
 use crate::{
     enrich::Event,
-    sensors::SensorSet,
-    session::{self, Sink},
-    SensorArgs,
+    cmd::session::{self, Sink},
+    sensors::{SensorArgs, SensorSet},
 };
 
 /// Arguments of `picket baseline learn`.

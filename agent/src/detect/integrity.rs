@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::{
     alert::{Draft, Kind, Severity},
-    hash::HashCache,
+    enrich::hash::HashCache,
 };
 
 /// Files matching each protected glob at the previous scan, with their SHA-256.

@@ -17,9 +17,7 @@ use tokio::{
 
 use crate::{
     enrich::{Enricher, Event},
-    preflight,
-    sensors::{self, decode, KernelCounters, SensorSet, Sensors},
-    SensorArgs,
+    sensors::{self, decode, preflight, KernelCounters, SensorArgs, SensorSet, Sensors},
 };
 
 /// Where a session's output goes.

@@ -20,18 +20,16 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{
     alert::{AlertSink, Alerter, Draft, JsonLinesSink, Kind, Sequence, Severity},
-    canary::Canary,
+    cmd::session::{self, Sink},
     config::{AgentConfig, ModesConfig},
-    detect::Detector,
-    enrich::{Category, Event},
-    hash::HashCache,
-    integrity, mqtt,
-    report::{self, Counters, PolicyEvent, Reporter, ReporterConfig, Shared, SpoolSink},
-    sensors::SensorSet,
-    session::{self, Sink},
+    detect::{canary::Canary, integrity, Detector},
+    enrich::{hash::HashCache, Category, Event},
+    report::{
+        self, mqtt, tls::Identity, Counters, PolicyEvent, Reporter, ReporterConfig, Shared,
+        SpoolSink,
+    },
+    sensors::{SensorArgs, SensorSet},
     spool::{Spool, SpoolLimits},
-    tls::Identity,
-    SensorArgs,
 };
 
 /// Arguments of `picket run`.

@@ -15,9 +15,8 @@ use serde_json::json;
 
 use crate::{
     enrich::{Category, Event},
-    sensors::SensorSet,
-    session::{self, Sink, Stats},
-    SensorArgs,
+    cmd::session::{self, Sink, Stats},
+    sensors::{SensorArgs, SensorSet},
 };
 
 /// Arguments of `picket monitor`.

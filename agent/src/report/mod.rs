@@ -13,6 +13,9 @@
 //! message was queued, an acknowledgement nothing awaits), the connection is dropped and
 //! everything unacknowledged goes out again on the next.
 
+pub mod mqtt;
+pub mod tls;
+
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     fs,
@@ -40,9 +43,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{
     alert::{self, AlertSink},
-    mqtt::{self, Ev, Protocol},
     spool::Spool,
 };
+use mqtt::{Ev, Protocol};
 
 /// Alerts published and not yet acknowledged, at most.
 pub const WINDOW: usize = 32;
