@@ -19,6 +19,7 @@
 pub mod alert;
 pub mod cmd;
 pub mod config;
+pub mod counters;
 pub mod detect;
 pub mod enrich;
 pub mod paths;

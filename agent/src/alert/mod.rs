@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::report::Counters;
+use crate::counters::Counters;
 use serde_json::{Map, Value};
 
 /// How many sequence numbers are reserved per write of the counter.

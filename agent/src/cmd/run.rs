@@ -22,11 +22,11 @@ use crate::{
     alert::{AlertSink, Alerter, Draft, JsonLinesSink, Kind, Sequence, Severity},
     cmd::session::{self, Sink},
     config::{AgentConfig, ModesConfig},
+    counters::Counters,
     detect::{canary::Canary, integrity, Detector},
     enrich::{hash::HashCache, Category, Event},
     report::{
-        self, mqtt, tls::Identity, Counters, PolicyEvent, Reporter, ReporterConfig, Shared,
-        SpoolSink,
+        self, mqtt, tls::Identity, PolicyEvent, Reporter, ReporterConfig, Shared, SpoolSink,
     },
     sensors::{SensorArgs, SensorSet},
     spool::{Spool, SpoolLimits},

@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{
     alert::{self, AlertSink},
+    counters::Counters,
     spool::Spool,
 };
 use mqtt::{Ev, Protocol};
@@ -53,25 +54,6 @@ pub const WINDOW: usize = 32;
 /// The shortest wait for an acknowledgement before a connection is deemed stuck; twice the
 /// keep-alive when that is longer.
 const STALL_MIN: Duration = Duration::from_secs(30);
-
-/// What the agent counts for its heartbeat.
-#[derive(Default)]
-pub struct Counters {
-    /// Events delivered per sensor (process, network, file).
-    pub seen: [AtomicU64; 3],
-    pub lost: [AtomicU64; 3],
-    pub raised: AtomicU64,
-    pub aggregated: AtomicU64,
-    pub spooled: AtomicU64,
-    pub sent: AtomicU64,
-    pub dropped: AtomicU64,
-}
-
-impl Counters {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
-    }
-}
 
 /// State shared by the detection loop (which raises alerts), the spool writer (which makes
 /// them durable) and the reporter (which sends them).
