@@ -43,7 +43,8 @@ pub struct Files {
 }
 
 impl Files {
-    fn new(dir: &Path) -> Files {
+    /// The files of a broker whose directory is `dir`.
+    pub fn new(dir: &Path) -> Files {
         Files {
             conf: dir.join("mosquitto.conf"),
             acl: dir.join("acl"),
@@ -109,20 +110,26 @@ pub fn mosquitto_conf(
     )
 }
 
-/// The ACL: the backend (`backend_cn`, the CN of its certificate) reads every device's topics
-/// and writes the policy topics; a device writes its own topics and reads its own policy.
-pub fn acl(backend_cn: &str) -> String {
-    format!(
-        "user {backend_cn}\n\
-         topic read picket/v1/#\n\
-         topic write picket/v1/+/policy\n\
-         \n\
-         pattern write picket/v1/%u/alert\n\
+/// The ACL: each backend (`backend_cns`, the CNs of their certificates) reads every device's
+/// topics and writes the policy topics; a device writes its own topics and reads its own policy.
+pub fn acl(backend_cns: &[&str]) -> String {
+    let mut acl = String::new();
+    for cn in backend_cns {
+        acl.push_str(&format!(
+            "user {cn}\n\
+             topic read picket/v1/#\n\
+             topic write picket/v1/+/policy\n\
+             \n"
+        ));
+    }
+    acl.push_str(
+        "pattern write picket/v1/%u/alert\n\
          pattern write picket/v1/%u/heartbeat\n\
          pattern write picket/v1/%u/status\n\
          pattern write picket/v1/%u/policy/result\n\
-         pattern read picket/v1/%u/policy\n"
-    )
+         pattern read picket/v1/%u/policy\n",
+    );
+    acl
 }
 
 /// The subject CN of the first certificate of a PEM file.
@@ -389,7 +396,7 @@ impl Broker {
         let dir = absolute(&dir, "broker.dir")?;
         let files = Files::new(&dir);
         stop_leftover(&files)?;
-        std::fs::write(&files.acl, acl(&backend_cn))
+        std::fs::write(&files.acl, acl(&[&backend_cn]))
             .with_context(|| format!("writing {}", files.acl.display()))?;
         std::fs::write(
             &files.conf,
@@ -553,7 +560,7 @@ mod tests {
         assert!(v6.contains("\nlistener 8883 ::1\n"), "{v6}");
         assert!(v6.contains("\nmax_queued_messages 5\n"), "{v6}");
 
-        let acl = acl("be-1");
+        let acl = acl(&["be-1"]);
         assert!(
             acl.starts_with("user be-1\ntopic read picket/v1/#\ntopic write picket/v1/+/policy\n")
         );
@@ -589,6 +596,23 @@ mod tests {
         ] {
             assert!(acl.lines().any(|l| l == pattern), "{pattern}");
         }
+    }
+
+    #[test]
+    fn one_user_block_per_backend() {
+        let devices = "pattern write picket/v1/%u/alert\n\
+                       pattern write picket/v1/%u/heartbeat\n\
+                       pattern write picket/v1/%u/status\n\
+                       pattern write picket/v1/%u/policy/result\n\
+                       pattern read picket/v1/%u/policy\n";
+        let user = |cn: &str| {
+            format!("user {cn}\ntopic read picket/v1/#\ntopic write picket/v1/+/policy\n\n")
+        };
+        assert_eq!(acl(&["be-1"]), format!("{}{devices}", user("be-1")));
+        assert_eq!(
+            acl(&["be-1", "be-2"]),
+            format!("{}{}{devices}", user("be-1"), user("be-2"))
+        );
     }
 
     #[test]

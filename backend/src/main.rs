@@ -4,19 +4,6 @@
 
 #![forbid(unsafe_code)]
 
-mod api;
-mod broker;
-mod config;
-mod ingest;
-mod ocsf;
-mod pgstore;
-#[cfg(test)]
-mod pgtest;
-mod push;
-mod query;
-mod store;
-mod tls;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,8 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
-use crate::store::Store;
+use picket_backend::config::{self, Config};
+use picket_backend::store::{self, Store};
+use picket_backend::{api, broker, ingest, ocsf, push, query, tls};
 
 const DEFAULT_CONFIG: &str = "/etc/picket-backend/backend.toml";
 
