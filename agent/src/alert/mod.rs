@@ -19,12 +19,12 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::counters::Counters;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// How many sequence numbers are reserved per write of the counter.
 const SEQ_BLOCK: u64 = 64;
 
-pub use picket_proto::{AlertKind as Kind, Severity};
+pub use picket_proto::{AlertKind as Kind, ProcessContext, Severity};
 
 /// An alert before it is numbered and aggregated.
 #[derive(Debug, Clone)]
@@ -36,8 +36,9 @@ pub struct Draft {
     /// The executable, file or peer the alert is about.
     pub path: Option<String>,
     pub details: Value,
-    /// The acting process's context (pid, ppid, uid, exe, sha256, argv, ancestry, cgroup_id).
-    pub process: Option<Map<String, Value>>,
+    /// The acting process's context (pid, ppid, uid, exe, sha256, argv, ancestry, cgroup_id),
+    /// as it goes on the wire.
+    pub process: Option<ProcessContext>,
 }
 
 impl Draft {
@@ -46,8 +47,7 @@ impl Draft {
         let exe = self
             .process
             .as_ref()
-            .and_then(|p| p.get("exe"))
-            .and_then(Value::as_str)
+            .and_then(|p| p.exe.as_deref())
             .unwrap_or("");
         format!(
             "{:?}\u{0}{}\u{0}{}\u{0}{exe}",
@@ -74,7 +74,7 @@ pub struct Alert {
     pub count: u64,
     pub first_ms: u64,
     pub last_ms: u64,
-    pub process: Option<Map<String, Value>>,
+    pub process: Option<ProcessContext>,
 }
 
 impl Alert {
@@ -92,51 +92,8 @@ impl Alert {
             count: self.count,
             first_ms: self.first_ms,
             last_ms: self.last_ms,
-            process: self.process.as_ref().map(process_context),
+            process: self.process.clone(),
         }
-    }
-}
-
-/// The typed process context of an alert, from the fields detection gathered.
-fn process_context(p: &Map<String, Value>) -> picket_proto::ProcessContext {
-    let u32_of = |key: &str| {
-        p.get(key)
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-    };
-    let str_of = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_string);
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    picket_proto::ProcessContext {
-        pid: u32_of("pid"),
-        ppid: u32_of("ppid"),
-        uid: u32_of("uid"),
-        exe: str_of("exe"),
-        sha256: str_of("sha256"),
-        argv: strings(p.get("argv")),
-        argv_dropped: u32_of("argv_dropped").unwrap_or(0),
-        ancestry: p
-            .get("ancestry")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| {
-                        Some(picket_proto::Ancestor {
-                            pid: u32::try_from(x.get("pid")?.as_u64()?).ok()?,
-                            exe: x.get("exe").and_then(Value::as_str).map(str::to_string),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        cgroup_id: p.get("cgroup_id").and_then(Value::as_u64),
     }
 }
 

@@ -20,7 +20,7 @@ use picket_policy::{
     model::{Mode, Modes, Protocol},
     Policy,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::{
     alert::{Draft, Kind, Severity},
@@ -350,41 +350,14 @@ fn draft(
         rule: rule.to_string(),
         path: Some(path.to_string()),
         details,
-        process: Some(process_context(&event.fields)),
+        process: event
+            .record()
+            .map(|r| r.process_context(MAX_ALERT_ARGS)),
     }
 }
 
 /// Arguments kept in an alert; the rest are counted.
 const MAX_ALERT_ARGS: usize = 16;
-
-/// The process fields of an event, as an alert carries them.
-fn process_context(f: &Map<String, Value>) -> Map<String, Value> {
-    let mut p = Map::new();
-    for key in [
-        "pid",
-        "ppid",
-        "uid",
-        "exe",
-        "sha256",
-        "ancestry",
-        "cgroup_id",
-    ] {
-        p.insert(key.into(), f.get(key).cloned().unwrap_or(Value::Null));
-    }
-    let argv = f
-        .get("argv")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if argv.len() > MAX_ALERT_ARGS {
-        p.insert("argv_dropped".into(), json!(argv.len() - MAX_ALERT_ARGS));
-    }
-    p.insert(
-        "argv".into(),
-        Value::Array(argv.into_iter().take(MAX_ALERT_ARGS).collect()),
-    );
-    p
-}
 
 fn protocol_name(p: Protocol) -> &'static str {
     match p {
@@ -464,7 +437,15 @@ glob = "/etc/init.d/*"
         let image = Image {
             exe: text("exe").map(PathBuf::from),
             sha256,
-            argv: vec![],
+            argv: fields
+                .get("argv")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().unwrap().as_bytes().to_vec())
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         let process = Some(Context {
             ppid: None,
@@ -554,11 +535,37 @@ glob = "/etc/init.d/*"
         let e = event(json!({"event":"exec","exe":"/tmp/sh"}));
         let drafts = d.check(&e);
         let p = drafts[0].process.as_ref().unwrap();
-        assert_eq!(p["exe"], json!("/tmp/sh"));
-        assert_eq!(p["pid"], json!(7));
-        assert_eq!(p["sha256"], Value::Null);
-        assert_eq!(p["argv"], json!([]));
+        assert_eq!(p.exe.as_deref(), Some("/tmp/sh"));
+        assert_eq!(p.pid, Some(7));
+        assert_eq!(p.sha256, None);
+        assert!(p.argv.is_empty());
+        // As printed: the same values as the event's own fields.
+        for (key, value) in [
+            ("exe", json!(p.exe)),
+            ("pid", json!(p.pid)),
+            ("uid", json!(p.uid)),
+            ("ppid", json!(p.ppid)),
+            ("sha256", json!(p.sha256)),
+            ("argv", json!(p.argv)),
+            ("ancestry", json!(p.ancestry)),
+            ("cgroup_id", json!(p.cgroup_id)),
+        ] {
+            assert_eq!(e.fields[key], value, "{key}");
+        }
         assert_eq!(drafts[1].details, json!({ "sha256": null }));
+    }
+
+    #[test]
+    fn alerts_keep_the_first_arguments_and_count_the_rest() {
+        let d = detector();
+        let argv: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+        let e = event(json!({"event":"exec","exe":"/tmp/sh","argv":argv}));
+        let p = d.check(&e)[0].process.clone().unwrap();
+        assert_eq!(p.argv, argv[..MAX_ALERT_ARGS]);
+        assert_eq!(p.argv_dropped, 4);
+        let e = event(json!({"event":"exec","exe":"/tmp/sh","argv":["x"]}));
+        let p = d.check(&e)[0].process.clone().unwrap();
+        assert_eq!((p.argv, p.argv_dropped), (vec!["x".to_string()], 0));
     }
 
     #[test]

@@ -32,6 +32,8 @@ use self::{
     hash::HashCache,
     process::{Ancestor, Image, ProcessTable},
 };
+use picket_proto::ProcessContext;
+
 use crate::{
     paths::{self, read_proc_link},
     sensors::decode::{Exec, File, Net, RawEvent, Task},
@@ -178,6 +180,41 @@ pub enum Detail {
 }
 
 impl Record {
+    /// The acting process as an alert carries it (the same type goes on the wire), with at
+    /// most `max_args` arguments (`argv_dropped` counts the rest). Fields are those printed for
+    /// the event: unknown ones are `None`, names that are not UTF-8 are lossy.
+    pub fn process_context(&self, max_args: usize) -> ProcessContext {
+        let task = &self.task;
+        let known = |v: u32| task.known.then_some(v);
+        let process = self.process.as_ref();
+        let lossy = |p: &Path| p.to_string_lossy().into_owned();
+        let argv = process.map_or(&[][..], |p| &p.image.argv[..]);
+        ProcessContext {
+            pid: (task.pid != 0 || process.is_some()).then_some(task.pid),
+            ppid: process.and_then(|p| p.ppid),
+            uid: known(task.uid),
+            exe: process.and_then(|p| p.image.exe.as_deref()).map(lossy),
+            sha256: process
+                .and_then(|p| p.image.sha256.as_ref())
+                .map(|d| paths::hex(d)),
+            argv: argv
+                .iter()
+                .take(max_args)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+            argv_dropped: u32::try_from(argv.len().saturating_sub(max_args)).unwrap_or(u32::MAX),
+            ancestry: process
+                .map_or(&[][..], |p| &p.ancestry[..])
+                .iter()
+                .map(|a| picket_proto::Ancestor {
+                    pid: a.pid,
+                    exe: a.exe().map(lossy),
+                })
+                .collect(),
+            cgroup_id: Some(task.cgroup_id),
+        }
+    }
+
     /// The `event` field: exec, fork, exit, net or file.
     pub fn kind(&self) -> &'static str {
         match self.detail {
