@@ -4,9 +4,6 @@
 //! HTTP API.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../backend/src/pgtest.rs"]
-mod pgtest;
-
 mod support {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
@@ -1128,7 +1125,7 @@ fn a_bad_configuration_is_refused_with_its_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_postgresql_store() {
     let (_pg, params) = tokio::task::spawn_blocking(|| {
-        let pg = pgtest::Postgres::start();
+        let pg = picket_test_support::postgres::Postgres::start();
         let params = pg.database("picket");
         (pg, params)
     })

@@ -9,8 +9,6 @@ pub mod config;
 pub mod ingest;
 pub mod ocsf;
 pub mod pgstore;
-#[cfg(test)]
-mod pgtest;
 pub mod push;
 pub mod query;
 pub mod store;

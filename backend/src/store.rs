@@ -1280,7 +1280,7 @@ mod tests {
 
     #[test]
     fn postgres_store_passes_the_same_checks() {
-        let pg = crate::pgtest::Postgres::start();
+        let pg = picket_test_support::postgres::Postgres::start();
         for (i, (name, check)) in CHECKS.iter().enumerate() {
             eprintln!("postgres: {name}");
             let params = pg.database(&format!("check{i}"));

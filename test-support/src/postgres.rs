@@ -1,12 +1,12 @@
 //! A throwaway PostgreSQL cluster for tests (Debian's `postgresql` package): initdb in a
 //! temporary directory, a server on a free loopback port, stopped when dropped. PostgreSQL
 //! refuses to run as root, so as root it runs as the `postgres` user.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A running PostgreSQL server; its superuser is `picket`, who connects without a password.
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -21,6 +21,8 @@ fn id(args: &[&str]) -> u32 {
 }
 
 impl Postgres {
+    /// Creates a cluster under a temporary directory and starts its server (waiting until it
+    /// accepts connections).
     pub fn start() -> Postgres {
         let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL is not installed (apt-get install postgresql)")
@@ -130,6 +132,7 @@ impl Postgres {
         )
     }
 
+    /// The cluster's directory (`data/`, `server.log`, the server's socket).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
