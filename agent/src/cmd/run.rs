@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -13,6 +13,7 @@ use picket_common::Sensor;
 use picket_policy::{
     keys::TrustStore,
     store::{Accepted, PolicyStore},
+    Policy,
 };
 use picket_proto::topic::{topic, Channel};
 use serde_json::json;
@@ -21,13 +22,11 @@ use tokio::sync::{mpsc, Notify};
 use crate::{
     alert::{AlertSink, Alerter, Draft, JsonLinesSink, Kind, Sequence, Severity},
     cmd::session::{self, Sink},
-    config::{AgentConfig, ModesConfig},
+    config::{AgentConfig, ModesConfig, MqttConfig},
     counters::Counters,
     detect::{canary::Canary, integrity, Detector},
     enrich::{hash::HashCache, Category, Event},
-    report::{
-        self, mqtt, tls::Identity, PolicyEvent, Reporter, ReporterConfig, Shared, SpoolSink,
-    },
+    report::{self, mqtt, tls::Identity, PolicyEvent, Reporter, ReporterConfig, Shared, SpoolSink},
     sensors::{SensorArgs, SensorSet},
     spool::{Spool, SpoolLimits},
 };
@@ -58,18 +57,82 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(m) => Some(Identity::load(&m.ca, &m.cert, &m.key)?),
         None => None,
     };
-    let device_id = match (&identity, &config.device_id) {
+    let device_id = device_id(&args.config, &config, identity.as_ref())?;
+
+    let counters = Arc::new(Counters::default());
+    let (mut alerter, shared) = alerting(&config, &device_id, &counters)?;
+    install_configured_policy(&config, &store, &trust, &mut alerter)?;
+    let active = store
+        .active(&trust)
+        .context("checking the policy in force")?
+        .context("no valid policy: the configured one was refused and none was accepted before")?;
+    let meta = &active.policy.metadata;
+    let purpose = format!("running with policy `{}` serial {}", meta.name, meta.serial);
+
+    // Reporting runs beside detection, on the same thread: it only waits on the network.
+    let stop = Arc::new(Notify::new());
+    let (policy_tx, policy_rx) = mpsc::unbounded_channel();
+    let reporter = match (&config.mqtt, identity, &shared) {
+        (Some(m), Some(identity), Some(shared)) => {
+            let policy = (meta.name.clone(), meta.serial);
+            *shared.policy.lock().unwrap_or_else(|e| e.into_inner()) = policy.clone();
+            let config = reporter_config(m, identity, &device_id, &alerter, policy)?;
+            let reporter = Reporter::new(config, shared.clone(), store, trust, policy_tx);
+            Some(tokio::spawn(reporter.run(stop.clone())))
+        }
+        _ => None,
+    };
+
+    let mut sink = Detecting::start(
+        &args.config,
+        &config,
+        active.policy,
+        alerter,
+        counters,
+        policy_rx,
+    )?;
+    let all = SensorSet::empty()
+        .with(Sensor::Process)
+        .with(Sensor::Network)
+        .with(Sensor::File);
+    let result = session::run(
+        &args.sensors,
+        all,
+        &purpose,
+        std::future::pending::<()>(),
+        &mut sink,
+    )
+    .await;
+    shut_down(&mut sink.alerter, reporter, &stop).await?;
+    result.map(|_| ())
+}
+
+/// The device id: the certificate's CN when reporting (a configured `device_id` must agree),
+/// else the configured one.
+fn device_id(
+    path: &Path,
+    config: &AgentConfig,
+    identity: Option<&Identity>,
+) -> anyhow::Result<String> {
+    Ok(match (identity, &config.device_id) {
         (Some(i), Some(id)) if *id != i.device_id => anyhow::bail!(
             "{}: device_id `{id}` differs from the device certificate's CN `{}`",
-            args.config.display(),
+            path.display(),
             i.device_id
         ),
         (Some(i), _) => i.device_id.clone(),
         (None, Some(id)) => id.clone(),
-        (None, None) => anyhow::bail!("{}: no device_id", args.config.display()),
-    };
+        (None, None) => anyhow::bail!("{}: no device_id", path.display()),
+    })
+}
 
-    let counters = Arc::new(Counters::default());
+/// The alerter and its sinks: JSON lines if configured, and the spool of the reporter when
+/// `[mqtt]` is (returned as the state the reporter shares).
+fn alerting(
+    config: &AgentConfig,
+    device_id: &str,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<(Alerter, Option<Arc<Shared>>)> {
     let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
     if config.output.stdout || config.output.file.is_some() {
         sinks.push(Box::new(JsonLinesSink::new(
@@ -81,34 +144,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut torn = 0;
     let shared = match &config.mqtt {
         Some(_) => {
-            let dir = config
-                .spool
-                .dir
-                .clone()
-                .unwrap_or_else(|| report::default_spool_dir(&config.state_dir));
-            let (spool, recovered) = Spool::open(
-                &dir,
-                SpoolLimits {
-                    max_bytes: config.spool.max_bytes,
-                },
-            )
-            .with_context(|| format!("opening the spool {}", dir.display()))?;
-            if recovered.torn > 0 {
-                log::warn!(
-                    "spool {}: {} damaged record(s) skipped (an interrupted write, or damage \
-                     on the medium)",
-                    dir.display(),
-                    recovered.torn
-                );
-                torn = recovered.torn as u64;
-            }
-            if recovered.records > 0 {
-                log::info!(
-                    "spool {}: {} alert(s) from a previous run await delivery",
-                    dir.display(),
-                    recovered.records
-                );
-            }
+            let (spool, damaged) = open_spool(config)?;
+            torn = damaged;
             // Numbers never go back, even if the counter's file was lost and the spool was not.
             sequence.skip_past(spool.stats().last_seq);
             let shared = Shared::new(counters.clone(), spool, (String::new(), 0));
@@ -118,7 +155,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut alerter = Alerter::new(
-        device_id.clone(),
+        device_id.to_string(),
         sequence,
         config.alerts.window,
         config.alerts.max_tracked,
@@ -127,12 +164,52 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     // Damaged records are alerts that will never be delivered: the first report says so.
     alerter.count_dropped(torn);
+    Ok((alerter, shared))
+}
 
-    // The configured bundle goes through the same checks as any update; if it is refused, the
-    // last good policy stays in force and the refusal is an alert.
+/// Opens the spool of the reporter; also returns how many damaged records were skipped.
+fn open_spool(config: &AgentConfig) -> anyhow::Result<(Spool, u64)> {
+    let dir = config
+        .spool
+        .dir
+        .clone()
+        .unwrap_or_else(|| report::default_spool_dir(&config.state_dir));
+    let (spool, recovered) = Spool::open(
+        &dir,
+        SpoolLimits {
+            max_bytes: config.spool.max_bytes,
+        },
+    )
+    .with_context(|| format!("opening the spool {}", dir.display()))?;
+    if recovered.torn > 0 {
+        log::warn!(
+            "spool {}: {} damaged record(s) skipped (an interrupted write, or damage \
+             on the medium)",
+            dir.display(),
+            recovered.torn
+        );
+    }
+    if recovered.records > 0 {
+        log::info!(
+            "spool {}: {} alert(s) from a previous run await delivery",
+            dir.display(),
+            recovered.records
+        );
+    }
+    Ok((spool, recovered.torn as u64))
+}
+
+/// The configured bundle goes through the same checks as any update; if it is refused, the
+/// last good policy stays in force and the refusal is an alert.
+fn install_configured_policy(
+    config: &AgentConfig,
+    store: &PolicyStore,
+    trust: &TrustStore,
+    alerter: &mut Alerter,
+) -> anyhow::Result<()> {
     let offered = fs::read(&config.policy)
         .with_context(|| format!("reading the policy {}", config.policy.display()))
-        .and_then(|bytes| store.accept(&bytes, &trust).map_err(anyhow::Error::from));
+        .and_then(|bytes| store.accept(&bytes, trust).map_err(anyhow::Error::from));
     match offered {
         Ok(Accepted::Installed(v)) => log::info!(
             "policy `{}` serial {} installed (signed by key {})",
@@ -153,112 +230,50 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })?;
         }
     }
-    let active = store
-        .active(&trust)
-        .context("checking the policy in force")?
-        .context("no valid policy: the configured one was refused and none was accepted before")?;
-    let meta = &active.policy.metadata;
-    let purpose = format!("running with policy `{}` serial {}", meta.name, meta.serial);
+    Ok(())
+}
 
-    // Reporting runs beside detection, on the same thread: it only waits on the network.
-    let stop = Arc::new(Notify::new());
-    let (policy_tx, policy_rx) = mpsc::unbounded_channel();
-    let reporter = match (&config.mqtt, identity, &shared) {
-        (Some(m), Some(identity), Some(shared)) => {
-            *shared.policy.lock().unwrap_or_else(|e| e.into_inner()) =
-                (meta.name.clone(), meta.serial);
-            let (host, port) = m.address()?;
-            let will = report::Reporter::offline_status(
-                &device_id,
-                m.format,
-                (meta.name.clone(), meta.serial),
-                alerter.boot_id(),
-            );
-            let options = mqtt::Options {
-                host,
-                port,
-                client_id: device_id.clone(),
-                keep_alive: m.keep_alive,
-                tls: identity.config,
-                will: (topic(&device_id, Channel::Status), will),
-                // Larger than a bundle may be, so that an oversized one is refused and reported.
-                max_incoming: 2 * picket_proto::MAX_POLICY_BYTES,
-                inflight: report::WINDOW as u16,
-            };
-            let reporter = Reporter::new(
-                ReporterConfig {
-                    options,
-                    protocol: m.protocol,
-                    format: m.format,
-                    heartbeat: m.heartbeat_interval,
-                    reconnect_min: m.reconnect_min,
-                    reconnect_max: m.reconnect_max,
-                    boot_id: alerter.boot_id().to_string(),
-                },
-                shared.clone(),
-                store,
-                trust,
-                policy_tx,
-            );
-            Some(tokio::spawn(reporter.run(stop.clone())))
-        }
-        _ => None,
+/// How the reporter of `[mqtt]` connects and reports, for the policy in force.
+fn reporter_config(
+    m: &MqttConfig,
+    identity: Identity,
+    device_id: &str,
+    alerter: &Alerter,
+    policy: (String, u64),
+) -> anyhow::Result<ReporterConfig> {
+    let (host, port) = m.address()?;
+    let will = Reporter::offline_status(device_id, m.format, policy, alerter.boot_id());
+    let options = mqtt::Options {
+        host,
+        port,
+        client_id: device_id.to_string(),
+        keep_alive: m.keep_alive,
+        tls: identity.config,
+        will: (topic(device_id, Channel::Status), will),
+        // Larger than a bundle may be, so that an oversized one is refused and reported.
+        max_incoming: 2 * picket_proto::MAX_POLICY_BYTES,
+        inflight: report::WINDOW as u16,
     };
+    Ok(ReporterConfig {
+        options,
+        protocol: m.protocol,
+        format: m.format,
+        heartbeat: m.heartbeat_interval,
+        reconnect_min: m.reconnect_min,
+        reconnect_max: m.reconnect_max,
+        boot_id: alerter.boot_id().to_string(),
+    })
+}
 
-    let mut own = vec![
-        args.config.clone(),
-        config.trust_dir.clone(),
-        config.state_dir.clone(),
-    ];
-    if let Ok(exe) = std::env::current_exe() {
-        own.push(exe);
-    }
-    let modes = config.modes.over(active.policy.modes);
-    if modes != active.policy.modes {
-        log::warn!(
-            "the configuration overrides the policy's modes: {modes:?} (policy: {:?})",
-            active.policy.modes
-        );
-    }
-    let detector = Detector::new(active.policy, modes, own.clone());
-    let mut hashes = HashCache::new(8192);
-    let mut snapshot = integrity::Snapshot::load(&config.state_dir);
-    let drift = integrity::scan(detector.policy(), modes.files, &mut hashes)
-        .into_iter()
-        .chain(snapshot.scan_globs(detector.policy(), modes.files, &mut hashes));
-    for drift in drift {
-        alerter.raise(drift)?;
-    }
-    alerter.flush_sinks()?;
-
-    let mut sink = Detecting {
-        detector,
-        alerter,
-        hashes,
-        snapshot,
-        canary: Canary::new(config.canary_interval),
-        rescan_interval: config.rescan_interval,
-        last_scan: Instant::now(),
-        counters,
-        policies: policy_rx,
-        modes: config.modes,
-        own,
-    };
-    let all = SensorSet::empty()
-        .with(Sensor::Process)
-        .with(Sensor::Network)
-        .with(Sensor::File);
-    let result = session::run(
-        &args.sensors,
-        all,
-        &purpose,
-        std::future::pending::<()>(),
-        &mut sink,
-    )
-    .await;
-    // Repeats still counted in open windows are reported before leaving, and made durable.
-    sink.alerter.flush()?;
-    sink.alerter.sync_sinks()?;
+/// After the sensors stopped: repeats still counted in open windows are reported and made
+/// durable, then the reporter says goodbye.
+async fn shut_down(
+    alerter: &mut Alerter,
+    reporter: Option<tokio::task::JoinHandle<()>>,
+    stop: &Notify,
+) -> anyhow::Result<()> {
+    alerter.flush()?;
+    alerter.sync_sinks()?;
     if let Some(reporter) = reporter {
         stop.notify_one();
         if tokio::time::timeout(Duration::from_secs(5), reporter)
@@ -268,9 +283,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             log::warn!("the reporter did not stop in time; undelivered alerts stay spooled");
         }
         // What the broker acknowledged while saying goodbye is not sent again next time.
-        sink.alerter.sync_sinks()?;
+        alerter.sync_sinks()?;
     }
-    result.map(|_| ())
+    Ok(())
 }
 
 /// The session sink of `picket run`: events in, alerts out.
@@ -290,6 +305,56 @@ struct Detecting {
 }
 
 impl Detecting {
+    /// Detection for `policy`, after a first scan of the protected files (drift while the
+    /// agent was stopped is raised now).
+    fn start(
+        config_path: &Path,
+        config: &AgentConfig,
+        policy: Policy,
+        mut alerter: Alerter,
+        counters: Arc<Counters>,
+        policies: mpsc::UnboundedReceiver<PolicyEvent>,
+    ) -> anyhow::Result<Self> {
+        let mut own = vec![
+            config_path.to_path_buf(),
+            config.trust_dir.clone(),
+            config.state_dir.clone(),
+        ];
+        if let Ok(exe) = std::env::current_exe() {
+            own.push(exe);
+        }
+        let modes = config.modes.over(policy.modes);
+        if modes != policy.modes {
+            log::warn!(
+                "the configuration overrides the policy's modes: {modes:?} (policy: {:?})",
+                policy.modes
+            );
+        }
+        let detector = Detector::new(policy, modes, own.clone());
+        let mut hashes = HashCache::new(8192);
+        let mut snapshot = integrity::Snapshot::load(&config.state_dir);
+        let drift = integrity::scan(detector.policy(), modes.files, &mut hashes)
+            .into_iter()
+            .chain(snapshot.scan_globs(detector.policy(), modes.files, &mut hashes));
+        for drift in drift {
+            alerter.raise(drift)?;
+        }
+        alerter.flush_sinks()?;
+        Ok(Self {
+            detector,
+            alerter,
+            hashes,
+            snapshot,
+            canary: Canary::new(config.canary_interval),
+            rescan_interval: config.rescan_interval,
+            last_scan: Instant::now(),
+            counters,
+            policies,
+            modes: config.modes,
+            own,
+        })
+    }
+
     /// Hashes the protected files again and raises an alert for each drift.
     fn rescan(&mut self) -> anyhow::Result<()> {
         self.last_scan = Instant::now();
