@@ -1,0 +1,349 @@
+use super::*;
+use crate::enrich::Category;
+
+fn detector() -> Detector {
+    let policy = picket_policy::load_toml(
+        r#"
+[metadata]
+name = "t"
+device_class = "c"
+serial = 1
+created = "2026-11-22T10:00:00Z"
+
+[[executable]]
+path = "/usr/bin/app"
+sha256 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+[[executable_glob]]
+glob = "/opt/scripts/*.sh"
+weak = true
+
+[[network.outbound]]
+cidr = "10.0.0.0/8"
+ports = 443
+executable = "/usr/bin/app"
+
+[[network.listen]]
+port = 22
+
+[[files.protected]]
+path = "/etc/app.conf"
+sha256 = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+
+[[files.protected_glob]]
+glob = "/etc/init.d/*"
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let modes = policy.modes;
+    Detector::new(policy, modes, vec![PathBuf::from("/etc/picket")])
+}
+
+/// A typed event with what `fields` gives (the keys a test uses), the rest empty.
+fn event(fields: Value) -> Event {
+    use crate::{
+        enrich::{process::Image, Context, Fields, Record},
+        sensors::decode::{Comm, Task},
+    };
+    use std::{net::IpAddr, sync::Arc};
+    let text = |k: &str| fields.get(k).and_then(Value::as_str);
+    let flag = |k: &str| fields.get(k).and_then(Value::as_bool) == Some(true);
+    let port = |k: &str| {
+        fields
+            .get(k)
+            .and_then(Value::as_u64)
+            .map_or(0, |p| p as u16)
+    };
+    let mut sha256 = None;
+    if let Some(hex) = text("sha256") {
+        let mut d = [0u8; 32];
+        for (i, b) in d.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap();
+        }
+        sha256 = Some(d);
+    }
+    let image = Image {
+        exe: text("exe").map(PathBuf::from),
+        sha256,
+        argv: fields
+            .get("argv")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().unwrap().as_bytes().to_vec())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let process = Some(Context {
+        ppid: None,
+        image: Arc::new(image),
+        ancestry: vec![],
+    });
+    let file_op = |op: &str| match op {
+        "open" => FileOp::Open,
+        "rename" => FileOp::Rename,
+        "unlink" => FileOp::Unlink,
+        "chmod" => FileOp::Chmod,
+        other => panic!("no file op {other} in these tests"),
+    };
+    let net_op = |op: &str| match op {
+        "tcp_connect" => NetOp::TcpConnect,
+        "tcp_listen" => NetOp::TcpListen,
+        "udp_send" => NetOp::UdpSend,
+        other => panic!("no net op {other} in these tests"),
+    };
+    let any: IpAddr = "0.0.0.0".parse().unwrap();
+    let (category, detail) = match text("event").unwrap() {
+        "exec" => (
+            Category::Exec,
+            Detail::Exec {
+                filename: PathBuf::new(),
+                argv_truncated: false,
+                argv_missing: false,
+                interpreter: None,
+                fileless: flag("fileless"),
+                deleted: flag("deleted"),
+                execveat: false,
+            },
+        ),
+        "net" => (
+            Category::Net,
+            Detail::Net {
+                op: net_op(text("op").unwrap()),
+                pid_source: "task",
+                local: (any, port("local_port")),
+                remote: (
+                    text("remote_addr").map_or(any, |a| a.parse().unwrap()),
+                    port("remote_port"),
+                ),
+                socket_type: None,
+            },
+        ),
+        "file" => (
+            Category::File,
+            Detail::File {
+                op: file_op(text("op").unwrap()),
+                path: text("path").map(PathBuf::from),
+                resolved: true,
+                second: text("new_path").map(|p| ("new_path", PathBuf::from(p))),
+                symlink_target: None,
+                flags: 0,
+                mode: 0,
+                owner: 0,
+                group: 0,
+                length: 0,
+            },
+        ),
+        other => panic!("no event {other} in these tests"),
+    };
+    let task = Task {
+        pid: 7,
+        tid: 7,
+        uid: 0,
+        gid: 0,
+        boot_ns: 0,
+        cgroup_id: 0,
+        comm: Comm::new(&[0; 16]),
+        known: true,
+    };
+    Event {
+        category,
+        fields: Fields::new_for_test(Record {
+            task,
+            process,
+            detail,
+        }),
+    }
+}
+
+#[test]
+fn alerts_carry_the_process_context_as_printed() {
+    let d = detector();
+    let e = event(json!({"event":"exec","exe":"/tmp/sh"}));
+    let drafts = d.check(&e);
+    let p = drafts[0].process.as_ref().unwrap();
+    assert_eq!(p.exe.as_deref(), Some("/tmp/sh"));
+    assert_eq!(p.pid, Some(7));
+    assert_eq!(p.sha256, None);
+    assert!(p.argv.is_empty());
+    // As printed: the same values as the event's own fields.
+    for (key, value) in [
+        ("exe", json!(p.exe)),
+        ("pid", json!(p.pid)),
+        ("uid", json!(p.uid)),
+        ("ppid", json!(p.ppid)),
+        ("sha256", json!(p.sha256)),
+        ("argv", json!(p.argv)),
+        ("ancestry", json!(p.ancestry)),
+        ("cgroup_id", json!(p.cgroup_id)),
+    ] {
+        assert_eq!(e.fields[key], value, "{key}");
+    }
+    assert_eq!(drafts[1].details, json!({ "sha256": null }));
+}
+
+#[test]
+fn alerts_keep_the_first_arguments_and_count_the_rest() {
+    let d = detector();
+    let argv: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+    let e = event(json!({"event":"exec","exe":"/tmp/sh","argv":argv}));
+    let p = d.check(&e)[0].process.clone().unwrap();
+    assert_eq!(p.argv, argv[..MAX_ALERT_ARGS]);
+    assert_eq!(p.argv_dropped, 4);
+    let e = event(json!({"event":"exec","exe":"/tmp/sh","argv":["x"]}));
+    let p = d.check(&e)[0].process.clone().unwrap();
+    assert_eq!((p.argv, p.argv_dropped), (vec!["x".to_string()], 0));
+}
+
+#[test]
+fn own_paths_match_whole_components() {
+    assert!(under(Path::new("/etc/picket"), Path::new("/etc/picket")));
+    assert!(under(
+        Path::new("/etc/picket/k.pub"),
+        Path::new("/etc/picket")
+    ));
+    assert!(!under(Path::new("/etc/picketx"), Path::new("/etc/picket")));
+    assert!(under(Path::new("/x"), Path::new("/")));
+    assert!(!under(Path::new("etc/picket"), Path::new("/etc/picket")));
+}
+
+fn kinds(d: &Detector, fields: Value) -> Vec<Kind> {
+    d.check(&event(fields))
+        .into_iter()
+        .map(|a| a.kind)
+        .collect()
+}
+
+#[test]
+fn executables() {
+    let d = detector();
+    let a = "a".repeat(64);
+    assert!(kinds(&d, json!({"event":"exec","exe":"/usr/bin/app","sha256":a})).is_empty());
+    assert_eq!(
+        kinds(
+            &d,
+            json!({"event":"exec","exe":"/usr/bin/app","sha256":"b".repeat(64)})
+        ),
+        vec![Kind::ModifiedExecutable]
+    );
+    assert!(kinds(&d, json!({"event":"exec","exe":"/opt/scripts/x.sh"})).is_empty());
+    assert_eq!(
+        kinds(&d, json!({"event":"exec","exe":"/tmp/sh"})),
+        vec![Kind::SuspiciousExec, Kind::UnknownExecutable]
+    );
+    assert_eq!(
+        kinds(
+            &d,
+            json!({"event":"exec","exe":"/memfd:x (deleted)","fileless":true})
+        ),
+        vec![Kind::SuspiciousExec, Kind::UnknownExecutable]
+    );
+}
+
+#[test]
+fn a_link_to_a_listed_executable_is_that_executable() {
+    // Not under /tmp (or wherever running is suspicious in itself): in the build tree,
+    // unless that is itself under such a directory.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .canonicalize()
+        .unwrap();
+    let base = if TEMPORARY.iter().any(|t| target.starts_with(t)) {
+        Path::new("/var/lib").to_path_buf()
+    } else {
+        target
+    };
+    let dir = base.join(format!("picket-detect-link-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    std::fs::write(dir.join("real/tool"), b"#!/bin/sh\n").unwrap();
+    std::os::unix::fs::symlink(dir.join("real/tool"), dir.join("tool")).unwrap();
+    std::os::unix::fs::symlink(dir.join("real"), dir.join("bin")).unwrap();
+    let real = dir.join("real/tool").canonicalize().unwrap();
+    let policy = picket_policy::load_toml(
+        &format!(
+            "[metadata]\nname = \"t\"\ndevice_class = \"c\"\nserial = 1\n\
+         created = \"2026-11-22T10:00:00Z\"\n\n[[executable]]\npath = \"{}\"\n\
+         sha256 = \"{}\"\n",
+            real.display(),
+            "a".repeat(64)
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let d = Detector::new(policy, Modes::default(), vec![]);
+    let exec = |path: &Path, sha: &str| {
+        kinds(
+            &d,
+            json!({"event":"exec","exe":path.to_str().unwrap(),"sha256":sha}),
+        )
+    };
+    let a = "a".repeat(64);
+    assert!(exec(&dir.join("tool"), &a).is_empty(), "a file link");
+    assert!(
+        exec(&dir.join("bin/tool"), &a).is_empty(),
+        "a directory link"
+    );
+    // The hash still decides.
+    assert_eq!(
+        exec(&dir.join("tool"), &"b".repeat(64)),
+        vec![Kind::ModifiedExecutable]
+    );
+    assert_eq!(
+        exec(&dir.join("missing"), &a),
+        vec![Kind::UnknownExecutable]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn network() {
+    let d = detector();
+    let ok = json!({"event":"net","op":"tcp_connect","exe":"/usr/bin/app","remote_addr":"10.1.2.3","remote_port":443});
+    assert!(kinds(&d, ok).is_empty());
+    let other_exe = json!({"event":"net","op":"tcp_connect","exe":"/usr/bin/x","remote_addr":"10.1.2.3","remote_port":443});
+    assert_eq!(kinds(&d, other_exe), vec![Kind::UnexpectedConnection]);
+    let udp = json!({"event":"net","op":"udp_send","exe":"/usr/bin/app","remote_addr":"10.1.2.3","remote_port":443});
+    assert_eq!(kinds(&d, udp), vec![Kind::UnexpectedConnection]);
+    assert!(kinds(&d, json!({"event":"net","op":"tcp_listen","local_port":22})).is_empty());
+    assert_eq!(
+        kinds(&d, json!({"event":"net","op":"tcp_listen","local_port":23})),
+        vec![Kind::UnexpectedListener]
+    );
+}
+
+#[test]
+fn a_category_switched_off_raises_nothing() {
+    let d = detector();
+    let off = Modes {
+        executables: Mode::Off,
+        ..d.modes()
+    };
+    let d = Detector::new(d.policy().clone(), off, vec![]);
+    assert!(kinds(&d, json!({"event":"exec","exe":"/tmp/sh"})).is_empty());
+    assert_eq!(
+        kinds(&d, json!({"event":"net","op":"tcp_listen","local_port":23})),
+        vec![Kind::UnexpectedListener]
+    );
+}
+
+#[test]
+fn files() {
+    let d = detector();
+    let k = |op: &str, path: &str| kinds(&d, json!({"event":"file","op":op,"path":path}));
+    assert_eq!(k("open", "/etc/app.conf"), vec![Kind::ProtectedFileChanged]);
+    assert_eq!(
+        k("unlink", "/etc/init.d/rcS"),
+        vec![Kind::ProtectedFileChanged]
+    );
+    assert!(k("open", "/etc/other").is_empty());
+    assert_eq!(
+        k("open", "/etc/picket/picket.toml"),
+        vec![Kind::AgentTamper]
+    );
+    // A rename over a protected file names it as the new path.
+    let over = json!({"event":"file","op":"rename","path":"/tmp/x","new_path":"/etc/app.conf"});
+    assert_eq!(kinds(&d, over), vec![Kind::ProtectedFileChanged]);
+}
