@@ -1,7 +1,10 @@
 //! `picket keygen` and `picket policy ...`: the manufacturer's side (make keys, sign a policy)
 //! and the device's side (verify, show, apply with anti-rollback).
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use picket_policy::{
@@ -76,96 +79,113 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
 /// Runs a `picket policy` subcommand.
 pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
     match command {
-        PolicyCommand::Sign { key, input, out } => {
-            let policy = picket_policy::load_toml_file(&input)?;
-            let signer = SigningKey::load(&key)?;
-            let bytes = bundle::sign(&policy, &signer);
-            fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-            let m = &policy.metadata;
-            println!(
-                "signed policy `{}` serial {} for device class `{}` with key {} into {} ({} bytes)",
-                m.name,
-                m.serial,
-                m.device_class,
-                signer.id(),
-                out.display(),
-                bytes.len()
-            );
-            Ok(())
-        }
-        PolicyCommand::Verify { trust, bundle } => {
-            let trust = TrustStore::load_dir(&trust)?;
-            let bytes = read(&bundle)?;
-            let verified = bundle::verify(&bytes, &trust)
-                .with_context(|| format!("{} is not a valid policy bundle", bundle.display()))?;
-            let m = &verified.policy.metadata;
-            println!(
-                "{}: valid, policy `{}` serial {} for device class `{}`, signed by key {}",
-                bundle.display(),
-                m.name,
-                m.serial,
-                m.device_class,
-                verified.signer
-            );
-            Ok(())
-        }
-        PolicyCommand::Show { trust, bundle } => {
-            let bytes = read(&bundle)?;
-            let (policy, signer, checked) = match trust {
-                Some(dir) => {
-                    let trust = TrustStore::load_dir(&dir)?;
-                    let v = bundle::verify(&bytes, &trust).with_context(|| {
-                        format!("{} is not a valid policy bundle", bundle.display())
-                    })?;
-                    (v.policy, v.signer, true)
-                }
-                None => {
-                    let (policy, signer) = bundle::inspect(&bytes)
-                        .with_context(|| format!("{} is not a policy bundle", bundle.display()))?;
-                    (policy, signer, false)
-                }
-            };
-            let note = if checked {
-                "signature verified"
-            } else {
-                "signature NOT checked (pass --trust DIR)"
-            };
-            print!(
-                "# {}: signed by key {signer}; {note}\n{}",
-                bundle.display(),
-                picket_policy::to_toml(&policy)
-            );
-            Ok(())
-        }
+        PolicyCommand::Sign { key, input, out } => sign(&key, &input, &out),
+        PolicyCommand::Verify { trust, bundle } => verify(&trust, &bundle),
+        PolicyCommand::Show { trust, bundle } => show(trust.as_deref(), &bundle),
         PolicyCommand::Apply {
             trust,
             state,
             device_class,
             bundle,
-        } => {
-            let trust = TrustStore::load_dir(&trust)?;
-            let bytes = read(&bundle)?;
-            let store = PolicyStore::open(&state, device_class)?;
-            let outcome = store.accept(&bytes, &trust).with_context(|| {
-                format!(
-                    "{} refused; the policy in force is unchanged",
-                    bundle.display()
-                )
-            })?;
-            let (what, v) = match &outcome {
-                Accepted::Installed(v) => ("now in force", v),
-                Accepted::Unchanged(v) => ("already in force", v),
-            };
-            println!(
-                "policy `{}` serial {} {what} (signed by key {})",
-                v.policy.metadata.name, v.policy.metadata.serial, v.signer
-            );
-            Ok(())
-        }
+        } => apply(&trust, &state, device_class, &bundle),
     }
 }
 
-fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+/// `picket policy sign`: checks the TOML policy `input` and writes it signed by `key` to `out`.
+fn sign(key: &Path, input: &Path, out: &Path) -> anyhow::Result<()> {
+    let policy = picket_policy::load_toml_file(input)?;
+    let signer = SigningKey::load(key)?;
+    let bytes = bundle::sign(&policy, &signer);
+    fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    let m = &policy.metadata;
+    println!(
+        "signed policy `{}` serial {} for device class `{}` with key {} into {} ({} bytes)",
+        m.name,
+        m.serial,
+        m.device_class,
+        signer.id(),
+        out.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+/// `picket policy verify`: fails unless a key of the `trust` directory signed `bundle`.
+fn verify(trust: &Path, bundle: &Path) -> anyhow::Result<()> {
+    let trust = TrustStore::load_dir(trust)?;
+    let bytes = read(bundle)?;
+    let verified = bundle::verify(&bytes, &trust)
+        .with_context(|| format!("{} is not a valid policy bundle", bundle.display()))?;
+    let m = &verified.policy.metadata;
+    println!(
+        "{}: valid, policy `{}` serial {} for device class `{}`, signed by key {}",
+        bundle.display(),
+        m.name,
+        m.serial,
+        m.device_class,
+        verified.signer
+    );
+    Ok(())
+}
+
+/// `picket policy show`: prints the bundle's policy, checking the signature when given `trust`.
+fn show(trust: Option<&Path>, bundle: &Path) -> anyhow::Result<()> {
+    let bytes = read(bundle)?;
+    let (policy, signer, checked) = match trust {
+        Some(dir) => {
+            let trust = TrustStore::load_dir(dir)?;
+            let v = bundle::verify(&bytes, &trust)
+                .with_context(|| format!("{} is not a valid policy bundle", bundle.display()))?;
+            (v.policy, v.signer, true)
+        }
+        None => {
+            let (policy, signer) = bundle::inspect(&bytes)
+                .with_context(|| format!("{} is not a policy bundle", bundle.display()))?;
+            (policy, signer, false)
+        }
+    };
+    let note = if checked {
+        "signature verified"
+    } else {
+        "signature NOT checked (pass --trust DIR)"
+    };
+    print!(
+        "# {}: signed by key {signer}; {note}\n{}",
+        bundle.display(),
+        picket_policy::to_toml(&policy)
+    );
+    Ok(())
+}
+
+/// `picket policy apply`: verifies the bundle, refuses a rollback and makes it the policy in
+/// force in the `state` directory.
+fn apply(
+    trust: &Path,
+    state: &Path,
+    device_class: Option<String>,
+    bundle: &Path,
+) -> anyhow::Result<()> {
+    let trust = TrustStore::load_dir(trust)?;
+    let bytes = read(bundle)?;
+    let store = PolicyStore::open(state, device_class)?;
+    let outcome = store.accept(&bytes, &trust).with_context(|| {
+        format!(
+            "{} refused; the policy in force is unchanged",
+            bundle.display()
+        )
+    })?;
+    let (what, v) = match &outcome {
+        Accepted::Installed(v) => ("now in force", v),
+        Accepted::Unchanged(v) => ("already in force", v),
+    };
+    println!(
+        "policy `{}` serial {} {what} (signed by key {})",
+        v.policy.metadata.name, v.policy.metadata.serial, v.signer
+    );
+    Ok(())
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     // A bundle is small; refuse to load anything absurd into memory.
     let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     let limit = (bundle::MAX_PAYLOAD + 1024) as u64;

@@ -14,8 +14,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use picket_policy::{model::Mode, Policy};
-use serde_json::json;
+use picket_policy::{
+    model::{Attributes, Mode, ProtectedFile},
+    Policy,
+};
+use serde_json::{json, Value};
 
 use crate::{
     alert::{Draft, Kind, Severity},
@@ -171,87 +174,119 @@ pub fn scan(policy: &Policy, mode: Mode, hashes: &mut HashCache) -> Vec<Draft> {
         return out;
     }
     for entry in &policy.files.protected {
-        let path = entry.path.as_str();
-        let mut drift = |what: &str, expected: serde_json::Value, actual: serde_json::Value| {
+        check_protected(entry, hashes, &mut out);
+    }
+    for entry in &policy.files.attributes {
+        check_attributes(entry, &mut out);
+    }
+    out
+}
+
+/// One `[[files.protected]]` entry: missing, content, owner, group and mode, each a drift.
+fn check_protected(entry: &ProtectedFile, hashes: &mut HashCache, out: &mut Vec<Draft>) {
+    let path = entry.path.as_str();
+    let mut drift = |what: &str, expected: Value, actual: Value| {
+        out.push(Draft {
+            kind: Kind::IntegrityDrift,
+            severity: Severity::High,
+            rule: "files.protected".into(),
+            path: Some(path.to_string()),
+            details: json!({ "what": what, "expected": expected, "actual": actual }),
+            process: None,
+        });
+    };
+    if let Some(meta) = check_content(entry, hashes, &mut drift) {
+        check_ownership(entry, &meta, &mut drift);
+    }
+}
+
+/// A protected file's presence and content, each difference passed to `drift`; its attributes
+/// when it is a regular file.
+fn check_content(
+    entry: &ProtectedFile,
+    hashes: &mut HashCache,
+    drift: &mut dyn FnMut(&str, Value, Value),
+) -> Option<fs::Metadata> {
+    let path = entry.path.as_str();
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            drift(
+                "missing",
+                json!(entry.sha256.to_string()),
+                json!(e.to_string()),
+            );
+            return None;
+        }
+    };
+    if !meta.is_file() {
+        drift(
+            "content",
+            json!(entry.sha256.to_string()),
+            json!("not a regular file"),
+        );
+        return None;
+    }
+    match hashes.sha256(Path::new(path)) {
+        Ok(actual) if actual != entry.sha256.0 => drift(
+            "content",
+            json!(entry.sha256.to_string()),
+            json!(crate::paths::hex(&actual)),
+        ),
+        Ok(_) => {}
+        Err(e) => drift(
+            "content",
+            json!(entry.sha256.to_string()),
+            json!(e.to_string()),
+        ),
+    }
+    Some(meta)
+}
+
+/// A protected file's owner, group and mode, each difference passed to `drift`.
+fn check_ownership(
+    entry: &ProtectedFile,
+    meta: &fs::Metadata,
+    drift: &mut dyn FnMut(&str, Value, Value),
+) {
+    if let Some(owner) = entry.owner.filter(|o| *o != meta.uid()) {
+        drift("owner", json!(owner), json!(meta.uid()));
+    }
+    if let Some(group) = entry.group.filter(|g| *g != meta.gid()) {
+        drift("group", json!(group), json!(meta.gid()));
+    }
+    if let Some(mode) = entry.mode.filter(|m| m.0 != meta.mode() & 0o7777) {
+        drift(
+            "mode",
+            json!(format!("{:04o}", mode.0)),
+            json!(format!("{:04o}", meta.mode() & 0o7777)),
+        );
+    }
+}
+
+/// One `[[files.attributes]]` entry: owner, group and mode of a path that exists, each a drift.
+fn check_attributes(entry: &Attributes, out: &mut Vec<Draft>) {
+    let path = entry.path.as_str();
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    let checks = [
+        ("owner", entry.owner, meta.uid()),
+        ("group", entry.group, meta.gid()),
+        ("mode", entry.mode.map(|m| m.0), meta.mode() & 0o7777),
+    ];
+    for (what, expected, actual) in checks {
+        if let Some(expected) = expected.filter(|e| *e != actual) {
             out.push(Draft {
                 kind: Kind::IntegrityDrift,
-                severity: Severity::High,
-                rule: "files.protected".into(),
+                severity: Severity::Medium,
+                rule: "files.attributes".into(),
                 path: Some(path.to_string()),
                 details: json!({ "what": what, "expected": expected, "actual": actual }),
                 process: None,
             });
-        };
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) => {
-                drift(
-                    "missing",
-                    json!(entry.sha256.to_string()),
-                    json!(e.to_string()),
-                );
-                continue;
-            }
-        };
-        if !meta.is_file() {
-            drift(
-                "content",
-                json!(entry.sha256.to_string()),
-                json!("not a regular file"),
-            );
-            continue;
-        }
-        match hashes.sha256(Path::new(path)) {
-            Ok(actual) if actual != entry.sha256.0 => drift(
-                "content",
-                json!(entry.sha256.to_string()),
-                json!(crate::paths::hex(&actual)),
-            ),
-            Ok(_) => {}
-            Err(e) => drift(
-                "content",
-                json!(entry.sha256.to_string()),
-                json!(e.to_string()),
-            ),
-        }
-        if let Some(owner) = entry.owner.filter(|o| *o != meta.uid()) {
-            drift("owner", json!(owner), json!(meta.uid()));
-        }
-        if let Some(group) = entry.group.filter(|g| *g != meta.gid()) {
-            drift("group", json!(group), json!(meta.gid()));
-        }
-        if let Some(mode) = entry.mode.filter(|m| m.0 != meta.mode() & 0o7777) {
-            drift(
-                "mode",
-                json!(format!("{:04o}", mode.0)),
-                json!(format!("{:04o}", meta.mode() & 0o7777)),
-            );
         }
     }
-    for entry in &policy.files.attributes {
-        let path = entry.path.as_str();
-        let Ok(meta) = fs::symlink_metadata(path) else {
-            continue;
-        };
-        let checks = [
-            ("owner", entry.owner, meta.uid()),
-            ("group", entry.group, meta.gid()),
-            ("mode", entry.mode.map(|m| m.0), meta.mode() & 0o7777),
-        ];
-        for (what, expected, actual) in checks {
-            if let Some(expected) = expected.filter(|e| *e != actual) {
-                out.push(Draft {
-                    kind: Kind::IntegrityDrift,
-                    severity: Severity::Medium,
-                    rule: "files.attributes".into(),
-                    path: Some(path.to_string()),
-                    details: json!({ "what": what, "expected": expected, "actual": actual }),
-                    process: None,
-                });
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -157,135 +157,149 @@ pub struct File {
 pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     let header: EventHeader = read(bytes).ok_or(DecodeError::NoHeader(bytes.len()))?;
     let kind = EventKind::from_u16(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
-    let task = task(&header);
     match kind {
-        EventKind::Exec => {
-            let min = EXEC_EVENT_FILENAME_OFFSET;
-            if bytes.len() < min {
-                return Err(DecodeError::Short {
-                    kind,
-                    len: bytes.len(),
-                    min,
-                });
-            }
-            // Only the fixed fields are read: copying the whole record type would zero and
-            // copy kilobytes of buffers per record.
-            let filename_len =
-                usize::from(field::<u16>(bytes, offset_of!(ExecEvent, filename_len)));
-            let filename = bytes
-                .get(min..min + filename_len)
-                .ok_or(DecodeError::BadLength {
-                    kind,
-                    field: "filename",
-                    value: filename_len,
-                    len: bytes.len(),
-                })?
-                .to_vec();
-            let argv_len =
-                usize::from(field::<u16>(bytes, offset_of!(ExecEvent, argv_len))).min(ARGV_MAX);
-            let argv_at = offset_of!(ExecEvent, argv);
-            let argc = usize::from(field::<u16>(bytes, offset_of!(ExecEvent, argc)));
-            let argv = split_argv(&bytes[argv_at..argv_at + argv_len], argc);
-            Ok(RawEvent::Exec(Exec {
-                task,
-                old_tid: field(bytes, offset_of!(ExecEvent, old_tid)),
-                filename,
-                argv,
-                argv_truncated: header.flags & EXEC_FLAG_ARGV_TRUNCATED != 0,
-                argv_missing: header.flags & EXEC_FLAG_ARGV_MISSING != 0,
-                execveat: (header.flags & EXEC_FLAG_EXECVEAT != 0).then(|| {
-                    (
-                        field(bytes, offset_of!(ExecEvent, exec_fd)),
-                        field(bytes, offset_of!(ExecEvent, exec_at_flags)),
-                    )
-                }),
-            }))
-        }
-        EventKind::Fork => {
-            let e: ForkEvent = read(bytes).ok_or(short::<ForkEvent>(kind, bytes))?;
-            Ok(RawEvent::Fork {
-                task,
-                child_pid: e.child_pid,
-            })
-        }
-        EventKind::Exit => {
-            let e: ExitEvent = read(bytes).ok_or(short::<ExitEvent>(kind, bytes))?;
-            Ok(RawEvent::Exit(Exit {
-                task,
-                code: (header.flags & EXIT_FLAG_CODE != 0).then_some(e.exit_code),
-                signal: (header.flags & EXIT_FLAG_SIGNAL != 0).then_some(e.signal),
-            }))
-        }
-        EventKind::Net => {
-            let e: NetEvent = read(bytes).ok_or(short::<NetEvent>(kind, bytes))?;
-            let op = NetOp::from_u16(e.op).ok_or(DecodeError::UnknownOp {
-                what: "network operation",
-                value: e.op,
-            })?;
-            let v6 = e.family == AF_INET6;
-            Ok(RawEvent::Net(Net {
-                task,
-                op,
-                local: (ip(v6, &e.local_addr), e.local_port),
-                remote: (ip(v6, &e.remote_addr), e.remote_port),
-                fd: e.fd,
-                sock_type_unknown: header.flags & NET_FLAG_SOCK_UNKNOWN != 0,
-            }))
-        }
-        EventKind::File => {
-            let min = FILE_EVENT_PATH_OFFSET;
-            if bytes.len() < min {
-                return Err(DecodeError::Short {
-                    kind,
-                    len: bytes.len(),
-                    min,
-                });
-            }
-            let raw_op = field::<u16>(bytes, offset_of!(FileEvent, op));
-            let op = FileOp::from_u16(raw_op).ok_or(DecodeError::UnknownOp {
-                what: "file operation",
-                value: raw_op,
-            })?;
-            let bad = |field, value| DecodeError::BadLength {
-                kind,
-                field,
-                value,
-                len: bytes.len(),
-            };
-            let path_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path_len)));
-            if path_len >= PATH_MAX {
-                return Err(bad("path", path_len));
-            }
-            let path = bytes
-                .get(min..min + path_len)
-                .ok_or(bad("path", path_len))?
-                .to_vec();
-            let path2_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path2_len)));
-            let path2 = if path2_len > 0 {
-                bytes
-                    .get(FILE_EVENT_PATH2_OFFSET..FILE_EVENT_PATH2_OFFSET + path2_len)
-                    .ok_or(bad("path2", path2_len))?
-                    .to_vec()
-            } else {
-                Vec::new()
-            };
-            Ok(RawEvent::File(File {
-                task,
-                op,
-                path,
-                path2,
-                dirfd: field(bytes, offset_of!(FileEvent, dirfd)),
-                dirfd2: field(bytes, offset_of!(FileEvent, dirfd2)),
-                fd_only: header.flags & FILE_FLAG_FD_ONLY != 0,
-                op_flags: field(bytes, offset_of!(FileEvent, op_flags)),
-                mode: field(bytes, offset_of!(FileEvent, mode)),
-                owner: field(bytes, offset_of!(FileEvent, owner)),
-                group: field(bytes, offset_of!(FileEvent, group)),
-                length: field(bytes, offset_of!(FileEvent, length)),
-                ret: field(bytes, offset_of!(FileEvent, ret)),
-            }))
-        }
+        EventKind::Exec => decode_exec(&header, bytes),
+        EventKind::Fork => decode_fork(&header, bytes),
+        EventKind::Exit => decode_exit(&header, bytes),
+        EventKind::Net => decode_net(&header, bytes),
+        EventKind::File => decode_file(&header, bytes),
     }
+}
+
+/// An exec record: fixed fields, then the filename and argv buffers, each as long as it says.
+fn decode_exec(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let kind = EventKind::Exec;
+    let min = EXEC_EVENT_FILENAME_OFFSET;
+    if bytes.len() < min {
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+            min,
+        });
+    }
+    // Only the fixed fields are read: copying the whole record type would zero and
+    // copy kilobytes of buffers per record.
+    let filename_len = usize::from(field::<u16>(bytes, offset_of!(ExecEvent, filename_len)));
+    let filename = bytes
+        .get(min..min + filename_len)
+        .ok_or(DecodeError::BadLength {
+            kind,
+            field: "filename",
+            value: filename_len,
+            len: bytes.len(),
+        })?
+        .to_vec();
+    let argv_len = usize::from(field::<u16>(bytes, offset_of!(ExecEvent, argv_len))).min(ARGV_MAX);
+    let argv_at = offset_of!(ExecEvent, argv);
+    let argc = usize::from(field::<u16>(bytes, offset_of!(ExecEvent, argc)));
+    let argv = split_argv(&bytes[argv_at..argv_at + argv_len], argc);
+    Ok(RawEvent::Exec(Exec {
+        task: task(header),
+        old_tid: field(bytes, offset_of!(ExecEvent, old_tid)),
+        filename,
+        argv,
+        argv_truncated: header.flags & EXEC_FLAG_ARGV_TRUNCATED != 0,
+        argv_missing: header.flags & EXEC_FLAG_ARGV_MISSING != 0,
+        execveat: (header.flags & EXEC_FLAG_EXECVEAT != 0).then(|| {
+            (
+                field(bytes, offset_of!(ExecEvent, exec_fd)),
+                field(bytes, offset_of!(ExecEvent, exec_at_flags)),
+            )
+        }),
+    }))
+}
+
+/// A fork record: the new process's pid.
+fn decode_fork(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let e: ForkEvent = read(bytes).ok_or(short::<ForkEvent>(EventKind::Fork, bytes))?;
+    Ok(RawEvent::Fork {
+        task: task(header),
+        child_pid: e.child_pid,
+    })
+}
+
+/// An exit record: the exit code or the signal, each only when the kernel set it.
+fn decode_exit(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let e: ExitEvent = read(bytes).ok_or(short::<ExitEvent>(EventKind::Exit, bytes))?;
+    Ok(RawEvent::Exit(Exit {
+        task: task(header),
+        code: (header.flags & EXIT_FLAG_CODE != 0).then_some(e.exit_code),
+        signal: (header.flags & EXIT_FLAG_SIGNAL != 0).then_some(e.signal),
+    }))
+}
+
+/// A network record: the operation and both ends, IPv4 or IPv6.
+fn decode_net(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let e: NetEvent = read(bytes).ok_or(short::<NetEvent>(EventKind::Net, bytes))?;
+    let op = NetOp::from_u16(e.op).ok_or(DecodeError::UnknownOp {
+        what: "network operation",
+        value: e.op,
+    })?;
+    let v6 = e.family == AF_INET6;
+    Ok(RawEvent::Net(Net {
+        task: task(header),
+        op,
+        local: (ip(v6, &e.local_addr), e.local_port),
+        remote: (ip(v6, &e.remote_addr), e.remote_port),
+        fd: e.fd,
+        sock_type_unknown: header.flags & NET_FLAG_SOCK_UNKNOWN != 0,
+    }))
+}
+
+/// A file record: fixed fields, then one or two paths, each as long as it says.
+fn decode_file(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let kind = EventKind::File;
+    let min = FILE_EVENT_PATH_OFFSET;
+    if bytes.len() < min {
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+            min,
+        });
+    }
+    let raw_op = field::<u16>(bytes, offset_of!(FileEvent, op));
+    let op = FileOp::from_u16(raw_op).ok_or(DecodeError::UnknownOp {
+        what: "file operation",
+        value: raw_op,
+    })?;
+    let bad = |field, value| DecodeError::BadLength {
+        kind,
+        field,
+        value,
+        len: bytes.len(),
+    };
+    let path_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path_len)));
+    if path_len >= PATH_MAX {
+        return Err(bad("path", path_len));
+    }
+    let path = bytes
+        .get(min..min + path_len)
+        .ok_or(bad("path", path_len))?
+        .to_vec();
+    let path2_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path2_len)));
+    let path2 = if path2_len > 0 {
+        bytes
+            .get(FILE_EVENT_PATH2_OFFSET..FILE_EVENT_PATH2_OFFSET + path2_len)
+            .ok_or(bad("path2", path2_len))?
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok(RawEvent::File(File {
+        task: task(header),
+        op,
+        path,
+        path2,
+        dirfd: field(bytes, offset_of!(FileEvent, dirfd)),
+        dirfd2: field(bytes, offset_of!(FileEvent, dirfd2)),
+        fd_only: header.flags & FILE_FLAG_FD_ONLY != 0,
+        op_flags: field(bytes, offset_of!(FileEvent, op_flags)),
+        mode: field(bytes, offset_of!(FileEvent, mode)),
+        owner: field(bytes, offset_of!(FileEvent, owner)),
+        group: field(bytes, offset_of!(FileEvent, group)),
+        length: field(bytes, offset_of!(FileEvent, length)),
+        ret: field(bytes, offset_of!(FileEvent, ret)),
+    }))
 }
 
 fn task(h: &EventHeader) -> Task {

@@ -50,11 +50,7 @@ pub fn hash_all(
     let done_files = AtomicU64::new(0);
     let done_bytes = AtomicU64::new(0);
     let total_bytes: u64 = files.iter().map(|f| f.size).sum();
-    let workers = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(files.len())
-        .max(1);
+    let workers = worker_count(files.len());
     let started = Instant::now();
 
     let per_worker = thread::scope(|scope| {
@@ -67,40 +63,19 @@ pub fn hash_all(
                 let (next, done_files, done_bytes) = (&next, &done_files, &done_bytes);
                 scope.spawn(move || {
                     let _tx = tx;
-                    let mut buf = vec![0u8; BUF_BYTES];
-                    let mut results = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(found) = files.get(i) else { break };
-                        results.push((i, hash_file(found, &mut buf, done_bytes)));
-                        done_files.fetch_add(1, Ordering::Relaxed);
-                    }
-                    results
+                    work(files, next, done_files, done_bytes)
                 })
             })
             .collect();
         drop(tx);
         if progress {
-            let mut stderr = io::stderr();
-            loop {
-                match rx.recv_timeout(PROGRESS_EVERY) {
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    _ => {
-                        let line = progress_line(
-                            done_files.load(Ordering::Relaxed),
-                            files.len() as u64,
-                            done_bytes.load(Ordering::Relaxed),
-                            total_bytes,
-                            started.elapsed(),
-                        );
-                        // Progress is best effort: a closed stderr must not fail the scan.
-                        let _ = write!(stderr, "\r{line}\x1b[K");
-                        let _ = stderr.flush();
-                    }
-                }
-            }
-            let _ = write!(stderr, "\r\x1b[K");
-            let _ = stderr.flush();
+            let counts = || {
+                (
+                    done_files.load(Ordering::Relaxed),
+                    done_bytes.load(Ordering::Relaxed),
+                )
+            };
+            draw_progress(&rx, counts, files.len() as u64, total_bytes, started);
         }
         handles
             .into_iter()
@@ -109,19 +84,82 @@ pub fn hash_all(
     })
     .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))?;
 
-    let mut results: Vec<Option<Result<Hashed, String>>> = files.iter().map(|_| None).collect();
-    for (i, result) in per_worker.into_iter().flatten() {
-        results[i] = Some(result);
-    }
-    let results = results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err("not hashed (internal error)".into())))
-        .collect();
+    let results = in_order(files.len(), per_worker);
     let totals = Totals {
         files: done_files.load(Ordering::Relaxed),
         bytes: done_bytes.load(Ordering::Relaxed),
     };
     Ok((results, totals))
+}
+
+/// One worker per available CPU, at least one and no more than there are files.
+fn worker_count(files: usize) -> usize {
+    thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(files)
+        .max(1)
+}
+
+/// One worker: hashes the next file not yet taken until there is none, counting files and
+/// bytes done; returns each result with the file's index.
+fn work(
+    files: &[Found],
+    next: &AtomicUsize,
+    done_files: &AtomicU64,
+    done_bytes: &AtomicU64,
+) -> Vec<(usize, Result<Hashed, String>)> {
+    let mut buf = vec![0u8; BUF_BYTES];
+    let mut results = Vec::new();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(found) = files.get(i) else { break };
+        results.push((i, hash_file(found, &mut buf, done_bytes)));
+        done_files.fetch_add(1, Ordering::Relaxed);
+    }
+    results
+}
+
+/// Redraws the progress line on stderr every [`PROGRESS_EVERY`] until every worker has dropped
+/// its sender, then clears it. `counts` gives the files and bytes done so far.
+fn draw_progress(
+    rx: &mpsc::Receiver<()>,
+    counts: impl Fn() -> (u64, u64),
+    total_files: u64,
+    total_bytes: u64,
+    started: Instant,
+) {
+    let mut stderr = io::stderr();
+    loop {
+        match rx.recv_timeout(PROGRESS_EVERY) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            _ => {
+                let (files, bytes) = counts();
+                let line = progress_line(files, total_files, bytes, total_bytes, started.elapsed());
+                // Progress is best effort: a closed stderr must not fail the scan.
+                let _ = write!(stderr, "\r{line}\x1b[K");
+                let _ = stderr.flush();
+            }
+        }
+    }
+    let _ = write!(stderr, "\r\x1b[K");
+    let _ = stderr.flush();
+}
+
+/// The workers' results back in the order of the files; a file no worker returned (which
+/// cannot happen) is an error rather than a panic.
+fn in_order(
+    len: usize,
+    per_worker: Vec<Vec<(usize, Result<Hashed, String>)>>,
+) -> Vec<Result<Hashed, String>> {
+    let mut results: Vec<Option<Result<Hashed, String>>> = (0..len).map(|_| None).collect();
+    for (i, result) in per_worker.into_iter().flatten() {
+        results[i] = Some(result);
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("not hashed (internal error)".into())))
+        .collect()
 }
 
 /// Hashes one file, adding what it reads to `bytes` as it goes.

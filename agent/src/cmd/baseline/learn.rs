@@ -18,8 +18,8 @@ use picket_policy::{
 use serde_json::Value;
 
 use crate::{
-    enrich::Event,
     cmd::session::{self, Sink},
+    enrich::{Event, Fields},
     sensors::{SensorArgs, SensorSet},
 };
 
@@ -113,66 +113,9 @@ impl Sink for Learned {
         let text = |key: &str| f.get(key).and_then(Value::as_str).map(str::to_string);
         let exe = text("exe").filter(|e| e.starts_with('/') && !f.contains_key("exe_hex"));
         match text("event").as_deref() {
-            Some("exec") => match (exe, text("sha256")) {
-                (Some(path), _) if path.starts_with("/memfd:") || path.ends_with(" (deleted)") => {
-                    self.notes.insert(format!(
-                        "not allowed: fileless or deleted executable {path}"
-                    ));
-                }
-                (Some(path), Some(sha)) => {
-                    self.executables.insert(path, sha);
-                }
-                (Some(path), None) => {
-                    self.notes
-                        .insert(format!("not allowed: {path} ran but could not be hashed"));
-                }
-                (None, _) => {}
-            },
-            Some("net") => {
-                let port = |key: &str| {
-                    f.get(key)
-                        .and_then(Value::as_u64)
-                        .and_then(|p| u16::try_from(p).ok())
-                        .filter(|p| *p != 0)
-                };
-                match text("op").as_deref() {
-                    Some(op @ ("tcp_connect" | "udp_connect" | "udp_send")) => {
-                        if let (Some(addr), Some(port)) = (text("remote_addr"), port("remote_port"))
-                        {
-                            let proto = if op == "tcp_connect" {
-                                Protocol::Tcp
-                            } else {
-                                Protocol::Udp
-                            };
-                            self.outbound.insert((addr, port, proto, exe));
-                        }
-                    }
-                    Some(op @ ("tcp_listen" | "udp_bind")) => {
-                        if let Some(port) = port("local_port") {
-                            let proto = if op == "tcp_listen" {
-                                Protocol::Tcp
-                            } else {
-                                Protocol::Udp
-                            };
-                            self.listen.insert((port, proto, exe));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Some("file") => {
-                if let Some(path) = text("path").filter(|p| p.starts_with('/')) {
-                    if !path.starts_with("/proc/") && !path.starts_with("/dev/") {
-                        let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
-                        let dir = if dir.is_empty() { "/" } else { dir };
-                        let entry = self
-                            .written
-                            .entry(dir.to_string())
-                            .or_insert_with(|| (0, name.to_string()));
-                        entry.0 += 1;
-                    }
-                }
-            }
+            Some("exec") => self.exec(exe, text("sha256")),
+            Some("net") => self.net(f, exe),
+            Some("file") => self.file(text("path")),
             _ => {}
         }
         Ok(())
@@ -184,39 +127,104 @@ impl Sink for Learned {
 }
 
 impl Learned {
+    /// An exec: the executable with its hash, or a note on why it cannot be allowed.
+    fn exec(&mut self, exe: Option<String>, sha256: Option<String>) {
+        match (exe, sha256) {
+            (Some(path), _) if path.starts_with("/memfd:") || path.ends_with(" (deleted)") => {
+                self.notes.insert(format!(
+                    "not allowed: fileless or deleted executable {path}"
+                ));
+            }
+            (Some(path), Some(sha)) => {
+                self.executables.insert(path, sha);
+            }
+            (Some(path), None) => {
+                self.notes
+                    .insert(format!("not allowed: {path} ran but could not be hashed"));
+            }
+            (None, _) => {}
+        }
+    }
+
+    /// A network event: a connection or datagram out is an outbound peer, a listen or bind a
+    /// listener.
+    fn net(&mut self, f: &Fields, exe: Option<String>) {
+        let text = |key: &str| f.get(key).and_then(Value::as_str).map(str::to_string);
+        let port = |key: &str| {
+            f.get(key)
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+        };
+        match text("op").as_deref() {
+            Some(op @ ("tcp_connect" | "udp_connect" | "udp_send")) => {
+                if let (Some(addr), Some(port)) = (text("remote_addr"), port("remote_port")) {
+                    let proto = if op == "tcp_connect" {
+                        Protocol::Tcp
+                    } else {
+                        Protocol::Udp
+                    };
+                    self.outbound.insert((addr, port, proto, exe));
+                }
+            }
+            Some(op @ ("tcp_listen" | "udp_bind")) => {
+                if let Some(port) = port("local_port") {
+                    let proto = if op == "tcp_listen" {
+                        Protocol::Tcp
+                    } else {
+                        Protocol::Udp
+                    };
+                    self.listen.insert((port, proto, exe));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A file written: counted under its directory (outside /proc and /dev).
+    fn file(&mut self, path: Option<String>) {
+        if let Some(path) = path.filter(|p| p.starts_with('/')) {
+            if !path.starts_with("/proc/") && !path.starts_with("/dev/") {
+                let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
+                let dir = if dir.is_empty() { "/" } else { dir };
+                let entry = self
+                    .written
+                    .entry(dir.to_string())
+                    .or_insert_with(|| (0, name.to_string()));
+                entry.0 += 1;
+            }
+        }
+    }
+
     /// The draft: `base` (or a new policy) plus everything learned, and the notes for review.
     fn into_policy(
         mut self,
         base: Option<Policy>,
         device_class: &str,
     ) -> anyhow::Result<(Policy, BTreeSet<String>)> {
-        let mut policy = match base {
-            Some(mut p) => {
-                // A draft built on a policy is its next version.
-                p.metadata.serial += 1;
-                p.metadata.created = now()?;
-                p
-            }
-            None => Policy {
-                metadata: Metadata {
-                    name: "learned".into(),
-                    device_class: device_class.to_string(),
-                    serial: 1,
-                    created: now()?,
-                },
-                modes: Default::default(),
-                executables: Vec::new(),
-                executable_globs: Vec::new(),
-                network: Default::default(),
-                files: Default::default(),
-            },
-        };
+        let mut policy = draft_base(base, device_class)?;
+        self.add_executables(&mut policy);
+        self.add_network(&mut policy);
+        for (dir, (count, example)) in &self.written {
+            self.notes.insert(if *count == 1 {
+                format!("written while learning: {dir}/{example}")
+            } else {
+                format!("written while learning: {count} files in {dir}/ (e.g. {example})")
+            });
+        }
+        let policy = picket_policy::canonicalize(policy).map_err(|e| anyhow::anyhow!(e))?;
+        Ok((policy, self.notes))
+    }
+
+    /// Adds the executables the policy does not list; one it lists with another hash keeps the
+    /// policy's, with a note.
+    fn add_executables(&mut self, policy: &mut Policy) {
         let known: BTreeMap<String, String> = policy
             .executables
             .iter()
             .map(|e| (e.path.as_str().to_string(), e.sha256.to_string()))
             .collect();
-        for (path, sha) in self.executables {
+        for (path, sha) in std::mem::take(&mut self.executables) {
             match known.get(&path) {
                 Some(old) if *old == sha => {}
                 Some(old) => {
@@ -233,7 +241,11 @@ impl Learned {
                 },
             }
         }
-        for (addr, port, protocol, exe) in self.outbound {
+    }
+
+    /// Adds the outbound peers and the listeners.
+    fn add_network(&mut self, policy: &mut Policy) {
+        for (addr, port, protocol, exe) in std::mem::take(&mut self.outbound) {
             let (Ok(cidr), Ok(ports)) = (addr.parse(), port.to_string().parse()) else {
                 continue;
             };
@@ -244,23 +256,39 @@ impl Learned {
                 executable: exe.and_then(|e| e.parse().ok()),
             });
         }
-        for (port, protocol, exe) in self.listen {
+        for (port, protocol, exe) in std::mem::take(&mut self.listen) {
             policy.network.listen.push(Listen {
                 port: picket_policy::model::Port(port),
                 protocol,
                 executable: exe.and_then(|e| e.parse().ok()),
             });
         }
-        for (dir, (count, example)) in &self.written {
-            self.notes.insert(if *count == 1 {
-                format!("written while learning: {dir}/{example}")
-            } else {
-                format!("written while learning: {count} files in {dir}/ (e.g. {example})")
-            });
-        }
-        let policy = picket_policy::canonicalize(policy).map_err(|e| anyhow::anyhow!(e))?;
-        Ok((policy, self.notes))
     }
+}
+
+/// The policy the draft starts from: the next version of `base`, or a new empty policy.
+fn draft_base(base: Option<Policy>, device_class: &str) -> anyhow::Result<Policy> {
+    Ok(match base {
+        Some(mut p) => {
+            // A draft built on a policy is its next version.
+            p.metadata.serial += 1;
+            p.metadata.created = now()?;
+            p
+        }
+        None => Policy {
+            metadata: Metadata {
+                name: "learned".into(),
+                device_class: device_class.to_string(),
+                serial: 1,
+                created: now()?,
+            },
+            modes: Default::default(),
+            executables: Vec::new(),
+            executable_globs: Vec::new(),
+            network: Default::default(),
+            files: Default::default(),
+        },
+    })
 }
 
 fn now() -> anyhow::Result<Timestamp> {

@@ -26,8 +26,8 @@ use picket_policy::{
 
 use super::{
     config::ScanConfig,
-    hasher::{self, mib},
-    walk::{self, Rules, Skipped},
+    hasher::{self, mib, Hashed},
+    walk::{self, Found, Rules, Skipped},
 };
 
 /// Arguments of `picket baseline scan`.
@@ -54,6 +54,39 @@ const SKIPPED_LOGGED: usize = 20;
 pub fn run(args: ScanArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let root = &args.root;
+    let (config, rules) = prepare(&args)?;
+    let tty = std::io::stderr().is_terminal();
+
+    let walked = walk_root(root, &rules, tty)?;
+    let mut skipped = walked.skipped;
+    skipped.extend(walk::check_protected(root, &rules));
+
+    let (results, totals) = hasher::hash_all(&walked.files, tty)?;
+
+    let policy = draft_policy(&config, &walked.files, results, &mut skipped)?;
+    skipped.sort();
+    skipped.dedup();
+
+    let out = &args.out;
+    write_policy(out, &skipped, &policy)?;
+    log_skipped(&skipped, out);
+    log::info!(
+        "scanned {}: wrote {} ({} executables, {} protected files); hashed {} files, {:.1} MiB in {:.2} s; {} skipped",
+        root.display(),
+        out.display(),
+        policy.executables.len(),
+        policy.files.protected.len(),
+        totals.files,
+        mib(totals.bytes),
+        started.elapsed().as_secs_f64(),
+        skipped.len()
+    );
+    Ok(())
+}
+
+/// Checks the scan root is a directory and loads the configuration and the walk's rules.
+fn prepare(args: &ScanArgs) -> anyhow::Result<(ScanConfig, Rules)> {
+    let root = &args.root;
     // The root itself may be a link (a mounted image under a stable name): follow that one.
     let meta = std::fs::metadata(root).with_context(|| format!("scan root {}", root.display()))?;
     if !meta.is_dir() {
@@ -67,8 +100,11 @@ pub fn run(args: ScanArgs) -> anyhow::Result<()> {
         protected: to_paths(config.protected_paths()?),
         excluded: to_paths(config.excluded_paths()?),
     };
-    let tty = std::io::stderr().is_terminal();
+    Ok((config, rules))
+}
 
+/// Walks the root, drawing a progress line on a terminal.
+fn walk_root(root: &Path, rules: &Rules, tty: bool) -> anyhow::Result<walk::Walked> {
     let mut last_drawn = Instant::now();
     let mut walk_progress = |entries: u64| {
         if tty && last_drawn.elapsed() >= Duration::from_millis(100) {
@@ -76,69 +112,81 @@ pub fn run(args: ScanArgs) -> anyhow::Result<()> {
             eprint!("\rwalking: {entries} entries\x1b[K");
         }
     };
-    let walked = walk::walk(root, &rules, &mut walk_progress)?;
-    let mut skipped = walked.skipped;
-    skipped.extend(walk::check_protected(root, &rules));
+    walk::walk(root, rules, &mut walk_progress)
+}
 
-    let (results, totals) = hasher::hash_all(&walked.files, tty)?;
-
+/// The canonical draft policy from what was hashed; files that could not be hashed go to
+/// `skipped`, under every name they have.
+fn draft_policy(
+    config: &ScanConfig,
+    files: &[Found],
+    results: Vec<Result<Hashed, String>>,
+    skipped: &mut Vec<Skipped>,
+) -> anyhow::Result<Policy> {
     let mut policy = Policy {
-        metadata: metadata(&config)?,
+        metadata: metadata(config)?,
         modes: Default::default(),
         executables: Vec::new(),
         executable_globs: Vec::new(),
         network: Default::default(),
         files: Default::default(),
     };
-    for (found, result) in walked.files.iter().zip(results) {
-        let hashed = match result {
-            Ok(hashed) => hashed,
+    for (found, result) in files.iter().zip(results) {
+        match result {
+            Ok(hashed) => add_file(&mut policy, found, &hashed),
             Err(reason) => {
                 for name in &found.names {
                     skipped.push(Skipped::new(Path::new(name.path.as_str()), reason.clone()));
                 }
-                continue;
-            }
-        };
-        let mode = hashed.meta.mode() & 0o7777;
-        let executable = mode & 0o111 != 0;
-        // A changed setuid/setgid bit, owner or group is a privilege change: protect those too.
-        let privileged = executable && mode & 0o6000 != 0;
-        let sha256 = Sha256(hashed.sha256);
-        for name in &found.names {
-            if executable {
-                policy.executables.push(Executable {
-                    path: name.path.clone(),
-                    sha256,
-                });
-            }
-            if name.protected || privileged {
-                policy.files.protected.push(ProtectedFile {
-                    path: name.path.clone(),
-                    sha256,
-                    owner: Some(hashed.meta.uid()),
-                    group: Some(hashed.meta.gid()),
-                    mode: Some(FileMode(mode)),
-                });
             }
         }
     }
-    let policy = picket_policy::canonicalize(policy)
-        .map_err(|e| anyhow::anyhow!("the scanned policy is inconsistent: {e}"))?;
-    skipped.sort();
-    skipped.dedup();
+    picket_policy::canonicalize(policy)
+        .map_err(|e| anyhow::anyhow!("the scanned policy is inconsistent: {e}"))
+}
 
-    let out = &args.out;
-    let text = format!("{}{}", header(&skipped), picket_policy::to_toml(&policy));
+/// Lists every name of one hashed file: as an executable if any execute bit is set, as a
+/// protected file if under a protected path or setuid/setgid.
+fn add_file(policy: &mut Policy, found: &Found, hashed: &Hashed) {
+    let mode = hashed.meta.mode() & 0o7777;
+    let executable = mode & 0o111 != 0;
+    // A changed setuid/setgid bit, owner or group is a privilege change: protect those too.
+    let privileged = executable && mode & 0o6000 != 0;
+    let sha256 = Sha256(hashed.sha256);
+    for name in &found.names {
+        if executable {
+            policy.executables.push(Executable {
+                path: name.path.clone(),
+                sha256,
+            });
+        }
+        if name.protected || privileged {
+            policy.files.protected.push(ProtectedFile {
+                path: name.path.clone(),
+                sha256,
+                owner: Some(hashed.meta.uid()),
+                group: Some(hashed.meta.gid()),
+                mode: Some(FileMode(mode)),
+            });
+        }
+    }
+}
+
+/// Writes the skipped list and the policy to `out`, after checking the text reads back as
+/// exactly this policy.
+fn write_policy(out: &Path, skipped: &[Skipped], policy: &Policy) -> anyhow::Result<()> {
+    let text = format!("{}{}", header(skipped), picket_policy::to_toml(policy));
     // Cheap insurance: what is written must read back as exactly this policy.
     let reread = picket_policy::load_toml(&text, &out.display().to_string())
         .context("the scanned policy does not read back (a bug in picket)")?;
-    if reread != policy {
+    if reread != *policy {
         bail!("the scanned policy reads back differently (a bug in picket)");
     }
-    std::fs::write(out, &text)
-        .with_context(|| format!("writing the policy to {}", out.display()))?;
+    std::fs::write(out, &text).with_context(|| format!("writing the policy to {}", out.display()))
+}
 
+/// Logs the first [`SKIPPED_LOGGED`] skipped entries, and how many more `out` lists.
+fn log_skipped(skipped: &[Skipped], out: &Path) {
     for s in skipped.iter().take(SKIPPED_LOGGED) {
         log::warn!("skipped: {}: {}", walk::display(&s.path), s.reason);
     }
@@ -149,18 +197,6 @@ pub fn run(args: ScanArgs) -> anyhow::Result<()> {
             out.display()
         );
     }
-    log::info!(
-        "scanned {}: wrote {} ({} executables, {} protected files); hashed {} files, {:.1} MiB in {:.2} s; {} skipped",
-        root.display(),
-        out.display(),
-        policy.executables.len(),
-        policy.files.protected.len(),
-        totals.files,
-        mib(totals.bytes),
-        started.elapsed().as_secs_f64(),
-        skipped.len()
-    );
-    Ok(())
 }
 
 fn to_paths(paths: Vec<picket_policy::model::AbsPath>) -> Vec<PathBuf> {

@@ -118,69 +118,84 @@ pub fn walk(root: &Path, rules: &Rules, progress: &mut dyn FnMut(u64)) -> anyhow
             if rules.is_excluded(&device_path) {
                 continue;
             }
-            // Both calls use the directory entry itself (lstat): links are not followed.
-            let file_type = match entry.file_type() {
-                Ok(t) => t,
-                Err(e) => {
-                    out.skipped
-                        .push(Skipped::new(&device_path, format!("cannot stat: {e}")));
-                    continue;
-                }
-            };
-            if file_type.is_dir() {
-                stack.push((entry.path(), device_path));
-                continue;
+            match classify(&entry, device_path, rules) {
+                Ok(Entry::Dir(device_path)) => stack.push((entry.path(), device_path)),
+                Ok(Entry::File(meta, name)) => record(&mut out, &mut by_inode, &entry, &meta, name),
+                Ok(Entry::Ignored) => {}
+                Err(skipped) => out.skipped.push(skipped),
             }
-            // Symbolic links are not entries: their targets are listed where they live. FIFOs,
-            // sockets and device nodes have no content to hash.
-            if !file_type.is_file() {
-                continue;
-            }
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                Err(e) => {
-                    out.skipped
-                        .push(Skipped::new(&device_path, format!("cannot stat: {e}")));
-                    continue;
-                }
-            };
-            let executable = meta.mode() & 0o111 != 0;
-            let protected = rules.is_protected(&device_path);
-            if !executable && !protected {
-                continue;
-            }
-            let Some(text) = device_path.to_str() else {
-                out.skipped.push(Skipped::new(
-                    &device_path,
-                    "name is not valid UTF-8 (policy paths are UTF-8)",
-                ));
-                continue;
-            };
-            let path = match text.parse::<AbsPath>() {
-                Ok(path) => path,
-                Err(e) => {
-                    out.skipped.push(Skipped::new(&device_path, e));
-                    continue;
-                }
-            };
-            let name = Name { path, protected };
-            let key = (meta.dev(), meta.ino());
-            if let Some(&i) = by_inode.get(&key) {
-                out.files[i].names.push(name);
-                continue;
-            }
-            by_inode.insert(key, out.files.len());
-            out.files.push(Found {
-                host_path: entry.path(),
-                dev: meta.dev(),
-                ino: meta.ino(),
-                size: meta.len(),
-                names: vec![name],
-            });
         }
         progress(out.entries);
     }
     Ok(out)
+}
+
+/// What one directory entry is to the walk.
+enum Entry {
+    /// A directory to enter, with its device path.
+    Dir(PathBuf),
+    /// A file to record under this name.
+    File(fs::Metadata, Name),
+    /// Nothing to record: not a regular file, or neither executable nor protected.
+    Ignored,
+}
+
+/// Looks at one (not excluded) directory entry without following links; what cannot be
+/// recorded is an `Err` with the reason.
+fn classify(entry: &fs::DirEntry, device_path: PathBuf, rules: &Rules) -> Result<Entry, Skipped> {
+    // Both calls use the directory entry itself (lstat): links are not followed.
+    let file_type = entry
+        .file_type()
+        .map_err(|e| Skipped::new(&device_path, format!("cannot stat: {e}")))?;
+    if file_type.is_dir() {
+        return Ok(Entry::Dir(device_path));
+    }
+    // Symbolic links are not entries: their targets are listed where they live. FIFOs,
+    // sockets and device nodes have no content to hash.
+    if !file_type.is_file() {
+        return Ok(Entry::Ignored);
+    }
+    let meta = entry
+        .metadata()
+        .map_err(|e| Skipped::new(&device_path, format!("cannot stat: {e}")))?;
+    let executable = meta.mode() & 0o111 != 0;
+    let protected = rules.is_protected(&device_path);
+    if !executable && !protected {
+        return Ok(Entry::Ignored);
+    }
+    let Some(text) = device_path.to_str() else {
+        return Err(Skipped::new(
+            &device_path,
+            "name is not valid UTF-8 (policy paths are UTF-8)",
+        ));
+    };
+    let path = text
+        .parse::<AbsPath>()
+        .map_err(|e| Skipped::new(&device_path, e))?;
+    Ok(Entry::File(meta, Name { path, protected }))
+}
+
+/// Adds a name to the file found for its inode, or the file itself when its inode is new.
+fn record(
+    out: &mut Walked,
+    by_inode: &mut HashMap<(u64, u64), usize>,
+    entry: &fs::DirEntry,
+    meta: &fs::Metadata,
+    name: Name,
+) {
+    let key = (meta.dev(), meta.ino());
+    if let Some(&i) = by_inode.get(&key) {
+        out.files[i].names.push(name);
+        return;
+    }
+    by_inode.insert(key, out.files.len());
+    out.files.push(Found {
+        host_path: entry.path(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.len(),
+        names: vec![name],
+    });
 }
 
 /// Notes about configured protected paths that will protect nothing: missing, excluded, or a
