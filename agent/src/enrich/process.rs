@@ -237,6 +237,11 @@ impl ProcessTable {
         self.procs.len()
     }
 
+    /// Whether no process is held.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
     fn insert(&mut self, pid: u32, p: Process) {
         if self.procs.len() >= MAX_ENTRIES && !self.procs.contains_key(&pid) {
             self.evict_one();
