@@ -262,29 +262,7 @@ fn decode_file(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeErr
         what: "file operation",
         value: raw_op,
     })?;
-    let bad = |field, value| DecodeError::BadLength {
-        kind,
-        field,
-        value,
-        len: bytes.len(),
-    };
-    let path_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path_len)));
-    if path_len >= PATH_MAX {
-        return Err(bad("path", path_len));
-    }
-    let path = bytes
-        .get(min..min + path_len)
-        .ok_or(bad("path", path_len))?
-        .to_vec();
-    let path2_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path2_len)));
-    let path2 = if path2_len > 0 {
-        bytes
-            .get(FILE_EVENT_PATH2_OFFSET..FILE_EVENT_PATH2_OFFSET + path2_len)
-            .ok_or(bad("path2", path2_len))?
-            .to_vec()
-    } else {
-        Vec::new()
-    };
+    let (path, path2) = file_paths(bytes)?;
     Ok(RawEvent::File(File {
         task: task(header),
         op,
@@ -300,6 +278,34 @@ fn decode_file(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeErr
         length: field(bytes, offset_of!(FileEvent, length)),
         ret: field(bytes, offset_of!(FileEvent, ret)),
     }))
+}
+
+/// A file record's path and second path (empty when it has none), each checked to fit.
+fn file_paths(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), DecodeError> {
+    let bad = |field, value| DecodeError::BadLength {
+        kind: EventKind::File,
+        field,
+        value,
+        len: bytes.len(),
+    };
+    let path_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path_len)));
+    if path_len >= PATH_MAX {
+        return Err(bad("path", path_len));
+    }
+    let path = bytes
+        .get(FILE_EVENT_PATH_OFFSET..FILE_EVENT_PATH_OFFSET + path_len)
+        .ok_or(bad("path", path_len))?
+        .to_vec();
+    let path2_len = usize::from(field::<u16>(bytes, offset_of!(FileEvent, path2_len)));
+    let path2 = if path2_len > 0 {
+        bytes
+            .get(FILE_EVENT_PATH2_OFFSET..FILE_EVENT_PATH2_OFFSET + path2_len)
+            .ok_or(bad("path2", path2_len))?
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok((path, path2))
 }
 
 fn task(h: &EventHeader) -> Task {
