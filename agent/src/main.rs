@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use picket_agent::cmd::{baseline, monitor, policy as policy_cmd, run};
 use picket_agent::detect::canary;
 
-
 /// Picket watches process execution, network connections and file changes with eBPF.
 #[derive(Parser)]
 #[command(name = "picket", version, about)]

@@ -14,8 +14,8 @@ use picket_common::Sensor;
 use serde_json::json;
 
 use crate::{
-    enrich::{Category, Event},
     cmd::session::{self, Sink, Stats},
+    enrich::{Category, Event},
     sensors::{SensorArgs, SensorSet},
 };
 

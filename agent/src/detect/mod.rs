@@ -350,9 +350,7 @@ fn draft(
         rule: rule.to_string(),
         path: Some(path.to_string()),
         details,
-        process: event
-            .record()
-            .map(|r| r.process_context(MAX_ALERT_ARGS)),
+        process: event.record().map(|r| r.process_context(MAX_ALERT_ARGS)),
     }
 }
 
