@@ -338,4 +338,3 @@ pub struct SensorArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_size: u32,
 }
-
