@@ -12,15 +12,13 @@
 //!         (--sqlite FILE | --postgres CONNINFO) [--timeout SECS] [--deadline SECS] [--poll-ms MS]`
 //! Device `i` (1-based) is `bench-%04d`, with `DIR/bench-%04d.pem` and `.key`.
 
-#[path = "../src/tls.rs"]
-mod tls;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use picket_backend::tls;
 use picket_proto::topic::{self, Channel};
 use picket_proto::{Alert, AlertKind, Ancestor, Details, Format, ProcessContext, Severity};
 use rumqttc::v5::mqttbytes::v5::Packet;

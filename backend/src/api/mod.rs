@@ -127,7 +127,7 @@ async fn alerts(
         }
     };
     let empty = |v: Option<String>| v.filter(|s| !s.is_empty());
-    let filter = crate::query::alert_filter(
+    let filter = crate::store::filter::alert_filter(
         empty(p.device),
         empty(p.since).as_deref(),
         empty(p.kind),
@@ -138,7 +138,7 @@ async fn alerts(
     .map_err(bad_request)?;
     let rows = query(&api, move |s| s.alerts(&filter)).await?;
     Ok(Json(if ocsf {
-        Value::Array(rows.iter().map(crate::ocsf::finding).collect())
+        Value::Array(rows.iter().map(crate::export::ocsf::finding).collect())
     } else {
         serde_json::to_value(rows).unwrap_or_default()
     }))

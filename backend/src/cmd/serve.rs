@@ -1,0 +1,145 @@
+//! `picket-backend serve`: the managed broker (if configured), the ingest into the store, the
+//! HTTP API and the retention task, until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::{self, Config};
+use crate::store::{self, Store};
+use crate::{api, broker, ingest, tls};
+
+/// Runs `serve` with `config`, into the SQLite database `db` if given.
+pub fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut mqtt = config.mqtt()?.clone();
+    if let Some(broker) = &config.broker {
+        if broker::points_at(&mqtt.host, mqtt.port, broker.listen) {
+            // The managed broker's only receiver: plain subscriptions, which Mosquitto keeps
+            // with the session across its restarts (shared ones it does not keep).
+            mqtt.share_group.clear();
+        }
+    }
+    let store = store::open(&config.store, db.as_deref(), true)?;
+    let store = Arc::new(Mutex::new(store));
+    let location = match (&config.store.postgres, &db) {
+        (Some(_), None) => "PostgreSQL".to_string(),
+        (_, Some(path)) => path.display().to_string(),
+        (None, None) => config.store.sqlite().display().to_string(),
+    };
+    // Fail early on unreadable certificates rather than in the reconnection loop.
+    tls::client_config(&mqtt.ca, &mqtt.cert, &mqtt.key)?;
+    // The API's own connection, so that queries do not wait for the ingest's.
+    let reader = match &config.http {
+        Some(_) => Some(store::open(&config.store, db.as_deref(), false)?),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // Caught from here on: a SIGINT or SIGTERM while the managed broker starts stops it
+        // once it listens, instead of ending `serve` and leaving the broker running.
+        let signals = Signals::new()?;
+        // The managed broker first: when the HTTP API answers, the broker listens too.
+        let broker = match &config.broker {
+            Some(b) => Some(broker::Broker::start(&config, b).await?),
+            None => None,
+        };
+        let served = serve_with(&config, mqtt, store, reader, location, signals).await;
+        if let Some(broker) = broker {
+            broker.stop().await;
+        }
+        served
+    })
+}
+
+/// The signals that stop `serve`, caught from their creation on.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
+    }
+}
+
+/// `serve` once the store is open (and the managed broker, if any, is listening): until a
+/// signal or an error.
+async fn serve_with(
+    config: &Config,
+    mqtt: config::MqttConfig,
+    store: Arc<Mutex<Box<dyn Store>>>,
+    reader: Option<Box<dyn Store>>,
+    location: String,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
+    if let (Some(http), Some(reader)) = (&config.http, reader) {
+        spawn_api(http, reader, config).await?;
+    }
+    if let Some(retention) = config.store.retention {
+        spawn_retention(store.clone(), retention, config.store.retention_interval);
+    }
+    log::info!(
+        "ingesting from {}:{} as `{}` into {}",
+        mqtt.host,
+        mqtt.port,
+        mqtt.client_id,
+        location
+    );
+    tokio::select! {
+        r = ingest::run(mqtt, store) => r,
+        _ = signals.interrupt.recv() => { log::info!("interrupted; stopping"); Ok(()) }
+        _ = signals.terminate.recv() => { log::info!("terminated; stopping"); Ok(()) }
+    }
+}
+
+/// Binds the HTTP API's address and answers it from a task, with `reader`.
+async fn spawn_api(
+    http: &config::HttpConfig,
+    reader: Box<dyn Store>,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let app = api::router(reader, config.devices.heartbeat_timeout);
+    let listener = tokio::net::TcpListener::bind(http.listen)
+        .await
+        .with_context(|| format!("binding the HTTP API to {}", http.listen))?;
+    log::info!("HTTP API on http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            log::error!("HTTP API: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// Every `every`, deletes what was received longer than `retention` ago.
+fn spawn_retention(store: Arc<Mutex<Box<dyn Store>>>, retention: Duration, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let cutoff = ingest::now_ms().saturating_sub(retention.as_millis() as u64);
+            let store = store.clone();
+            let deleted = tokio::task::spawn_blocking(move || match store.lock() {
+                Ok(mut s) => s.delete_before(cutoff),
+                Err(_) => Err(anyhow::anyhow!("the store lock is poisoned")),
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("retention task: {e}")));
+            match deleted {
+                Ok(0) => {}
+                Ok(n) => log::info!("retention: deleted {n} alert(s)"),
+                Err(e) => log::error!("retention: {e:#}"),
+            }
+        }
+    });
+}

@@ -1,0 +1,250 @@
+//! Where the backend keeps what devices sent: the [`Store`] trait, what it stores and answers
+//! (the rows), and its two implementations, [`SqliteStore`] (`sqlite.rs`, the default) and
+//! [`PgStore`] (`postgres.rs`), which run the same statements (`sql.rs`). `filter.rs` turns
+//! an alert query's textual parameters into an [`AlertFilter`].
+//!
+//! Alerts are keyed by `(device_id, seq)`: a message the broker delivers twice is stored once.
+
+pub mod filter;
+mod postgres;
+mod sql;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::time::Duration;
+
+use picket_proto::{Alert, Heartbeat, PolicyResult, Status};
+use serde::Serialize;
+use serde_json::Value;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// A device as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceRow {
+    pub device_id: String,
+    /// `online`, `offline` (it said so, or its last will did), `timed_out` (it said it was
+    /// online but nothing came for longer than the heartbeat timeout) or `unknown` (no
+    /// status received yet).
+    pub state: &'static str,
+    pub online: bool,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    pub status_ms: Option<u64>,
+    pub agent_version: Option<String>,
+    pub policy_serial: Option<u64>,
+    pub policy_name: Option<String>,
+    pub boot_id: Option<String>,
+    pub heartbeat_ms: Option<u64>,
+    pub uptime_s: Option<u64>,
+    /// The latest heartbeat's counters (rss, sensors, alerts, spool).
+    pub counters: Option<Value>,
+    pub alerts: u64,
+}
+
+/// A stored alert.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertRow {
+    pub device_id: String,
+    pub seq: u64,
+    pub boot_id: String,
+    pub time_ms: u64,
+    pub received_ms: u64,
+    pub kind: String,
+    pub severity: String,
+    pub rule: String,
+    pub path: Option<String>,
+    pub details: Value,
+    pub count: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub process: Option<Value>,
+    /// The wire format it arrived in (`postcard` or `json`).
+    pub format: String,
+}
+
+/// Sequence numbers missing between two stored alerts of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    pub device_id: String,
+    /// The first and last missing sequence number.
+    pub first_missing: u64,
+    pub last_missing: u64,
+    pub missing: u64,
+    /// The gap is what an agent restart leaves: the agent reserves sequence numbers in blocks
+    /// of [`AGENT_SEQ_BLOCK`] and resumes after the last reserved block, so a restart skips the
+    /// rest of a block. Such a gap lies within one block and ends at its end.
+    pub restart: bool,
+}
+
+/// The agent reserves alert sequence numbers in blocks of this many (1-64, 65-128, ...).
+pub const AGENT_SEQ_BLOCK: u64 = 64;
+
+pub(crate) fn restart_gap(first_missing: u64, last_missing: u64) -> bool {
+    first_missing >= 1
+        && last_missing % AGENT_SEQ_BLOCK == 0
+        && (first_missing - 1) / AGENT_SEQ_BLOCK == (last_missing - 1) / AGENT_SEQ_BLOCK
+}
+
+/// Messages refused, by reason and by the device id their topic named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedRow {
+    pub reason: String,
+    /// Empty when the topic named no valid device.
+    pub device_id: String,
+    pub count: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub last_topic: String,
+    pub last_error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyResultRow {
+    pub device_id: String,
+    pub bundle_sha256: String,
+    pub time_ms: u64,
+    pub received_ms: u64,
+    /// `applied`, `unchanged` or `refused`.
+    pub outcome: String,
+    pub name: Option<String>,
+    pub serial: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// Which alerts a query wants; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    pub device: Option<String>,
+    /// Received at or after this time (ms since the epoch, backend clock).
+    pub since_ms: Option<u64>,
+    pub kind: Option<String>,
+    pub severity: Option<String>,
+    pub limit: Option<u64>,
+}
+
+/// The storage the backend needs; SQLite is the default implementation.
+pub trait Store: Send {
+    /// Stores an alert; `false` when `(device_id, seq)` was already stored.
+    fn insert_alert(
+        &mut self,
+        device_id: &str,
+        alert: &Alert,
+        format: &str,
+        received_ms: u64,
+    ) -> anyhow::Result<bool>;
+    fn record_heartbeat(
+        &mut self,
+        device_id: &str,
+        heartbeat: &Heartbeat,
+        received_ms: u64,
+    ) -> anyhow::Result<()>;
+    fn record_status(
+        &mut self,
+        device_id: &str,
+        status: &Status,
+        received_ms: u64,
+    ) -> anyhow::Result<()>;
+    /// Stores a policy result; `false` when it was already stored.
+    fn insert_policy_result(
+        &mut self,
+        device_id: &str,
+        result: &PolicyResult,
+        received_ms: u64,
+    ) -> anyhow::Result<bool>;
+    /// Counts a refused message.
+    fn count_refused(
+        &mut self,
+        reason: &str,
+        device_id: Option<&str>,
+        topic: &str,
+        error: &str,
+        received_ms: u64,
+    ) -> anyhow::Result<()>;
+    /// Deletes alerts and policy results received before `before_ms`; returns how many alerts.
+    fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64>;
+    /// Runs `f` in one transaction: what it writes through the store it is given is committed
+    /// together when it returns `Ok`, and rolled back (nothing written) when it returns `Err`.
+    /// `f` must pass on every error of the store (a statement that failed may have aborted the
+    /// transaction). The ingest stores each batch of messages this way.
+    fn in_transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()>;
+
+    fn devices(
+        &mut self,
+        now_ms: u64,
+        heartbeat_timeout: Duration,
+    ) -> anyhow::Result<Vec<DeviceRow>>;
+    /// Newest first: by `received_ms`, then device id and sequence number, all descending
+    /// (the order of the indexes that serve the filters).
+    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>>;
+    fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>>;
+    fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>>;
+    /// Newest first.
+    fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>>;
+}
+
+/// The counters of a heartbeat, as the registry keeps them.
+pub(crate) fn heartbeat_counters(hb: &Heartbeat) -> Value {
+    serde_json::json!({
+        "time_ms": hb.time_ms,
+        "rss_bytes": hb.rss_bytes,
+        "sensors": hb.sensors.iter().map(|s| serde_json::json!({
+            "sensor": s.sensor, "seen": s.seen, "lost": s.lost
+        })).collect::<Vec<_>>(),
+        "alerts": {
+            "raised": hb.alerts.raised,
+            "aggregated": hb.alerts.aggregated,
+            "spooled": hb.alerts.spooled,
+            "sent": hb.alerts.sent,
+            "dropped": hb.alerts.dropped,
+        },
+        "spool_pending": hb.spool_pending,
+        "spool_bytes": hb.spool_bytes,
+    })
+}
+
+/// A device's state from its latest status and when it was last heard of.
+pub(crate) fn presence(
+    status: Option<&str>,
+    last_seen_ms: u64,
+    now_ms: u64,
+    heartbeat_timeout: Duration,
+) -> &'static str {
+    match status {
+        Some("online")
+            if now_ms.saturating_sub(last_seen_ms) > heartbeat_timeout.as_millis() as u64 =>
+        {
+            "timed_out"
+        }
+        Some("online") => "online",
+        Some(_) => "offline",
+        None => "unknown",
+    }
+}
+
+/// Opens the store the configuration names: PostgreSQL when `store.postgres` is set, else
+/// SQLite (`store.sqlite`, or `sqlite` when given). `create`: create a missing SQLite
+/// database (for `serve`); queries refuse a missing one.
+pub fn open(
+    config: &crate::config::StoreConfig,
+    sqlite: Option<&Path>,
+    create: bool,
+) -> anyhow::Result<Box<dyn Store>> {
+    match (&config.postgres, sqlite) {
+        (Some(params), None) => Ok(Box::new(PgStore::connect(params)?)),
+        (_, path) => {
+            let path = path.map_or_else(|| config.sqlite(), Path::to_path_buf);
+            Ok(Box::new(if create {
+                SqliteStore::open(&path)?
+            } else {
+                SqliteStore::open_existing(&path)?
+            }))
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The PostgreSQL store: the same tables and answers as the SQLite one, for a store shared by
+//! several backend instances. Connection without TLS (a Unix socket or a trusted network).
+//! Its statements are those of [`super::sql`], with PostgreSQL's placeholders.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use picket_proto::{Alert, Heartbeat, PolicyResult, Status};
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, NoTls, Row};
+
+use super::sql::{self, Arg, Columns, Db};
+use super::{AlertFilter, AlertRow, DeviceRow, Gap, PolicyResultRow, RefusedRow, Store};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS picket_schema (version BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    first_seen_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    status TEXT,
+    status_ms BIGINT,
+    agent_version TEXT,
+    policy_serial BIGINT,
+    policy_name TEXT,
+    boot_id TEXT,
+    heartbeat_ms BIGINT,
+    uptime_s BIGINT,
+    counters TEXT
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    device_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    boot_id TEXT NOT NULL,
+    time_ms BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    path TEXT,
+    details TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    first_ms BIGINT NOT NULL,
+    last_ms BIGINT NOT NULL,
+    process TEXT,
+    format TEXT NOT NULL,
+    PRIMARY KEY (device_id, seq)
+);
+CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received_ms);
+CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms);
+CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms);
+CREATE TABLE IF NOT EXISTS refused (
+    reason TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    first_ms BIGINT NOT NULL,
+    last_ms BIGINT NOT NULL,
+    last_topic TEXT NOT NULL,
+    last_error TEXT NOT NULL,
+    PRIMARY KEY (reason, device_id)
+);
+CREATE TABLE IF NOT EXISTS policy_results (
+    device_id TEXT NOT NULL,
+    bundle_sha256 TEXT NOT NULL,
+    time_ms BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    name TEXT,
+    serial BIGINT,
+    reason TEXT,
+    PRIMARY KEY (device_id, bundle_sha256, time_ms)
+);
+";
+
+/// A store in PostgreSQL.
+pub struct PgStore {
+    /// Always `Some` but in `drop`.
+    client: Option<Client>,
+    /// In [`Store::in_transaction`]: the writes run in its transaction, not in their own.
+    in_batch: bool,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Closing a connection blocks on the client's own runtime, which tokio forbids on a
+        // thread that drives async tasks: there, close it from a thread of its own.
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::spawn(move || drop(client)).join();
+            }
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects (`params` is a libpq-style connection string: `host=/run/postgresql
+    /// dbname=picket user=picket`) and creates the tables if needed.
+    pub fn connect(params: &str) -> anyhow::Result<Self> {
+        let mut client = Client::connect(params, NoTls).context("connecting to PostgreSQL")?;
+        let mut tx = client.transaction()?;
+        // One backend at a time creates the schema.
+        tx.execute("SELECT pg_advisory_xact_lock(7426163)", &[])?;
+        tx.batch_execute(SCHEMA).context("creating the schema")?;
+        let version: Option<i64> = tx
+            .query_opt("SELECT max(version) FROM picket_schema", &[])?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .flatten();
+        match version {
+            None => {
+                tx.execute(
+                    "INSERT INTO picket_schema (version) VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => anyhow::bail!(
+                "schema version {other} is newer than this backend's ({SCHEMA_VERSION})"
+            ),
+        }
+        tx.commit()?;
+        Ok(PgStore {
+            client: Some(client),
+            in_batch: false,
+        })
+    }
+}
+
+impl PgStore {
+    fn client(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("the client is only taken when dropped")
+    }
+
+    /// Runs `f` in a transaction: the open one of [`Store::in_transaction`], or one of its
+    /// own, committed when `f` succeeds.
+    fn atomic<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if self.in_batch {
+            return f(&mut Pg(self.client()));
+        }
+        let mut tx = self.client().transaction()?;
+        let value = f(&mut Pg(&mut tx))?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+/// A client or transaction running the statements of [`sql`].
+struct Pg<'a, C>(&'a mut C);
+
+fn bind<'a>(args: &'a [Arg]) -> Vec<&'a (dyn ToSql + Sync)> {
+    args.iter()
+        .map(|a| -> &(dyn ToSql + Sync) {
+            match a {
+                Arg::Text(t) => t,
+                Arg::Int(i) => i,
+            }
+        })
+        .collect()
+}
+
+impl Columns for Row {
+    // `try_get`: a column of another type is an error, not a panic.
+    fn int(&self, i: usize) -> anyhow::Result<Option<i64>> {
+        Ok(self.try_get(i)?)
+    }
+    fn text(&self, i: usize) -> anyhow::Result<Option<String>> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+impl<C: GenericClient> Db for Pg<'_, C> {
+    fn execute(&mut self, sql: &str, args: &[Arg]) -> anyhow::Result<u64> {
+        Ok(self.0.execute(&sql::dollar(sql), &bind(args))?)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+        row: &mut dyn FnMut(&dyn Columns) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        for r in self.0.query(&sql::dollar(sql), &bind(args))? {
+            row(&r)?;
+        }
+        Ok(())
+    }
+}
+
+impl Store for PgStore {
+    fn insert_alert(
+        &mut self,
+        device_id: &str,
+        alert: &Alert,
+        format: &str,
+        received_ms: u64,
+    ) -> anyhow::Result<bool> {
+        self.atomic(|db| sql::insert_alert(db, device_id, alert, format, received_ms))
+    }
+
+    fn record_heartbeat(
+        &mut self,
+        device_id: &str,
+        hb: &Heartbeat,
+        received_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| sql::record_heartbeat(db, device_id, hb, received_ms))
+    }
+
+    fn record_status(
+        &mut self,
+        device_id: &str,
+        status: &Status,
+        received_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| sql::record_status(db, device_id, status, received_ms))
+    }
+
+    fn insert_policy_result(
+        &mut self,
+        device_id: &str,
+        result: &PolicyResult,
+        received_ms: u64,
+    ) -> anyhow::Result<bool> {
+        self.atomic(|db| sql::insert_policy_result(db, device_id, result, received_ms))
+    }
+
+    fn count_refused(
+        &mut self,
+        reason: &str,
+        device_id: Option<&str>,
+        topic: &str,
+        error: &str,
+        received_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| sql::count_refused(db, reason, device_id, topic, error, received_ms))
+    }
+
+    fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64> {
+        self.atomic(|db| sql::delete_before(db, before_ms))
+    }
+
+    fn in_transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.in_batch, "transactions do not nest");
+        self.client().batch_execute("BEGIN")?;
+        self.in_batch = true;
+        let result = f(self);
+        self.in_batch = false;
+        match result {
+            // A transaction in which a statement failed is rolled back by COMMIT without an
+            // error: `f` passes every error on, so that this does not happen unnoticed.
+            Ok(()) => Ok(self.client().batch_execute("COMMIT")?),
+            Err(e) => {
+                let _ = self.client().batch_execute("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn devices(
+        &mut self,
+        now_ms: u64,
+        heartbeat_timeout: Duration,
+    ) -> anyhow::Result<Vec<DeviceRow>> {
+        sql::devices(&mut Pg(self.client()), now_ms, heartbeat_timeout)
+    }
+
+    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
+        sql::alerts(&mut Pg(self.client()), filter)
+    }
+
+    fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
+        sql::gaps(&mut Pg(self.client()), device)
+    }
+
+    fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>> {
+        sql::refused(&mut Pg(self.client()))
+    }
+
+    fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
+        sql::policy_results(&mut Pg(self.client()), device)
+    }
+}

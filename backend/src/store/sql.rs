@@ -1,0 +1,481 @@
+//! The statements of both stores: one SQL text each, written with SQLite's numbered
+//! placeholders (`?1`) and rewritten to PostgreSQL's (`$1`) by [`dollar`]; their arguments
+//! ([`Arg`]) and the mapping of their rows ([`Columns`]), shared too. `sqlite.rs` and
+//! `postgres.rs` only run them ([`Db`]) and keep their schemas.
+
+use anyhow::Context;
+use picket_proto::{Alert, Heartbeat, PolicyOutcome, PolicyResult, Presence, Status};
+use serde_json::Value;
+
+use super::{
+    heartbeat_counters, presence, restart_gap, AlertFilter, AlertRow, DeviceRow, Gap,
+    PolicyResultRow, RefusedRow,
+};
+
+/// A value bound to a statement: text or a 64-bit integer, either possibly NULL.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i64>),
+}
+
+/// A column value read from a row, whatever the database.
+pub(crate) trait Columns {
+    fn int(&self, i: usize) -> anyhow::Result<Option<i64>>;
+    fn text(&self, i: usize) -> anyhow::Result<Option<String>>;
+}
+
+/// A connection (or transaction) of either database that runs the statements of this module.
+pub(crate) trait Db {
+    /// Runs a statement; returns how many rows it changed.
+    fn execute(&mut self, sql: &str, args: &[Arg]) -> anyhow::Result<u64>;
+    /// Runs a query; calls `row` with each row.
+    fn query(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+        row: &mut dyn FnMut(&dyn Columns) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()>;
+}
+
+/// A statement of this module with PostgreSQL's placeholders (`$1` for `?1`).
+pub(crate) fn dollar(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+/// Stores are signed: values above `i64::MAX` (never produced by a sane device, but possible on
+/// the wire) are clamped rather than wrapped.
+pub(crate) fn int(v: u64) -> Arg<'static> {
+    Arg::Int(Some(i64::try_from(v).unwrap_or(i64::MAX)))
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn text(v: &str) -> Arg<'_> {
+    Arg::Text(Some(v))
+}
+
+/// A column that must not be NULL.
+fn some<T>(v: Option<T>, i: usize) -> anyhow::Result<T> {
+    v.with_context(|| format!("column {i} is NULL"))
+}
+
+fn get_uint(r: &dyn Columns, i: usize) -> anyhow::Result<u64> {
+    Ok(uint(some(r.int(i)?, i)?))
+}
+
+fn get_opt_uint(r: &dyn Columns, i: usize) -> anyhow::Result<Option<u64>> {
+    Ok(r.int(i)?.map(uint))
+}
+
+fn get_text(r: &dyn Columns, i: usize) -> anyhow::Result<String> {
+    some(r.text(i)?, i)
+}
+
+/// JSON stored as text: the value, or the text itself if it is not JSON.
+fn json(text: String) -> Value {
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// The rows of a query, each mapped by `map`.
+fn rows<T>(
+    db: &mut dyn Db,
+    sql: &str,
+    args: &[Arg],
+    map: impl Fn(&dyn Columns) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let mut out = Vec::new();
+    db.query(sql, args, &mut |r| {
+        out.push(map(r)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+const TOUCH_DEVICE: &str =
+    "INSERT INTO devices (device_id, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?2)
+     ON CONFLICT (device_id) DO UPDATE SET last_seen_ms = CASE
+         WHEN devices.last_seen_ms > excluded.last_seen_ms THEN devices.last_seen_ms
+         ELSE excluded.last_seen_ms END";
+
+const INSERT_ALERT: &str =
+    "INSERT INTO alerts (device_id, seq, boot_id, time_ms, received_ms, kind,
+         severity, rule, path, details, count, first_ms, last_ms, process, format)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+     ON CONFLICT (device_id, seq) DO NOTHING";
+
+const RECORD_HEARTBEAT: &str =
+    "UPDATE devices SET heartbeat_ms = ?2, uptime_s = ?3, agent_version = ?4,
+         policy_serial = ?5, counters = ?6
+     WHERE device_id = ?1 AND (heartbeat_ms IS NULL OR heartbeat_ms <= ?2)";
+
+const RECORD_STATUS: &str = "UPDATE devices SET status = ?2, status_ms = ?3, agent_version = ?4,
+         policy_serial = ?5, policy_name = ?6, boot_id = ?7
+     WHERE device_id = ?1";
+
+const INSERT_POLICY_RESULT: &str =
+    "INSERT INTO policy_results (device_id, bundle_sha256, time_ms, received_ms, outcome, name,
+         serial, reason)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+     ON CONFLICT (device_id, bundle_sha256, time_ms) DO NOTHING";
+
+const SET_POLICY: &str =
+    "UPDATE devices SET policy_serial = ?2, policy_name = ?3 WHERE device_id = ?1";
+
+const COUNT_REFUSED: &str =
+    "INSERT INTO refused (reason, device_id, count, first_ms, last_ms, last_topic, last_error)
+     VALUES (?1, ?2, 1, ?3, ?3, ?4, ?5)
+     ON CONFLICT (reason, device_id) DO UPDATE SET count = refused.count + 1,
+         last_ms = excluded.last_ms, last_topic = excluded.last_topic,
+         last_error = excluded.last_error";
+
+const DELETE_ALERTS: &str = "DELETE FROM alerts WHERE received_ms < ?1";
+
+const DELETE_POLICY_RESULTS: &str = "DELETE FROM policy_results WHERE received_ms < ?1";
+
+const DEVICES: &str = "SELECT d.device_id, d.first_seen_ms, d.last_seen_ms, d.status, d.status_ms,
+            d.agent_version, d.policy_serial, d.policy_name, d.boot_id, d.heartbeat_ms,
+            d.uptime_s, d.counters,
+            (SELECT count(*) FROM alerts a WHERE a.device_id = d.device_id)
+     FROM devices d ORDER BY d.device_id";
+
+// `CAST(?1 AS TEXT)`: PostgreSQL needs the type of a parameter that is only tested for NULL.
+const GAPS: &str = "SELECT device_id, seq + 1, next - 1 FROM (
+         SELECT device_id, seq, lead(seq) OVER (PARTITION BY device_id ORDER BY seq) AS next
+         FROM alerts WHERE CAST(?1 AS TEXT) IS NULL OR device_id = ?1) AS s
+     WHERE next > seq + 1 ORDER BY device_id, seq";
+
+const REFUSED: &str = "SELECT reason, device_id, count, first_ms, last_ms, last_topic, last_error
+     FROM refused ORDER BY reason, device_id";
+
+const POLICY_RESULTS: &str =
+    "SELECT device_id, bundle_sha256, time_ms, received_ms, outcome, name, serial, reason
+     FROM policy_results WHERE CAST(?1 AS TEXT) IS NULL OR device_id = ?1
+     ORDER BY received_ms DESC, device_id";
+
+/// Notes that a device was heard of at `received_ms`.
+fn touch_device(db: &mut dyn Db, device_id: &str, received_ms: u64) -> anyhow::Result<()> {
+    db.execute(TOUCH_DEVICE, &[text(device_id), int(received_ms)])?;
+    Ok(())
+}
+
+/// [`super::Store::insert_alert`].
+pub(crate) fn insert_alert(
+    db: &mut dyn Db,
+    device_id: &str,
+    alert: &Alert,
+    format: &str,
+    received_ms: u64,
+) -> anyhow::Result<bool> {
+    let process = alert
+        .process
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
+    let details = alert.details.0.to_string();
+    let inserted = db.execute(
+        INSERT_ALERT,
+        &[
+            text(device_id),
+            int(alert.seq),
+            text(&alert.boot_id),
+            int(alert.time_ms),
+            int(received_ms),
+            text(alert.kind.name()),
+            text(alert.severity.name()),
+            text(&alert.rule),
+            Arg::Text(alert.path.as_deref()),
+            text(&details),
+            int(alert.count),
+            int(alert.first_ms),
+            int(alert.last_ms),
+            Arg::Text(process.as_deref()),
+            text(format),
+        ],
+    )? == 1;
+    touch_device(db, device_id, received_ms)?;
+    Ok(inserted)
+}
+
+/// [`super::Store::record_heartbeat`].
+pub(crate) fn record_heartbeat(
+    db: &mut dyn Db,
+    device_id: &str,
+    hb: &Heartbeat,
+    received_ms: u64,
+) -> anyhow::Result<()> {
+    let counters = heartbeat_counters(hb).to_string();
+    touch_device(db, device_id, received_ms)?;
+    db.execute(
+        RECORD_HEARTBEAT,
+        &[
+            text(device_id),
+            int(received_ms),
+            int(hb.uptime_s),
+            text(&hb.agent_version),
+            int(hb.policy_serial),
+            text(&counters),
+        ],
+    )?;
+    Ok(())
+}
+
+/// [`super::Store::record_status`].
+pub(crate) fn record_status(
+    db: &mut dyn Db,
+    device_id: &str,
+    status: &Status,
+    received_ms: u64,
+) -> anyhow::Result<()> {
+    let state = match status.state {
+        Presence::Online => "online",
+        Presence::Offline => "offline",
+    };
+    touch_device(db, device_id, received_ms)?;
+    // A status is applied in the order received: a last will carries the time of the
+    // connection it belongs to, not of the disconnection.
+    db.execute(
+        RECORD_STATUS,
+        &[
+            text(device_id),
+            text(state),
+            int(received_ms),
+            text(&status.agent_version),
+            int(status.policy_serial),
+            text(&status.policy_name),
+            text(&status.boot_id),
+        ],
+    )?;
+    Ok(())
+}
+
+/// [`super::Store::insert_policy_result`].
+pub(crate) fn insert_policy_result(
+    db: &mut dyn Db,
+    device_id: &str,
+    result: &PolicyResult,
+    received_ms: u64,
+) -> anyhow::Result<bool> {
+    let (outcome, name, serial, reason) = match &result.outcome {
+        PolicyOutcome::Applied { name, serial } => {
+            ("applied", Some(name.as_str()), Some(*serial), None)
+        }
+        PolicyOutcome::Unchanged { serial } => ("unchanged", None, Some(*serial), None),
+        PolicyOutcome::Refused { reason } => ("refused", None, None, Some(reason.as_str())),
+    };
+    let inserted = db.execute(
+        INSERT_POLICY_RESULT,
+        &[
+            text(device_id),
+            text(&result.bundle_sha256),
+            int(result.time_ms),
+            int(received_ms),
+            text(outcome),
+            Arg::Text(name),
+            serial.map_or(Arg::Int(None), int),
+            Arg::Text(reason),
+        ],
+    )? == 1;
+    touch_device(db, device_id, received_ms)?;
+    if let PolicyOutcome::Applied { name, serial } = &result.outcome {
+        db.execute(SET_POLICY, &[text(device_id), int(*serial), text(name)])?;
+    }
+    Ok(inserted)
+}
+
+/// [`super::Store::count_refused`].
+pub(crate) fn count_refused(
+    db: &mut dyn Db,
+    reason: &str,
+    device_id: Option<&str>,
+    topic: &str,
+    error: &str,
+    received_ms: u64,
+) -> anyhow::Result<()> {
+    let topic: String = topic.chars().take(200).collect();
+    let error: String = error.chars().take(500).collect();
+    db.execute(
+        COUNT_REFUSED,
+        &[
+            text(reason),
+            text(device_id.unwrap_or("")),
+            int(received_ms),
+            text(&topic),
+            text(&error),
+        ],
+    )?;
+    Ok(())
+}
+
+/// [`super::Store::delete_before`].
+pub(crate) fn delete_before(db: &mut dyn Db, before_ms: u64) -> anyhow::Result<u64> {
+    let alerts = db.execute(DELETE_ALERTS, &[int(before_ms)])?;
+    db.execute(DELETE_POLICY_RESULTS, &[int(before_ms)])?;
+    Ok(alerts)
+}
+
+/// [`super::Store::devices`].
+pub(crate) fn devices(
+    db: &mut dyn Db,
+    now_ms: u64,
+    heartbeat_timeout: std::time::Duration,
+) -> anyhow::Result<Vec<DeviceRow>> {
+    rows(db, DEVICES, &[], |r| {
+        let last_seen_ms = get_uint(r, 2)?;
+        let status = r.text(3)?;
+        let state = presence(status.as_deref(), last_seen_ms, now_ms, heartbeat_timeout);
+        Ok(DeviceRow {
+            device_id: get_text(r, 0)?,
+            state,
+            online: state == "online",
+            first_seen_ms: get_uint(r, 1)?,
+            last_seen_ms,
+            status_ms: get_opt_uint(r, 4)?,
+            agent_version: r.text(5)?,
+            policy_serial: get_opt_uint(r, 6)?,
+            policy_name: r.text(7)?,
+            boot_id: r.text(8)?,
+            heartbeat_ms: get_opt_uint(r, 9)?,
+            uptime_s: get_opt_uint(r, 10)?,
+            counters: r.text(11)?.and_then(|c| serde_json::from_str(&c).ok()),
+            alerts: get_uint(r, 12)?,
+        })
+    })
+}
+
+/// A value bound to a query built by [`alerts_query`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum QueryArg {
+    Text(String),
+    Int(i64),
+}
+
+/// The alerts query for `filter`, with a `WHERE` clause of only the filters given (so that an
+/// index bounds what is read: `(device_id, received_ms)`, `(kind, received_ms)` or
+/// `(received_ms)`) and an order every one of these indexes gives when read backwards (ties
+/// on `received_ms` by device id, then sequence number: the primary key's columns, which end
+/// every index entry). `placeholder(n)` writes the n-th parameter (1-based): `?n` or `$n`.
+pub(crate) fn alerts_query(
+    filter: &AlertFilter,
+    placeholder: fn(usize) -> String,
+) -> (String, Vec<QueryArg>) {
+    let mut clauses = Vec::new();
+    let mut args = Vec::new();
+    let mut bind = |column: &str, op: &str, arg: QueryArg| {
+        args.push(arg);
+        clauses.push(format!("{column} {op} {}", placeholder(args.len())));
+    };
+    if let Some(device) = &filter.device {
+        bind("device_id", "=", QueryArg::Text(device.clone()));
+    }
+    if let Some(since) = filter.since_ms {
+        bind(
+            "received_ms",
+            ">=",
+            QueryArg::Int(i64::try_from(since).unwrap_or(i64::MAX)),
+        );
+    }
+    if let Some(kind) = &filter.kind {
+        bind("kind", "=", QueryArg::Text(kind.clone()));
+    }
+    if let Some(severity) = &filter.severity {
+        bind("severity", "=", QueryArg::Text(severity.clone()));
+    }
+    let mut sql = String::from(
+        "SELECT device_id, seq, boot_id, time_ms, received_ms, kind, severity, rule, path,
+                details, count, first_ms, last_ms, process, format
+         FROM alerts",
+    );
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    sql.push_str(" ORDER BY received_ms DESC, device_id DESC, seq DESC");
+    if let Some(limit) = filter.limit {
+        args.push(QueryArg::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" LIMIT {}", placeholder(args.len())));
+    }
+    (sql, args)
+}
+
+/// [`super::Store::alerts`]: the query of [`alerts_query`], with `?n` placeholders.
+pub(crate) fn alerts(db: &mut dyn Db, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
+    let (sql, args) = alerts_query(filter, |n| format!("?{n}"));
+    let args: Vec<Arg> = args
+        .iter()
+        .map(|a| match a {
+            QueryArg::Text(t) => Arg::Text(Some(t)),
+            QueryArg::Int(i) => Arg::Int(Some(*i)),
+        })
+        .collect();
+    rows(db, &sql, &args, |r| {
+        Ok(AlertRow {
+            device_id: get_text(r, 0)?,
+            seq: get_uint(r, 1)?,
+            boot_id: get_text(r, 2)?,
+            time_ms: get_uint(r, 3)?,
+            received_ms: get_uint(r, 4)?,
+            kind: get_text(r, 5)?,
+            severity: get_text(r, 6)?,
+            rule: get_text(r, 7)?,
+            path: r.text(8)?,
+            details: json(get_text(r, 9)?),
+            count: get_uint(r, 10)?,
+            first_ms: get_uint(r, 11)?,
+            last_ms: get_uint(r, 12)?,
+            process: r.text(13)?.map(json),
+            format: get_text(r, 14)?,
+        })
+    })
+}
+
+/// [`super::Store::gaps`].
+pub(crate) fn gaps(db: &mut dyn Db, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
+    rows(db, GAPS, &[Arg::Text(device)], |r| {
+        let first = get_uint(r, 1)?;
+        let last = get_uint(r, 2)?;
+        Ok(Gap {
+            device_id: get_text(r, 0)?,
+            first_missing: first,
+            last_missing: last,
+            missing: last - first + 1,
+            restart: restart_gap(first, last),
+        })
+    })
+}
+
+/// [`super::Store::refused`].
+pub(crate) fn refused(db: &mut dyn Db) -> anyhow::Result<Vec<RefusedRow>> {
+    rows(db, REFUSED, &[], |r| {
+        Ok(RefusedRow {
+            reason: get_text(r, 0)?,
+            device_id: get_text(r, 1)?,
+            count: get_uint(r, 2)?,
+            first_ms: get_uint(r, 3)?,
+            last_ms: get_uint(r, 4)?,
+            last_topic: get_text(r, 5)?,
+            last_error: get_text(r, 6)?,
+        })
+    })
+}
+
+/// [`super::Store::policy_results`].
+pub(crate) fn policy_results(
+    db: &mut dyn Db,
+    device: Option<&str>,
+) -> anyhow::Result<Vec<PolicyResultRow>> {
+    rows(db, POLICY_RESULTS, &[Arg::Text(device)], |r| {
+        Ok(PolicyResultRow {
+            device_id: get_text(r, 0)?,
+            bundle_sha256: get_text(r, 1)?,
+            time_ms: get_uint(r, 2)?,
+            received_ms: get_uint(r, 3)?,
+            outcome: get_text(r, 4)?,
+            name: r.text(5)?,
+            serial: get_opt_uint(r, 6)?,
+            reason: r.text(7)?,
+        })
+    })
+}

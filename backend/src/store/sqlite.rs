@@ -1,0 +1,309 @@
+//! The SQLite store (the default): one file, in WAL mode so that readers do not block the
+//! ingest. Its statements are those of [`super::sql`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use picket_proto::{Alert, Heartbeat, PolicyResult, Status};
+use rusqlite::{Connection, OpenFlags};
+
+use super::sql::{self, Arg, Columns, Db};
+use super::{AlertFilter, AlertRow, DeviceRow, Gap, PolicyResultRow, RefusedRow, Store};
+
+/// The schema this code reads and writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// The SQLite store (WAL mode, so readers do not block the ingest).
+pub struct SqliteStore {
+    pub(super) conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    status TEXT,
+    status_ms INTEGER,
+    agent_version TEXT,
+    policy_serial INTEGER,
+    policy_name TEXT,
+    boot_id TEXT,
+    heartbeat_ms INTEGER,
+    uptime_s INTEGER,
+    counters TEXT
+);
+CREATE TABLE alerts (
+    device_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    boot_id TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    path TEXT,
+    details TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    process TEXT,
+    format TEXT NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX alerts_received ON alerts (received_ms);
+CREATE INDEX alerts_device_received ON alerts (device_id, received_ms);
+CREATE INDEX alerts_kind_received ON alerts (kind, received_ms);
+CREATE TABLE refused (
+    reason TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    last_topic TEXT NOT NULL,
+    last_error TEXT NOT NULL,
+    PRIMARY KEY (reason, device_id)
+);
+CREATE TABLE policy_results (
+    device_id TEXT NOT NULL,
+    bundle_sha256 TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    name TEXT,
+    serial INTEGER,
+    reason TEXT,
+    PRIMARY KEY (device_id, bundle_sha256, time_ms)
+);
+";
+
+/// Indexes added after the first schema: created when a database is opened (a no-op once they
+/// exist; the first open of a large store built without them takes a while).
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms);
+CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms);
+";
+
+impl SqliteStore {
+    /// Opens the database, creating it (and its directory) if needed.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the directory {}", dir.display()))?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening the database {}", path.display()))?;
+        Self::init(conn).with_context(|| format!("database {}", path.display()))
+    }
+
+    /// Opens an existing database (for queries): a missing file is an error, not a new
+    /// empty database.
+    pub fn open_existing(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| {
+            format!(
+                "opening the database {} (does it exist? `picket-backend serve` creates it)",
+                path.display()
+            )
+        })?;
+        Self::init(conn).with_context(|| format!("database {}", path.display()))
+    }
+
+    /// An in-memory database (tests).
+    #[cfg(test)]
+    pub fn memory() -> anyhow::Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> anyhow::Result<Self> {
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        match version {
+            0 => {
+                conn.execute_batch(&format!(
+                    "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .or_else(|e| {
+                    // Another process may have created it between the check and the write.
+                    let _ = conn.execute_batch("ROLLBACK");
+                    let now: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                    if now == SCHEMA_VERSION {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .context("creating the schema")?;
+            }
+            SCHEMA_VERSION => {
+                conn.execute_batch(INDEXES)
+                    .context("creating the indexes")?;
+            }
+            other => anyhow::bail!(
+                "schema version {other} is newer than this backend's ({SCHEMA_VERSION})"
+            ),
+        }
+        Ok(SqliteStore { conn })
+    }
+}
+
+impl SqliteStore {
+    /// Runs `f` in a savepoint (which nests in [`Store::in_transaction`]'s transaction),
+    /// released when it succeeds.
+    fn atomic<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let tx = self.conn.savepoint()?;
+        let value = f(&mut Sqlite(&tx))?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+/// A connection running the statements of [`sql`].
+struct Sqlite<'a>(&'a Connection);
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Arg::Text(t) => t.to_sql(),
+            Arg::Int(i) => i.to_sql(),
+        }
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> anyhow::Result<Option<i64>> {
+        Ok(self.get(i)?)
+    }
+    fn text(&self, i: usize) -> anyhow::Result<Option<String>> {
+        Ok(self.get(i)?)
+    }
+}
+
+impl Db for Sqlite<'_> {
+    fn execute(&mut self, sql: &str, args: &[Arg]) -> anyhow::Result<u64> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        Ok(stmt.execute(rusqlite::params_from_iter(args))? as u64)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+        row: &mut dyn FnMut(&dyn Columns) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            row(r)?;
+        }
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn insert_alert(
+        &mut self,
+        device_id: &str,
+        alert: &Alert,
+        format: &str,
+        received_ms: u64,
+    ) -> anyhow::Result<bool> {
+        self.atomic(|db| sql::insert_alert(db, device_id, alert, format, received_ms))
+    }
+
+    fn record_heartbeat(
+        &mut self,
+        device_id: &str,
+        hb: &Heartbeat,
+        received_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| sql::record_heartbeat(db, device_id, hb, received_ms))
+    }
+
+    fn record_status(
+        &mut self,
+        device_id: &str,
+        status: &Status,
+        received_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| sql::record_status(db, device_id, status, received_ms))
+    }
+
+    fn insert_policy_result(
+        &mut self,
+        device_id: &str,
+        result: &PolicyResult,
+        received_ms: u64,
+    ) -> anyhow::Result<bool> {
+        self.atomic(|db| sql::insert_policy_result(db, device_id, result, received_ms))
+    }
+
+    fn count_refused(
+        &mut self,
+        reason: &str,
+        device_id: Option<&str>,
+        topic: &str,
+        error: &str,
+        received_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| sql::count_refused(db, reason, device_id, topic, error, received_ms))
+    }
+
+    fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64> {
+        self.atomic(|db| sql::delete_before(db, before_ms))
+    }
+
+    fn in_transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        // IMMEDIATE: take the write lock now (waiting up to the busy timeout) rather than fail
+        // to upgrade a read transaction later. The methods use savepoints, which nest in it.
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(()) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn devices(
+        &mut self,
+        now_ms: u64,
+        heartbeat_timeout: Duration,
+    ) -> anyhow::Result<Vec<DeviceRow>> {
+        sql::devices(&mut Sqlite(&self.conn), now_ms, heartbeat_timeout)
+    }
+
+    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
+        sql::alerts(&mut Sqlite(&self.conn), filter)
+    }
+
+    fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
+        sql::gaps(&mut Sqlite(&self.conn), device)
+    }
+
+    fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>> {
+        sql::refused(&mut Sqlite(&self.conn))
+    }
+
+    fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
+        sql::policy_results(&mut Sqlite(&self.conn), device)
+    }
+}

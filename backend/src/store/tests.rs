@@ -1,0 +1,507 @@
+//! The checks every store passes, run on SQLite and on a throwaway PostgreSQL; SQLite's query
+//! plans and schema upgrades.
+
+use super::sql::{alerts_query, QueryArg};
+use super::*;
+use picket_proto::{
+    AlertCounters, AlertKind, Details, PolicyOutcome, Presence, ProcessContext, SensorCounters,
+    Severity,
+};
+
+fn alert(seq: u64) -> Alert {
+    Alert {
+        seq,
+        boot_id: "boot".into(),
+        time_ms: 1000 + seq,
+        kind: if seq % 2 == 0 {
+            AlertKind::UnknownExecutable
+        } else {
+            AlertKind::UnexpectedConnection
+        },
+        severity: if seq % 2 == 0 {
+            Severity::High
+        } else {
+            Severity::Medium
+        },
+        rule: "executables".into(),
+        path: Some(format!("/tmp/x{seq}")),
+        details: Details(serde_json::json!({"n": seq})),
+        count: 1,
+        first_ms: 1,
+        last_ms: 2,
+        process: Some(ProcessContext {
+            pid: Some(7),
+            exe: Some("/bin/sh".into()),
+            argv: vec!["sh".into(), "-c".into()],
+            ..Default::default()
+        }),
+    }
+}
+
+fn status(state: Presence) -> Status {
+    Status {
+        state,
+        time_ms: 5,
+        agent_version: "0.1.0".into(),
+        policy_serial: 3,
+        policy_name: "base".into(),
+        boot_id: "boot".into(),
+    }
+}
+
+fn alerts_are_stored_once_with_their_context(s: &mut dyn Store) {
+    assert!(s.insert_alert("gw-1", &alert(1), "postcard", 10).unwrap());
+    assert!(!s.insert_alert("gw-1", &alert(1), "postcard", 11).unwrap());
+    assert!(s.insert_alert("gw-2", &alert(1), "json", 12).unwrap());
+    assert_eq!(count(s, "gw-1"), 1);
+    let rows = s
+        .alerts(&AlertFilter {
+            device: Some("gw-1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.received_ms, 10, "the first copy is kept");
+    assert_eq!(row.kind, "unexpected_connection");
+    assert_eq!(row.details["n"], 1);
+    let process = row.process.as_ref().unwrap();
+    assert_eq!(process["exe"], "/bin/sh");
+    assert_eq!(process["argv"][1], "-c");
+    assert_eq!(row.format, "postcard");
+}
+
+fn queries_filter_and_order(s: &mut dyn Store) {
+    for seq in 1..=6 {
+        s.insert_alert("gw-1", &alert(seq), "postcard", 100 * seq)
+            .unwrap();
+    }
+    s.insert_alert("gw-2", &alert(2), "postcard", 250).unwrap();
+    let mut q = |f: AlertFilter| -> Vec<(String, u64)> {
+        s.alerts(&f)
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.device_id, a.seq))
+            .collect()
+    };
+    assert_eq!(q(AlertFilter::default()).len(), 7);
+    assert_eq!(
+        q(AlertFilter {
+            since_ms: Some(400),
+            ..Default::default()
+        }),
+        [("gw-1".into(), 6), ("gw-1".into(), 5), ("gw-1".into(), 4)]
+    );
+    assert_eq!(
+        q(AlertFilter {
+            kind: Some("unknown_executable".into()),
+            device: Some("gw-1".into()),
+            ..Default::default()
+        }),
+        [("gw-1".into(), 6), ("gw-1".into(), 4), ("gw-1".into(), 2)]
+    );
+    assert_eq!(
+        q(AlertFilter {
+            severity: Some("high".into()),
+            limit: Some(2),
+            ..Default::default()
+        }),
+        [("gw-1".into(), 6), ("gw-1".into(), 4)]
+    );
+}
+
+fn ties_are_ordered_by_device_then_sequence_descending(s: &mut dyn Store) {
+    for (device, seq) in [("gw-1", 1), ("gw-2", 1), ("gw-1", 2), ("gw-3", 9)] {
+        s.insert_alert(device, &alert(seq), "postcard", 5).unwrap();
+    }
+    s.insert_alert("gw-1", &alert(3), "postcard", 4).unwrap();
+    let order: Vec<(String, u64)> = s
+        .alerts(&AlertFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.device_id, a.seq))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("gw-3".into(), 9),
+            ("gw-2".into(), 1),
+            ("gw-1".into(), 2),
+            ("gw-1".into(), 1),
+            ("gw-1".into(), 3)
+        ]
+    );
+}
+
+fn a_transaction_commits_all_or_nothing(s: &mut dyn Store) {
+    let hb = Heartbeat {
+        time_ms: 1,
+        uptime_s: 1,
+        agent_version: "0.1.0".into(),
+        policy_serial: 1,
+        rss_bytes: 1,
+        sensors: Vec::new(),
+        alerts: AlertCounters::default(),
+        spool_pending: 0,
+        spool_bytes: 0,
+    };
+    // A failure after some writes: none of them stays.
+    let failed = s.in_transaction(&mut |t| {
+        assert!(t.insert_alert("gw-1", &alert(1), "postcard", 10)?);
+        t.record_heartbeat("gw-2", &hb, 10)?;
+        t.record_status("gw-3", &status(Presence::Online), 10)?;
+        t.count_refused("malformed", Some("gw-1"), "picket/v1/gw-1/alert", "bad", 10)?;
+        anyhow::bail!("the store failed")
+    });
+    assert_eq!(failed.unwrap_err().to_string(), "the store failed");
+    assert!(s.alerts(&AlertFilter::default()).unwrap().is_empty());
+    assert!(s.devices(10, Duration::from_secs(60)).unwrap().is_empty());
+    assert!(s.refused().unwrap().is_empty());
+    // The same again, committed; then a duplicate in a second transaction.
+    let mut new = Vec::new();
+    s.in_transaction(&mut |t| {
+        for seq in 1..=3 {
+            new.push(t.insert_alert("gw-1", &alert(seq), "postcard", 10 + seq)?);
+        }
+        t.record_heartbeat("gw-2", &hb, 10)?;
+        t.count_refused("malformed", Some("gw-1"), "picket/v1/gw-1/alert", "bad", 10)?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(new, [true, true, true]);
+    s.in_transaction(&mut |t| {
+        new.push(t.insert_alert("gw-1", &alert(2), "postcard", 20)?);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(new.last(), Some(&false));
+    assert_eq!(count(s, "gw-1"), 3);
+    assert_eq!(s.devices(10, Duration::from_secs(60)).unwrap().len(), 2);
+    assert_eq!(s.refused().unwrap()[0].count, 1);
+    // Writes outside a transaction still commit on their own.
+    assert!(s.insert_alert("gw-1", &alert(4), "postcard", 30).unwrap());
+    assert_eq!(count(s, "gw-1"), 4);
+}
+
+fn gaps_are_computed_per_device(s: &mut dyn Store) {
+    for seq in [1, 2, 3, 7, 8, 10] {
+        s.insert_alert("gw-1", &alert(seq), "postcard", 1).unwrap();
+    }
+    for seq in [4, 5] {
+        s.insert_alert("gw-2", &alert(seq), "postcard", 1).unwrap();
+    }
+    let gaps = s.gaps(None).unwrap();
+    assert_eq!(
+        gaps,
+        [
+            Gap {
+                device_id: "gw-1".into(),
+                first_missing: 4,
+                last_missing: 6,
+                missing: 3,
+                restart: false,
+            },
+            Gap {
+                device_id: "gw-1".into(),
+                first_missing: 9,
+                last_missing: 9,
+                missing: 1,
+                restart: false,
+            },
+        ]
+    );
+    assert!(s.gaps(Some("gw-2")).unwrap().is_empty());
+    // The missing one arrives late: the gap closes.
+    s.insert_alert("gw-1", &alert(9), "postcard", 2).unwrap();
+    assert_eq!(s.gaps(Some("gw-1")).unwrap().len(), 1);
+    // The agent restarted after 70 and resumed at 129: the rest of its block is skipped.
+    for seq in [70, 129] {
+        s.insert_alert("gw-1", &alert(seq), "postcard", 3).unwrap();
+    }
+    let gaps = s.gaps(Some("gw-1")).unwrap();
+    assert_eq!(gaps.len(), 3);
+    // 11..=69 spans two blocks: not explained by a restart alone.
+    assert_eq!((gaps[1].first_missing, gaps[1].restart), (11, false));
+    assert_eq!((gaps[2].first_missing, gaps[2].last_missing), (71, 128));
+    assert!(gaps[2].restart);
+    assert!(restart_gap(64, 64));
+    assert!(restart_gap(1, 64));
+    assert!(!restart_gap(64, 65));
+    assert!(!restart_gap(60, 127));
+}
+
+fn retention_deletes_old_alerts_only(s: &mut dyn Store) {
+    for seq in 1..=5 {
+        s.insert_alert("gw-1", &alert(seq), "postcard", seq * 1000)
+            .unwrap();
+    }
+    assert_eq!(s.delete_before(3000).unwrap(), 2);
+    let left: Vec<u64> = s
+        .alerts(&AlertFilter::default())
+        .unwrap()
+        .iter()
+        .map(|a| a.seq)
+        .collect();
+    assert_eq!(left, [5, 4, 3]);
+    assert_eq!(s.delete_before(3000).unwrap(), 0);
+    assert_eq!(s.devices(5000, Duration::from_secs(60)).unwrap().len(), 1);
+}
+
+fn registry_follows_status_heartbeats_and_timeout(s: &mut dyn Store) {
+    let timeout = Duration::from_secs(60);
+    s.record_status("gw-1", &status(Presence::Online), 1_000)
+        .unwrap();
+    let d = &s.devices(2_000, timeout).unwrap()[0];
+    assert_eq!((d.state, d.online), ("online", true));
+    assert_eq!(d.policy_name.as_deref(), Some("base"));
+    let hb = Heartbeat {
+        time_ms: 9,
+        uptime_s: 120,
+        agent_version: "0.2.0".into(),
+        policy_serial: 4,
+        rss_bytes: 4 << 20,
+        sensors: vec![SensorCounters {
+            sensor: "process".into(),
+            seen: 10,
+            lost: 1,
+        }],
+        alerts: AlertCounters {
+            raised: 3,
+            ..Default::default()
+        },
+        spool_pending: 2,
+        spool_bytes: 300,
+    };
+    s.record_heartbeat("gw-1", &hb, 50_000).unwrap();
+    let d = &s.devices(100_000, timeout).unwrap()[0];
+    assert_eq!(d.state, "online");
+    assert_eq!(d.agent_version.as_deref(), Some("0.2.0"));
+    assert_eq!(d.policy_serial, Some(4));
+    assert_eq!(d.uptime_s, Some(120));
+    let c = d.counters.as_ref().unwrap();
+    assert_eq!(c["sensors"][0]["lost"], 1);
+    assert_eq!(c["alerts"]["raised"], 3);
+    assert_eq!(c["spool_pending"], 2);
+    // Silent for longer than the timeout.
+    assert_eq!(s.devices(111_000, timeout).unwrap()[0].state, "timed_out");
+    // The last will.
+    s.record_status("gw-1", &status(Presence::Offline), 112_000)
+        .unwrap();
+    let d = &s.devices(112_000, timeout).unwrap()[0];
+    assert_eq!((d.state, d.online), ("offline", false));
+    assert_eq!(d.first_seen_ms, 1_000);
+    assert_eq!(d.last_seen_ms, 112_000);
+}
+
+fn refusals_and_policy_results_are_counted(s: &mut dyn Store) {
+    for _ in 0..3 {
+        s.count_refused("malformed", Some("gw-1"), "picket/v1/gw-1/alert", "bad", 5)
+            .unwrap();
+    }
+    s.count_refused("foreign_topic", None, "x/y", "not ours", 6)
+        .unwrap();
+    let r = s.refused().unwrap();
+    assert_eq!(r.len(), 2);
+    assert_eq!((r[1].reason.as_str(), r[1].count), ("malformed", 3));
+    assert_eq!(r[0].device_id, "");
+    let result = PolicyResult {
+        time_ms: 1,
+        bundle_sha256: "ab".into(),
+        outcome: PolicyOutcome::Applied {
+            name: "p2".into(),
+            serial: 9,
+        },
+    };
+    assert!(s.insert_policy_result("gw-1", &result, 7).unwrap());
+    assert!(!s.insert_policy_result("gw-1", &result, 8).unwrap());
+    let rows = s.policy_results(Some("gw-1")).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome, "applied");
+    let d = &s.devices(8, Duration::from_secs(1)).unwrap()[0];
+    assert_eq!(d.policy_serial, Some(9));
+    assert_eq!(d.policy_name.as_deref(), Some("p2"));
+}
+
+/// Each combination of filters reads through an index that bounds it and gives the order
+/// asked for: no full scan, no sort.
+#[test]
+fn alert_queries_use_an_index_for_their_filters_and_order() {
+    let mut s = SqliteStore::memory().unwrap();
+    for seq in 1..=20 {
+        s.insert_alert(&format!("gw-{}", seq % 3), &alert(seq), "json", seq)
+            .unwrap();
+    }
+    let text = |v: &str| Some(v.to_string());
+    let cases = [
+        (AlertFilter::default(), "alerts_received"),
+        (
+            AlertFilter {
+                since_ms: Some(5),
+                ..Default::default()
+            },
+            "alerts_received (received_ms>?)",
+        ),
+        (
+            AlertFilter {
+                device: text("gw-1"),
+                ..Default::default()
+            },
+            "alerts_device_received (device_id=?)",
+        ),
+        (
+            AlertFilter {
+                device: text("gw-1"),
+                since_ms: Some(5),
+                ..Default::default()
+            },
+            "alerts_device_received (device_id=? AND received_ms>?)",
+        ),
+        (
+            AlertFilter {
+                kind: text("agent_tamper"),
+                since_ms: Some(5),
+                ..Default::default()
+            },
+            "alerts_kind_received (kind=? AND received_ms>?)",
+        ),
+        (
+            AlertFilter {
+                kind: text("agent_tamper"),
+                limit: Some(3),
+                ..Default::default()
+            },
+            "alerts_kind_received (kind=?)",
+        ),
+        (
+            AlertFilter {
+                severity: text("high"),
+                limit: Some(3),
+                ..Default::default()
+            },
+            "alerts_received",
+        ),
+    ];
+    for (filter, index) in cases {
+        let (sql, args) = alerts_query(&filter, |n| format!("?{n}"));
+        let args = args.into_iter().map(|a| match a {
+            QueryArg::Text(t) => rusqlite::types::Value::Text(t),
+            QueryArg::Int(i) => rusqlite::types::Value::Integer(i),
+        });
+        let mut stmt = s
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(
+            plan.contains(&format!("USING INDEX {index}")) && !plan.contains("TEMP B-TREE"),
+            "{filter:?}: {plan}"
+        );
+    }
+}
+
+#[test]
+fn the_indexes_are_added_to_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.conn
+        .execute_batch("DROP INDEX alerts_device_received; DROP INDEX alerts_kind_received")
+        .unwrap();
+    drop(s);
+    let s = SqliteStore::open_existing(&path).unwrap();
+    let indexes: Vec<String> = s
+        .conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'alerts' AND sql IS NOT NULL ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "alerts_device_received",
+            "alerts_kind_received",
+            "alerts_received"
+        ]
+    );
+}
+
+#[test]
+fn a_file_database_is_reopened_and_a_missing_one_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/picket.db");
+    assert!(SqliteStore::open_existing(&path).is_err());
+    let mut s = SqliteStore::open(&path).unwrap();
+    s.insert_alert("gw-1", &alert(1), "json", 1).unwrap();
+    drop(s);
+    let mut s = SqliteStore::open_existing(&path).unwrap();
+    assert_eq!(count(&mut s, "gw-1"), 1);
+}
+
+fn count(s: &mut dyn Store, device: &str) -> usize {
+    s.alerts(&AlertFilter {
+        device: Some(device.into()),
+        ..Default::default()
+    })
+    .unwrap()
+    .len()
+}
+
+/// What every store must do, run on each implementation.
+type Check = fn(&mut dyn Store);
+const CHECKS: &[(&str, Check)] = &[
+    (
+        "alerts_are_stored_once_with_their_context",
+        alerts_are_stored_once_with_their_context,
+    ),
+    ("queries_filter_and_order", queries_filter_and_order),
+    (
+        "ties_are_ordered_by_device_then_sequence_descending",
+        ties_are_ordered_by_device_then_sequence_descending,
+    ),
+    (
+        "a_transaction_commits_all_or_nothing",
+        a_transaction_commits_all_or_nothing,
+    ),
+    ("gaps_are_computed_per_device", gaps_are_computed_per_device),
+    (
+        "retention_deletes_old_alerts_only",
+        retention_deletes_old_alerts_only,
+    ),
+    (
+        "registry_follows_status_heartbeats_and_timeout",
+        registry_follows_status_heartbeats_and_timeout,
+    ),
+    (
+        "refusals_and_policy_results_are_counted",
+        refusals_and_policy_results_are_counted,
+    ),
+];
+
+#[test]
+fn sqlite_store_passes_the_checks() {
+    for (name, check) in CHECKS {
+        eprintln!("sqlite: {name}");
+        check(&mut SqliteStore::memory().unwrap());
+    }
+}
+
+#[test]
+fn postgres_store_passes_the_same_checks() {
+    let pg = picket_test_support::postgres::Postgres::start();
+    for (i, (name, check)) in CHECKS.iter().enumerate() {
+        eprintln!("postgres: {name}");
+        let params = pg.database(&format!("check{i}"));
+        check(&mut PgStore::connect(&params).unwrap());
+    }
+    // A second connection finds the schema in place.
+    let params = pg.database("check0");
+    let mut again = PgStore::connect(&params).unwrap();
+    assert_eq!(count(&mut again, "gw-1"), 1);
+}
