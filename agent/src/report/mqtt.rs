@@ -1,5 +1,5 @@
 //! One MQTT connection over mutual TLS, in MQTT v5 or 3.1.1, behind one small interface: the
-//! reporter (report.rs) publishes, subscribes and reads normalised events without caring which
+//! reporter ([`super::Reporter`]) publishes, subscribes and reads normalised events without caring which
 //! protocol the broker speaks.
 //!
 //! Sessions are always clean: after any reconnection nothing from the previous connection is
@@ -59,12 +59,36 @@ pub enum Ev {
     Other,
 }
 
+/// The client library's error, whichever protocol it speaks.
+pub type LibraryError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why the connection failed.
-#[derive(Debug)]
-pub struct Failure {
-    pub message: String,
-    /// The broker seems not to speak the protocol tried (switch in `Auto`).
-    pub protocol: bool,
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The broker seems not to speak the protocol tried: it refused the version, or answered
+    /// the CONNECT with something else than a CONNACK or with what does not decode (switch
+    /// in `Auto`).
+    #[error(transparent)]
+    Protocol(LibraryError),
+    /// Anything else: the network, TLS, the broker refusing the client, a lost connection.
+    #[error(transparent)]
+    Connection(LibraryError),
+}
+
+impl Failure {
+    /// The connection failed, `protocol` when for the MQTT version tried.
+    fn new(err: impl Into<LibraryError>, protocol: bool) -> Self {
+        if protocol {
+            Failure::Protocol(err.into())
+        } else {
+            Failure::Connection(err.into())
+        }
+    }
+
+    /// Whether the broker seems not to speak the protocol tried.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Failure::Protocol(_))
+    }
 }
 
 /// The client half: queue requests for the event loop.
@@ -202,10 +226,7 @@ impl Events {
                         ) | ConnectionError::NotConnAck(_)
                             | ConnectionError::MqttState(StateError::Deserialization(_))
                     );
-                    Err(Failure {
-                        message: err.to_string(),
-                        protocol,
-                    })
+                    Err(Failure::new(err, protocol))
                 }
             },
             Events::V5(e) => match e.poll().await {
@@ -239,10 +260,7 @@ impl Events {
                         ) | ConnectionError::NotConnAck(_)
                             | ConnectionError::MqttState(StateError::Deserialization(_))
                     );
-                    Err(Failure {
-                        message: err.to_string(),
-                        protocol,
-                    })
+                    Err(Failure::new(err, protocol))
                 }
             },
         }
