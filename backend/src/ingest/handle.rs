@@ -1,0 +1,221 @@
+//! One message: its topic and size checked, its body decoded and checked against its topic,
+//! then stored; or refused ([`Refused`]) and counted in the store by reason.
+
+use picket_proto::topic::{self, Channel};
+use picket_proto::{Alert, Heartbeat, PolicyResult, Status, MAX_MESSAGE_BYTES};
+use serde::de::DeserializeOwned;
+
+use crate::store::Store;
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    Duplicate,
+    Refused(Refusal),
+}
+
+/// Why a message was refused: the reason the store counts it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The topic is not a device topic of ours.
+    ForeignTopic,
+    /// A device topic the backend does not consume (e.g. a device's policy topic).
+    UnexpectedChannel,
+    /// Over [`MAX_MESSAGE_BYTES`].
+    Oversized,
+    /// Not a message of a known format, or a body that does not decode.
+    Malformed,
+    /// A protocol version this backend does not speak.
+    Version,
+    /// The envelope's device id is not the one in the topic.
+    DeviceMismatch,
+}
+
+impl Refusal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::ForeignTopic => "foreign_topic",
+            Refusal::UnexpectedChannel => "unexpected_channel",
+            Refusal::Oversized => "oversized",
+            Refusal::Malformed => "malformed",
+            Refusal::Version => "version",
+            Refusal::DeviceMismatch => "device_mismatch",
+        }
+    }
+}
+
+/// A refused message: what was wrong with it (its [`Refused::reason`] and message).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    ForeignTopic(String),
+    #[error("the backend does not consume policy topics")]
+    UnexpectedChannel,
+    #[error("message of {0} bytes is over the limit of {MAX_MESSAGE_BYTES}")]
+    Oversized(usize),
+    /// The envelope did not decode: oversized, of another version or malformed.
+    #[error("{0}")]
+    Decode(#[from] picket_proto::Error),
+    #[error("sequence number {0} is out of range")]
+    SeqOutOfRange(u64),
+    /// The device id the envelope claims (at most 80 characters of it).
+    #[error("the message says it is from {0:?}")]
+    DeviceMismatch(String),
+}
+
+impl Refused {
+    /// The reason it is counted under.
+    pub fn reason(&self) -> Refusal {
+        match self {
+            Refused::ForeignTopic(_) => Refusal::ForeignTopic,
+            Refused::UnexpectedChannel => Refusal::UnexpectedChannel,
+            Refused::Oversized(_) | Refused::Decode(picket_proto::Error::TooLarge(_)) => {
+                Refusal::Oversized
+            }
+            Refused::Decode(picket_proto::Error::Version(_)) => Refusal::Version,
+            Refused::Decode(_) | Refused::SeqOutOfRange(_) => Refusal::Malformed,
+            Refused::DeviceMismatch(_) => Refusal::DeviceMismatch,
+        }
+    }
+}
+
+/// Checks and stores one message. `Err` only when the store failed (the message must then
+/// not be acknowledged); a bad message is `Ok(Outcome::Refused(_))`, counted in the store.
+pub fn handle(
+    store: &mut dyn Store,
+    topic_name: &str,
+    payload: &[u8],
+    now_ms: u64,
+) -> anyhow::Result<Outcome> {
+    let (device, channel) = match topic::parse(topic_name) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let refused = Refused::ForeignTopic(e.to_string());
+            return refuse(store, topic_name, now_ms, None, refused);
+        }
+    };
+    if payload.len() > MAX_MESSAGE_BYTES {
+        let refused = Refused::Oversized(payload.len());
+        return refuse(store, topic_name, now_ms, Some(device), refused);
+    }
+    let message = Message {
+        store,
+        device,
+        payload,
+        now_ms,
+    };
+    match message.store(channel) {
+        Ok(stored) => stored,
+        Err(refused) => refuse(store, topic_name, now_ms, Some(device), refused),
+    }
+}
+
+/// Logs a refused message and counts it in the store.
+fn refuse(
+    store: &mut dyn Store,
+    topic_name: &str,
+    now_ms: u64,
+    device: Option<&str>,
+    refused: Refused,
+) -> anyhow::Result<Outcome> {
+    let reason = refused.reason();
+    let error = refused.to_string();
+    log::warn!(
+        "refused a message on `{topic_name}` ({}): {error}",
+        reason.name()
+    );
+    store.count_refused(reason.name(), device, topic_name, &error, now_ms)?;
+    Ok(Outcome::Refused(reason))
+}
+
+/// A message from a device topic, of a size the backend accepts.
+struct Message<'a> {
+    store: &'a mut dyn Store,
+    device: &'a str,
+    payload: &'a [u8],
+    now_ms: u64,
+}
+
+/// The body of an envelope from `device`, and its format's name.
+fn decode<T: DeserializeOwned>(payload: &[u8], device: &str) -> Result<(&'static str, T), Refused> {
+    let (format, envelope) = picket_proto::decode::<T>(payload)?;
+    if envelope.device_id != device {
+        let claimed: String = envelope.device_id.chars().take(80).collect();
+        return Err(Refused::DeviceMismatch(claimed));
+    }
+    let format = match format {
+        picket_proto::Format::Postcard => "postcard",
+        picket_proto::Format::Json => "json",
+    };
+    Ok((format, envelope.body))
+}
+
+impl Message<'_> {
+    /// Decodes the body `channel` carries and stores it: `Err` for a refused message, `Ok` with
+    /// what the store did (itself `Err` if the store failed).
+    fn store(self, channel: Channel) -> Result<anyhow::Result<Outcome>, Refused> {
+        let (store, device, now_ms) = (self.store, self.device, self.now_ms);
+        Ok(match channel {
+            Channel::Alert => {
+                let (format, alert) = decode::<Alert>(self.payload, device)?;
+                // Stores keep it as a signed 64-bit integer.
+                if alert.seq > i64::MAX as u64 {
+                    return Err(Refused::SeqOutOfRange(alert.seq));
+                }
+                store_alert(store, device, &alert, format, now_ms)
+            }
+            Channel::Heartbeat => {
+                let (_, hb) = decode::<Heartbeat>(self.payload, device)?;
+                store
+                    .record_heartbeat(device, &hb, now_ms)
+                    .map(|()| Outcome::Stored)
+            }
+            Channel::Status => {
+                let (_, status) = decode::<Status>(self.payload, device)?;
+                log::info!("{device} is {:?}", status.state);
+                store
+                    .record_status(device, &status, now_ms)
+                    .map(|()| Outcome::Stored)
+            }
+            Channel::PolicyResult => {
+                let (_, result) = decode::<PolicyResult>(self.payload, device)?;
+                log::info!("{device}: policy {:?}", result.outcome);
+                store
+                    .insert_policy_result(device, &result, now_ms)
+                    .map(|new| {
+                        if new {
+                            Outcome::Stored
+                        } else {
+                            Outcome::Duplicate
+                        }
+                    })
+            }
+            Channel::Policy => return Err(Refused::UnexpectedChannel),
+        })
+    }
+}
+
+/// Stores an alert, logging a new one.
+fn store_alert(
+    store: &mut dyn Store,
+    device: &str,
+    alert: &Alert,
+    format: &str,
+    now_ms: u64,
+) -> anyhow::Result<Outcome> {
+    let new = store.insert_alert(device, alert, format, now_ms)?;
+    if new {
+        log::info!(
+            "alert {device}#{} {} {} {}",
+            alert.seq,
+            alert.severity.name(),
+            alert.kind.name(),
+            alert.path.as_deref().unwrap_or("-")
+        );
+        Ok(Outcome::Stored)
+    } else {
+        log::debug!("alert {device}#{} received again", alert.seq);
+        Ok(Outcome::Duplicate)
+    }
+}

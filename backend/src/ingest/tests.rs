@@ -1,0 +1,139 @@
+//! The checks of each message, the subscriptions and the batches.
+
+use super::*;
+use crate::store::{AlertFilter, SqliteStore};
+use picket_proto::{Alert, AlertKind, Details, Format, Severity};
+
+fn alert(seq: u64) -> Alert {
+    Alert {
+        seq,
+        boot_id: "b".into(),
+        time_ms: 1,
+        kind: AlertKind::SuspiciousExec,
+        severity: Severity::Critical,
+        rule: "r".into(),
+        path: None,
+        details: Details(serde_json::json!({})),
+        count: 1,
+        first_ms: 1,
+        last_ms: 1,
+        process: None,
+    }
+}
+
+#[test]
+fn checks_every_message() {
+    let mut s = SqliteStore::memory().unwrap();
+    let t = topic::topic("gw-1", Channel::Alert);
+    let ok = picket_proto::encode(Format::Postcard, "gw-1", &alert(1)).unwrap();
+    assert_eq!(handle(&mut s, &t, &ok, 1).unwrap(), Outcome::Stored);
+    assert_eq!(handle(&mut s, &t, &ok, 2).unwrap(), Outcome::Duplicate);
+    let json = picket_proto::encode(Format::Json, "gw-1", &alert(2)).unwrap();
+    assert_eq!(handle(&mut s, &t, &json, 3).unwrap(), Outcome::Stored);
+    let other = picket_proto::encode(Format::Json, "gw-2", &alert(3)).unwrap();
+    let refused = |r| Ok::<_, ()>(Outcome::Refused(r));
+    let mut check = |t: &str, p: &[u8], r| {
+        assert_eq!(handle(&mut s, t, p, 4).map_err(|_| ()), refused(r), "{t}");
+    };
+    check(&t, &other, Refusal::DeviceMismatch);
+    check(&t, b"garbage", Refusal::Malformed);
+    check(&t, b"", Refusal::Malformed);
+    check(&t, &ok[..ok.len() - 1], Refusal::Malformed);
+    let mut huge = alert(1);
+    huge.seq = u64::MAX;
+    let huge = picket_proto::encode(Format::Postcard, "gw-1", &huge).unwrap();
+    check(&t, &huge, Refusal::Malformed);
+    check(&t, &vec![b'{'; MAX_MESSAGE_BYTES + 1], Refusal::Oversized);
+    check(
+        &t,
+        br#"{"v": 2, "device_id": "gw-1", "body": {}}"#,
+        Refusal::Version,
+    );
+    check("elsewhere/x", &ok, Refusal::ForeignTopic);
+    check(
+        &topic::topic("gw-1", Channel::Policy),
+        &ok,
+        Refusal::UnexpectedChannel,
+    );
+    // A heartbeat's payload on the alert topic does not decode as an alert.
+    check(
+        &topic::topic("gw-1", Channel::Status),
+        &ok,
+        Refusal::Malformed,
+    );
+    assert_eq!(s.alerts(&AlertFilter::default()).unwrap().len(), 2);
+    let refused = s.refused().unwrap();
+    let count = |reason: &str| {
+        refused
+            .iter()
+            .filter(|r| r.reason == reason)
+            .map(|r| r.count)
+            .sum::<u64>()
+    };
+    assert_eq!(count("malformed"), 5);
+    assert_eq!(count("device_mismatch"), 1);
+    assert_eq!(count("oversized"), 1);
+    assert_eq!(count("foreign_topic"), 1);
+}
+
+/// A batch is stored in one transaction: all of it, or (when the store fails part way)
+/// none of it, refusals included, so that the broker's redelivery counts nothing twice.
+#[test]
+fn a_batch_is_stored_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let store: Mutex<Box<dyn Store>> = Mutex::new(Box::new(SqliteStore::open(&path).unwrap()));
+    // The store fails on the third alert of gw-2, after writing others.
+    let admin = rusqlite::Connection::open(&path).unwrap();
+    admin
+        .execute_batch(
+            "CREATE TRIGGER fail BEFORE INSERT ON alerts
+             WHEN NEW.device_id = 'gw-2' AND NEW.seq = 3
+             BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+        )
+        .unwrap();
+    let publish = |device: &str, payload: Vec<u8>| {
+        Publish::new(
+            topic::topic(device, Channel::Alert),
+            QoS::AtLeastOnce,
+            payload,
+            None,
+        )
+    };
+    let mut batch = Vec::new();
+    for seq in 1..=3 {
+        for device in ["gw-2", "gw-1"] {
+            let alert = picket_proto::encode(Format::Postcard, device, &alert(seq)).unwrap();
+            batch.push(publish(device, alert));
+        }
+    }
+    batch.push(publish("gw-1", b"garbage".to_vec()));
+    let stored = |store: &Mutex<Box<dyn Store>>| {
+        let mut s = store.lock().unwrap();
+        let refused: u64 = s.refused().unwrap().iter().map(|r| r.count).sum();
+        (s.alerts(&AlertFilter::default()).unwrap().len(), refused)
+    };
+    let error = store_batch(&store, &batch).unwrap_err();
+    assert!(format!("{error:#}").contains("disk on fire"), "{error:#}");
+    assert_eq!(stored(&store), (0, 0), "nothing of the failed batch");
+    // Delivered again once the store works: all of it, once; then a duplicate.
+    admin.execute_batch("DROP TRIGGER fail").unwrap();
+    store_batch(&store, &batch).unwrap();
+    assert_eq!(stored(&store), (6, 1));
+    store_batch(&store, &batch[..2]).unwrap();
+    assert_eq!(stored(&store), (6, 1));
+}
+
+#[test]
+fn subscribes_shared_except_to_statuses() {
+    assert_eq!(
+        filters("g"),
+        [
+            "$share/g/picket/v1/+/alert",
+            "$share/g/picket/v1/+/heartbeat",
+            "$share/g/picket/v1/+/policy/result",
+            "picket/v1/+/status"
+        ]
+    );
+    assert_eq!(filters("")[0], "picket/v1/+/alert");
+}
