@@ -6,8 +6,8 @@
 
 mod support {
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::path::{Path, PathBuf};
+    use std::net::TcpStream;
+    use std::path::PathBuf;
     use std::process::{Child, Command, Output};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -15,91 +15,60 @@ mod support {
 
     use picket_proto::topic::{topic, Channel};
     use picket_proto::Format;
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
+    use picket_test_support::mosquitto::{free_port, Options};
+    use picket_test_support::{Identity, Mosquitto, Pki, TempDir};
     use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     use rumqttc::{TlsConfiguration, Transport};
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use serde_json::Value;
 
     pub const TIMEOUT: Duration = Duration::from_secs(15);
     pub const BACKEND_ID: &str = "picket-backend";
 
-    /// A test PKI and a Mosquitto (TLS listener on a free loopback port, client certificates
-    /// required, CN = user name, the ACL of docs/BACKEND.md, no limit on the messages queued
-    /// for a client beyond those in flight, as docs/BACKEND.md asks). Killed when dropped.
+    /// A test PKI and a Mosquitto with the managed broker's configuration and ACL (TLS
+    /// listener on a free loopback port, client certificates required, CN = user name), with
+    /// room for 100000 queued messages per client, as docs/BACKEND.md asks of a broker. Unlike
+    /// the managed broker it keeps the client id a client asks for (several `serve` instances
+    /// and `policy push` share the backend's certificate, as they may at an external broker),
+    /// and it denies the backend `picket/v1/locked/policy` (a refusal for `policy push` to
+    /// report). Killed when dropped.
     pub struct Broker {
-        pub dir: tempfile::TempDir,
+        pub pki: Pki,
+        /// The backend's certificate (CN [`BACKEND_ID`]).
+        pub backend: Identity,
         pub port: u16,
-        child: Child,
-        issuer: CertifiedIssuer<'static, KeyPair>,
-    }
-
-    /// A self-signed CA.
-    pub fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, name);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap()
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        /// Configurations, logs and databases of the backends run against this broker.
+        dir: TempDir,
+        mosquitto: Option<Mosquitto>,
     }
 
     impl Broker {
         pub fn start() -> Broker {
             let mut broker = Broker::pki();
-            broker.spawn();
+            let options = Options {
+                max_queued_messages: 100_000,
+                username_as_client_id: false,
+                denied: vec![(BACKEND_ID.into(), "picket/v1/locked/policy".into())],
+            };
+            let mosquitto = Mosquitto::start_with(&broker.pki, &options);
+            broker.port = mosquitto.port();
+            broker.mosquitto = Some(mosquitto);
             broker
         }
 
-        /// The PKI, the ACL and a free port, without starting Mosquitto (for `serve`'s managed
-        /// broker, configured by [`Broker::managed_section`]).
+        /// The PKI and a free port, without starting Mosquitto (for `serve`'s managed broker,
+        /// configured by [`Broker::managed_section`]).
         pub fn pki() -> Broker {
-            let dir = tempfile::tempdir().unwrap();
-            let issuer = new_ca("Picket test CA");
-            std::fs::write(dir.path().join("ca.pem"), issuer.pem()).unwrap();
-            let mut broker = Broker {
-                port: 0,
-                child: Command::new("true").spawn().unwrap(),
-                dir,
-                issuer,
-            };
-            broker.issue("broker", &["127.0.0.1", "localhost"]);
-            broker.issue(BACKEND_ID, &[]);
-            let d = broker.dir.path();
-            std::fs::write(
-                d.join("acl"),
-                format!(
-                    "pattern write picket/v1/%u/alert\n\
-                     pattern write picket/v1/%u/heartbeat\n\
-                     pattern write picket/v1/%u/status\n\
-                     pattern write picket/v1/%u/policy/result\n\
-                     pattern read picket/v1/%u/policy\n\n\
-                     user {BACKEND_ID}\n\
-                     topic deny picket/v1/locked/policy\n\
-                     topic read picket/v1/#\n\
-                     topic write picket/v1/+/policy\n"
-                ),
-            )
-            .unwrap();
-            broker.port = free_port();
-            broker
+            let pki = Pki::new();
+            let backend = pki.backend(BACKEND_ID);
+            Broker {
+                pki,
+                backend,
+                port: free_port(),
+                dir: TempDir::new(),
+                mosquitto: None,
+            }
         }
 
         /// A `[broker]` section for `serve` to run Mosquitto itself on this PKI and port.
@@ -108,85 +77,23 @@ mod support {
                 "[broker]\nlisten = \"127.0.0.1:{port}\"\nca = \"{ca}\"\ncert = \"{cert}\"\n\
                  key = \"{key}\"\ndir = \"{dir}\"\n",
                 port = self.port,
-                ca = self.path("ca.pem").display(),
-                cert = self.path("broker.pem").display(),
-                key = self.path("broker.key").display(),
+                ca = self.pki.ca_cert().display(),
+                cert = self.pki.server_cert().display(),
+                key = self.pki.server_key().display(),
                 dir = self.path("managed").display(),
             )
         }
 
-        fn spawn(&mut self) {
-            let d = self.dir.path();
-            std::fs::write(
-                d.join("mosquitto.conf"),
-                format!(
-                    "user root\nper_listener_settings false\nallow_anonymous false\n\
-                     persistence false\nmax_queued_messages 100000\n\
-                     log_dest stderr\nlog_type error\nlog_type warning\n\
-                     acl_file {acl}\n\
-                     listener {port} 127.0.0.1\n\
-                     cafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
-                     require_certificate true\nuse_identity_as_username true\n",
-                    acl = d.join("acl").display(),
-                    port = self.port,
-                    ca = d.join("ca.pem").display(),
-                    cert = d.join("broker.pem").display(),
-                    key = d.join("broker.key").display(),
-                ),
-            )
-            .unwrap();
-            let log = std::fs::File::create(d.join("mosquitto.log")).unwrap();
-            self.child = Command::new("mosquitto")
-                .arg("-c")
-                .arg(d.join("mosquitto.conf"))
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("running mosquitto (apt-get install mosquitto)");
-            let start = Instant::now();
-            while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-                assert!(
-                    start.elapsed() < TIMEOUT,
-                    "mosquitto did not listen: {}",
-                    std::fs::read_to_string(d.join("mosquitto.log")).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-
         /// Stops the broker and starts it again on the same port (sessions are lost).
         pub fn restart(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            self.spawn();
-        }
-
-        /// Issues `<name>.pem` and `<name>.key` with CN `name`.
-        pub fn issue(&self, name: &str, sans: &[&str]) {
-            self.issue_by(&self.issuer, name, name, sans);
-        }
-
-        /// Issues `<file>.pem` and `<file>.key` with CN `cn`, signed by `issuer`.
-        pub fn issue_by(
-            &self,
-            issuer: &CertifiedIssuer<'static, KeyPair>,
-            file: &str,
-            cn: &str,
-            sans: &[&str],
-        ) {
-            let mut params =
-                CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                    .unwrap();
-            params.distinguished_name.push(DnType::CommonName, cn);
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, issuer).unwrap();
-            let d = self.dir.path();
-            std::fs::write(d.join(format!("{file}.pem")), cert.pem()).unwrap();
-            std::fs::write(d.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+            self.mosquitto
+                .as_mut()
+                .expect("a broker started by Broker::start")
+                .restart();
         }
 
         pub fn path(&self, name: &str) -> PathBuf {
-            self.dir.path().join(name)
+            self.dir.join(name)
         }
 
         /// A backend configuration for this broker.
@@ -206,20 +113,13 @@ mod support {
                         )
                     },
                     port = self.port,
-                    ca = self.path("ca.pem").display(),
-                    cert = self.path(&format!("{BACKEND_ID}.pem")).display(),
-                    key = self.path(&format!("{BACKEND_ID}.key")).display(),
+                    ca = self.backend.ca.display(),
+                    cert = self.backend.cert.display(),
+                    key = self.backend.key.display(),
                 ),
             )
             .unwrap();
             path
-        }
-    }
-
-    impl Drop for Broker {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 
@@ -389,14 +289,7 @@ mod support {
 
     impl Device {
         pub async fn connect(broker: &Broker, id: &str, will: Option<Vec<u8>>) -> Device {
-            if !broker.path(&format!("{id}.pem")).exists() {
-                broker.issue(id, &[]);
-            }
-            let tls = client_tls(
-                &broker.path("ca.pem"),
-                &broker.path(&format!("{id}.pem")),
-                &broker.path(&format!("{id}.key")),
-            );
+            let tls = broker.pki.device(id).tls_config();
             let mut options = MqttOptions::new(id, "127.0.0.1", broker.port);
             options
                 .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -494,26 +387,6 @@ mod support {
         }
     }
 
-    pub fn client_tls(ca: &Path, cert: &Path, key: &Path) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(ca).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let chain = CertificateDer::pem_file_iter(cert)
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_file(key).unwrap();
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap()
-    }
-
     /// A GET on the backend's HTTP API: (status code, JSON body).
     pub fn http_get(port: u16, path: &str) -> (u16, Value) {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -545,6 +418,7 @@ use picket_proto::{
     Alert, AlertCounters, AlertKind, Ancestor, Details, Format, Heartbeat, PolicyOutcome,
     PolicyResult, Presence, ProcessContext, SensorCounters, Severity, Status,
 };
+use picket_test_support::Identity;
 use serde_json::Value;
 use support::*;
 
@@ -1275,15 +1149,12 @@ fn managed_broker_pid(broker: &Broker) -> u32 {
     pid
 }
 
-/// Whether a TLS client with `file`.pem/.key (trusting the fleet CA) gets a CONNACK.
-async fn connects(broker: &Broker, file: &str, client_id: &str) -> bool {
+/// Whether a TLS client presenting `who` (trusting the fleet CA) gets a CONNACK.
+async fn connects(broker: &Broker, who: &Identity, client_id: &str) -> bool {
     use rumqttc::v5::{mqttbytes::v5::Packet, AsyncClient, Event, MqttOptions};
     use rumqttc::{TlsConfiguration, Transport};
-    let tls = client_tls(
-        &broker.path("ca.pem"),
-        &broker.path(&format!("{file}.pem")),
-        &broker.path(&format!("{file}.key")),
-    );
+    let file = who.cert.display();
+    let tls = who.tls_config();
     let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
         std::sync::Arc::new(tls),
@@ -1353,11 +1224,9 @@ async fn serve_runs_its_own_broker_with_the_per_device_acl() {
 
     // A certificate from another CA, even with a known device's CN, cannot connect; one from
     // the fleet CA can.
-    let other_ca = new_ca("Another CA");
-    broker.issue_by(&other_ca, "foreign", "gw-a", &[]);
-    assert!(!connects(&broker, "foreign", "gw-a").await);
-    broker.issue("gw-c", &[]);
-    assert!(connects(&broker, "gw-c", "gw-c").await);
+    let foreign = broker.pki.foreign_device("gw-a");
+    assert!(!connects(&broker, &foreign, "gw-a").await);
+    assert!(connects(&broker, &broker.pki.device("gw-c"), "gw-c").await);
 
     // The broker dies: `serve` logs it, starts it again, and the ingest resumes.
     kill("KILL", pid);
@@ -1549,14 +1418,10 @@ fn a_managed_broker_that_cannot_start_is_reported() {
         text(&out)
     );
     // A broker certificate Mosquitto cannot use: it exits at its start, and its log says why.
-    let section = broker
-        .managed_section()
-        .replace("broker.key", "backend-wrong.key");
-    std::fs::copy(
-        broker.path(&format!("{BACKEND_ID}.key")),
-        broker.path("backend-wrong.key"),
-    )
-    .unwrap();
+    let section = broker.managed_section().replace(
+        &broker.pki.server_key().display().to_string(),
+        &broker.backend.key.display().to_string(),
+    );
     let config = broker.backend_config("mismatch", &section);
     let out = backend_bin()
         .arg("--config")

@@ -18,6 +18,7 @@ use std::{
 };
 
 use picket_policy::{model::FileMode, Policy};
+use picket_test_support::sha256_file;
 
 const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
@@ -56,11 +57,6 @@ fn mkdirs(dir: &Path) {
         chmod(d, 0o755);
         d = d.parent().unwrap();
     }
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, &fs::read(path).unwrap());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn scan(root: &Path, config: Option<&Path>, out: &Path) -> Command {
@@ -172,7 +168,7 @@ created = "2026-11-22T10:00:00Z"
         ]),
         "{text}"
     );
-    let want = |path: &str| sha256_hex(&root.join(path.trim_start_matches('/')));
+    let want = |path: &str| sha256_file(&root.join(path.trim_start_matches('/')));
     for e in &policy.executables {
         assert_eq!(
             e.sha256.to_string(),
@@ -186,7 +182,7 @@ created = "2026-11-22T10:00:00Z"
         .iter()
         .find(|e| e.path.as_str() == "/usr/bin/tool")
         .unwrap();
-    assert_eq!(tool.sha256.to_string(), sha256_hex(Path::new("/bin/true")));
+    assert_eq!(tool.sha256.to_string(), sha256_file(Path::new("/bin/true")));
 
     let protected: Vec<_> = policy
         .files
@@ -298,7 +294,7 @@ fn unreadable_files_are_skipped_with_the_reason_and_the_scan_succeeds() {
         BTreeSet::from(["/usr/bin/ok"]),
         "{text}"
     );
-    assert_eq!(policy.executables[0].sha256.to_string(), sha256_hex(&ok));
+    assert_eq!(policy.executables[0].sha256.to_string(), sha256_file(&ok));
     for path in ["/etc/unreadable", "/usr/bin/exec-only", "/etc/private"] {
         let note = text
             .lines()

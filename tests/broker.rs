@@ -5,16 +5,12 @@
 //! topics and reads only its own policy, and clients survive a broker crash.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "harness/mod.rs"]
-mod harness;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::broker::{
-    tls_alert, tls_client_config_without_certificate, try_connect, Mosquitto, Pki, Subscriber,
-    BROKER_HOST,
-};
+use picket_test_support::pki::{tls_client_config_without_certificate, BROKER_HOST};
+use picket_test_support::subscriber::{tls_alert, try_connect};
+use picket_test_support::{Mosquitto, Pki, Subscriber};
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -44,13 +40,13 @@ fn device_publishes_under_its_own_topic_and_the_backend_receives_it() {
     let (pki, broker, backend) = broker_with_backend();
     let device = Subscriber::connect(broker.port(), &pki.device("dev-a"), &[]);
 
-    let reason = device.publish("picket/v1/dev-a/alerts", b"alert 1".to_vec(), false);
+    let reason = device.publish("picket/v1/dev-a/alert", b"alert 1".to_vec(), false);
     assert_eq!(reason, PubAckReason::Success);
     let reason = device.publish("picket/v1/dev-a/status", b"online".to_vec(), true);
     assert_eq!(reason, PubAckReason::Success);
 
     let got = backend.wait_for(2, DELIVERY);
-    assert_eq!(got[0].topic, "picket/v1/dev-a/alerts");
+    assert_eq!(got[0].topic, "picket/v1/dev-a/alert");
     assert_eq!(got[0].payload, b"alert 1");
     assert_eq!(got[1].topic, "picket/v1/dev-a/status");
     assert_eq!(got[1].payload, b"online");
@@ -105,10 +101,10 @@ fn device_cannot_publish_under_another_devices_topic() {
     let device_a = Subscriber::connect(broker.port(), &pki.device("dev-a"), &[]);
 
     for topic in [
-        "picket/v1/dev-b/alerts",
+        "picket/v1/dev-b/alert",
         "picket/v1/dev-b/status",
         "picket/v1/dev-b/policy",
-        "picket/v1/alerts",
+        "picket/v1/alert",
         "picket/other",
     ] {
         let reason = device_a.publish(topic, b"forged".to_vec(), false);
@@ -119,7 +115,7 @@ fn device_cannot_publish_under_another_devices_topic() {
         );
     }
     // Sent after the forged ones on the same connection, so delivered after them, if at all.
-    let reason = device_a.publish("picket/v1/dev-a/alerts", b"genuine".to_vec(), false);
+    let reason = device_a.publish("picket/v1/dev-a/alert", b"genuine".to_vec(), false);
     assert_eq!(reason, PubAckReason::Success);
 
     backend
@@ -151,8 +147,8 @@ fn device_cannot_publish_under_another_devices_topic_with_mqtt_3_1_1() {
         .unwrap();
     runtime.block_on(async {
         for (topic, payload) in [
-            ("picket/v1/dev-b/alerts", "forged"),
-            ("picket/v1/dev-a/alerts", "genuine"),
+            ("picket/v1/dev-b/alert", "forged"),
+            ("picket/v1/dev-a/alert", "genuine"),
         ] {
             client
                 .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
@@ -190,7 +186,7 @@ fn device_receives_only_its_own_policy_topic() {
         &[
             "picket/v1/dev-a/policy",
             "picket/v1/dev-b/policy",
-            "picket/v1/+/alerts",
+            "picket/v1/+/alert",
             "#",
         ],
     );
@@ -204,7 +200,7 @@ fn device_receives_only_its_own_policy_topic() {
 
     // dev-b's alert and policy, then dev-a's policy: ordered on the backend's connection.
     assert_eq!(
-        device_b.publish("picket/v1/dev-b/alerts", b"b alert".to_vec(), false),
+        device_b.publish("picket/v1/dev-b/alert", b"b alert".to_vec(), false),
         PubAckReason::Success
     );
     assert_eq!(
@@ -289,7 +285,7 @@ fn clients_reconnect_after_the_broker_is_killed_and_restarted_on_the_same_port()
     );
 
     assert_eq!(
-        device.publish("picket/v1/dev-a/alerts", b"after restart".to_vec(), false),
+        device.publish("picket/v1/dev-a/alert", b"after restart".to_vec(), false),
         PubAckReason::Success
     );
     backend

@@ -7,35 +7,27 @@
 //! alerts are always selected by the pids and paths the test itself caused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "harness/mod.rs"]
-mod harness;
-
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write as _};
+use std::io::Write as _;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{sha256_file, spawn_fresh_executable, terminate, unique};
+use picket_test_support::agent::Waited;
+use picket_test_support::process::{exec_memfd, spawn_fresh_executable};
+use picket_test_support::{sha256_file, unique, TempDir};
 use serde_json::Value;
 
 const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 /// How long a test waits for the alert its action should cause.
 const ALERT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long `picket run` may take to verify its policy, scan and load its sensors.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long `picket run` may take to exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// What `picket run` logs on stderr once its sensors are attached.
 const READY: &str = "running with policy";
-/// Alerts shown in a failure message.
-const TAIL: usize = 40;
 
 /// Alert kinds a test never causes on purpose (agent health, policy updates): tolerated in the
 /// checks that no other alert came, since tests running in parallel in this process signal and
@@ -58,7 +50,7 @@ fn scenario_raises_exactly_the_expected_alerts() {
     fs::write(&app_conf, "listen = 8080\n").unwrap();
     fs::write(&secret, "hunter2\n").unwrap();
     fs::write(&tool, "not yet\n").unwrap();
-    let in_tmp = harness::TempDir::new();
+    let in_tmp = TempDir::new();
     let sh_copy = in_tmp.join("sh");
 
     let port = free_port();
@@ -238,7 +230,7 @@ fn scenario_raises_exactly_the_expected_alerts() {
 
     // A fileless executable: /usr/bin/true run from a memfd.
     let memfd_name = unique("picket-det-memfd");
-    let (memfd_pid, _) = harness::exec_memfd(&memfd_name, "picket-det-fileless");
+    let (memfd_pid, _) = exec_memfd(&memfd_name, "picket-det-fileless");
     let memfd_path = format!("/memfd:{memfd_name} (deleted)");
     expected.push(Expected::path(
         "unknown_executable",
@@ -498,135 +490,51 @@ fn a_rejected_policy_keeps_the_last_good_one() {
 // ---------------------------------------------------------------------------------------------
 
 /// A running `picket run`; SIGTERMed and reaped when dropped.
-struct Agent {
-    child: Option<Child>,
-    shared: Arc<Shared>,
-    readers: Vec<JoinHandle<()>>,
-    config: PathBuf,
-}
+struct Agent(picket_test_support::Agent);
 
 /// Everything `picket run` printed, once it has exited.
 struct Output {
     /// Every stdout line, parsed (non-JSON lines fail the test at once).
     alerts: Vec<Value>,
-    #[allow(dead_code)] // kept for debugging failed tests
-    stderr: Vec<String>,
-}
-
-#[derive(Default)]
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct State {
-    alerts: Vec<Value>,
-    bad_lines: Vec<String>,
-    stderr: Vec<String>,
-    stdout_closed: bool,
-    stderr_closed: bool,
 }
 
 impl Agent {
     /// Starts `picket run --config CONFIG` and returns once it logged that it is running.
     fn start(config: &Path) -> Agent {
-        let mut child = Command::new(PICKET)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start picket run: {e}"));
-        let shared = Arc::new(Shared::default());
-        let readers = vec![
-            spawn_reader(child.stdout.take().unwrap(), Arc::clone(&shared), false),
-            spawn_reader(child.stderr.take().unwrap(), Arc::clone(&shared), true),
+        let args = [
+            OsStr::new("run"),
+            OsStr::new("--config"),
+            config.as_os_str(),
         ];
-        let agent = Agent {
-            child: Some(child),
-            shared,
-            readers,
-            config: config.to_path_buf(),
-        };
-        agent.wait_until_ready();
-        agent
-    }
-
-    fn wait_until_ready(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut state = self.lock();
-        loop {
-            if state.stderr.iter().any(|l| l.contains(READY)) {
-                return;
-            }
-            if state.stderr_closed {
-                drop(state);
-                panic!(
-                    "picket run --config {} exited before logging `{READY}`\n{}",
-                    self.config.display(),
-                    self.describe()
-                );
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                drop(state);
-                panic!(
-                    "picket run did not log `{READY}` within {START_TIMEOUT:?}\n{}",
-                    self.describe()
-                );
-            }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap()
-                .0;
-        }
+        Agent(picket_test_support::Agent::start(PICKET, &args, READY))
     }
 
     /// Waits up to [`ALERT_TIMEOUT`] for an alert matching `pred` and returns it; on timeout
     /// panics naming `what`, with the alerts of `pid` and the last ones printed.
     fn wait_for(&self, what: &str, pid_of: Option<u32>, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + ALERT_TIMEOUT;
-        let mut state = self.lock();
-        loop {
-            assert!(
-                state.bad_lines.is_empty(),
-                "picket run printed lines that are not JSON objects: {:?}",
-                state.bad_lines
-            );
-            if let Some(found) = state.alerts.iter().find(|a| pred(a)) {
-                return found.clone();
-            }
-            let now = Instant::now();
-            if state.stdout_closed || now >= deadline {
-                let exited = state.stdout_closed;
-                drop(state);
-                let mut msg = if exited {
-                    format!("picket run exited while waiting for {what}\n")
-                } else {
+        let found = self.0.poll_for(ALERT_TIMEOUT, pred);
+        let bad_lines = self.0.bad_lines();
+        assert!(
+            bad_lines.is_empty(),
+            "picket run printed lines that are not JSON objects: {bad_lines:?}"
+        );
+        found.unwrap_or_else(|ended| {
+            let mut msg = match ended {
+                Waited::Exited => format!("picket run exited while waiting for {what}\n"),
+                Waited::TimedOut => {
                     format!("timed out after {ALERT_TIMEOUT:?} waiting for {what}\n")
-                };
-                if let Some(p) = pid_of {
-                    let of_pid: Vec<Value> = self
-                        .alerts()
-                        .into_iter()
-                        .filter(|a| pid(a) == Some(p))
-                        .collect();
-                    let _ = writeln!(msg, "alerts of pid {p}:\n{}", lines(&of_pid));
                 }
-                panic!("{msg}{}", self.describe());
+            };
+            if let Some(p) = pid_of {
+                let of_pid: Vec<Value> = self
+                    .alerts()
+                    .into_iter()
+                    .filter(|a| pid(a) == Some(p))
+                    .collect();
+                let _ = writeln!(msg, "alerts of pid {p}:\n{}", lines(&of_pid));
             }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap()
-                .0;
-        }
+            panic!("{msg}{}", self.describe())
+        })
     }
 
     /// Runs an executable unknown to every test policy and waits for its alert: the sensors
@@ -644,108 +552,30 @@ impl Agent {
 
     /// Every alert printed so far.
     fn alerts(&self) -> Vec<Value> {
-        self.lock().alerts.clone()
+        self.0.events()
     }
 
     /// The last alerts and stderr lines, for failure messages.
     fn describe(&self) -> String {
-        let state = self.lock();
-        let skip = state.alerts.len().saturating_sub(TAIL);
-        let mut msg = format!(
-            "last {} of {} alerts:\n{}",
-            state.alerts.len() - skip,
-            state.alerts.len(),
-            lines(&state.alerts[skip..])
-        );
-        let skip = state.stderr.len().saturating_sub(TAIL);
-        let _ = writeln!(msg, "stderr:");
-        for l in &state.stderr[skip..] {
-            let _ = writeln!(msg, "  {l}");
-        }
-        msg
+        self.0.describe()
     }
 
     /// SIGTERM; checks that the agent exits with status 0 and returns what it printed.
-    fn stop(mut self) -> Output {
-        let mut child = self.child.take().unwrap();
-        let status = terminate(&mut child, STOP_TIMEOUT);
-        for reader in self.readers.drain(..) {
-            reader.join().unwrap();
-        }
-        let status = status.unwrap_or_else(|| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "picket run did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
-                self.describe()
-            )
-        });
+    fn stop(self) -> Output {
+        let out = self.0.stop();
+        let status = out.status.expect("stop() waits for the exit");
         assert!(
             status.success(),
             "picket run should exit 0 on SIGTERM, got {status}\n{}",
-            self.describe()
+            out.describe()
         );
-        let mut state = self.lock();
         assert!(
-            state.bad_lines.is_empty(),
+            out.bad_lines.is_empty(),
             "picket run printed lines that are not JSON objects: {:?}",
-            state.bad_lines
+            out.bad_lines
         );
-        Output {
-            alerts: std::mem::take(&mut state.alerts),
-            stderr: std::mem::take(&mut state.stderr),
-        }
+        Output { alerts: out.events }
     }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if terminate(&mut child, Duration::from_secs(10)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-fn spawn_reader(
-    pipe: impl Read + Send + 'static,
-    shared: Arc<Shared>,
-    stderr: bool,
-) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            let n = reader.read_until(b'\n', &mut buf).unwrap_or(0);
-            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            if n == 0 {
-                if stderr {
-                    state.stderr_closed = true;
-                } else {
-                    state.stdout_closed = true;
-                }
-                shared.changed.notify_all();
-                return;
-            }
-            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-            if stderr {
-                state.stderr.push(line);
-            } else {
-                match serde_json::from_slice::<Value>(&buf) {
-                    Ok(v) if v.is_object() => state.alerts.push(v),
-                    _ => state.bad_lines.push(line),
-                }
-            }
-            shared.changed.notify_all();
-        }
-    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,14 +3,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
+    ffi::OsStr,
     fs,
-    io::{BufRead, BufReader},
     net::{TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
+
+use picket_test_support::{sha256_file, Agent};
 
 const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
@@ -33,27 +34,18 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
     .unwrap();
     let draft = dir.join("draft.toml");
 
-    let mut learn = Command::new(PICKET)
-        .args(["baseline", "learn", "--for", "6s", "--merge"])
-        .arg(&base)
-        .arg("--out")
-        .arg(&draft)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(learn.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = lines
-            .next()
-            .expect("picket exited before learning")
-            .unwrap();
-        if line.contains("learning for") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sensors never attached");
-    }
+    let args = [
+        OsStr::new("baseline"),
+        OsStr::new("learn"),
+        OsStr::new("--for"),
+        OsStr::new("6s"),
+        OsStr::new("--merge"),
+        base.as_os_str(),
+        OsStr::new("--out"),
+        draft.as_os_str(),
+    ];
+    // Returns once the sensors are attached (60 s at most).
+    let learn = Agent::start(PICKET, &args, "learning for");
 
     assert!(Command::new(&tool).status().unwrap().success());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -61,9 +53,9 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
     let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     fs::write(dir.join("written.log"), b"x").unwrap();
 
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = learn.wait().unwrap();
-    assert!(status.success(), "learn failed: {rest:?}");
+    let out = learn.wait(Duration::from_secs(60));
+    let status = out.status.expect("wait() returns once it exited");
+    assert!(status.success(), "learn failed: {:?}", out.stderr);
 
     let text = fs::read_to_string(&draft).unwrap();
     let policy = picket_policy::load_toml(&text, "draft.toml").unwrap();
@@ -79,7 +71,7 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
         .iter()
         .find(|e| e.path.as_str() == tool.to_str().unwrap())
         .unwrap_or_else(|| panic!("{} not learned:\n{text}", tool.display()));
-    assert_eq!(learned.sha256.to_string(), sha256_hex(&tool));
+    assert_eq!(learned.sha256.to_string(), sha256_file(&tool));
     assert!(
         policy.network.listen.iter().any(|l| l.port.0 == port),
         "listener on {port} not learned:\n{text}"
@@ -100,13 +92,4 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
         "written file not noted:\n{text}"
     );
     fs::remove_dir_all(&dir).unwrap();
-}
-
-fn sha256_hex(path: &PathBuf) -> String {
-    let bytes = fs::read(path).unwrap();
-    ring::digest::digest(&ring::digest::SHA256, &bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -3,27 +3,24 @@
 //! execs of binaries the policy does not list.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod harness;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     fs,
-    io::{BufRead, BufReader},
+    ops::Deref,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::Command,
+    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
 
-use harness::{
-    broker::{Identity, Message, Mosquitto, Pki, Subscriber},
-    terminate, unique,
-};
 use picket_proto::{
     topic::{self, Channel},
     Alert, AlertKind, Heartbeat, PolicyOutcome, PolicyResult, Presence, Status,
+};
+use picket_test_support::{
+    hex, sha256_file, unique, Identity, Message, Mosquitto, Pki, Subscriber,
 };
 
 const PICKET: &str = env!("CARGO_BIN_EXE_picket");
@@ -155,98 +152,41 @@ impl Drop for Fleet {
     }
 }
 
-/// A running `picket run`, its log collected.
-struct Agent {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
+/// A running `picket run`, its log collected; killed when dropped.
+struct Agent(picket_test_support::Agent);
 
 impl Agent {
     fn start(config: &Path) -> Agent {
-        let mut child = Command::new(PICKET)
+        let mut command = Command::new(PICKET);
+        command
             .args(["run", "--config"])
             .arg(config)
             // The tests cause bursts of a thousand execs (and links) at once; what they test is
             // delivery, not the sensors' capacity, so the ring buffer has room for a burst.
             .args(["--ring-buffer-size", "8388608"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let agent = Agent { child, log };
-        agent.wait_log("sensors attached", Duration::from_secs(60));
-        agent
-    }
-
-    fn wait_log(&self, what: &str, timeout: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if self.log.lock().unwrap().contains(what) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "the agent did not log `{what}` within {timeout:?}:\n{}",
-            self.log()
-        );
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Stops the agent (SIGSTOP) until [`Agent::resume`]: what happens meanwhile (the broker
-    /// coming back, the subscriber subscribing again) is done before the agent can reconnect.
-    fn pause(&self) {
-        self.signal(libc::SIGSTOP);
-    }
-
-    /// Lets a paused agent go on (SIGCONT).
-    fn resume(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: plain kill(2) of our own child, not yet reaped (it is reaped on drop).
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+            .env("RUST_LOG", "info");
+        Agent(picket_test_support::Agent::spawn(
+            command,
+            "sensors attached",
+        ))
     }
 
     /// SIGTERM, and the log.
-    fn stop(mut self) -> String {
-        terminate(&mut self.child, Duration::from_secs(20));
-        thread::sleep(Duration::from_millis(100));
-        self.log()
+    fn stop(self) -> String {
+        self.0.terminate(Duration::from_secs(20)).log()
     }
 
     /// SIGKILL: no goodbye, no flush beyond what is already durable.
-    fn kill(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log()
+    fn kill(self) -> String {
+        self.0.kill().log()
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Agent {
+    type Target = picket_test_support::Agent;
+
+    fn deref(&self) -> &picket_test_support::Agent {
+        &self.0
     }
 }
 
@@ -398,7 +338,7 @@ fn alerts_status_and_heartbeats_reach_the_fleet_in_order() {
     assert_eq!(process.ppid, Some(std::process::id()));
     assert_eq!(
         process.sha256.as_deref(),
-        Some(harness::sha256_file(Path::new(&paths[0])).as_str())
+        Some(sha256_file(Path::new(&paths[0])).as_str())
     );
 
     // Heartbeats count what happened.
@@ -578,7 +518,7 @@ fn policies_over_mqtt_are_verified_like_policies_on_disk() {
     ];
     let mut report = String::new();
     for (i, (what, bundle, expected)) in cases.into_iter().enumerate() {
-        let sha = harness::hex(ring::digest::digest(&ring::digest::SHA256, &bundle).as_ref());
+        let sha = hex(ring::digest::digest(&ring::digest::SHA256, &bundle).as_ref());
         let results_before = results(&sub).len();
         let reason = sub.publish(&policy_topic, bundle, false);
         let start = Instant::now();

@@ -4,13 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use picket_test_support::{Event, Monitor};
 
 const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
@@ -91,32 +92,19 @@ fn refuses_bad_options_with_the_reason() {
 fn loads_the_sensors_from_a_file_given_with_bpf_object() {
     let _serial = serial();
     let object = built_object();
-    let mut monitor = Command::new(PICKET)
-        .arg("monitor")
-        .args(["--filter", "exec", "--bpf-object"])
-        .arg(&object)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_stderr(&mut monitor, "monitoring");
+    let monitor = Monitor::start(
+        PICKET,
+        &["--filter", "exec", "--bpf-object", object.to_str().unwrap()],
+    );
     // The sensors loaded from the file really work: an exec shows up.
     let marker = format!("picket-bpf-object-{}", std::process::id());
     let child = Command::new("/bin/echo").arg(&marker).output().unwrap();
     assert!(child.status.success());
-    let stdout = BufReader::new(monitor.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut seen = false;
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if line.contains(&marker) && line.contains("\"event\":\"exec\"") {
-            seen = true;
-            break;
-        }
-        assert!(Instant::now() < deadline, "no exec event for {marker}");
-    }
-    stop(&mut monitor);
-    assert!(seen, "no exec event for {marker}");
+    let seen = monitor.try_wait_for(Duration::from_secs(15), |e| {
+        e.kind() == "exec" && e.to_string().contains(&marker)
+    });
+    stop(monitor);
+    assert!(seen.is_some(), "no exec event for {marker}");
 }
 
 #[test]
@@ -133,14 +121,9 @@ fn mounts_tracefs_when_it_is_missing() {
         assert!(status.success(), "could not unmount tracefs for the test");
     }
     let debugfs_copy = Path::new("/sys/kernel/debug/tracing/events").is_dir();
-    let mut monitor = Command::new(PICKET)
-        .args(["monitor", "--filter", "exec"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let seen = wait_for_stderr(&mut monitor, "monitoring");
-    stop(&mut monitor);
+    let monitor = Monitor::start(PICKET, &["--filter", "exec"]);
+    let seen: Vec<String> = monitor.log().lines().map(str::to_owned).collect();
+    stop(monitor);
     assert!(tracing.join("events").is_dir() || debugfs_copy);
     if !debugfs_copy {
         assert!(
@@ -155,40 +138,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Reads the child's stderr until a line contains `needle`; returns the lines read.
-fn wait_for_stderr(child: &mut std::process::Child, needle: &str) -> Vec<String> {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                let done = line.contains(needle);
-                seen.push(line);
-                if done {
-                    return seen;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let _ = child.kill();
-    panic!("picket never logged `{needle}`; stderr: {seen:?}");
-}
-
-fn stop(child: &mut std::process::Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let status = child.wait().unwrap();
+/// SIGTERM; the monitor must exit with status 0.
+fn stop(monitor: Monitor) {
+    let status = monitor.stop().status.expect("stop() waits for the exit");
     assert!(status.success(), "picket monitor exited with {status}");
 }
 
