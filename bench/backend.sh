@@ -68,17 +68,8 @@ done
 # the backend's receive maximum of 256, would drop what the backend has not taken yet; 0, no
 # limit, makes Mosquitto 2.0.11 drop connections, see docs/BACKEND.md).
 PORT=$(free_port)
-cat > acl <<EOF
-user picket-backend
-topic read picket/v1/#
-topic write picket/v1/+/policy
-
-pattern write picket/v1/%u/alert
-pattern write picket/v1/%u/heartbeat
-pattern write picket/v1/%u/status
-pattern write picket/v1/%u/policy/result
-pattern read picket/v1/%u/policy
-EOF
+# The ACL is the managed broker's, from the backend's own generator.
+"$BACKEND" broker-acl picket-backend > acl
 cat > mosquitto.conf <<EOF
 user root
 per_listener_settings false
