@@ -3,7 +3,8 @@
 # into SQLite and of two instances sharing the load (MQTT v5 shared subscription) into
 # PostgreSQL, with a real Mosquitto and mutual TLS on loopback and several devices publishing
 # at once (backend/examples/bench_publish.rs); then the latency of alert queries (CLI and HTTP
-# API) over a SQLite store of STORE_ROWS alerts. Rewrites the "Backend" section of
+# API) over a SQLite store of STORE_ROWS alerts. Records what it measures as samples;
+# `xtask bench-report backend` makes the figures and rewrites the "Backend" section of
 # docs/PERFORMANCE.md.
 #
 # Usage: sudo bench/backend.sh [ALERTS] [STORE_ROWS]   (defaults: 10000 1000000)
@@ -24,6 +25,7 @@ RUNS=7
 DEADLINE=90
 if [ "$SMOKE" = 1 ]; then ALERTS=200; ROWS=5000; DEVICES=2; RUNS=3; DEADLINE=30; fi
 WORK="$(mktemp -d /var/tmp/picket-bench-backend.XXXXXX)"
+SAMPLES="$WORK/samples"
 PGDIR="" PGBIN="" BROKER="" SERVERS=""
 cleanup() {
     for p in $SERVERS $BROKER; do kill "$p" 2>/dev/null || true; done
@@ -43,12 +45,15 @@ cargo build --locked --package picket-backend --bins --example bench_publish \
 OUT="${CARGO_TARGET_DIR:-$PWD/target}/$([ "$PROFILE" = release ] && echo release || echo debug)"
 BACKEND="$OUT/picket-backend"
 PUBLISH="$OUT/examples/bench_publish"
+build_xtask
+sample profile "$PROFILE"; sample alerts "$ALERTS"; sample rows "$ROWS"
+sample devices "$DEVICES"; sample runs "$RUNS"; sample deadline "$DEADLINE"
 for tool in mosquitto openssl python3 curl; do
     command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/setup.sh" >&2; exit 1; }
 done
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
 [ -x "$PGBIN/initdb" ] || { echo "PostgreSQL is missing: run scripts/setup.sh" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { "$XTASK" probe free-port; }
 
 # A development PKI: CA, broker (localhost), backend (CN picket-backend) and one certificate per
 # device (CN = device id, which the broker takes as the user name for the ACL).
@@ -122,35 +127,25 @@ stop_servers() {
     for p in $SERVERS; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     SERVERS=""
 }
-cpu() { # PID...: user + system seconds used so far
-    local ticks=0
-    for p in "$@"; do ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
-}
-ingest() { # STORE_ARGS...: publishes, waits (at most DEADLINE s), sets RATE PUBRATE SECS STORED
+cpu() { "$XTASK" probe cpu-seconds "$@"; } # PID...: user + system seconds used so far
+ingest() { # KEY STORE_ARGS...: publishes, waits (at most DEADLINE s), records the result as KEY
     local result
     result=$("$PUBLISH" --host localhost --port "$PORT" --ca ca.pem --certs devices \
-        --devices "$DEVICES" --alerts "$ALERTS" --timeout 30 --deadline "$DEADLINE" "$@")
-    read -r RATE PUBRATE SECS STORED < <(python3 -c '
-import json, sys
-r = json.loads(sys.argv[1])
-span = max(1, r["last_received_ms"] - r["first_publish_ms"]) / 1000
-pub = max(1, r["published_ms"] - r["first_publish_ms"]) / 1000
-print("%.0f %.0f %.1f %d" % (r["stored"] / span, r["published"] / pub, span, r["stored"]))' "$result")
-    [ "$STORED" -gt 0 ] || { echo "nothing was stored" >&2; exit 1; }
+        --devices "$DEVICES" --alerts "$ALERTS" --timeout 30 --deadline "$DEADLINE" "${@:2}")
+    sample "$1" "$result"
+    [ "$("$XTASK" probe json - stored <<< "$result")" -gt 0 ] || { echo "nothing was stored" >&2; exit 1; }
 }
-pct() { awk -v c="$1" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? 100 * c / s : 0) }'; }
 
 # 1. SQLite, one instance.
 config sqlite.toml bench-sqlite sqlite "sqlite = \"$WORK/ingest.db\""
 serve sqlite.toml sqlite.log
 SERVE_PID=${SERVERS# }
-C0_B=$(cpu "$SERVE_PID") C0_M=$(cpu "$BROKER")
-ingest --sqlite "$WORK/ingest.db"
-SQ_RATE=$RATE SQ_PUB=$PUBRATE SQ_SECS=$SECS SQ_STORED=$STORED
-SQ_RECONN=$(grep -c "reconnecting in" sqlite.log || true)
-SQ_CPU_B=$(pct "$(awk -v a="$(cpu "$SERVE_PID")" -v b="$C0_B" 'BEGIN {print a - b}')" "$SECS")
-SQ_CPU_M=$(pct "$(awk -v a="$(cpu "$BROKER")" -v b="$C0_M" 'BEGIN {print a - b}')" "$SECS")
+sample serve_cpu_before "$(cpu "$SERVE_PID")"
+sample broker_cpu_before "$(cpu "$BROKER")"
+ingest sqlite_ingest --sqlite "$WORK/ingest.db"
+sample sqlite_reconnections "$(grep -c "reconnecting in" sqlite.log || true)"
+sample serve_cpu_after "$(cpu "$SERVE_PID")"
+sample broker_cpu_after "$(cpu "$BROKER")"
 stop_servers
 
 # 2. PostgreSQL (a cluster made for the run, default durability: fsync and synchronous_commit
@@ -167,11 +162,11 @@ config pg1.toml bench-pg-1 pg "postgres = \"$PG\""
 config pg2.toml bench-pg-2 pg "postgres = \"$PG\""
 serve pg1.toml pg1.log
 serve pg2.toml pg2.log
-ingest --postgres "$PG"
-PG_RATE=$RATE PG_PUB=$PUBRATE PG_SECS=$SECS PG_STORED=$STORED
-PG_RECONN=$(( $(grep -c "reconnecting in" pg1.log || true) + $(grep -c "reconnecting in" pg2.log || true) ))
-SHARE1=$(grep -c "alert bench-" pg1.log || true)
-SHARE2=$(grep -c "alert bench-" pg2.log || true)
+ingest pg_ingest --postgres "$PG"
+for log in pg1.log pg2.log; do
+    sample pg_reconnections "$(grep -c "reconnecting in" "$log" || true)"
+    sample share "$(grep -c "alert bench-" "$log" || true)"
+done
 stop_servers
 (cd "$PGDIR" && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null)
 rm -rf "$PGDIR"
@@ -185,8 +180,8 @@ HTTP=$(free_port)
 config query.toml bench-query query "sqlite = \"$WORK/query.db\"" "$HTTP"
 serve query.toml query.log
 stop_servers
-T0=$(now)
-python3 - "$WORK/query.db" "$ROWS" <<'PY'
+fill() {
+    python3 - "$WORK/query.db" "$ROWS" <<'PY'
 import json, sqlite3, sys, time
 path, rows = sys.argv[1], int(sys.argv[2])
 kinds = ["unknown_executable", "modified_executable", "suspicious_exec", "unexpected_connection",
@@ -223,27 +218,21 @@ with db:
 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 db.close()
 PY
-FILL_SECS=$(awk -v t="$(( $(now) - T0 ))" 'BEGIN { printf "%.1f", t / 1e9 }')
-FILL_RATE=$(awk -v s="$FILL_SECS" -v n="$ROWS" 'BEGIN { printf "%.0f", n / s }')
+}
+timed fill_ns fill
 serve query.toml query.log
 for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$HTTP/api/devices" >/dev/null && break
     sleep 0.1
 done
 
-count() { python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))))' "$1"; }
-timed() { # EXPECTED_COUNT COMMAND...: median wall time in ms of RUNS runs
-    local times="" t0 n
+query() { # KEY EXPECTED_COUNT COMMAND...: records the wall time of RUNS runs as KEY
     for _ in $(seq "$RUNS"); do
-        t0=$(now)
-        "${@:2}" > q.json
-        times="$times $(( ($(now) - t0) / 1000 ))"
-        n=$(count q.json)
+        timed "$1" "${@:3}" > q.json
         # One may have left the last hour since it was counted.
-        [ "$n" -le "$1" ] && [ "$n" -ge $(($1 - 1)) ] ||
-            { echo "expected $1 alerts from ${*:2}, got $n" >&2; exit 1; }
+        "$XTASK" probe json-count q.json --expect "$2" >/dev/null ||
+            { echo "unexpected count from ${*:3}" >&2; exit 1; }
     done
-    awk -v us="$(med "$times")" 'BEGIN { printf "%.1f", us / 1000 }'
 }
 Q="$BACKEND alerts --db $WORK/query.db --limit 100 --json"
 expect() { # WHERE: how many alerts a query with --limit 100 must give
@@ -256,76 +245,20 @@ HOUR="received_ms >= (strftime('%s', 'now') - 3600) * 1000"
 N_DEV=$(expect "device_id = 'q-0042' AND $HOUR")
 N_KIND=$(expect "kind = 'suspicious_exec' AND $HOUR")
 RARE=$(expect "kind = 'alerts_dropped' AND $HOUR")
-Q_DEV=$(timed "$N_DEV" $Q --device q-0042 --since 1h)
-Q_KIND=$(timed "$N_KIND" $Q --kind suspicious_exec --since 1h)
-Q_RARE=$(timed "$RARE" $Q --kind alerts_dropped --since 1h)
-Q_ALL=$(timed 100 $Q)
-Q_HTTP=$(timed "$N_DEV" curl -sf "http://127.0.0.1:$HTTP/api/alerts?device=q-0042&since=1h&limit=100")
-Q_HTTP_RARE=$(timed "$RARE" curl -sf "http://127.0.0.1:$HTTP/api/alerts?kind=alerts_dropped&since=1h&limit=100")
-DBSIZE=$(du -m "$WORK/query.db" | cut -f1)
+sample rare "$RARE"
+query q_dev_ns "$N_DEV" $Q --device q-0042 --since 1h
+query q_kind_ns "$N_KIND" $Q --kind suspicious_exec --since 1h
+query q_rare_ns "$RARE" $Q --kind alerts_dropped --since 1h
+query q_all_ns 100 $Q
+query q_http_ns "$N_DEV" curl -sf "http://127.0.0.1:$HTTP/api/alerts?device=q-0042&since=1h&limit=100"
+query q_http_rare_ns "$RARE" curl -sf "http://127.0.0.1:$HTTP/api/alerts?kind=alerts_dropped&since=1h&limit=100"
+sample db_mib "$(du -m "$WORK/query.db" | cut -f1)"
 stop_servers
 cd - >/dev/null
 
-TABLE="| measure | value |
-| --- | --- |
-| ingest, SQLite, 1 instance | $SQ_RATE alerts/s ($SQ_STORED of $ALERTS stored in $SQ_SECS s; $SQ_RECONN reconnections) |
-| ingest, PostgreSQL, 2 instances sharing the load | $PG_RATE alerts/s ($PG_STORED of $ALERTS stored in $PG_SECS s, shares $SHARE1 / $SHARE2; $PG_RECONN reconnections) |
-| publishers → broker alone (QoS 1 acknowledged), SQLite run / PostgreSQL run | $SQ_PUB / $PG_PUB alerts/s |
-| CPU during the SQLite ingest: \`serve\` / Mosquitto | $SQ_CPU_B % / $SQ_CPU_M % of one core |
-| filling the query store: $ROWS alerts, python3 sqlite3, one transaction | $FILL_RATE alerts/s ($FILL_SECS s, $DBSIZE MiB) |
-| \`alerts --device D --since 1h --limit 100 --json\` | $Q_DEV ms |
-| \`alerts --kind suspicious_exec --since 1h --limit 100 --json\` (1 alert in 10) | $Q_KIND ms |
-| \`alerts --kind alerts_dropped --since 1h --limit 100 --json\` (1 in 10007; $RARE in the last hour) | $Q_RARE ms |
-| \`alerts --limit 100 --json\` (no filter) | $Q_ALL ms |
-| \`GET /api/alerts?device=D&since=1h&limit=100\` | $Q_HTTP ms |
-| \`GET /api/alerts?kind=alerts_dropped&since=1h&limit=100\` | $Q_HTTP_RARE ms |"
-echo "$TABLE"
-[ "$SMOKE" = 1 ] && exit 0
-write_section "Backend" "## Backend
+if [ "$SMOKE" = 1 ]; then
+    bench_report backend --no-write
+else
+    bench_report backend
+fi
 
-\`bench/backend.sh\` ($(machine)), $PROFILE build. The machine is shared with other
-builds and its figures vary from run to run: read them as orders of magnitude.
-
-Ingest: a real Mosquitto with mutual TLS on loopback (certificate CN as user name,
-the same per-device ACL as \`serve\`'s managed broker), $DEVICES devices publishing $ALERTS Postcard alerts (QoS 1,
-about 400 bytes each, with a process context) all at once from \`backend/examples/bench_publish.rs\`,
-which then polls the store. Rate = alerts stored / time from the first publish to the latest
-\`received_ms\` in the store. SQLite: one \`serve\`. PostgreSQL: a cluster started for the run
-with its default durability (fsync, synchronous commit), two \`serve\` instances in one share
-group (shares: alerts each stored).
-
-Queries: a SQLite store of $ROWS alerts (100 devices, received evenly over the last 24 hours,
-so \`--since 1h\` matches about 1 in 24) created by \`serve\` and filled by a python3 sqlite3
-script with the backend's schema; median wall time of $RUNS runs, the CLI's including its
-start and the opening of the database, the HTTP API's through curl with \`serve\` idle.
-The ingest stops waiting for the store $DEADLINE s after the first publish, or when it has not
-grown for 30 s: fewer alerts stored than published means the backend did not keep up.
-
-$TABLE
-
-What is slow, and why:
-
-- **The ingest takes a burst.** \`serve\` announces an MQTT receive maximum of 256: the broker
-  has at most that many messages in flight to it and queues the rest (which is why the broker
-  needs a queue as large as the bursts, \`max_queued_messages\`, see docs/BACKEND.md). One task
-  polls the connection without waiting for the store; a second stores everything received so
-  far (up to 256) in one transaction and acknowledges it after the commit, through a request
-  queue twice the receive maximum, which cannot fill. No reconnection in either run (before:
-  19 alerts/s into SQLite, 113 into PostgreSQL, with 70 and 133 reconnections, when each
-  message had its own transaction and a full acknowledgement queue dropped the connection).
-- **SQLite keeps up with the publishers; PostgreSQL's commits are what is left.** Into SQLite
-  the ingest stored the burst about 1 s after the devices had published it (in about 0.9 s),
-  with \`serve\` using a bit over half a core (TLS, decoding, logging each alert, SQLite). Into PostgreSQL at its default durability, each batch's commit waits
-  for a WAL flush (an fsync) on this machine's disk; two instances share the messages, so each
-  commits its own smaller batches. More instances or \`synchronous_commit = off\` would trade
-  durability or resources for rate; not measured here.
-- **Alert queries read only what their filters select.** The \`WHERE\` clause has only the
-  filters given, and the alerts are ordered \`received_ms DESC, device_id DESC, seq DESC\`,
-  the order in which the indexes on \`received_ms\`, \`(device_id, received_ms)\` and
-  \`(kind, received_ms)\` are read backwards (their entries end with the primary key), so a query
-  reads its first \`--limit\` rows through the index of its filters and stops (the store tests
-  check the plans with \`EXPLAIN QUERY PLAN\`). Before: every query read the whole store, about
-  250 ms per million alerts whatever the filter. What is left of the CLI's time is mostly its
-  own start and the opening of the database; the HTTP API's includes the JSON of 100 alerts.
-  Filling the store is slower than before (three secondary indexes to maintain instead of one):
-  the price of these queries on every insert."

@@ -1,6 +1,7 @@
-/* Opens (and closes) one file for writing COUNT times, at RATE opens per second (0: as fast as
- * it can), and prints the seconds it took. Used by bench/agent.sh for the event-rate ceiling:
- * a loop in C adds next to nothing per event, so the rate is the agent's, not the loop's. */
+/* Opens (and closes) one file for writing at RATE opens per second for SECONDS (0: as fast as
+ * it can, for 500,000 opens per second asked), and prints how many opens that was and the
+ * seconds they took. Used by bench/agent.sh for the event-rate ceiling: a loop in C adds next to
+ * nothing per event, so the rate is the agent's, not the loop's. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,12 +16,13 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: %s PATH COUNT RATE\n", argv[0]);
+        fprintf(stderr, "usage: %s PATH SECONDS RATE\n", argv[0]);
         return 2;
     }
     const char *path = argv[1];
-    long count = atol(argv[2]);
+    double seconds = atof(argv[2]);
     double rate = atof(argv[3]);
+    long count = (long)((rate > 0 ? rate : 500000) * seconds);
     double start = now();
     for (long i = 0; i < count; i++) {
         int fd = open(path, O_WRONLY | O_CREAT, 0644);
@@ -38,6 +40,6 @@ int main(int argc, char **argv) {
             }
         }
     }
-    printf("%.6f\n", now() - start);
+    printf("%ld %.6f\n", count, now() - start);
     return 0;
 }

@@ -1,37 +1,35 @@
-# Shared by the benchmark scripts: statistics, and rewriting one section of docs/PERFORMANCE.md.
-# Source it: `. "$(dirname "$0")/lib.sh"`.
+# Shared by the benchmark scripts. They drive the outside tools (the agent, Mosquitto,
+# PostgreSQL, OpenSSL, the page cache) and record what they measure as samples, one `KEY VALUE`
+# line each; `xtask bench-report` (xtask/) makes the figures from them (medians, ratios,
+# percentiles, verdicts) and rewrites the benchmark's sections of docs/PERFORMANCE.md, and
+# `xtask probe` takes the readings that need more than a shell (/proc, logs, JSON).
+# Source it: `. bench/lib.sh`, then set SAMPLES to a file in the run's work directory.
 
 now() { date +%s%N; }
 
-# The median of the numbers in "$1" (space-separated).
-med() {
-    echo "$1" | tr ' ' '\n' | grep -v '^$' | sort -n |
-        awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'
+# Builds xtask (once; a no-op when it is up to date) and sets XTASK to it.
+build_xtask() {
+    cargo build --locked --package xtask >&2
+    XTASK="${CARGO_TARGET_DIR:-$PWD/target}/debug/xtask"
 }
 
-# $2 / $1 with two decimals (0 when $1 is 0).
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }'; }
+# Records a sample: KEY VALUE...
+sample() { echo "$*" >> "$SAMPLES"; }
 
-# The machine and commit the figures were taken on.
-machine() {
-    echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), commit $(git rev-parse --short HEAD)"
+# Runs COMMAND... and records its wall time in nanoseconds under KEY.
+timed() { # KEY COMMAND...
+    local key=$1 t0
+    shift
+    t0=$(now)
+    "$@"
+    sample "$key" "$(($(now) - t0))"
 }
 
-# Replaces the section titled "## $1" of docs/PERFORMANCE.md (or of $PICKET_BENCH_DOC, which the
-# smoke runs point elsewhere) with "$2" (appends it if absent).
-write_section() {
-    local doc="${PICKET_BENCH_DOC:-docs/PERFORMANCE.md}"
-    [ -f "$doc" ] || printf '# Performance\n\nFigures measured by the scripts in `bench/`; each section is rewritten by its script.\n' > "$doc"
-    python3 - "$doc" "$1" "$2" <<'PY'
-import re, sys
-path, title, section = sys.argv[1], sys.argv[2], sys.argv[3]
-text = open(path).read()
-pattern = re.compile(r"## " + re.escape(title) + r"\n.*?(?=\n## |\Z)", re.S)
-new = section.rstrip("\n") + "\n"
-text = pattern.sub(lambda _: new, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + new
-open(path, "w").write(text)
-PY
-    echo "updated $doc" >&2
+# Makes the figures of benchmark $1 (agent, scan, report, backend) from the samples, prints them
+# and rewrites its sections of docs/PERFORMANCE.md, or of $PICKET_BENCH_DOC, which the smoke
+# runs point at a copy. `--no-write` as $2: print only.
+bench_report() {
+    "$XTASK" bench-report "$1" --samples "$SAMPLES" --doc "${PICKET_BENCH_DOC:-docs/PERFORMANCE.md}" "${@:2}"
 }
 
 # Builds the agent and sets PICKET to it: the release build, or the debug build (which the

@@ -3,7 +3,8 @@
 # for the run): the latency from an exec of an unknown binary to its alert reaching a
 # subscriber (p50, p99), and the sustained rate at which the agent drains its spool to the
 # broker (alerts raised while the broker is down, then timed from reconnection to the last
-# one received). Rewrites the "Reporting" section of docs/PERFORMANCE.md.
+# one received). Records what it measures as samples; `xtask bench-report report` makes the
+# figures and rewrites the "Reporting" section of docs/PERFORMANCE.md.
 #
 # Usage: sudo bench/report.sh [EXECS] [BACKLOG]     (defaults: 200 5000)
 #        sudo bench/report.sh --smoke              (a few seconds: checks that it still runs)
@@ -20,6 +21,7 @@ EXECS="${1:-200}"
 BACKLOG="${2:-5000}"
 if [ "$SMOKE" = 1 ]; then EXECS=10; BACKLOG=50; fi
 WORK="$(mktemp -d /var/tmp/picket-report.XXXXXX)"
+SAMPLES="$WORK/samples"
 AGENT="" BROKER="" SUB=""
 cleanup() {
     for p in $AGENT $BROKER $SUB; do kill "$p" 2>/dev/null || true; done
@@ -32,6 +34,9 @@ PROFILE=release
 [ "$SMOKE" = 1 ] && PROFILE=dev
 cargo build --locked --package picket-agent $([ "$PROFILE" = release ] && echo --release) >&2
 PICKET="$PWD/target/$([ "$PROFILE" = release ] && echo release || echo debug)/picket"
+build_xtask
+sample profile "$PROFILE"
+sample backlog "$BACKLOG"
 command -v mosquitto >/dev/null || { echo "mosquitto is missing: run scripts/setup.sh" >&2; exit 1; }
 
 # A development PKI: CA, broker (localhost), device and subscriber certificates.
@@ -41,7 +46,7 @@ pki_ca . bench-ca 2
 pki_cert . broker localhost server 2
 pki_cert . device bench-device client 2
 pki_cert . sub picket-backend client 2
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$("$XTASK" probe free-port)
 cat > mosquitto.conf <<EOF
 user root
 per_listener_settings false
@@ -124,31 +129,12 @@ subscribe latency.out
 "$PICKET" run --config picket.toml 2> agent.log &
 AGENT=$!
 wait_for agent.log "connected to the broker" 1 60
-: > exec-times
+sample latency_out "$WORK/latency.out"
 for i in $(seq "$EXECS"); do
-    echo "$(now) $WORK/bin/l$i" >> exec-times
+    sample sent "$(now) $WORK/bin/l$i"
     "bin/l$i"
     wait_for latency.out "\"kind\":\"unknown_executable\".*\"path\":\"$WORK/bin/l$i\"" 1 10
 done
-python3 - exec-times latency.out > latency.txt <<'PY'
-import json, sys
-sent = {}
-for line in open(sys.argv[1]):
-    t, path = line.split(" ", 1)
-    sent[path.strip()] = int(t)
-lat = []
-for line in open(sys.argv[2]):
-    t, payload = line.split(" ", 1)
-    body = json.loads(payload)["body"]
-    path = body.get("path")
-    if body.get("kind") == "unknown_executable" and path in sent:
-        secs, frac = t.split(".")
-        lat.append((int(secs) * 10**9 + int(frac.ljust(9, "0")[:9]) - sent.pop(path)) / 1e6)
-lat.sort()
-pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-print(f"{pick(0.5):.2f} {pick(0.99):.2f} {len(lat)}")
-PY
-read -r P50 P99 N < latency.txt
 
 # 2. Throughput: a backlog raised while the broker is down, then drained.
 stop_broker
@@ -172,28 +158,14 @@ while [ "$GOT" -lt "$BACKLOG" ] && [ "$STILL" -lt 100 ]; do
     NOW=$(grep -c "$PATTERN" drain.out || true)
     if [ "$NOW" = "$GOT" ]; then STILL=$((STILL + 1)); else STILL=0; GOT=$NOW; fi
 done
-LOST=$( (grep -o 'total [0-9]*' agent.log || true) | awk '{s = $2} END {print s + 0}')
-# Every message from the first received to the last (the backlog's and what else the machine
-# ran meanwhile): the reconnection delay is not the publisher's.
-RATE=$(awk 'NR == 1 { first = $1 } { last = $1 } END { printf "%.0f", (NR - 1) / (last - first) }' drain.out)
-RSS=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$AGENT/status")
+sample got "$GOT"
+sample drain_out "$WORK/drain.out"
+sample agent_log "$WORK/agent.log"
+sample rss_kib "$("$XTASK" probe kib "$AGENT" VmHWM)"
 cd - >/dev/null
 
-verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v <= t ? "met" : "**missed**") }'; }
-TABLE="| measure | value | target |
-| --- | --- | --- |
-| exec → subscriber latency, p50 | $P50 ms | |
-| exec → subscriber latency, p99 | $P99 ms | < 50 ms: $(verdict "$P99" 50) |
-| spool drain rate after an outage ($GOT of $BACKLOG unknown executables arrived; events lost by the sensors meanwhile: $LOST) | $RATE alerts/s | |
-| agent peak RSS during the run | $RSS MiB | |"
-echo "$TABLE"
-[ "$SMOKE" = 1 ] && exit 0
-write_section "Reporting" "## Reporting
-
-\`bench/report.sh\` ($(machine)), $PROFILE build: a real Mosquitto with mutual TLS on loopback,
-$N execs of unknown binaries one at a time (latency: from just before the exec to the alert's
-arrival at a subscriber, through the sensors, detection, the spool's fsync and the broker),
-then $BACKLOG alerts raised with the broker down and the time to deliver them all once it is
-back (QoS 1, 32 in flight).
-
-$TABLE"
+if [ "$SMOKE" = 1 ]; then
+    bench_report report --no-write
+else
+    bench_report report
+fi

@@ -2,8 +2,9 @@
 # Measures `picket baseline scan` against `find | xargs -P sha256sum` on the same generated tree,
 # cold and warm page cache, and the time to verify a signed policy of 10,000 entries. Both are
 # run alternately for several rounds in the same run and reported as medians and ratios (this
-# machine is shared and noisy: ratios, not absolute times). Prints a table and rewrites the
-# "Integrity scan" section of docs/PERFORMANCE.md.
+# machine is shared and noisy: ratios, not absolute times). Records what it measures as
+# samples; `xtask bench-report scan` prints the table and rewrites the "Integrity scan" section
+# of docs/PERFORMANCE.md.
 #
 # Usage: sudo bench/scan.sh [FILES] [ROUNDS]      (defaults: 20000 files, 5 rounds)
 set -euo pipefail
@@ -13,9 +14,14 @@ cd "$(dirname "$0")/.."
 FILES="${1:-20000}"
 ROUNDS="${2:-5}"
 WORK="$(mktemp -d /var/tmp/picket-bench.XXXXXX)"
+SAMPLES="$WORK/samples"
 trap 'rm -rf "$WORK"' EXIT
 
 build_picket
+build_xtask
+sample files "$FILES"
+sample rounds "$ROUNDS"
+sample nproc "$(nproc)"
 
 echo "generating $FILES files of mixed sizes under $WORK/root" >&2
 python3 - "$WORK/root" "$FILES" <<'PY'
@@ -32,7 +38,7 @@ for i in range(n):
         f.write(random.randbytes(random.choice(sizes)))
     os.chmod(p, 0o755)
 PY
-bytes=$(du -sb "$WORK/root" | cut -f1)
+sample bytes "$(du -sb "$WORK/root" | cut -f1)"
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || return 1; }
 
@@ -41,19 +47,17 @@ run_sha256sum() {
     find "$WORK/root" -type f -print0 | xargs -0 -P"$(nproc)" -n 256 sha256sum >/dev/null
 }
 
-declare -A times
 cold=yes
 drop_caches || cold=no
+sample cold "$cold"
 for round in $(seq "$ROUNDS"); do
     for tool in picket sha256sum; do
         if [ "$cold" = yes ]; then
             drop_caches
-            t0=$(now); "run_$tool"; t1=$(now)
-            times[cold_$tool]+="$(( (t1 - t0) / 1000000 )) "
+            timed "cold_${tool}_ns" "run_$tool"
         fi
         "run_$tool"   # warm the cache
-        t0=$(now); "run_$tool"; t1=$(now)
-        times[warm_$tool]+="$(( (t1 - t0) / 1000000 )) "
+        timed "warm_${tool}_ns" "run_$tool"
     done
     echo "round $round/$ROUNDS done" >&2
 done
@@ -69,39 +73,9 @@ PY
 "$PICKET" keygen --out "$WORK/k" >/dev/null
 mkdir -p "$WORK/trust" && cp "$WORK/k.pub" "$WORK/trust/"
 "$PICKET" policy sign --key "$WORK/k.key" --in "$WORK/big.toml" --out "$WORK/big.bundle" >/dev/null
-verify_ms=""
-version_ms=""
 for round in $(seq "$ROUNDS"); do
-    t0=$(now); "$PICKET" policy verify --trust "$WORK/trust" "$WORK/big.bundle" >/dev/null; t1=$(now)
-    verify_ms+="$(( (t1 - t0) / 1000 )) "
-    t0=$(now); "$PICKET" --version >/dev/null; t1=$(now)
-    version_ms+="$(( (t1 - t0) / 1000 )) "
+    timed verify_ns "$PICKET" policy verify --trust "$WORK/trust" "$WORK/big.bundle" >/dev/null
+    timed version_ns "$PICKET" --version >/dev/null
 done
 
-mib=$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1048576 }')
-table="| measure | picket | baseline | ratio (baseline / picket; > 1 means picket is faster) |
-| --- | --- | --- | --- |"
-for cache in cold warm; do
-    [ -n "${times[${cache}_picket]:-}" ] || continue
-    p=$(med "${times[${cache}_picket]}"); s=$(med "${times[${cache}_sha256sum]}")
-    table+="
-| scan, $cache cache ($FILES files, $mib MiB) | $p ms | $s ms (\`find \\| xargs -P$(nproc) sha256sum\`) | $(ratio "$p" "$s") |"
-done
-v=$(med "$verify_ms"); b=$(med "$version_ms")
-table+="
-| verify a signed policy of 10,000 entries | $v µs | $b µs (\`picket --version\`: process start) | verification itself: $(( v > b ? v - b : 0 )) µs |"
-[ "$cold" = yes ] || table+="
-
-
-Cold-cache figures are missing: dropping the page cache needs root."
-
-echo "$table"
-
-machine="$(machine)"
-section="## Integrity scan
-
-Measured by \`bench/scan.sh\` ($ROUNDS rounds, medians) on $(date -u +%Y-%m-%d): $machine.
-
-$table
-"
-write_section "Integrity scan" "$section"
+bench_report scan

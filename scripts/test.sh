@@ -25,8 +25,8 @@ log "clippy: eBPF crate (bpfel-unknown-none)"
 RUSTC_BOOTSTRAP=1 cargo "+$EBPF_TOOLCHAIN" clippy --package picket-ebpf --locked \
     --target bpfel-unknown-none -Z build-std=core --release -- -D warnings
 
-log "tests: shared record layouts, policy, wire protocol"
-cargo test --package picket-common --package picket-policy --package picket-proto --locked
+log "tests: shared record layouts, policy, wire protocol, the benchmarks' arithmetic (xtask)"
+cargo test --package picket-common --package picket-policy --package picket-proto --package xtask --locked
 
 log "fuzz: the policy bundle decoder and TOML loader, ${PICKET_FUZZ_SECONDS:-20} s each"
 fuzz_corpus=$(mktemp -d)

@@ -1,0 +1,370 @@
+//! bench/agent.sh: the storms (slowdown, CPU per record), the event-rate ceiling and memory,
+//! hashing and size. Three sections of docs/PERFORMANCE.md.
+//!
+//! Samples: `smoke`, `rounds`, `execs`, `writes`, `connects`, `ceiling_seconds`, `hash_mib`; per
+//! round and storm (`exec`, `write`, `connect`) `STORM_without_ns`, `STORM_with_ns`,
+//! `STORM_cpu_ns_before`, `STORM_cpu_ns_after` (the agent's CPU time around the storm) and
+//! `STORM_stopped` ("EVENTS MISSES" from the agent's log); `idle_rss_kib`, `bpf_maps` ("COUNT
+//! TOTAL_BYTES RINGBUF_BYTES"), `step` ("RATE COUNT SECONDS LOST_BEFORE LOST_AFTER", one per
+//! rate, 0 for as fast as possible), `lost_end`, `startup_peak_kib`, `load_rss_kib`; `hash_ns`
+//! per round, `openssl_kbs` (absent without OpenSSL), `stripped_bytes`, `cross_sizes` (a path).
+
+use super::{ms, Env, Report};
+use crate::samples::{number, Samples};
+use crate::stats::{median, mib, num, ratio, rounded, verdict};
+use anyhow::{bail, Context, Result};
+
+const STORMS: [&str; 3] = ["exec", "write", "connect"];
+
+pub fn report(s: &Samples, env: &Env) -> Result<Report> {
+    let mut missed = String::new();
+    let storms = storms(s, &mut missed)?;
+    let ceiling = ceiling(s, env, &mut missed)?;
+    let hashing = hashing(s, env)?;
+    let mode = if s.yes("smoke") {
+        "smoke run, figures meaningless".to_string()
+    } else {
+        format!("{} rounds, medians", s.text("rounds")?)
+    };
+    let targets = if missed.is_empty() {
+        "Every target is met.".to_string()
+    } else {
+        format!("Targets missed:{missed}")
+    };
+    let cost = format!(
+        "## Agent cost
+
+Measured by `bench/agent.sh` ({mode}) on {today}: {machine}.
+Each storm runs alone, then with `picket run` enforcing a policy that allows it (full per-event
+work, no alerts), alternately. CPU per record is the agent's CPU time (all threads, from
+`/proc/PID/task/*/schedstat`) over the storm and one second after it, divided by the records
+it received in its life (the storm's: 3 per spawn, fork, exec and exit; 1 per open; 2 per
+connection, connect and accept; plus what else ran on the machine meanwhile). Files hashed:
+executables the agent had not seen before, each hashed once when first run (on a shared
+machine, other people's freshly built binaries, some of them large).
+
+{storms}
+
+{targets}
+",
+        today = env.today,
+        machine = env.machine,
+    );
+    Ok(Report {
+        printed: format!("{cost}\n{ceiling}\n{hashing}"),
+        sections: vec![
+            ("Agent cost", cost),
+            ("Event-rate ceiling and memory", ceiling),
+            ("Hashing and size", hashing),
+        ],
+    })
+}
+
+/// The storms' table; appends the targets it misses to `missed`.
+fn storms(s: &Samples, missed: &mut String) -> Result<String> {
+    let mut table = "| storm | without agent | with `picket run` | slowdown (target ≤ 1.05) | records received (storm's) | files hashed | agent CPU per record received (target < 10 µs) |
+| --- | --- | --- | --- | --- | --- | --- |"
+        .to_string();
+    for storm in STORMS {
+        let (what, events) = match storm {
+            "exec" => {
+                let n = s.text("execs")?;
+                (
+                    format!("{n} spawns of /usr/bin/true (perl `system`)"),
+                    number(n)? * 3.0,
+                )
+            }
+            "write" => {
+                let n = s.text("writes")?;
+                (format!("{n} opens for writing (python)"), number(n)?)
+            }
+            _ => {
+                let n = s.text("connects")?;
+                let what = format!("{n} TCP connections to a loopback listener (python)");
+                (what, number(n)? * 2.0)
+            }
+        };
+        let key = |k: &str| format!("{storm}_{k}");
+        let without = median(&ms(&s.nums(&key("without_ns"))?)).context(key("without_ns"))?;
+        let with = median(&ms(&s.nums(&key("with_ns"))?)).context(key("with_ns"))?;
+        let cpu_us = differences_us(
+            &s.nums(&key("cpu_ns_before"))?,
+            &s.nums(&key("cpu_ns_after"))?,
+        );
+        let cpu = median(&cpu_us).context(key("cpu_ns"))?;
+        let stopped = s.rows(&key("stopped"));
+        let column =
+            |i: usize| -> Result<Vec<f64>> { stopped.iter().map(|r| number(r[i])).collect() };
+        let received = median(&column(0)?).context(key("stopped"))?;
+        let hashed = median(&column(1)?).context(key("stopped"))?;
+        if received <= 0.0 {
+            bail!("the agent received no records during the {storm} storm");
+        }
+        let slowdown = ratio(without, with);
+        let (per, _) = rounded(cpu / received, 1);
+        table += &format!(
+            "\n| {what} | {} ms | {} ms | {slowdown} ({}) | {} ({}) | {} | {per} µs ({}) |",
+            num(without),
+            num(with),
+            verdict(&slowdown, 1.05),
+            num(received),
+            num(events),
+            num(hashed),
+            verdict(&per, 9.99),
+        );
+        if verdict(&slowdown, 1.05) != "met" {
+            *missed += &format!(" {storm} storm slowdown {slowdown};");
+        }
+        if verdict(&per, 9.99) != "met" {
+            *missed += &format!(" {storm} CPU per record {per} µs;");
+        }
+    }
+    Ok(table)
+}
+
+/// Whole microseconds between pairs of nanosecond readings.
+fn differences_us(before: &[f64], after: &[f64]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| ((a - b) / 1e3).floor())
+        .collect()
+}
+
+/// The ceiling steps' table and the highest rate without loss.
+fn steps(s: &Samples) -> Result<(String, u64)> {
+    let mut table = "| asked (opens/s) | achieved (opens/s) | events | lost | lost % |
+| --- | --- | --- | --- | --- |"
+        .to_string();
+    let mut ceiling = 0;
+    for row in s.rows("step") {
+        let [rate, count, secs, before, after] = row[..] else {
+            bail!("a step sample needs RATE COUNT SECONDS LOST_BEFORE LOST_AFTER: {row:?}");
+        };
+        let count: u64 = count.parse().context("step count")?;
+        let lost = after.parse::<u64>()?.saturating_sub(before.parse()?);
+        let achieved = (count as f64 / number(secs)?) as u64;
+        let asked = if rate == "0" {
+            "as fast as possible"
+        } else {
+            rate
+        };
+        let pct = format!("{:.1}", 100.0 * lost as f64 / count as f64);
+        table += &format!("\n| {asked} | {achieved} | {count} | {lost} | {pct} |");
+        if lost == 0 && achieved > ceiling {
+            ceiling = achieved;
+        }
+    }
+    Ok((table, ceiling))
+}
+
+/// The "Event-rate ceiling and memory" section; appends the memory targets it misses.
+fn ceiling(s: &Samples, env: &Env, missed: &mut String) -> Result<String> {
+    let (steps, ceiling) = steps(s)?;
+    let no_loss = if s.num("lost_end")? == 0.0 {
+        " Nothing was lost at any step: the agent's ceiling is above the highest rate
+the loop reached here."
+    } else {
+        ""
+    };
+    let idle = mib(s.num("idle_rss_kib")?);
+    let load = mib(s.num("load_rss_kib")?);
+    if verdict(&idle, 7.99) != "met" {
+        *missed += &format!(" idle RSS {idle} MiB;");
+    }
+    if verdict(&load, 15.99) != "met" {
+        *missed += &format!(" RSS at the ceiling {load} MiB;");
+    }
+    let bpf = s.rows("bpf_maps");
+    let Some([count, total, ring]) = bpf.last().map(|r| &r[..]) else {
+        bail!("the bpf_maps sample needs COUNT TOTAL_BYTES RINGBUF_BYTES");
+    };
+    let bytes_mib = |b: &str| -> Result<String> { Ok(format!("{:.1}", number(b)? / 1_048_576.0)) };
+    Ok(format!(
+        "## Event-rate ceiling and memory
+
+Measured by `bench/agent.sh` on {today}: {machine}.
+One `picket run` with the default ring buffer; file opens (a loop in C, `bench/flood.c`) at
+rising rates for {seconds} s each; losses are the agent's own count (ring buffer full),
+never silent.
+
+{steps}
+
+Highest rate without loss: **{ceiling} opens/s**.{no_loss}
+
+| memory | measured | target |
+| --- | --- | --- |
+| RSS idle (5 s after start) | {idle} MiB | < 8 MiB ({idle_verdict}) |
+| RSS under load (highest of samples every 50 ms through the ceiling steps) | {load} MiB | < 16 MiB ({load_verdict}) |
+| RSS peak over the agent's life (VmHWM: start-up, loading the sensors) | {peak} MiB | |
+| BPF maps, {count} maps (memlock, from `/proc/PID/fdinfo`) | {total} MiB, of which the ring buffer {ring} MiB | kernel memory, not in RSS |
+",
+        today = env.today,
+        machine = env.machine,
+        seconds = s.text("ceiling_seconds")?,
+        idle_verdict = verdict(&idle, 7.99),
+        load_verdict = verdict(&load, 15.99),
+        peak = mib(s.num("startup_peak_kib")?),
+        total = bytes_mib(total)?,
+        ring = bytes_mib(ring)?,
+    ))
+}
+
+/// The "Hashing and size" section.
+fn hashing(s: &Samples, env: &Env) -> Result<String> {
+    let hash_mib = s.num("hash_mib")?;
+    let hash_ms = median(&ms(&s.nums("hash_ns")?)).context("hash_ns")?;
+    if hash_ms <= 0.0 {
+        bail!("hashing {hash_mib} MiB took no measurable time");
+    }
+    let (picket, picket_value) = rounded(hash_mib * 1.048576 / (hash_ms / 1000.0), 0);
+    let (openssl, openssl_value) = match s.get("openssl_kbs") {
+        Some(kbs) => rounded(number(kbs)? / 1000.0, 0),
+        None => ("0".to_string(), 0.0),
+    };
+    let size_kib = s.num("stripped_bytes")? as u64 / 1024;
+    let cross = s
+        .get("cross_sizes")
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let cross = match cross {
+        Some(tsv) => cross_table(&tsv),
+        None => "    not built (run `scripts/cross.sh build`, which writes target/cross/sizes.tsv)"
+            .to_string(),
+    };
+    Ok(format!(
+        "## Hashing and size
+
+Measured by `bench/agent.sh` on {today}: {machine}.
+
+| measure | picket | baseline | ratio (picket / baseline) |
+| --- | --- | --- | --- |
+| SHA-256, one thread, {mib} MiB in memory (`picket baseline scan`, process start included) | {picket} MB/s | {openssl} MB/s (`openssl speed -evp sha256`, 16 KiB blocks) | {ratio} |
+
+Stripped `picket` (x86_64, release): {size_kib} KiB. ARM builds (from `target/cross/sizes.tsv`, written by `scripts/cross.sh`):
+
+{cross}
+",
+        today = env.today,
+        machine = env.machine,
+        mib = s.text("hash_mib")?,
+        ratio = ratio(openssl_value, picket_value),
+    ))
+}
+
+/// target/cross/sizes.tsv (target, profile, bytes, gzip bytes, linkage) as an indented table.
+fn cross_table(tsv: &str) -> String {
+    tsv.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let f = |i: usize| f.get(i).copied().unwrap_or("");
+            format!(
+                "    {:<32} {:<14} {:>10} {:>10}  {}",
+                f(0),
+                f(1),
+                f(2),
+                f(3),
+                f(4)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::test_env;
+
+    const SAMPLES: &str = "smoke no\nrounds 2\nexecs 5000\nwrites 20000\nconnects 5000
+ceiling_seconds 2\nhash_mib 512
+exec_without_ns 7632400000\nexec_with_ns 7136900000\nexec_cpu_ns_before 1000\nexec_cpu_ns_after 468451000
+exec_stopped 15359 19
+exec_without_ns 7640000000\nexec_with_ns 7137000000\nexec_cpu_ns_before 0\nexec_cpu_ns_after 468451000
+exec_stopped 15361 21
+write_without_ns 323000000\nwrite_with_ns 387000000\nwrite_cpu_ns_before 0\nwrite_cpu_ns_after 95085000
+write_stopped 20231 22
+connect_without_ns 598000000\nconnect_with_ns 647000000\nconnect_cpu_ns_before 0\nconnect_cpu_ns_after 147133000
+connect_stopped 10289 27
+idle_rss_kib 8908\nbpf_maps 15 3774873 1056768
+step 10000 20000 2.000100 0 0
+step 0 1000000 2.672 0 3
+lost_end 3\nstartup_peak_kib 21913\nload_rss_kib 9830
+hash_ns 632000000\nopenssl_kbs 1058000.00\nstripped_bytes 4277500\ncross_sizes /nonexistent/sizes.tsv
+";
+
+    #[test]
+    fn agent_sections() {
+        let r = report(&Samples::parse(SAMPLES), &test_env()).unwrap();
+        let titles: Vec<_> = r.sections.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            titles,
+            [
+                "Agent cost",
+                "Event-rate ceiling and memory",
+                "Hashing and size"
+            ]
+        );
+        let cost = &r.sections[0].1;
+        assert!(cost.starts_with("## Agent cost\n\nMeasured by `bench/agent.sh` (2 rounds, medians) on 2026-11-22: 2 cores, 24 GiB, kernel 6.1.0, commit abc1234.\n"), "{cost}");
+        assert!(cost.contains("\n| 5000 spawns of /usr/bin/true (perl `system`) | 7636 ms | 7136.5 ms | 0.93 (met) | 15360 (15000) | 20 | 30.5 µs (**missed**) |\n"), "{cost}");
+        assert!(cost.contains("\n| 20000 opens for writing (python) | 323 ms | 387 ms | 1.20 (**missed**) | 20231 (20000) | 22 | 4.7 µs (met) |\n"), "{cost}");
+        assert!(cost.ends_with("\n\nTargets missed: exec CPU per record 30.5 µs; write storm slowdown 1.20; connect storm slowdown 1.08; connect CPU per record 14.3 µs; idle RSS 8.7 MiB;\n"), "{cost}");
+        let ceiling = &r.sections[1].1;
+        assert!(ceiling.contains("\n| 10000 | 9999 | 20000 | 0 | 0.0 |\n| as fast as possible | 374251 | 1000000 | 3 | 0.0 |\n"), "{ceiling}");
+        assert!(
+            ceiling.contains("Highest rate without loss: **9999 opens/s**.\n"),
+            "{ceiling}"
+        );
+        assert!(ceiling.contains("| RSS under load (highest of samples every 50 ms through the ceiling steps) | 9.6 MiB | < 16 MiB (met) |"));
+        assert!(ceiling.contains("| BPF maps, 15 maps (memlock, from `/proc/PID/fdinfo`) | 3.6 MiB, of which the ring buffer 1.0 MiB |"));
+        let hashing = &r.sections[2].1;
+        assert!(
+            hashing.contains(
+                "| 849 MB/s | 1058 MB/s (`openssl speed -evp sha256`, 16 KiB blocks) | 0.80 |\n"
+            ),
+            "{hashing}"
+        );
+        assert!(hashing.contains("(x86_64, release): 4177 KiB."));
+        assert!(hashing.ends_with(":\n\n    not built (run `scripts/cross.sh build`, which writes target/cross/sizes.tsv)\n"));
+        assert_eq!(r.printed, format!("{cost}\n{ceiling}\n{hashing}"));
+    }
+
+    #[test]
+    fn every_target_met_and_no_loss() {
+        let text = SAMPLES
+            .replace("exec_cpu_ns_after 468451000", "exec_cpu_ns_after 46845100")
+            .replace("write_with_ns 387000000", "write_with_ns 330000000")
+            .replace("connect_with_ns 647000000", "connect_with_ns 600000000")
+            .replace(
+                "connect_cpu_ns_after 147133000",
+                "connect_cpu_ns_after 14713300",
+            )
+            .replace("idle_rss_kib 8908", "idle_rss_kib 7000")
+            .replace("lost_end 3", "lost_end 0");
+        let r = report(&Samples::parse(&text), &test_env()).unwrap();
+        assert!(
+            r.sections[0].1.ends_with("\n\nEvery target is met.\n"),
+            "{}",
+            r.sections[0].1
+        );
+        assert!(r.sections[1]
+            .1
+            .contains("**9999 opens/s**. Nothing was lost at any step"));
+    }
+
+    #[test]
+    fn missing_samples_are_an_error() {
+        let text = SAMPLES.replace("write_with_ns", "other");
+        let err = report(&Samples::parse(&text), &test_env()).err().unwrap();
+        assert!(format!("{err:#}").contains("write_with_ns"), "{err:#}");
+    }
+
+    #[test]
+    fn cross_sizes_are_aligned() {
+        let tsv = "target\tprofile\tbytes\tgzip_bytes\tlinkage\naarch64-unknown-linux-musl\trelease-small\t3871144\t1813768\tstatic\n";
+        assert_eq!(
+            cross_table(tsv),
+            "    target                           profile             bytes gzip_bytes  linkage\n    aarch64-unknown-linux-musl       release-small     3871144    1813768  static"
+        );
+    }
+}
