@@ -146,6 +146,10 @@ impl ProcessTable {
     /// `parent` forked `child`: the child starts as a copy of its parent (sharing its image and
     /// working directory, not copying them).
     pub fn fork(&mut self, parent: u32, child: u32) {
+        // The child works where its parent did. A parent older than the agent has its working
+        // directory read now, while it lives: a short-lived child is often gone before its own
+        // `/proc` entry could be read, and a relative exec would then be resolved against `/`.
+        self.cwd(parent);
         let mut p = self.get(parent).clone();
         p.ppid = Some(parent);
         p.exited = false;
@@ -306,6 +310,19 @@ mod tests {
     fn parses_ppid_past_odd_comms() {
         assert_eq!(parse_stat_ppid("42 (a b) c) S 7 42 42 0"), Some(7));
         assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn a_child_works_where_its_parent_did_even_once_gone() {
+        let mut t = ProcessTable::new();
+        // This test's own process is the parent (older than the table, as at start-up); the
+        // child's pid is far above pid_max, so /proc has nothing to say about it.
+        let parent = std::process::id();
+        let child = 4_000_000_010;
+        t.get(parent);
+        t.fork(parent, child);
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(t.cwd(child).as_deref(), Some(here.as_path()));
     }
 
     #[test]
