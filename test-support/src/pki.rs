@@ -147,6 +147,20 @@ impl Pki {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
             "client id {id:?} must be non-empty ASCII letters, digits, '-', '_' or '.'"
         );
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{kind}-{id}.crt")),
+            self.dir.join(format!("{kind}-{id}.key")),
+        );
+        // Issued once: a process may be reading the files (a running `serve`, an agent), and
+        // a new pair written over them could be read half old, half new.
+        if cert_path.exists() && key_path.exists() {
+            return Identity {
+                id: id.to_owned(),
+                cert: cert_path,
+                key: key_path,
+                ca: self.ca_cert.clone(),
+            };
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(id);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

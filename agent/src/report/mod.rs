@@ -46,7 +46,6 @@ use tokio::sync::{mpsc, Notify};
 use crate::{counters::Counters, spool::Spool};
 use link::{Attempts, Link, Mismatch};
 use mqtt::{Ev, Protocol};
-pub use status::rss_bytes;
 pub use writer::SpoolSink;
 
 /// Alerts published and not yet acknowledged, at most.

@@ -49,7 +49,8 @@ require ${BPN}-crates.inc
 
 inherit cargo cargo-update-recipe-crates systemd update-rc.d
 
-# Only the agent (bin `picket`): the other workspace members are libraries it links, and the
+# Only the agent (bin `picket`): of the other workspace members it links the libraries (common,
+# policy, proto); the backend, test support and xtask are not for the device; and the
 # eBPF crate (picket-ebpf) needs what OE's Rust toolchain does not have: `-Z build-std` for the
 # bpfel-unknown-none target (a nightly-capable toolchain) and bpf-linker. Its object is built
 # with the project's toolchain (scripts/build-ebpf-object.sh) and installed from SRC_URI.
