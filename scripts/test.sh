@@ -37,13 +37,25 @@ for target in bundle toml; do
         -- -max_total_time="${PICKET_FUZZ_SECONDS:-20}" -max_len=65536 2>&1 | tail -n 20)
 done
 
-log "tests: agent (unit, then end to end against the running kernel)"
-# The end-to-end tests start their own `picket monitor`s; four at a time keeps a 2-core
-# machine responsive.
-cargo test --package picket-agent --locked -- --test-threads=4
+log "tests: agent and backend, unit"
+cargo test --package picket-agent --package picket-backend --locked
 
-log "tests: backend (unit, then end to end against Mosquitto with mutual TLS)"
-cargo test --package picket-backend --locked
+# The end-to-end tests: the test targets of test-support/Cargo.toml, every one of them.
+e2e_agent=(sensors burst startup policy baseline learn detection broker reporting spool)
+e2e_backend=(backend)
+listed=$(sed -n '/^\[\[test\]\]/{n;s/^name = "\(.*\)"/\1/p}' test-support/Cargo.toml | sort)
+if [ "$listed" != "$(printf '%s\n' "${e2e_agent[@]}" "${e2e_backend[@]}" | sort)" ]; then
+    log "test-support/Cargo.toml has other end-to-end tests than scripts/test.sh runs:" $listed
+    exit 1
+fi
+
+log "tests: end to end, the agent against the running kernel (cargo xtask e2e builds first)"
+# The end-to-end tests start their own agents; four at a time keeps a 2-core machine
+# responsive.
+cargo xtask e2e $(printf -- '--test %s ' "${e2e_agent[@]}") -- --test-threads=4
+
+log "tests: end to end, the backend against Mosquitto with mutual TLS and PostgreSQL"
+cargo xtask e2e $(printf -- '--test %s ' "${e2e_backend[@]}")
 
 log "bench: a smoke run of the benchmark harness (figures not meaningful, not asserted)"
 bash bench/run.sh --smoke

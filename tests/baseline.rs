@@ -18,9 +18,8 @@ use std::{
 };
 
 use picket_policy::{model::FileMode, Policy};
+use picket_test_support::bin::picket;
 use picket_test_support::sha256_file;
-
-const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
 /// A fresh directory under /tmp, traversable by everyone (one test scans as `nobody`).
 fn tempdir(name: &str) -> PathBuf {
@@ -60,7 +59,7 @@ fn mkdirs(dir: &Path) {
 }
 
 fn scan(root: &Path, config: Option<&Path>, out: &Path) -> Command {
-    let mut cmd = Command::new(PICKET);
+    let mut cmd = Command::new(picket());
     cmd.args(["baseline", "scan", "--root"]).arg(root);
     if let Some(config) = config {
         cmd.arg("--config").arg(config);

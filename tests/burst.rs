@@ -14,10 +14,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use picket_test_support::agent::is_file_op;
+use picket_test_support::bin::picket;
 use picket_test_support::{unique, Event, Monitor, Output, TempDir};
 use serde_json::Value;
 
-const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 const FILE_BURST: usize = 100_000;
 const EXEC_BURST: usize = 20_000;
 
@@ -42,7 +42,7 @@ fn file_burst_with_tiny_ring_buffer_counts_loss() {
 #[test]
 fn exec_burst_is_delivered_or_counted_lost() {
     let _serial = serial();
-    let mon = Monitor::start(PICKET, &["--filter", "exec"]);
+    let mon = Monitor::start(picket(), &["--filter", "exec"]);
     let marker = unique("picket-burst");
     let started = Instant::now();
     for _ in 0..EXEC_BURST {
@@ -126,7 +126,7 @@ impl std::fmt::Display for Counts {
 /// Opens (O_WRONLY|O_CREAT) and closes one file FILE_BURST times in this process, under a
 /// monitor started with `args`, and counts what the monitor saw.
 fn file_burst(args: &[&str]) -> Counts {
-    let mon = Monitor::start(PICKET, args);
+    let mon = Monitor::start(picket(), args);
     let dir = TempDir::new();
     let path = dir.join("burst.txt");
     let path_c = CString::new(path.as_os_str().as_bytes()).unwrap();

@@ -11,9 +11,8 @@ use std::{
     time::Duration,
 };
 
+use picket_test_support::bin::picket;
 use picket_test_support::{sha256_file, Agent};
-
-const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
 #[test]
 fn learns_executables_peers_and_listeners_into_a_draft() {
@@ -45,7 +44,7 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
         draft.as_os_str(),
     ];
     // Returns once the sensors are attached (60 s at most).
-    let learn = Agent::start(PICKET, &args, "learning for");
+    let learn = Agent::start(picket(), &args, "learning for");
 
     assert!(Command::new(&tool).status().unwrap().success());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

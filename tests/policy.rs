@@ -3,13 +3,12 @@
 //! tampering and rollback, also across restarts (each command is a new process).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use picket_test_support::bin;
 use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
-
-const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
 #[test]
 fn every_example_policy_signs_verifies_and_shows_back() {
@@ -186,7 +185,7 @@ fn keygen_never_overwrites_a_key() {
 }
 
 fn picket(args: &[&str]) -> Command {
-    let mut c = Command::new(PICKET);
+    let mut c = Command::new(bin::picket());
     c.args(args);
     c
 }

@@ -19,11 +19,10 @@ use picket_proto::{
     topic::{self, Channel},
     Alert, AlertKind, Heartbeat, PolicyOutcome, PolicyResult, Presence, Status,
 };
+use picket_test_support::bin::picket;
 use picket_test_support::{
     hex, sha256_file, unique, Identity, Message, Mosquitto, Pki, Subscriber,
 };
-
-const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
 /// One test at a time: every agent sees every exec on the machine, so one test's thousand
 /// execs would fill another's spool and crowd its broker connection.
@@ -55,7 +54,7 @@ impl Fleet {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("trust")).unwrap();
         let root = fs::canonicalize(root).unwrap();
-        ok(Command::new(PICKET)
+        ok(Command::new(picket())
             .args(["keygen", "--out"])
             .arg(root.join("vendor")));
         fs::copy(root.join("vendor.pub"), root.join("trust/vendor.pub")).unwrap();
@@ -84,7 +83,7 @@ impl Fleet {
         )
         .unwrap();
         let bundle = self.root.join(format!("{name}.bundle"));
-        ok(Command::new(PICKET)
+        ok(Command::new(picket())
             .args(["policy", "sign", "--key"])
             .arg(key.unwrap_or(&self.key))
             .arg("--in")
@@ -157,7 +156,7 @@ struct Agent(picket_test_support::Agent);
 
 impl Agent {
     fn start(config: &Path) -> Agent {
-        let mut command = Command::new(PICKET);
+        let mut command = Command::new(picket());
         command
             .args(["run", "--config"])
             .arg(config)
@@ -490,7 +489,7 @@ fn policies_over_mqtt_are_verified_like_policies_on_disk() {
     agent.wait_log("connected to the broker", Duration::from_secs(20));
     let policy_topic = topic::topic(DEVICE, Channel::Policy);
 
-    ok(Command::new(PICKET)
+    ok(Command::new(picket())
         .args(["keygen", "--out"])
         .arg(fleet.root.join("intruder")));
     let good = fs::read(fleet.policy("good", 5, "lab", None)).unwrap();

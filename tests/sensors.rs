@@ -15,13 +15,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use picket_test_support::agent::is_file_op;
+use picket_test_support::bin::picket;
 use picket_test_support::process::{
     exec_memfd, fork_child, run, spawn_fresh_executable, wait_child,
 };
 use picket_test_support::{hex, sha256_file, unique, Event, Monitor, TempDir};
 use serde_json::Value;
-
-const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
 // ---------------------------------------------------------------------------------------------
 // Process sensor
@@ -29,7 +28,7 @@ const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
 #[test]
 fn exec_of_known_binary_with_arguments() {
-    let mon = Monitor::start(PICKET, &["--filter", "exec"]);
+    let mon = Monitor::start(picket(), &["--filter", "exec"]);
     let marker = unique("picket");
     let pid = run(Command::new("/bin/echo").args(["hello", &marker]));
 
@@ -92,7 +91,7 @@ fn exec_of_known_binary_with_arguments() {
 
 #[test]
 fn exec_by_relative_path_reports_absolute_exe() {
-    let mon = Monitor::start(PICKET, &["--filter", "exec"]);
+    let mon = Monitor::start(picket(), &["--filter", "exec"]);
     let dir = TempDir::new();
     let copy = dir.join("true");
     std::fs::copy("/bin/true", &copy).unwrap();
@@ -119,7 +118,7 @@ fn exec_by_relative_path_reports_absolute_exe() {
 
 #[test]
 fn exec_of_script_reports_script_and_interpreter() {
-    let mon = Monitor::start(PICKET, &["--filter", "exec"]);
+    let mon = Monitor::start(picket(), &["--filter", "exec"]);
     let dir = TempDir::new();
     let script = dir.join("script.sh");
     std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
@@ -155,7 +154,7 @@ fn exec_of_script_reports_script_and_interpreter() {
 
 #[test]
 fn execveat_of_memfd_is_fileless() {
-    let mon = Monitor::start(PICKET, &["--filter", "exec"]);
+    let mon = Monitor::start(picket(), &["--filter", "exec"]);
     let (pid, fd) = exec_memfd("picket-memfd", "picket-memfd-true");
 
     let ev = mon.wait_for_pid(&format!("exec of the memfd by pid {pid}"), pid, |e| {
@@ -177,7 +176,7 @@ fn execveat_of_memfd_is_fileless() {
 
 #[test]
 fn fork_and_exit_code() {
-    let mon = Monitor::start(PICKET, &[]);
+    let mon = Monitor::start(picket(), &[]);
     let pid = {
         let mut child = Command::new("/bin/sh")
             .args(["-c", "exit 7"])
@@ -200,7 +199,7 @@ fn fork_and_exit_code() {
 
 #[test]
 fn exit_by_signal() {
-    let mon = Monitor::start(PICKET, &[]);
+    let mon = Monitor::start(picket(), &[]);
     let mut child = Command::new("/bin/sh")
         .args(["-c", "kill -KILL $$"])
         .spawn()
@@ -215,7 +214,7 @@ fn exit_by_signal() {
 
 #[test]
 fn agent_does_not_report_itself() {
-    let mon = Monitor::start(PICKET, &[]);
+    let mon = Monitor::start(picket(), &[]);
     let monitor_pid = mon.pid();
     // Make sure the stream is live before judging what it holds.
     let marker = unique("picket-self");
@@ -261,7 +260,7 @@ fn agent_does_not_report_itself() {
 
 #[test]
 fn tcp_listen_connect_and_accept_on_loopback() {
-    let mon = Monitor::start(PICKET, &["--filter", "net"]);
+    let mon = Monitor::start(picket(), &["--filter", "net"]);
     tcp_round_trip(&mon, "127.0.0.1:0".parse().unwrap(), "ipv4", "127.0.0.1");
     match TcpListener::bind("[::1]:0") {
         Ok(probe) => {
@@ -274,7 +273,7 @@ fn tcp_listen_connect_and_accept_on_loopback() {
 
 #[test]
 fn tcp_listener_is_reported() {
-    let mon = Monitor::start(PICKET, &["--filter", "net"]);
+    let mon = Monitor::start(picket(), &["--filter", "net"]);
     let (listener, family, addr) = match TcpListener::bind((Ipv6Addr::LOCALHOST, 0)) {
         Ok(l) => (l, "ipv6", "::1"),
         Err(e) => {
@@ -298,7 +297,7 @@ fn tcp_listener_is_reported() {
 
 #[test]
 fn udp_bind_send_once_per_destination_and_connect() {
-    let mon = Monitor::start(PICKET, &["--filter", "net"]);
+    let mon = Monitor::start(picket(), &["--filter", "net"]);
     let me = std::process::id();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -347,7 +346,7 @@ fn udp_bind_send_once_per_destination_and_connect() {
 
 #[test]
 fn file_written_by_relative_path_after_chdir() {
-    let mon = Monitor::start(PICKET, &["--filter", "file"]);
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
     let dir = TempDir::new();
     let script = format!("cd '{}' && echo hi > rel.txt", dir.path().display());
     let pid = run(Command::new("/bin/sh").args(["-c", &script]));
@@ -364,7 +363,7 @@ fn file_written_by_relative_path_after_chdir() {
 
 #[test]
 fn openat_relative_to_directory_fd() {
-    let mon = Monitor::start(PICKET, &["--filter", "file"]);
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
     let dir = TempDir::new();
     let dir_c = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
     // The agent resolves the directory through the process's open descriptors (documented:
@@ -418,7 +417,7 @@ fn openat_relative_to_directory_fd() {
 
 #[test]
 fn rename_over_protected_file() {
-    let mon = Monitor::start(PICKET, &["--filter", "file"]);
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
     let dir = TempDir::new();
     let (old, new) = (dir.join("new.conf"), dir.join("protected.conf"));
     std::fs::write(&new, "original\n").unwrap();
@@ -439,7 +438,7 @@ fn rename_over_protected_file() {
 
 #[test]
 fn unlink_is_reported() {
-    let mon = Monitor::start(PICKET, &["--filter", "file"]);
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
     let (_dir, file) = file_in_temp_dir();
     let pid = run(Command::new("rm").arg(&file));
     mon.wait_for_pid(
@@ -451,7 +450,7 @@ fn unlink_is_reported() {
 
 #[test]
 fn chmod_is_reported_with_mode() {
-    let mon = Monitor::start(PICKET, &["--filter", "file"]);
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
     let (_dir, file) = file_in_temp_dir();
     let pid = run(Command::new("chmod").arg("600").arg(&file));
     let ev = mon.wait_for_pid(
@@ -464,7 +463,7 @@ fn chmod_is_reported_with_mode() {
 
 #[test]
 fn chown_is_reported_with_owner_and_group() {
-    let mon = Monitor::start(PICKET, &["--filter", "file"]);
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
     let (_dir, file) = file_in_temp_dir();
     let pid = run(Command::new("chown").arg("1234:5678").arg(&file));
     let ev = mon.wait_for_pid(
@@ -478,7 +477,7 @@ fn chown_is_reported_with_owner_and_group() {
 
 #[test]
 fn truncate_through_fd_is_reported_with_path() {
-    let mon = Monitor::start(PICKET, &["--filter", "file"]);
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
     let (_dir, file) = file_in_temp_dir();
     // GNU truncate opens the file and calls ftruncate: the agent must name the fd's file.
     let pid = run(Command::new("truncate").args(["-s", "10"]).arg(&file));
@@ -492,7 +491,7 @@ fn truncate_through_fd_is_reported_with_path() {
 
 #[test]
 fn non_utf8_path_is_reported_in_hex() {
-    let mon = Monitor::start(PICKET, &["--filter", "file"]);
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
     let dir = TempDir::new();
     let path = dir.join(OsStr::from_bytes(b"bad-\xff-name"));
     std::fs::File::create(&path).unwrap();
@@ -516,7 +515,7 @@ fn non_utf8_path_is_reported_in_hex() {
 
 #[test]
 fn path_of_maximum_length() {
-    let mon = Monitor::start(PICKET, &["--filter", "file"]);
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
     let dir = TempDir::new();
     let path = path_of_length(dir.path(), libc::PATH_MAX as usize - 1);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

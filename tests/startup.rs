@@ -11,9 +11,8 @@ use std::{
     time::Duration,
 };
 
+use picket_test_support::bin::picket;
 use picket_test_support::{Event, Monitor};
-
-const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 
 /// The tests here run one at a time: any of them may reach tracefs (which one of them
 /// unmounts) or load the sensors.
@@ -27,7 +26,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 fn refuses_to_start_unprivileged_and_says_how_to_fix_it() {
     let _serial = serial();
     // `nobody`: no capabilities at all.
-    let out = Command::new(PICKET)
+    let out = Command::new(picket())
         .args(["monitor"])
         .uid(65534)
         .gid(65534)
@@ -42,7 +41,7 @@ fn refuses_to_start_unprivileged_and_says_how_to_fix_it() {
 #[test]
 fn names_an_object_file_that_does_not_exist() {
     let _serial = serial();
-    let out = Command::new(PICKET)
+    let out = Command::new(picket())
         .args(["monitor", "--bpf-object", "/nonexistent/picket-sensors"])
         .output()
         .unwrap();
@@ -58,7 +57,7 @@ fn refuses_an_object_that_is_not_one() {
     let dir = tempdir();
     let junk = dir.join("junk.o");
     std::fs::write(&junk, b"\x7fELF but not really").unwrap();
-    let out = Command::new(PICKET)
+    let out = Command::new(picket())
         .arg("monitor")
         .arg("--bpf-object")
         .arg(&junk)
@@ -73,14 +72,14 @@ fn refuses_an_object_that_is_not_one() {
 #[test]
 fn refuses_bad_options_with_the_reason() {
     let _serial = serial();
-    let out = Command::new(PICKET)
+    let out = Command::new(picket())
         .args(["monitor", "--filter", "exec,bogus"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("unknown event kind `bogus`"));
 
-    let out = Command::new(PICKET)
+    let out = Command::new(picket())
         .args(["monitor", "--ring-buffer-size", "1000"])
         .output()
         .unwrap();
@@ -93,7 +92,7 @@ fn loads_the_sensors_from_a_file_given_with_bpf_object() {
     let _serial = serial();
     let object = built_object();
     let monitor = Monitor::start(
-        PICKET,
+        picket(),
         &["--filter", "exec", "--bpf-object", object.to_str().unwrap()],
     );
     // The sensors loaded from the file really work: an exec shows up.
@@ -121,7 +120,7 @@ fn mounts_tracefs_when_it_is_missing() {
         assert!(status.success(), "could not unmount tracefs for the test");
     }
     let debugfs_copy = Path::new("/sys/kernel/debug/tracing/events").is_dir();
-    let monitor = Monitor::start(PICKET, &["--filter", "exec"]);
+    let monitor = Monitor::start(picket(), &["--filter", "exec"]);
     let seen: Vec<String> = monitor.log().lines().map(str::to_owned).collect();
     stop(monitor);
     assert!(tracing.join("events").is_dir() || debugfs_copy);
@@ -146,7 +145,7 @@ fn stop(monitor: Monitor) {
 
 /// The sensors object `build.rs` built for this agent (the one it also embeds).
 fn built_object() -> PathBuf {
-    let exe = PathBuf::from(PICKET);
+    let exe = PathBuf::from(picket());
     let build = exe.parent().unwrap().join("build");
     std::fs::read_dir(&build)
         .unwrap()

@@ -3,8 +3,7 @@
 //! stdout and its log in background threads, lets a test wait for the event its action caused,
 //! and stops it (SIGTERM, then SIGKILL).
 //!
-//! Tests pass the binary's path, `env!("CARGO_BIN_EXE_picket")`: cargo gives it only to the
-//! tests of the package that builds the binary.
+//! Tests pass the binary's path, [`crate::bin::picket`].
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;

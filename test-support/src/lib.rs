@@ -1,6 +1,6 @@
-//! What Picket's end-to-end tests share (`tests/*.rs`, run as test targets of the agent and the
-//! backend): a throw-away PKI ([`pki`]), a Mosquitto with mutual TLS and the backend's own
-//! configuration and ACL ([`mosquitto`]), an MQTT v5 test client ([`subscriber`]), a runner for
+//! Picket's end-to-end tests (`tests/`, this crate's test targets) and what they share: the
+//! binaries under test ([`bin`], built by `cargo xtask e2e`), a throw-away PKI ([`pki`]), a
+//! Mosquitto with mutual TLS and the backend's own configuration and ACL ([`mosquitto`]), an MQTT v5 test client ([`subscriber`]), a runner for
 //! the `picket` binary that collects its JSON lines and log ([`agent`]), and small helpers for
 //! processes, files and digests.
 //!
@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent;
+pub mod bin;
 pub mod mosquitto;
 pub mod pki;
 pub mod postgres;

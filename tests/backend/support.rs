@@ -128,7 +128,7 @@ pub struct Backend {
 }
 
 pub fn backend_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_picket-backend"))
+    Command::new(picket_test_support::bin::backend())
 }
 
 impl Backend {

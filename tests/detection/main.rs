@@ -19,11 +19,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use picket_test_support::agent::Waited;
+use picket_test_support::bin::picket;
 use picket_test_support::process::{exec_memfd, spawn_fresh_executable};
 use picket_test_support::{sha256_file, unique, TempDir};
 use serde_json::Value;
 
-const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 /// How long a test waits for the alert its action should cause.
 const ALERT_TIMEOUT: Duration = Duration::from_secs(15);
 /// What `picket run` logs on stderr once its sensors are attached.

@@ -23,7 +23,7 @@ impl Agent {
             OsStr::new("--config"),
             config.as_os_str(),
         ];
-        Agent(picket_test_support::Agent::start(PICKET, &args, READY))
+        Agent(picket_test_support::Agent::start(picket(), &args, READY))
     }
 
     /// Waits up to [`ALERT_TIMEOUT`] for an alert matching `pred` and returns it; on timeout
@@ -119,7 +119,7 @@ impl Lab {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).unwrap();
         let root = fs::canonicalize(root).unwrap();
-        ok(Command::new(PICKET)
+        ok(Command::new(picket())
             .args(["keygen", "--out"])
             .arg(root.join("vendor")));
         let trust = root.join("trust");
@@ -147,7 +147,7 @@ impl Lab {
         let toml = self.root.join(format!("{name}.toml"));
         fs::write(&toml, text).unwrap();
         let bundle = self.root.join(format!("{name}.bundle"));
-        ok(Command::new(PICKET)
+        ok(Command::new(picket())
             .args(["policy", "sign", "--key"])
             .arg(&self.key)
             .arg("--in")

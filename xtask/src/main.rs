@@ -5,9 +5,10 @@
 //! the page cache) and record what they measure as samples; `bench-report` turns the samples
 //! into figures (medians, ratios, percentiles, verdicts against targets) and rewrites the
 //! benchmark's sections of docs/PERFORMANCE.md; `probe` takes the readings the scripts need
-//! while they run.
+//! while they run. `e2e` builds the binaries and runs the end-to-end tests against them.
 
 mod doc;
+mod e2e;
 mod probe;
 mod report;
 mod samples;
@@ -41,6 +42,13 @@ enum Task {
         #[arg(long)]
         no_write: bool,
     },
+    /// Builds the agent and the backend, then runs the end-to-end tests against them (as
+    /// root: the agent's tests load eBPF programs). The arguments go to `cargo test`, for
+    /// example `--test sensors -- --test-threads=4`.
+    E2e {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// A reading taken while a benchmark runs, printed on one line.
     #[command(subcommand)]
     Probe(probe::Probe),
@@ -55,5 +63,6 @@ fn main() -> Result<()> {
             no_write,
         } => report::run(bench, &samples, (!no_write).then_some(doc.as_path())),
         Task::Probe(p) => probe::run(p),
+        Task::E2e { args } => std::process::exit(e2e::run(&args)?),
     }
 }

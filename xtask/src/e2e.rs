@@ -1,0 +1,50 @@
+//! `cargo xtask e2e`: builds the agent and the backend, then runs the end-to-end tests (the
+//! test targets of `picket-test-support`) against those very binaries, named to the tests in
+//! `PICKET_BIN` and `PICKET_BACKEND_BIN`. The agent's tests load eBPF programs: run as root.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Builds, then runs `cargo test` on the end-to-end tests with `args` (for example
+/// `--test sensors -- --test-threads=4`); returns the tests' exit code.
+pub fn run(args: &[String]) -> Result<i32> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the workspace of xtask")?;
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "--locked", "--package", "picket-agent"])
+        .args(["--package", "picket-backend", "--bins"])
+        .status()
+        .context("running cargo build")?;
+    if !built.success() {
+        bail!("building the agent and the backend failed ({built})");
+    }
+    let bin = target_dir(root).join("debug");
+    let tested = Command::new(&cargo)
+        .current_dir(root)
+        .args(["test", "--locked", "--package", "picket-test-support"])
+        .args(args)
+        .env("PICKET_BIN", bin.join("picket"))
+        .env("PICKET_BACKEND_BIN", bin.join("picket-backend"))
+        .status()
+        .context("running cargo test")?;
+    Ok(tested.code().unwrap_or(1))
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` (relative to the current directory, as cargo reads
+/// it) or the workspace's `target/`.
+fn target_dir(root: &Path) -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => env::current_dir()
+            .map(|cwd| cwd.join(&dir))
+            .unwrap_or_else(|_| PathBuf::from(dir)),
+        None => root.join("target"),
+    }
+}
