@@ -130,6 +130,29 @@ fn build_tree(dir: &Path) -> PathBuf {
 fn records_executables_and_protected_files_as_on_the_device() {
     let dir = tempdir("main");
     let root = build_tree(&dir);
+    let cfg = write_scan_config(&dir);
+    let out_path = dir.join("policy.toml");
+    let out = scan(&root, Some(&cfg), &out_path).output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "stderr: {err}");
+    let (text, policy) = load(&out_path);
+
+    assert_eq!(policy.metadata.name, "gateway");
+    assert_eq!(policy.metadata.device_class, "acme-gw");
+    assert_eq!(policy.metadata.serial, 7);
+    assert_eq!(policy.metadata.created.to_string(), "2026-11-22T10:00:00Z");
+
+    check_the_executables(&policy, &root, &text);
+    check_the_protected_files(&policy, &root, &text);
+
+    // What was left out, and why: at the top of the file and on stderr.
+    check_what_was_skipped(&text, &err);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes `scan.toml` in `dir`: protected paths (one missing, one under a symbolic link),
+/// /var excluded, and the metadata; returns its path.
+fn write_scan_config(dir: &Path) -> PathBuf {
     let cfg = dir.join("scan.toml");
     fs::write(
         &cfg,
@@ -145,20 +168,14 @@ created = "2026-11-22T10:00:00Z"
 "#,
     )
     .unwrap();
-    let out_path = dir.join("policy.toml");
-    let out = scan(&root, Some(&cfg), &out_path).output().unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "stderr: {err}");
-    let (text, policy) = load(&out_path);
+    cfg
+}
 
-    assert_eq!(policy.metadata.name, "gateway");
-    assert_eq!(policy.metadata.device_class, "acme-gw");
-    assert_eq!(policy.metadata.serial, 7);
-    assert_eq!(policy.metadata.created.to_string(), "2026-11-22T10:00:00Z");
-
+/// The executables are exactly those of the tree, each with the hash of its file under `root`.
+fn check_the_executables(policy: &Policy, root: &Path, text: &str) {
     // Not the symlinks, not doc.txt, not the excluded /var or /proc, nothing of the host.
     assert_eq!(
-        executables(&policy),
+        executables(policy),
         BTreeSet::from([
             "/etc/init.d/rcS",
             "/usr/bin/hardlink",
@@ -182,7 +199,12 @@ created = "2026-11-22T10:00:00Z"
         .find(|e| e.path.as_str() == "/usr/bin/tool")
         .unwrap();
     assert_eq!(tool.sha256.to_string(), sha256_file(Path::new("/bin/true")));
+}
 
+/// The protected files are those under /etc and the setuid binary, each with its owner,
+/// group, mode and the hash of its file under `root`.
+fn check_the_protected_files(policy: &Policy, root: &Path, text: &str) {
+    let want = |path: &str| sha256_file(&root.join(path.trim_start_matches('/')));
     let protected: Vec<_> = policy
         .files
         .protected
@@ -207,8 +229,11 @@ created = "2026-11-22T10:00:00Z"
             p.path.as_str()
         );
     }
+}
 
-    // What was left out, and why: at the top of the file and on stderr.
+/// The policy `text` and the scan's stderr `err` name the 4 paths left out and why; the
+/// draft has its header and nothing of /var or the FIFO.
+fn check_what_was_skipped(text: &str, err: &str) {
     for note in [
         "# skipped: /etc/bad\\xffname: name is not valid UTF-8 (policy paths are UTF-8)",
         "# skipped: /opt/\\xfe/run: name is not valid UTF-8 (policy paths are UTF-8)",
@@ -225,7 +250,6 @@ created = "2026-11-22T10:00:00Z"
     assert!(text.contains("# 4 skipped"), "{text}");
     assert!(err.contains("4 skipped"), "{err}");
     assert!(!text.contains("junk") && !text.contains("fifo"), "{text}");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -23,8 +23,9 @@ use picket_proto::topic::{self, Channel};
 use picket_proto::{Alert, AlertKind, Ancestor, Details, Format, ProcessContext, Severity};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
+use tokio::sync::oneshot::{Receiver, Sender};
 
 #[derive(Parser)]
 struct Args {
@@ -107,55 +108,7 @@ fn alert(device: usize, seq: u64) -> Alert {
 async fn publish(args: &Args, per_device: usize) -> anyhow::Result<u64> {
     let mut devices = Vec::new();
     for i in 1..=args.devices {
-        let id = format!("bench-{i:04}");
-        let tls = tls::client_config(
-            &args.ca,
-            &args.certs.join(format!("{id}.pem")),
-            &args.certs.join(format!("{id}.key")),
-        )?;
-        let mut options = MqttOptions::new(id.clone(), args.host.clone(), args.port);
-        options
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(tls),
-            )))
-            .set_keep_alive(Duration::from_secs(30))
-            .set_connection_timeout(10);
-        let (client, mut eventloop) = AsyncClient::new(options, 1000);
-        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let name = id.clone();
-        tokio::spawn(async move {
-            let mut connected = Some(connected_tx);
-            let mut done = Some(done_tx);
-            let mut acked = 0;
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if let Some(tx) = connected.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        acked += 1;
-                        if acked == per_device {
-                            if let Some(tx) = done.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        // The end of the connection once every message is acknowledged is
-                        // the disconnection.
-                        if done.is_some() {
-                            eprintln!("{name}: {e}");
-                        }
-                        return;
-                    }
-                }
-            }
-        });
-        devices.push((id, client, connected_rx, done_rx));
+        devices.push(connect(args, i, per_device)?);
     }
     let mut waiting = Vec::new();
     for (id, client, connected, done) in devices {
@@ -175,6 +128,85 @@ async fn publish(args: &Args, per_device: usize) -> anyhow::Result<u64> {
         loads.push((id, client, t, payloads, done));
     }
     let first = now_ms();
+    publish_all(loads).await?;
+    Ok(first)
+}
+
+/// A device connecting: its id, its client, and what says it connected and that every alert
+/// it will publish was acknowledged.
+type Connecting = (String, AsyncClient, Receiver<()>, Receiver<()>);
+
+/// A device ready to publish: its id, client, alert topic, encoded alerts and what says they
+/// were all acknowledged.
+type Load = (String, AsyncClient, String, Vec<Vec<u8>>, Receiver<()>);
+
+/// Starts the connection of device `i` (`bench-%04d`, with its certificate), its event loop in
+/// a task.
+fn connect(args: &Args, i: usize, per_device: usize) -> anyhow::Result<Connecting> {
+    let id = format!("bench-{i:04}");
+    let tls = tls::client_config(
+        &args.ca,
+        &args.certs.join(format!("{id}.pem")),
+        &args.certs.join(format!("{id}.key")),
+    )?;
+    let mut options = MqttOptions::new(id.clone(), args.host.clone(), args.port);
+    options
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )))
+        .set_keep_alive(Duration::from_secs(30))
+        .set_connection_timeout(10);
+    let (client, eventloop) = AsyncClient::new(options, 1000);
+    let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let name = id.clone();
+    tokio::spawn(drive(eventloop, name, connected_tx, done_tx, per_device));
+    Ok((id, client, connected_rx, done_rx))
+}
+
+/// Polls a device's event loop: says when it connected and when `per_device` PUBACKs came;
+/// ends with the connection (reporting the error unless every message was acknowledged).
+async fn drive(
+    mut eventloop: EventLoop,
+    name: String,
+    connected_tx: Sender<()>,
+    done_tx: Sender<()>,
+    per_device: usize,
+) {
+    let mut connected = Some(connected_tx);
+    let mut done = Some(done_tx);
+    let mut acked = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acked += 1;
+                if acked == per_device {
+                    if let Some(tx) = done.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // The end of the connection once every message is acknowledged is
+                // the disconnection.
+                if done.is_some() {
+                    eprintln!("{name}: {e}");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Publishes every device's alerts at once, one task per device; returns once each device's
+/// were all acknowledged and it disconnected.
+async fn publish_all(loads: Vec<Load>) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for (id, client, t, payloads, done) in loads {
         tasks.push(tokio::spawn(async move {
@@ -193,7 +225,7 @@ async fn publish(args: &Args, per_device: usize) -> anyhow::Result<u64> {
     for t in tasks {
         t.await??;
     }
-    Ok(first)
+    Ok(())
 }
 
 /// How many alerts the store holds, and the latest time one was received.

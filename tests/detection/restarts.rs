@@ -9,29 +9,69 @@ use super::*;
 #[test]
 fn drift_while_stopped_is_reported_at_restart() {
     let lab = Lab::new("drift");
-    let d = lab.dir("files");
-    let app_conf = d.join("app.conf");
-    let secret = d.join("secret");
-    let gone = d.join("gone");
-    fs::write(&app_conf, "listen = 8080\n").unwrap();
-    fs::write(&secret, "hunter2\n").unwrap();
-    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
-    fs::write(&gone, "soon gone\n").unwrap();
-
-    let mut policy = PolicyText::new(1);
-    policy.protected(&app_conf, &sha256_file(&app_conf));
-    policy.raw(&format!(
-        "[[files.protected]]\npath = {}\nsha256 = \"{}\"\nmode = \"0600\"\n",
-        toml_str(&secret),
-        sha256_file(&secret)
-    ));
-    policy.protected(&gone, &sha256_file(&gone));
-    let bundle = lab.sign("drift", &policy.text());
+    let files = DriftFiles::create(&lab);
+    let bundle = lab.sign("drift", &drift_policy(&files).text());
     let alerts_file = lab.root.join("alerts.jsonl");
     let config = lab.config(&bundle, Some(&alerts_file));
 
     // First run: the files match the baseline; one alert is caused so that there is a sequence.
-    let agent = Agent::start(&config);
+    let first = run_once_without_drift(&config, &files.d);
+    let first_max = first.alerts.iter().filter_map(seq).max().unwrap();
+
+    // While the agent is stopped: content changed, mode changed, a file removed.
+    drift_while_stopped(&files);
+
+    let second = run_again_and_see_the_drift(&config, &files, first_max);
+    check_the_alert_file_holds_both_runs(&alerts_file, &first, &second);
+}
+
+/// The protected files of the drift test, in the lab's `files` directory.
+struct DriftFiles {
+    d: PathBuf,
+    app_conf: PathBuf,
+    /// Protected with mode 0600 too.
+    secret: PathBuf,
+    /// Removed while the agent is stopped.
+    gone: PathBuf,
+}
+
+impl DriftFiles {
+    /// Writes the three files as the baseline records them.
+    fn create(lab: &Lab) -> DriftFiles {
+        let d = lab.dir("files");
+        let app_conf = d.join("app.conf");
+        let secret = d.join("secret");
+        let gone = d.join("gone");
+        fs::write(&app_conf, "listen = 8080\n").unwrap();
+        fs::write(&secret, "hunter2\n").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&gone, "soon gone\n").unwrap();
+        DriftFiles {
+            d,
+            app_conf,
+            secret,
+            gone,
+        }
+    }
+}
+
+/// The baseline: the three files as they are now, the secret with its mode.
+fn drift_policy(files: &DriftFiles) -> PolicyText {
+    let mut policy = PolicyText::new(1);
+    policy.protected(&files.app_conf, &sha256_file(&files.app_conf));
+    policy.raw(&format!(
+        "[[files.protected]]\npath = {}\nsha256 = \"{}\"\nmode = \"0600\"\n",
+        toml_str(&files.secret),
+        sha256_file(&files.secret)
+    ));
+    policy.protected(&files.gone, &sha256_file(&files.gone));
+    policy
+}
+
+/// Starts the agent, causes one alert (an unknown executable in `d`) and stops it; checks that
+/// it reported no drift of a file in `d` and that its sequence increased.
+fn run_once_without_drift(config: &Path, d: &Path) -> Output {
+    let agent = Agent::start(config);
     let probe = d.join("probe");
     fs::copy("/usr/bin/true", &probe).unwrap();
     let probe_pid = run_ok(&mut Command::new(&probe));
@@ -48,7 +88,7 @@ fn drift_while_stopped_is_reported_at_restart() {
         .alerts
         .iter()
         .filter(|a| {
-            kind(a) == "integrity_drift" && path(a).is_some_and(|p| Path::new(p).starts_with(&d))
+            kind(a) == "integrity_drift" && path(a).is_some_and(|p| Path::new(p).starts_with(d))
         })
         .collect();
     assert!(
@@ -57,23 +97,29 @@ fn drift_while_stopped_is_reported_at_restart() {
         lines(&drift_of_mine.into_iter().cloned().collect::<Vec<_>>())
     );
     assert_seq_increasing(&first.alerts, "the first run");
-    let first_max = first.alerts.iter().filter_map(seq).max().unwrap();
+    first
+}
 
-    // While the agent is stopped: content changed, mode changed, a file removed.
+/// Appends to app.conf, opens up the secret's mode and removes `gone`.
+fn drift_while_stopped(files: &DriftFiles) {
     fs::OpenOptions::new()
         .append(true)
-        .open(&app_conf)
+        .open(&files.app_conf)
         .unwrap()
         .write_all(b"listen = 4444\n")
         .unwrap();
-    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
-    fs::remove_file(&gone).unwrap();
+    fs::set_permissions(&files.secret, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::remove_file(&files.gone).unwrap();
+}
 
-    let agent = Agent::start(&config);
+/// Starts the agent again: each drift is reported once, without a process, with a sequence
+/// after `first_max`; returns what it printed once stopped.
+fn run_again_and_see_the_drift(config: &Path, files: &DriftFiles, first_max: u64) -> Output {
+    let agent = Agent::start(config);
     for (file, what) in [
-        (&app_conf, "content"),
-        (&secret, "mode"),
-        (&gone, "missing"),
+        (&files.app_conf, "content"),
+        (&files.secret, "mode"),
+        (&files.gone, "missing"),
     ] {
         let a = agent.wait_for(
             &format!("integrity_drift ({what}) of {}", file.display()),
@@ -99,12 +145,15 @@ fn drift_while_stopped_is_reported_at_restart() {
     let drift: Vec<&Value> = second
         .alerts
         .iter()
-        .filter(|a| kind(a) == "integrity_drift" && path(a) == app_conf.to_str())
+        .filter(|a| kind(a) == "integrity_drift" && path(a) == files.app_conf.to_str())
         .collect();
     assert_eq!(drift.len(), 1, "one drift alert for app.conf: {drift:?}");
+    second
+}
 
-    // The alert file got both runs, appended, the same alerts as stdout.
-    let text = fs::read_to_string(&alerts_file)
+/// The alert file got both runs, appended, the same alerts as stdout.
+fn check_the_alert_file_holds_both_runs(alerts_file: &Path, first: &Output, second: &Output) {
+    let text = fs::read_to_string(alerts_file)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", alerts_file.display()));
     let from_file: Vec<Value> = text
         .lines()

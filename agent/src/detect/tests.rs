@@ -1,5 +1,9 @@
 use super::*;
-use crate::enrich::Category;
+use crate::enrich::process::Image;
+use crate::enrich::{Category, Context, Fields, Record};
+use crate::sensors::decode::{Comm, Task};
+use std::net::IpAddr;
+use std::sync::Arc;
 
 fn detector() -> Detector {
     let policy = picket_policy::load_toml(
@@ -42,21 +46,45 @@ glob = "/etc/init.d/*"
 
 /// A typed event with what `fields` gives (the keys a test uses), the rest empty.
 fn event(fields: Value) -> Event {
-    use crate::{
-        enrich::{process::Image, Context, Fields, Record},
-        sensors::decode::{Comm, Task},
+    let process = process_context(&fields);
+    let (category, detail) = match text(&fields, "event").unwrap() {
+        "exec" => (Category::Exec, exec_detail(&fields)),
+        "net" => (Category::Net, net_detail(&fields)),
+        "file" => (Category::File, file_detail(&fields)),
+        other => panic!("no event {other} in these tests"),
     };
-    use std::{net::IpAddr, sync::Arc};
-    let text = |k: &str| fields.get(k).and_then(Value::as_str);
-    let flag = |k: &str| fields.get(k).and_then(Value::as_bool) == Some(true);
-    let port = |k: &str| {
-        fields
-            .get(k)
-            .and_then(Value::as_u64)
-            .map_or(0, |p| p as u16)
-    };
+    Event {
+        category,
+        fields: Fields::new_for_test(Record {
+            task: test_task(),
+            process,
+            detail,
+        }),
+    }
+}
+
+/// The string at `k` in `fields`, if any.
+fn text<'a>(fields: &'a Value, k: &str) -> Option<&'a str> {
+    fields.get(k).and_then(Value::as_str)
+}
+
+/// Whether `k` in `fields` is `true`.
+fn flag(fields: &Value, k: &str) -> bool {
+    fields.get(k).and_then(Value::as_bool) == Some(true)
+}
+
+/// The port at `k` in `fields`, or 0.
+fn port(fields: &Value, k: &str) -> u16 {
+    fields
+        .get(k)
+        .and_then(Value::as_u64)
+        .map_or(0, |p| p as u16)
+}
+
+/// The process context: `exe`, `sha256` (hex) and `argv` from `fields`, no parent or ancestry.
+fn process_context(fields: &Value) -> Option<Context> {
     let mut sha256 = None;
-    if let Some(hex) = text("sha256") {
+    if let Some(hex) = text(fields, "sha256") {
         let mut d = [0u8; 32];
         for (i, b) in d.iter_mut().enumerate() {
             *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap();
@@ -64,7 +92,7 @@ fn event(fields: Value) -> Event {
         sha256 = Some(d);
     }
     let image = Image {
-        exe: text("exe").map(PathBuf::from),
+        exe: text(fields, "exe").map(PathBuf::from),
         sha256,
         argv: fields
             .get("argv")
@@ -76,18 +104,28 @@ fn event(fields: Value) -> Event {
             })
             .unwrap_or_default(),
     };
-    let process = Some(Context {
+    Some(Context {
         ppid: None,
         image: Arc::new(image),
         ancestry: vec![],
-    });
-    let file_op = |op: &str| match op {
-        "open" => FileOp::Open,
-        "rename" => FileOp::Rename,
-        "unlink" => FileOp::Unlink,
-        "chmod" => FileOp::Chmod,
-        other => panic!("no file op {other} in these tests"),
-    };
+    })
+}
+
+/// An exec, `fileless` and `deleted` from `fields`.
+fn exec_detail(fields: &Value) -> Detail {
+    Detail::Exec {
+        filename: PathBuf::new(),
+        argv_truncated: false,
+        argv_missing: false,
+        interpreter: None,
+        fileless: flag(fields, "fileless"),
+        deleted: flag(fields, "deleted"),
+        execveat: false,
+    }
+}
+
+/// A network operation: `op`, `local_port`, `remote_addr` and `remote_port` from `fields`.
+fn net_detail(fields: &Value) -> Detail {
     let net_op = |op: &str| match op {
         "tcp_connect" => NetOp::TcpConnect,
         "tcp_listen" => NetOp::TcpListen,
@@ -95,50 +133,44 @@ fn event(fields: Value) -> Event {
         other => panic!("no net op {other} in these tests"),
     };
     let any: IpAddr = "0.0.0.0".parse().unwrap();
-    let (category, detail) = match text("event").unwrap() {
-        "exec" => (
-            Category::Exec,
-            Detail::Exec {
-                filename: PathBuf::new(),
-                argv_truncated: false,
-                argv_missing: false,
-                interpreter: None,
-                fileless: flag("fileless"),
-                deleted: flag("deleted"),
-                execveat: false,
-            },
+    Detail::Net {
+        op: net_op(text(fields, "op").unwrap()),
+        pid_source: "task",
+        local: (any, port(fields, "local_port")),
+        remote: (
+            text(fields, "remote_addr").map_or(any, |a| a.parse().unwrap()),
+            port(fields, "remote_port"),
         ),
-        "net" => (
-            Category::Net,
-            Detail::Net {
-                op: net_op(text("op").unwrap()),
-                pid_source: "task",
-                local: (any, port("local_port")),
-                remote: (
-                    text("remote_addr").map_or(any, |a| a.parse().unwrap()),
-                    port("remote_port"),
-                ),
-                socket_type: None,
-            },
-        ),
-        "file" => (
-            Category::File,
-            Detail::File {
-                op: file_op(text("op").unwrap()),
-                path: text("path").map(PathBuf::from),
-                resolved: true,
-                second: text("new_path").map(|p| ("new_path", PathBuf::from(p))),
-                symlink_target: None,
-                flags: 0,
-                mode: 0,
-                owner: 0,
-                group: 0,
-                length: 0,
-            },
-        ),
-        other => panic!("no event {other} in these tests"),
+        socket_type: None,
+    }
+}
+
+/// A file operation: `op`, `path` and `new_path` from `fields`.
+fn file_detail(fields: &Value) -> Detail {
+    let file_op = |op: &str| match op {
+        "open" => FileOp::Open,
+        "rename" => FileOp::Rename,
+        "unlink" => FileOp::Unlink,
+        "chmod" => FileOp::Chmod,
+        other => panic!("no file op {other} in these tests"),
     };
-    let task = Task {
+    Detail::File {
+        op: file_op(text(fields, "op").unwrap()),
+        path: text(fields, "path").map(PathBuf::from),
+        resolved: true,
+        second: text(fields, "new_path").map(|p| ("new_path", PathBuf::from(p))),
+        symlink_target: None,
+        flags: 0,
+        mode: 0,
+        owner: 0,
+        group: 0,
+        length: 0,
+    }
+}
+
+/// The task every test event comes from: pid 7, root, known.
+fn test_task() -> Task {
+    Task {
         pid: 7,
         tid: 7,
         uid: 0,
@@ -147,14 +179,6 @@ fn event(fields: Value) -> Event {
         cgroup_id: 0,
         comm: Comm::new(&[0; 16]),
         known: true,
-    };
-    Event {
-        category,
-        fields: Fields::new_for_test(Record {
-            task,
-            process,
-            detail,
-        }),
     }
 }
 

@@ -48,6 +48,14 @@ fn printed(r: &Record) -> String {
 
 #[test]
 fn prints_events_with_fields_in_their_order() {
+    prints_an_exec_with_its_process_context();
+    prints_a_net_event_without_a_process();
+    prints_file_events_with_their_paths_flags_and_mode();
+    prints_an_exit_with_its_code_and_signal();
+}
+
+/// An exec: the whole line, with a path and an argument that are not UTF-8.
+fn prints_an_exec_with_its_process_context() {
     let exec = Record {
         task: task(true),
         process: context(b"/tmp/\xffsh"),
@@ -68,6 +76,10 @@ fn prints_events_with_fields_in_their_order() {
             r#"{{"event":"exec","time_ns":7,"pid":42,"tid":43,"ppid":1,"uid":1000,"gid":100,"comm":"sh","exe":"/tmp/�sh","sha256":"{sha}","argv":["sh","-c�"],"ancestry":[{{"pid":1,"exe":"/bin/init"}}],"cgroup_id":9,"exe_hex":"2f746d702fff7368","filename":"/tmp/x","argv_truncated":false,"argv_missing":true,"interpreter":"/bin/sh","fileless":false,"deleted":false,"execveat":false}}"#
         )
     );
+}
+
+/// An accept with no pid: the whole line, the process fields null or empty.
+fn prints_a_net_event_without_a_process() {
     let accept = Record {
         task: Task {
             pid: 0,
@@ -86,6 +98,11 @@ fn prints_events_with_fields_in_their_order() {
         printed(&accept),
         r#"{"event":"net","time_ns":7,"pid":null,"tid":null,"ppid":null,"uid":null,"gid":null,"comm":"sh","exe":null,"sha256":null,"argv":[],"ancestry":[],"cgroup_id":9,"op":"tcp_accept","pid_source":"unknown","family":"ipv6","local_addr":"::1","local_port":22,"remote_addr":"::1","remote_port":40000}"#
     );
+}
+
+/// A rename to a path that is not UTF-8, and an open with no path, flags and a mode: the
+/// ends of their lines.
+fn prints_file_events_with_their_paths_flags_and_mode() {
     let rename = Record {
         task: task(true),
         process: context(b"/bin/mv"),
@@ -128,6 +145,10 @@ fn prints_events_with_fields_in_their_order() {
         line.ends_with(r#""op":"open","path":null,"path_resolved":false,"flags":["O_WRONLY","O_CREAT"],"mode":"0640"}"#),
         "{line}"
     );
+}
+
+/// An exit: the end of its line, the code cut to its low 8 bits.
+fn prints_an_exit_with_its_code_and_signal() {
     let exit = Record {
         task: task(true),
         process: context(b"/bin/sh"),
