@@ -12,38 +12,9 @@ async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
         &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
     );
     let mut device = Device::connect(&broker, "gw-1", None).await;
-    for seq in [1, 2, 3] {
-        device
-            .publish(Channel::Alert, Format::Postcard, &alert(seq), false)
-            .await;
-    }
-    // At-least-once delivery: the same alert again.
-    device
-        .publish(Channel::Alert, Format::Postcard, &alert(3), false)
-        .await;
-    device
-        .publish(Channel::Alert, Format::Json, &alert(6), false)
-        .await;
-    device.flush().await;
+    publish_alerts_with_a_duplicate_and_a_gap(&mut device).await;
 
-    let alerts = backend.wait_for(&["alerts", "--device", "gw-1", "--json"], |v| {
-        seqs(v).contains(&6)
-    });
-    assert_eq!(seqs(&alerts), [1, 2, 3, 6], "each alert stored once");
-    let a6 = alerts
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["seq"] == 6)
-        .unwrap();
-    assert_eq!(a6["format"], "json");
-    assert_eq!(a6["kind"], "unknown_executable");
-    assert_eq!(a6["severity"], "high");
-    assert_eq!(a6["process"]["pid"], 4242);
-    assert_eq!(a6["process"]["exe"], "/tmp/dropped-6");
-    assert_eq!(a6["process"]["argv"][1], "--now");
-    assert_eq!(a6["process"]["ancestry"][0]["exe"], "/sbin/init");
-    assert_eq!(a6["details"]["sha256"], "ab".repeat(32));
+    check_each_alert_stored_once_with_its_context(&backend);
     // Filters.
     let none = backend.query(&[
         "alerts",
@@ -64,6 +35,58 @@ async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
     );
 
     // The HTTP API says the same, and exports OCSF.
+    check_the_http_api_says_the_same(http, gaps);
+
+    // The CLI's OCSF export matches.
+    check_the_cli_export_and_table(&backend);
+    tokio::task::spawn_blocking(move || backend.stop())
+        .await
+        .unwrap();
+}
+
+/// Publishes alerts 1, 2, 3, 3 again (at-least-once delivery) and 6 (as JSON): 4 and 5 missing.
+async fn publish_alerts_with_a_duplicate_and_a_gap(device: &mut Device) {
+    for seq in [1, 2, 3] {
+        device
+            .publish(Channel::Alert, Format::Postcard, &alert(seq), false)
+            .await;
+    }
+    // At-least-once delivery: the same alert again.
+    device
+        .publish(Channel::Alert, Format::Postcard, &alert(3), false)
+        .await;
+    device
+        .publish(Channel::Alert, Format::Json, &alert(6), false)
+        .await;
+    device.flush().await;
+}
+
+/// Alerts 1, 2, 3 and 6 are stored once each; 6 with its format, kind, severity, process
+/// context and details.
+fn check_each_alert_stored_once_with_its_context(backend: &Backend) {
+    let alerts = backend.wait_for(&["alerts", "--device", "gw-1", "--json"], |v| {
+        seqs(v).contains(&6)
+    });
+    assert_eq!(seqs(&alerts), [1, 2, 3, 6], "each alert stored once");
+    let a6 = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["seq"] == 6)
+        .unwrap();
+    assert_eq!(a6["format"], "json");
+    assert_eq!(a6["kind"], "unknown_executable");
+    assert_eq!(a6["severity"], "high");
+    assert_eq!(a6["process"]["pid"], 4242);
+    assert_eq!(a6["process"]["exe"], "/tmp/dropped-6");
+    assert_eq!(a6["process"]["argv"][1], "--now");
+    assert_eq!(a6["process"]["ancestry"][0]["exe"], "/sbin/init");
+    assert_eq!(a6["details"]["sha256"], "ab".repeat(32));
+}
+
+/// The HTTP API on port `http` lists the alerts, exports OCSF, reports the same `gaps`,
+/// counts the device's alerts and refuses a bad severity.
+fn check_the_http_api_says_the_same(http: u16, gaps: Value) {
     let (code, api_alerts) = http_get(http, "/api/alerts?device=gw-1&limit=2");
     assert_eq!(code, 200);
     assert_eq!(api_alerts.as_array().unwrap().len(), 2);
@@ -83,8 +106,10 @@ async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
     let (code, err) = http_get(http, "/api/alerts?severity=low");
     assert_eq!(code, 400);
     assert!(err["error"].as_str().unwrap().contains("low"), "{err}");
+}
 
-    // The CLI's OCSF export matches.
+/// The CLI's OCSF export has the 4 alerts, and its table names them.
+fn check_the_cli_export_and_table(backend: &Backend) {
     let cli_ocsf = backend.query(&["alerts", "--device", "gw-1", "--ocsf"]);
     assert_eq!(cli_ocsf.as_array().unwrap().len(), 4);
     // And its table names the alerts.
@@ -97,9 +122,6 @@ async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("RECEIVED"), "{table}");
     assert!(table.contains("/tmp/dropped-6 [4242]"), "{table}");
-    tokio::task::spawn_blocking(move || backend.stop())
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +138,32 @@ async fn presence_follows_status_heartbeats_and_the_last_will() {
             true,
         )
         .await;
-    let heartbeat = Heartbeat {
+    device
+        .publish(Channel::Heartbeat, Format::Postcard, &heartbeat(), false)
+        .await;
+    device.flush().await;
+    check_online_with_the_heartbeat_counters(&backend);
+
+    // The connection drops without DISCONNECT: the broker publishes the last will.
+    device.vanish();
+    let devices = backend.wait_for(&["devices", "--json"], |v| v[0]["state"] == "offline");
+    assert_eq!(devices[0]["online"], false);
+
+    // A backend started later learns the presence from the retained status.
+    let late = Backend::start(&broker, "late", "");
+    let devices = late.wait_for(&["devices", "--json"], |v| {
+        v.as_array().is_some_and(|a| !a.is_empty())
+    });
+    assert_eq!(devices[0]["state"], "offline");
+
+    // With a short heartbeat timeout, a device that said it is online but went silent is
+    // shown as timed out.
+    a_silent_device_is_shown_timed_out(&broker, &backend).await;
+}
+
+/// gw-7's heartbeat: version 0.1.1, serial 3, one sensor that lost 2 events, 9 alerts raised.
+fn heartbeat() -> Heartbeat {
+    Heartbeat {
         time_ms: 2,
         uptime_s: 60,
         agent_version: "0.1.1".into(),
@@ -134,11 +181,11 @@ async fn presence_follows_status_heartbeats_and_the_last_will() {
         },
         spool_pending: 1,
         spool_bytes: 512,
-    };
-    device
-        .publish(Channel::Heartbeat, Format::Postcard, &heartbeat, false)
-        .await;
-    device.flush().await;
+    }
+}
+
+/// gw-7 is shown online, with its status and the counters of its heartbeat.
+fn check_online_with_the_heartbeat_counters(backend: &Backend) {
     let devices = backend.wait_for(&["devices", "--json"], |v| {
         v[0]["online"] == true && v[0]["counters"].is_object()
     });
@@ -150,22 +197,11 @@ async fn presence_follows_status_heartbeats_and_the_last_will() {
     assert_eq!(d["counters"]["sensors"][0]["lost"], 2);
     assert_eq!(d["counters"]["alerts"]["raised"], 9);
     assert_eq!(d["counters"]["spool_pending"], 1);
+}
 
-    // The connection drops without DISCONNECT: the broker publishes the last will.
-    device.vanish();
-    let devices = backend.wait_for(&["devices", "--json"], |v| v[0]["state"] == "offline");
-    assert_eq!(devices[0]["online"], false);
-
-    // A backend started later learns the presence from the retained status.
-    let late = Backend::start(&broker, "late", "");
-    let devices = late.wait_for(&["devices", "--json"], |v| {
-        v.as_array().is_some_and(|a| !a.is_empty())
-    });
-    assert_eq!(devices[0]["state"], "offline");
-
-    // With a short heartbeat timeout, a device that said it is online but went silent is
-    // shown as timed out.
-    let mut quiet = Device::connect(&broker, "gw-8", None).await;
+/// gw-8 says it is online, then nothing: with a 1 s heartbeat timeout it is timed out.
+async fn a_silent_device_is_shown_timed_out(broker: &Broker, backend: &Backend) {
+    let mut quiet = Device::connect(broker, "gw-8", None).await;
     quiet
         .publish(
             Channel::Status,

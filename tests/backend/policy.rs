@@ -19,59 +19,15 @@ async fn policy_push_reaches_devices_and_shows_their_results() {
 
     // gw-1 is online and answers each bundle it receives; gw-2 is offline.
     let gw1 = Device::connect(&broker, "gw-1", None).await;
-    gw1.client
-        .subscribe(
-            picket_proto::topic::topic("gw-1", Channel::Policy),
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-        )
-        .await
-        .unwrap();
-    let responder = {
-        let client = gw1.client.clone();
-        let received = gw1.received.clone();
-        tokio::spawn(async move {
-            loop {
-                let got = received.lock().unwrap().pop();
-                if let Some(p) = got {
-                    let digest = ring::digest::digest(&ring::digest::SHA256, &p.payload);
-                    let result = PolicyResult {
-                        time_ms: 5,
-                        bundle_sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
-                        outcome: PolicyOutcome::Applied {
-                            name: "base".into(),
-                            serial: 4,
-                        },
-                    };
-                    let bytes = picket_proto::encode(Format::Postcard, "gw-1", &result).unwrap();
-                    client
-                        .publish(
-                            picket_proto::topic::topic("gw-1", Channel::PolicyResult),
-                            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                            false,
-                            bytes,
-                        )
-                        .await
-                        .unwrap();
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let responder = answer_each_bundle_as_applied(&gw1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let config = backend.config.clone();
-    let path = bundle_path.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        backend_bin()
-            .arg("--config")
-            .arg(&config)
-            .args(["policy", "push", "--group", "lab", "--timeout", "5s"])
-            .arg(&path)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = push_off_thread(
+        &backend,
+        &["policy", "push", "--group", "lab", "--timeout", "5s"],
+        &bundle_path,
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("gw-1: applied `base` serial 4"),
@@ -87,6 +43,82 @@ async fn policy_push_reaches_devices_and_shows_their_results() {
     responder.abort();
 
     // The serving backend stored gw-1's result and the new policy serial.
+    check_the_result_and_serial_of_gw1(&backend, &sha);
+
+    // gw-2 connects later and finds the bundle retained on its policy topic.
+    let _gw2 = connect_gw2_and_find_the_bundle_retained(&broker, &bundle).await;
+
+    // The broker refuses the publication (its ACL): said at once, not after the timeout.
+    a_push_the_broker_refuses_is_said_at_once(&backend, &bundle_path).await;
+
+    // Unknown groups and bad device ids are refused before anything is sent.
+    a_push_to_an_unknown_group_is_refused(&backend, &bundle_path);
+}
+
+/// Subscribes gw-1 to its policy topic and answers each bundle it receives with an applied
+/// result (`base`, serial 4) for that bundle's digest, until aborted.
+async fn answer_each_bundle_as_applied(gw1: &Device) -> tokio::task::JoinHandle<()> {
+    gw1.client
+        .subscribe(
+            picket_proto::topic::topic("gw-1", Channel::Policy),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    let client = gw1.client.clone();
+    let received = gw1.received.clone();
+    tokio::spawn(async move {
+        loop {
+            let got = received.lock().unwrap().pop();
+            if let Some(p) = got {
+                let digest = ring::digest::digest(&ring::digest::SHA256, &p.payload);
+                let result = PolicyResult {
+                    time_ms: 5,
+                    bundle_sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+                    outcome: PolicyOutcome::Applied {
+                        name: "base".into(),
+                        serial: 4,
+                    },
+                };
+                let bytes = picket_proto::encode(Format::Postcard, "gw-1", &result).unwrap();
+                client
+                    .publish(
+                        picket_proto::topic::topic("gw-1", Channel::PolicyResult),
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                        false,
+                        bytes,
+                    )
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// Runs `picket-backend --config CONFIG ARGS BUNDLE` on a blocking thread.
+async fn push_off_thread(
+    backend: &Backend,
+    args: &'static [&'static str],
+    bundle_path: &std::path::Path,
+) -> std::process::Output {
+    let config = backend.config.clone();
+    let path = bundle_path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        backend_bin()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The serving backend stored gw-1's result for the bundle `sha` and its new policy serial.
+fn check_the_result_and_serial_of_gw1(backend: &Backend, sha: &str) {
     let results = backend.wait_for(&["policy", "results", "--json"], |v| {
         v.as_array().is_some_and(|a| !a.is_empty())
     });
@@ -95,9 +127,12 @@ async fn policy_push_reaches_devices_and_shows_their_results() {
     assert_eq!(results[0]["bundle_sha256"], sha);
     let devices = backend.query(&["devices", "--json"]);
     assert_eq!(devices[0]["policy_serial"], 4, "{devices:#}");
+}
 
-    // gw-2 connects later and finds the bundle retained on its policy topic.
-    let gw2 = Device::connect(&broker, "gw-2", None).await;
+/// Connects gw-2, subscribes to its policy topic and waits for `bundle`, retained; returns
+/// the device, to stay connected.
+async fn connect_gw2_and_find_the_bundle_retained(broker: &Broker, bundle: &[u8]) -> Device {
+    let gw2 = Device::connect(broker, "gw-2", None).await;
     gw2.client
         .subscribe(
             picket_proto::topic::topic("gw-2", Channel::Policy),
@@ -108,29 +143,29 @@ async fn policy_push_reaches_devices_and_shows_their_results() {
     let start = std::time::Instant::now();
     loop {
         if let Some(p) = gw2.received.lock().unwrap().first() {
-            assert_eq!(p.payload.as_ref(), bundle.as_slice());
+            assert_eq!(p.payload.as_ref(), bundle);
             assert!(p.retain);
             break;
         }
         assert!(start.elapsed() < TIMEOUT, "gw-2 never got the bundle");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    gw2
+}
 
-    // The broker refuses the publication (its ACL): said at once, not after the timeout.
-    let config = backend.config.clone();
-    let path = bundle_path.clone();
+/// A push to `locked`, whose policy topic the broker's ACL denies: exit 2 with the refusal,
+/// well before the 30 s timeout.
+async fn a_push_the_broker_refuses_is_said_at_once(
+    backend: &Backend,
+    bundle_path: &std::path::Path,
+) {
     let started = std::time::Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
-        backend_bin()
-            .arg("--config")
-            .arg(&config)
-            .args(["policy", "push", "--device", "locked", "--timeout", "30s"])
-            .arg(&path)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = push_off_thread(
+        backend,
+        &["policy", "push", "--device", "locked", "--timeout", "30s"],
+        bundle_path,
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("locked: the broker refused the bundle"),
@@ -138,13 +173,15 @@ async fn policy_push_reaches_devices_and_shows_their_results() {
         text(&out)
     );
     assert!(started.elapsed() < Duration::from_secs(20));
+}
 
-    // Unknown groups and bad device ids are refused before anything is sent.
+/// A push to a group the configuration lacks: exit 1, saying so.
+fn a_push_to_an_unknown_group_is_refused(backend: &Backend, bundle_path: &std::path::Path) {
     let out = backend_bin()
         .arg("--config")
         .arg(&backend.config)
         .args(["policy", "push", "--group", "nope"])
-        .arg(&bundle_path)
+        .arg(bundle_path)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
