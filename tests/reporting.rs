@@ -489,6 +489,22 @@ fn policies_over_mqtt_are_verified_like_policies_on_disk() {
     agent.wait_log("connected to the broker", Duration::from_secs(20));
     let policy_topic = topic::topic(DEVICE, Channel::Policy);
 
+    let cases = policy_cases(&fleet);
+    send_each_and_check_its_outcome(&sub, &agent, &policy_topic, cases);
+    // The good one is in force and announced; each refusal is also an alert.
+    check_the_good_one_is_in_force_and_refusals_are_alerts(&sub, &agent);
+    let log = agent.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    // Persisted: after a restart serial 5 is in force without being sent again.
+    let agent = Agent::start(&fleet.root.join("picket.toml"));
+    agent.wait_log("serial 5", Duration::from_secs(5));
+    agent.stop();
+}
+
+/// The bundles sent, in order, each with what it is and the outcome it must have: forged
+/// (signed by an intruder's key), tampered, garbage, huge, for another device class, good
+/// (serial 5), rolled back (serial 3), and the good one again.
+fn policy_cases(fleet: &Fleet) -> Vec<(&'static str, Vec<u8>, &'static str)> {
     ok(Command::new(picket())
         .args(["keygen", "--out"])
         .arg(fleet.root.join("intruder")));
@@ -505,7 +521,7 @@ fn policies_over_mqtt_are_verified_like_policies_on_disk() {
         .collect();
     let huge = vec![0x42u8; 5 << 20];
 
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    vec![
         ("forged", forged, "refused"),
         ("tampered", tampered, "refused"),
         ("garbage", garbage, "refused"),
@@ -514,15 +530,24 @@ fn policies_over_mqtt_are_verified_like_policies_on_disk() {
         ("good", good.clone(), "applied"),
         ("rolled back", older, "refused"),
         ("the same again", good, "unchanged"),
-    ];
+    ]
+}
+
+/// Publishes each bundle on the policy topic and checks the outcome of the result for it.
+fn send_each_and_check_its_outcome(
+    sub: &Subscriber,
+    agent: &Agent,
+    policy_topic: &str,
+    cases: Vec<(&str, Vec<u8>, &str)>,
+) {
     let mut report = String::new();
     for (i, (what, bundle, expected)) in cases.into_iter().enumerate() {
         let sha = hex(ring::digest::digest(&ring::digest::SHA256, &bundle).as_ref());
-        let results_before = results(&sub).len();
-        let reason = sub.publish(&policy_topic, bundle, false);
+        let results_before = results(sub).len();
+        let reason = sub.publish(policy_topic, bundle, false);
         let start = Instant::now();
         let result = loop {
-            let new = results(&sub)
+            let new = results(sub)
                 .into_iter()
                 .skip(results_before)
                 .find(|r| r.bundle_sha256 == sha);
@@ -556,7 +581,11 @@ fn policies_over_mqtt_are_verified_like_policies_on_disk() {
         assert_eq!(got, expected, "{what}: {outcome:?}\n{report}");
     }
     eprintln!("{report}");
-    // The good one is in force and announced; each refusal is also an alert.
+}
+
+/// A status announces `good` serial 5, the agent logs it in force, and at least one
+/// policy_rejected alert arrives.
+fn check_the_good_one_is_in_force_and_refusals_are_alerts(sub: &Subscriber, agent: &Agent) {
     let online = sub
         .wait_for_message(Duration::from_secs(5), |m| {
             on(m, Channel::Status) && decode::<Status>(m).policy_serial == 5
@@ -581,12 +610,6 @@ fn policies_over_mqtt_are_verified_like_policies_on_disk() {
         thread::sleep(Duration::from_millis(50));
     }
     assert!(rejected() >= 1, "no policy_rejected alert");
-    let log = agent.stop();
-    assert!(!log.contains("panicked"), "{log}");
-    // Persisted: after a restart serial 5 is in force without being sent again.
-    let agent = Agent::start(&fleet.root.join("picket.toml"));
-    agent.wait_log("serial 5", Duration::from_secs(5));
-    agent.stop();
 }
 
 #[test]
@@ -598,23 +621,7 @@ fn a_full_spool_drops_the_oldest_and_says_how_many() {
     let agent = Agent::start(&config);
     let paths = fleet.unknown_execs("full", 600);
     let spool = fleet.root.join("state/spool");
-    let start = Instant::now();
-    while !agent.log().contains("the spool is full") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no drop reported:\n{}",
-            agent.log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    thread::sleep(Duration::from_secs(2));
-    let bytes = dir_size(&spool);
-    assert!(
-        bytes <= 2 * 64 * 1024,
-        "the spool takes {bytes} bytes, over its bound"
-    );
-    let rss = rss_kib(agent.pid());
-    assert!(rss < 64 * 1024, "agent RSS {rss} KiB");
+    wait_until_the_spool_is_full_and_check_its_bounds(&agent, &spool);
 
     // Subscribed before the agent reconnects (see the outage test).
     agent.pause();
@@ -623,41 +630,11 @@ fn a_full_spool_drops_the_oldest_and_says_how_many() {
     agent.resume();
     // What is left arrives: the newest alerts, and the reports of how many were dropped (one a
     // second at most, so the reports do not fill the spool themselves).
-    let alerts = |sub: &Subscriber| -> Vec<Alert> {
-        sub.messages()
-            .iter()
-            .filter(|m| on(m, Channel::Alert))
-            .map(decode)
-            .collect()
-    };
-    let reported = |alerts: &[Alert]| -> u64 {
-        alerts
-            .iter()
-            .filter(|a| a.kind == AlertKind::AlertsDropped)
-            .map(|a| a.details.0["dropped"].as_u64().unwrap())
-            .sum()
-    };
-    let start = Instant::now();
-    let (hb, reported_dropped) = loop {
-        let hb = last_heartbeat(&sub);
-        let reported_dropped = reported(&alerts(&sub));
-        if let Some(hb) =
-            hb.filter(|hb| hb.spool_pending == 0 && hb.alerts.dropped == reported_dropped)
-        {
-            break (hb, reported_dropped);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "spool not drained, or drops not all reported ({reported_dropped} reported): {:?}\n{}",
-            last_heartbeat(&sub),
-            tail(&agent.log(), 20)
-        );
-        thread::sleep(Duration::from_millis(200));
-    };
+    let (hb, reported_dropped) = wait_until_drained_and_drops_reported(&sub, &agent);
     let wanted: BTreeSet<String> = paths.iter().cloned().collect();
     let delivered = alerts_about(&sub, &wanted);
     assert!(reported_dropped > 0, "no alerts_dropped alert arrived");
-    let reports = alerts(&sub)
+    let reports = alerts_received(&sub)
         .iter()
         .filter(|a| a.kind == AlertKind::AlertsDropped)
         .count();
@@ -678,6 +655,68 @@ fn a_full_spool_drops_the_oldest_and_says_how_many() {
         "{hb:?}"
     );
     agent.stop();
+}
+
+/// Waits up to 30 s for the agent to log that the spool is full, then 2 s more; the spool's
+/// directory stays within twice its 64 KiB bound and the agent's RSS under 64 MiB.
+fn wait_until_the_spool_is_full_and_check_its_bounds(agent: &Agent, spool: &Path) {
+    let start = Instant::now();
+    while !agent.log().contains("the spool is full") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no drop reported:\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(2));
+    let bytes = dir_size(spool);
+    assert!(
+        bytes <= 2 * 64 * 1024,
+        "the spool takes {bytes} bytes, over its bound"
+    );
+    let rss = rss_kib(agent.pid());
+    assert!(rss < 64 * 1024, "agent RSS {rss} KiB");
+}
+
+/// Every alert `sub` received.
+fn alerts_received(sub: &Subscriber) -> Vec<Alert> {
+    sub.messages()
+        .iter()
+        .filter(|m| on(m, Channel::Alert))
+        .map(decode)
+        .collect()
+}
+
+/// How many drops the alerts_dropped alerts among `alerts` report in all.
+fn reported_drops(alerts: &[Alert]) -> u64 {
+    alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::AlertsDropped)
+        .map(|a| a.details.0["dropped"].as_u64().unwrap())
+        .sum()
+}
+
+/// Waits up to 60 s for a heartbeat with nothing pending in the spool and as many drops as
+/// the alerts_dropped alerts received report; returns it and that number.
+fn wait_until_drained_and_drops_reported(sub: &Subscriber, agent: &Agent) -> (Heartbeat, u64) {
+    let start = Instant::now();
+    loop {
+        let hb = last_heartbeat(sub);
+        let reported_dropped = reported_drops(&alerts_received(sub));
+        if let Some(hb) =
+            hb.filter(|hb| hb.spool_pending == 0 && hb.alerts.dropped == reported_dropped)
+        {
+            break (hb, reported_dropped);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "spool not drained, or drops not all reported ({reported_dropped} reported): {:?}\n{}",
+            last_heartbeat(sub),
+            tail(&agent.log(), 20)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn dir_size(dir: &Path) -> u64 {
