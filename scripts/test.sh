@@ -54,8 +54,9 @@ log "tests: end to end, the agent against the running kernel (cargo xtask e2e bu
 # responsive.
 cargo xtask e2e $(printf -- '--test %s ' "${e2e_agent[@]}") -- --test-threads=4
 
-log "tests: end to end, the backend against Mosquitto with mutual TLS and PostgreSQL"
-cargo xtask e2e $(printf -- '--test %s ' "${e2e_backend[@]}")
+log "tests: end to end, the backend against Mosquitto with mutual TLS and PostgreSQL (and the"
+log "test support's own unit tests)"
+cargo xtask e2e --lib $(printf -- '--test %s ' "${e2e_backend[@]}")
 
 log "bench: a smoke run of the benchmark harness (figures not meaningful, not asserted)"
 bash bench/run.sh --smoke

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod bin;
 pub mod mosquitto;
 pub mod pki;
+pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod subscriber;

@@ -6,7 +6,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use picket_backend::broker::{acl, mosquitto_conf, Files};
 
 use crate::pki::Pki;
+pub use crate::ports::free_port;
 use crate::TempDir;
 
 /// How long the broker may take to accept connections after it was started.
@@ -211,14 +212,6 @@ impl Drop for Mosquitto {
 
 /// How many lines of the broker's log a failing test prints.
 const BROKER_LOG_TAIL: usize = 25;
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a free loopback port")
-        .port()
-}
 
 /// The managed broker's configuration (`picket_backend::broker::mosquitto_conf`) on `port`,
 /// then what the tests change: no state saved across restarts (each start of a test's broker

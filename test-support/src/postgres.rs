@@ -2,7 +2,6 @@
 //! temporary directory, a server on a free loopback port, stopped when dropped. PostgreSQL
 //! refuses to run as root, so as root it runs as the `postgres` user.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,11 +40,7 @@ impl Postgres {
             )
             .unwrap();
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::ports::free_port();
         let pg = Postgres {
             dir,
             bin,

@@ -1,0 +1,284 @@
+//! The fleet of these tests (PKI, Mosquitto, a subscriber) and the agent that reports to it.
+
+use super::*;
+
+/// One test at a time: every agent sees every exec on the machine, so one test's thousand
+/// execs would fill another's spool and crowd its broker connection.
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
+
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+pub(crate) const DEVICE: &str = "gw-test-01";
+pub(crate) const BACKEND: &str = "picket-backend";
+
+/// Broker, PKI, keys and a directory for one test.
+pub(crate) struct Fleet {
+    pub(crate) _pki: Pki,
+    pub(crate) broker: Mosquitto,
+    pub(crate) root: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) device: Identity,
+    pub(crate) backend: Identity,
+}
+
+impl Fleet {
+    pub(crate) fn new(tag: &str) -> Fleet {
+        let pki = Pki::new();
+        let device = pki.device(DEVICE);
+        let backend = pki.backend(BACKEND);
+        let broker = Mosquitto::start(&pki);
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique(&format!("reporting-{tag}")));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("trust")).unwrap();
+        let root = fs::canonicalize(root).unwrap();
+        ok(Command::new(picket())
+            .args(["keygen", "--out"])
+            .arg(root.join("vendor")));
+        fs::copy(root.join("vendor.pub"), root.join("trust/vendor.pub")).unwrap();
+        // A binary to run under many names: each name is an unknown executable.
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::copy("/bin/true", root.join("bin/true")).unwrap();
+        Fleet {
+            key: root.join("vendor.key"),
+            _pki: pki,
+            broker,
+            root,
+            device,
+            backend,
+        }
+    }
+
+    /// Signs a policy of `serial` for `class` with `key` (the trusted one by default).
+    pub(crate) fn policy(
+        &self,
+        name: &str,
+        serial: u64,
+        class: &str,
+        key: Option<&Path>,
+    ) -> PathBuf {
+        let toml = self.root.join(format!("{name}.toml"));
+        fs::write(
+            &toml,
+            format!(
+                "[metadata]\nname = \"{name}\"\ndevice_class = \"{class}\"\nserial = {serial}\n\
+                 created = \"2026-11-22T10:00:00Z\"\n"
+            ),
+        )
+        .unwrap();
+        let bundle = self.root.join(format!("{name}.bundle"));
+        ok(Command::new(picket())
+            .args(["policy", "sign", "--key"])
+            .arg(key.unwrap_or(&self.key))
+            .arg("--in")
+            .arg(&toml)
+            .arg("--out")
+            .arg(&bundle));
+        bundle
+    }
+
+    /// The agent's configuration: executables checked (everything unlisted alerts), network and
+    /// files off, alerts to a file and over MQTT. `extra` is appended.
+    pub(crate) fn config(&self, extra: &str) -> PathBuf {
+        let bundle = self.policy("base", 1, "lab", None);
+        let q = |p: &Path| serde_json::to_string(p.to_str().unwrap()).unwrap();
+        let mut text = format!(
+            "device_class = \"lab\"\npolicy = {}\ntrust_dir = {}\nstate_dir = {}\n\
+             [modes]\nnetwork = \"off\"\nfiles = \"off\"\n\
+             [output]\nstdout = false\nfile = {}\n\
+             [mqtt]\nbroker = \"localhost:{}\"\nca = {}\ncert = {}\nkey = {}\n\
+             heartbeat_interval = \"1s\"\nreconnect_min = \"1s\"\nreconnect_max = \"2s\"\n\
+             keep_alive = \"10s\"\n",
+            q(&bundle),
+            q(&self.root.join("trust")),
+            q(&self.root.join("state")),
+            q(&self.root.join("alerts.jsonl")),
+            self.broker.port(),
+            q(&self.device.ca),
+            q(&self.device.cert),
+            q(&self.device.key),
+        );
+        text.push_str(extra);
+        let path = self.root.join("picket.toml");
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Execs `n` unknown executables named `<prefix>-<i>`; returns their paths, in order.
+    pub(crate) fn unknown_execs(&self, prefix: &str, n: usize) -> Vec<String> {
+        let dir = self.root.join("bin");
+        let mut paths = Vec::with_capacity(n);
+        for i in 0..n {
+            let path = dir.join(format!("{prefix}-{i}"));
+            if !path.exists() {
+                fs::hard_link(dir.join("true"), &path).unwrap();
+            }
+            let status = Command::new(&path).status().unwrap();
+            assert!(status.success());
+            paths.push(path.to_str().unwrap().to_string());
+        }
+        paths
+    }
+
+    pub(crate) fn subscriber(&self) -> Subscriber {
+        Subscriber::connect(
+            self.broker.port(),
+            &self.backend,
+            &[&format!("picket/v1/{DEVICE}/#")],
+        )
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A running `picket run`, its log collected; killed when dropped.
+pub(crate) struct Agent(pub(crate) picket_test_support::Agent);
+
+impl Agent {
+    pub(crate) fn start(config: &Path) -> Agent {
+        let mut command = Command::new(picket());
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            // The tests cause bursts of a thousand execs (and links) at once; what they test is
+            // delivery, not the sensors' capacity, so the ring buffer has room for a burst.
+            .args(["--ring-buffer-size", "8388608"])
+            .env("RUST_LOG", "info");
+        Agent(picket_test_support::Agent::spawn(
+            command,
+            "sensors attached",
+        ))
+    }
+
+    /// SIGTERM, and the log.
+    pub(crate) fn stop(self) -> String {
+        self.0.terminate(Duration::from_secs(20)).log()
+    }
+
+    /// SIGKILL: no goodbye, no flush beyond what is already durable.
+    pub(crate) fn kill(self) -> String {
+        self.0.kill().log()
+    }
+}
+
+impl Deref for Agent {
+    type Target = picket_test_support::Agent;
+
+    fn deref(&self) -> &picket_test_support::Agent {
+        &self.0
+    }
+}
+
+pub(crate) fn ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(m: &Message) -> T {
+    let (_, envelope) = picket_proto::decode::<T>(&m.payload)
+        .unwrap_or_else(|e| panic!("undecodable message on {}: {e}", m.topic));
+    assert_eq!(envelope.device_id, DEVICE, "device id in the envelope");
+    envelope.body
+}
+
+pub(crate) fn on(m: &Message, channel: Channel) -> bool {
+    m.topic == topic::topic(DEVICE, channel)
+}
+
+/// The alerts received about the executables in `paths`: their executable → every seq received.
+pub(crate) fn alerts_about(
+    sub: &Subscriber,
+    paths: &BTreeSet<String>,
+) -> BTreeMap<String, Vec<u64>> {
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for m in sub.messages().iter().filter(|m| on(m, Channel::Alert)) {
+        let alert: Alert = decode(m);
+        // The unknown-executable alert of each: a checkout under a temporary directory (/tmp)
+        // also gets a suspicious_exec alert for every one, with a number of its own.
+        if alert.kind != AlertKind::UnknownExecutable {
+            continue;
+        }
+        if let Some(path) = alert.path.as_ref().filter(|p| paths.contains(*p)) {
+            seen.entry(path.clone()).or_default().push(alert.seq);
+        }
+    }
+    seen
+}
+
+/// Waits until an alert about each of `paths` arrived.
+pub(crate) fn wait_for_alerts(
+    sub: &Subscriber,
+    paths: &[String],
+    timeout: Duration,
+    agent_log: impl Fn() -> String,
+) -> BTreeMap<String, Vec<u64>> {
+    let wanted: BTreeSet<String> = paths.iter().cloned().collect();
+    let start = Instant::now();
+    loop {
+        let seen = alerts_about(sub, &wanted);
+        if seen.len() == wanted.len() {
+            return seen;
+        }
+        if start.elapsed() > timeout {
+            let missing: Vec<&String> = wanted
+                .iter()
+                .filter(|p| !seen.contains_key(*p))
+                .take(5)
+                .collect();
+            panic!(
+                "{} of {} alerts arrived within {timeout:?}; missing e.g. {missing:?}\nagent log:\n{}",
+                seen.len(),
+                wanted.len(),
+                tail(&agent_log(), 40)
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub(crate) fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Every alert about one of ours has one sequence number (sent twice at most with the same),
+/// and distinct executables have distinct numbers.
+pub(crate) fn assert_once_each(seen: &BTreeMap<String, Vec<u64>>) -> usize {
+    let mut numbers = BTreeSet::new();
+    let mut duplicates = 0;
+    for (path, seqs) in seen {
+        let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            1,
+            "{path} was raised as several alerts: {seqs:?}"
+        );
+        duplicates += seqs.len() - 1;
+        assert!(numbers.insert(seqs[0]), "seq {} used twice", seqs[0]);
+    }
+    duplicates
+}
+
+pub(crate) fn results(sub: &Subscriber) -> Vec<PolicyResult> {
+    sub.messages()
+        .iter()
+        .filter(|m| on(m, Channel::PolicyResult))
+        .map(decode)
+        .collect()
+}
+
+pub(crate) fn last_heartbeat(sub: &Subscriber) -> Option<Heartbeat> {
+    sub.messages()
+        .iter()
+        .rev()
+        .find(|m| on(m, Channel::Heartbeat))
+        .map(decode)
+}
