@@ -13,10 +13,9 @@ use anyhow::{bail, Context as _, Result};
 /// Builds, then runs `cargo test` on the end-to-end tests with `args` (for example
 /// `--test sensors -- --test-threads=4`); returns the tests' exit code.
 pub fn run(args: &[String]) -> Result<i32> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the workspace of xtask")?;
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = workspace_root(&cargo)?;
+    let root = root.as_path();
     let built = Command::new(&cargo)
         .current_dir(root)
         .args(["build", "--locked", "--package", "picket-agent"])
@@ -36,6 +35,26 @@ pub fn run(args: &[String]) -> Result<i32> {
         .status()
         .context("running cargo test")?;
     Ok(tested.code().unwrap_or(1))
+}
+
+/// The workspace's directory, asked of cargo now (not where xtask was built: a checkout may
+/// have moved since).
+fn workspace_root(cargo: &std::ffi::OsStr) -> Result<PathBuf> {
+    let out = Command::new(cargo)
+        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .output()
+        .context("running cargo locate-project")?;
+    if !out.status.success() {
+        bail!(
+            "cargo locate-project: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let manifest = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the workspace manifest has no directory")
 }
 
 /// Where cargo builds: `CARGO_TARGET_DIR` (relative to the current directory, as cargo reads
