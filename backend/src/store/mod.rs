@@ -189,6 +189,93 @@ pub trait Store: Send {
     fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>>;
 }
 
+/// Both stores: the shared statements of [`sql`], written atomically and read as each
+/// database does it ([`sql::Database`]).
+impl<D: sql::Database> Store for D {
+    fn insert_alert(
+        &mut self,
+        device_id: &str,
+        alert: &Alert,
+        format: &str,
+        received_ms: u64,
+    ) -> anyhow::Result<bool> {
+        self.atomic(|db| sql::insert_alert(db, device_id, alert, format, received_ms))
+    }
+
+    fn record_heartbeat(
+        &mut self,
+        device_id: &str,
+        hb: &Heartbeat,
+        received_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| sql::record_heartbeat(db, device_id, hb, received_ms))
+    }
+
+    fn record_status(
+        &mut self,
+        device_id: &str,
+        status: &Status,
+        received_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| sql::record_status(db, device_id, status, received_ms))
+    }
+
+    fn insert_policy_result(
+        &mut self,
+        device_id: &str,
+        result: &PolicyResult,
+        received_ms: u64,
+    ) -> anyhow::Result<bool> {
+        self.atomic(|db| sql::insert_policy_result(db, device_id, result, received_ms))
+    }
+
+    fn count_refused(
+        &mut self,
+        reason: &str,
+        device_id: Option<&str>,
+        topic: &str,
+        error: &str,
+        received_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| sql::count_refused(db, reason, device_id, topic, error, received_ms))
+    }
+
+    fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64> {
+        self.atomic(|db| sql::delete_before(db, before_ms))
+    }
+
+    fn in_transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.batch(f)
+    }
+
+    fn devices(
+        &mut self,
+        now_ms: u64,
+        heartbeat_timeout: Duration,
+    ) -> anyhow::Result<Vec<DeviceRow>> {
+        self.read(|db| sql::devices(db, now_ms, heartbeat_timeout))
+    }
+
+    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
+        self.read(|db| sql::alerts(db, filter))
+    }
+
+    fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
+        self.read(|db| sql::gaps(db, device))
+    }
+
+    fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>> {
+        self.read(sql::refused)
+    }
+
+    fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
+        self.read(|db| sql::policy_results(db, device))
+    }
+}
+
 /// The counters of a heartbeat, as the registry keeps them.
 pub(crate) fn heartbeat_counters(hb: &Heartbeat) -> Value {
     serde_json::json!({

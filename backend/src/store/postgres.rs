@@ -2,15 +2,12 @@
 //! several backend instances. Connection without TLS (a Unix socket or a trusted network).
 //! Its statements are those of [`super::sql`], with PostgreSQL's placeholders.
 
-use std::time::Duration;
-
 use anyhow::Context;
-use picket_proto::{Alert, Heartbeat, PolicyResult, Status};
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row};
 
-use super::sql::{self, Arg, Columns, Db};
-use super::{AlertFilter, AlertRow, DeviceRow, Gap, PolicyResultRow, RefusedRow, Store};
+use super::sql::{dollar, Arg, Columns, Database, Db};
+use super::Store;
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -134,18 +131,6 @@ impl PgStore {
             .as_mut()
             .expect("the client is only taken when dropped")
     }
-
-    /// Runs `f` in a transaction: the open one of [`Store::in_transaction`], or one of its
-    /// own, committed when `f` succeeds.
-    fn atomic<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        if self.in_batch {
-            return f(&mut Pg(self.client()));
-        }
-        let mut tx = self.client().transaction()?;
-        let value = f(&mut Pg(&mut tx))?;
-        tx.commit()?;
-        Ok(value)
-    }
 }
 
 /// A client or transaction running the statements of [`sql`].
@@ -174,7 +159,7 @@ impl Columns for Row {
 
 impl<C: GenericClient> Db for Pg<'_, C> {
     fn execute(&mut self, sql: &str, args: &[Arg]) -> anyhow::Result<u64> {
-        Ok(self.0.execute(&sql::dollar(sql), &bind(args))?)
+        Ok(self.0.execute(&dollar(sql), &bind(args))?)
     }
 
     fn query(
@@ -183,67 +168,31 @@ impl<C: GenericClient> Db for Pg<'_, C> {
         args: &[Arg],
         row: &mut dyn FnMut(&dyn Columns) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        for r in self.0.query(&sql::dollar(sql), &bind(args))? {
+        for r in self.0.query(&dollar(sql), &bind(args))? {
             row(&r)?;
         }
         Ok(())
     }
 }
 
-impl Store for PgStore {
-    fn insert_alert(
-        &mut self,
-        device_id: &str,
-        alert: &Alert,
-        format: &str,
-        received_ms: u64,
-    ) -> anyhow::Result<bool> {
-        self.atomic(|db| sql::insert_alert(db, device_id, alert, format, received_ms))
+impl Database for PgStore {
+    /// Runs `f` in a transaction: the open one of [`Store::in_transaction`], or one of its
+    /// own, committed when `f` succeeds.
+    fn atomic<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if self.in_batch {
+            return f(&mut Pg(self.client()));
+        }
+        let mut tx = self.client().transaction()?;
+        let value = f(&mut Pg(&mut tx))?;
+        tx.commit()?;
+        Ok(value)
     }
 
-    fn record_heartbeat(
-        &mut self,
-        device_id: &str,
-        hb: &Heartbeat,
-        received_ms: u64,
-    ) -> anyhow::Result<()> {
-        self.atomic(|db| sql::record_heartbeat(db, device_id, hb, received_ms))
+    fn read<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        f(&mut Pg(self.client()))
     }
 
-    fn record_status(
-        &mut self,
-        device_id: &str,
-        status: &Status,
-        received_ms: u64,
-    ) -> anyhow::Result<()> {
-        self.atomic(|db| sql::record_status(db, device_id, status, received_ms))
-    }
-
-    fn insert_policy_result(
-        &mut self,
-        device_id: &str,
-        result: &PolicyResult,
-        received_ms: u64,
-    ) -> anyhow::Result<bool> {
-        self.atomic(|db| sql::insert_policy_result(db, device_id, result, received_ms))
-    }
-
-    fn count_refused(
-        &mut self,
-        reason: &str,
-        device_id: Option<&str>,
-        topic: &str,
-        error: &str,
-        received_ms: u64,
-    ) -> anyhow::Result<()> {
-        self.atomic(|db| sql::count_refused(db, reason, device_id, topic, error, received_ms))
-    }
-
-    fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64> {
-        self.atomic(|db| sql::delete_before(db, before_ms))
-    }
-
-    fn in_transaction(
+    fn batch(
         &mut self,
         f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
@@ -261,29 +210,5 @@ impl Store for PgStore {
                 Err(e)
             }
         }
-    }
-
-    fn devices(
-        &mut self,
-        now_ms: u64,
-        heartbeat_timeout: Duration,
-    ) -> anyhow::Result<Vec<DeviceRow>> {
-        sql::devices(&mut Pg(self.client()), now_ms, heartbeat_timeout)
-    }
-
-    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
-        sql::alerts(&mut Pg(self.client()), filter)
-    }
-
-    fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
-        sql::gaps(&mut Pg(self.client()), device)
-    }
-
-    fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>> {
-        sql::refused(&mut Pg(self.client()))
-    }
-
-    fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
-        sql::policy_results(&mut Pg(self.client()), device)
     }
 }

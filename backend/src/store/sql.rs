@@ -12,6 +12,21 @@ use super::{
     PolicyResultRow, RefusedRow,
 };
 
+/// What each store says of itself: how a write is made atomic, how a read reaches the
+/// connection, how a batch becomes one transaction. [`super::Store`] is implemented once, on
+/// these, for both.
+pub(crate) trait Database: Send {
+    /// Runs `f` so that its writes are kept whole or not at all.
+    fn atomic<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T>;
+    /// Runs the queries of `f`.
+    fn read<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T>;
+    /// [`super::Store::in_transaction`].
+    fn batch(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn super::Store) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()>;
+}
+
 /// A value bound to a statement: text or a 64-bit integer, either possibly NULL.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Arg<'a> {

@@ -5,11 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use picket_proto::{Alert, Heartbeat, PolicyResult, Status};
 use rusqlite::{Connection, OpenFlags};
 
-use super::sql::{self, Arg, Columns, Db};
-use super::{AlertFilter, AlertRow, DeviceRow, Gap, PolicyResultRow, RefusedRow, Store};
+use super::sql::{Arg, Columns, Database, Db};
+use super::Store;
 
 /// The schema this code reads and writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -153,17 +152,6 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
-    /// Runs `f` in a savepoint (which nests in [`Store::in_transaction`]'s transaction),
-    /// released when it succeeds.
-    fn atomic<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let tx = self.conn.savepoint()?;
-        let value = f(&mut Sqlite(&tx))?;
-        tx.commit()?;
-        Ok(value)
-    }
-}
-
 /// A connection running the statements of [`sql`].
 struct Sqlite<'a>(&'a Connection);
 
@@ -206,60 +194,21 @@ impl Db for Sqlite<'_> {
     }
 }
 
-impl Store for SqliteStore {
-    fn insert_alert(
-        &mut self,
-        device_id: &str,
-        alert: &Alert,
-        format: &str,
-        received_ms: u64,
-    ) -> anyhow::Result<bool> {
-        self.atomic(|db| sql::insert_alert(db, device_id, alert, format, received_ms))
+impl Database for SqliteStore {
+    /// Runs `f` in a savepoint (which nests in [`Store::in_transaction`]'s transaction),
+    /// released when it succeeds.
+    fn atomic<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let tx = self.conn.savepoint()?;
+        let value = f(&mut Sqlite(&tx))?;
+        tx.commit()?;
+        Ok(value)
     }
 
-    fn record_heartbeat(
-        &mut self,
-        device_id: &str,
-        hb: &Heartbeat,
-        received_ms: u64,
-    ) -> anyhow::Result<()> {
-        self.atomic(|db| sql::record_heartbeat(db, device_id, hb, received_ms))
+    fn read<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        f(&mut Sqlite(&self.conn))
     }
 
-    fn record_status(
-        &mut self,
-        device_id: &str,
-        status: &Status,
-        received_ms: u64,
-    ) -> anyhow::Result<()> {
-        self.atomic(|db| sql::record_status(db, device_id, status, received_ms))
-    }
-
-    fn insert_policy_result(
-        &mut self,
-        device_id: &str,
-        result: &PolicyResult,
-        received_ms: u64,
-    ) -> anyhow::Result<bool> {
-        self.atomic(|db| sql::insert_policy_result(db, device_id, result, received_ms))
-    }
-
-    fn count_refused(
-        &mut self,
-        reason: &str,
-        device_id: Option<&str>,
-        topic: &str,
-        error: &str,
-        received_ms: u64,
-    ) -> anyhow::Result<()> {
-        self.atomic(|db| sql::count_refused(db, reason, device_id, topic, error, received_ms))
-    }
-
-    fn delete_before(&mut self, before_ms: u64) -> anyhow::Result<u64> {
-        self.atomic(|db| sql::delete_before(db, before_ms))
-    }
-
-    fn in_transaction(
+    fn batch(
         &mut self,
         f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
@@ -281,29 +230,5 @@ impl Store for SqliteStore {
                 Err(e)
             }
         }
-    }
-
-    fn devices(
-        &mut self,
-        now_ms: u64,
-        heartbeat_timeout: Duration,
-    ) -> anyhow::Result<Vec<DeviceRow>> {
-        sql::devices(&mut Sqlite(&self.conn), now_ms, heartbeat_timeout)
-    }
-
-    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
-        sql::alerts(&mut Sqlite(&self.conn), filter)
-    }
-
-    fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
-        sql::gaps(&mut Sqlite(&self.conn), device)
-    }
-
-    fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>> {
-        sql::refused(&mut Sqlite(&self.conn))
-    }
-
-    fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
-        sql::policy_results(&mut Sqlite(&self.conn), device)
     }
 }
