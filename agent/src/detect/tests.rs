@@ -121,6 +121,8 @@ fn exec_detail(fields: &Value) -> Detail {
         fileless: flag(fields, "fileless"),
         deleted: flag(fields, "deleted"),
         execveat: false,
+        file: None,
+        hash_error: fields["hash_error"].as_str().map(str::to_string),
     }
 }
 

@@ -116,6 +116,18 @@ impl Context {
     }
 }
 
+/// What identifies the file an exec ran, and how it was learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecFile {
+    pub dev: u64,
+    pub ino: u64,
+    /// Change marker: the inode's ctime, nanoseconds since the Unix epoch.
+    pub ctime_ns: i64,
+    /// `exec`: taken from the file the kernel opened for the exec (race-free); `proc`: read
+    /// back from `/proc/PID/exe` while the process still ran.
+    pub source: &'static str,
+}
+
 /// What happened.
 #[derive(Debug)]
 pub enum Detail {
@@ -127,6 +139,11 @@ pub enum Detail {
         fileless: bool,
         deleted: bool,
         execveat: bool,
+        /// The executed file's identity, when it could be established.
+        file: Option<ExecFile>,
+        /// Why the executed file has no SHA-256 (the process context's `sha256` is then
+        /// `None`): it could not be verified, which is not a modification.
+        hash_error: Option<String>,
     },
     Fork {
         child_pid: u32,
@@ -269,6 +286,8 @@ impl Detail {
                 fileless,
                 deleted,
                 execveat,
+                file,
+                hash_error,
             } => {
                 put_path(out, "filename", "filename_hex", filename)?;
                 out.put("argv_truncated", argv_truncated)?;
@@ -280,6 +299,17 @@ impl Detail {
                 }
                 out.put("fileless", fileless)?;
                 out.put("deleted", deleted)?;
+                if let Some(f) = file {
+                    out.put(
+                        "file",
+                        &serde_json::json!({
+                            "dev": f.dev, "ino": f.ino, "ctime_ns": f.ctime_ns, "source": f.source
+                        }),
+                    )?;
+                }
+                if let Some(e) = hash_error {
+                    out.put("hash_error", e)?;
+                }
                 out.put("execveat", execveat)
             }
             Detail::Fork { child_pid } => out.put("child_pid", child_pid),

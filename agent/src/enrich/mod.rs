@@ -18,7 +18,9 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-pub use event::{file_op_name, net_op_name, Category, Context, Detail, Event, Fields, Record};
+pub use event::{
+    file_op_name, net_op_name, Category, Context, Detail, Event, ExecFile, Fields, Record,
+};
 
 use std::{
     collections::HashMap,
@@ -155,7 +157,10 @@ impl Enricher {
         } else {
             exe.as_path()
         };
-        let digest = self.hashes.digest(hash_from).ok();
+        let (digest, hash_error) = match self.hashes.digest(hash_from) {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let interpreter = if interpreted_live {
             running
         } else {
@@ -181,6 +186,8 @@ impl Enricher {
                     fileless,
                     deleted,
                     execveat: e.execveat.is_some(),
+                    file: None,
+                    hash_error,
                 },
             },
         )

@@ -67,6 +67,8 @@ fn prints_an_exec_with_its_process_context() {
             fileless: false,
             deleted: false,
             execveat: false,
+            file: None,
+            hash_error: None,
         },
     };
     let sha = "ab".repeat(32);
