@@ -166,6 +166,9 @@ pub enum AlertKind {
     PolicyRejected,
     /// The spool was full: this many older, less severe alerts were dropped undelivered.
     AlertsDropped,
+    /// A baselined executable ran but the file that ran could not be hashed (details say why):
+    /// it could not be verified, which is not evidence of a modification.
+    UnverifiedExecutable,
 }
 
 impl AlertKind {
@@ -183,6 +186,7 @@ impl AlertKind {
             AlertKind::SensorDataLoss => "sensor_data_loss",
             AlertKind::PolicyRejected => "policy_rejected",
             AlertKind::AlertsDropped => "alerts_dropped",
+            AlertKind::UnverifiedExecutable => "unverified_executable",
         }
     }
 }
