@@ -17,7 +17,7 @@ use std::{
 
 use picket_common::{FileOp, NetOp};
 use picket_policy::{
-    model::{Mode, Modes, Protocol},
+    model::{Glob, Mode, Modes, Protocol},
     Policy,
 };
 use serde_json::{json, Value};
@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use crate::{
     alert::{Draft, Kind, Severity},
     enrich::{file_op_name, net_op_name, Detail, Event, Record},
+    paths::canon,
 };
 
 /// Directories from which a legitimate device runs nothing: writable by ordinary users or
@@ -38,47 +39,153 @@ const TEMPORARY: [&str; 6] = [
     "/run/user/",
 ];
 
+/// The reason given for an executable without a SHA-256 when the event does not say why.
+const NO_HASH: &str = "no hash";
+
+/// What an exec event says of the executed file besides its path and hash.
+#[derive(Clone, Copy)]
+struct ExecFlags<'a> {
+    fileless: bool,
+    deleted: bool,
+    /// Why the file has no SHA-256, when it has none.
+    hash_error: Option<&'a str>,
+}
+
 /// A policy made ready for per-event checks.
 pub struct Detector {
     policy: Policy,
     /// The policy's modes with the local configuration's overrides.
     modes: Modes,
+    /// Paths of the policy in canonical form ([`crate::paths::canon`]), as are the events'
+    /// paths they are compared with.
     executables: HashMap<String, [u8; 32]>,
     protected: HashSet<String>,
     attributes: HashSet<String>,
-    /// The agent's own files, normalised: any change to them is tampering.
+    executable_globs: Vec<CanonGlob>,
+    protected_globs: Vec<CanonGlob>,
+    /// The agent's own files, normalised, each also in canonical form when that differs: any
+    /// change to them is tampering.
     own: Vec<PathBuf>,
+}
+
+/// A policy glob, with its literal directory prefix in canonical form when that differs.
+struct CanonGlob {
+    glob: Glob,
+    canonical: Option<Glob>,
+}
+
+impl CanonGlob {
+    fn new(glob: &Glob) -> Self {
+        let canonical = canonical_glob(glob.as_str())
+            .and_then(|text| text.parse::<Glob>().ok())
+            .filter(|c| c.as_str() != glob.as_str());
+        Self {
+            glob: glob.clone(),
+            canonical,
+        }
+    }
+
+    /// Whether the path spelled `raw`, `canonical` in canonical form, matches: the policy's
+    /// spelling against the event's, or both canonical.
+    fn matches(&self, raw: &str, canonical: &str) -> bool {
+        self.glob.matches(raw)
+            || self
+                .canonical
+                .as_ref()
+                .unwrap_or(&self.glob)
+                .matches(canonical)
+    }
+}
+
+/// `pattern` with the directories before its first component holding a glob metacharacter
+/// resolved ([`canon::canonical_dir`]); a pattern without any is a path, made canonical.
+/// `None` when the text would not change.
+fn canonical_glob(pattern: &str) -> Option<String> {
+    let is_meta = |c: &str| c.contains(['*', '?', '[']);
+    let components: Vec<&str> = pattern.split('/').collect();
+    let Some(first) = components.iter().position(|c| is_meta(c)) else {
+        return canonical_text(pattern).map(Cow::into_owned);
+    };
+    let prefix = components[..first].join("/");
+    if prefix.is_empty() {
+        return None;
+    }
+    let dir = canon::canonical_dir(Path::new(&prefix));
+    let dir = dir.to_str()?;
+    if dir == prefix {
+        return None;
+    }
+    let escaped = glob::Pattern::escape(dir);
+    Some(format!("{escaped}/{}", components[first..].join("/")))
+}
+
+/// The canonical form of the absolute path `path`, as text; `None` when that is `path` itself
+/// (or not UTF-8, which a policy path cannot be).
+fn canonical_text(path: &str) -> Option<Cow<'static, str>> {
+    match canon::canonical(Path::new(path)) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(c) => c.into_os_string().into_string().ok().map(Cow::Owned),
+    }
+}
+
+/// `path` in canonical form, as policy keys are.
+fn key(path: &str) -> String {
+    canonical_text(path).map_or_else(|| path.to_string(), Cow::into_owned)
 }
 
 impl Detector {
     /// Prepares `policy` under `modes`; `own` lists the agent's binary, configuration, trust
-    /// and state paths.
+    /// and state paths. Every path of the policy is looked up by its canonical form.
     pub fn new(policy: Policy, modes: Modes, own: Vec<PathBuf>) -> Self {
         let executables = policy
             .executables
             .iter()
-            .map(|e| (e.path.as_str().to_string(), e.sha256.0))
+            .map(|e| (key(e.path.as_str()), e.sha256.0))
             .collect();
         let protected = policy
             .files
             .protected
             .iter()
-            .map(|f| f.path.as_str().to_string())
+            .map(|f| key(f.path.as_str()))
             .collect();
         let attributes = policy
             .files
             .attributes
             .iter()
-            .map(|f| f.path.as_str().to_string())
+            .map(|f| key(f.path.as_str()))
             .collect();
-        let own = own.iter().map(|p| crate::paths::normalize(p)).collect();
+        let executable_globs = policy
+            .executable_globs
+            .iter()
+            .map(|g| CanonGlob::new(&g.glob))
+            .collect();
+        let protected_globs = policy
+            .files
+            .protected_glob
+            .iter()
+            .map(|g| CanonGlob::new(&g.glob))
+            .collect();
+        let mut own_paths = Vec::new();
+        for p in own {
+            let p = crate::paths::normalize(&p);
+            // A directory of the agent's (its state) may itself be reached through a link.
+            let canonical = std::fs::canonicalize(&p)
+                .ok()
+                .unwrap_or_else(|| canon::canonical(&p).into_owned());
+            if canonical != p {
+                own_paths.push(canonical);
+            }
+            own_paths.push(p);
+        }
         Self {
             policy,
             modes,
             executables,
             protected,
             attributes,
-            own,
+            executable_globs,
+            protected_globs,
+            own: own_paths,
         }
     }
 
@@ -99,8 +206,18 @@ impl Detector {
         };
         match &r.detail {
             Detail::Exec {
-                fileless, deleted, ..
-            } => self.exec(event, r, *fileless, *deleted, &mut out),
+                fileless,
+                deleted,
+                hash_error,
+                ..
+            } => {
+                let flags = ExecFlags {
+                    fileless: *fileless,
+                    deleted: *deleted,
+                    hash_error: hash_error.as_deref(),
+                };
+                self.exec(event, r, flags, &mut out)
+            }
             Detail::Net {
                 op, local, remote, ..
             } => self.net(event, r, *op, local.1, *remote, &mut out),
@@ -121,7 +238,12 @@ impl Detector {
         out
     }
 
-    fn exec(&self, event: &Event, r: &Record, fileless: bool, deleted: bool, out: &mut Vec<Draft>) {
+    fn exec(&self, event: &Event, r: &Record, flags: ExecFlags<'_>, out: &mut Vec<Draft>) {
+        let ExecFlags {
+            fileless,
+            deleted,
+            hash_error,
+        } = flags;
         let Some(ctx) = &r.process else {
             return;
         };
@@ -153,47 +275,77 @@ impl Detector {
         }
         let actual = ctx.image.sha256;
         let actual_hex = || actual.as_ref().map(|d| crate::paths::hex(d));
+        // The policy is keyed by canonical paths: `/bin/x` is looked up as `/usr/bin/x`.
+        let canonical = canonical_text(exe);
+        let canonical = canonical.as_deref().unwrap_or(exe);
+        let in_globs = |path: &str| {
+            self.executable_globs
+                .iter()
+                .any(|g| g.matches(path, &key(path)))
+        };
         // A name the baseline does not list may be a link to one it does (`/usr/bin/awk` to
-        // `/usr/bin/mawk`, `/bin` to `/usr/bin`): the baseline records files where they live.
-        // Only looked up on a miss; the hash still decides, whatever the link points to now.
-        let resolved = (!self.executables.contains_key(exe)
+        // `/usr/bin/mawk`): the baseline records files where they live. Only looked up on a
+        // miss; the hash still decides, whatever the link points to now.
+        let resolved = (!self.executables.contains_key(canonical)
             && !self
-                .policy
                 .executable_globs
                 .iter()
-                .any(|g| g.glob.matches(exe)))
+                .any(|g| g.matches(exe, canonical)))
         .then(|| std::fs::canonicalize(exe).ok())
         .flatten()
         .and_then(|p| p.to_str().map(str::to_string))
-        .filter(|p| p != exe);
+        .filter(|p| p != canonical);
         let listed = self
             .executables
-            .get(exe)
+            .get(canonical)
             .or_else(|| resolved.as_deref().and_then(|r| self.executables.get(r)));
         match listed {
-            Some(expected) => {
-                if actual.as_ref() != Some(expected) {
-                    out.push(draft(
-                        Kind::ModifiedExecutable,
-                        Severity::Critical,
-                        "executables",
-                        exe,
-                        json!({ "expected": crate::paths::hex(expected), "actual": actual_hex() }),
-                        event,
-                    ));
-                }
-            }
+            // A hash that could not be established is never a modification: the file could
+            // not be verified, which is said as such, with the reason.
+            Some(expected) => match &actual {
+                Some(actual) if actual != expected => out.push(draft(
+                    Kind::ModifiedExecutable,
+                    Severity::Critical,
+                    "executables",
+                    exe,
+                    json!({
+                        "expected": crate::paths::hex(expected),
+                        "actual": crate::paths::hex(actual),
+                    }),
+                    event,
+                )),
+                Some(_) => {}
+                None => out.push(draft(
+                    Kind::UnverifiedExecutable,
+                    Severity::Medium,
+                    "executables",
+                    exe,
+                    json!({
+                        "expected": crate::paths::hex(expected),
+                        "reason": hash_error.unwrap_or(NO_HASH),
+                    }),
+                    event,
+                )),
+            },
             None => {
-                let glob = self.policy.executable_globs.iter().find(|g| {
-                    g.glob.matches(exe) || resolved.as_deref().is_some_and(|r| g.glob.matches(r))
-                });
-                if glob.is_none() {
+                let globbed = self
+                    .executable_globs
+                    .iter()
+                    .any(|g| g.matches(exe, canonical))
+                    || resolved.as_deref().is_some_and(in_globs);
+                if !globbed {
                     out.push(draft(
                         Kind::UnknownExecutable,
                         Severity::High,
                         "executables",
                         exe,
-                        json!({ "sha256": actual_hex() }),
+                        match actual_hex() {
+                            Some(sha) => json!({ "sha256": sha }),
+                            None => json!({
+                                "sha256": null,
+                                "hash_error": hash_error.unwrap_or(NO_HASH),
+                            }),
+                        },
                         event,
                     ));
                 }
@@ -281,7 +433,13 @@ impl Detector {
 
     fn file(&self, event: &Event, op: FileOp, path: &Path, out: &mut Vec<Draft>) {
         let op_name = file_op_name(op);
-        if self.own.iter().any(|own| under(path, own)) {
+        // Compared in canonical form, as the policy's paths are; reported as the event says.
+        let canonical = canon::canonical(path);
+        if self
+            .own
+            .iter()
+            .any(|own| under(path, own) || under(&canonical, own))
+        {
             out.push(draft(
                 Kind::AgentTamper,
                 Severity::Critical,
@@ -297,15 +455,14 @@ impl Detector {
         }
         // As printed: lossy text for a name that is not UTF-8.
         let text: Cow<'_, str> = path.to_string_lossy();
-        let protected = self.protected.contains(text.as_ref())
+        let canonical_text = canonical.to_string_lossy();
+        let protected = self.protected.contains(canonical_text.as_ref())
             || self
-                .policy
-                .files
-                .protected_glob
+                .protected_globs
                 .iter()
-                .any(|g| g.glob.matches(&text));
-        let attributes_changed =
-            matches!(op, FileOp::Chmod | FileOp::Chown) && self.attributes.contains(text.as_ref());
+                .any(|g| g.matches(&text, &canonical_text));
+        let attributes_changed = matches!(op, FileOp::Chmod | FileOp::Chown)
+            && self.attributes.contains(canonical_text.as_ref());
         if protected || attributes_changed {
             out.push(draft(
                 Kind::ProtectedFileChanged,

@@ -123,6 +123,7 @@ fn exec_detail(fields: &Value) -> Detail {
         execveat: false,
         file: None,
         hash_error: fields["hash_error"].as_str().map(str::to_string),
+        name_used: None,
     }
 }
 
@@ -207,7 +208,10 @@ fn alerts_carry_the_process_context_as_printed() {
     ] {
         assert_eq!(e.fields[key], value, "{key}");
     }
-    assert_eq!(drafts[1].details, json!({ "sha256": null }));
+    assert_eq!(
+        drafts[1].details,
+        json!({ "sha256": null, "hash_error": "no hash" })
+    );
 }
 
 #[test]
@@ -372,4 +376,60 @@ fn files() {
     // A rename over a protected file names it as the new path.
     let over = json!({"event":"file","op":"rename","path":"/tmp/x","new_path":"/etc/app.conf"});
     assert_eq!(kinds(&d, over), vec![Kind::ProtectedFileChanged]);
+}
+
+#[test]
+fn a_listed_executable_without_a_hash_is_unverified_not_modified() {
+    let d = detector();
+    let exec = |fields: Value| d.check(&event(fields));
+    let a = "a".repeat(64);
+    let drafts = exec(json!({"event":"exec","exe":"/usr/bin/app","hash_error":"process exited"}));
+    assert_eq!(drafts.len(), 1, "{drafts:?}");
+    assert_eq!(drafts[0].kind, Kind::UnverifiedExecutable);
+    assert_eq!(drafts[0].severity, Severity::Medium);
+    assert_eq!(
+        drafts[0].details,
+        json!({ "expected": a, "reason": "process exited" })
+    );
+    // No reason given: a fixed one.
+    let drafts = exec(json!({"event":"exec","exe":"/usr/bin/app"}));
+    assert_eq!(drafts[0].kind, Kind::UnverifiedExecutable);
+    assert_eq!(drafts[0].details["reason"], "no hash");
+    // The right hash: nothing at all.
+    assert!(exec(json!({"event":"exec","exe":"/usr/bin/app","sha256":a})).is_empty());
+}
+
+#[test]
+fn a_modified_executable_names_both_hashes() {
+    let d = detector();
+    let b = "b".repeat(64);
+    let drafts = d.check(&event(
+        json!({"event":"exec","exe":"/usr/bin/app","sha256":b}),
+    ));
+    assert_eq!(drafts.len(), 1, "{drafts:?}");
+    assert_eq!(drafts[0].kind, Kind::ModifiedExecutable);
+    assert_eq!(drafts[0].severity, Severity::Critical);
+    assert_eq!(
+        drafts[0].details,
+        json!({ "expected": "a".repeat(64), "actual": b })
+    );
+}
+
+#[test]
+fn an_unlisted_executable_without_a_hash_says_why() {
+    let d = detector();
+    let drafts = d.check(&event(
+        json!({"event":"exec","exe":"/usr/bin/other","hash_error":"permission denied"}),
+    ));
+    assert_eq!(drafts.len(), 1, "{drafts:?}");
+    assert_eq!(drafts[0].kind, Kind::UnknownExecutable);
+    assert_eq!(
+        drafts[0].details,
+        json!({ "sha256": null, "hash_error": "permission denied" })
+    );
+    // With a hash, no hash_error.
+    let drafts = d.check(&event(
+        json!({"event":"exec","exe":"/usr/bin/other","sha256":"c".repeat(64)}),
+    ));
+    assert_eq!(drafts[0].details, json!({ "sha256": "c".repeat(64) }));
 }

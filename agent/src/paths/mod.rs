@@ -1,7 +1,10 @@
 //! Paths as raw bytes: making them absolute, normalising them, and rendering them for output.
 //!
 //! Linux paths are bytes, not text. They stay `OsString`/`PathBuf` until they are printed; a path
-//! that is not UTF-8 is printed lossily *and* as exact hex, so nothing is lost.
+//! that is not UTF-8 is printed lossily *and* as exact hex, so nothing is lost. Comparing two
+//! spellings of one file (through directory symbolic links) is [`canon`]'s.
+
+pub mod canon;
 
 use std::{
     ffi::{OsStr, OsString},
