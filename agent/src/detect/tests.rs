@@ -433,3 +433,141 @@ fn an_unlisted_executable_without_a_hash_says_why() {
     ));
     assert_eq!(drafts[0].details, json!({ "sha256": "c".repeat(64) }));
 }
+
+/// A policy protecting `protected` (a file) and the glob `glob`, nothing else.
+fn file_policy(protected: &Path, glob: &str) -> Detector {
+    let policy = picket_policy::load_toml(
+        &format!(
+            "[metadata]\nname = \"t\"\ndevice_class = \"c\"\nserial = 1\n\
+             created = \"2026-11-22T10:00:00Z\"\n\n[[files.protected]]\npath = \"{}\"\n\
+             sha256 = \"{}\"\n\n[[files.protected_glob]]\nglob = \"{glob}\"\n",
+            protected.display(),
+            "a".repeat(64)
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    Detector::new(policy, Modes::default(), vec![])
+}
+
+#[test]
+fn one_spelling_in_the_policy_covers_every_spelling_through_directory_links() {
+    let dir = std::env::temp_dir()
+        .canonicalize()
+        .unwrap()
+        .join(format!("picket-detect-canon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("real/conf.d")).unwrap();
+    std::fs::write(dir.join("real/f"), "f").unwrap();
+    std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+    let open = |d: &Detector, path: &Path| {
+        kinds(
+            d,
+            json!({"event":"file","op":"open","path":path.to_str().unwrap()}),
+        )
+    };
+    let changed = vec![Kind::ProtectedFileChanged];
+    // The policy names the link's spelling; the event, the real one; and the reverse.
+    let by_link = file_policy(
+        &dir.join("link/f"),
+        &format!("{}/link/conf.d/*", dir.display()),
+    );
+    let by_real = file_policy(
+        &dir.join("real/f"),
+        &format!("{}/real/conf.d/*", dir.display()),
+    );
+    for d in [&by_link, &by_real] {
+        for spelling in ["real", "link"] {
+            let base = dir.join(spelling);
+            assert_eq!(open(d, &base.join("f")), changed, "{spelling}/f");
+            assert_eq!(
+                open(d, &base.join("conf.d/x.conf")),
+                changed,
+                "{spelling}/conf.d/x.conf"
+            );
+            // Siblings are not protected, whatever the spelling.
+            assert!(open(d, &base.join("g")).is_empty(), "{spelling}/g");
+            assert!(
+                open(d, &base.join("conf.d")).is_empty(),
+                "{spelling}/conf.d"
+            );
+        }
+        assert!(open(d, &dir.join("other/f")).is_empty());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_executable_is_found_under_any_spelling_of_its_directory() {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .canonicalize()
+        .unwrap();
+    let base = if TEMPORARY.iter().any(|t| target.starts_with(t)) {
+        Path::new("/var/lib").to_path_buf()
+    } else {
+        target
+    };
+    let dir = base.join(format!("picket-detect-spelling-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    std::fs::write(dir.join("real/tool"), b"#!/bin/sh\n").unwrap();
+    std::os::unix::fs::symlink(dir.join("real"), dir.join("bin")).unwrap();
+    // Listed under the link's spelling; run under the real one.
+    let policy = picket_policy::load_toml(
+        &format!(
+            "[metadata]\nname = \"t\"\ndevice_class = \"c\"\nserial = 1\n\
+             created = \"2026-11-22T10:00:00Z\"\n\n[[executable]]\npath = \"{}\"\n\
+             sha256 = \"{}\"\n",
+            dir.join("bin/tool").display(),
+            "a".repeat(64)
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let d = Detector::new(policy, Modes::default(), vec![]);
+    let exec = |path: &Path, sha: &str| {
+        kinds(
+            &d,
+            json!({"event":"exec","exe":path.to_str().unwrap(),"sha256":sha}),
+        )
+    };
+    let a = "a".repeat(64);
+    assert!(exec(&dir.join("real/tool"), &a).is_empty());
+    assert!(exec(&dir.join("bin/tool"), &a).is_empty());
+    assert_eq!(
+        exec(&dir.join("real/tool"), &"b".repeat(64)),
+        vec![Kind::ModifiedExecutable]
+    );
+    assert_eq!(
+        exec(&dir.join("real/other"), &a),
+        vec![Kind::UnknownExecutable]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_agents_own_files_are_its_own_under_any_spelling() {
+    let dir = std::env::temp_dir()
+        .canonicalize()
+        .unwrap()
+        .join(format!("picket-detect-own-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("real/state")).unwrap();
+    std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+    let d = Detector::new(
+        detector().policy().clone(),
+        Modes::default(),
+        vec![dir.join("link/state")],
+    );
+    let open = |path: &Path| {
+        kinds(
+            &d,
+            json!({"event":"file","op":"open","path":path.to_str().unwrap()}),
+        )
+    };
+    assert_eq!(open(&dir.join("real/state/x")), vec![Kind::AgentTamper]);
+    assert_eq!(open(&dir.join("link/state/x")), vec![Kind::AgentTamper]);
+    assert!(open(&dir.join("real/stateful")).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
