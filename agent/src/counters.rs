@@ -14,6 +14,8 @@ pub struct Counters {
     pub spooled: AtomicU64,
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
+    /// Execs whose executed file could not be verified: no SHA-256 was established for it.
+    pub exec_unverified: AtomicU64,
 }
 
 impl Counters {

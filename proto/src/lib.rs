@@ -310,6 +310,69 @@ pub struct Heartbeat {
     /// Alerts waiting in the spool for the broker's acknowledgement.
     pub spool_pending: u64,
     pub spool_bytes: u64,
+    /// Execs since the agent started whose executed file could not be verified (no SHA-256
+    /// established). `None` from an agent that does not count them: an older one, whose
+    /// heartbeat ends before this field (see [`decode_heartbeat`]).
+    #[serde(default)]
+    pub exec_unverified: Option<u64>,
+}
+
+/// A heartbeat as agents before [`Heartbeat::exec_unverified`] encode it: the same fields
+/// without the last one.
+#[derive(Deserialize)]
+struct HeartbeatBeforeExecUnverified {
+    time_ms: u64,
+    uptime_s: u64,
+    agent_version: String,
+    policy_serial: u64,
+    rss_bytes: u64,
+    sensors: Vec<SensorCounters>,
+    alerts: AlertCounters,
+    spool_pending: u64,
+    spool_bytes: u64,
+}
+
+impl From<HeartbeatBeforeExecUnverified> for Heartbeat {
+    fn from(h: HeartbeatBeforeExecUnverified) -> Self {
+        Heartbeat {
+            time_ms: h.time_ms,
+            uptime_s: h.uptime_s,
+            agent_version: h.agent_version,
+            policy_serial: h.policy_serial,
+            rss_bytes: h.rss_bytes,
+            sensors: h.sensors,
+            alerts: h.alerts,
+            spool_pending: h.spool_pending,
+            spool_bytes: h.spool_bytes,
+            exec_unverified: None,
+        }
+    }
+}
+
+/// Decodes a heartbeat, from this version of the agent or an older one. Postcard is
+/// positional: an older agent's heartbeat ends before [`Heartbeat::exec_unverified`], so a
+/// postcard heartbeat that does not decode as the current layout is tried as the older one
+/// (and refused with the error of the current layout if that fails too). In JSON the missing
+/// field is simply `None`.
+pub fn decode_heartbeat(payload: &[u8]) -> Result<(Format, Envelope<Heartbeat>), Error> {
+    match decode::<Heartbeat>(payload) {
+        Err(
+            e @ Error::Malformed {
+                format: "postcard", ..
+            },
+        ) => match decode::<HeartbeatBeforeExecUnverified>(payload) {
+            Ok((format, env)) => Ok((
+                format,
+                Envelope {
+                    v: env.v,
+                    device_id: env.device_id,
+                    body: env.body.into(),
+                },
+            )),
+            Err(_) => Err(e),
+        },
+        other => other,
+    }
 }
 
 /// Events one sensor delivered and lost since the agent started.
@@ -422,6 +485,113 @@ mod tests {
         assert_eq!(json["body"]["details"]["nested"]["a"][1], 2);
         let postcard = encode(Format::Postcard, "gw-1", &alert()).unwrap();
         assert!(postcard.len() < serde_json::to_vec(&json).unwrap().len());
+    }
+
+    #[test]
+    fn unverified_executable_round_trips_with_its_details() {
+        let mut a = alert();
+        a.kind = AlertKind::UnverifiedExecutable;
+        a.severity = Severity::Medium;
+        a.details = Details(json!({"expected": "ab12", "reason": "the process exited first"}));
+        a.process.as_mut().unwrap().sha256 = None;
+        for format in [Format::Postcard, Format::Json] {
+            let bytes = encode(format, "gw-1", &a).unwrap();
+            assert_eq!(decode::<Alert>(&bytes).unwrap().1.body, a);
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode(Format::Json, "gw-1", &a).unwrap()).unwrap();
+        assert_eq!(json["body"]["kind"], "unverified_executable");
+        assert_eq!(json["body"]["kind"], a.kind.name());
+        assert_eq!(json["body"]["severity"], "medium");
+        // Appended: every earlier kind keeps its postcard variant index.
+        let postcard = |kind| postcard::to_stdvec(&kind).unwrap();
+        assert_eq!(postcard(AlertKind::AlertsDropped), [10]);
+        assert_eq!(postcard(AlertKind::UnverifiedExecutable), [11]);
+    }
+
+    fn heartbeat() -> Heartbeat {
+        Heartbeat {
+            time_ms: 1_700_000_000_000,
+            uptime_s: 60,
+            agent_version: "0.1.0".into(),
+            policy_serial: 3,
+            rss_bytes: 4 << 20,
+            sensors: vec![SensorCounters {
+                sensor: "process".into(),
+                seen: 1000,
+                lost: 2,
+            }],
+            alerts: AlertCounters {
+                raised: 9,
+                ..Default::default()
+            },
+            spool_pending: 1,
+            spool_bytes: 300,
+            exec_unverified: Some(5),
+        }
+    }
+
+    #[test]
+    fn heartbeats_round_trip_with_the_unverified_exec_count() {
+        for format in [Format::Postcard, Format::Json] {
+            let bytes = encode(format, "gw-1", &heartbeat()).unwrap();
+            let (got, env) = decode_heartbeat(&bytes).unwrap();
+            assert_eq!(got, format);
+            assert_eq!(env.body, heartbeat());
+            assert_eq!(decode::<Heartbeat>(&bytes).unwrap().1.body, heartbeat());
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode(Format::Json, "gw-1", &heartbeat()).unwrap()).unwrap();
+        assert_eq!(json["body"]["exec_unverified"], 5);
+    }
+
+    #[test]
+    fn a_heartbeat_without_the_unverified_exec_count_is_accepted() {
+        // An older agent's postcard heartbeat: the same bytes without the last field
+        // (`Some(5)`: the bytes 1, 5).
+        let current = encode(Format::Postcard, "gw-1", &heartbeat()).unwrap();
+        assert_eq!(current[current.len() - 2..], [1, 5]);
+        let older = &current[..current.len() - 2];
+        let expected = Heartbeat {
+            exec_unverified: None,
+            ..heartbeat()
+        };
+        let (format, env) = decode_heartbeat(older).unwrap();
+        assert_eq!(
+            (format, env.v, env.device_id.as_str()),
+            (Format::Postcard, 1, "gw-1")
+        );
+        assert_eq!(env.body, expected);
+        // In JSON, the field is missing.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&encode(Format::Json, "gw-1", &heartbeat()).unwrap()).unwrap();
+        json["body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("exec_unverified");
+        let older = serde_json::to_vec(&json).unwrap();
+        assert_eq!(decode_heartbeat(&older).unwrap().1.body, expected);
+        assert_eq!(decode::<Heartbeat>(&older).unwrap().1.body, expected);
+        // Any other truncation is refused, with the error of the current layout.
+        for len in 1..current.len() - 2 {
+            assert!(
+                matches!(
+                    decode_heartbeat(&current[..len]),
+                    Err(Error::Malformed {
+                        format: "postcard",
+                        ..
+                    })
+                ),
+                "prefix of {len}"
+            );
+        }
+        assert!(decode_heartbeat(&current[..current.len() - 1]).is_err());
+        let mut longer = current.clone();
+        longer.push(0);
+        assert!(decode_heartbeat(&longer).is_err());
+        // A heartbeat of another version is refused as such, not tried as an older layout.
+        let future = br#"{"v": 9, "device_id": "d", "body": {}}"#;
+        assert_eq!(decode_heartbeat(future), Err(Error::Version(9)));
     }
 
     #[test]

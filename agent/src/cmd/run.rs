@@ -25,7 +25,7 @@ use crate::{
     config::{AgentConfig, ModesConfig, MqttConfig},
     counters::Counters,
     detect::{canary::Canary, integrity, Detector},
-    enrich::{hash::HashCache, Category, Event},
+    enrich::{hash::HashCache, Category, Detail, Event, Record},
     report::{self, mqtt, tls::Identity, PolicyEvent, Reporter, ReporterConfig, Shared, SpoolSink},
     sensors::{SensorArgs, SensorSet},
     spool::{Spool, SpoolLimits},
@@ -409,6 +409,17 @@ impl Sink for Detecting {
             Category::File => 2,
         };
         Counters::add(&self.counters.seen[i], 1);
+        if let Some(Record {
+            detail:
+                Detail::Exec {
+                    hash_error: Some(_),
+                    ..
+                },
+            ..
+        }) = event.record()
+        {
+            Counters::add(&self.counters.exec_unverified, 1);
+        }
         if self.canary.consume(&event) {
             return Ok(());
         }

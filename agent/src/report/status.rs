@@ -59,6 +59,7 @@ pub(super) fn heartbeat(
         },
         spool_pending: pending,
         spool_bytes: bytes,
+        exec_unverified: Some(c.exec_unverified.load(Relaxed)),
     }
 }
 
