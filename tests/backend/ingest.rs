@@ -39,9 +39,66 @@ async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
 
     // The CLI's OCSF export matches.
     check_the_cli_export_and_table(&backend);
+
+    // Another device's executable that could not be verified: stored and served as such.
+    an_unverified_executable_is_stored_and_exported(&broker, &backend, http).await;
     tokio::task::spawn_blocking(move || backend.stop())
         .await
         .unwrap();
+}
+
+/// gw-9 sends an `unverified_executable` alert: its kind, severity and details survive, the
+/// kind filter finds it, and OCSF gives it as a Compliance Finding without a result.
+async fn an_unverified_executable_is_stored_and_exported(
+    broker: &Broker,
+    backend: &Backend,
+    http: u16,
+) {
+    let mut device = Device::connect(broker, "gw-9", None).await;
+    let mut unverified = alert(1);
+    unverified.kind = AlertKind::UnverifiedExecutable;
+    unverified.severity = Severity::Medium;
+    unverified.path = Some("/usr/bin/awk".into());
+    unverified.details = Details(serde_json::json!({
+        "expected": "cd".repeat(32), "reason": "larger than 268435456 bytes, not hashed"
+    }));
+    if let Some(p) = unverified.process.as_mut() {
+        p.exe = Some("/usr/bin/awk".into());
+        p.sha256 = None;
+    }
+    device
+        .publish(Channel::Alert, Format::Postcard, &unverified, false)
+        .await;
+    device.flush().await;
+    let query = ["alerts", "--kind", "unverified_executable", "--json"];
+    let alerts = backend.wait_for(&query, |v| v.as_array().is_some_and(|a| !a.is_empty()));
+    let a = &alerts[0];
+    assert_eq!(
+        (a["device_id"].clone(), a["seq"].clone()),
+        ("gw-9".into(), 1.into())
+    );
+    assert_eq!(a["kind"], "unverified_executable");
+    assert_eq!(a["severity"], "medium");
+    assert_eq!(a["details"]["expected"], "cd".repeat(32));
+    assert_eq!(
+        a["details"]["reason"],
+        "larger than 268435456 bytes, not hashed"
+    );
+    assert!(a["process"]["sha256"].is_null());
+    let (code, ocsf) = http_get(http, "/api/alerts?kind=unverified_executable&format=ocsf");
+    assert_eq!(code, 200);
+    let f = &ocsf[0];
+    assert_eq!(
+        (f["class_uid"].clone(), f["type_uid"].clone()),
+        (2003.into(), 200301.into())
+    );
+    assert_eq!(f["severity_id"], 3);
+    assert_eq!(f["compliance"]["status"], "Warning");
+    assert_eq!(
+        f["compliance"]["status_detail"],
+        "larger than 268435456 bytes, not hashed"
+    );
+    assert!(f["evidences"][0]["file"].get("hashes").is_none());
 }
 
 /// Publishes alerts 1, 2, 3, 3 again (at-least-once delivery) and 6 (as JSON): 4 and 5 missing.
@@ -161,7 +218,8 @@ async fn presence_follows_status_heartbeats_and_the_last_will() {
     a_silent_device_is_shown_timed_out(&broker, &backend).await;
 }
 
-/// gw-7's heartbeat: version 0.1.1, serial 3, one sensor that lost 2 events, 9 alerts raised.
+/// gw-7's heartbeat: version 0.1.1, serial 3, one sensor that lost 2 events, 9 alerts raised,
+/// 4 execs that could not be verified.
 fn heartbeat() -> Heartbeat {
     Heartbeat {
         time_ms: 2,
@@ -181,6 +239,7 @@ fn heartbeat() -> Heartbeat {
         },
         spool_pending: 1,
         spool_bytes: 512,
+        exec_unverified: Some(4),
     }
 }
 
@@ -197,6 +256,18 @@ fn check_online_with_the_heartbeat_counters(backend: &Backend) {
     assert_eq!(d["counters"]["sensors"][0]["lost"], 2);
     assert_eq!(d["counters"]["alerts"]["raised"], 9);
     assert_eq!(d["counters"]["spool_pending"], 1);
+    assert_eq!(d["counters"]["exec_unverified"], 4);
+    // The table shows it too.
+    let out = backend_bin()
+        .arg("--db")
+        .arg(backend.db.as_ref().unwrap())
+        .arg("devices")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let (header, row) = (table.lines().next().unwrap(), table.lines().nth(1).unwrap());
+    assert!(header.ends_with("UNVERIFIED EXECS"), "{table}");
+    assert!(row.starts_with("gw-7") && row.ends_with("  4"), "{table}");
 }
 
 /// gw-8 says it is online, then nothing: with a 1 s heartbeat timeout it is timed out.

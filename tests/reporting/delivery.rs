@@ -46,15 +46,21 @@ fn alerts_status_and_heartbeats_reach_the_fleet_in_order() {
         Some(sha256_file(Path::new(&paths[0])).as_str())
     );
 
+    // An exec of a file that cannot be hashed.
+    fleet.unhashable_exec("order-unhashable");
+
     // Heartbeats count what happened.
     let start = Instant::now();
     let hb = loop {
-        if let Some(hb) = last_heartbeat(&sub).filter(|hb| hb.alerts.sent >= 20) {
+        if let Some(hb) = last_heartbeat(&sub)
+            .filter(|hb| hb.alerts.sent >= 20 && hb.exec_unverified.is_some_and(|n| n >= 1))
+        {
             break hb;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "no heartbeat counting 20 sent alerts"
+            "no heartbeat counting 20 sent alerts and an unverified exec: {:?}",
+            last_heartbeat(&sub)
         );
         thread::sleep(Duration::from_millis(100));
     };

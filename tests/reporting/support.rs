@@ -120,6 +120,19 @@ impl Fleet {
         paths
     }
 
+    /// Execs a script the agent cannot hash: sparse, larger than the most it hashes (256 MiB).
+    /// Its exec is counted as unverified.
+    pub(crate) fn unhashable_exec(&self, name: &str) {
+        let path = self.root.join("bin").join(name);
+        fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(300 << 20).unwrap();
+        drop(file);
+        ok(Command::new("chmod").arg("+x").arg(&path));
+        let status = Command::new(&path).status().unwrap();
+        assert!(status.success());
+    }
+
     pub(crate) fn subscriber(&self) -> Subscriber {
         Subscriber::connect(
             self.broker.port(),

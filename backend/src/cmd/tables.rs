@@ -72,6 +72,7 @@ pub fn devices_table(devices: &[DeviceRow]) -> String {
                 opt(&counter(&["rss_bytes"]).map(|b| format!("{} KiB", b / 1024))),
                 opt(&lost),
                 opt(&counter(&["spool_pending"])),
+                opt(&counter(&["exec_unverified"])),
             ]
         })
         .collect();
@@ -86,6 +87,7 @@ pub fn devices_table(devices: &[DeviceRow]) -> String {
             "RSS",
             "LOST EVENTS",
             "SPOOLED",
+            "UNVERIFIED EXECS",
         ],
         rows,
     )
@@ -206,5 +208,50 @@ mod tests {
             t,
             "DEVICE  MISSING SEQ  COUNT  CAUSE\ngw-1    4-6          3      missing\n"
         );
+    }
+
+    #[test]
+    fn devices_show_the_heartbeat_counters() {
+        let device = |id: &str, counters| DeviceRow {
+            device_id: id.into(),
+            state: "online",
+            online: true,
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            status_ms: None,
+            agent_version: Some("0.1.0".into()),
+            policy_serial: Some(3),
+            policy_name: Some("base".into()),
+            boot_id: None,
+            heartbeat_ms: None,
+            uptime_s: None,
+            counters,
+            alerts: 2,
+        };
+        let counters = serde_json::json!({
+            "rss_bytes": 4 << 20, "sensors": [{"sensor": "process", "seen": 9, "lost": 1}],
+            "spool_pending": 0, "exec_unverified": 5
+        });
+        // An older agent's heartbeat has no unverified count: shown unknown.
+        let mut older = counters.clone();
+        older["exec_unverified"] = Value::Null;
+        let t = devices_table(&[
+            device("gw-1", Some(counters)),
+            device("gw-2", Some(older)),
+            device("gw-3", None),
+        ]);
+        let lines: Vec<Vec<&str>> = t
+            .lines()
+            .map(|l| {
+                l.split("  ")
+                    .filter(|c| !c.is_empty())
+                    .map(str::trim)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(lines[0].last(), Some(&"UNVERIFIED EXECS"));
+        assert_eq!(lines[1][5..], ["2", "4096 KiB", "1", "0", "5"]);
+        assert_eq!(lines[2][5..], ["2", "4096 KiB", "1", "0", "-"]);
+        assert_eq!(lines[3][5..], ["2", "-", "-", "-", "-"]);
     }
 }

@@ -1,5 +1,6 @@
-//! Alerts as OCSF 1.1.0 Detection Findings (class 2004), for SIEMs; the mapping is documented
-//! field by field in `docs/BACKEND.md`.
+//! Alerts as OCSF 1.1.0 findings, for SIEMs: Detection Findings (class 2004), except an
+//! executable that could not be verified, a Compliance Finding (class 2003) whose check gave no
+//! result; the mapping is documented field by field in `docs/BACKEND.md`.
 
 use serde_json::{json, Map, Value};
 
@@ -20,7 +21,18 @@ fn title(kind: &str) -> &'static str {
         "sensor_data_loss" => "Sensor data lost",
         "policy_rejected" => "Policy update rejected",
         "alerts_dropped" => "Alerts dropped from a full spool",
+        "unverified_executable" => "Executable could not be verified against the baseline",
         _ => "Picket alert",
+    }
+}
+
+/// The OCSF class of a kind: its uid and name. Every kind is something detected, but an
+/// executable that could not be verified: the baseline's check of it gave no result, which
+/// says nothing of a threat.
+fn class(kind: &str) -> (u32, &'static str) {
+    match kind {
+        "unverified_executable" => (2003, "Compliance Finding"),
+        _ => (2004, "Detection Finding"),
     }
 }
 
@@ -88,15 +100,16 @@ pub fn finding(a: &AlertRow) -> Value {
         message.push_str(": ");
         message.push_str(path);
     }
+    let (class_uid, class_name) = class(&a.kind);
     let mut finding = json!({
-        "class_uid": 2004,
-        "class_name": "Detection Finding",
+        "class_uid": class_uid,
+        "class_name": class_name,
         "category_uid": 2,
         "category_name": "Findings",
         "activity_id": 1,
         "activity_name": "Create",
-        "type_uid": 200401,
-        "type_name": "Detection Finding: Create",
+        "type_uid": class_uid * 100 + 1,
+        "type_name": format!("{class_name}: Create"),
         "severity_id": severity_id,
         "severity": severity_name,
         "status_id": 1,
@@ -139,6 +152,19 @@ pub fn finding(a: &AlertRow) -> Value {
             "details": a.details,
         },
     });
+    if class_uid == 2003 {
+        // The check is the policy's rule; Warning: it did not yield a result.
+        let mut compliance = json!({
+            "standards": ["Picket baseline policy"],
+            "control": a.rule,
+            "status_id": 2,
+            "status": "Warning",
+        });
+        if let Some(reason) = a.details.get("reason").and_then(Value::as_str) {
+            compliance["status_detail"] = Value::String(reason.into());
+        }
+        finding["compliance"] = compliance;
+    }
     let mut evidence = Map::new();
     if let Some(p) = &a.process {
         evidence.insert("process".into(), process(p));
@@ -202,5 +228,63 @@ mod tests {
         assert_eq!(p["parent_process"]["file"]["path"], "/sbin/init");
         assert_eq!(f["evidences"][0]["file"]["name"], "evil");
         assert_eq!(f["unmapped"]["cgroup_id"], 9);
+        assert!(f.get("compliance").is_none());
+    }
+
+    #[test]
+    fn an_unverified_executable_is_a_compliance_finding_without_a_result() {
+        let row = AlertRow {
+            device_id: "gw-1".into(),
+            seq: 8,
+            boot_id: "b".into(),
+            time_ms: 1000,
+            received_ms: 2000,
+            kind: "unverified_executable".into(),
+            severity: "medium".into(),
+            rule: "executables".into(),
+            path: Some("/usr/bin/awk".into()),
+            details: json!({"expected": "ab12", "reason": "larger than 268435456 bytes, not hashed"}),
+            count: 1,
+            first_ms: 1000,
+            last_ms: 1000,
+            process: Some(
+                json!({"pid": 42, "exe": "/usr/bin/awk", "sha256": null, "argv": ["awk"]}),
+            ),
+            format: "postcard".into(),
+        };
+        let f = finding(&row);
+        assert_eq!(f["class_uid"], 2003);
+        assert_eq!(f["class_name"], "Compliance Finding");
+        assert_eq!(
+            (f["category_uid"].clone(), f["activity_id"].clone()),
+            (json!(2), json!(1))
+        );
+        assert_eq!(f["type_uid"], 200301);
+        assert_eq!(f["type_name"], "Compliance Finding: Create");
+        assert_eq!(
+            (f["severity_id"].clone(), f["severity"].clone()),
+            (json!(3), json!("Medium"))
+        );
+        assert_eq!(
+            f["finding_info"]["title"],
+            "Executable could not be verified against the baseline"
+        );
+        assert_eq!(f["finding_info"]["types"][0], "unverified_executable");
+        let c = &f["compliance"];
+        assert_eq!(c["control"], "executables");
+        assert_eq!(
+            (c["status_id"].clone(), c["status"].clone()),
+            (json!(2), json!("Warning"))
+        );
+        assert_eq!(
+            c["status_detail"],
+            "larger than 268435456 bytes, not hashed"
+        );
+        // No hash is claimed for the file: the expected one is in the details.
+        let file = &f["evidences"][0]["file"];
+        assert_eq!(file["path"], "/usr/bin/awk");
+        assert!(file.get("hashes").is_none());
+        assert!(f["evidences"][0]["process"]["file"].get("hashes").is_none());
+        assert_eq!(f["unmapped"]["details"]["expected"], "ab12");
     }
 }

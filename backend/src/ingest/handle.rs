@@ -2,7 +2,7 @@
 //! then stored; or refused ([`Refused`]) and counted in the store by reason.
 
 use picket_proto::topic::{self, Channel};
-use picket_proto::{Alert, Heartbeat, PolicyResult, Status, MAX_MESSAGE_BYTES};
+use picket_proto::{Alert, PolicyResult, Status, MAX_MESSAGE_BYTES};
 use serde::de::DeserializeOwned;
 
 use crate::store::Store;
@@ -139,7 +139,14 @@ struct Message<'a> {
 
 /// The body of an envelope from `device`, and its format's name.
 fn decode<T: DeserializeOwned>(payload: &[u8], device: &str) -> Result<(&'static str, T), Refused> {
-    let (format, envelope) = picket_proto::decode::<T>(payload)?;
+    checked(picket_proto::decode::<T>(payload)?, device)
+}
+
+/// The body of a decoded envelope if it is from `device`, and its format's name.
+fn checked<T>(
+    (format, envelope): (picket_proto::Format, picket_proto::Envelope<T>),
+    device: &str,
+) -> Result<(&'static str, T), Refused> {
     if envelope.device_id != device {
         let claimed: String = envelope.device_id.chars().take(80).collect();
         return Err(Refused::DeviceMismatch(claimed));
@@ -166,7 +173,8 @@ impl Message<'_> {
                 store_alert(store, device, &alert, format, now_ms)
             }
             Channel::Heartbeat => {
-                let (_, hb) = decode::<Heartbeat>(self.payload, device)?;
+                // From this agent version or an older one (without the newer counters).
+                let (_, hb) = checked(picket_proto::decode_heartbeat(self.payload)?, device)?;
                 store
                     .record_heartbeat(device, &hb, now_ms)
                     .map(|()| Outcome::Stored)

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::store::{AlertFilter, SqliteStore};
-use picket_proto::{Alert, AlertKind, Details, Format, Severity};
+use picket_proto::{Alert, AlertCounters, AlertKind, Details, Format, Heartbeat, Severity};
 
 fn alert(seq: u64) -> Alert {
     Alert {
@@ -74,6 +74,49 @@ fn checks_every_message() {
     assert_eq!(count("device_mismatch"), 1);
     assert_eq!(count("oversized"), 1);
     assert_eq!(count("foreign_topic"), 1);
+}
+
+#[test]
+fn heartbeats_of_this_and_older_agents_are_stored() {
+    let mut s = SqliteStore::memory().unwrap();
+    let t = topic::topic("gw-1", Channel::Heartbeat);
+    let hb = Heartbeat {
+        time_ms: 1,
+        uptime_s: 2,
+        agent_version: "0.1.0".into(),
+        policy_serial: 3,
+        rss_bytes: 4,
+        sensors: Vec::new(),
+        alerts: AlertCounters::default(),
+        spool_pending: 0,
+        spool_bytes: 0,
+        exec_unverified: Some(6),
+    };
+    let unverified = |s: &mut SqliteStore| {
+        let devices = s.devices(10, std::time::Duration::from_secs(60)).unwrap();
+        devices[0].counters.as_ref().unwrap()["exec_unverified"].clone()
+    };
+    for format in [Format::Postcard, Format::Json] {
+        let current = picket_proto::encode(format, "gw-1", &hb).unwrap();
+        assert_eq!(handle(&mut s, &t, &current, 5).unwrap(), Outcome::Stored);
+        assert_eq!(unverified(&mut s), 6);
+    }
+    // An older agent's heartbeat ends before the count (postcard: `Some(6)` is the bytes 1, 6).
+    let current = picket_proto::encode(Format::Postcard, "gw-1", &hb).unwrap();
+    let older = &current[..current.len() - 2];
+    assert_eq!(handle(&mut s, &t, older, 6).unwrap(), Outcome::Stored);
+    assert!(unverified(&mut s).is_null());
+    // Cut anywhere else, or from another device, it is refused.
+    let cut = &current[..current.len() - 3];
+    assert_eq!(
+        handle(&mut s, &t, cut, 7).unwrap(),
+        Outcome::Refused(Refusal::Malformed)
+    );
+    let other = topic::topic("gw-2", Channel::Heartbeat);
+    assert_eq!(
+        handle(&mut s, &other, older, 7).unwrap(),
+        Outcome::Refused(Refusal::DeviceMismatch)
+    );
 }
 
 /// A batch is stored in one transaction: all of it, or (when the store fails part way)

@@ -40,7 +40,7 @@ pub struct DeviceRow {
     pub boot_id: Option<String>,
     pub heartbeat_ms: Option<u64>,
     pub uptime_s: Option<u64>,
-    /// The latest heartbeat's counters (rss, sensors, alerts, spool).
+    /// The latest heartbeat's counters (rss, sensors, alerts, spool, unverified execs).
     pub counters: Option<Value>,
     pub alerts: u64,
 }
@@ -293,6 +293,7 @@ pub(crate) fn heartbeat_counters(hb: &Heartbeat) -> Value {
         },
         "spool_pending": hb.spool_pending,
         "spool_bytes": hb.spool_bytes,
+        "exec_unverified": hb.exec_unverified,
     })
 }
 

@@ -69,6 +69,36 @@ fn alerts_are_stored_once_with_their_context(s: &mut dyn Store) {
     assert_eq!(process["exe"], "/bin/sh");
     assert_eq!(process["argv"][1], "-c");
     assert_eq!(row.format, "postcard");
+    // An executable that could not be verified: kind, severity and details survive, and it is
+    // found by its kind.
+    let unverified = Alert {
+        kind: AlertKind::UnverifiedExecutable,
+        severity: Severity::Medium,
+        path: Some("/usr/bin/awk".into()),
+        details: Details(serde_json::json!({
+            "expected": "ab12", "reason": "larger than 268435456 bytes, not hashed"
+        })),
+        ..alert(2)
+    };
+    assert!(s.insert_alert("gw-3", &unverified, "json", 13).unwrap());
+    let rows = s
+        .alerts(&AlertFilter {
+            kind: Some("unverified_executable".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(
+        (row.kind.as_str(), row.severity.as_str()),
+        ("unverified_executable", "medium")
+    );
+    assert_eq!(row.details["expected"], "ab12");
+    assert_eq!(
+        row.details["reason"],
+        "larger than 268435456 bytes, not hashed"
+    );
+    assert_eq!(row.path.as_deref(), Some("/usr/bin/awk"));
 }
 
 fn queries_filter_and_order(s: &mut dyn Store) {
@@ -144,6 +174,7 @@ fn a_transaction_commits_all_or_nothing(s: &mut dyn Store) {
         alerts: AlertCounters::default(),
         spool_pending: 0,
         spool_bytes: 0,
+        exec_unverified: None,
     };
     // A failure after some writes: none of them stays.
     let failed = s.in_transaction(&mut |t| {
@@ -271,6 +302,7 @@ fn registry_follows_status_heartbeats_and_timeout(s: &mut dyn Store) {
         },
         spool_pending: 2,
         spool_bytes: 300,
+        exec_unverified: Some(7),
     };
     s.record_heartbeat("gw-1", &hb, 50_000).unwrap();
     let d = &s.devices(100_000, timeout).unwrap()[0];
@@ -282,6 +314,22 @@ fn registry_follows_status_heartbeats_and_timeout(s: &mut dyn Store) {
     assert_eq!(c["sensors"][0]["lost"], 1);
     assert_eq!(c["alerts"]["raised"], 3);
     assert_eq!(c["spool_pending"], 2);
+    assert_eq!(c["exec_unverified"], 7);
+    // An older agent does not count unverified execs: unknown, not zero.
+    s.record_heartbeat(
+        "gw-1",
+        &Heartbeat {
+            time_ms: 10,
+            exec_unverified: None,
+            ..hb
+        },
+        50_001,
+    )
+    .unwrap();
+    let d = &s.devices(100_000, timeout).unwrap()[0];
+    let c = d.counters.as_ref().unwrap();
+    assert_eq!(c["time_ms"], 10);
+    assert!(c["exec_unverified"].is_null());
     // Silent for longer than the timeout.
     assert_eq!(s.devices(111_000, timeout).unwrap()[0].state, "timed_out");
     // The last will.
