@@ -229,6 +229,7 @@ impl Detector {
                     Some(("new_path", p)) => Some(p),
                     _ => None,
                 };
+                forget_resolutions(*op, path.as_deref(), new_path);
                 for p in path.iter().chain(new_path) {
                     self.file(event, *op, p, &mut out);
                 }
@@ -477,6 +478,20 @@ impl Detector {
                 event,
             ));
         }
+    }
+}
+
+/// Keeps the canonical paths' cache true to the tree: a new symbolic link, or a directory
+/// renamed or removed, can change what a directory resolves to.
+fn forget_resolutions(op: FileOp, path: Option<&Path>, new_path: Option<&PathBuf>) {
+    match op {
+        FileOp::Symlink => canon::invalidate(),
+        FileOp::Rename | FileOp::Rmdir => {
+            for p in path.into_iter().chain(new_path.map(PathBuf::as_path)) {
+                canon::forget(p);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -155,6 +155,7 @@ fn file_detail(fields: &Value) -> Detail {
         "rename" => FileOp::Rename,
         "unlink" => FileOp::Unlink,
         "chmod" => FileOp::Chmod,
+        "symlink" => FileOp::Symlink,
         other => panic!("no file op {other} in these tests"),
     };
     Detail::File {
@@ -569,5 +570,30 @@ fn the_agents_own_files_are_its_own_under_any_spelling() {
     assert_eq!(open(&dir.join("real/state/x")), vec![Kind::AgentTamper]);
     assert_eq!(open(&dir.join("link/state/x")), vec![Kind::AgentTamper]);
     assert!(open(&dir.join("real/stateful")).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_directory_link_made_while_running_is_followed_once_seen() {
+    let dir = std::env::temp_dir()
+        .canonicalize()
+        .unwrap()
+        .join(format!("picket-detect-newlink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    let d = file_policy(&dir.join("real/f"), &format!("{}/none/*", dir.display()));
+    let open = |path: &Path| {
+        kinds(
+            &d,
+            json!({"event":"file","op":"open","path":path.to_str().unwrap()}),
+        )
+    };
+    // Not a link yet: another file.
+    assert!(open(&dir.join("later/f")).is_empty());
+    std::os::unix::fs::symlink(dir.join("real"), dir.join("later")).unwrap();
+    let made = json!({"event":"file","op":"symlink","path":dir.join("real").to_str().unwrap(),
+        "new_path":dir.join("later").to_str().unwrap()});
+    assert!(kinds(&d, made).is_empty());
+    assert_eq!(open(&dir.join("later/f")), vec![Kind::ProtectedFileChanged]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,9 +13,11 @@
 //! created later resolves the same way then as now.
 //!
 //! Staleness: the cache holds what the directory tree looked like when a directory was first
-//! seen. A change that can alter a resolution (a symbolic link created, a directory renamed)
-//! calls [`invalidate`], which empties the cache; the next lookups resolve again. Between such a
-//! change and its event being handled, a lookup can still give the old resolution. The cache
+//! seen. A change that can alter a resolution empties it, and the next lookups resolve again:
+//! the detector calls [`invalidate`] for every symbolic link created and [`forget`] for every
+//! rename or removed directory (which empties the cache when the name is a directory it holds;
+//! renames of files, which are frequent, cost a lookup). Between such a change and its event
+//! being handled, a lookup can still give the old resolution. The cache
 //! is emptied as well when it reaches its capacity ([`CAPACITY`] directories), which bounds its
 //! memory whatever the events name.
 
@@ -48,6 +50,12 @@ pub fn canonical_dir(dir: &Path) -> Cow<'_, Path> {
 /// or a directory renamed, since either can change what a directory resolves to.
 pub fn invalidate() {
     SHARED.clear();
+}
+
+/// Forgets the shared cache's resolutions when `dir` is one of the directories it holds (a
+/// directory renamed or removed): cheaper than [`invalidate`] on every rename of a file.
+pub fn forget(dir: &Path) {
+    SHARED.forget(dir);
 }
 
 /// A cache of directory resolutions.
@@ -96,6 +104,14 @@ impl Canon {
     /// Empties the cache.
     pub fn clear(&self) {
         self.lock().clear();
+    }
+
+    /// Empties the cache if it holds `dir`: what resolved through it may have changed.
+    pub fn forget(&self, dir: &Path) {
+        let mut dirs = self.lock();
+        if dirs.contains_key(dir) {
+            dirs.clear();
+        }
     }
 
     /// How many directories the cache holds.
@@ -197,7 +213,10 @@ mod tests {
         assert_eq!(seen, dir.join("moved/x"));
         symlink(dir.join("real"), dir.join("moved")).unwrap();
         assert_eq!(c.path(&dir.join("moved/x")), seen);
-        c.clear();
+        // Renaming a file it does not hold keeps it; a directory it holds empties it.
+        c.forget(&dir.join("real/f"));
+        assert!(!c.is_empty());
+        c.forget(&dir.join("moved"));
         assert!(c.is_empty());
         assert_eq!(c.path(&dir.join("moved/x")), dir.join("real/x"));
         fs::remove_dir_all(&dir).unwrap();

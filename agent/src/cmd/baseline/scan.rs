@@ -3,7 +3,10 @@
 //! Every executable file (any execute bit) becomes an `[[executable]]` with its SHA-256; every
 //! regular file under a protected path, and every setuid or setgid executable, becomes a
 //! `[[files.protected]]` with its SHA-256, owner, group and mode. Paths are recorded as the device
-//! will see them (relative to `--root`). What cannot be recorded (unreadable, not UTF-8, ...) is
+//! will see them (relative to `--root`), where they are: a protected path behind a directory
+//! link (`/lib/systemd/system` on a merged-/usr system) is resolved inside the root and its
+//! files recorded under their canonical path (`/usr/lib/systemd/system/...`), the form the agent
+//! compares every event's path in. What cannot be recorded (unreadable, not UTF-8, ...) is
 //! listed at the top of the output and on stderr, and does not fail the scan: a baseline of a
 //! real rootfs always has a few such files, and the author decides what to do about them.
 //!
@@ -54,12 +57,12 @@ const SKIPPED_LOGGED: usize = 20;
 pub fn run(args: ScanArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let root = &args.root;
-    let (config, rules) = prepare(&args)?;
+    let (config, rules, notes) = prepare(&args)?;
     let tty = std::io::stderr().is_terminal();
 
     let walked = walk_root(root, &rules, tty)?;
     let mut skipped = walked.skipped;
-    skipped.extend(walk::check_protected(root, &rules));
+    skipped.extend(notes);
 
     let (results, totals) = hasher::hash_all(&walked.files, tty)?;
 
@@ -84,8 +87,10 @@ pub fn run(args: ScanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the scan root is a directory and loads the configuration and the walk's rules.
-fn prepare(args: &ScanArgs) -> anyhow::Result<(ScanConfig, Rules)> {
+/// Checks the scan root is a directory and loads the configuration and the walk's rules, the
+/// protected paths resolved inside the root; also the notes about protected paths that will
+/// protect nothing.
+fn prepare(args: &ScanArgs) -> anyhow::Result<(ScanConfig, Rules, Vec<Skipped>)> {
     let root = &args.root;
     // The root itself may be a link (a mounted image under a stable name): follow that one.
     let meta = std::fs::metadata(root).with_context(|| format!("scan root {}", root.display()))?;
@@ -96,11 +101,14 @@ fn prepare(args: &ScanArgs) -> anyhow::Result<(ScanConfig, Rules)> {
         Some(path) => ScanConfig::load(path)?,
         None => ScanConfig::default(),
     };
+    let excluded = to_paths(config.excluded_paths()?);
+    let (protected, notes) =
+        walk::resolve_protected(root, &to_paths(config.protected_paths()?), &excluded);
     let rules = Rules {
-        protected: to_paths(config.protected_paths()?),
-        excluded: to_paths(config.excluded_paths()?),
+        protected,
+        excluded,
     };
-    Ok((config, rules))
+    Ok((config, rules, notes))
 }
 
 /// Walks the root, drawing a progress line on a terminal.

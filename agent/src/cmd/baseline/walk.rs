@@ -1,6 +1,8 @@
 //! The walk of a root filesystem: which files the baseline records, found on one thread.
 //!
-//! Symbolic links are never followed (a link in an image's rootfs points into the build host),
+//! Symbolic links are never followed by the walk (a link in an image's rootfs points into the
+//! build host; protected paths are resolved inside the root beforehand, see
+//! [`resolve_protected`]),
 //! excluded paths are not entered, and paths are kept as the device will see them: relative to
 //! the root, made absolute. Hard links to one inode are grouped so the content is read once
 //! (busybox-style systems can have hundreds of names for one binary), yet every name is listed,
@@ -198,44 +200,107 @@ fn record(
     });
 }
 
-/// Notes about configured protected paths that will protect nothing: missing, excluded, or a
-/// symbolic link or under one (links are not followed, so nothing there would be recorded; with
-/// merged /usr, `/lib/firmware` is really `/usr/lib/firmware`).
-pub fn check_protected(root: &Path, rules: &Rules) -> Vec<Skipped> {
+/// The configured protected paths as the walk finds them, with notes about those that will
+/// protect nothing (missing, excluded, or leading nowhere).
+///
+/// The walk never follows links, so a protected path behind a directory link (with merged
+/// /usr, `/lib/firmware` is really `/usr/lib/firmware`) is resolved here, once, inside the scan
+/// root: its files are then recorded under the path they have there, the canonical path, which
+/// the agent compares every spelling of an event with.
+pub fn resolve_protected(
+    root: &Path,
+    configured: &[PathBuf],
+    excluded: &[PathBuf],
+) -> (Vec<PathBuf>, Vec<Skipped>) {
+    let mut protected = Vec::new();
     let mut notes = Vec::new();
-    for p in &rules.protected {
-        if rules.is_excluded(p) {
+    let is_excluded = |p: &Path| excluded.iter().any(|e| p.starts_with(e));
+    for p in configured {
+        if is_excluded(p) {
             notes.push(Skipped::new(p, "protected path is excluded from the scan"));
             continue;
         }
-        // Component by component, with lstat: a link anywhere on the way must not be followed
-        // (an absolute link in an image's rootfs would resolve on the build host).
-        let (mut host, mut device) = (root.to_path_buf(), PathBuf::from("/"));
-        for component in p.components().skip(1) {
-            host.push(component);
-            device.push(component);
-            let reason = match fs::symlink_metadata(&host) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    "protected path does not exist under the scan root".to_string()
-                }
-                // Not stat-able for another reason (an unreadable parent): the walk noted that.
-                Err(_) => break,
-                Ok(m) if m.file_type().is_symlink() && device == *p => {
-                    "protected path is a symbolic link, not followed: protect its target instead"
-                        .to_string()
-                }
-                Ok(m) if m.file_type().is_symlink() => format!(
-                    "protected path is under the symbolic link {}, not followed: \
-                     protect the path it leads to instead",
-                    display(device.as_os_str().as_bytes())
+        match resolve_under(root, p) {
+            Ok((resolved, _)) if is_excluded(&resolved) => notes.push(Skipped::new(
+                p,
+                format!(
+                    "protected path is {}, which is excluded from the scan",
+                    display(resolved.as_os_str().as_bytes())
                 ),
-                Ok(_) => continue,
-            };
-            notes.push(Skipped::new(p, reason));
-            break;
+            )),
+            Ok((resolved, true)) => {
+                if resolved != *p {
+                    log::info!(
+                        "protected path {} is {} under the scan root: recorded there",
+                        display(p.as_os_str().as_bytes()),
+                        display(resolved.as_os_str().as_bytes())
+                    );
+                }
+                protected.push(resolved);
+            }
+            Ok((_, false)) => notes.push(Skipped::new(
+                p,
+                "protected path does not exist under the scan root",
+            )),
+            Err(reason) => notes.push(Skipped::new(p, reason)),
         }
     }
-    notes
+    (protected, notes)
+}
+
+/// At most this many links are followed resolving one path, as the kernel does (`ELOOP`).
+const MAX_LINKS: usize = 40;
+
+/// `device_path` with every symbolic link on the way followed inside `root`, as if `root` were
+/// `/` (an absolute target starts again at the root, `..` stops there): nothing outside the
+/// root is ever looked at. Also whether it exists; a missing one keeps its remaining components
+/// as they are.
+fn resolve_under(root: &Path, device_path: &Path) -> Result<(PathBuf, bool), String> {
+    let mut resolved = PathBuf::from("/");
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = device_path
+        .components()
+        .skip(1)
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        if name == "." || name.is_empty() {
+            continue;
+        }
+        if name == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&name);
+        let host = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err("protected path has too many levels of symbolic links".into());
+                }
+                let target = fs::read_link(&host)
+                    .map_err(|e| format!("cannot read the symbolic link on the way: {e}"))?;
+                if target.is_absolute() {
+                    resolved = PathBuf::from("/");
+                }
+                for c in target.components().rev() {
+                    if let std::path::Component::Normal(_) | std::path::Component::ParentDir = c {
+                        pending.push_front(c.as_os_str().to_os_string());
+                    }
+                }
+            }
+            Ok(_) => resolved = candidate,
+            Err(e) => {
+                // Missing, or not reachable (the walk notes an unreadable directory): the rest
+                // is taken as it is.
+                resolved.push(name);
+                resolved.extend(pending);
+                return Ok((resolved, e.kind() != std::io::ErrorKind::NotFound));
+            }
+        }
+    }
+    Ok((resolved, true))
 }
 
 /// A path's bytes for people: UTF-8 as is, other bytes as `\xNN`, control characters escaped,
@@ -279,5 +344,53 @@ mod tests {
         assert!(rules.is_protected(Path::new("/etc")));
         assert!(!rules.is_protected(Path::new("/etcx/y")));
         assert!(rules.is_excluded(Path::new("/anything")));
+    }
+
+    #[test]
+    fn protected_paths_are_resolved_inside_the_root() {
+        let root = std::env::temp_dir().join(format!("picket-walk-resolve-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+        fs::create_dir_all(root.join("data/real")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        // Absolute: inside the root, never the host's.
+        std::os::unix::fs::symlink("/data/real", root.join("usr/lib/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.join("data/real/up")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        let configured: Vec<PathBuf> = [
+            "/lib/systemd/system",
+            "/usr/lib/systemd/system",
+            "/lib/abs/x",
+            "/lib/abs/up/usr",
+            "/lib/missing/x",
+            "/loop/x",
+            "/var/excluded",
+            "/lib/var",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let excluded = vec![PathBuf::from("/var"), PathBuf::from("/usr/lib/var")];
+        let (protected, notes) = resolve_protected(&root, &configured, &excluded);
+        assert_eq!(
+            protected,
+            vec![
+                PathBuf::from("/usr/lib/systemd/system"),
+                PathBuf::from("/usr/lib/systemd/system"),
+                PathBuf::from("/usr"),
+            ]
+        );
+        let notes: Vec<(String, String)> = notes
+            .into_iter()
+            .map(|n| (display(&n.path), n.reason))
+            .collect();
+        assert_eq!(notes.len(), 5, "{notes:?}");
+        assert_eq!(notes[0].0, "/lib/abs/x");
+        assert!(notes[0].1.contains("does not exist"), "{notes:?}");
+        assert_eq!(notes[1].0, "/lib/missing/x");
+        assert!(notes[2].1.contains("too many levels"), "{notes:?}");
+        assert!(notes[3].1.contains("excluded"), "{notes:?}");
+        assert!(notes[4].1.contains("/usr/lib/var"), "{notes:?}");
+        fs::remove_dir_all(&root).unwrap();
     }
 }
