@@ -16,8 +16,11 @@ use tokio::{
 };
 
 use crate::{
-    enrich::{Enricher, Event},
-    sensors::{self, decode, preflight, KernelCounters, SensorArgs, SensorSet, Sensors},
+    enrich::{identity::ExecFiles, Enricher, Event},
+    sensors::{
+        self, decode, fanotify::ExecWatch, preflight, KernelCounters, SensorArgs, SensorSet,
+        Sensors,
+    },
 };
 
 /// Where a session's output goes.
@@ -56,6 +59,8 @@ pub async fn run(
     sink: &mut impl Sink,
 ) -> anyhow::Result<Stats> {
     preflight::check()?;
+    // Listening before the tracepoints attach: every exec they report was seen opening.
+    let files = ExecFiles::new(set.contains(Sensor::Process).then(exec_watch).flatten());
     let mut sensors = Sensors::load(args.bpf_object.as_ref(), args.ring_buffer_size, set)
         .context("starting the sensors")?;
     let ring = sensors
@@ -77,7 +82,7 @@ pub async fn run(
         sensors::describe(sensors.enabled())
     );
     let mut pump = Pump {
-        enricher: Enricher::new(),
+        enricher: Enricher::with_exec_files(files),
         stats: Stats::default(),
         reported: KernelCounters::default(),
     };
@@ -107,6 +112,22 @@ pub async fn run(
         pump.enricher.processes()
     );
     Ok(pump.stats)
+}
+
+/// The exec listener, or `None` (said once) when this kernel or these privileges do not allow
+/// it: executed files are then identified through `/proc`, which misses processes that exit at
+/// once.
+fn exec_watch() -> Option<ExecWatch> {
+    match ExecWatch::start() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::warn!(
+                "executed files are identified through /proc, not at exec time: the fanotify \
+                 exec listener could not start ({e}; it needs Linux 5.0 and CAP_SYS_ADMIN)"
+            );
+            None
+        }
+    }
 }
 
 /// Hands back to the kernel the heap that start-up used and freed (the parsed eBPF object and

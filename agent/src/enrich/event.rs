@@ -144,6 +144,8 @@ pub enum Detail {
         /// Why the executed file has no SHA-256 (the process context's `sha256` is then
         /// `None`): it could not be verified, which is not a modification.
         hash_error: Option<String>,
+        /// The absolute name the exec used, when it is not the file's own (a symbolic link).
+        name_used: Option<PathBuf>,
     },
     Fork {
         child_pid: u32,
@@ -288,6 +290,7 @@ impl Detail {
                 execveat,
                 file,
                 hash_error,
+                name_used,
             } => {
                 put_path(out, "filename", "filename_hex", filename)?;
                 out.put("argv_truncated", argv_truncated)?;
@@ -309,6 +312,9 @@ impl Detail {
                 }
                 if let Some(e) = hash_error {
                     out.put("hash_error", e)?;
+                }
+                if let Some(n) = name_used {
+                    put_path(out, "name_used", "name_used_hex", n)?;
                 }
                 out.put("execveat", execveat)
             }

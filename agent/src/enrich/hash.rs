@@ -1,12 +1,13 @@
 //! SHA-256 of executed files, cached by (device, inode, size, ctime) so a binary is hashed once
 //! until it changes. Any write to a file changes its ctime, so a stale hash is never served.
-//! The same read also notes a script's `#!` interpreter.
+//! The same read also notes a script's `#!` interpreter and an ELF program's interpreter
+//! (`PT_INTERP`, the dynamic loader).
 
 use std::{
     collections::{HashMap, VecDeque},
-    fs::File,
+    fs::{File, Metadata},
     io::{self, Read},
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{FileExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -32,10 +33,24 @@ pub struct Digest {
     pub sha256: [u8; 32],
     /// The interpreter named on a `#!` first line, for scripts.
     pub shebang: Option<PathBuf>,
+    /// The program interpreter (`PT_INTERP`) of a dynamically linked ELF executable.
+    pub elf_interp: Option<PathBuf>,
+}
+
+impl Digest {
+    /// What the kernel opens next when it executes this file: a script's interpreter or an
+    /// ELF program's loader.
+    pub fn interpreter(&self) -> Option<&Path> {
+        self.shebang.as_deref().or(self.elf_interp.as_deref())
+    }
 }
 
 /// Longest `#!` line considered (the kernel's own limit is 256 bytes).
 const SHEBANG_MAX: usize = 256;
+
+/// Bytes of a file's start kept to find its interpreter: the ELF program headers and the
+/// `PT_INTERP` string sit within the first page in every linker's output.
+const HEAD_MAX: usize = 4096;
 
 /// A bounded cache of file digests. Evicts the oldest entry when full.
 pub struct HashCache {
@@ -76,14 +91,37 @@ impl HashCache {
         }
         self.misses += 1;
         let digest = read_digest(&mut file)?;
+        self.insert(key, &digest);
+        Ok(digest)
+    }
+
+    /// The digest of the open `file` (`meta` is its `fstat`), read from its start whatever its
+    /// offset: for a descriptor of the very file an exec ran. A file written while it is read
+    /// gives an error rather than a digest of neither version.
+    pub fn digest_file(&mut self, file: &File, meta: &Metadata) -> io::Result<Digest> {
+        let key = checked_key(meta)?;
+        if let Some(digest) = self.entries.get(&key) {
+            self.hits += 1;
+            return Ok(digest.clone());
+        }
+        self.misses += 1;
+        let digest = read_digest(&mut ReadFrom { file, at: 0 })?;
+        if checked_key(&file.metadata()?)? != key {
+            return Err(io::Error::other("the file changed while it was hashed"));
+        }
+        self.insert(key, &digest);
+        Ok(digest)
+    }
+
+    fn insert(&mut self, key: FileKey, digest: &Digest) {
         if self.entries.len() >= self.capacity {
             if let Some(oldest) = self.order.pop_front() {
                 self.entries.remove(&oldest);
             }
         }
-        self.entries.insert(key, digest.clone());
-        self.order.push_back(key);
-        Ok(digest)
+        if self.entries.insert(key, digest.clone()).is_none() {
+            self.order.push_back(key);
+        }
     }
 
     /// The SHA-256 of the file at `path`.
@@ -94,6 +132,20 @@ impl HashCache {
     /// (hits, misses) so far.
     pub fn stats(&self) -> (u64, u64) {
         (self.hits, self.misses)
+    }
+}
+
+/// Reads a file from an offset of its own, whatever the descriptor's.
+struct ReadFrom<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for ReadFrom<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 
@@ -121,15 +173,61 @@ fn read_digest(reader: &mut impl Read) -> io::Result<Digest> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut head: Vec<u8> = Vec::new();
     let sha256 = sha256_chunks(reader, &mut buf, |chunk| {
-        if head.len() < SHEBANG_MAX {
-            let take = chunk.len().min(SHEBANG_MAX - head.len());
+        if head.len() < HEAD_MAX {
+            let take = chunk.len().min(HEAD_MAX - head.len());
             head.extend_from_slice(&chunk[..take]);
         }
     })?;
     Ok(Digest {
         sha256,
-        shebang: shebang(&head),
+        shebang: shebang(&head[..head.len().min(SHEBANG_MAX)]),
+        elf_interp: elf_interp(&head),
     })
+}
+
+/// The `PT_INTERP` path of an ELF file whose first bytes are `head` (32 or 64 bits, either byte
+/// order), if it has one within them.
+fn elf_interp(head: &[u8]) -> Option<PathBuf> {
+    const PT_INTERP: u32 = 3;
+    if head.get(..4)? != b"\x7fELF" {
+        return None;
+    }
+    let wide = match head.get(4)? {
+        1 => false,
+        2 => true,
+        _ => return None,
+    };
+    let big = *head.get(5)? == 2;
+    let int = |at: usize, len: usize| -> Option<u64> {
+        let b = head.get(at..at.checked_add(len)?)?;
+        Some(b.iter().enumerate().fold(0u64, |v, (i, &x)| {
+            let shift = if big { (len - 1 - i) * 8 } else { i * 8 };
+            v | (u64::from(x) << shift)
+        }))
+    };
+    let word = if wide { 8 } else { 4 };
+    let (phoff, phentsize, phnum) = if wide {
+        (int(32, 8)?, int(54, 2)?, int(56, 2)?)
+    } else {
+        (int(28, 4)?, int(42, 2)?, int(44, 2)?)
+    };
+    for i in 0..phnum.min(64) {
+        let ph = usize::try_from(phoff.checked_add(i.checked_mul(phentsize)?)?).ok()?;
+        if int(ph, 4)? != u64::from(PT_INTERP) {
+            continue;
+        }
+        // p_offset follows p_type (and p_flags, in 64-bit headers); p_filesz is 2 words on.
+        let (offset, size) = if wide {
+            (int(ph + 8, word)?, int(ph + 32, word)?)
+        } else {
+            (int(ph + 4, word)?, int(ph + 16, word)?)
+        };
+        let start = usize::try_from(offset).ok()?;
+        let bytes = head.get(start..start.checked_add(usize::try_from(size).ok()?)?)?;
+        let name = bytes.split(|&b| b == 0).next()?;
+        return (!name.is_empty()).then(|| crate::paths::from_bytes(name));
+    }
+    None
 }
 
 /// SHA-256 of everything `reader` yields, read through `buf`; `seen` gets each chunk too.
@@ -209,6 +307,44 @@ mod tests {
         );
         assert_eq!(shebang(b"\x7fELF\x02\x01"), None);
         assert_eq!(shebang(b"#!\n"), None);
+    }
+
+    #[test]
+    fn reads_the_loader_of_dynamic_elf_programs() {
+        // This test's own executable is linked like the agent's: dynamic on glibc targets.
+        let me = std::fs::read("/proc/self/exe").unwrap();
+        let head = &me[..me.len().min(HEAD_MAX)];
+        #[cfg(target_env = "gnu")]
+        {
+            let interp = elf_interp(head).expect("PT_INTERP of a glibc program");
+            assert!(
+                interp.to_string_lossy().contains("ld-linux"),
+                "{}",
+                interp.display()
+            );
+        }
+        let _ = head;
+        assert_eq!(elf_interp(b"#!/bin/sh\n"), None);
+        assert_eq!(elf_interp(b"\x7fELF\x02\x01\x01"), None);
+        let sh = std::fs::read("/bin/sh").unwrap();
+        assert!(elf_interp(&sh[..sh.len().min(HEAD_MAX)]).is_some());
+    }
+
+    #[test]
+    fn digests_an_open_file_from_its_start() {
+        let dir = std::env::temp_dir().join(format!("picket-hash-fd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let mut file = File::open(&path).unwrap();
+        let mut skip = [0u8; 2];
+        file.read_exact(&mut skip).unwrap();
+        let mut cache = HashCache::new(8);
+        let meta = file.metadata().unwrap();
+        let d = cache.digest_file(&file, &meta).unwrap();
+        assert_eq!(d.sha256, cache.sha256(&path).unwrap());
+        assert_eq!(cache.stats(), (1, 1));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

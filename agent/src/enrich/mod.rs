@@ -13,6 +13,7 @@
 
 mod event;
 pub mod hash;
+pub mod identity;
 pub mod process;
 mod socket;
 #[cfg(test)]
@@ -33,6 +34,7 @@ use picket_common::{FileOp, NetOp, AT_FDCWD};
 
 use self::{
     hash::HashCache,
+    identity::{ExecFiles, Name, Ran},
     process::ProcessTable,
     socket::{socket_info, SocketInfo},
 };
@@ -45,6 +47,8 @@ use crate::{
 pub struct Enricher {
     table: ProcessTable,
     hashes: HashCache,
+    /// The files execs ran, from the exec listener.
+    files: ExecFiles,
     /// Local TCP port → process that listened on it (accepts happen in no task's context).
     listeners: HashMap<u16, u32>,
 }
@@ -57,9 +61,15 @@ impl Default for Enricher {
 
 impl Enricher {
     pub fn new() -> Self {
+        Self::with_exec_files(ExecFiles::new(None))
+    }
+
+    /// An enricher that takes the identity of executed files from `files`.
+    pub fn with_exec_files(files: ExecFiles) -> Self {
         Self {
             table: ProcessTable::new(),
             hashes: HashCache::new(4096),
+            files,
             listeners: HashMap::new(),
         }
     }
@@ -84,6 +94,7 @@ impl Enricher {
             RawEvent::Exit(e) => {
                 let process = Some(self.context(e.task.pid));
                 self.table.exit(e.task.pid);
+                self.files.exited(e.task.pid, &mut self.hashes);
                 if !self.listeners.is_empty() {
                     self.listeners.retain(|_, pid| *pid != e.task.pid);
                 }
@@ -117,61 +128,27 @@ impl Enricher {
     fn exec(&mut self, e: Exec) -> Event {
         let pid = e.task.pid;
         let filename = paths::from_bytes(&e.filename);
-        // Read while the process may still live: it can be gone by the next record.
-        let running = read_proc_link(pid, "exe");
-        let proc_exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        // `execveat(fd, ...)` shows as `/dev/fd/N[/path]`: the kernel's link names the file, or
-        // else what the process table knows of that fd (a memfd it created, a file it wrote).
-        let by_fd = e.execveat.is_some() && filename.starts_with("/dev/fd/");
-        let exe = if by_fd {
-            running
-                .clone()
-                .or_else(|| self.fd_path(pid, &filename))
-                .unwrap_or_else(|| filename.clone())
-        } else if names_own_exe(&filename, pid) {
-            // `/proc/self/exe`: the process runs its own executable again (busybox does for
-            // its applets). The link is the file itself, not a path to report: name the file,
-            // as running now, or else as the process table knew it before the exec.
-            running
-                .clone()
-                .or_else(|| self.table.get(pid).image.exe.clone())
-                .unwrap_or_else(|| filename.clone())
-        } else if filename.is_absolute() {
-            paths::normalized_bytes(&e.filename)
-        } else {
-            let cwd = self
-                .table
-                .cwd(pid)
-                .unwrap_or_else(|| Arc::from(Path::new("/")));
-            paths::absolute(&cwd, &filename)
+        let named = self.exec_name(pid, &filename, e.execveat.is_some());
+        let name = match &named {
+            Named::Path(p) => Name::Path(p),
+            Named::Fd(p) => Name::Fd(p.as_deref()),
+            Named::OwnExe => Name::OwnExe,
         };
-        // A script runs under an interpreter: the running binary is another file than the one
-        // exec'd. Hash the file exec'd; for a binary, the very inode running when still there.
-        // The kernel's name of the running file equal to the name exec'd settles it without a
-        // `stat` (the usual case); else the inodes are compared.
-        let interpreted_live = running
-            .as_ref()
-            .is_some_and(|r| !by_fd && *r != exe && !same_file(&exe, &proc_exe));
-        let hash_from = if running.is_some() && !interpreted_live {
-            proc_exe.as_path()
-        } else {
-            exe.as_path()
+        let ran = self.files.take(pid, name, &mut self.hashes);
+        let seen = match ran {
+            Some(ran) => Identified::from(ran),
+            None => self.exec_from_proc(pid, &filename, &named),
         };
-        let (digest, hash_error) = match self.hashes.digest(hash_from) {
-            Ok(d) => (Some(d), None),
-            Err(e) => (None, Some(e.to_string())),
+        let name_used = match named {
+            Named::Path(p) if p != seen.exe => Some(p),
+            _ => None,
         };
-        let interpreter = if interpreted_live {
-            running
-        } else {
-            digest.as_ref().and_then(|d| d.shebang.clone())
-        };
-        let sha256 = digest.map(|d| d.sha256);
-        let exe_text = exe.as_os_str().as_bytes();
+        let exe_text = seen.exe.as_os_str().as_bytes();
         let fileless = exe_text.starts_with(b"/memfd:");
-        let deleted = exe_text.ends_with(b" (deleted)");
+        // A memory file has no name to delete: the kernel marks it so all the same.
+        let deleted = !fileless && (seen.deleted || exe_text.ends_with(b" (deleted)"));
 
-        self.table.exec(pid, Some(exe), sha256, e.argv);
+        self.table.exec(pid, Some(seen.exe), seen.sha256, e.argv);
         let process = Some(self.context(pid));
         event(
             Category::Exec,
@@ -182,29 +159,121 @@ impl Enricher {
                     filename,
                     argv_truncated: e.argv_truncated,
                     argv_missing: e.argv_missing,
-                    interpreter,
+                    interpreter: seen.interpreter,
                     fileless,
                     deleted,
                     execveat: e.execveat.is_some(),
-                    file: None,
-                    hash_error,
+                    file: seen.file,
+                    hash_error: seen.hash_error,
+                    name_used,
                 },
             },
         )
     }
 
-    /// What `fd` of `pid` is, per the process table, for a `/dev/fd/N` exec path.
-    fn fd_path(&mut self, pid: u32, filename: &Path) -> Option<PathBuf> {
-        let fd: i32 = filename
-            .strip_prefix("/dev/fd")
-            .ok()?
-            .components()
-            .next()?
-            .as_os_str()
-            .to_str()?
-            .parse()
-            .ok()?;
-        self.table.get(pid).file(fd).map(|p| p.to_path_buf())
+    /// How the exec of `pid` named its file: a path (made absolute), a descriptor (with what
+    /// the process table knows of it), or the process's own executable.
+    fn exec_name(&mut self, pid: u32, filename: &Path, execveat: bool) -> Named {
+        if names_own_exe(filename, pid) {
+            return Named::OwnExe;
+        }
+        if let Some((owner, fd, rest)) = fd_form(filename, pid) {
+            // `/dev/fd/N/rest`: a path under directory descriptor N (`execveat(fd, "rest")`).
+            let known = self
+                .table
+                .get(owner)
+                .file(fd)
+                .map(|p| p.to_path_buf())
+                .or_else(|| {
+                    execveat
+                        .then(|| read_proc_link(owner, &format!("fd/{fd}")))
+                        .flatten()
+                });
+            return match (rest, known) {
+                (Some(rest), Some(dir)) => Named::Path(paths::absolute(&dir, rest)),
+                (Some(_), None) => Named::Fd(None),
+                (None, known) => Named::Fd(known),
+            };
+        }
+        if filename.is_absolute() {
+            Named::Path(paths::normalized_bytes(filename.as_os_str().as_bytes()))
+        } else {
+            let cwd = self
+                .table
+                .cwd(pid)
+                .unwrap_or_else(|| Arc::from(Path::new("/")));
+            Named::Path(paths::absolute(&cwd, filename))
+        }
+    }
+
+    /// What `/proc` still tells of an exec the listener did not see (no listener, a filesystem
+    /// it does not watch, a memory file): the running file while the process lives. A file
+    /// read by name after the process has gone could be another than the one that ran: it is
+    /// not hashed, and the event says why.
+    fn exec_from_proc(&mut self, pid: u32, filename: &Path, named: &Named) -> Identified {
+        let proc_exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let running = read_proc_link(pid, "exe");
+        let exe = match named {
+            Named::Path(p) => p.clone(),
+            Named::Fd(known) => running
+                .clone()
+                .or_else(|| known.clone())
+                .unwrap_or_else(|| filename.to_path_buf()),
+            Named::OwnExe => running
+                .clone()
+                .or_else(|| self.table.get(pid).image.exe.clone())
+                .unwrap_or_else(|| filename.to_path_buf()),
+        };
+        let Some(running) = running else {
+            return Identified {
+                exe,
+                hash_error: Some(if self.files.active() {
+                    "not seen by the exec listener (a memory file or an unwatched filesystem), \
+                     and the process exited before /proc could be read"
+                        .to_string()
+                } else {
+                    "the process exited before /proc could be read".to_string()
+                }),
+                ..Identified::default()
+            };
+        };
+        // A script runs under an interpreter: the running binary is another file than the
+        // one exec'd, which is hashed by name (the process still runs it).
+        let interpreted =
+            matches!(named, Named::Path(_)) && running != exe && !same_file(&exe, &proc_exe);
+        let hash_from = if interpreted {
+            exe.as_path()
+        } else {
+            proc_exe.as_path()
+        };
+        let file = std::fs::metadata(hash_from).ok().map(|m| ExecFile {
+            dev: m.dev(),
+            ino: m.ino(),
+            ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
+            source: "proc",
+        });
+        let (digest, hash_error) = match self.hashes.digest(hash_from) {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let interpreter = if interpreted {
+            Some(running.clone())
+        } else {
+            digest.as_ref().and_then(|d| d.shebang.clone())
+        };
+        let exe = if matches!(named, Named::Path(_)) {
+            exe
+        } else {
+            running
+        };
+        Identified {
+            exe,
+            sha256: digest.map(|d| d.sha256),
+            interpreter,
+            file,
+            hash_error,
+            deleted: false,
+        }
     }
 
     fn net(&mut self, n: Net) -> Option<Event> {
@@ -398,6 +467,72 @@ fn event(category: Category, record: Record) -> Event {
         category,
         fields: Fields::new(record),
     }
+}
+
+/// How an exec named its file (see [`Name`]), owned.
+enum Named {
+    Path(PathBuf),
+    Fd(Option<PathBuf>),
+    OwnExe,
+}
+
+/// What is known of the file an exec ran.
+#[derive(Default)]
+struct Identified {
+    exe: PathBuf,
+    sha256: Option<[u8; 32]>,
+    interpreter: Option<PathBuf>,
+    file: Option<ExecFile>,
+    hash_error: Option<String>,
+    deleted: bool,
+}
+
+impl From<Ran> for Identified {
+    fn from(ran: Ran) -> Self {
+        let (sha256, shebang, hash_error) = match ran.digest {
+            Ok(d) => (Some(d.sha256), d.shebang, None),
+            Err(e) => (None, None, Some(e)),
+        };
+        Self {
+            exe: ran.path,
+            sha256,
+            interpreter: ran.interpreter.or(shebang),
+            file: Some(ExecFile {
+                dev: ran.dev,
+                ino: ran.ino,
+                ctime_ns: ran.ctime_ns,
+                source: "exec",
+            }),
+            hash_error,
+            deleted: ran.deleted,
+        }
+    }
+}
+
+/// A descriptor named as a path: `/dev/fd/N`, `/proc/self/fd/N`, `/proc/thread-self/fd/N`,
+/// `/proc/PID/fd/N`, each maybe followed by a path under it. Returns the process whose
+/// descriptor it is, the descriptor and the rest.
+fn fd_form(filename: &Path, pid: u32) -> Option<(u32, i32, Option<&Path>)> {
+    let text = filename.to_str()?;
+    let (owner, rest) = if let Some(r) = text.strip_prefix("/dev/fd/") {
+        (pid, r)
+    } else {
+        let r = text.strip_prefix("/proc/")?;
+        let (who, r) = r.split_once("/fd/")?;
+        let owner = match who {
+            "self" | "thread-self" => pid,
+            n => n.parse().ok()?,
+        };
+        (owner, r)
+    };
+    let (fd, rest) = match rest.split_once('/') {
+        Some((fd, rest)) => (
+            fd,
+            Some(Path::new(rest)).filter(|r| !r.as_os_str().is_empty()),
+        ),
+        None => (rest, None),
+    };
+    Some((owner, fd.parse().ok()?, rest))
 }
 
 /// Whether two paths name the same inode.

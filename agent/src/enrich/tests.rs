@@ -69,6 +69,7 @@ fn prints_an_exec_with_its_process_context() {
             execveat: false,
             file: None,
             hash_error: None,
+            name_used: None,
         },
     };
     let sha = "ab".repeat(32);

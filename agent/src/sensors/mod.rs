@@ -7,6 +7,7 @@
 //! on this kernel.
 
 pub mod decode;
+pub mod fanotify;
 pub mod preflight;
 mod programs;
 pub mod tracefs;

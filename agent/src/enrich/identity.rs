@@ -1,0 +1,411 @@
+//! Which file an exec ran, from the files the kernel opened for execs ([`ExecWatch`]).
+//!
+//! The listener's events (an open descriptor per exec open, with the PID) arrive apart from the
+//! ring buffer's records, but never later than needed: the kernel opens the file before the
+//! exec succeeds and the `sched_process_exec` record is written, so when the record is read, its
+//! open has been queued. Events are read when a record needs them, and each is turned at once
+//! into what is kept (the name the kernel gives the descriptor, its `fstat`, its digest: a cache
+//! hit for files already seen), so no descriptor is held between records.
+//!
+//! A process's events are matched to its exec records in order. One exec opens, in turn, the
+//! file it runs, a script's interpreter, and an ELF program's loader (`PT_INTERP`); an exec that
+//! fails after opening its file (too many arguments, a format no handler takes) leaves that open
+//! behind. So for each record the file is looked for among the process's events by the name the
+//! exec used (canonical: symbolic links resolved, as the kernel names the descriptor); events
+//! before it were failed attempts and are dropped, and the interpreters after it are taken
+//! with it. An exec through a descriptor (`/proc/self/fd/N`, `/dev/fd/N`, `execveat` with
+//! `AT_EMPTY_PATH`) has no name to match: its file is the process's first event that is not a
+//! known ELF loader, unless the process table knows the descriptor as a memory file, which no
+//! listener can see (the loader the kernel opened after it is dropped).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fs::{File, Metadata},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use super::hash::{Digest, HashCache};
+use crate::sensors::fanotify::{ExecWatch, Opened};
+
+/// Events kept per process, oldest dropped first (only failed exec attempts pile up).
+const PER_PROCESS: usize = 16;
+/// Events kept in all: a backlog of records in the ring buffer means as many events read ahead.
+const TOTAL: usize = 1 << 16;
+/// Canonical forms of names kept.
+const NAMES: usize = 1024;
+/// `binfmt_script` nests at most this deep (`BINPRM_MAX_RECURSION`), plus the loader.
+const CHAIN: usize = 5;
+
+/// How an exec named its file.
+#[derive(Debug)]
+pub enum Name<'a> {
+    /// An absolute, normalised path.
+    Path(&'a Path),
+    /// A descriptor; what the process table knows it to be, if anything.
+    Fd(Option<&'a Path>),
+    /// `/proc/self/exe`: the process's own executable again.
+    OwnExe,
+}
+
+/// The file an exec ran.
+#[derive(Debug)]
+pub struct Ran {
+    /// The kernel's name of the file (`... (deleted)` when unlinked, `/memfd:...`).
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime_ns: i64,
+    /// No link to it is left.
+    pub deleted: bool,
+    pub digest: Result<Digest, String>,
+    /// The interpreter it ran under (a script's), as the kernel opened it.
+    pub interpreter: Option<PathBuf>,
+}
+
+/// One exec open, as kept.
+#[derive(Debug)]
+struct Seen {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    ctime_ns: i64,
+    nlink: u64,
+    digest: Result<Digest, String>,
+}
+
+/// Matches the listener's events to exec records.
+pub struct ExecFiles {
+    watch: Option<ExecWatch>,
+    pending: HashMap<u32, VecDeque<Seen>>,
+    total: usize,
+    /// Name used → the kernel's name for it (symbolic links resolved).
+    names: HashMap<PathBuf, PathBuf>,
+    /// Canonical paths of the ELF loaders seen (what `PT_INTERP` names).
+    loaders: HashSet<PathBuf>,
+    /// Events dropped (per-process or total bound).
+    pub dropped: u64,
+}
+
+impl ExecFiles {
+    /// Matches the events of `watch`; with `None`, every lookup misses.
+    pub fn new(watch: Option<ExecWatch>) -> Self {
+        Self {
+            watch,
+            pending: HashMap::new(),
+            total: 0,
+            names: HashMap::new(),
+            loaders: HashSet::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether a listener feeds this.
+    pub fn active(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    /// Events lost to an overflow of the kernel's queue.
+    pub fn overflows(&self) -> u64 {
+        self.watch.as_ref().map_or(0, |w| w.overflows)
+    }
+
+    /// The file that the exec of `pid`, which named it `name`, ran, with its digest. Takes it,
+    /// the failed attempts before it and the interpreters opened after it.
+    pub fn take(&mut self, pid: u32, name: Name<'_>, hashes: &mut HashCache) -> Option<Ran> {
+        let mut found = self.find(pid, &name);
+        if found.is_none() {
+            self.drain(hashes);
+            found = self.find(pid, &name);
+        }
+        let index = found?;
+        let queue = self.pending.get_mut(&pid)?;
+        let head = queue.drain(..=index).next_back()?;
+        self.total -= index + 1;
+        let mut ran = Ran {
+            path: head.path,
+            dev: head.dev,
+            ino: head.ino,
+            ctime_ns: head.ctime_ns,
+            deleted: head.nlink == 0,
+            digest: head.digest,
+            interpreter: None,
+        };
+        // The interpreters the kernel opened next, each named by the one before.
+        let mut next = ran.digest.as_ref().ok().and_then(interpreter_of);
+        for _ in 0..CHAIN {
+            let Some((interp, elf)) = next.take() else {
+                break;
+            };
+            let canonical = self.canonical(&interp);
+            if elf {
+                self.loaders.insert(canonical.clone());
+            }
+            let queue = self.pending.get_mut(&pid)?;
+            if queue.front().is_none_or(|s| s.path != canonical) {
+                break;
+            }
+            let seen = queue.pop_front()?;
+            self.total -= 1;
+            next = seen.digest.as_ref().ok().and_then(interpreter_of);
+            if !elf {
+                ran.interpreter = Some(seen.path);
+            }
+        }
+        Some(ran)
+    }
+
+    /// Forgets what is kept for `pid`, which exited.
+    pub fn exited(&mut self, pid: u32, hashes: &mut HashCache) {
+        if self.total == 0 && self.watch.is_none() {
+            return;
+        }
+        // Its opens may still be queued: read them now, or they would be kept for whichever
+        // process gets the PID next.
+        self.drain(hashes);
+        if let Some(q) = self.pending.remove(&pid) {
+            self.total -= q.len();
+        }
+    }
+
+    /// Where in `pid`'s events the file named `name` is.
+    fn find(&mut self, pid: u32, name: &Name<'_>) -> Option<usize> {
+        let queue = self.pending.get(&pid)?;
+        match name {
+            Name::Path(path) => {
+                let direct = queue.iter().position(|s| same_name(&s.path, path));
+                if direct.is_some() {
+                    return direct;
+                }
+                // Through a symbolic link: the kernel names the file it led to.
+                let cached = self.names.get(*path).cloned();
+                if let Some(c) = &cached {
+                    let hit = queue.iter().position(|s| same_name(&s.path, c));
+                    if hit.is_some() {
+                        return hit;
+                    }
+                }
+                let fresh = std::fs::canonicalize(path).ok()?;
+                let hit = self.pending[&pid]
+                    .iter()
+                    .position(|s| same_name(&s.path, &fresh));
+                if cached.as_ref() != Some(&fresh) {
+                    if self.names.len() >= NAMES {
+                        self.names.clear();
+                    }
+                    self.names.insert(path.to_path_buf(), fresh);
+                }
+                hit
+            }
+            Name::Fd(Some(known))
+                if known.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") =>
+            {
+                // A memory file brings no event; the loader that followed it is dropped.
+                None
+            }
+            Name::Fd(Some(known)) => queue
+                .iter()
+                .position(|s| same_name(&s.path, known))
+                .or_else(|| self.first_program(queue)),
+            Name::Fd(None) | Name::OwnExe => self.first_program(queue),
+        }
+    }
+
+    /// The first event that is not a known ELF loader.
+    fn first_program(&self, queue: &VecDeque<Seen>) -> Option<usize> {
+        queue.iter().position(|s| !self.loaders.contains(&s.path))
+    }
+
+    /// Reads every queued event into `pending`.
+    fn drain(&mut self, hashes: &mut HashCache) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        let mut opened = Vec::new();
+        watch.drain(|o| opened.push(o));
+        for Opened { pid, file } in opened {
+            let Some(seen) = seen(&file, hashes) else {
+                continue;
+            };
+            if self.total >= TOTAL {
+                self.dropped += 1;
+                continue;
+            }
+            let queue = self.pending.entry(pid).or_default();
+            if queue.len() >= PER_PROCESS {
+                queue.pop_front();
+                self.dropped += 1;
+                self.total -= 1;
+            }
+            queue.push_back(seen);
+            self.total += 1;
+        }
+    }
+
+    /// The kernel's name for `path` (symbolic links resolved), cached.
+    fn canonical(&mut self, path: &Path) -> PathBuf {
+        if let Some(c) = self.names.get(path) {
+            return c.clone();
+        }
+        let c = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if self.names.len() >= NAMES {
+            self.names.clear();
+        }
+        self.names.insert(path.to_path_buf(), c.clone());
+        c
+    }
+}
+
+/// What is kept of one exec open: its name, identity and digest.
+fn seen(file: &File, hashes: &mut HashCache) -> Option<Seen> {
+    let meta: Metadata = file.metadata().ok()?;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    let digest = hashes.digest_file(file, &meta).map_err(|e| e.to_string());
+    Some(Seen {
+        path,
+        dev: meta.dev(),
+        ino: meta.ino(),
+        ctime_ns: meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec(),
+        nlink: meta.nlink(),
+        digest,
+    })
+}
+
+/// The interpreter a file names, and whether it is an ELF loader (else a script's).
+fn interpreter_of(d: &Digest) -> Option<(PathBuf, bool)> {
+    match (&d.shebang, &d.elf_interp) {
+        (Some(s), _) => Some((s.clone(), false)),
+        (None, Some(l)) => Some((l.clone(), true)),
+        (None, None) => None,
+    }
+}
+
+/// Whether the kernel's name `kernel` (maybe ending in ` (deleted)`) is `path`.
+fn same_name(kernel: &Path, path: &Path) -> bool {
+    let k = kernel.as_os_str().as_encoded_bytes();
+    let p = path.as_os_str().as_encoded_bytes();
+    k == p || k.strip_suffix(b" (deleted)") == Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(path: &str, shebang: Option<&str>, elf_interp: Option<&str>) -> Seen {
+        Seen {
+            path: PathBuf::from(path),
+            dev: 1,
+            ino: path.len() as u64,
+            ctime_ns: 0,
+            nlink: u64::from(!path.ends_with(" (deleted)")),
+            digest: Ok(Digest {
+                sha256: [path.len() as u8; 32],
+                shebang: shebang.map(PathBuf::from),
+                elf_interp: elf_interp.map(PathBuf::from),
+            }),
+        }
+    }
+
+    /// Files with these names exist on no machine: `canonical` leaves them as they are.
+    const LD: &str = "/nonexistent/ld.so";
+    const SH: &str = "/nonexistent/sh";
+
+    fn files(pid: u32, queue: Vec<Seen>) -> ExecFiles {
+        let mut f = ExecFiles::new(None);
+        f.total = queue.len();
+        f.pending.insert(pid, queue.into());
+        f
+    }
+
+    fn left(f: &ExecFiles, pid: u32) -> Vec<String> {
+        let q = f.pending.get(&pid).map(|q| q.iter().collect::<Vec<_>>());
+        q.unwrap_or_default()
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn takes_the_named_file_and_its_loader_and_drops_failed_attempts() {
+        let mut hashes = HashCache::new(4);
+        let mut f = files(
+            7,
+            vec![
+                seen("/nonexistent/too-many-args", None, Some(LD)),
+                seen("/nonexistent/prog", None, Some(LD)),
+                seen(LD, None, None),
+                seen("/nonexistent/next", None, None),
+            ],
+        );
+        let ran = f
+            .take(7, Name::Path(Path::new("/nonexistent/prog")), &mut hashes)
+            .unwrap();
+        assert_eq!(ran.path, Path::new("/nonexistent/prog"));
+        assert_eq!(ran.interpreter, None);
+        assert_eq!(left(&f, 7), ["/nonexistent/next"]);
+        assert_eq!(f.total, 1);
+        assert!(f.loaders.contains(Path::new(LD)));
+    }
+
+    #[test]
+    fn a_script_takes_its_interpreter_and_the_interpreters_loader() {
+        let mut hashes = HashCache::new(4);
+        let mut f = files(
+            3,
+            vec![
+                seen("/nonexistent/s.sh", Some(SH), None),
+                seen(SH, None, Some(LD)),
+                seen(LD, None, None),
+            ],
+        );
+        let ran = f
+            .take(3, Name::Path(Path::new("/nonexistent/s.sh")), &mut hashes)
+            .unwrap();
+        assert_eq!(ran.interpreter.as_deref(), Some(Path::new(SH)));
+        assert!(left(&f, 3).is_empty());
+        assert_eq!(f.total, 0);
+    }
+
+    #[test]
+    fn a_deleted_file_matches_its_former_name() {
+        let mut hashes = HashCache::new(4);
+        let mut f = files(5, vec![seen("/nonexistent/gone (deleted)", None, None)]);
+        let ran = f
+            .take(5, Name::Path(Path::new("/nonexistent/gone")), &mut hashes)
+            .unwrap();
+        assert!(ran.deleted);
+    }
+
+    #[test]
+    fn an_exec_through_a_descriptor_skips_known_loaders_and_memory_files_match_nothing() {
+        let mut hashes = HashCache::new(4);
+        let mut f = files(
+            9,
+            vec![seen(LD, None, None), seen("/nonexistent/p", None, None)],
+        );
+        f.loaders.insert(PathBuf::from(LD));
+        // A memory file brings no event of its own: the loader is not taken for it.
+        let memfd = Path::new("/memfd:x (deleted)");
+        assert!(f.take(9, Name::Fd(Some(memfd)), &mut hashes).is_none());
+        let ran = f.take(9, Name::Fd(None), &mut hashes).unwrap();
+        assert_eq!(ran.path, Path::new("/nonexistent/p"));
+        // Nothing of another process is taken, and a name with no event gives nothing.
+        let mut f = files(9, vec![seen("/nonexistent/p", None, None)]);
+        assert!(f.take(8, Name::Fd(None), &mut hashes).is_none());
+        assert!(f
+            .take(9, Name::Path(Path::new("/nonexistent/q")), &mut hashes)
+            .is_none());
+        assert_eq!(left(&f, 9), ["/nonexistent/p"]);
+    }
+
+    #[test]
+    fn an_exited_process_leaves_nothing() {
+        let mut hashes = HashCache::new(4);
+        let mut f = files(4, vec![seen("/nonexistent/p", None, None)]);
+        f.exited(3, &mut hashes);
+        assert_eq!(f.total, 1);
+        f.exited(4, &mut hashes);
+        assert_eq!(f.total, 0);
+        assert!(f.pending.is_empty());
+    }
+}

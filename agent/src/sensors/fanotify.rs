@@ -1,0 +1,338 @@
+//! The executed file, as the kernel opened it: a fanotify `FAN_OPEN_EXEC` listener.
+//!
+//! When a process executes a file, the kernel opens it for the exec; fanotify queues an event
+//! for that open with the process's PID and, once the event is read, an open descriptor of that
+//! very inode in the reader. The identity (device, inode, ctime, whether it is deleted) and the
+//! bytes that ran are then read from the descriptor, race-free: the process may have exited in
+//! the meantime, the path may have been replaced or unlinked, the descriptor still names the file
+//! that ran. The ELF interpreter (`ld.so`) and a script's interpreter are opened the same way,
+//! after the file itself.
+//!
+//! Every mounted filesystem is marked (`FAN_MARK_FILESYSTEM`, or per mount where that is not
+//! supported), and a thread marks the filesystems mounted later (it waits for
+//! `/proc/self/mountinfo` to change). Pseudo filesystems hold no executables and are skipped.
+//! Memory files (`memfd_create`) live on an internal filesystem that cannot be marked: their
+//! execs bring no event (the process table knows them from `memfd_create`).
+//!
+//! Needs Linux 5.0 (`FAN_OPEN_EXEC`) and `CAP_SYS_ADMIN`; without them [`ExecWatch::start`]
+//! fails and the agent reads `/proc/PID/exe` instead (racy for processes that exit at once).
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags},
+};
+
+/// Filesystem types that hold no executables (or whose files cannot be executed).
+const PSEUDO: [&str; 20] = [
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "binfmt_misc",
+    "autofs",
+    "efivarfs",
+    "rpc_pipefs",
+    "nsfs",
+    "hugetlbfs",
+    "selinuxfs",
+];
+
+/// One exec open: the process that exec'd and the file it opened.
+#[derive(Debug)]
+pub struct Opened {
+    pub pid: u32,
+    pub file: File,
+}
+
+/// The listener. Dropping it stops the mount watcher and closes the group.
+pub struct ExecWatch {
+    group: Arc<Fanotify>,
+    buf: Vec<u64>,
+    /// Events lost because the kernel's queue overflowed.
+    pub overflows: u64,
+    /// Closing this wakes the mount watcher, which then exits.
+    _stop: OwnedFd,
+}
+
+impl ExecWatch {
+    /// Creates the group, marks every mounted filesystem and starts the mount watcher.
+    pub fn start() -> io::Result<Self> {
+        let group = Fanotify::init(
+            InitFlags::FAN_CLASS_NOTIF
+                | InitFlags::FAN_CLOEXEC
+                | InitFlags::FAN_NONBLOCK
+                | InitFlags::FAN_UNLIMITED_QUEUE,
+            EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+        )?;
+        let group = Arc::new(group);
+        let marked = Arc::new(Mutex::new(HashSet::new()));
+        let n = mark_mounts(&group, &marked)?;
+        if n == 0 {
+            return Err(io::Error::other("no filesystem could be marked"));
+        }
+        log::debug!("exec identity: {n} filesystems marked for FAN_OPEN_EXEC");
+        let (wake, stop) = nix::unistd::pipe()?;
+        let (g, m) = (Arc::clone(&group), marked);
+        std::thread::Builder::new()
+            .name("picket-mounts".into())
+            .spawn(move || watch_mounts(&g, &m, &wake))?;
+        Ok(Self {
+            group,
+            buf: vec![0; 512],
+            overflows: 0,
+            _stop: stop,
+        })
+    }
+
+    /// Reads every event queued now (without waiting) and hands each to `seen`.
+    pub fn drain(&mut self, mut seen: impl FnMut(Opened)) {
+        let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
+        loop {
+            let bytes = self.buf.len() * 8;
+            // SAFETY: the buffer is valid for `bytes` bytes and outlives the call.
+            let n = unsafe {
+                libc::read(
+                    self.group.as_fd().as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    bytes,
+                )
+            };
+            let Ok(n) = usize::try_from(n) else {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return; // EAGAIN: nothing more now.
+                }
+                continue;
+            };
+            if n == 0 {
+                return;
+            }
+            let mut offset = 0;
+            while offset + meta <= n {
+                // SAFETY: the kernel wrote a whole `fanotify_event_metadata` at `offset`
+                // (checked above); `read_unaligned` does not need alignment.
+                let m: libc::fanotify_event_metadata = unsafe {
+                    std::ptr::read_unaligned(self.buf.as_ptr().cast::<u8>().add(offset).cast())
+                };
+                if m.event_len == 0 {
+                    break;
+                }
+                offset += m.event_len as usize;
+                if m.fd == libc::FAN_NOFD {
+                    if m.mask & libc::FAN_Q_OVERFLOW != 0 {
+                        self.overflows += 1;
+                    }
+                    continue;
+                }
+                // SAFETY: the kernel created this descriptor for us; nothing else owns it.
+                let file = unsafe { File::from_raw_fd(m.fd) };
+                if m.vers != libc::FANOTIFY_METADATA_VERSION {
+                    continue;
+                }
+                seen(Opened {
+                    pid: u32::try_from(m.pid).unwrap_or(0),
+                    file,
+                });
+            }
+        }
+    }
+}
+
+/// Marks every filesystem of the mount table not marked yet; returns how many are marked.
+fn mark_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>) -> io::Result<usize> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut marked = marked.lock().unwrap_or_else(|e| e.into_inner());
+    for line in table.lines() {
+        let Some(mount) = parse_mountinfo(line) else {
+            continue;
+        };
+        if PSEUDO.contains(&mount.fstype.as_str()) || marked.contains(&mount.device) {
+            continue;
+        }
+        match mark(group, &mount.point) {
+            Ok(()) => {
+                marked.insert(mount.device);
+            }
+            Err(e) => log::debug!(
+                "exec identity: {} ({}) not marked: {e}",
+                mount.point.display(),
+                mount.fstype
+            ),
+        }
+    }
+    Ok(marked.len())
+}
+
+/// Marks the filesystem of `point`, or the mount where filesystem marks are not supported.
+fn mark(group: &Fanotify, point: &Path) -> nix::Result<()> {
+    let flags = MarkFlags::FAN_MARK_ADD;
+    match group.mark(
+        flags | MarkFlags::FAN_MARK_FILESYSTEM,
+        MaskFlags::FAN_OPEN_EXEC,
+        None,
+        Some(point),
+    ) {
+        Err(nix::Error::EINVAL) => group.mark(
+            flags | MarkFlags::FAN_MARK_MOUNT,
+            MaskFlags::FAN_OPEN_EXEC,
+            None,
+            Some(point),
+        ),
+        other => other,
+    }
+}
+
+/// Waits for the mount table to change and marks what was mounted; returns when `stop` is
+/// closed (its other end is dropped).
+fn watch_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>, stop: &OwnedFd) {
+    let table = match File::open("/proc/self/mountinfo") {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("exec identity: filesystems mounted from now on are not watched: {e}");
+            return;
+        }
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(table.as_fd(), PollFlags::POLLPRI),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                log::warn!("exec identity: watching the mount table: {e}");
+                return;
+            }
+            Ok(_) => {}
+        }
+        let stopped = fds[1].any().unwrap_or(true);
+        let changed = fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR));
+        if stopped {
+            return;
+        }
+        if changed {
+            // Reading the table to its end re-arms the notification.
+            if let Err(e) = mark_mounts(group, marked).and_then(|_| drain_file(&table)) {
+                log::warn!("exec identity: re-reading the mount table: {e}");
+            }
+        }
+    }
+}
+
+/// Reads `f` to its end from the start (what re-arms a `/proc/self/mountinfo` poll).
+fn drain_file(f: &File) -> io::Result<()> {
+    use std::io::{Read, Seek};
+    let mut f = f;
+    f.seek(io::SeekFrom::Start(0))?;
+    io::copy(&mut f.take(u64::MAX), &mut io::sink())?;
+    Ok(())
+}
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, PartialEq, Eq)]
+struct Mount {
+    /// `major:minor` of the filesystem.
+    device: String,
+    point: PathBuf,
+    fstype: String,
+}
+
+/// Parses a mountinfo line: `id parent major:minor root point options [optional...] - type
+/// source super-options`; the mount point's spaces and such are octal escapes (`\040`).
+fn parse_mountinfo(line: &str) -> Option<Mount> {
+    let mut words = line.split(' ');
+    let device = words.nth(2)?.to_string();
+    let point = unescape(words.nth(1)?);
+    let fstype = words.skip_while(|w| *w != "-").nth(1)?.to_string();
+    Some(Mount {
+        device,
+        point,
+        fstype,
+    })
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space) in a mountinfo field.
+fn unescape(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                u8::try_from(v).ok()
+            });
+        match octal {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    crate::paths::from_bytes(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_lines() {
+        let line = "36 35 98:0 /mnt1 /mnt/my\\040disk rw,noatime master:1 - ext3 /dev/root rw";
+        assert_eq!(
+            parse_mountinfo(line),
+            Some(Mount {
+                device: "98:0".into(),
+                point: PathBuf::from("/mnt/my disk"),
+                fstype: "ext3".into(),
+            })
+        );
+        let no_optional = "22 1 0:21 / /proc rw,nosuid - proc proc rw";
+        assert_eq!(parse_mountinfo(no_optional).unwrap().fstype, "proc");
+        assert_eq!(parse_mountinfo("garbage"), None);
+    }
+
+    /// Needs CAP_SYS_ADMIN (the tests run as root, like the agent).
+    #[test]
+    fn sees_the_exec_of_a_process_that_exits_at_once() {
+        let mut w = ExecWatch::start().expect("fanotify listener (run as root)");
+        let status = std::process::Command::new("/usr/bin/true")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let true_meta = std::fs::metadata("/usr/bin/true").unwrap();
+        let mut found = false;
+        w.drain(|o| {
+            use std::os::unix::fs::MetadataExt;
+            let m = o.file.metadata().unwrap();
+            found |= m.ino() == true_meta.ino() && m.dev() == true_meta.dev();
+        });
+        assert!(found, "no FAN_OPEN_EXEC event for /usr/bin/true");
+    }
+}
