@@ -131,9 +131,8 @@ impl Canon {
 
     /// The canonical form of the absolute directory `dir`, `None` when it is `dir` itself.
     fn dir(&self, dir: &Path) -> Option<PathBuf> {
-        if dir.parent().is_none() {
-            return None;
-        }
+        // `/` is itself.
+        dir.parent()?;
         if let Some(known) = self.lock().get(dir) {
             return known.clone();
         }
