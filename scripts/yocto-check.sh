@@ -302,9 +302,9 @@ sandboxed_agent() {
         fail "/usr/bin/true, in the baseline, raised an alert"
     fi
     # The agent ran with the unit's capabilities only (CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE,
-    # CAP_PERFMON, CAP_BPF: bits 2, 19, 38, 39).
+    # CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF: bits 2, 19, 21, 38, 39).
     [ "$(readlink "/proc/$agent_pid/exe")" = "$PICKET" ] || fail "pid $agent_pid is not the agent"
-    grep -q "^CapBnd:[[:space:]]*000000c000080004$" "/proc/$agent_pid/status" ||
+    grep -q "^CapBnd:[[:space:]]*000000c000280004$" "/proc/$agent_pid/status" ||
         fail "the agent runs with $(grep CapBnd "/proc/$agent_pid/status"), not the unit's bounding set"
     kill -TERM "$agent_pid"
     wait "$agent_pid" || fail "the agent did not stop cleanly on SIGTERM: $(tail -n 5 "$work/agent.err")"

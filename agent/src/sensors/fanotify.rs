@@ -9,8 +9,11 @@
 //! after the file itself.
 //!
 //! Every mounted filesystem is marked (`FAN_MARK_FILESYSTEM`, or per mount where that is not
-//! supported), and a thread marks the filesystems mounted later (it waits for
-//! `/proc/self/mountinfo` to change). Pseudo filesystems hold no executables and are skipped.
+//! supported), and a thread marks the filesystems mounted later (it waits for the mount tables
+//! to change). A filesystem mark covers every mount of that filesystem, in every mount
+//! namespace. The mounts of init's namespace are marked too (through `/proc/1/root`): a service
+//! manager may give the agent a namespace of its own (systemd's `PrivateDevices=` hides the
+//! system's `/dev/shm`). Pseudo filesystems hold no executables and are skipped.
 //! Memory files (`memfd_create`) live on an internal filesystem that cannot be marked: their
 //! execs bring no event (the process table knows them from `memfd_create`).
 //!
@@ -156,18 +159,37 @@ impl ExecWatch {
     }
 }
 
-/// Marks every filesystem of the mount table not marked yet; returns how many are marked.
+/// The mount tables read, and how their mount points are reached from the agent's namespace.
+const TABLES: [(&str, &str); 2] = [
+    ("/proc/self/mountinfo", ""),
+    ("/proc/1/mountinfo", "/proc/1/root"),
+];
+
+/// Marks every filesystem of the mount tables not marked yet; returns how many are marked.
 fn mark_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>) -> io::Result<usize> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let own = std::fs::read_to_string(TABLES[0].0)?;
+    // Init's table is a bonus: unreadable without CAP_SYS_PTRACE, the same as ours usually.
+    let init = std::fs::read_to_string(TABLES[1].0).unwrap_or_default();
     let mut marked = marked.lock().unwrap_or_else(|e| e.into_inner());
-    for line in table.lines() {
+    let lines = own
+        .lines()
+        .map(|l| (l, TABLES[0].1))
+        .chain(init.lines().map(|l| (l, TABLES[1].1)));
+    for (line, root) in lines {
         let Some(mount) = parse_mountinfo(line) else {
             continue;
         };
         if PSEUDO.contains(&mount.fstype.as_str()) || marked.contains(&mount.device) {
             continue;
         }
-        match mark(group, &mount.point) {
+        let point = if root.is_empty() {
+            mount.point.clone()
+        } else {
+            let mut p = PathBuf::from(root).into_os_string();
+            p.push(mount.point.as_os_str());
+            PathBuf::from(p)
+        };
+        match mark(group, &point) {
             Ok(()) => {
                 marked.insert(mount.device);
             }
@@ -203,17 +225,23 @@ fn mark(group: &Fanotify, point: &Path) -> nix::Result<()> {
 /// Waits for the mount table to change and marks what was mounted; returns when `stop` is
 /// closed (its other end is dropped).
 fn watch_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>, stop: &OwnedFd) {
-    let table = match File::open("/proc/self/mountinfo") {
+    let own = match File::open(TABLES[0].0) {
         Ok(f) => f,
         Err(e) => {
             log::warn!("exec identity: filesystems mounted from now on are not watched: {e}");
             return;
         }
     };
+    // Without init's table, ours is polled twice: harmless.
+    let init = File::open(TABLES[1].0).or_else(|_| own.try_clone());
+    let Ok(init) = init else {
+        return;
+    };
     loop {
         let mut fds = [
-            PollFd::new(table.as_fd(), PollFlags::POLLPRI),
             PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            PollFd::new(own.as_fd(), PollFlags::POLLPRI),
+            PollFd::new(init.as_fd(), PollFlags::POLLPRI),
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Err(nix::Error::EINTR) => continue,
@@ -223,17 +251,20 @@ fn watch_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>, stop: &OwnedF
             }
             Ok(_) => {}
         }
-        let stopped = fds[1].any().unwrap_or(true);
-        let changed = fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR));
-        if stopped {
+        if fds[0].any().unwrap_or(true) {
             return;
         }
+        let changed = fds[1..].iter().any(|f| {
+            f.revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR))
+        });
         if changed {
-            // Reading the table to its end re-arms the notification.
-            if let Err(e) = mark_mounts(group, marked).and_then(|_| drain_file(&table)) {
-                log::warn!("exec identity: re-reading the mount table: {e}");
+            // Reading a table to its end re-arms its notification.
+            let done = mark_mounts(group, marked)
+                .and_then(|_| drain_file(&own))
+                .and_then(|()| drain_file(&init));
+            if let Err(e) = done {
+                log::warn!("exec identity: re-reading the mount tables: {e}");
             }
         }
     }
