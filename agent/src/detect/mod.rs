@@ -49,6 +49,8 @@ struct ExecFlags<'a> {
     deleted: bool,
     /// Why the file has no SHA-256, when it has none.
     hash_error: Option<&'a str>,
+    /// The name the exec used, when it is a link to the file that ran.
+    name_used: Option<&'a Path>,
 }
 
 /// A policy made ready for per-event checks.
@@ -66,6 +68,9 @@ pub struct Detector {
     /// The agent's own files, normalised, each also in canonical form when that differs: any
     /// change to them is tampering.
     own: Vec<PathBuf>,
+    /// Executables named by network rules → the file each name leads to, when that differs
+    /// (events name the file that ran: `/usr/bin/python3.11` for a rule's `/usr/bin/python3`).
+    rule_files: HashMap<String, String>,
 }
 
 /// A policy glob, with its literal directory prefix in canonical form when that differs.
@@ -177,6 +182,15 @@ impl Detector {
             }
             own_paths.push(p);
         }
+        let rule_files = (policy.network.outbound.iter().map(|r| &r.executable))
+            .chain(policy.network.listen.iter().map(|r| &r.executable))
+            .flatten()
+            .filter_map(|name| {
+                let file = std::fs::canonicalize(name.as_str()).ok()?;
+                let file = file.to_str().filter(|f| *f != name.as_str())?;
+                Some((name.as_str().to_string(), file.to_string()))
+            })
+            .collect();
         Self {
             policy,
             modes,
@@ -186,6 +200,7 @@ impl Detector {
             executable_globs,
             protected_globs,
             own: own_paths,
+            rule_files,
         }
     }
 
@@ -209,12 +224,14 @@ impl Detector {
                 fileless,
                 deleted,
                 hash_error,
+                name_used,
                 ..
             } => {
                 let flags = ExecFlags {
                     fileless: *fileless,
                     deleted: *deleted,
                     hash_error: hash_error.as_deref(),
+                    name_used: name_used.as_deref(),
                 };
                 self.exec(event, r, flags, &mut out)
             }
@@ -244,6 +261,7 @@ impl Detector {
             fileless,
             deleted,
             hash_error,
+            name_used,
         } = flags;
         let Some(ctx) = &r.process else {
             return;
@@ -284,17 +302,22 @@ impl Detector {
                 .iter()
                 .any(|g| g.matches(path, &key(path)))
         };
-        // A name the baseline does not list may be a link to one it does (`/usr/bin/awk` to
-        // `/usr/bin/mawk`): the baseline records files where they live. Only looked up on a
-        // miss; the hash still decides, whatever the link points to now.
+        // The file that ran may be listed under the name of a link to it, the name the exec
+        // used (`/bin/sh` for `/usr/bin/dash`); or, the other way round, a name the baseline
+        // does not list may be a link to one it does (`/usr/bin/awk` to `/usr/bin/mawk`). Only
+        // looked up on a miss; the hash still decides, whatever the link points to now.
         let resolved = (!self.executables.contains_key(canonical)
             && !self
                 .executable_globs
                 .iter()
                 .any(|g| g.matches(exe, canonical)))
-        .then(|| std::fs::canonicalize(exe).ok())
+        .then(|| match name_used.and_then(Path::to_str) {
+            Some(used) => Some(key(used)),
+            None => std::fs::canonicalize(exe)
+                .ok()
+                .and_then(|p| p.to_str().map(str::to_string)),
+        })
         .flatten()
-        .and_then(|p| p.to_str().map(str::to_string))
         .filter(|p| p != canonical);
         let listed = self
             .executables
@@ -369,7 +392,10 @@ impl Detector {
         let exe = r.process.as_ref().and_then(|p| p.exe_text());
         let exe = exe.as_deref();
         let allowed_exe = |rule: &Option<picket_policy::model::AbsPath>| {
-            rule.as_ref().is_none_or(|r| Some(r.as_str()) == exe)
+            rule.as_ref().is_none_or(|r| {
+                Some(r.as_str()) == exe
+                    || self.rule_files.get(r.as_str()).map(String::as_str) == exe
+            })
         };
         let proto_ok = |rule: Protocol, proto: Protocol| rule == Protocol::Any || rule == proto;
         let name = net_op_name(op);

@@ -123,7 +123,7 @@ fn exec_detail(fields: &Value) -> Detail {
         execveat: false,
         file: None,
         hash_error: fields["hash_error"].as_str().map(str::to_string),
-        name_used: None,
+        name_used: text(fields, "name_used").map(PathBuf::from),
     }
 }
 
@@ -595,5 +595,72 @@ fn a_directory_link_made_while_running_is_followed_once_seen() {
         "new_path":dir.join("later").to_str().unwrap()});
     assert!(kinds(&d, made).is_empty());
     assert_eq!(open(&dir.join("later/f")), vec![Kind::ProtectedFileChanged]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_file_run_through_a_link_is_checked_under_the_name_the_exec_used() {
+    let d = detector();
+    let a = "a".repeat(64);
+    let b = "b".repeat(64);
+    let exec = |sha: &str| {
+        d.check(&event(json!({
+            "event": "exec", "exe": "/usr/lib/app/app-1.2", "name_used": "/usr/bin/app", "sha256": sha
+        })))
+    };
+    // Listed as `/usr/bin/app`, which led to the file that ran: its hash decides.
+    assert!(exec(&a).is_empty());
+    let drafts = exec(&b);
+    assert_eq!(drafts.len(), 1, "{drafts:?}");
+    assert_eq!(drafts[0].kind, Kind::ModifiedExecutable);
+    // The same file by its own name, not listed: unknown.
+    let drafts = d.check(&event(
+        json!({"event": "exec", "exe": "/usr/lib/app/app-1.2", "sha256": a}),
+    ));
+    assert_eq!(drafts.len(), 1, "{drafts:?}");
+    assert_eq!(drafts[0].kind, Kind::UnknownExecutable);
+}
+
+#[test]
+fn a_network_rule_naming_a_link_allows_the_file_it_leads_to() {
+    let dir = std::env::temp_dir()
+        .canonicalize()
+        .unwrap()
+        .join(format!("picket-detect-rule-link-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("python3.11"), "x").unwrap();
+    std::os::unix::fs::symlink(dir.join("python3.11"), dir.join("python3")).unwrap();
+    let policy = picket_policy::load_toml(
+        &format!(
+            r#"
+[metadata]
+name = "t"
+device_class = "c"
+serial = 1
+created = "2026-11-22T10:00:00Z"
+
+[[network.outbound]]
+cidr = "10.0.0.0/8"
+ports = 443
+executable = "{}/python3"
+"#,
+            dir.display()
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let modes = policy.modes;
+    let d = Detector::new(policy, modes, vec![]);
+    let connect = |exe: PathBuf| {
+        kinds(
+            &d,
+            json!({"event":"net","op":"tcp_connect","exe":exe.to_str().unwrap(),
+                   "remote_addr":"10.1.2.3","remote_port":443}),
+        )
+    };
+    assert!(connect(dir.join("python3.11")).is_empty());
+    assert!(connect(dir.join("python3")).is_empty());
+    assert_eq!(connect(dir.join("other")), vec![Kind::UnexpectedConnection]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
