@@ -245,7 +245,9 @@ pub struct Exec {
     /// SHA-256 of the bytes that ran, lowercase hex.
     pub sha256: String,
     pub fileless: bool,
-    pub deleted: bool,
+    /// Whether the file that ran had been unlinked; `None` for a memfd, which never had a
+    /// link (whether it is also called deleted is not fixed, `fileless` is).
+    pub deleted: Option<bool>,
     /// A script's interpreter, in canonical form.
     pub interpreter: Option<String>,
 }
@@ -363,7 +365,7 @@ impl ExecForms {
             filename: None,
             sha256: self.true_sha256.clone(),
             fileless: false,
-            deleted: false,
+            deleted: Some(false),
             interpreter: None,
         };
         let pid = match form {
@@ -404,7 +406,7 @@ impl ExecForms {
                 let file = open(&path, libc::O_RDONLY);
                 std::fs::remove_file(&path).unwrap();
                 exec.exe = ExpectedExe::Exact(format!("{} (deleted)", path_str(&path)));
-                exec.deleted = true;
+                exec.deleted = Some(true);
                 exec_fd(file.as_raw_fd())
             }
             ExecForm::MemfdNamedExecveat
@@ -426,6 +428,7 @@ impl ExecForms {
                 let memfd = memfd_with(&name, &self.true_bytes, sealed);
                 exec.exe = ExpectedExe::Prefix(format!("/memfd:{name}"));
                 exec.fileless = true;
+                exec.deleted = None;
                 let fd = memfd.as_raw_fd();
                 match form {
                     ExecForm::MemfdNamedExecveat
