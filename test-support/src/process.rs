@@ -256,7 +256,7 @@ pub struct Exec {
 #[derive(Clone, Debug)]
 pub enum ExpectedExe {
     Exact(String),
-    /// A memfd: `/memfd:NAME`, followed by what the kernel appends (` (deleted)`).
+    /// A memfd: `/memfd:NAME`, alone or followed by what the kernel appends (` (deleted)`).
     Prefix(String),
 }
 
@@ -264,7 +264,9 @@ impl ExpectedExe {
     pub fn matches(&self, exe: &str) -> bool {
         match self {
             ExpectedExe::Exact(e) => exe == e,
-            ExpectedExe::Prefix(p) => exe.starts_with(p.as_str()),
+            ExpectedExe::Prefix(p) => exe
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(" (")),
         }
     }
 }

@@ -1,14 +1,18 @@
-//! `picket monitor` reports each exec form as the file that ran, 20 times out of 20.
+//! Each exec form, 20 times: `picket monitor` reports the file that ran, and `picket run`
+//! raises exactly the right alerts.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use picket_test_support::bin::picket;
+use picket_test_support::process::ExpectedExe;
 use picket_test_support::process::{Exec, ExecForm, ExecForms};
-use picket_test_support::{Event, Monitor, TempDir};
-use serde_json::Value;
+use picket_test_support::{sha256_file, Event, Monitor, TempDir};
+use serde_json::{json, Value};
 
-use crate::support::{Miss, Misses};
+use crate::support::{self, Lab, Miss, Misses};
 
 /// How many times each form is done.
 const ATTEMPTS: usize = 20;
@@ -95,4 +99,105 @@ fn check(exec: &Exec, ev: &Value) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Each form, 20 times, under `picket run` with a policy that does not know the program (only
+/// the script's interpreter): exactly `unknown_executable` with the real hash, about the file
+/// that ran, plus `suspicious_exec` with reason `fileless` (memfds) or `deleted file` (deleted
+/// files) — no other alert, none missing. Repeats of an alert within the aggregation window
+/// come as one alert with a count, so alerts are matched to the execs by count: a repeat is
+/// charged to the process that raised the alert first, and a shortfall to the last attempts.
+#[test]
+fn run_raises_exactly_the_right_alerts_for_every_exec_form() {
+    let lab = Lab::new("forms");
+    let sh = std::fs::canonicalize("/bin/sh").unwrap();
+    let sh_sha256 = sha256_file(&sh);
+    let baseline: Vec<(PathBuf, String)> = [PathBuf::from("/bin/sh"), "/usr/bin/sh".into(), sh]
+        .into_iter()
+        .map(|p| (p, sh_sha256.clone()))
+        .collect();
+    let agent = lab.run(&baseline);
+    let dir = lab.root.join("forms");
+    std::fs::create_dir_all(&dir).unwrap();
+    let forms = ExecForms::new(&dir);
+
+    let mut execs: Vec<(usize, Exec)> = Vec::new();
+    for attempt in 1..=ATTEMPTS {
+        for form in ExecForm::ALL {
+            execs.push((attempt, forms.exec(form)));
+        }
+    }
+    lab.barrier(&agent, REPORT_TIMEOUT);
+    let alerts = agent.stop().events;
+
+    // The alerts each exec must raise; each is ticked off by one alert (or one of its count).
+    struct Want<'a> {
+        exec: usize,
+        kind: &'static str,
+        exe: &'a ExpectedExe,
+        details: Value,
+        seen: bool,
+    }
+    let mut wants: Vec<Want> = Vec::new();
+    for (i, (_, exec)) in execs.iter().enumerate() {
+        let mut want = |kind, details| {
+            wants.push(Want {
+                exec: i,
+                kind,
+                exe: &exec.exe,
+                details,
+                seen: false,
+            })
+        };
+        want("unknown_executable", json!({ "sha256": exec.sha256 }));
+        if exec.fileless {
+            want("suspicious_exec", json!({ "reason": "fileless" }));
+        }
+        if exec.deleted == Some(true) {
+            want("suspicious_exec", json!({ "reason": "deleted file" }));
+        }
+    }
+    let by_pid: HashMap<u32, usize> = execs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, e))| (e.pid, i))
+        .collect();
+    let mut problems: Vec<(Vec<String>, Option<&Value>)> = vec![(Vec::new(), None); execs.len()];
+    for a in &alerts {
+        let Some(&i) = support::pid_of(a).and_then(|p| by_pid.get(&p)) else {
+            continue;
+        };
+        let mut left = a["count"].as_u64().unwrap_or(1);
+        let path = a["path"].as_str().unwrap_or("");
+        for w in wants.iter_mut().filter(|w| {
+            !w.seen
+                && w.kind == support::kind(a)
+                && w.exe.matches(path)
+                && a["details"] == w.details
+        }) {
+            if left == 0 {
+                break;
+            }
+            w.seen = true;
+            left -= 1;
+        }
+        if left > 0 {
+            problems[i]
+                .0
+                .push(format!("{} not expected (count {left})", support::kind(a)));
+            problems[i].1.get_or_insert(a);
+        }
+    }
+    for w in wants.iter().filter(|w| !w.seen) {
+        problems[w.exec]
+            .0
+            .push(format!("no {} {} about {}", w.kind, w.details, w.exe));
+    }
+    let mut misses = Misses::default();
+    for ((attempt, exec), (found, printed)) in execs.iter().zip(problems) {
+        misses.record(exec.form.name(), *attempt, Miss::new(found, printed));
+    }
+    misses.assert_none(&ExecForm::ALL.map(ExecForm::name), ATTEMPTS, || {
+        format!("alerts:\n{}", support::lines(&alerts))
+    });
 }
