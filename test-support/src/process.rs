@@ -592,3 +592,40 @@ fn put_decimal(put: &mut impl FnMut(&[u8]), n: u64) {
     }
     put(&digits[i..]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_exec_form_runs_its_program() {
+        let dir = crate::TempDir::new();
+        let forms = ExecForms::new(dir.path());
+        for form in ExecForm::ALL {
+            let exec = forms.exec(form);
+            assert!(exec.pid > 0, "{}", form.name());
+            assert_eq!(exec.fileless, form.is_memfd(), "{}", form.name());
+        }
+    }
+
+    #[test]
+    fn a_memfd_name_matches_only_itself() {
+        let named = ExpectedExe::Prefix("/memfd:a-1".into());
+        assert!(named.matches("/memfd:a-1 (deleted)"));
+        assert!(named.matches("/memfd:a-1"));
+        assert!(!named.matches("/memfd:a-12 (deleted)"));
+        let unnamed = ExpectedExe::Prefix("/memfd:".into());
+        assert!(unnamed.matches("/memfd: (deleted)"));
+        assert!(!unnamed.matches("/memfd:a-1 (deleted)"));
+    }
+
+    #[test]
+    fn decimals_are_written_without_allocating() {
+        let mut buf = Vec::new();
+        for n in [0, 7, 10, 4_194_304, u64::MAX] {
+            buf.clear();
+            put_decimal(&mut |b: &[u8]| buf.extend_from_slice(b), n);
+            assert_eq!(buf, n.to_string().as_bytes());
+        }
+    }
+}
