@@ -22,8 +22,9 @@ const BURST_EXECS: usize = 100_000;
 const SHELLS: usize = 4;
 /// How long the agent may take, after the burst, to have handled it all.
 const BURST_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long the agent may take to handle a few execs.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent may take to handle a few hundred execs (long: the burst may run
+/// meanwhile).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Execs of the swapped binary.
 const SWAP_EXECS: usize = 200;
 
