@@ -11,6 +11,10 @@
 #   --smoke: a few seconds, small counts, one round; checks the harness works (figures are
 #   printed, not written to docs/PERFORMANCE.md, and are meaningless).
 # Counts can be set through EXECS, WRITES, CONNECTS, ROUNDS, CEILING_SECONDS, HASH_MIB.
+#   BEFORE=/path/to/an/earlier/picket: every round of every storm also runs with that agent (same
+#   config and policy, its own state directory), right after the run with this one; the
+#   "Agent cost" section then compares the two, measured in the same run. BEFORE_COMMIT names
+#   what that binary was built from (else its `--version` is recorded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -32,6 +36,10 @@ else
     RATES="10000 25000 50000 100000 200000 400000 0"
 fi
 PORT=47173
+if [ -n "${BEFORE:-}" ]; then
+    BEFORE="$(readlink -f "$BEFORE")"
+    [ -x "$BEFORE" ] || { echo "BEFORE=$BEFORE is not an executable" >&2; exit 1; }
+fi
 
 WORK="$(mktemp -d /var/tmp/picket-agent-bench.XXXXXX)"
 SAMPLES="$WORK/samples"
@@ -88,6 +96,8 @@ state_dir = "$WORK/state"
 stdout = false
 file = "$WORK/alerts.jsonl"
 TOML
+# The earlier agent: the same settings, its own state (policy store, sequence, snapshot).
+sed "s|^state_dir = .*|state_dir = \"$WORK/state-before\"|" "$WORK/picket.toml" > "$WORK/picket-before.toml"
 
 exec_storm() { perl -e 'for (1..$ARGV[0]) { system("/usr/bin/true") == 0 or die }' "$EXECS"; }
 write_storm() {
@@ -124,13 +134,16 @@ sample writes "$WRITES"
 sample connects "$CONNECTS"
 sample ceiling_seconds "$CEILING_SECONDS"
 sample hash_mib "$HASH_MIB"
+if [ -n "${BEFORE:-}" ]; then
+    sample before_commit "${BEFORE_COMMIT:-$("$BEFORE" --version)}"
+fi
 
 # CPU time of every thread of the agent, in nanoseconds (from /proc/PID/task/*/schedstat, finer
 # than the clock ticks of /proc/PID/stat).
 cpu_ns() { "$XTASK" probe cpu-ns "$1"; }
 kib() { "$XTASK" probe kib "$1" "$2"; }
-start_agent() {
-    "$PICKET" run --config "$WORK/picket.toml" 2>"$WORK/agent.log" &
+start_agent() { # [BINARY CONFIG]: this agent by default
+    "${1:-$PICKET}" run --config "${2:-$WORK/picket.toml}" 2>"$WORK/agent.log" &
     AGENT=$!
     for _ in $(seq 600); do
         grep -q "running with policy" "$WORK/agent.log" && return 0
@@ -161,6 +174,15 @@ for round in $(seq "$ROUNDS"); do
         # What the agent handled: the storm's records and whatever else ran on the machine;
         # each executable it had not seen is hashed once (a miss).
         sample "${storm}_stopped" "$("$XTASK" probe stopped "$WORK/agent.log")"
+        if [ -n "${BEFORE:-}" ]; then
+            start_agent "$BEFORE" "$WORK/picket-before.toml"
+            sample "${storm}_before_cpu_ns_before" "$(cpu_ns "$AGENT")"
+            timed "${storm}_before_ns" "${storm}_storm"
+            sleep 1
+            sample "${storm}_before_cpu_ns_after" "$(cpu_ns "$AGENT")"
+            stop_agent
+            sample "${storm}_before_stopped" "$("$XTASK" probe stopped "$WORK/agent.log")"
+        fi
     done
     echo "round $round/$ROUNDS of the storms done" >&2
 done

@@ -4,7 +4,10 @@
 //! Samples: `smoke`, `rounds`, `execs`, `writes`, `connects`, `ceiling_seconds`, `hash_mib`; per
 //! round and storm (`exec`, `write`, `connect`) `STORM_without_ns`, `STORM_with_ns`,
 //! `STORM_cpu_ns_before`, `STORM_cpu_ns_after` (the agent's CPU time around the storm) and
-//! `STORM_stopped` ("EVENTS MISSES" from the agent's log); `idle_rss_kib`, `bpf_maps` ("COUNT
+//! `STORM_stopped` ("EVENTS MISSES" from the agent's log); when an earlier agent was measured too
+//! (`BEFORE`), `before_commit` (what it was built from) and per round and storm
+//! `STORM_before_ns`, `STORM_before_cpu_ns_before`, `STORM_before_cpu_ns_after`,
+//! `STORM_before_stopped`, the same readings with it; `idle_rss_kib`, `bpf_maps` ("COUNT
 //! TOTAL_BYTES RINGBUF_BYTES"), `step` ("RATE COUNT SECONDS LOST_BEFORE LOST_AFTER", one per
 //! rate, 0 for as fast as possible), `lost_end`, `startup_peak_kib`, `load_rss_kib`; `hash_ns`
 //! per round, `openssl_kbs` (absent without OpenSSL), `stripped_bytes`, `cross_sizes` (a path).
@@ -19,6 +22,7 @@ const STORMS: [&str; 3] = ["exec", "write", "connect"];
 pub fn report(s: &Samples, env: &Env) -> Result<Report> {
     let mut missed = String::new();
     let storms = storms(s, &mut missed)?;
+    let before_after = before_after(s)?;
     let ceiling = ceiling(s, env, &mut missed)?;
     let hashing = hashing(s, env)?;
     let mode = if s.yes("smoke") {
@@ -46,7 +50,7 @@ machine, other people's freshly built binaries, some of them large).
 {storms}
 
 {targets}
-",
+{before_after}",
         today = env.today,
         machine = env.machine,
     );
@@ -66,50 +70,20 @@ fn storms(s: &Samples, missed: &mut String) -> Result<String> {
 | --- | --- | --- | --- | --- | --- | --- |"
         .to_string();
     for storm in STORMS {
-        let (what, events) = match storm {
-            "exec" => {
-                let n = s.text("execs")?;
-                (
-                    format!("{n} spawns of /usr/bin/true (perl `system`)"),
-                    number(n)? * 3.0,
-                )
-            }
-            "write" => {
-                let n = s.text("writes")?;
-                (format!("{n} opens for writing (python)"), number(n)?)
-            }
-            _ => {
-                let n = s.text("connects")?;
-                let what = format!("{n} TCP connections to a loopback listener (python)");
-                (what, number(n)? * 2.0)
-            }
-        };
+        let (what, events) = described(s, storm)?;
         let key = |k: &str| format!("{storm}_{k}");
         let without = median(&ms(&s.nums(&key("without_ns"))?)).context(key("without_ns"))?;
-        let with = median(&ms(&s.nums(&key("with_ns"))?)).context(key("with_ns"))?;
-        let cpu_us = differences_us(
-            &s.nums(&key("cpu_ns_before"))?,
-            &s.nums(&key("cpu_ns_after"))?,
-        );
-        let cpu = median(&cpu_us).context(key("cpu_ns"))?;
-        let stopped = s.rows(&key("stopped"));
-        let column =
-            |i: usize| -> Result<Vec<f64>> { stopped.iter().map(|r| number(r[i])).collect() };
-        let received = median(&column(0)?).context(key("stopped"))?;
-        let hashed = median(&column(1)?).context(key("stopped"))?;
-        if received <= 0.0 {
-            bail!("the agent received no records during the {storm} storm");
-        }
-        let slowdown = ratio(without, with);
-        let (per, _) = rounded(cpu / received, 1);
+        let with = agent_run(s, storm, "with_ns", "")?;
+        let slowdown = ratio(without, with.ms);
+        let (per, _) = rounded(with.cpu_per_record, 1);
         table += &format!(
             "\n| {what} | {} ms | {} ms | {slowdown} ({}) | {} ({}) | {} | {per} µs ({}) |",
             num(without),
-            num(with),
+            num(with.ms),
             verdict(&slowdown, 1.05),
-            num(received),
+            num(with.received),
             num(events),
-            num(hashed),
+            num(with.hashed),
             verdict(&per, 9.99),
         );
         if verdict(&slowdown, 1.05) != "met" {
@@ -120,6 +94,120 @@ fn storms(s: &Samples, missed: &mut String) -> Result<String> {
         }
     }
     Ok(table)
+}
+
+/// What a storm does, and the records it makes the agent receive.
+fn described(s: &Samples, storm: &str) -> Result<(String, f64)> {
+    Ok(match storm {
+        "exec" => {
+            let n = s.text("execs")?;
+            (
+                format!("{n} spawns of /usr/bin/true (perl `system`)"),
+                number(n)? * 3.0,
+            )
+        }
+        "write" => {
+            let n = s.text("writes")?;
+            (format!("{n} opens for writing (python)"), number(n)?)
+        }
+        _ => {
+            let n = s.text("connects")?;
+            let what = format!("{n} TCP connections to a loopback listener (python)");
+            (what, number(n)? * 2.0)
+        }
+    })
+}
+
+/// One agent's figures over the rounds of a storm (medians).
+struct AgentRun {
+    /// The storm's wall time with this agent running, ms.
+    ms: f64,
+    /// Records the agent received in its life.
+    received: f64,
+    /// Files it hashed.
+    hashed: f64,
+    /// Its CPU time over the storm per record received, µs.
+    cpu_per_record: f64,
+}
+
+/// The figures of the agent whose samples are `STORM_{time}` (the storm's wall time) and
+/// `STORM_{prefix}cpu_ns_before`, `..._after`, `STORM_{prefix}stopped`.
+fn agent_run(s: &Samples, storm: &str, time: &str, prefix: &str) -> Result<AgentRun> {
+    let key = |k: &str| format!("{storm}_{prefix}{k}");
+    let time = format!("{storm}_{time}");
+    let wall = median(&ms(&s.nums(&time)?)).context(time)?;
+    let cpu_us = differences_us(
+        &s.nums(&key("cpu_ns_before"))?,
+        &s.nums(&key("cpu_ns_after"))?,
+    );
+    let cpu = median(&cpu_us).context(key("cpu_ns"))?;
+    let stopped = s.rows(&key("stopped"));
+    let column = |i: usize| -> Result<Vec<f64>> {
+        stopped
+            .iter()
+            .map(|r| {
+                r.get(i)
+                    .with_context(|| format!("{} needs EVENTS MISSES", key("stopped")))
+                    .and_then(|v| number(v))
+            })
+            .collect()
+    };
+    let received = median(&column(0)?).context(key("stopped"))?;
+    let hashed = median(&column(1)?).context(key("stopped"))?;
+    if received <= 0.0 {
+        bail!(
+            "the agent received no records during the {storm} storm ({})",
+            key("stopped")
+        );
+    }
+    Ok(AgentRun {
+        ms: wall,
+        received,
+        hashed,
+        cpu_per_record: cpu / received,
+    })
+}
+
+/// The "Before and after (same run)" subsection, after a blank line, when an earlier agent
+/// (`BEFORE`) ran each storm too; empty otherwise.
+fn before_after(s: &Samples) -> Result<String> {
+    let measured = STORMS
+        .iter()
+        .any(|storm| !s.all(&format!("{storm}_before_ns")).is_empty());
+    if !measured {
+        return Ok(String::new());
+    }
+    let mut table = format!(
+        "### Before and after (same run)
+
+An earlier agent (`{before}`) ran every storm too (`BEFORE=/path/to/picket bench/agent.sh`):
+in every round, right after this one, with the same config and policy and its own state
+directory. Both slowdowns are against the runs without agent of the same rounds; the last
+column is this agent's CPU per record received over the earlier one's (< 1: cheaper now).
+
+| storm | without agent | with the earlier agent | with this agent | slowdown, earlier | slowdown, this | CPU per record, earlier | CPU per record, this | CPU per record, this / earlier |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        before = s.text("before_commit")?,
+    );
+    for storm in STORMS {
+        let (what, _) = described(s, storm)?;
+        let without_key = format!("{storm}_without_ns");
+        let without = median(&ms(&s.nums(&without_key)?)).context(without_key)?;
+        let earlier = agent_run(s, storm, "before_ns", "before_")?;
+        let this = agent_run(s, storm, "with_ns", "")?;
+        table += &format!(
+            "\n| {what} | {} ms | {} ms | {} ms | {} | {} | {} µs | {} µs | {} |",
+            num(without),
+            num(earlier.ms),
+            num(this.ms),
+            ratio(without, earlier.ms),
+            ratio(without, this.ms),
+            rounded(earlier.cpu_per_record, 1).0,
+            rounded(this.cpu_per_record, 1).0,
+            ratio(earlier.cpu_per_record, this.cpu_per_record),
+        );
+    }
+    Ok(format!("\n{table}\n"))
 }
 
 /// Whole microseconds between pairs of nanosecond readings.
@@ -350,6 +438,61 @@ hash_ns 632000000\nopenssl_kbs 1058000.00\nstripped_bytes 4277500\ncross_sizes /
         assert!(r.sections[1]
             .1
             .contains("**9999 opens/s**. Nothing was lost at any step"));
+    }
+
+    /// What `BEFORE=... bench/agent.sh` adds to [`SAMPLES`]: the earlier agent's readings.
+    const BEFORE: &str = "before_commit f100d4e
+exec_before_ns 7900000000\nexec_before_cpu_ns_before 0\nexec_before_cpu_ns_after 921600000
+exec_before_stopped 15360 30
+exec_before_ns 7800000000\nexec_before_cpu_ns_before 1000\nexec_before_cpu_ns_after 921601000
+exec_before_stopped 15360 30
+write_before_ns 400000000\nwrite_before_cpu_ns_before 0\nwrite_before_cpu_ns_after 190170000
+write_before_stopped 20231 22
+connect_before_ns 700000000\nconnect_before_cpu_ns_before 0
+connect_before_cpu_ns_after 102890000\nconnect_before_stopped 10289 27
+";
+
+    #[test]
+    fn without_an_earlier_agent_there_is_no_before_and_after_table() {
+        let r = report(&Samples::parse(SAMPLES), &test_env()).unwrap();
+        assert!(
+            !r.sections[0].1.contains("Before and after"),
+            "{}",
+            r.sections[0].1
+        );
+        assert!(!r.sections[0].1.contains("earlier"), "{}", r.sections[0].1);
+    }
+
+    #[test]
+    fn an_earlier_agent_gets_a_before_and_after_table() {
+        let without = report(&Samples::parse(SAMPLES), &test_env()).unwrap();
+        let r = report(&Samples::parse(&format!("{SAMPLES}{BEFORE}")), &test_env()).unwrap();
+        let cost = &r.sections[0].1;
+        // The storms' table and the targets are those of this agent, as without BEFORE; the
+        // comparison follows them.
+        let table = cost
+            .strip_prefix(without.sections[0].1.as_str())
+            .unwrap_or_else(|| panic!("{cost}"));
+        assert!(table.starts_with("\n### Before and after (same run)\n\nAn earlier agent (`f100d4e`) ran every storm too (`BEFORE=/path/to/picket bench/agent.sh`):\n"), "{table}");
+        assert!(table.contains("\n| storm | without agent | with the earlier agent | with this agent | slowdown, earlier | slowdown, this | CPU per record, earlier | CPU per record, this | CPU per record, this / earlier |\n"), "{table}");
+        assert!(table.contains("\n| 5000 spawns of /usr/bin/true (perl `system`) | 7636 ms | 7850 ms | 7136.5 ms | 1.03 | 0.93 | 60.0 µs | 30.5 µs | 0.51 |\n"), "{table}");
+        assert!(table.contains("\n| 20000 opens for writing (python) | 323 ms | 400 ms | 387 ms | 1.24 | 1.20 | 9.4 µs | 4.7 µs | 0.50 |\n"), "{table}");
+        assert!(table.ends_with("\n| 5000 TCP connections to a loopback listener (python) | 598 ms | 700 ms | 647 ms | 1.17 | 1.08 | 10.0 µs | 14.3 µs | 1.43 |\n"), "{table}");
+        // The other sections do not change.
+        assert_eq!(r.sections[1..], without.sections[1..]);
+    }
+
+    #[test]
+    fn missing_samples_of_the_earlier_agent_are_an_error() {
+        let text = format!("{SAMPLES}{BEFORE}").replace("write_before_stopped", "other");
+        let err = report(&Samples::parse(&text), &test_env()).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("write_before_stopped"),
+            "{err:#}"
+        );
+        let text = format!("{SAMPLES}{BEFORE}").replace("before_commit", "other");
+        let err = report(&Samples::parse(&text), &test_env()).err().unwrap();
+        assert!(format!("{err:#}").contains("before_commit"), "{err:#}");
     }
 
     #[test]
