@@ -27,6 +27,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(120);
 /// a `hash_error` saying why, never wrong. Every other form's `sha256` must be right.
 #[test]
 fn monitor_reports_every_exec_form_as_the_file_that_ran() {
+    let _not_during_the_burst = support::not_during_the_burst();
     let mon = Monitor::start(picket(), &["--filter", "exec"]);
     let dir = TempDir::new();
     let forms = ExecForms::new(dir.path());
@@ -53,10 +54,18 @@ fn monitor_reports_every_exec_form_as_the_file_that_ran() {
             Miss::new(problems, found.as_ref()),
         );
     }
+    let out = mon.stop();
+    let lost = out.lost("process");
+    let problems = if lost == 0 {
+        Vec::new()
+    } else {
+        vec![format!("{lost} process events lost")]
+    };
+    misses.record("the monitor lost events", 1, Miss::new(problems, None));
     misses.assert_none(&ExecForm::ALL.map(ExecForm::name), ATTEMPTS, || {
         let mut more = String::new();
         let _ = writeln!(more, "the file forms run {}", forms.true_copy().display());
-        more + &mon.describe()
+        more + &out.describe()
     });
 }
 
@@ -110,6 +119,7 @@ fn check(exec: &Exec, ev: &Value) -> Vec<String> {
 /// charged to the process that raised the alert first, and a shortfall to the last attempts.
 #[test]
 fn run_raises_exactly_the_right_alerts_for_every_exec_form() {
+    let _not_during_the_burst = support::not_during_the_burst();
     let lab = Lab::new("forms");
     let sh = std::fs::canonicalize("/bin/sh").unwrap();
     let sh_sha256 = sha256_file(&sh);
@@ -198,6 +208,7 @@ fn run_raises_exactly_the_right_alerts_for_every_exec_form() {
     for ((attempt, exec), (found, printed)) in execs.iter().zip(problems) {
         misses.record(exec.form.name(), *attempt, Miss::new(found, printed));
     }
+    support::record_losses(&mut misses, &alerts);
     misses.assert_none(&ExecForm::ALL.map(ExecForm::name), ATTEMPTS, || {
         format!("alerts:\n{}", support::lines(&alerts))
     });

@@ -6,11 +6,31 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use picket_test_support::bin::picket;
 use picket_test_support::{unique, Agent};
 use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// The burst runs alone
+// ---------------------------------------------------------------------------------------------
+
+/// Every agent sees every exec on the machine: while the burst's 100,000 execs run, the other
+/// tests' agents would lose events (and their checks with them). The burst holds this for
+/// writing, every other test for reading.
+static BURST: RwLock<()> = RwLock::new(());
+
+/// Held by the burst: no other test of this target runs meanwhile.
+pub(crate) fn alone() -> RwLockWriteGuard<'static, ()> {
+    BURST.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by every other test: the burst does not run meanwhile.
+pub(crate) fn not_during_the_burst() -> RwLockReadGuard<'static, ()> {
+    BURST.read().unwrap_or_else(|e| e.into_inner())
+}
 
 // ---------------------------------------------------------------------------------------------
 // Misses
@@ -235,6 +255,22 @@ fn ok(cmd: &mut Command) {
         "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A miss row for each `sensor_data_loss` alert among `alerts`: events lost leave execs
+/// unchecked or unexplained, which the table should say.
+pub(crate) fn record_losses(misses: &mut Misses, alerts: &[Value]) {
+    for (i, a) in alerts
+        .iter()
+        .filter(|a| kind(a) == "sensor_data_loss")
+        .enumerate()
+    {
+        misses.record(
+            "the agent lost events",
+            i + 1,
+            Miss::new(vec!["sensor_data_loss".into()], Some(a)),
+        );
+    }
 }
 
 pub(crate) fn kind(a: &Value) -> &str {
