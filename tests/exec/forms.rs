@@ -16,8 +16,7 @@ use crate::support::{self, Lab, Miss, Misses};
 
 /// How many times each form is done.
 const ATTEMPTS: usize = 20;
-/// How long the agent may take, after the last exec, to have handled them all (long: the
-/// other tests of this target, a burst of 100,000 execs among them, may run meanwhile).
+/// How long the agent may take, after the last exec, to have handled them all.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Each form, done by a child that exits at once: the exec event names the file that ran
@@ -27,7 +26,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(120);
 /// a `hash_error` saying why, never wrong. Every other form's `sha256` must be right.
 #[test]
 fn monitor_reports_every_exec_form_as_the_file_that_ran() {
-    let _not_during_the_burst = support::not_during_the_burst();
+    let _one_at_a_time = support::one_at_a_time();
     let mon = Monitor::start(picket(), &["--filter", "exec"]);
     let dir = TempDir::new();
     let forms = ExecForms::new(dir.path());
@@ -119,7 +118,7 @@ fn check(exec: &Exec, ev: &Value) -> Vec<String> {
 /// charged to the process that raised the alert first, and a shortfall to the last attempts.
 #[test]
 fn run_raises_exactly_the_right_alerts_for_every_exec_form() {
-    let _not_during_the_burst = support::not_during_the_burst();
+    let _one_at_a_time = support::one_at_a_time();
     let lab = Lab::new("forms");
     let sh = std::fs::canonicalize("/bin/sh").unwrap();
     let sh_sha256 = sha256_file(&sh);

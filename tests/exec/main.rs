@@ -7,6 +7,7 @@
 //! Runs as root, with the real eBPF sensors. The agent sees the whole machine, so events and
 //! alerts are selected by the pids and paths the test itself caused. A test does all its
 //! execs, then checks them all, and fails with a table of every miss rather than at the first.
+//! The tests run one at a time (each agent would handle the others' execs too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod forms;

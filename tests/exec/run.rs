@@ -22,21 +22,20 @@ const BURST_EXECS: usize = 100_000;
 const SHELLS: usize = 4;
 /// How long the agent may take, after the burst, to have handled it all.
 const BURST_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long the agent may take to handle a few hundred execs (long: the burst may run
-/// meanwhile).
+/// How long the agent may take to handle a few hundred execs.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Execs of the swapped binary.
 const SWAP_EXECS: usize = 200;
 
 /// 100,000 execs of short-lived baselined binaries (`/usr/bin/true`, and `/usr/bin/env true`:
 /// two execs in one process) from four shells at once raise no alert at all: none about the
-/// shells or their children, none about a baselined path, and no lost events (a loss would
-/// leave execs unchecked). Every binary the shells exec is baselined, the shell included.
+/// shells or their children, none about a baselined path, and no lost exec events (a loss
+/// would leave execs unchecked). Every binary the shells exec is baselined, the shell included.
 /// An alert about a baselined path by any process counts: a process that merely exited
 /// quickly must never be reported. On a 2-core machine the burst takes about 45 s.
 #[test]
 fn a_burst_of_baselined_execs_from_four_shells_raises_no_alert() {
-    let _alone = support::alone();
+    let _one_at_a_time = support::one_at_a_time();
     let lab = Lab::new("burst");
     let baselined: Vec<(PathBuf, String)> = [
         "/usr/bin/true",
@@ -90,7 +89,7 @@ fn a_burst_of_baselined_execs_from_four_shells_raises_no_alert() {
         .events()
         .into_iter()
         .filter(|a| {
-            kind(a) == "sensor_data_loss"
+            support::is_exec_loss(a)
                 || shell_pids.iter().any(|p| from_tree_of(a, *p))
                 || a["path"].as_str().is_some_and(|p| {
                     baselined
@@ -116,7 +115,7 @@ fn a_burst_of_baselined_execs_from_four_shells_raises_no_alert() {
 /// content must not be reused).
 #[test]
 fn a_baselined_binary_replaced_between_execs_is_reported_with_both_hashes() {
-    let _not_during_the_burst = support::not_during_the_burst();
+    let _one_at_a_time = support::one_at_a_time();
     let lab = Lab::new("replace");
     let tool = lab.root.join("tool");
     let good = std::fs::read("/usr/bin/true").unwrap();
@@ -156,7 +155,7 @@ fn a_baselined_binary_replaced_between_execs_is_reported_with_both_hashes() {
 /// code 1) — never the good hash as `actual`, never no hash, never another alert.
 #[test]
 fn a_baselined_binary_swapped_during_execs_is_never_misattributed() {
-    let _not_during_the_burst = support::not_during_the_burst();
+    let _one_at_a_time = support::one_at_a_time();
     let lab = Lab::new("swap");
     let tool = lab.root.join("tool");
     let spare = lab.root.join("spare");
