@@ -7,14 +7,15 @@
 # the size of the binary. Records what it measures as samples; `xtask bench-report agent` makes
 # the figures and rewrites the matching sections of docs/PERFORMANCE.md.
 #
-# Usage: sudo bench/agent.sh [--smoke]
+# Usage: sudo [BEFORE=/path/to/an/earlier/picket [BEFORE_COMMIT=REV]] bench/agent.sh [--smoke]
 #   --smoke: a few seconds, small counts, one round; checks the harness works (figures are
 #   printed, not written to docs/PERFORMANCE.md, and are meaningless).
+#   BEFORE: every round of every storm also runs with that agent (same config and policy, its
+#   own state directory), right after the run with this one; the "Agent cost" section then
+#   compares the two, measured in the same run. BEFORE_COMMIT names what that binary was built
+#   from (else its `--version` is recorded). Build it with the release profile: the smoke run's
+#   own agent is the debug build, so only the full run compares like with like.
 # Counts can be set through EXECS, WRITES, CONNECTS, ROUNDS, CEILING_SECONDS, HASH_MIB.
-#   BEFORE=/path/to/an/earlier/picket: every round of every storm also runs with that agent (same
-#   config and policy, its own state directory), right after the run with this one; the
-#   "Agent cost" section then compares the two, measured in the same run. BEFORE_COMMIT names
-#   what that binary was built from (else its `--version` is recorded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
