@@ -185,6 +185,20 @@ fn read_digest(reader: &mut impl Read) -> io::Result<Digest> {
     })
 }
 
+/// The `PT_INTERP` path of the ELF file at `path`, if it has one (read from its first page).
+pub fn elf_interp_of(path: &Path) -> Option<PathBuf> {
+    let mut head = vec![0u8; HEAD_MAX];
+    let mut file = File::open(path).ok()?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    elf_interp(&head[..n])
+}
+
 /// The `PT_INTERP` path of an ELF file whose first bytes are `head` (32 or 64 bits, either byte
 /// order), if it has one within them.
 fn elf_interp(head: &[u8]) -> Option<PathBuf> {

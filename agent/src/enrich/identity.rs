@@ -49,14 +49,18 @@ pub enum Name<'a> {
 }
 
 /// The file an exec ran.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ran {
-    /// The kernel's name of the file (`... (deleted)` when unlinked, `/memfd:...`).
+    /// The file's name: for an exec by path, the name it had then (what the exec named,
+    /// symbolic links resolved); for an exec through a descriptor, the kernel's name for it now
+    /// (`... (deleted)` when unlinked).
     pub path: PathBuf,
     pub dev: u64,
     pub ino: u64,
     pub ctime_ns: i64,
-    /// No link to it is left.
+    pub size: u64,
+    /// No link to it was left (only said of execs through a descriptor: a file exec'd by path
+    /// had one then, whatever happened to it since).
     pub deleted: bool,
     pub digest: Result<Digest, String>,
     /// The interpreter it ran under (a script's), as the kernel opened it.
@@ -70,6 +74,7 @@ struct Seen {
     dev: u64,
     ino: u64,
     ctime_ns: i64,
+    size: u64,
     nlink: u64,
     digest: Result<Digest, String>,
 }
@@ -83,6 +88,10 @@ pub struct ExecFiles {
     names: HashMap<PathBuf, PathBuf>,
     /// Canonical paths of the ELF loaders seen (what `PT_INTERP` names).
     loaders: HashSet<PathBuf>,
+    /// Per process, the name and file its last exec by path ran: fanotify merges an open that
+    /// is the same as one still queued (same file, same process), so a process that executes
+    /// the same file twice before the first event is read brings one event for both.
+    last: HashMap<u32, (PathBuf, Ran)>,
     /// Events dropped (per-process or total bound).
     pub dropped: u64,
 }
@@ -90,12 +99,24 @@ pub struct ExecFiles {
 impl ExecFiles {
     /// Matches the events of `watch`; with `None`, every lookup misses.
     pub fn new(watch: Option<ExecWatch>) -> Self {
+        // The loaders of this system, known before the first exec: an exec whose own file
+        // brings no event is not mistaken for its loader's.
+        let loaders = if watch.is_some() {
+            ["/proc/self/exe", "/proc/1/exe", "/bin/sh", "/usr/bin/env"]
+                .iter()
+                .filter_map(|p| super::hash::elf_interp_of(Path::new(p)))
+                .filter_map(|l| std::fs::canonicalize(l).ok())
+                .collect()
+        } else {
+            HashSet::new()
+        };
         Self {
             watch,
             pending: HashMap::new(),
             total: 0,
             names: HashMap::new(),
-            loaders: HashSet::new(),
+            loaders,
+            last: HashMap::new(),
             dropped: 0,
         }
     }
@@ -118,16 +139,26 @@ impl ExecFiles {
             self.drain(hashes);
             found = self.find(pid, &name);
         }
-        let index = found?;
+        let Some(found) = found else {
+            return self.merged(pid, &name);
+        };
         let queue = self.pending.get_mut(&pid)?;
-        let head = queue.drain(..=index).next_back()?;
-        self.total -= index + 1;
+        let head = queue.drain(..=found.index).next_back()?;
+        self.total -= found.index + 1;
+        let path = match (&name, found.by_name) {
+            // The name it was opened by, as the kernel resolved it, even if renamed or
+            // unlinked since; or, if it no longer has that name, the name the exec used.
+            (Name::Path(_), true) => strip_deleted(head.path),
+            (Name::Path(used), false) => used.to_path_buf(),
+            _ => head.path,
+        };
         let mut ran = Ran {
-            path: head.path,
+            path,
             dev: head.dev,
             ino: head.ino,
             ctime_ns: head.ctime_ns,
-            deleted: head.nlink == 0,
+            size: head.size,
+            deleted: head.nlink == 0 && !matches!(name, Name::Path(_)),
             digest: head.digest,
             interpreter: None,
         };
@@ -141,18 +172,45 @@ impl ExecFiles {
             if elf {
                 self.loaders.insert(canonical.clone());
             }
-            let queue = self.pending.get_mut(&pid)?;
-            if queue.front().is_none_or(|s| s.path != canonical) {
+            let Some(queue) = self.pending.get_mut(&pid) else {
+                break;
+            };
+            if queue
+                .front()
+                .is_none_or(|s| !same_name(&s.path, &canonical))
+            {
                 break;
             }
-            let seen = queue.pop_front()?;
+            let Some(seen) = queue.pop_front() else {
+                break;
+            };
             self.total -= 1;
             next = seen.digest.as_ref().ok().and_then(interpreter_of);
             if !elf {
-                ran.interpreter = Some(seen.path);
+                ran.interpreter = Some(strip_deleted(seen.path));
             }
         }
+        if let Name::Path(used) = name {
+            self.last.insert(pid, (used.to_path_buf(), ran.clone()));
+        }
         Some(ran)
+    }
+
+    /// The file of an exec by path that brought no event: the file of the process's previous
+    /// exec, when that was by the same name and the file there is still that one, unchanged
+    /// (the two opens were merged into one event).
+    fn merged(&self, pid: u32, name: &Name<'_>) -> Option<Ran> {
+        let Name::Path(used) = name else {
+            return None;
+        };
+        let (last_name, ran) = self.last.get(&pid)?;
+        if last_name != used {
+            return None;
+        }
+        let meta = std::fs::metadata(used).ok()?;
+        let same =
+            meta.dev() == ran.dev && meta.ino() == ran.ino && ctime_ns(&meta) == ran.ctime_ns;
+        same.then(|| ran.clone())
     }
 
     /// Forgets what is kept for `pid`, which exited.
@@ -166,48 +224,54 @@ impl ExecFiles {
         if let Some(q) = self.pending.remove(&pid) {
             self.total -= q.len();
         }
+        self.last.remove(&pid);
     }
 
     /// Where in `pid`'s events the file named `name` is.
-    fn find(&mut self, pid: u32, name: &Name<'_>) -> Option<usize> {
+    fn find(&mut self, pid: u32, name: &Name<'_>) -> Option<Found> {
+        let by_name = |index| Found {
+            index,
+            by_name: true,
+        };
+        let first = |index| Found {
+            index,
+            by_name: false,
+        };
         let queue = self.pending.get(&pid)?;
         match name {
             Name::Path(path) => {
                 let direct = queue.iter().position(|s| same_name(&s.path, path));
-                if direct.is_some() {
-                    return direct;
+                if let Some(i) = direct {
+                    return Some(by_name(i));
                 }
                 // Through a symbolic link: the kernel names the file it led to.
                 let cached = self.names.get(*path).cloned();
                 if let Some(c) = &cached {
-                    let hit = queue.iter().position(|s| same_name(&s.path, c));
-                    if hit.is_some() {
-                        return hit;
+                    if let Some(i) = queue.iter().position(|s| same_name(&s.path, c)) {
+                        return Some(by_name(i));
                     }
                 }
-                let fresh = std::fs::canonicalize(path).ok()?;
-                let hit = self.pending[&pid]
-                    .iter()
-                    .position(|s| same_name(&s.path, &fresh));
-                if cached.as_ref() != Some(&fresh) {
+                let fresh = std::fs::canonicalize(path).ok();
+                let queue = &self.pending[&pid];
+                let hit = fresh
+                    .as_ref()
+                    .and_then(|f| queue.iter().position(|s| same_name(&s.path, f)));
+                // Renamed since (the name now leads elsewhere, or nowhere): the process's
+                // first event that is not a loader.
+                let found = hit
+                    .map(by_name)
+                    .or_else(|| self.first_program(queue).map(first));
+                if let Some(fresh) = fresh.filter(|f| cached.as_ref() != Some(f)) {
                     if self.names.len() >= NAMES {
                         self.names.clear();
                     }
                     self.names.insert(path.to_path_buf(), fresh);
                 }
-                hit
+                found
             }
-            Name::Fd(Some(known))
-                if known.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") =>
-            {
-                // A memory file brings no event; the loader that followed it is dropped.
-                None
-            }
-            Name::Fd(Some(known)) => queue
-                .iter()
-                .position(|s| same_name(&s.path, known))
-                .or_else(|| self.first_program(queue)),
-            Name::Fd(None) | Name::OwnExe => self.first_program(queue),
+            // What the process table knows of a descriptor can be stale (it does not follow
+            // `close`): the file the kernel opened decides. A memory file brings no event.
+            Name::Fd(_) | Name::OwnExe => self.first_program(queue).map(first),
         }
     }
 
@@ -256,6 +320,30 @@ impl ExecFiles {
     }
 }
 
+/// Where a file was found among a process's events.
+struct Found {
+    index: usize,
+    /// Found by the name the exec used (else: the first event that is not a loader).
+    by_name: bool,
+}
+
+/// The change marker of `meta`, in nanoseconds.
+fn ctime_ns(meta: &Metadata) -> i64 {
+    meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec()
+}
+
+/// `path` without the ` (deleted)` the kernel appends to the name of an unlinked file.
+fn strip_deleted(path: PathBuf) -> PathBuf {
+    match path
+        .as_os_str()
+        .as_encoded_bytes()
+        .strip_suffix(b" (deleted)")
+    {
+        Some(p) => crate::paths::from_bytes(p),
+        None => path,
+    }
+}
+
 /// What is kept of one exec open: its name, identity and digest.
 fn seen(file: &File, hashes: &mut HashCache) -> Option<Seen> {
     let meta: Metadata = file.metadata().ok()?;
@@ -265,7 +353,8 @@ fn seen(file: &File, hashes: &mut HashCache) -> Option<Seen> {
         path,
         dev: meta.dev(),
         ino: meta.ino(),
-        ctime_ns: meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec(),
+        ctime_ns: ctime_ns(&meta),
+        size: meta.len(),
         nlink: meta.nlink(),
         digest,
     })
@@ -297,6 +386,7 @@ mod tests {
             dev: 1,
             ino: path.len() as u64,
             ctime_ns: 0,
+            size: 1,
             nlink: u64::from(!path.ends_with(" (deleted)")),
             digest: Ok(Digest {
                 sha256: [path.len() as u8; 32],
@@ -367,35 +457,84 @@ mod tests {
     }
 
     #[test]
-    fn a_deleted_file_matches_its_former_name() {
+    fn a_file_unlinked_after_its_exec_by_path_keeps_its_name_and_is_not_deleted() {
         let mut hashes = HashCache::new(4);
         let mut f = files(5, vec![seen("/nonexistent/gone (deleted)", None, None)]);
         let ran = f
             .take(5, Name::Path(Path::new("/nonexistent/gone")), &mut hashes)
             .unwrap();
+        // Opened by that name, it was linked then: replaced since (an upgrade), not deleted.
+        assert!(!ran.deleted);
+        assert_eq!(ran.path, Path::new("/nonexistent/gone"));
+        // Through a descriptor, an unlinked file is what ran.
+        let mut f = files(5, vec![seen("/nonexistent/gone (deleted)", None, None)]);
+        let ran = f.take(5, Name::Fd(None), &mut hashes).unwrap();
         assert!(ran.deleted);
+        assert_eq!(ran.path, Path::new("/nonexistent/gone (deleted)"));
+    }
+
+    #[test]
+    fn a_file_renamed_after_its_exec_by_path_is_its_processs_first_program() {
+        let mut hashes = HashCache::new(4);
+        let mut f = files(
+            6,
+            vec![
+                seen(LD, None, None),
+                seen("/nonexistent/swapped", None, None),
+            ],
+        );
+        f.loaders.insert(PathBuf::from(LD));
+        let ran = f
+            .take(6, Name::Path(Path::new("/nonexistent/run")), &mut hashes)
+            .unwrap();
+        assert_eq!(ran.path, Path::new("/nonexistent/run"));
+        assert_eq!(ran.ino, "/nonexistent/swapped".len() as u64);
     }
 
     #[test]
     fn an_exec_through_a_descriptor_skips_known_loaders_and_memory_files_match_nothing() {
         let mut hashes = HashCache::new(4);
+        // A memory file brings no event of its own: the loader is not taken for it.
+        let mut f = files(9, vec![seen(LD, None, None)]);
+        f.loaders.insert(PathBuf::from(LD));
+        let memfd = Path::new("/memfd:x (deleted)");
+        assert!(f.take(9, Name::Fd(Some(memfd)), &mut hashes).is_none());
+        // What the table knows of a descriptor may be stale: the file the kernel opened wins.
         let mut f = files(
             9,
             vec![seen(LD, None, None), seen("/nonexistent/p", None, None)],
         );
         f.loaders.insert(PathBuf::from(LD));
-        // A memory file brings no event of its own: the loader is not taken for it.
-        let memfd = Path::new("/memfd:x (deleted)");
-        assert!(f.take(9, Name::Fd(Some(memfd)), &mut hashes).is_none());
-        let ran = f.take(9, Name::Fd(None), &mut hashes).unwrap();
+        let ran = f.take(9, Name::Fd(Some(memfd)), &mut hashes).unwrap();
         assert_eq!(ran.path, Path::new("/nonexistent/p"));
-        // Nothing of another process is taken, and a name with no event gives nothing.
+        // Nothing of another process is taken.
         let mut f = files(9, vec![seen("/nonexistent/p", None, None)]);
         assert!(f.take(8, Name::Fd(None), &mut hashes).is_none());
-        assert!(f
-            .take(9, Name::Path(Path::new("/nonexistent/q")), &mut hashes)
-            .is_none());
         assert_eq!(left(&f, 9), ["/nonexistent/p"]);
+    }
+
+    #[test]
+    fn a_second_exec_of_the_same_file_merged_into_the_first_event_reuses_it() {
+        let mut hashes = HashCache::new(4);
+        let dir = std::env::temp_dir().join(format!("picket-merged-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prog = dir.join("prog");
+        std::fs::write(&prog, "x").unwrap();
+        let meta = std::fs::metadata(&prog).unwrap();
+        let mut s = seen(prog.to_str().unwrap(), None, None);
+        (s.dev, s.ino, s.ctime_ns, s.size) = (meta.dev(), meta.ino(), ctime_ns(&meta), meta.len());
+        let mut f = files(2, vec![s]);
+        let first = f.take(2, Name::Path(&prog), &mut hashes).unwrap();
+        let again = f.take(2, Name::Path(&prog), &mut hashes).unwrap();
+        assert_eq!((again.dev, again.ino), (first.dev, first.ino));
+        // Another name, or the file changed since: nothing.
+        assert!(f
+            .take(2, Name::Path(Path::new("/nonexistent/q")), &mut hashes)
+            .is_none());
+        f.take(2, Name::Path(&prog), &mut hashes).unwrap();
+        std::fs::write(&prog, "changed").unwrap();
+        assert!(f.take(2, Name::Path(&prog), &mut hashes).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

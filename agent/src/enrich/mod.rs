@@ -215,9 +215,16 @@ impl Enricher {
         let running = read_proc_link(pid, "exe");
         let exe = match named {
             Named::Path(p) => p.clone(),
+            // What the table knows of a descriptor may be stale (it does not follow `close`).
+            // With the listener, a descriptor that brought no event is not a file on a watched
+            // filesystem: the table's memory file, or else only the name the exec gave.
             Named::Fd(known) => running
                 .clone()
-                .or_else(|| known.clone())
+                .or_else(|| {
+                    known.clone().filter(|k| {
+                        !self.files.active() || k.as_os_str().as_bytes().starts_with(b"/memfd:")
+                    })
+                })
                 .unwrap_or_else(|| filename.to_path_buf()),
             Named::OwnExe => running
                 .clone()
