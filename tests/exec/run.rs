@@ -112,7 +112,8 @@ fn a_burst_of_baselined_execs_from_four_shells_raises_no_alert() {
 /// writing the bad bytes in place, by a rename of a good copy. Each exec of the bad bytes
 /// raises `modified_executable` with the baseline's hash as `expected` and the new one as
 /// `actual`; each exec of the good bytes raises nothing (a cached hash of the previous
-/// content must not be reused).
+/// content must not be reused). Each change is made once the agent has handled the exec
+/// before it (a barrier): a change made before that is the next test's case.
 #[test]
 fn a_baselined_binary_replaced_between_execs_is_reported_with_both_hashes() {
     let _one_at_a_time = support::one_at_a_time();
@@ -125,18 +126,22 @@ fn a_baselined_binary_replaced_between_execs_is_reported_with_both_hashes() {
     let agent = lab.run(&[(tool.clone(), hashes.good.clone())]);
 
     let mut runs = Vec::new();
-    runs.push(exec_tool("as baselined", &tool));
+    let mut exec = |case| {
+        runs.push(exec_tool(case, &tool));
+        lab.barrier(&agent, DRAIN_TIMEOUT);
+    };
+    exec("as baselined");
     let other = lab.root.join("other");
     write_executable(&other, &bad);
     std::fs::rename(&other, &tool).unwrap();
-    runs.push(exec_tool("bad renamed over", &tool));
+    exec("bad renamed over");
     write_executable(&tool, &good);
-    runs.push(exec_tool("good written in place", &tool));
+    exec("good written in place");
     write_executable(&tool, &bad);
-    runs.push(exec_tool("bad written in place", &tool));
+    exec("bad written in place");
     write_executable(&other, &good);
     std::fs::rename(&other, &tool).unwrap();
-    runs.push(exec_tool("good renamed over", &tool));
+    exec("good renamed over");
     for run in &runs {
         let expected_bad = run.case.starts_with("bad");
         assert_eq!(run.bad, expected_bad, "{}: the wrong copy ran", run.case);
@@ -150,7 +155,7 @@ fn a_baselined_binary_replaced_between_execs_is_reported_with_both_hashes() {
 }
 
 /// The same baselined binary swapped back and forth with a bad copy (rename with
-/// RENAME_EXCHANGE, in a loop) while it is executed 200 times: each exec raises either nothing
+/// RENAME_EXCHANGE, in a loop, every 200 µs) while it is executed 200 times: each exec raises either nothing
 /// (the good copy ran: exit code 0) or `modified_executable` with the bad copy's hash (exit
 /// code 1) — never the good hash as `actual`, never no hash, never another alert.
 #[test]
@@ -191,6 +196,10 @@ fn a_baselined_binary_swapped_during_execs_is_never_misattributed() {
                     std::io::Error::last_os_error()
                 );
                 swaps.fetch_add(1, Ordering::Relaxed);
+                // A swap about every exec's length (an exec of true takes some 500 µs): the
+                // copies trade places while execs are in flight, and the renames (each a file
+                // event) do not flood the ring buffer past what it holds.
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
         })
     };
@@ -253,6 +262,42 @@ fn exec_tool(case: &'static str, tool: &Path) -> ToolRun {
 }
 
 /// `bytes` written to `path` (in place if it exists), mode 0755.
+/// A baselined binary run, then rewritten in place with other bytes before the agent has read
+/// its exec (the agent is stopped meanwhile): the file it would hash is no longer what ran, and
+/// its modification time says so. The exec is `unverified_executable` (the reason says the file
+/// was written after it ran), never `modified_executable` with the new bytes' hash, never
+/// nothing.
+#[test]
+fn a_binary_rewritten_after_its_exec_before_the_agent_read_it_is_unverified() {
+    let _one_at_a_time = support::one_at_a_time();
+    let lab = Lab::new("rewritten");
+    let tool = lab.root.join("tool");
+    write_executable(&tool, &std::fs::read("/usr/bin/true").unwrap());
+    let hashes = Hashes::of_true_and_false();
+    let agent = lab.run(&[(tool.clone(), hashes.good.clone())]);
+
+    agent.pause();
+    let run = exec_tool("good, then rewritten", &tool);
+    assert!(!run.bad);
+    // Later than the exec by more than the coarse clock's tick that file times are stamped
+    // with: a condition to create, not a duration measured.
+    std::thread::sleep(Duration::from_millis(100));
+    write_executable(&tool, &std::fs::read("/usr/bin/false").unwrap());
+    agent.resume();
+    lab.barrier(&agent, DRAIN_TIMEOUT);
+    let alerts = agent.stop().events;
+    let about: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| pid_of(a) == Some(run.pid))
+        .collect();
+    assert_eq!(about.len(), 1, "alerts:\n{}", lines(&alerts));
+    let a = about[0];
+    assert_eq!(kind(a), "unverified_executable", "{a}");
+    assert_eq!(a["details"]["expected"], hashes.good.as_str(), "{a}");
+    let reason = a["details"]["reason"].as_str().unwrap_or("");
+    assert!(reason.starts_with("written "), "{a}");
+}
+
 fn write_executable(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();

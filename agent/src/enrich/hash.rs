@@ -105,9 +105,12 @@ impl HashCache {
             return Ok(digest.clone());
         }
         self.misses += 1;
+        // Renaming a file changes its ctime, not its content: what would make this digest of
+        // neither version is a write, which changes the modification time or the size.
+        let content = |m: &Metadata| (m.mtime(), m.mtime_nsec(), m.len());
         let digest = read_digest(&mut ReadFrom { file, at: 0 })?;
-        if checked_key(&file.metadata()?)? != key {
-            return Err(io::Error::other("the file changed while it was hashed"));
+        if content(&file.metadata()?) != content(meta) {
+            return Err(io::Error::other("the file was written while it was hashed"));
         }
         self.insert(key, &digest);
         Ok(digest)

@@ -36,6 +36,9 @@ const TOTAL: usize = 1 << 16;
 const NAMES: usize = 1024;
 /// `binfmt_script` nests at most this deep (`BINPRM_MAX_RECURSION`), plus the loader.
 const CHAIN: usize = 5;
+/// How far a file's modification time may lie after its exec and still be from before it: the
+/// kernel stamps files from a coarse clock, up to a tick behind (10 ms at HZ=100).
+const STAMP_SLACK_NS: i64 = 20_000_000;
 
 /// How an exec named its file.
 #[derive(Debug)]
@@ -74,6 +77,7 @@ struct Seen {
     dev: u64,
     ino: u64,
     ctime_ns: i64,
+    mtime_ns: i64,
     size: u64,
     nlink: u64,
     digest: Result<Digest, String>,
@@ -131,9 +135,20 @@ impl ExecFiles {
         self.watch.as_ref().map_or(0, |w| w.overflows)
     }
 
-    /// The file that the exec of `pid`, which named it `name`, ran, with its digest. Takes it,
-    /// the failed attempts before it and the interpreters opened after it.
-    pub fn take(&mut self, pid: u32, name: Name<'_>, hashes: &mut HashCache) -> Option<Ran> {
+    /// The file that the exec of `pid`, which named it `name`, ran at `exec_real_ns` (wall
+    /// clock), with its digest. Takes it, the failed attempts before it and the interpreters
+    /// opened after it.
+    ///
+    /// The digest is of the file as it is when its event is read, moments after the exec: a
+    /// file written after its exec (its modification time says so) has no digest, as the bytes
+    /// that ran are gone.
+    pub fn take(
+        &mut self,
+        pid: u32,
+        name: Name<'_>,
+        exec_real_ns: i64,
+        hashes: &mut HashCache,
+    ) -> Option<Ran> {
         let mut found = self.find(pid, &name);
         if found.is_none() {
             self.drain(hashes);
@@ -152,6 +167,15 @@ impl ExecFiles {
             (Name::Path(used), false) => used.to_path_buf(),
             _ => head.path,
         };
+        let late = head.mtime_ns.saturating_sub(exec_real_ns);
+        let digest = if late > STAMP_SLACK_NS {
+            Err(format!(
+                "written {} ms after it was executed: the bytes that ran are gone",
+                late / 1_000_000
+            ))
+        } else {
+            head.digest
+        };
         let mut ran = Ran {
             path,
             dev: head.dev,
@@ -159,7 +183,7 @@ impl ExecFiles {
             ctime_ns: head.ctime_ns,
             size: head.size,
             deleted: head.nlink == 0 && !matches!(name, Name::Path(_)),
-            digest: head.digest,
+            digest,
             interpreter: None,
         };
         // The interpreters the kernel opened next, each named by the one before.
@@ -354,6 +378,7 @@ fn seen(file: &File, hashes: &mut HashCache) -> Option<Seen> {
         dev: meta.dev(),
         ino: meta.ino(),
         ctime_ns: ctime_ns(&meta),
+        mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
         size: meta.len(),
         nlink: meta.nlink(),
         digest,
@@ -386,6 +411,7 @@ mod tests {
             dev: 1,
             ino: path.len() as u64,
             ctime_ns: 0,
+            mtime_ns: 0,
             size: 1,
             nlink: u64::from(!path.ends_with(" (deleted)")),
             digest: Ok(Digest {
@@ -428,7 +454,12 @@ mod tests {
             ],
         );
         let ran = f
-            .take(7, Name::Path(Path::new("/nonexistent/prog")), &mut hashes)
+            .take(
+                7,
+                Name::Path(Path::new("/nonexistent/prog")),
+                0,
+                &mut hashes,
+            )
             .unwrap();
         assert_eq!(ran.path, Path::new("/nonexistent/prog"));
         assert_eq!(ran.interpreter, None);
@@ -449,7 +480,12 @@ mod tests {
             ],
         );
         let ran = f
-            .take(3, Name::Path(Path::new("/nonexistent/s.sh")), &mut hashes)
+            .take(
+                3,
+                Name::Path(Path::new("/nonexistent/s.sh")),
+                0,
+                &mut hashes,
+            )
             .unwrap();
         assert_eq!(ran.interpreter.as_deref(), Some(Path::new(SH)));
         assert!(left(&f, 3).is_empty());
@@ -461,14 +497,19 @@ mod tests {
         let mut hashes = HashCache::new(4);
         let mut f = files(5, vec![seen("/nonexistent/gone (deleted)", None, None)]);
         let ran = f
-            .take(5, Name::Path(Path::new("/nonexistent/gone")), &mut hashes)
+            .take(
+                5,
+                Name::Path(Path::new("/nonexistent/gone")),
+                0,
+                &mut hashes,
+            )
             .unwrap();
         // Opened by that name, it was linked then: replaced since (an upgrade), not deleted.
         assert!(!ran.deleted);
         assert_eq!(ran.path, Path::new("/nonexistent/gone"));
         // Through a descriptor, an unlinked file is what ran.
         let mut f = files(5, vec![seen("/nonexistent/gone (deleted)", None, None)]);
-        let ran = f.take(5, Name::Fd(None), &mut hashes).unwrap();
+        let ran = f.take(5, Name::Fd(None), 0, &mut hashes).unwrap();
         assert!(ran.deleted);
         assert_eq!(ran.path, Path::new("/nonexistent/gone (deleted)"));
     }
@@ -485,7 +526,7 @@ mod tests {
         );
         f.loaders.insert(PathBuf::from(LD));
         let ran = f
-            .take(6, Name::Path(Path::new("/nonexistent/run")), &mut hashes)
+            .take(6, Name::Path(Path::new("/nonexistent/run")), 0, &mut hashes)
             .unwrap();
         assert_eq!(ran.path, Path::new("/nonexistent/run"));
         assert_eq!(ran.ino, "/nonexistent/swapped".len() as u64);
@@ -498,18 +539,18 @@ mod tests {
         let mut f = files(9, vec![seen(LD, None, None)]);
         f.loaders.insert(PathBuf::from(LD));
         let memfd = Path::new("/memfd:x (deleted)");
-        assert!(f.take(9, Name::Fd(Some(memfd)), &mut hashes).is_none());
+        assert!(f.take(9, Name::Fd(Some(memfd)), 0, &mut hashes).is_none());
         // What the table knows of a descriptor may be stale: the file the kernel opened wins.
         let mut f = files(
             9,
             vec![seen(LD, None, None), seen("/nonexistent/p", None, None)],
         );
         f.loaders.insert(PathBuf::from(LD));
-        let ran = f.take(9, Name::Fd(Some(memfd)), &mut hashes).unwrap();
+        let ran = f.take(9, Name::Fd(Some(memfd)), 0, &mut hashes).unwrap();
         assert_eq!(ran.path, Path::new("/nonexistent/p"));
         // Nothing of another process is taken.
         let mut f = files(9, vec![seen("/nonexistent/p", None, None)]);
-        assert!(f.take(8, Name::Fd(None), &mut hashes).is_none());
+        assert!(f.take(8, Name::Fd(None), 0, &mut hashes).is_none());
         assert_eq!(left(&f, 9), ["/nonexistent/p"]);
     }
 
@@ -524,16 +565,16 @@ mod tests {
         let mut s = seen(prog.to_str().unwrap(), None, None);
         (s.dev, s.ino, s.ctime_ns, s.size) = (meta.dev(), meta.ino(), ctime_ns(&meta), meta.len());
         let mut f = files(2, vec![s]);
-        let first = f.take(2, Name::Path(&prog), &mut hashes).unwrap();
-        let again = f.take(2, Name::Path(&prog), &mut hashes).unwrap();
+        let first = f.take(2, Name::Path(&prog), 0, &mut hashes).unwrap();
+        let again = f.take(2, Name::Path(&prog), 0, &mut hashes).unwrap();
         assert_eq!((again.dev, again.ino), (first.dev, first.ino));
         // Another name, or the file changed since: nothing.
         assert!(f
-            .take(2, Name::Path(Path::new("/nonexistent/q")), &mut hashes)
+            .take(2, Name::Path(Path::new("/nonexistent/q")), 0, &mut hashes)
             .is_none());
-        f.take(2, Name::Path(&prog), &mut hashes).unwrap();
+        f.take(2, Name::Path(&prog), 0, &mut hashes).unwrap();
         std::fs::write(&prog, "changed").unwrap();
-        assert!(f.take(2, Name::Path(&prog), &mut hashes).is_none());
+        assert!(f.take(2, Name::Path(&prog), 0, &mut hashes).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -546,5 +587,32 @@ mod tests {
         f.exited(4, &mut hashes);
         assert_eq!(f.total, 0);
         assert!(f.pending.is_empty());
+    }
+
+    #[test]
+    fn a_file_written_after_its_exec_has_no_digest() {
+        let mut hashes = HashCache::new(4);
+        let at = |mtime_ns: i64| {
+            let mut s = seen("/nonexistent/p", None, None);
+            s.mtime_ns = mtime_ns;
+            files(1, vec![s])
+        };
+        let exec_ns = 1_000_000_000;
+        let path = Name::Path(Path::new("/nonexistent/p"));
+        // Written a coarse clock tick "after" (the stamp lags): from before the exec.
+        let ran = at(exec_ns + 10_000_000)
+            .take(
+                1,
+                Name::Path(Path::new("/nonexistent/p")),
+                exec_ns,
+                &mut hashes,
+            )
+            .unwrap();
+        assert!(ran.digest.is_ok());
+        let ran = at(exec_ns + 100_000_000)
+            .take(1, path, exec_ns, &mut hashes)
+            .unwrap();
+        let error = ran.digest.unwrap_err();
+        assert!(error.starts_with("written 100 ms after"), "{error}");
     }
 }

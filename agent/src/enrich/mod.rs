@@ -134,7 +134,9 @@ impl Enricher {
             Named::Fd(p) => Name::Fd(p.as_deref()),
             Named::OwnExe => Name::OwnExe,
         };
-        let ran = self.files.take(pid, name, &mut self.hashes);
+        let ran = self
+            .files
+            .take(pid, name, wall_clock_ns(e.task.boot_ns), &mut self.hashes);
         let seen = match ran {
             Some(ran) => Identified::from(ran),
             None => self.exec_from_proc(pid, &filename, &named),
@@ -540,6 +542,18 @@ fn fd_form(filename: &Path, pid: u32) -> Option<(u32, i32, Option<&Path>)> {
         None => (rest, None),
     };
     Some((owner, fd.parse().ok()?, rest))
+}
+
+/// The wall-clock time (ns since the Unix epoch) of `boot_ns` on the boot clock, the one the
+/// sensors stamp records with.
+fn wall_clock_ns(boot_ns: u64) -> i64 {
+    let now = |clock| {
+        nix::time::clock_gettime(clock)
+            .map(|t| t.tv_sec().saturating_mul(1_000_000_000) + t.tv_nsec())
+            .unwrap_or(0)
+    };
+    let offset = now(nix::time::ClockId::CLOCK_REALTIME) - now(nix::time::ClockId::CLOCK_BOOTTIME);
+    offset.saturating_add(i64::try_from(boot_ns).unwrap_or(i64::MAX))
 }
 
 /// Whether two paths name the same inode.
