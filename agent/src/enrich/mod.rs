@@ -208,10 +208,46 @@ impl Enricher {
         }
     }
 
+    /// An exec neither the listener nor `/proc` could identify: for one by path, the file at
+    /// that path now (`source: "path"`: the weakest proof, it may have been replaced since the
+    /// exec); through a descriptor, nothing (the descriptor is gone with the process).
+    fn exec_by_name(&mut self, exe: PathBuf, named: &Named) -> Identified {
+        let gone = if self.files.active() {
+            "not seen by the exec listener (a memory file or an unwatched filesystem), and the \
+             process exited before /proc could be read"
+        } else {
+            "the process exited before /proc could be read"
+        };
+        if !matches!(named, Named::Path(_)) {
+            return Identified {
+                exe,
+                hash_error: Some(gone.to_string()),
+                ..Identified::default()
+            };
+        }
+        let file = std::fs::metadata(&exe).ok().map(|m| ExecFile {
+            dev: m.dev(),
+            ino: m.ino(),
+            ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
+            source: "path",
+        });
+        let (sha256, interpreter, hash_error) = match self.hashes.digest(&exe) {
+            Ok(d) => (Some(d.sha256), d.shebang, None),
+            Err(e) => (None, None, Some(format!("{gone}; by its name: {e}"))),
+        };
+        Identified {
+            exe,
+            sha256,
+            interpreter,
+            file,
+            hash_error,
+            deleted: false,
+        }
+    }
+
     /// What `/proc` still tells of an exec the listener did not see (no listener, a filesystem
-    /// it does not watch, a memory file): the running file while the process lives. A file
-    /// read by name after the process has gone could be another than the one that ran: it is
-    /// not hashed, and the event says why.
+    /// it does not watch, a memory file): the running file while the process lives; after
+    /// that, [`Self::exec_by_name`].
     fn exec_from_proc(&mut self, pid: u32, filename: &Path, named: &Named) -> Identified {
         let proc_exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let running = read_proc_link(pid, "exe");
@@ -234,17 +270,7 @@ impl Enricher {
                 .unwrap_or_else(|| filename.to_path_buf()),
         };
         let Some(running) = running else {
-            return Identified {
-                exe,
-                hash_error: Some(if self.files.active() {
-                    "not seen by the exec listener (a memory file or an unwatched filesystem), \
-                     and the process exited before /proc could be read"
-                        .to_string()
-                } else {
-                    "the process exited before /proc could be read".to_string()
-                }),
-                ..Identified::default()
-            };
+            return self.exec_by_name(exe, named);
         };
         // A script runs under an interpreter: the running binary is another file than the
         // one exec'd, which is hashed by name (the process still runs it).
