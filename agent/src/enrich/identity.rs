@@ -130,11 +130,6 @@ impl ExecFiles {
         self.watch.is_some()
     }
 
-    /// Events lost to an overflow of the kernel's queue.
-    pub fn overflows(&self) -> u64 {
-        self.watch.as_ref().map_or(0, |w| w.overflows)
-    }
-
     /// The file that the exec of `pid`, which named it `name`, ran at `exec_real_ns` (wall
     /// clock), with its digest. Takes it, the failed attempts before it and the interpreters
     /// opened after it.
@@ -310,7 +305,13 @@ impl ExecFiles {
             return;
         };
         let mut opened = Vec::new();
+        let overflows = watch.overflows;
         watch.drain(|o| opened.push(o));
+        if watch.overflows > overflows {
+            log::warn!(
+                "the exec listener's queue overflowed: execs it lost are identified through /proc"
+            );
+        }
         for Opened { pid, file } in opened {
             let Some(seen) = seen(&file, hashes) else {
                 continue;
