@@ -116,6 +116,37 @@ fn exec_by_relative_path_reports_absolute_exe() {
     );
 }
 
+/// `/proc/self/exe` (what busybox does to run its applets): the shell executes itself again,
+/// right after its own exec, and exits at once. 20 times: the exec is named as the file that
+/// runs, with its SHA-256 (the two execs of one file by one process may come as one exec
+/// event from the kernel's listener: the second is the first's file again).
+#[test]
+fn exec_of_proc_self_exe_names_the_running_file() {
+    let mon = Monitor::start(picket(), &["--filter", "exec"]);
+    let shell = std::fs::canonicalize("/bin/sh").unwrap();
+    let sha = sha256_file(&shell);
+    let pids: Vec<u32> = (0..20)
+        .map(|_| run(Command::new("/bin/sh").args(["-c", "exec /proc/self/exe -c true"])))
+        .collect();
+    let mut wrong = Vec::new();
+    for pid in pids {
+        let ev = mon.wait_for_pid(&format!("exec of /proc/self/exe by pid {pid}"), pid, |e| {
+            e.kind() == "exec" && e.str_field("filename") == Some("/proc/self/exe")
+        });
+        let right = ev.str_field("exe").map(Path::new) == Some(shell.as_path())
+            && ev.str_field("sha256") == Some(sha.as_str());
+        if !right {
+            wrong.push(ev.to_string());
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 20 wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
 #[test]
 fn exec_of_script_reports_script_and_interpreter() {
     let mon = Monitor::start(picket(), &["--filter", "exec"]);

@@ -92,10 +92,11 @@ pub struct ExecFiles {
     names: HashMap<PathBuf, PathBuf>,
     /// Canonical paths of the ELF loaders seen (what `PT_INTERP` names).
     loaders: HashSet<PathBuf>,
-    /// Per process, the name and file its last exec by path ran: fanotify merges an open that
-    /// is the same as one still queued (same file, same process), so a process that executes
-    /// the same file twice before the first event is read brings one event for both.
-    last: HashMap<u32, (PathBuf, Ran)>,
+    /// Per process, the file its last exec ran, and the name it used (for an exec by path):
+    /// fanotify merges an open that is the same as one still queued (same file, same process),
+    /// so a process that executes the same file twice before the first event is read brings
+    /// one event for both.
+    last: HashMap<u32, (Option<PathBuf>, Ran)>,
     /// Events dropped (per-process or total bound).
     pub dropped: u64,
 }
@@ -209,27 +210,32 @@ impl ExecFiles {
                 ran.interpreter = Some(strip_deleted(seen.path));
             }
         }
-        if let Name::Path(used) = name {
-            self.last.insert(pid, (used.to_path_buf(), ran.clone()));
-        }
+        let used = match name {
+            Name::Path(used) => Some(used.to_path_buf()),
+            _ => None,
+        };
+        self.last.insert(pid, (used, ran.clone()));
         Some(ran)
     }
 
-    /// The file of an exec by path that brought no event: the file of the process's previous
-    /// exec, when that was by the same name and the file there is still that one, unchanged
-    /// (the two opens were merged into one event).
+    /// The file of an exec that brought no event, when it can only be the file of the
+    /// process's previous exec (the two opens were merged into one event): `/proc/self/exe`
+    /// runs the process's own file again (it could not be written while it ran); an exec by
+    /// the same name as the previous one, when the file there is still that one, unchanged.
     fn merged(&self, pid: u32, name: &Name<'_>) -> Option<Ran> {
-        let Name::Path(used) = name else {
-            return None;
-        };
         let (last_name, ran) = self.last.get(&pid)?;
-        if last_name != used {
-            return None;
+        match name {
+            Name::OwnExe => Some(ran.clone()),
+            Name::Path(used) if last_name.as_deref() == Some(*used) => {
+                let meta = std::fs::metadata(used).ok()?;
+                let same = meta.dev() == ran.dev
+                    && meta.ino() == ran.ino
+                    && ctime_ns(&meta) == ran.ctime_ns
+                    && meta.len() == ran.size;
+                same.then(|| ran.clone())
+            }
+            _ => None,
         }
-        let meta = std::fs::metadata(used).ok()?;
-        let same =
-            meta.dev() == ran.dev && meta.ino() == ran.ino && ctime_ns(&meta) == ran.ctime_ns;
-        same.then(|| ran.clone())
     }
 
     /// Forgets what is kept for `pid`, which exited.
@@ -569,6 +575,10 @@ mod tests {
         let first = f.take(2, Name::Path(&prog), 0, &mut hashes).unwrap();
         let again = f.take(2, Name::Path(&prog), 0, &mut hashes).unwrap();
         assert_eq!((again.dev, again.ino), (first.dev, first.ino));
+        // `/proc/self/exe` is the process's own file again.
+        let own = f.take(2, Name::OwnExe, 0, &mut hashes).unwrap();
+        assert_eq!((own.dev, own.ino), (first.dev, first.ino));
+        assert!(f.take(3, Name::OwnExe, 0, &mut hashes).is_none());
         // Another name, or the file changed since: nothing.
         assert!(f
             .take(2, Name::Path(Path::new("/nonexistent/q")), 0, &mut hashes)
