@@ -1,5 +1,7 @@
 //! SHA-256 of executed files, cached by (device, inode, size, ctime) so a binary is hashed once
-//! until it changes. Any write to a file changes its ctime, so a stale hash is never served.
+//! until it changes. Any write to a file changes its ctime (which no user can set back), so a
+//! stale hash is not served, short of a same-size rewrite within one tick of the coarse clock
+//! that stamps files.
 //! The same read also notes a script's `#!` interpreter and an ELF program's interpreter
 //! (`PT_INTERP`, the dynamic loader).
 

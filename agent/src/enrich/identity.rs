@@ -13,10 +13,18 @@
 //! behind. So for each record the file is looked for among the process's events by the name the
 //! exec used (canonical: symbolic links resolved, as the kernel names the descriptor); events
 //! before it were failed attempts and are dropped, and the interpreters after it are taken
-//! with it. An exec through a descriptor (`/proc/self/fd/N`, `/dev/fd/N`, `execveat` with
-//! `AT_EMPTY_PATH`) has no name to match: its file is the process's first event that is not a
-//! known ELF loader, unless the process table knows the descriptor as a memory file, which no
-//! listener can see (the loader the kernel opened after it is dropped).
+//! with it. A file renamed since its exec no longer has the name: the process's first event
+//! that is not a known ELF loader is taken for it, if that file's ctime says it changed around
+//! or after the exec. An exec through a descriptor (`/proc/self/fd/N`, `/dev/fd/N`, `execveat`
+//! with `AT_EMPTY_PATH`) has no name to match: its file is the process's first event that is
+//! not a known ELF loader. A memory file brings no event (its filesystem cannot be marked), nor
+//! does `execveat(fd, "", AT_EMPTY_PATH)` before Linux 6.5: those are identified through
+//! `/proc` while their process lives.
+//!
+//! Limits: a file written after its exec and before its event is read has lost the bytes that
+//! ran (said, when its modification time shows it); a file's identity is read when its event
+//! is, so an in-place rewrite within a coarse clock tick of its exec goes unseen. A memory
+//! `#!` script is taken for its interpreter.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -31,7 +39,11 @@ use crate::sensors::fanotify::{ExecWatch, Opened};
 /// Events kept per process, oldest dropped first (only failed exec attempts pile up).
 const PER_PROCESS: usize = 16;
 /// Events kept in all: a backlog of records in the ring buffer means as many events read ahead.
-const TOTAL: usize = 1 << 16;
+const TOTAL: usize = 8192;
+/// Events read from the listener at once (each is a descriptor until it is handled).
+const READ_AT_ONCE: usize = 1024;
+/// ELF loaders remembered (a system has a handful).
+const LOADERS: usize = 64;
 /// Canonical forms of names kept.
 const NAMES: usize = 1024;
 /// `binfmt_script` nests at most this deep (`BINPRM_MAX_RECURSION`), plus the loader.
@@ -47,6 +59,9 @@ pub enum Name<'a> {
     Path(&'a Path),
     /// A descriptor; what the process table knows it to be, if anything.
     Fd(Option<&'a Path>),
+    /// `execveat(fd, "", AT_EMPTY_PATH)` on a kernel that reports no open for it (before Linux
+    /// 6.5, `do_open_execat` notified only opens by a non-empty name).
+    Unseen,
     /// `/proc/self/exe`: the process's own executable again.
     OwnExe,
 }
@@ -97,8 +112,12 @@ pub struct ExecFiles {
     /// so a process that executes the same file twice before the first event is read brings
     /// one event for both.
     last: HashMap<u32, (Option<PathBuf>, Ran)>,
-    /// Events dropped (per-process or total bound).
+    /// Events dropped (per-process or total bound, or unreadable).
     pub dropped: u64,
+    /// When losses were last said in the log (at most once a minute).
+    warned: Option<std::time::Instant>,
+    /// Whether this kernel reports the open of `execveat(fd, "", AT_EMPTY_PATH)` (6.5+).
+    empty_path_events: bool,
 }
 
 impl ExecFiles {
@@ -123,7 +142,22 @@ impl ExecFiles {
             loaders,
             last: HashMap::new(),
             dropped: 0,
+            warned: None,
+            empty_path_events: kernel_at_least(6, 5),
         }
+    }
+
+    /// Whether an exec of `path` brings an event: a listener runs and the file's filesystem is
+    /// marked.
+    pub fn sees(&self, path: &Path) -> bool {
+        self.watch
+            .as_ref()
+            .is_some_and(|w| std::fs::metadata(path).is_ok_and(|m| w.watches(m.dev())))
+    }
+
+    /// Whether this kernel reports the open of `execveat(fd, "", AT_EMPTY_PATH)`.
+    pub fn sees_empty_path(&self) -> bool {
+        self.empty_path_events
     }
 
     /// Whether a listener feeds this.
@@ -145,13 +179,28 @@ impl ExecFiles {
         exec_real_ns: i64,
         hashes: &mut HashCache,
     ) -> Option<Ran> {
-        let mut found = self.find(pid, &name);
+        let now_real_ns = wall_clock_now_ns();
+        // Since the exec, and no later than now (a clock set back leaves files stamped "in the
+        // future": those are not taken for changes made since the exec).
+        let not_future = |stamp: i64| stamp <= now_real_ns.saturating_add(STAMP_SLACK_NS);
+        // Surely after the exec (a stamp up to a tick late is still from before it).
+        let since_exec =
+            |stamp: i64| stamp > exec_real_ns.saturating_add(STAMP_SLACK_NS) && not_future(stamp);
+        // Maybe after the exec (a stamp up to a tick early may be from after it).
+        let around_exec =
+            |stamp: i64| stamp > exec_real_ns.saturating_sub(STAMP_SLACK_NS) && not_future(stamp);
+        let mut found = self.find(pid, &name, &around_exec);
         if found.is_none() {
             self.drain(hashes);
-            found = self.find(pid, &name);
+            found = self.find(pid, &name, &around_exec);
         }
         let Some(found) = found else {
-            return self.merged(pid, &name);
+            let merged = self.merged(pid, &name);
+            if merged.is_none() {
+                // What this process runs now is not known: `/proc/self/exe` is not its last.
+                self.last.remove(&pid);
+            }
+            return merged;
         };
         let queue = self.pending.get_mut(&pid)?;
         let head = queue.drain(..=found.index).next_back()?;
@@ -163,22 +212,24 @@ impl ExecFiles {
             (Name::Path(used), false) => used.to_path_buf(),
             _ => head.path,
         };
-        let late = head.mtime_ns.saturating_sub(exec_real_ns);
-        let digest = if late > STAMP_SLACK_NS {
+        let digest = if since_exec(head.mtime_ns) {
             Err(format!(
                 "written {} ms after it was executed: the bytes that ran are gone",
-                late / 1_000_000
+                head.mtime_ns.saturating_sub(exec_real_ns) / 1_000_000
             ))
         } else {
             head.digest
         };
+        // Unlinked at the exec, not since (an upgrade replacing it: its ctime says when).
+        let deleted =
+            head.nlink == 0 && !matches!(name, Name::Path(_)) && !since_exec(head.ctime_ns);
         let mut ran = Ran {
             path,
             dev: head.dev,
             ino: head.ino,
             ctime_ns: head.ctime_ns,
             size: head.size,
-            deleted: head.nlink == 0 && !matches!(name, Name::Path(_)),
+            deleted,
             digest,
             interpreter: None,
         };
@@ -189,7 +240,7 @@ impl ExecFiles {
                 break;
             };
             let canonical = self.canonical(&interp);
-            if elf {
+            if elf && self.loaders.len() < LOADERS {
                 self.loaders.insert(canonical.clone());
             }
             let Some(queue) = self.pending.get_mut(&pid) else {
@@ -253,7 +304,12 @@ impl ExecFiles {
     }
 
     /// Where in `pid`'s events the file named `name` is.
-    fn find(&mut self, pid: u32, name: &Name<'_>) -> Option<Found> {
+    ///
+    /// An exec by path whose name matches no event may have run a file renamed since: the
+    /// process's first event that is not a loader is taken for it only when that file's ctime
+    /// says it may have been changed (renamed) since the exec (`changed`); a file untouched
+    /// since (the process's next exec, read ahead) is not.
+    fn find(&mut self, pid: u32, name: &Name<'_>, changed: &dyn Fn(i64) -> bool) -> Option<Found> {
         let by_name = |index| Found {
             index,
             by_name: true,
@@ -281,11 +337,12 @@ impl ExecFiles {
                 let hit = fresh
                     .as_ref()
                     .and_then(|f| queue.iter().position(|s| same_name(&s.path, f)));
-                // Renamed since (the name now leads elsewhere, or nowhere): the process's
-                // first event that is not a loader.
-                let found = hit
-                    .map(by_name)
-                    .or_else(|| self.first_program(queue).map(first));
+                // Renamed since (the name now leads elsewhere, or nowhere).
+                let found = hit.map(by_name).or_else(|| {
+                    self.first_program(queue)
+                        .filter(|&i| changed(queue[i].ctime_ns))
+                        .map(first)
+                });
                 if let Some(fresh) = fresh.filter(|f| cached.as_ref() != Some(f)) {
                     if self.names.len() >= NAMES {
                         self.names.clear();
@@ -297,6 +354,7 @@ impl ExecFiles {
             // What the process table knows of a descriptor can be stale (it does not follow
             // `close`): the file the kernel opened decides. A memory file brings no event.
             Name::Fd(_) | Name::OwnExe => self.first_program(queue).map(first),
+            Name::Unseen => None,
         }
     }
 
@@ -305,26 +363,21 @@ impl ExecFiles {
         queue.iter().position(|s| !self.loaders.contains(&s.path))
     }
 
-    /// Reads every queued event into `pending`.
+    /// Reads the queued events into `pending` (at most [`READ_AT_ONCE`]: what is left is read
+    /// by the next record that needs it).
     fn drain(&mut self, hashes: &mut HashCache) {
-        let Some(watch) = self.watch.as_mut() else {
+        let Some(mut watch) = self.watch.take() else {
             return;
         };
-        let mut opened = Vec::new();
-        let overflows = watch.overflows;
-        watch.drain(|o| opened.push(o));
-        if watch.overflows > overflows {
-            log::warn!(
-                "the exec listener's queue overflowed: execs it lost are identified through /proc"
-            );
-        }
-        for Opened { pid, file } in opened {
+        let (lost, dropped) = (watch.lost, self.dropped);
+        watch.drain(READ_AT_ONCE, |Opened { pid, file }| {
             let Some(seen) = seen(&file, hashes) else {
-                continue;
+                self.dropped += 1;
+                return;
             };
             if self.total >= TOTAL {
                 self.dropped += 1;
-                continue;
+                return;
             }
             let queue = self.pending.entry(pid).or_default();
             if queue.len() >= PER_PROCESS {
@@ -334,7 +387,20 @@ impl ExecFiles {
             }
             queue.push_back(seen);
             self.total += 1;
+        });
+        let quiet = self
+            .warned
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60));
+        if (watch.lost > lost || self.dropped > dropped) && !quiet {
+            self.warned = Some(std::time::Instant::now());
+            log::warn!(
+                "exec listener: {} events lost in the kernel, {} dropped by the agent, so far: \
+                 their execs are identified through /proc",
+                watch.lost,
+                self.dropped
+            );
         }
+        self.watch = Some(watch);
     }
 
     /// The kernel's name for `path` (symbolic links resolved), cached.
@@ -361,6 +427,26 @@ struct Found {
 /// The change marker of `meta`, in nanoseconds.
 fn ctime_ns(meta: &Metadata) -> i64 {
     meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec()
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(u) = nix::sys::utsname::uname() else {
+        return false;
+    };
+    let release = u.release().to_string_lossy().into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// Now, on the wall clock, in nanoseconds since the Unix epoch.
+fn wall_clock_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// `path` without the ` (deleted)` the kernel appends to the name of an unlinked file.
@@ -537,6 +623,13 @@ mod tests {
             .unwrap();
         assert_eq!(ran.path, Path::new("/nonexistent/run"));
         assert_eq!(ran.ino, "/nonexistent/swapped".len() as u64);
+        // A file untouched since long before the exec (the process's next exec, read ahead)
+        // is not taken for it.
+        let mut f = files(6, vec![seen("/nonexistent/next", None, None)]);
+        let exec_ns = 10_000_000_000;
+        let run = Name::Path(Path::new("/nonexistent/run"));
+        assert!(f.take(6, run, exec_ns, &mut hashes).is_none());
+        assert_eq!(left(&f, 6), ["/nonexistent/next"]);
     }
 
     #[test]
@@ -569,9 +662,13 @@ mod tests {
         let prog = dir.join("prog");
         std::fs::write(&prog, "x").unwrap();
         let meta = std::fs::metadata(&prog).unwrap();
-        let mut s = seen(prog.to_str().unwrap(), None, None);
-        (s.dev, s.ino, s.ctime_ns, s.size) = (meta.dev(), meta.ino(), ctime_ns(&meta), meta.len());
-        let mut f = files(2, vec![s]);
+        let event = || {
+            let mut s = seen(prog.to_str().unwrap(), None, None);
+            (s.dev, s.ino, s.ctime_ns, s.size) =
+                (meta.dev(), meta.ino(), ctime_ns(&meta), meta.len());
+            s
+        };
+        let mut f = files(2, vec![event()]);
         let first = f.take(2, Name::Path(&prog), 0, &mut hashes).unwrap();
         let again = f.take(2, Name::Path(&prog), 0, &mut hashes).unwrap();
         assert_eq!((again.dev, again.ino), (first.dev, first.ino));
@@ -579,10 +676,13 @@ mod tests {
         let own = f.take(2, Name::OwnExe, 0, &mut hashes).unwrap();
         assert_eq!((own.dev, own.ino), (first.dev, first.ino));
         assert!(f.take(3, Name::OwnExe, 0, &mut hashes).is_none());
-        // Another name, or the file changed since: nothing.
+        // Another name: nothing, and what the process runs is not known any more.
         assert!(f
             .take(2, Name::Path(Path::new("/nonexistent/q")), 0, &mut hashes)
             .is_none());
+        assert!(f.take(2, Name::OwnExe, 0, &mut hashes).is_none());
+        // The file changed since: nothing.
+        let mut f = files(2, vec![event()]);
         f.take(2, Name::Path(&prog), 0, &mut hashes).unwrap();
         std::fs::write(&prog, "changed").unwrap();
         assert!(f.take(2, Name::Path(&prog), 0, &mut hashes).is_none());

@@ -128,10 +128,18 @@ impl Enricher {
     fn exec(&mut self, e: Exec) -> Event {
         let pid = e.task.pid;
         let filename = paths::from_bytes(&e.filename);
-        let named = self.exec_name(pid, &filename, e.execveat.is_some());
+        let mut named = self.exec_name(pid, &filename, e.execveat.is_some());
+        let empty_path = e
+            .execveat
+            .is_some_and(|(_, flags)| flags & (libc::AT_EMPTY_PATH as u32) != 0);
+        let unseen = empty_path && !self.files.sees_empty_path();
+        if let (true, Named::Fd(known)) = (unseen, &mut named) {
+            named = Named::Unseen(known.take());
+        }
         let name = match &named {
             Named::Path(p) => Name::Path(p),
             Named::Fd(p) => Name::Fd(p.as_deref()),
+            Named::Unseen(_) => Name::Unseen,
             Named::OwnExe => Name::OwnExe,
         };
         let ran = self
@@ -208,20 +216,25 @@ impl Enricher {
         }
     }
 
-    /// An exec neither the listener nor `/proc` could identify: for one by path, the file at
-    /// that path now (`source: "path"`: the weakest proof, it may have been replaced since the
-    /// exec); through a descriptor, nothing (the descriptor is gone with the process).
+    /// An exec neither the listener nor `/proc` could identify. By path, on a filesystem the
+    /// listener does not watch (or with no listener): the file at that path now (`source:
+    /// "path"`, the weakest proof: it may have been replaced since the exec). On a watched one,
+    /// or through a descriptor (gone with the process): nothing.
     fn exec_by_name(&mut self, exe: PathBuf, named: &Named) -> Identified {
-        let gone = if self.files.active() {
-            "not seen by the exec listener (a memory file or an unwatched filesystem), and the \
-             process exited before /proc could be read"
+        let gone = "the process exited before /proc could be read";
+        let reason = if !matches!(named, Named::Path(_)) {
+            Some(format!("{gone}, and its descriptor with it"))
+        } else if self.files.sees(&exe) {
+            // Its filesystem is watched: the exec's own open was lost, and the file there now
+            // need not be the one that ran.
+            Some(format!("{gone}, and the exec listener lost its event"))
         } else {
-            "the process exited before /proc could be read"
+            None
         };
-        if !matches!(named, Named::Path(_)) {
+        if let Some(reason) = reason {
             return Identified {
                 exe,
-                hash_error: Some(gone.to_string()),
+                hash_error: Some(reason),
                 ..Identified::default()
             };
         }
@@ -233,7 +246,7 @@ impl Enricher {
         });
         let (sha256, interpreter, hash_error) = match self.hashes.digest(&exe) {
             Ok(d) => (Some(d.sha256), d.shebang, None),
-            Err(e) => (None, None, Some(format!("{gone}; by its name: {e}"))),
+            Err(e) => (None, None, Some(format!("{gone}; hashed by its name: {e}"))),
         };
         Identified {
             exe,
@@ -256,7 +269,7 @@ impl Enricher {
             // What the table knows of a descriptor may be stale (it does not follow `close`).
             // With the listener, a descriptor that brought no event is not a file on a watched
             // filesystem: the table's memory file, or else only the name the exec gave.
-            Named::Fd(known) => running
+            Named::Fd(known) | Named::Unseen(known) => running
                 .clone()
                 .or_else(|| {
                     known.clone().filter(|k| {
@@ -508,6 +521,8 @@ fn event(category: Category, record: Record) -> Event {
 enum Named {
     Path(PathBuf),
     Fd(Option<PathBuf>),
+    /// A descriptor whose exec this kernel does not report to the listener.
+    Unseen(Option<PathBuf>),
     OwnExe,
 }
 

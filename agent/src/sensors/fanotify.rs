@@ -68,9 +68,12 @@ pub struct Opened {
 /// The listener. Dropping it stops the mount watcher and closes the group.
 pub struct ExecWatch {
     group: Arc<Fanotify>,
+    /// Devices (`major:minor`) of the filesystems marked.
+    marked: Arc<Mutex<HashSet<String>>>,
     buf: Vec<u64>,
-    /// Events lost because the kernel's queue overflowed.
-    pub overflows: u64,
+    /// Events lost: the kernel's queue overflowed, or it could not give the agent a
+    /// descriptor (out of descriptors: the kernel drops that event).
+    pub lost: u64,
     /// Closing this wakes the mount watcher, which then exits.
     _stop: OwnedFd,
 }
@@ -91,24 +94,34 @@ impl ExecWatch {
         if n == 0 {
             return Err(io::Error::other("no filesystem could be marked"));
         }
-        log::debug!("exec identity: {n} filesystems marked for FAN_OPEN_EXEC");
-        let (wake, stop) = nix::unistd::pipe()?;
-        let (g, m) = (Arc::clone(&group), marked);
+        log::info!("exec identity: {n} filesystems watched for execs (fanotify FAN_OPEN_EXEC)");
+        let (wake, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (g, m) = (Arc::clone(&group), Arc::clone(&marked));
         std::thread::Builder::new()
             .name("picket-mounts".into())
             .spawn(move || watch_mounts(&g, &m, &wake))?;
         Ok(Self {
             group,
+            marked,
             buf: vec![0; 512],
-            overflows: 0,
+            lost: 0,
             _stop: stop,
         })
     }
 
-    /// Reads every event queued now (without waiting) and hands each to `seen`.
-    pub fn drain(&mut self, mut seen: impl FnMut(Opened)) {
+    /// Whether execs of files on device `dev` bring events (its filesystem is marked).
+    pub fn watches(&self, dev: u64) -> bool {
+        let key = format!("{}:{}", libc::major(dev), libc::minor(dev));
+        let marked = self.marked.lock().unwrap_or_else(|e| e.into_inner());
+        marked.contains(&key)
+    }
+
+    /// Reads the events queued now (without waiting), at most `max`, and hands each to `seen`
+    /// as it is read (each holds a descriptor: handled and closed one read at a time).
+    pub fn drain(&mut self, max: usize, mut seen: impl FnMut(Opened)) {
         let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
-        loop {
+        let mut handed = 0;
+        while handed < max {
             let bytes = self.buf.len() * 8;
             // SAFETY: the buffer is valid for `bytes` bytes and outlives the call.
             let n = unsafe {
@@ -120,10 +133,17 @@ impl ExecWatch {
             };
             let Ok(n) = usize::try_from(n) else {
                 let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return; // EAGAIN: nothing more now.
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return,
+                    // The event could not be given a descriptor (EMFILE, ENFILE, ...): the
+                    // kernel dropped it.
+                    _ => {
+                        self.lost += 1;
+                        log::warn!("exec listener: an event was lost: {e}");
+                        return;
+                    }
                 }
-                continue;
             };
             if n == 0 {
                 return;
@@ -139,9 +159,9 @@ impl ExecWatch {
                     break;
                 }
                 offset += m.event_len as usize;
-                if m.fd == libc::FAN_NOFD {
+                if m.fd < 0 {
                     if m.mask & libc::FAN_Q_OVERFLOW != 0 {
-                        self.overflows += 1;
+                        self.lost += 1;
                     }
                     continue;
                 }
@@ -150,6 +170,7 @@ impl ExecWatch {
                 if m.vers != libc::FANOTIFY_METADATA_VERSION {
                     continue;
                 }
+                handed += 1;
                 seen(Opened {
                     pid: u32::try_from(m.pid).unwrap_or(0),
                     file,
@@ -171,10 +192,18 @@ fn mark_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>) -> io::Result<
     // Init's table is a bonus: unreadable without CAP_SYS_PTRACE, the same as ours usually.
     let init = std::fs::read_to_string(TABLES[1].0).unwrap_or_default();
     let mut marked = marked.lock().unwrap_or_else(|e| e.into_inner());
-    let lines = own
+    let lines: Vec<(&str, &str)> = own
         .lines()
         .map(|l| (l, TABLES[0].1))
-        .chain(init.lines().map(|l| (l, TABLES[1].1)));
+        .chain(init.lines().map(|l| (l, TABLES[1].1)))
+        .collect();
+    // A filesystem unmounted since took its mark with it, and its device number may come back
+    // for another one: only what is mounted now counts as marked.
+    let present: HashSet<String> = lines
+        .iter()
+        .filter_map(|(l, _)| parse_mountinfo(l).map(|m| m.device))
+        .collect();
+    marked.retain(|d| present.contains(d));
     for (line, root) in lines {
         let Some(mount) = parse_mountinfo(line) else {
             continue;
@@ -194,7 +223,7 @@ fn mark_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>) -> io::Result<
                 marked.insert(mount.device);
             }
             Err(e) => log::debug!(
-                "exec identity: {} ({}) not marked: {e}",
+                "exec identity: {} ({}) not marked, execs from it are identified through /proc: {e}",
                 mount.point.display(),
                 mount.fstype
             ),
@@ -359,7 +388,7 @@ mod tests {
         assert!(status.success());
         let true_meta = std::fs::metadata("/usr/bin/true").unwrap();
         let mut found = false;
-        w.drain(|o| {
+        w.drain(usize::MAX, |o| {
             use std::os::unix::fs::MetadataExt;
             let m = o.file.metadata().unwrap();
             found |= m.ino() == true_meta.ino() && m.dev() == true_meta.dev();
