@@ -107,6 +107,11 @@ pub struct ExecFiles {
     names: HashMap<PathBuf, PathBuf>,
     /// Canonical paths of the ELF loaders seen (what `PT_INTERP` names).
     loaders: HashSet<PathBuf>,
+    /// Loaders whose exec opens the listener ignores (an inode ignore mark: half the events of
+    /// a dynamic program's exec), with their file as it was when ignored. Writing to one clears
+    /// its mark, and its events come again; until then, an exec of a loader itself (`ldd` runs
+    /// it) is this file, when its path still leads to it unchanged.
+    ignored: HashMap<PathBuf, Ran>,
     /// Per process, the file its last exec ran, and the name it used (for an exec by path):
     /// fanotify merges an open that is the same as one still queued (same file, same process),
     /// so a process that executes the same file twice before the first event is read brings
@@ -140,6 +145,7 @@ impl ExecFiles {
             total: 0,
             names: HashMap::new(),
             loaders,
+            ignored: HashMap::new(),
             last: HashMap::new(),
             dropped: 0,
             warned: None,
@@ -195,7 +201,9 @@ impl ExecFiles {
             found = self.find(pid, &name, &around_exec);
         }
         let Some(found) = found else {
-            let merged = self.merged(pid, &name);
+            let merged = self
+                .merged(pid, &name)
+                .or_else(|| self.ignored_loader(&name));
             if merged.is_none() {
                 // What this process runs now is not known: `/proc/self/exe` is not its last.
                 self.last.remove(&pid);
@@ -257,7 +265,9 @@ impl ExecFiles {
             };
             self.total -= 1;
             next = seen.digest.as_ref().ok().and_then(interpreter_of);
-            if !elf {
+            if elf {
+                self.ignore(&canonical, &seen);
+            } else {
                 ran.interpreter = Some(strip_deleted(seen.path));
             }
         }
@@ -289,14 +299,61 @@ impl ExecFiles {
         }
     }
 
-    /// Forgets what is kept for `pid`, which exited.
-    pub fn exited(&mut self, pid: u32, hashes: &mut HashCache) {
-        if self.total == 0 && self.watch.is_none() {
+    /// Has the listener ignore the exec opens of `loader` (canonical path) of which `seen` is
+    /// the event, if it does not yet.
+    fn ignore(&mut self, loader: &Path, seen: &Seen) {
+        if self.ignored.contains_key(loader) || self.ignored.len() >= LOADERS {
             return;
         }
-        // Its opens may still be queued: read them now, or they would be kept for whichever
-        // process gets the PID next.
-        self.drain(hashes);
+        let Some(watch) = &self.watch else {
+            return;
+        };
+        // The path leads to the file of the event still (else a later exec will tell).
+        let same = std::fs::metadata(loader).is_ok_and(|m| {
+            m.dev() == seen.dev && m.ino() == seen.ino && ctime_ns(&m) == seen.ctime_ns
+        });
+        if !same {
+            return;
+        }
+        match watch.ignore(loader) {
+            Ok(()) => {
+                log::debug!("exec identity: loader {} ignored", loader.display());
+                let ran = Ran {
+                    path: loader.to_path_buf(),
+                    dev: seen.dev,
+                    ino: seen.ino,
+                    ctime_ns: seen.ctime_ns,
+                    size: seen.size,
+                    deleted: false,
+                    digest: seen.digest.clone(),
+                    interpreter: None,
+                };
+                self.ignored.insert(loader.to_path_buf(), ran);
+            }
+            Err(e) => log::debug!("exec identity: ignoring {}: {e}", loader.display()),
+        }
+    }
+
+    /// The file of an exec of an ignored loader by path, when the path leads to it unchanged.
+    fn ignored_loader(&mut self, name: &Name<'_>) -> Option<Ran> {
+        let Name::Path(used) = name else {
+            return None;
+        };
+        let canonical = self.canonical(used);
+        let ran = self.ignored.get(&canonical)?;
+        let meta = std::fs::metadata(&canonical).ok()?;
+        let same = meta.dev() == ran.dev
+            && meta.ino() == ran.ino
+            && ctime_ns(&meta) == ran.ctime_ns
+            && meta.len() == ran.size;
+        same.then(|| ran.clone())
+    }
+
+    /// Forgets what is kept for `pid`, which exited.
+    pub fn exited(&mut self, pid: u32) {
+        // Its opens still queued in the kernel, if any (exec attempts that failed), are read
+        // later and kept until a process with the same PID execs a file by that name (they are
+        // dropped as its failed attempts) or exits.
         if let Some(q) = self.pending.remove(&pid) {
             self.total -= q.len();
         }
@@ -691,11 +748,10 @@ mod tests {
 
     #[test]
     fn an_exited_process_leaves_nothing() {
-        let mut hashes = HashCache::new(4);
         let mut f = files(4, vec![seen("/nonexistent/p", None, None)]);
-        f.exited(3, &mut hashes);
+        f.exited(3);
         assert_eq!(f.total, 1);
-        f.exited(4, &mut hashes);
+        f.exited(4);
         assert_eq!(f.total, 0);
         assert!(f.pending.is_empty());
     }

@@ -94,7 +94,7 @@ impl Enricher {
             RawEvent::Exit(e) => {
                 let process = Some(self.context(e.task.pid));
                 self.table.exit(e.task.pid);
-                self.files.exited(e.task.pid, &mut self.hashes);
+                self.files.exited(e.task.pid);
                 if !self.listeners.is_empty() {
                     self.listeners.retain(|_, pid| *pid != e.task.pid);
                 }

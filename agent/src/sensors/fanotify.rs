@@ -116,6 +116,16 @@ impl ExecWatch {
         marked.contains(&key)
     }
 
+    /// Stops events for the file at `path` (an inode ignore mark), until it is written to.
+    pub fn ignore(&self, path: &Path) -> nix::Result<()> {
+        self.group.mark(
+            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK,
+            MaskFlags::FAN_OPEN_EXEC,
+            None,
+            Some(path),
+        )
+    }
+
     /// Reads the events queued now (without waiting), at most `max`, and hands each to `seen`
     /// as it is read (each holds a descriptor: handled and closed one read at a time).
     pub fn drain(&mut self, max: usize, mut seen: impl FnMut(Opened)) {
