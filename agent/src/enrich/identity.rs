@@ -112,11 +112,10 @@ pub struct ExecFiles {
     /// its mark, and its events come again; until then, an exec of a loader itself (`ldd` runs
     /// it) is this file, when its path still leads to it unchanged.
     ignored: HashMap<PathBuf, Ran>,
-    /// Per process, the file its last exec ran, and the name it used (for an exec by path):
-    /// fanotify merges an open that is the same as one still queued (same file, same process),
+    /// Per process, the file its last exec ran: fanotify merges an open that is the same as one still queued (same file, same process),
     /// so a process that executes the same file twice before the first event is read brings
     /// one event for both.
-    last: HashMap<u32, (Option<PathBuf>, Ran)>,
+    last: HashMap<u32, Ran>,
     /// Events dropped (per-process or total bound, or unreadable).
     pub dropped: u64,
     /// When losses were last said in the log (at most once a minute).
@@ -271,29 +270,29 @@ impl ExecFiles {
                 ran.interpreter = Some(strip_deleted(seen.path));
             }
         }
-        let used = match name {
-            Name::Path(used) => Some(used.to_path_buf()),
-            _ => None,
-        };
-        self.last.insert(pid, (used, ran.clone()));
+        self.last.insert(pid, ran.clone());
         Some(ran)
     }
 
     /// The file of an exec that brought no event, when it can only be the file of the
     /// process's previous exec (the two opens were merged into one event): `/proc/self/exe`
-    /// runs the process's own file again (it could not be written while it ran); an exec by
-    /// the same name as the previous one, when the file there is still that one, unchanged.
+    /// runs the process's own file again (it could not be written while it ran); an exec by a
+    /// path that leads to that same file, unchanged (by the same name, or another link to it:
+    /// busybox's applets).
     fn merged(&self, pid: u32, name: &Name<'_>) -> Option<Ran> {
-        let (last_name, ran) = self.last.get(&pid)?;
+        let ran = self.last.get(&pid)?;
         match name {
             Name::OwnExe => Some(ran.clone()),
-            Name::Path(used) if last_name.as_deref() == Some(*used) => {
+            Name::Path(used) => {
                 let meta = std::fs::metadata(used).ok()?;
                 let same = meta.dev() == ran.dev
                     && meta.ino() == ran.ino
                     && ctime_ns(&meta) == ran.ctime_ns
                     && meta.len() == ran.size;
-                same.then(|| ran.clone())
+                same.then(|| Ran {
+                    path: std::fs::canonicalize(used).unwrap_or_else(|_| used.to_path_buf()),
+                    ..ran.clone()
+                })
             }
             _ => None,
         }
@@ -733,7 +732,13 @@ mod tests {
         let own = f.take(2, Name::OwnExe, 0, &mut hashes).unwrap();
         assert_eq!((own.dev, own.ino), (first.dev, first.ino));
         assert!(f.take(3, Name::OwnExe, 0, &mut hashes).is_none());
-        // Another name: nothing, and what the process runs is not known any more.
+        // Another link to the same file (a busybox applet after another): the same file.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&prog, &link).unwrap();
+        let applet = f.take(2, Name::Path(&link), 0, &mut hashes).unwrap();
+        assert_eq!((applet.dev, applet.ino), (first.dev, first.ino));
+        assert_eq!(applet.path, prog);
+        // A path to another file: nothing, and what the process runs is not known any more.
         assert!(f
             .take(2, Name::Path(Path::new("/nonexistent/q")), 0, &mut hashes)
             .is_none());
