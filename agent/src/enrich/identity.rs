@@ -105,6 +105,10 @@ pub struct ExecFiles {
     total: usize,
     /// Name used → the kernel's name for it (symbolic links resolved).
     names: HashMap<PathBuf, PathBuf>,
+    /// (device, inode, ctime) → the kernel's name of that file: a rename or an unlink changes
+    /// the ctime, so a file seen before is named without asking the kernel again (a renamed
+    /// directory above it is not seen: an exec by path is then matched by identity).
+    kernel_names: HashMap<(u64, u64, i64), PathBuf>,
     /// Canonical paths of the ELF loaders seen (what `PT_INTERP` names).
     loaders: HashSet<PathBuf>,
     /// Loaders whose exec opens the listener ignores (an inode ignore mark: half the events of
@@ -143,6 +147,7 @@ impl ExecFiles {
             pending: HashMap::new(),
             total: 0,
             names: HashMap::new(),
+            kernel_names: HashMap::new(),
             loaders,
             ignored: HashMap::new(),
             last: HashMap::new(),
@@ -215,7 +220,7 @@ impl ExecFiles {
         let path = match (&name, found.by_name) {
             // The name it was opened by, as the kernel resolved it, even if renamed or
             // unlinked since; or, if it no longer has that name, the name the exec used.
-            (Name::Path(_), true) => strip_deleted(head.path),
+            (Name::Path(_), true) => found.renamed.unwrap_or_else(|| strip_deleted(head.path)),
             (Name::Path(used), false) => used.to_path_buf(),
             _ => head.path,
         };
@@ -369,10 +374,12 @@ impl ExecFiles {
         let by_name = |index| Found {
             index,
             by_name: true,
+            renamed: None,
         };
         let first = |index| Found {
             index,
             by_name: false,
+            renamed: None,
         };
         let queue = self.pending.get(&pid)?;
         match name {
@@ -393,6 +400,20 @@ impl ExecFiles {
                 let hit = fresh
                     .as_ref()
                     .and_then(|f| queue.iter().position(|s| same_name(&s.path, f)));
+                // The file the name leads to now, by identity (another hard link to it, or a
+                // directory above it renamed since the kernel named it).
+                if hit.is_none() {
+                    if let Some(m) = fresh.as_ref().and_then(|f| std::fs::metadata(f).ok()) {
+                        let same = |s: &Seen| s.dev == m.dev() && s.ino == m.ino();
+                        if let Some(i) = queue.iter().position(same) {
+                            return Some(Found {
+                                index: i,
+                                by_name: true,
+                                renamed: fresh,
+                            });
+                        }
+                    }
+                }
                 // Renamed since (the name now leads elsewhere, or nowhere).
                 let found = hit.map(by_name).or_else(|| {
                     self.first_program(queue)
@@ -427,7 +448,7 @@ impl ExecFiles {
         };
         let (lost, dropped) = (watch.lost, self.dropped);
         watch.drain(READ_AT_ONCE, |Opened { pid, file }| {
-            let Some(seen) = seen(&file, hashes) else {
+            let Some(seen) = seen(&file, hashes, &mut self.kernel_names) else {
                 self.dropped += 1;
                 return;
             };
@@ -478,6 +499,8 @@ struct Found {
     index: usize,
     /// Found by the name the exec used (else: the first event that is not a loader).
     by_name: bool,
+    /// Found by identity: the file's name now, which the kernel's may not be.
+    renamed: Option<PathBuf>,
 }
 
 /// The change marker of `meta`, in nanoseconds.
@@ -518,9 +541,24 @@ fn strip_deleted(path: PathBuf) -> PathBuf {
 }
 
 /// What is kept of one exec open: its name, identity and digest.
-fn seen(file: &File, hashes: &mut HashCache) -> Option<Seen> {
+fn seen(
+    file: &File,
+    hashes: &mut HashCache,
+    names: &mut HashMap<(u64, u64, i64), PathBuf>,
+) -> Option<Seen> {
     let meta: Metadata = file.metadata().ok()?;
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    let key = (meta.dev(), meta.ino(), ctime_ns(&meta));
+    let path = match names.get(&key) {
+        Some(p) => p.clone(),
+        None => {
+            let p = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+            if names.len() >= NAMES * 4 {
+                names.clear();
+            }
+            names.insert(key, p.clone());
+            p
+        }
+    };
     let digest = hashes.digest_file(file, &meta).map_err(|e| e.to_string());
     Some(Seen {
         path,
@@ -786,5 +824,24 @@ mod tests {
             .unwrap();
         let error = ran.digest.unwrap_err();
         assert!(error.starts_with("written 100 ms after"), "{error}");
+    }
+
+    #[test]
+    fn a_hard_link_is_matched_by_identity() {
+        let mut hashes = HashCache::new(4);
+        let dir = std::env::temp_dir().join(format!("picket-hardlink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (file, link) = (dir.join("file"), dir.join("link"));
+        std::fs::write(&file, "x").unwrap();
+        std::fs::hard_link(&file, &link).unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        // The kernel named the file by its other link.
+        let mut s = seen(file.to_str().unwrap(), None, None);
+        (s.dev, s.ino) = (meta.dev(), meta.ino());
+        let mut f = files(1, vec![s]);
+        let ran = f.take(1, Name::Path(&link), 0, &mut hashes).unwrap();
+        assert_eq!(ran.path, link);
+        assert_eq!(ran.ino, meta.ino());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
