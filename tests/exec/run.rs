@@ -155,7 +155,7 @@ fn a_baselined_binary_replaced_between_execs_is_reported_with_both_hashes() {
 }
 
 /// The same baselined binary swapped back and forth with a bad copy (rename with
-/// RENAME_EXCHANGE, in a loop, every 200 µs) while it is executed 200 times: each exec raises either nothing
+/// RENAME_EXCHANGE, in a loop, every millisecond) while it is executed 200 times: each exec raises either nothing
 /// (the good copy ran: exit code 0) or `modified_executable` with the bad copy's hash (exit
 /// code 1) — never the good hash as `actual`, never no hash, never another alert.
 #[test]
@@ -196,10 +196,11 @@ fn a_baselined_binary_swapped_during_execs_is_never_misattributed() {
                     std::io::Error::last_os_error()
                 );
                 swaps.fetch_add(1, Ordering::Relaxed);
-                // A swap about every exec's length (an exec of true takes some 500 µs): the
-                // copies trade places while execs are in flight, and the renames (each a file
-                // event) do not flood the ring buffer past what it holds.
-                std::thread::sleep(std::time::Duration::from_micros(200));
+                // A swap about every exec's length (an exec of true takes some 500 µs to 1 ms
+                // here): the copies trade places while execs are in flight, and the renames
+                // (each a file event, for an agent built for debugging) do not flood the ring
+                // buffer past what it holds.
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         })
     };
