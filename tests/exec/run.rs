@@ -155,9 +155,10 @@ fn a_baselined_binary_replaced_between_execs_is_reported_with_both_hashes() {
 }
 
 /// The same baselined binary swapped back and forth with a bad copy (rename with
-/// RENAME_EXCHANGE, in a loop, every millisecond) while it is executed 200 times: each exec raises either nothing
-/// (the good copy ran: exit code 0) or `modified_executable` with the bad copy's hash (exit
-/// code 1) — never the good hash as `actual`, never no hash, never another alert.
+/// RENAME_EXCHANGE, in a loop, every millisecond) while it is executed 200 times: each exec
+/// raises either nothing (the good copy ran: exit code 0) or `modified_executable` with the bad
+/// copy's hash (exit code 1) — never the good hash as `actual`, never no hash, never another
+/// alert.
 #[test]
 fn a_baselined_binary_swapped_during_execs_is_never_misattributed() {
     let _one_at_a_time = support::one_at_a_time();
