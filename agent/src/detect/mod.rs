@@ -53,6 +53,28 @@ struct ExecFlags<'a> {
     name_used: Option<&'a Path>,
 }
 
+/// What the baseline says of an executable.
+enum Entry<'a> {
+    /// Listed, with this SHA-256.
+    Listed(&'a [u8; 32]),
+    /// Allowed by an `executable_glob`, whatever its content.
+    Globbed,
+    Unknown,
+}
+
+/// Why an exec is suspicious whatever the baseline says: what ran, or from where.
+fn suspicious(exe: &str, flags: &ExecFlags<'_>) -> Option<&'static str> {
+    if flags.fileless {
+        Some("fileless")
+    } else if flags.deleted {
+        Some("deleted file")
+    } else if TEMPORARY.iter().any(|t| exe.starts_with(t)) {
+        Some("temporary location")
+    } else {
+        None
+    }
+}
+
 /// A policy made ready for per-event checks.
 pub struct Detector {
     policy: Policy,
@@ -257,12 +279,6 @@ impl Detector {
     }
 
     fn exec(&self, event: &Event, r: &Record, flags: ExecFlags<'_>, out: &mut Vec<Draft>) {
-        let ExecFlags {
-            fileless,
-            deleted,
-            hash_error,
-            name_used,
-        } = flags;
         let Some(ctx) = &r.process else {
             return;
         };
@@ -273,107 +289,79 @@ impl Detector {
             return;
         }
         let exe = exe.as_ref();
-        let reason = if fileless {
-            Some("fileless")
-        } else if deleted {
-            Some("deleted file")
-        } else if TEMPORARY.iter().any(|t| exe.starts_with(t)) {
-            Some("temporary location")
-        } else {
-            None
+        let raise = |out: &mut Vec<Draft>, kind, severity, details| {
+            out.push(draft(kind, severity, "executables", exe, details, event));
         };
-        if let Some(reason) = reason {
-            out.push(draft(
+        if let Some(reason) = suspicious(exe, &flags) {
+            raise(
+                out,
                 Kind::SuspiciousExec,
                 Severity::High,
-                "executables",
-                exe,
                 json!({ "reason": reason }),
-                event,
-            ));
+            );
         }
-        let actual = ctx.image.sha256;
-        let actual_hex = || actual.as_ref().map(|d| crate::paths::hex(d));
-        // The policy is keyed by canonical paths: `/bin/x` is looked up as `/usr/bin/x`.
+        let reason = flags.hash_error.unwrap_or(NO_HASH);
+        let hex = crate::paths::hex;
+        match (self.baseline_entry(exe, flags.name_used), ctx.image.sha256) {
+            (Entry::Listed(expected), Some(actual)) if actual != *expected => {
+                let details = json!({ "expected": hex(expected), "actual": hex(&actual) });
+                raise(out, Kind::ModifiedExecutable, Severity::Critical, details);
+            }
+            // A hash that could not be established is never a modification: the file could
+            // not be verified, which is said as such, with the reason.
+            (Entry::Listed(expected), None) => {
+                let details = json!({ "expected": hex(expected), "reason": reason });
+                raise(out, Kind::UnverifiedExecutable, Severity::Medium, details);
+            }
+            (Entry::Unknown, actual) => {
+                let details = match actual {
+                    Some(sha) => json!({ "sha256": hex(&sha) }),
+                    None => json!({ "sha256": null, "hash_error": reason }),
+                };
+                raise(out, Kind::UnknownExecutable, Severity::High, details);
+            }
+            (Entry::Listed(_), Some(_)) | (Entry::Globbed, _) => {}
+        }
+    }
+
+    /// What the baseline says of the executable `exe`, which the exec named `name_used` when
+    /// that was a link to it. The policy is keyed by canonical paths (`/bin/x` is looked up as
+    /// `/usr/bin/x`). The file that ran may be listed under the name of a link to it, the name
+    /// the exec used (`/bin/sh` for `/usr/bin/dash`); or, the other way round, a name the
+    /// baseline does not list may be a link to one it does (`/usr/bin/awk` to `/usr/bin/mawk`).
+    /// Those are looked up only on a miss; the hash still decides, whatever a link points to.
+    fn baseline_entry(&self, exe: &str, name_used: Option<&Path>) -> Entry<'_> {
         let canonical = canonical_text(exe);
         let canonical = canonical.as_deref().unwrap_or(exe);
-        let in_globs = |path: &str| {
-            self.executable_globs
-                .iter()
-                .any(|g| g.matches(path, &key(path)))
-        };
-        // The file that ran may be listed under the name of a link to it, the name the exec
-        // used (`/bin/sh` for `/usr/bin/dash`); or, the other way round, a name the baseline
-        // does not list may be a link to one it does (`/usr/bin/awk` to `/usr/bin/mawk`). Only
-        // looked up on a miss; the hash still decides, whatever the link points to now.
-        let resolved = (!self.executables.contains_key(canonical)
-            && !self
-                .executable_globs
-                .iter()
-                .any(|g| g.matches(exe, canonical)))
-        .then(|| match name_used.and_then(Path::to_str) {
+        if let Some(expected) = self.executables.get(canonical) {
+            return Entry::Listed(expected);
+        }
+        if self
+            .executable_globs
+            .iter()
+            .any(|g| g.matches(exe, canonical))
+        {
+            return Entry::Globbed;
+        }
+        let other = match name_used.and_then(Path::to_str) {
             Some(used) => Some(key(used)),
             None => std::fs::canonicalize(exe)
                 .ok()
                 .and_then(|p| p.to_str().map(str::to_string)),
-        })
-        .flatten()
-        .filter(|p| p != canonical);
-        let listed = self
-            .executables
-            .get(canonical)
-            .or_else(|| resolved.as_deref().and_then(|r| self.executables.get(r)));
-        match listed {
-            // A hash that could not be established is never a modification: the file could
-            // not be verified, which is said as such, with the reason.
-            Some(expected) => match &actual {
-                Some(actual) if actual != expected => out.push(draft(
-                    Kind::ModifiedExecutable,
-                    Severity::Critical,
-                    "executables",
-                    exe,
-                    json!({
-                        "expected": crate::paths::hex(expected),
-                        "actual": crate::paths::hex(actual),
-                    }),
-                    event,
-                )),
-                Some(_) => {}
-                None => out.push(draft(
-                    Kind::UnverifiedExecutable,
-                    Severity::Medium,
-                    "executables",
-                    exe,
-                    json!({
-                        "expected": crate::paths::hex(expected),
-                        "reason": hash_error.unwrap_or(NO_HASH),
-                    }),
-                    event,
-                )),
-            },
-            None => {
-                let globbed = self
-                    .executable_globs
-                    .iter()
-                    .any(|g| g.matches(exe, canonical))
-                    || resolved.as_deref().is_some_and(in_globs);
-                if !globbed {
-                    out.push(draft(
-                        Kind::UnknownExecutable,
-                        Severity::High,
-                        "executables",
-                        exe,
-                        match actual_hex() {
-                            Some(sha) => json!({ "sha256": sha }),
-                            None => json!({
-                                "sha256": null,
-                                "hash_error": hash_error.unwrap_or(NO_HASH),
-                            }),
-                        },
-                        event,
-                    ));
-                }
-            }
+        };
+        let Some(other) = other.filter(|p| p != canonical) else {
+            return Entry::Unknown;
+        };
+        if let Some(expected) = self.executables.get(&other) {
+            Entry::Listed(expected)
+        } else if self
+            .executable_globs
+            .iter()
+            .any(|g| g.matches(&other, &key(&other)))
+        {
+            Entry::Globbed
+        } else {
+            Entry::Unknown
         }
     }
 
