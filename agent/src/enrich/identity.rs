@@ -245,27 +245,34 @@ impl ExecFiles {
             digest,
             interpreter: None,
         };
-        // The interpreters the kernel opened next, each named by the one before.
+        self.take_interpreters(pid, &mut ran);
+        self.last.insert(pid, ran.clone());
+        Some(ran)
+    }
+
+    /// Takes the interpreters the kernel opened after `ran` for `pid`'s exec, each named by the
+    /// one before (a script's `#!` interpreter, an ELF program's loader); notes the script's.
+    fn take_interpreters(&mut self, pid: u32, ran: &mut Ran) {
         let mut next = ran.digest.as_ref().ok().and_then(interpreter_of);
         for _ in 0..CHAIN {
             let Some((interp, elf)) = next.take() else {
-                break;
+                return;
             };
             let canonical = self.canonical(&interp);
             if elf && self.loaders.len() < LOADERS {
                 self.loaders.insert(canonical.clone());
             }
             let Some(queue) = self.pending.get_mut(&pid) else {
-                break;
+                return;
             };
             if queue
                 .front()
                 .is_none_or(|s| !same_name(&s.path, &canonical))
             {
-                break;
+                return;
             }
             let Some(seen) = queue.pop_front() else {
-                break;
+                return;
             };
             self.total -= 1;
             next = seen.digest.as_ref().ok().and_then(interpreter_of);
@@ -275,8 +282,6 @@ impl ExecFiles {
                 ran.interpreter = Some(strip_deleted(seen.path));
             }
         }
-        self.last.insert(pid, ran.clone());
-        Some(ran)
     }
 
     /// The file of an exec that brought no event, when it can only be the file of the
