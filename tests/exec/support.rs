@@ -152,7 +152,15 @@ pub(crate) struct Lab {
 
 impl Lab {
     pub(crate) fn new(tag: &str) -> Lab {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique(&format!("exec-{tag}")));
+        // Outside the temporary locations the agent finds suspicious (the checkout, and with it
+        // the target directory, may be under /tmp).
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let base = if is_temporary_location(target) {
+            Path::new("/var/lib/picket-tests")
+        } else {
+            target
+        };
+        let root = base.join(unique(&format!("exec-{tag}")));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).unwrap();
         let root = fs::canonicalize(root).unwrap();
@@ -175,6 +183,11 @@ impl Lab {
     /// Signs a policy baselining `executables` (path, SHA-256) and starts `picket run`
     /// enforcing it; returns once it is running.
     pub(crate) fn run(&self, executables: &[(PathBuf, String)]) -> Agent {
+        self.run_with(executables, &[])
+    }
+
+    /// [`Lab::run`] with more arguments for `picket run`.
+    pub(crate) fn run_with(&self, executables: &[(PathBuf, String)], extra: &[&str]) -> Agent {
         let mut text = String::from(
             "[metadata]\nname = \"exec-test\"\ndevice_class = \"lab\"\nserial = 1\n\
              created = \"2026-11-22T10:00:00Z\"\n\n",
@@ -209,11 +222,12 @@ impl Lab {
             ),
         )
         .unwrap();
-        let args = [
+        let mut args = vec![
             OsStr::new("run"),
             OsStr::new("--config"),
             config.as_os_str(),
         ];
+        args.extend(extra.iter().map(OsStr::new));
         Agent::start(picket(), &args, READY)
     }
 
@@ -236,6 +250,20 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.root);
     }
+}
+
+/// Whether the agent counts `path` as a temporary location (its suspicious_exec rule).
+fn is_temporary_location(path: &Path) -> bool {
+    [
+        "/tmp",
+        "/var/tmp",
+        "/dev/shm",
+        "/home",
+        "/root",
+        "/run/user",
+    ]
+    .iter()
+    .any(|dir| path.starts_with(dir))
 }
 
 /// `path` as a TOML basic string (JSON string escapes are valid TOML).

@@ -48,9 +48,13 @@ const LOADERS: usize = 64;
 const NAMES: usize = 1024;
 /// `binfmt_script` nests at most this deep (`BINPRM_MAX_RECURSION`), plus the loader.
 const CHAIN: usize = 5;
-/// How far a file's modification time may lie after its exec and still be from before it: the
-/// kernel stamps files from a coarse clock, up to a tick behind (10 ms at HZ=100).
-const STAMP_SLACK_NS: i64 = 20_000_000;
+/// How far before its exec a file's stamp may lie and still be from after it: the kernel stamps
+/// files from a coarse clock, up to a tick behind real time (10 ms at HZ=100). A stamp is never
+/// ahead of real time.
+const TICK_NS: i64 = 20_000_000;
+/// How far the wall-clock time of an exec (its boot-clock stamp plus the clocks' offset now)
+/// may be off.
+const OFFSET_NS: i64 = 2_000_000;
 
 /// How an exec named its file.
 #[derive(Debug)]
@@ -116,10 +120,11 @@ pub struct ExecFiles {
     /// its mark, and its events come again; until then, an exec of a loader itself (`ldd` runs
     /// it) is this file, when its path still leads to it unchanged.
     ignored: HashMap<PathBuf, Ran>,
-    /// Per process, the file its last exec ran: fanotify merges an open that is the same as one still queued (same file, same process),
+    /// Per process, the file its last exec ran, and the interpreter it runs under (a script's):
+    /// fanotify merges an open that is the same as one still queued (same file, same process),
     /// so a process that executes the same file twice before the first event is read brings
     /// one event for both.
-    last: HashMap<u32, Ran>,
+    last: HashMap<u32, (Ran, Option<Ran>)>,
     /// Events dropped (per-process or total bound, or unreadable).
     pub dropped: u64,
     /// When losses were last said in the log (at most once a minute).
@@ -192,13 +197,14 @@ impl ExecFiles {
         let now_real_ns = wall_clock_now_ns();
         // Since the exec, and no later than now (a clock set back leaves files stamped "in the
         // future": those are not taken for changes made since the exec).
-        let not_future = |stamp: i64| stamp <= now_real_ns.saturating_add(STAMP_SLACK_NS);
-        // Surely after the exec (a stamp up to a tick late is still from before it).
+        let not_future = |stamp: i64| stamp <= now_real_ns.saturating_add(OFFSET_NS);
+        // Surely after the exec (a stamp is never ahead of the time it was made).
         let since_exec =
-            |stamp: i64| stamp > exec_real_ns.saturating_add(STAMP_SLACK_NS) && not_future(stamp);
-        // Maybe after the exec (a stamp up to a tick early may be from after it).
-        let around_exec =
-            |stamp: i64| stamp > exec_real_ns.saturating_sub(STAMP_SLACK_NS) && not_future(stamp);
+            |stamp: i64| stamp > exec_real_ns.saturating_add(OFFSET_NS) && not_future(stamp);
+        // Maybe after the exec (a stamp up to a tick behind may be from after it).
+        let around_exec = |stamp: i64| {
+            stamp > exec_real_ns.saturating_sub(TICK_NS + OFFSET_NS) && not_future(stamp)
+        };
         let mut found = self.find(pid, &name, &around_exec);
         if found.is_none() {
             self.drain(hashes);
@@ -224,6 +230,8 @@ impl ExecFiles {
             (Name::Path(used), false) => used.to_path_buf(),
             _ => head.path,
         };
+        // What the kernel opened after it, as the file says (even if its digest is refused).
+        let chain = head.digest.as_ref().ok().and_then(interpreter_of);
         let digest = if since_exec(head.mtime_ns) {
             Err(format!(
                 "written {} ms after it was executed: the bytes that ran are gone",
@@ -245,43 +253,53 @@ impl ExecFiles {
             digest,
             interpreter: None,
         };
-        self.take_interpreters(pid, &mut ran);
-        self.last.insert(pid, ran.clone());
+        let image = self.take_interpreters(pid, &mut ran, chain);
+        self.last.insert(pid, (ran.clone(), image));
         Some(ran)
     }
 
     /// Takes the interpreters the kernel opened after `ran` for `pid`'s exec, each named by the
-    /// one before (a script's `#!` interpreter, an ELF program's loader); notes the script's.
-    fn take_interpreters(&mut self, pid: u32, ran: &mut Ran) {
-        let mut next = ran.digest.as_ref().ok().and_then(interpreter_of);
+    /// one before, starting with `chain` (a script's `#!` interpreter, an ELF program's
+    /// loader); notes the script's. Returns the script interpreter's file: what the process
+    /// runs (its `/proc/self/exe`).
+    fn take_interpreters(
+        &mut self,
+        pid: u32,
+        ran: &mut Ran,
+        chain: Option<(PathBuf, bool)>,
+    ) -> Option<Ran> {
+        let mut next = chain;
+        let mut image = None;
         for _ in 0..CHAIN {
             let Some((interp, elf)) = next.take() else {
-                return;
+                break;
             };
             let canonical = self.canonical(&interp);
             if elf && self.loaders.len() < LOADERS {
                 self.loaders.insert(canonical.clone());
             }
             let Some(queue) = self.pending.get_mut(&pid) else {
-                return;
+                break;
             };
             if queue
                 .front()
                 .is_none_or(|s| !same_name(&s.path, &canonical))
             {
-                return;
+                break;
             }
             let Some(seen) = queue.pop_front() else {
-                return;
+                break;
             };
             self.total -= 1;
             next = seen.digest.as_ref().ok().and_then(interpreter_of);
             if elf {
                 self.ignore(&canonical, &seen);
             } else {
-                ran.interpreter = Some(strip_deleted(seen.path));
+                ran.interpreter = Some(strip_deleted(seen.path.clone()));
+                image = Some(ran_of(&seen, strip_deleted(seen.path.clone())));
             }
         }
+        image
     }
 
     /// The file of an exec that brought no event, when it can only be the file of the
@@ -290,16 +308,22 @@ impl ExecFiles {
     /// path that leads to that same file, unchanged (by the same name, or another link to it:
     /// busybox's applets).
     fn merged(&self, pid: u32, name: &Name<'_>) -> Option<Ran> {
-        let ran = self.last.get(&pid)?;
+        let (file, image) = self.last.get(&pid)?;
         match name {
-            Name::OwnExe => Some(ran.clone()),
+            Name::OwnExe => Some(image.as_ref().unwrap_or(file).clone()),
             Name::Path(used) => {
                 let meta = std::fs::metadata(used).ok()?;
-                let same = meta.dev() == ran.dev
-                    && meta.ino() == ran.ino
-                    && ctime_ns(&meta) == ran.ctime_ns
-                    && meta.len() == ran.size;
-                same.then(|| Ran {
+                let same = |ran: &&Ran| {
+                    meta.dev() == ran.dev
+                        && meta.ino() == ran.ino
+                        && ctime_ns(&meta) == ran.ctime_ns
+                        && meta.len() == ran.size
+                };
+                let ran = [Some(file), image.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(same)?;
+                Some(Ran {
                     path: std::fs::canonicalize(used).unwrap_or_else(|_| used.to_path_buf()),
                     ..ran.clone()
                 })
@@ -327,16 +351,7 @@ impl ExecFiles {
         match watch.ignore(loader) {
             Ok(()) => {
                 log::debug!("exec identity: loader {} ignored", loader.display());
-                let ran = Ran {
-                    path: loader.to_path_buf(),
-                    dev: seen.dev,
-                    ino: seen.ino,
-                    ctime_ns: seen.ctime_ns,
-                    size: seen.size,
-                    deleted: false,
-                    digest: seen.digest.clone(),
-                    interpreter: None,
-                };
+                let ran = ran_of(seen, loader.to_path_buf());
                 self.ignored.insert(loader.to_path_buf(), ran);
             }
             Err(e) => log::debug!("exec identity: ignoring {}: {e}", loader.display()),
@@ -433,9 +448,26 @@ impl ExecFiles {
                 }
                 found
             }
-            // What the process table knows of a descriptor can be stale (it does not follow
-            // `close`): the file the kernel opened decides. A memory file brings no event.
-            Name::Fd(_) | Name::OwnExe => self.first_program(queue).map(first),
+            // A memory file brings no event: the process's events are its later execs'.
+            Name::Fd(Some(known)) if is_memfd(known) => None,
+            Name::Fd(Some(known)) => queue
+                .iter()
+                .position(|s| same_name(&s.path, known))
+                .or_else(|| self.first_program(queue))
+                .map(first),
+            Name::Fd(None) => self.first_program(queue).map(first),
+            // The file the process runs: its open, if not merged into the previous one.
+            // (A process older than the agent: its first program.)
+            Name::OwnExe => match self.last.get(&pid) {
+                Some((file, image)) => {
+                    let running = image.as_ref().unwrap_or(file);
+                    queue
+                        .iter()
+                        .position(|s| s.dev == running.dev && s.ino == running.ino)
+                        .map(first)
+                }
+                None => self.first_program(queue).map(first),
+            },
             Name::Unseen => None,
         }
     }
@@ -458,8 +490,11 @@ impl ExecFiles {
                 return;
             };
             if self.total >= TOTAL {
-                self.dropped += 1;
-                return;
+                // Events no record claimed (failed attempts, lost records) filled the store:
+                // start afresh rather than refuse every new one.
+                self.dropped += self.total as u64;
+                self.pending.clear();
+                self.total = 0;
             }
             let queue = self.pending.entry(pid).or_default();
             if queue.len() >= PER_PROCESS {
@@ -533,6 +568,11 @@ fn wall_clock_now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// Whether `path` is the kernel's name of a memory file.
+fn is_memfd(path: &Path) -> bool {
+    path.as_os_str().as_encoded_bytes().starts_with(b"/memfd:")
+}
+
 /// `path` without the ` (deleted)` the kernel appends to the name of an unlinked file.
 fn strip_deleted(path: PathBuf) -> PathBuf {
     match path
@@ -542,6 +582,20 @@ fn strip_deleted(path: PathBuf) -> PathBuf {
     {
         Some(p) => crate::paths::from_bytes(p),
         None => path,
+    }
+}
+
+/// The file of event `seen`, named `path`.
+fn ran_of(seen: &Seen, path: PathBuf) -> Ran {
+    Ran {
+        path,
+        dev: seen.dev,
+        ino: seen.ino,
+        ctime_ns: seen.ctime_ns,
+        size: seen.size,
+        deleted: false,
+        digest: seen.digest.clone(),
+        interpreter: None,
     }
 }
 
@@ -682,6 +736,12 @@ mod tests {
         assert_eq!(ran.interpreter.as_deref(), Some(Path::new(SH)));
         assert!(left(&f, 3).is_empty());
         assert_eq!(f.total, 0);
+        // What the process runs is the interpreter: `/proc/self/exe` is that file.
+        let own = f.take(3, Name::OwnExe, 0, &mut hashes).unwrap();
+        assert_eq!(
+            (own.ino, own.path.as_path()),
+            (SH.len() as u64, Path::new(SH))
+        );
     }
 
     #[test]
@@ -739,13 +799,15 @@ mod tests {
         f.loaders.insert(PathBuf::from(LD));
         let memfd = Path::new("/memfd:x (deleted)");
         assert!(f.take(9, Name::Fd(Some(memfd)), 0, &mut hashes).is_none());
-        // What the table knows of a descriptor may be stale: the file the kernel opened wins.
+        // Nor is the process's next exec, read ahead: a memory file is never taken for a file.
         let mut f = files(
             9,
             vec![seen(LD, None, None), seen("/nonexistent/p", None, None)],
         );
         f.loaders.insert(PathBuf::from(LD));
-        let ran = f.take(9, Name::Fd(Some(memfd)), 0, &mut hashes).unwrap();
+        assert!(f.take(9, Name::Fd(Some(memfd)), 0, &mut hashes).is_none());
+        // A descriptor the table does not know: the first program.
+        let ran = f.take(9, Name::Fd(None), 0, &mut hashes).unwrap();
         assert_eq!(ran.path, Path::new("/nonexistent/p"));
         // Nothing of another process is taken.
         let mut f = files(9, vec![seen("/nonexistent/p", None, None)]);
@@ -814,16 +876,18 @@ mod tests {
         };
         let exec_ns = 1_000_000_000;
         let path = Name::Path(Path::new("/nonexistent/p"));
-        // Written a coarse clock tick "after" (the stamp lags): from before the exec.
-        let ran = at(exec_ns + 10_000_000)
-            .take(
-                1,
-                Name::Path(Path::new("/nonexistent/p")),
-                exec_ns,
-                &mut hashes,
-            )
-            .unwrap();
-        assert!(ran.digest.is_ok());
+        // Stamped before the exec, or within how far its wall-clock time may be off: before.
+        for stamp in [exec_ns - 10_000_000, exec_ns + 1_000_000] {
+            let ran = at(stamp)
+                .take(
+                    1,
+                    Name::Path(Path::new("/nonexistent/p")),
+                    exec_ns,
+                    &mut hashes,
+                )
+                .unwrap();
+            assert!(ran.digest.is_ok());
+        }
         let ran = at(exec_ns + 100_000_000)
             .take(1, path, exec_ns, &mut hashes)
             .unwrap();
