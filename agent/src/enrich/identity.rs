@@ -448,8 +448,10 @@ impl ExecFiles {
                 }
                 found
             }
-            // A memory file brings no event: the process's events are its later execs'.
-            Name::Fd(Some(known)) if is_memfd(known) => None,
+            // What the process table knows of a descriptor can be stale (it does not follow
+            // `close`: a memory file's number reused for a file): the file the kernel opened
+            // decides. (A memory file brings no event, so its process's next exec, if read
+            // already, would be taken for it: a payload that execs another program at once.)
             Name::Fd(Some(known)) => queue
                 .iter()
                 .position(|s| same_name(&s.path, known))
@@ -566,11 +568,6 @@ fn wall_clock_now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
-/// Whether `path` is the kernel's name of a memory file.
-fn is_memfd(path: &Path) -> bool {
-    path.as_os_str().as_encoded_bytes().starts_with(b"/memfd:")
 }
 
 /// `path` without the ` (deleted)` the kernel appends to the name of an unlinked file.
@@ -799,13 +796,15 @@ mod tests {
         f.loaders.insert(PathBuf::from(LD));
         let memfd = Path::new("/memfd:x (deleted)");
         assert!(f.take(9, Name::Fd(Some(memfd)), 0, &mut hashes).is_none());
-        // Nor is the process's next exec, read ahead: a memory file is never taken for a file.
+        // What the table knows of a descriptor may be stale: the file the kernel opened wins.
         let mut f = files(
             9,
             vec![seen(LD, None, None), seen("/nonexistent/p", None, None)],
         );
         f.loaders.insert(PathBuf::from(LD));
-        assert!(f.take(9, Name::Fd(Some(memfd)), 0, &mut hashes).is_none());
+        let ran = f.take(9, Name::Fd(Some(memfd)), 0, &mut hashes).unwrap();
+        assert_eq!(ran.path, Path::new("/nonexistent/p"));
+        let mut f = files(9, vec![seen("/nonexistent/p", None, None)]);
         // A descriptor the table does not know: the first program.
         let ran = f.take(9, Name::Fd(None), 0, &mut hashes).unwrap();
         assert_eq!(ran.path, Path::new("/nonexistent/p"));
