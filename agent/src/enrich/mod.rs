@@ -588,9 +588,11 @@ fn fd_form(filename: &Path, pid: u32) -> Option<(u32, i32, Option<&Path>)> {
 /// The wall-clock time (ns since the Unix epoch) of `boot_ns` on the boot clock, the one the
 /// sensors stamp records with.
 fn wall_clock_ns(boot_ns: u64) -> i64 {
+    use nix::sys::time::TimeValLike as _;
+    // In nanoseconds as i64 whatever the width of the target's `time_t` and `long`.
     let now = |clock| {
         nix::time::clock_gettime(clock)
-            .map(|t| t.tv_sec().saturating_mul(1_000_000_000) + t.tv_nsec())
+            .map(|t| t.num_nanoseconds())
             .unwrap_or(0)
     };
     let offset = now(nix::time::ClockId::CLOCK_REALTIME) - now(nix::time::ClockId::CLOCK_BOOTTIME);
