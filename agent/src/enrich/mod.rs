@@ -241,7 +241,7 @@ impl Enricher {
         let file = std::fs::metadata(&exe).ok().map(|m| ExecFile {
             dev: m.dev(),
             ino: m.ino(),
-            ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
+            ctime_ns: identity::ctime_ns(&m),
             source: "path",
         });
         let (sha256, interpreter, hash_error) = match self.hashes.digest(&exe) {
@@ -297,7 +297,7 @@ impl Enricher {
         let file = std::fs::metadata(hash_from).ok().map(|m| ExecFile {
             dev: m.dev(),
             ino: m.ino(),
-            ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
+            ctime_ns: identity::ctime_ns(&m),
             source: "proc",
         });
         let (digest, hash_error) = match self.hashes.digest(hash_from) {
