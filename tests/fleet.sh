@@ -64,6 +64,18 @@ wait_for() { # FILE PATTERN WHAT
     fail "$3"
 }
 
+# STATE JSON: the fleet's one device is in STATE (`online`, `offline`, ...) by its `state`
+# field, and its `online` flag agrees.
+device_is() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+want, rows = sys.argv[1], json.loads(sys.argv[2])
+assert len(rows) == 1, f"{len(rows)} devices"
+assert rows[0]["state"] == want, rows[0]["state"]
+assert rows[0]["online"] is (want == "online"), rows[0]["online"]
+PY
+}
+
 BACKEND=target/debug/picket-backend
 CONFIG="$PICKET_FLEET_DIR/backend/backend.toml"
 
@@ -88,10 +100,10 @@ assert process["exe"] == "/tmp/picket-fleet-test-bin/unknown-1", process
 assert process["pid"] and process["sha256"], process
 PY
 devices="$("$BACKEND" devices --config "$CONFIG" --json)"
-grep -q '"online"' <<< "$devices" || fail "the device is not shown online: $devices"
+device_is online "$devices" || fail "the device is not shown online: $devices"
 stop "$WORK/run1.out"
 devices="$("$BACKEND" devices --config "$CONFIG" --json)"
-grep -q '"offline"' <<< "$devices" || fail "the device is not shown offline after the stop: $devices"
+device_is offline "$devices" || fail "the device is not shown offline after the stop: $devices"
 
 # Second run: reuses the PKI and the baseline, and still works.
 start "$WORK/run2.out"
