@@ -127,6 +127,7 @@ pub struct ModesConfig {
     pub executables: Option<Mode>,
     pub network: Option<Mode>,
     pub files: Option<Mode>,
+    pub behaviour: Option<Mode>,
 }
 
 impl ModesConfig {
@@ -136,6 +137,7 @@ impl ModesConfig {
             executables: self.executables.unwrap_or(policy.executables),
             network: self.network.unwrap_or(policy.network),
             files: self.files.unwrap_or(policy.files),
+            behaviour: self.behaviour.unwrap_or(policy.behaviour),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "PKTB"
-//! 4       2     format version, little endian (1)
+//! 4       2     format version, little endian (1, or 2 for a policy with behavioural sections)
 //! 6       8     key id: first 8 bytes of SHA-256(signer's public key)
 //! 14      4     payload length N, little endian
 //! 18      N     payload: the policy, canonical postcard
@@ -19,13 +19,14 @@
 use thiserror::Error;
 
 use crate::{
-    canonical_bytes, from_canonical_bytes,
+    canonical_bytes, format_of, from_canonical_bytes,
     keys::{KeyId, SigningKey, TrustStore},
     Policy,
 };
 
-/// The bundle format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest bundle format this build writes and reads. Format 2 adds the policy's
+/// behavioural sections; a policy without them is written in format 1, which older agents read.
+pub const FORMAT_VERSION: u16 = 2;
 const MAGIC: &[u8; 4] = b"PKTB";
 const CONTEXT: &[u8] = b"picket policy bundle\0";
 const HEADER: usize = 18;
@@ -41,7 +42,7 @@ pub enum BundleError {
     #[error("not a policy bundle (bad magic)")]
     BadMagic,
     #[error(
-        "bundle format version {0} is not supported (this agent reads version {FORMAT_VERSION})"
+        "bundle format version {0} is not supported (this agent reads versions 1 to {FORMAT_VERSION})"
     )]
     UnsupportedVersion(u16),
     #[error("bundle payload is {0} bytes, over the {MAX_PAYLOAD}-byte limit")]
@@ -68,7 +69,7 @@ pub fn sign(policy: &Policy, key: &SigningKey) -> Vec<u8> {
     let payload = canonical_bytes(policy);
     let mut out = Vec::with_capacity(HEADER + payload.len() + SIGNATURE);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&format_of(policy).to_le_bytes());
     out.extend_from_slice(&key.id().0);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&payload);
@@ -85,7 +86,8 @@ pub fn verify(bytes: &[u8], trust: &TrustStore) -> Result<Verified, BundleError>
         Some(false) => return Err(BundleError::BadSignature(parts.signer)),
         Some(true) => {}
     }
-    let policy = from_canonical_bytes(parts.payload).map_err(BundleError::BadPayload)?;
+    let policy =
+        from_canonical_bytes(parts.payload, parts.format).map_err(BundleError::BadPayload)?;
     Ok(Verified {
         policy,
         signer: parts.signer,
@@ -95,11 +97,13 @@ pub fn verify(bytes: &[u8], trust: &TrustStore) -> Result<Verified, BundleError>
 /// Decodes a bundle **without** checking its signature, for display only.
 pub fn inspect(bytes: &[u8]) -> Result<(Policy, KeyId), BundleError> {
     let parts = parse(bytes)?;
-    let policy = from_canonical_bytes(parts.payload).map_err(BundleError::BadPayload)?;
+    let policy =
+        from_canonical_bytes(parts.payload, parts.format).map_err(BundleError::BadPayload)?;
     Ok((policy, parts.signer))
 }
 
 struct Parts<'a> {
+    format: u16,
     signer: KeyId,
     /// Bytes 4..18+N: what the signature covers.
     signed: &'a [u8],
@@ -115,7 +119,7 @@ fn parse(bytes: &[u8]) -> Result<Parts<'_>, BundleError> {
         return Err(BundleError::BadMagic);
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(BundleError::UnsupportedVersion(version));
     }
     let mut id = [0u8; 8];
@@ -129,6 +133,7 @@ fn parse(bytes: &[u8]) -> Result<Parts<'_>, BundleError> {
         return Err(BundleError::BadLength { said, actual });
     }
     Ok(Parts {
+        format: version,
         signer: KeyId(id),
         signed: &bytes[4..HEADER + said],
         payload: &bytes[HEADER..HEADER + said],
@@ -205,12 +210,14 @@ sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
         let mut bad = bundle.clone();
         bad[0] = b'X';
         assert_eq!(verify(&bad, &trust), Err(BundleError::BadMagic));
-        let mut bad = bundle.clone();
-        bad[4] = 2;
-        assert_eq!(
-            verify(&bad, &trust),
-            Err(BundleError::UnsupportedVersion(2))
-        );
+        for version in [0, FORMAT_VERSION + 1] {
+            let mut bad = bundle.clone();
+            bad[4..6].copy_from_slice(&version.to_le_bytes());
+            assert_eq!(
+                verify(&bad, &trust),
+                Err(BundleError::UnsupportedVersion(version))
+            );
+        }
         let short = &bundle[..bundle.len() - 1];
         assert!(matches!(
             verify(short, &trust),
@@ -252,6 +259,54 @@ sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
         assert_eq!(verified.policy, policy);
         assert_eq!(verified.signer, signer.id());
         assert_eq!(inspect(&a).unwrap().0, policy);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `small_policy` with a behavioural section.
+    fn behavioural_policy() -> Policy {
+        let mut p = small_policy();
+        p.behaviour.lineage.push(crate::model::Lineage {
+            parent: "/usr/sbin/cron".parse().unwrap(),
+            child: "/usr/bin/dash".parse().unwrap(),
+        });
+        p
+    }
+
+    #[test]
+    fn a_policy_without_behaviour_stays_in_format_1_and_one_with_it_needs_format_2() {
+        let (dir, signer, trust) = setup("formats");
+        let plain = sign(&small_policy(), &signer);
+        assert_eq!(&plain[4..6], &1u16.to_le_bytes());
+        let policy = behavioural_policy();
+        let bundle = sign(&policy, &signer);
+        assert_eq!(&bundle[4..6], &2u16.to_le_bytes());
+        assert_eq!(verify(&bundle, &trust).unwrap().policy, policy);
+        // The same payloads under the other format number, signed properly: refused, each
+        // policy has one canonical form.
+        let relabel = |bytes: &[u8], version: u16| {
+            let payload = &bytes[HEADER..bytes.len() - SIGNATURE];
+            let mut out = Vec::new();
+            out.extend_from_slice(MAGIC);
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(&signer.id().0);
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(payload);
+            let signature = signer.sign(&signed_message(&out[4..]));
+            out.extend_from_slice(&signature);
+            out
+        };
+        for (bytes, version) in [(&plain, 2), (&bundle, 1)] {
+            match verify(&relabel(bytes, version), &trust) {
+                Err(BundleError::BadPayload(_)) => {}
+                other => panic!("format {version} relabelled: {other:?}"),
+            }
+        }
+        // A format-2 payload of a policy that needs only format 1.
+        let mut with_mode = small_policy();
+        with_mode.modes.behaviour = crate::model::Mode::Off;
+        let off = sign(&with_mode, &signer);
+        assert_eq!(&off[4..6], &2u16.to_le_bytes());
+        assert_eq!(verify(&off, &trust).unwrap().policy, with_mode);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

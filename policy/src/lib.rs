@@ -76,6 +76,34 @@ pub fn canonicalize(mut p: Policy) -> Result<Policy, String> {
     sort_dedup(&mut p.files.protected);
     sort_dedup(&mut p.files.protected_glob);
     sort_dedup(&mut p.files.attributes);
+    let b = &mut p.behaviour;
+    sort_dedup(&mut b.interpreters);
+    sort_dedup(&mut b.lineage);
+    sort_dedup(&mut b.privileged);
+    for s in &mut b.sensitive {
+        sort_dedup(&mut s.readers);
+    }
+    for a in &mut b.append_only {
+        sort_dedup(&mut a.rotated_by);
+    }
+    sort_dedup(&mut b.sensitive);
+    sort_dedup(&mut b.append_only);
+    for pair in b.sensitive.windows(2) {
+        if pair[0].path == pair[1].path {
+            return Err(format!(
+                "sensitive file {} is listed twice with different readers",
+                pair[0].path.as_str()
+            ));
+        }
+    }
+    for pair in b.append_only.windows(2) {
+        if pair[0].glob == pair[1].glob {
+            return Err(format!(
+                "append-only pattern {} is listed twice with different rotators",
+                pair[0].glob.as_str()
+            ));
+        }
+    }
     for pair in p.executables.windows(2) {
         if pair[0].path == pair[1].path {
             return Err(format!(
@@ -105,16 +133,37 @@ pub fn canonicalize(mut p: Policy) -> Result<Policy, String> {
     Ok(p)
 }
 
-/// The canonical binary form of a policy: what is signed.
+/// The canonical binary form of a policy: what is signed, and the bundle format it needs.
+///
+/// A policy without behavioural sections and with the behavioural mode at its default is
+/// written in format 1, which agents from before those sections read; any other in format 2.
 pub fn canonical_bytes(policy: &Policy) -> Vec<u8> {
     // Serialising plain data into a Vec cannot fail.
-    postcard::to_stdvec(policy).unwrap_or_default()
+    if format_of(policy) == 1 {
+        postcard::to_stdvec(&v1::View::from(policy)).unwrap_or_default()
+    } else {
+        postcard::to_stdvec(policy).unwrap_or_default()
+    }
 }
 
-/// Decodes canonical bytes, refusing trailing data and a non-canonical order.
-pub fn from_canonical_bytes(bytes: &[u8]) -> Result<Policy, String> {
-    let (policy, rest): (Policy, &[u8]) =
-        postcard::take_from_bytes(bytes).map_err(|e| format!("policy payload: {e}"))?;
+/// The bundle format `policy` is written in: 1 unless it uses what format 2 added.
+pub fn format_of(policy: &Policy) -> u16 {
+    if policy.behaviour.is_empty() && policy.modes.behaviour == model::Mode::Alert {
+        1
+    } else {
+        2
+    }
+}
+
+/// Decodes canonical bytes of bundle format `format`, refusing trailing data, a non-canonical
+/// order and a policy written in a format other than its own.
+pub fn from_canonical_bytes(bytes: &[u8], format: u16) -> Result<Policy, String> {
+    let (policy, rest): (Policy, &[u8]) = match format {
+        1 => postcard::take_from_bytes::<v1::Owned>(bytes).map(|(p, rest)| (p.into(), rest)),
+        2 => postcard::take_from_bytes(bytes),
+        other => return Err(format!("policy format {other} is not known")),
+    }
+    .map_err(|e| format!("policy payload: {e}"))?;
     if !rest.is_empty() {
         return Err(format!("policy payload has {} trailing bytes", rest.len()));
     }
@@ -122,7 +171,87 @@ pub fn from_canonical_bytes(bytes: &[u8]) -> Result<Policy, String> {
     if canonical != policy {
         return Err("policy payload is not in canonical order".into());
     }
+    if format_of(&policy) != format {
+        return Err(format!(
+            "policy payload is in format {format} but needs format {}: not canonical",
+            format_of(&policy)
+        ));
+    }
     Ok(policy)
+}
+
+/// Bundle format 1's policy: everything but the behavioural sections and mode.
+mod v1 {
+    use serde::{Deserialize, Serialize};
+
+    use crate::model::{
+        Behaviour, Executable, ExecutableGlob, Files, Metadata, Mode, Modes, Network, Policy,
+    };
+
+    #[derive(Serialize, Deserialize)]
+    struct ModesV1 {
+        executables: Mode,
+        network: Mode,
+        files: Mode,
+    }
+
+    /// Borrowed, for writing.
+    #[derive(Serialize)]
+    pub struct View<'a> {
+        metadata: &'a Metadata,
+        modes: ModesV1,
+        executables: &'a [Executable],
+        executable_globs: &'a [ExecutableGlob],
+        network: &'a Network,
+        files: &'a Files,
+    }
+
+    impl<'a> From<&'a Policy> for View<'a> {
+        fn from(p: &'a Policy) -> Self {
+            View {
+                metadata: &p.metadata,
+                modes: ModesV1 {
+                    executables: p.modes.executables,
+                    network: p.modes.network,
+                    files: p.modes.files,
+                },
+                executables: &p.executables,
+                executable_globs: &p.executable_globs,
+                network: &p.network,
+                files: &p.files,
+            }
+        }
+    }
+
+    /// Owned, for reading.
+    #[derive(Deserialize)]
+    pub struct Owned {
+        metadata: Metadata,
+        modes: ModesV1,
+        executables: Vec<Executable>,
+        executable_globs: Vec<ExecutableGlob>,
+        network: Network,
+        files: Files,
+    }
+
+    impl From<Owned> for Policy {
+        fn from(p: Owned) -> Self {
+            Policy {
+                metadata: p.metadata,
+                modes: Modes {
+                    executables: p.modes.executables,
+                    network: p.modes.network,
+                    files: p.modes.files,
+                    behaviour: Mode::Alert,
+                },
+                executables: p.executables,
+                executable_globs: p.executable_globs,
+                network: p.network,
+                files: p.files,
+                behaviour: Behaviour::default(),
+            }
+        }
+    }
 }
 
 /// The policy as TOML, for people: sections with nothing in them are left out.
@@ -202,7 +331,7 @@ port = 502
         );
         let b = load_toml(&text, "shown.toml").unwrap();
         assert_eq!(a, b);
-        assert_eq!(from_canonical_bytes(&canonical_bytes(&a)).unwrap(), a);
+        assert_eq!(from_canonical_bytes(&canonical_bytes(&a), 1).unwrap(), a);
     }
 
     #[test]
@@ -255,5 +384,54 @@ port = 502
         let text = format!("{SMALL}\n[[executable_glob]]\nglob = \"/opt/s/*.sh\"\n");
         let err = load_toml(&text, "p.toml").unwrap_err().to_string();
         assert!(err.contains("missing field `weak`"), "{err}");
+    }
+
+    const BEHAVIOUR: &str = r#"
+[behaviour]
+interpreters = ["/usr/bin/python3*", "/usr/bin/dash"]
+
+[[behaviour.lineage]]
+parent = "/usr/sbin/cron"
+child = "/etc/cron.daily/logrotate"
+
+[[behaviour.sensitive]]
+path = "/etc/shadow"
+readers = ["/usr/bin/passwd", "/usr/sbin/sshd"]
+
+[[behaviour.append_only]]
+glob = "/var/log/*.log"
+rotated_by = ["/usr/sbin/logrotate"]
+
+[[behaviour.privileged]]
+action = "module"
+executable = "/usr/bin/kmod"
+"#;
+
+    #[test]
+    fn behaviour_sections_load_round_trip_and_refuse_typos() {
+        let text = format!("{SMALL}{BEHAVIOUR}");
+        let p = load_toml(&text, "b.toml").unwrap();
+        assert_eq!(p.behaviour.interpreters.len(), 2);
+        assert_eq!(p.behaviour.sensitive[0].readers.len(), 2);
+        assert_eq!(p.behaviour.privileged[0].action, model::Action::Module);
+        assert_eq!(format_of(&p), 2);
+        assert_eq!(load_toml(&to_toml(&p), "shown.toml").unwrap(), p);
+        assert_eq!(from_canonical_bytes(&canonical_bytes(&p), 2).unwrap(), p);
+        for (from, to, what) in [
+            (
+                "action = \"module\"",
+                "action = \"modules\"",
+                "unknown variant `modules`",
+            ),
+            ("rotated_by", "rotated", "unknown field `rotated`"),
+            ("child = \"/etc", "child = \"etc", "not absolute"),
+        ] {
+            let bad = text.replacen(from, to, 1);
+            let err = load_toml(&bad, "b.toml").unwrap_err().to_string();
+            assert!(err.contains(what), "{what}: {err}");
+        }
+        let twice = format!("{text}\n[[behaviour.sensitive]]\npath = \"/etc/shadow\"\n");
+        let err = load_toml(&twice, "b.toml").unwrap_err().to_string();
+        assert!(err.contains("/etc/shadow is listed twice"), "{err}");
     }
 }

@@ -29,6 +29,10 @@ pub struct Policy {
     pub network: Network,
     #[serde(default)]
     pub files: Files,
+    /// What normally happens beyond which files run: lineage, scripts, sensitive reads,
+    /// privileged actions. Learned by `picket baseline learn`; needs bundle format 2.
+    #[serde(default)]
+    pub behaviour: Behaviour,
 }
 
 /// Who the policy is for and which version it is.
@@ -54,6 +58,9 @@ pub struct Modes {
     pub network: Mode,
     #[serde(default)]
     pub files: Mode,
+    /// The behavioural checks: lineage, scripts, sensitive reads, privileged actions.
+    #[serde(default)]
+    pub behaviour: Mode,
 }
 
 impl Default for Modes {
@@ -62,6 +69,7 @@ impl Default for Modes {
             executables: Mode::Alert,
             network: Mode::Alert,
             files: Mode::Alert,
+            behaviour: Mode::Alert,
         }
     }
 }
@@ -187,6 +195,100 @@ pub struct Attributes {
     pub group: Option<u32>,
     #[serde(default)]
     pub mode: Option<FileMode>,
+}
+
+/// What a healthy device normally does, beyond which files it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Behaviour {
+    /// Programs that run scripts (`/usr/bin/dash`, `/usr/bin/python3*`): a script file one of
+    /// them runs is judged like an executable.
+    #[serde(default)]
+    pub interpreters: Vec<Glob>,
+    /// Which executable normally starts which. When the list is empty lineage is not checked.
+    #[serde(default)]
+    pub lineage: Vec<Lineage>,
+    /// Files whose reading is itself a signal, each with the executables allowed to read it.
+    #[serde(default)]
+    pub sensitive: Vec<Sensitive>,
+    /// Files that may grow but never be truncated, renamed away or deleted (logs), except by
+    /// the executables that rotate them.
+    #[serde(default)]
+    pub append_only: Vec<AppendOnly>,
+    /// Executables allowed a privileged action (loading a kernel module, mounting, ...).
+    #[serde(default)]
+    pub privileged: Vec<Privileged>,
+}
+
+impl Behaviour {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A parent executable starting a child. For an interpreter running a script file, the script
+/// stands for the interpreter on either side; code given inline (`sh -c`) is the interpreter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lineage {
+    pub parent: AbsPath,
+    pub child: AbsPath,
+}
+
+/// A file whose reading is a signal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sensitive {
+    pub path: AbsPath,
+    /// Executables allowed to read it.
+    #[serde(default)]
+    pub readers: Vec<AbsPath>,
+}
+
+/// Files that may only grow.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendOnly {
+    pub glob: Glob,
+    /// Executables allowed to truncate, rename or delete them (log rotation).
+    #[serde(default)]
+    pub rotated_by: Vec<AbsPath>,
+}
+
+/// An executable allowed a privileged action.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Privileged {
+    pub action: Action,
+    pub executable: AbsPath,
+}
+
+/// A privileged action whose every occurrence is a signal unless the policy allows its actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Loading a kernel module.
+    Module,
+    /// Mounting, remounting or unmounting a filesystem.
+    Mount,
+    /// Attaching to another process or writing its memory (`ptrace`, `process_vm_writev`).
+    Ptrace,
+    /// Setting the setuid or setgid bit on a file.
+    Setuid,
+    /// Setting file capabilities (`security.capability`).
+    Capability,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Module => "module",
+            Action::Mount => "mount",
+            Action::Ptrace => "ptrace",
+            Action::Setuid => "setuid",
+            Action::Capability => "capability",
+        }
+    }
 }
 
 /// An absolute path, normalised (no `.`, `..` or repeated `/`).

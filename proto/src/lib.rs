@@ -169,6 +169,25 @@ pub enum AlertKind {
     /// A baselined executable ran but the file that ran could not be hashed (details say why):
     /// it could not be verified, which is not evidence of a modification.
     UnverifiedExecutable,
+    /// An executable was started by a parent the behavioural baseline does not expect it from.
+    UnexpectedLineage,
+    /// A sensitive file was opened by an executable not allowed to read it.
+    SensitiveFileRead,
+    /// The setuid or setgid bit was set on a file.
+    SetuidBitSet,
+    /// File capabilities (`security.capability`) were set on a file.
+    FileCapabilitySet,
+    /// An exec's environment sets the dynamic loader's hooks (`LD_PRELOAD`, `LD_AUDIT`,
+    /// `LD_LIBRARY_PATH`).
+    LoaderEnvironment,
+    /// A kernel module was loaded.
+    KernelModuleLoaded,
+    /// A process attached to another or wrote its memory (`ptrace`, `process_vm_writev`).
+    ProcessInjection,
+    /// A filesystem was mounted, remounted or unmounted.
+    MountChanged,
+    /// An append-only file (a log) was truncated, renamed away or deleted.
+    AppendOnlyViolated,
 }
 
 impl AlertKind {
@@ -187,6 +206,15 @@ impl AlertKind {
             AlertKind::PolicyRejected => "policy_rejected",
             AlertKind::AlertsDropped => "alerts_dropped",
             AlertKind::UnverifiedExecutable => "unverified_executable",
+            AlertKind::UnexpectedLineage => "unexpected_lineage",
+            AlertKind::SensitiveFileRead => "sensitive_file_read",
+            AlertKind::SetuidBitSet => "setuid_bit_set",
+            AlertKind::FileCapabilitySet => "file_capability_set",
+            AlertKind::LoaderEnvironment => "loader_environment",
+            AlertKind::KernelModuleLoaded => "kernel_module_loaded",
+            AlertKind::ProcessInjection => "process_injection",
+            AlertKind::MountChanged => "mount_changed",
+            AlertKind::AppendOnlyViolated => "append_only_violated",
         }
     }
 }
@@ -507,6 +535,7 @@ mod tests {
         let postcard = |kind| postcard::to_stdvec(&kind).unwrap();
         assert_eq!(postcard(AlertKind::AlertsDropped), [10]);
         assert_eq!(postcard(AlertKind::UnverifiedExecutable), [11]);
+        assert_eq!(postcard(AlertKind::AppendOnlyViolated), [20]);
     }
 
     fn heartbeat() -> Heartbeat {

@@ -22,6 +22,15 @@ fn title(kind: &str) -> &'static str {
         "policy_rejected" => "Policy update rejected",
         "alerts_dropped" => "Alerts dropped from a full spool",
         "unverified_executable" => "Executable could not be verified against the baseline",
+        "unexpected_lineage" => "Process started by an unexpected parent",
+        "sensitive_file_read" => "Sensitive file read",
+        "setuid_bit_set" => "Setuid or setgid bit set",
+        "file_capability_set" => "File capabilities set",
+        "loader_environment" => "Dynamic loader hijacked through the environment",
+        "kernel_module_loaded" => "Kernel module loaded",
+        "process_injection" => "Process attached to or memory written",
+        "mount_changed" => "Filesystem mounted or remounted",
+        "append_only_violated" => "Append-only file truncated or removed",
         _ => "Picket alert",
     }
 }

@@ -8,10 +8,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((policy, _signer)) = picket_policy::bundle::inspect(data) {
         let bytes = picket_policy::canonical_bytes(&policy);
         assert_eq!(
-            picket_policy::from_canonical_bytes(&bytes).as_ref(),
+            picket_policy::from_canonical_bytes(&bytes, picket_policy::format_of(&policy)).as_ref(),
             Ok(&policy)
         );
     }
     // The payload decoder on its own, too.
-    let _ = picket_policy::from_canonical_bytes(data);
+    let _ = picket_policy::from_canonical_bytes(data, 2);
 });

@@ -287,6 +287,7 @@ fn draft_base(base: Option<Policy>, device_class: &str) -> anyhow::Result<Policy
             executable_globs: Vec::new(),
             network: Default::default(),
             files: Default::default(),
+            behaviour: Default::default(),
         },
     })
 }

@@ -138,6 +138,7 @@ fn draft_policy(
         executable_globs: Vec::new(),
         network: Default::default(),
         files: Default::default(),
+        behaviour: Default::default(),
     };
     for (found, result) in files.iter().zip(results) {
         match result {
