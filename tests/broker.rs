@@ -104,6 +104,9 @@ fn device_cannot_publish_under_another_devices_topic() {
         "picket/v1/dev-b/alert",
         "picket/v1/dev-b/status",
         "picket/v1/dev-b/policy",
+        // Its own policy topic is read-only: only the backend sends policies.
+        "picket/v1/dev-a/policy",
+        "picket/v1/dev-b/policy/result",
         "picket/v1/alert",
         "picket/other",
     ] {
