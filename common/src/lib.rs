@@ -32,6 +32,8 @@ pub enum EventKind {
     Net = 4,
     /// [`FileEvent`]
     File = 5,
+    /// [`PrivilegeEvent`]
+    Privilege = 6,
 }
 
 impl EventKind {
@@ -43,6 +45,7 @@ impl EventKind {
             3 => Self::Exit,
             4 => Self::Net,
             5 => Self::File,
+            6 => Self::Privilege,
             _ => return None,
         })
     }
@@ -254,6 +257,11 @@ pub enum FileOp {
     /// The process created an anonymous memory file (`memfd_create`); `ret` is its fd and
     /// `path` its name. Tracked so a later fileless exec of that fd can be named.
     MemfdCreate = 12,
+    /// File capabilities set (`setxattr` family, name `security.capability`, compared in the
+    /// kernel): `mode` holds the value's `magic_etc` (revision and effective bit), `length` the
+    /// permitted set (low 32 bits: capabilities 0-31, high: 32-63). `op_flags` holds
+    /// `AT_SYMLINK_NOFOLLOW` for `lsetxattr`.
+    SetCapability = 13,
 }
 
 impl FileOp {
@@ -272,6 +280,7 @@ impl FileOp {
             10 => Self::Truncate,
             11 => Self::Chdir,
             12 => Self::MemfdCreate,
+            13 => Self::SetCapability,
             _ => return None,
         })
     }
@@ -325,6 +334,108 @@ pub const FILE_EVENT_PATH_OFFSET: usize = core::mem::offset_of!(FileEvent, path)
 pub const FILE_EVENT_PATH2_OFFSET: usize = core::mem::offset_of!(FileEvent, path2);
 /// Byte offset of `ExecEvent::filename`.
 pub const EXEC_EVENT_FILENAME_OFFSET: usize = core::mem::offset_of!(ExecEvent, filename);
+
+/// Which privileged action a [`PrivilegeEvent`] reports.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivOp {
+    /// `init_module`: a module image from memory; `text` holds its parameters (`uargs`),
+    /// `arg2` the image's length.
+    InitModule = 1,
+    /// `finit_module`: `target` is the module file's descriptor, `text` its parameters,
+    /// `flags` the call's flags.
+    FinitModule = 2,
+    /// `ptrace` with a request that attaches to or writes into another task: `arg` is the
+    /// request, `target` the thread id.
+    Ptrace = 3,
+    /// `process_vm_writev` into process `target`; `ret` is the number of bytes written.
+    VmWrite = 4,
+    /// `mount(source, target, fstype, flags)`: `path` is the target, `path2` the source,
+    /// `text` the filesystem type, `arg` the `MS_*` flags.
+    Mount = 5,
+    /// `umount`/`umount2`: `path` is the target, `flags` the `MNT_*`/`UMOUNT_*` flags.
+    Umount = 6,
+    /// `move_mount`: a mount attached at `path` (relative to `dirfd`), taken from `path2`
+    /// (relative to `dirfd2`, empty for a descriptor); `flags` the `MOVE_MOUNT_*` flags.
+    MoveMount = 7,
+    /// `mount_setattr` on `path` (relative to `dirfd`): `arg` is `attr_set`, `arg2`
+    /// `attr_clr`, `flags` the `AT_*` flags.
+    MountSetattr = 8,
+    /// `fspick(dirfd, path)`: a mounted filesystem opened for reconfiguration; `ret` is the
+    /// descriptor a later [`PrivOp::Reconfigure`] names.
+    Fspick = 9,
+    /// `fsconfig(target, FSCONFIG_CMD_RECONFIGURE)`: the filesystem picked with descriptor
+    /// `target` reconfigured (a remount through the new mount API).
+    Reconfigure = 10,
+    /// `unshare` with `CLONE_NEWNS`: the process now has a mount namespace of its own.
+    UnshareMounts = 11,
+    /// `setns`: the process may have joined another namespace (`target` is the descriptor,
+    /// `flags` the namespace type asked for).
+    Setns = 12,
+}
+
+impl PrivOp {
+    /// Decodes an `op` field; `None` for a value this build does not know.
+    pub fn from_u16(value: u16) -> Option<Self> {
+        Some(match value {
+            1 => Self::InitModule,
+            2 => Self::FinitModule,
+            3 => Self::Ptrace,
+            4 => Self::VmWrite,
+            5 => Self::Mount,
+            6 => Self::Umount,
+            7 => Self::MoveMount,
+            8 => Self::MountSetattr,
+            9 => Self::Fspick,
+            10 => Self::Reconfigure,
+            11 => Self::UnshareMounts,
+            12 => Self::Setns,
+            _ => return None,
+        })
+    }
+}
+
+/// Bytes of a [`PrivilegeEvent`]'s short text (module parameters, filesystem type).
+pub const PRIV_TEXT_MAX: usize = 256;
+
+/// A privileged action (module load, ptrace, mount, ...), built at the syscall's exit when it
+/// succeeded. These syscalls are rare: the record is sent whole up to its last used path.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PrivilegeEvent {
+    pub header: EventHeader,
+    /// A [`PrivOp`].
+    pub op: u16,
+    /// Bytes used in `path`, NUL excluded.
+    pub path_len: u16,
+    /// Bytes used in `path2`, NUL excluded.
+    pub path2_len: u16,
+    /// Bytes used in `text`, NUL excluded.
+    pub text_len: u16,
+    /// Directory fd `path` is relative to.
+    pub dirfd: i32,
+    /// Directory fd `path2` is relative to.
+    pub dirfd2: i32,
+    /// The process, thread or descriptor acted on (see [`PrivOp`]).
+    pub target: i32,
+    /// The call's flags (see [`PrivOp`]).
+    pub flags: u32,
+    /// First wide argument (see [`PrivOp`]).
+    pub arg: u64,
+    /// Second wide argument (see [`PrivOp`]).
+    pub arg2: u64,
+    /// The syscall's return value.
+    pub ret: i64,
+    pub text: [u8; PRIV_TEXT_MAX],
+    pub path: [u8; PATH_MAX],
+    pub path2: [u8; PATH_MAX],
+}
+
+/// Byte offset of `PrivilegeEvent::path`: a record without `path2` is this long plus
+/// `path_len` bytes.
+pub const PRIV_EVENT_PATH_OFFSET: usize = core::mem::offset_of!(PrivilegeEvent, path);
+/// Byte offset of `PrivilegeEvent::path2`.
+pub const PRIV_EVENT_PATH2_OFFSET: usize = core::mem::offset_of!(PrivilegeEvent, path2);
 
 /// Where the fields the programs read sit in each tracepoint's record, read by the agent from
 /// tracefs (`events/<group>/<name>/format`) at load time, so that one eBPF object works on
@@ -394,6 +505,8 @@ mod tests {
         assert_eq!(FILE_EVENT_PATH_OFFSET, 104);
         assert_eq!(FILE_EVENT_PATH2_OFFSET, FILE_EVENT_PATH_OFFSET + PATH_MAX);
         assert_eq!(size_of::<FileEvent>(), FILE_EVENT_PATH2_OFFSET + PATH_MAX);
+        assert_eq!(PRIV_EVENT_PATH_OFFSET, 104 + PRIV_TEXT_MAX);
+        assert_eq!(PRIV_EVENT_PATH2_OFFSET, PRIV_EVENT_PATH_OFFSET + PATH_MAX);
         assert_eq!(size_of::<Layout>(), 22 * 4);
         assert!(align_of::<FileEvent>() <= 8);
     }
@@ -406,14 +519,19 @@ mod tests {
             EventKind::Exit,
             EventKind::Net,
             EventKind::File,
+            EventKind::Privilege,
         ] {
             assert_eq!(EventKind::from_u16(kind as u16), Some(kind));
         }
         assert_eq!(EventKind::from_u16(0), None);
-        for op in 1..=12 {
+        for op in 1..=13 {
             assert_eq!(FileOp::from_u16(op).map(|o| o as u16), Some(op));
         }
-        assert_eq!(FileOp::from_u16(13), None);
+        assert_eq!(FileOp::from_u16(14), None);
+        for op in 1..=12 {
+            assert_eq!(PrivOp::from_u16(op).map(|o| o as u16), Some(op));
+        }
+        assert_eq!(PrivOp::from_u16(13), None);
         for op in 1..=6 {
             assert_eq!(NetOp::from_u16(op).map(|o| o as u16), Some(op));
         }

@@ -182,6 +182,10 @@ exits!(
     sys_exit_chdir,
     sys_exit_fchdir,
     sys_exit_memfd_create,
+    sys_exit_setxattr,
+    sys_exit_lsetxattr,
+    sys_exit_fsetxattr,
+    sys_exit_setxattrat,
 );
 
 #[tracepoint]
@@ -472,5 +476,116 @@ pub fn sys_enter_memfd_create(ctx: TracePointContext) -> u32 {
     let mut s = save_path(FileOp::MemfdCreate, AT_FDCWD, arg(&ctx, 0));
     s.op_flags = arg(&ctx, 1) as u32;
     save(&s);
+    0
+}
+
+/// The one extended attribute reported, NUL included, as the kernel compares it: file
+/// capabilities. Every other name is dropped at entry.
+const CAPABILITY_XATTR: &[u8; 20] = b"security.capability\0";
+const AT_SYMLINK_NOFOLLOW: u32 = 0x100;
+
+/// Whether the user string at `name` is `security.capability`: read into a zeroed buffer and
+/// compared as three words (no other attribute reaches user space).
+#[inline(always)]
+fn is_capability_xattr(name: u64) -> bool {
+    let mut buf = [0u8; 24];
+    if read_user_str(&mut buf, name) != Some(CAPABILITY_XATTR.len() - 1) {
+        return false;
+    }
+    let mut want = [0u8; 24];
+    let mut i = 0;
+    while i < CAPABILITY_XATTR.len() {
+        want[i] = CAPABILITY_XATTR[i];
+        i += 1;
+    }
+    let word = |b: &[u8; 24], at: usize| {
+        u64::from_ne_bytes([
+            b[at],
+            b[at + 1],
+            b[at + 2],
+            b[at + 3],
+            b[at + 4],
+            b[at + 5],
+            b[at + 6],
+            b[at + 7],
+        ])
+    };
+    word(&buf, 0) == word(&want, 0)
+        && word(&buf, 8) == word(&want, 8)
+        && word(&buf, 16) == word(&want, 16)
+}
+
+/// Saves a `security.capability` write: the value's `magic_etc` goes in `mode`, the permitted
+/// set (both 32-bit halves) in `length`. `struct vfs_cap_data` is `magic_etc` then, per half,
+/// `permitted` and `inheritable`; revision 1 has one half (12 bytes).
+#[inline(always)]
+fn save_capability(mut s: FileStash, value: u64, size: u64) {
+    let read = |len: usize| -> Option<[u32; 5]> {
+        // SAFETY: the helper checks the address; a fault returns an error.
+        unsafe {
+            if len >= 20 {
+                aya_ebpf::helpers::bpf_probe_read_user(value as *const [u32; 5]).ok()
+            } else {
+                aya_ebpf::helpers::bpf_probe_read_user(value as *const [u32; 3])
+                    .ok()
+                    .map(|v| [v[0], v[1], v[2], 0, 0])
+            }
+        }
+    };
+    if size >= 12 {
+        if let Some(v) = read(size as usize) {
+            s.mode = v[0];
+            s.length = (u64::from(v[1]) | u64::from(v[3]) << 32) as i64;
+        }
+    }
+    save(&s);
+}
+
+#[tracepoint]
+pub fn sys_enter_setxattr(ctx: TracePointContext) -> u32 {
+    if !is_capability_xattr(arg(&ctx, 1)) {
+        return 0;
+    }
+    let s = save_path(FileOp::SetCapability, AT_FDCWD, arg(&ctx, 0));
+    save_capability(s, arg(&ctx, 2), arg(&ctx, 3));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_lsetxattr(ctx: TracePointContext) -> u32 {
+    if !is_capability_xattr(arg(&ctx, 1)) {
+        return 0;
+    }
+    let mut s = save_path(FileOp::SetCapability, AT_FDCWD, arg(&ctx, 0));
+    s.op_flags = AT_SYMLINK_NOFOLLOW;
+    save_capability(s, arg(&ctx, 2), arg(&ctx, 3));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_fsetxattr(ctx: TracePointContext) -> u32 {
+    if !is_capability_xattr(arg(&ctx, 1)) {
+        return 0;
+    }
+    let s = save_fd(FileOp::SetCapability, arg(&ctx, 0) as i32);
+    save_capability(s, arg(&ctx, 2), arg(&ctx, 3));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_setxattrat(ctx: TracePointContext) -> u32 {
+    // setxattrat(dfd, path, at_flags, name, uargs, usize), Linux 6.13: `struct xattr_args` is
+    // `__u64 value; __u32 size; __u32 flags;`.
+    if !is_capability_xattr(arg(&ctx, 3)) {
+        return 0;
+    }
+    let Ok(args) =
+        (unsafe { aya_ebpf::helpers::bpf_probe_read_user(arg(&ctx, 4) as *const [u64; 2]) })
+    else {
+        return 0;
+    };
+    let mut s = save_path(FileOp::SetCapability, arg(&ctx, 0) as i32, arg(&ctx, 1));
+    s.op_flags = arg(&ctx, 2) as u32;
+    save_capability(s, args[0], args[1] & 0xffff_ffff);
     0
 }

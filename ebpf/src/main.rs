@@ -11,6 +11,7 @@ mod context;
 mod file;
 mod maps;
 mod net;
+mod privilege;
 mod process;
 
 #[cfg(not(test))]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use picket_common::{counter, ExecEvent, FileEvent, Sensor, ARGV_MAX};
+use picket_common::{counter, ExecEvent, FileEvent, PrivilegeEvent, Sensor, ARGV_MAX};
 
 /// Default ring buffer size; the agent sets the real one at load time.
 const RING_BYTES: u32 = 1 << 20;
@@ -77,6 +77,32 @@ pub struct FileStash {
 
 #[map(name = "FILE_STASH")]
 pub static FILE_STASH: LruHashMap<u32, FileStash> = LruHashMap::with_max_entries(4096, 0);
+
+/// A privileged syscall's arguments, saved at entry and turned into a record at exit if it
+/// succeeded (see `privilege.rs`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PrivStash {
+    pub op: u16,
+    pub _pad0: u16,
+    pub dirfd: i32,
+    pub dirfd2: i32,
+    pub target: i32,
+    pub flags: u32,
+    pub _pad1: u32,
+    pub arg: u64,
+    pub arg2: u64,
+    pub path: u64,
+    pub path2: u64,
+    pub text: u64,
+}
+
+#[map(name = "PRIV_STASH")]
+pub static PRIV_STASH: LruHashMap<u32, PrivStash> = LruHashMap::with_max_entries(256, 0);
+
+/// Scratch space to build a privileged action's record.
+#[map(name = "PRIV_SCRATCH")]
+pub static PRIV_SCRATCH: PerCpuArray<PrivilegeEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Socket kind (`family << 16 | type`) keyed by `(tgid << 32) | fd`, for `AF_INET*` sockets
 /// created while the sensors run.

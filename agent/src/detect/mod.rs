@@ -7,6 +7,7 @@
 
 pub mod canary;
 pub mod integrity;
+pub mod privilege;
 
 use std::{
     borrow::Cow,
@@ -273,8 +274,10 @@ impl Detector {
                     self.file(event, *op, p, &mut out);
                 }
             }
-            Detail::Fork { .. } | Detail::Exit { .. } => {}
+            Detail::Fork { .. } | Detail::Exit { .. } | Detail::Privilege(_) => {}
         }
+        // Setuid bits, file capabilities, modules, ptrace, mounts: see `privilege`.
+        self.privilege(event, r, &mut out);
         out
     }
 

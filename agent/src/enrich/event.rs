@@ -15,7 +15,10 @@ use picket_common::{FileOp, NetOp};
 use picket_proto::ProcessContext;
 use serde_json::{Map, Value};
 
-use super::process::{Ancestor, Image};
+use super::{
+    privilege::{self, Privileged},
+    process::{Ancestor, Image},
+};
 use crate::{paths, sensors::decode::Task};
 
 /// Broad category of an event, as selected by `--filter`.
@@ -175,6 +178,8 @@ pub enum Detail {
         group: u32,
         length: i64,
     },
+    /// A privileged action: a module loaded, a process attached to, a mount changed.
+    Privilege(Privileged),
 }
 
 impl Record {
@@ -221,6 +226,7 @@ impl Record {
             Detail::Exit { .. } => "exit",
             Detail::Net { .. } => "net",
             Detail::File { .. } => "file",
+            Detail::Privilege(_) => "privilege",
         }
     }
 
@@ -351,6 +357,7 @@ impl Detail {
                 symlink_target.as_deref(),
                 (*flags, *mode, *owner, *group, *length),
             ),
+            Detail::Privilege(p) => emit_privilege(out, p),
         }
     }
 }
@@ -422,9 +429,76 @@ fn emit_file<O: Out>(
             out.put("group", &id(group))?;
         }
         FileOp::Truncate => out.put("length", &length)?,
+        FileOp::SetCapability => {
+            let permitted = length as u64;
+            out.put("capabilities", &privilege::capability_names(permitted))?;
+            out.put("effective", &privilege::capability_effective(mode))?;
+            out.put("revision", &privilege::capability_revision(mode))?;
+        }
         _ => {}
     }
     Ok(())
+}
+
+/// The fields of a privileged action: `action` (`module`, `ptrace` or `mount`), `op` and what
+/// was acted on.
+fn emit_privilege<O: Out>(out: &mut O, p: &Privileged) -> Result<(), O::Error> {
+    match p {
+        Privileged::Module {
+            op,
+            file,
+            fd,
+            params,
+        } => {
+            out.put("action", "module")?;
+            out.put("op", op)?;
+            match file {
+                Some(f) => put_path(out, "file", "file_hex", f.as_path())?,
+                None => out.put("file", &None::<&str>)?,
+            }
+            out.put("fd", fd)?;
+            out.put("from_memory", &fd.is_none())?;
+            out.put("params", params)
+        }
+        Privileged::Injection {
+            op,
+            request,
+            target_pid,
+            target_exe,
+            bytes,
+        } => {
+            out.put("action", "ptrace")?;
+            out.put("op", op)?;
+            if let Some(r) = request {
+                out.put("request", r)?;
+            }
+            out.put("target_pid", target_pid)?;
+            match target_exe {
+                Some(e) => put_path(out, "target_exe", "target_exe_hex", e.as_path())?,
+                None => out.put("target_exe", &None::<&str>)?,
+            }
+            if let Some(b) = bytes {
+                out.put("bytes", b)?;
+            }
+            Ok(())
+        }
+        Privileged::Mount(m) => {
+            out.put("action", "mount")?;
+            out.put("op", m.op)?;
+            match &m.target {
+                Some(t) => put_path(out, "target", "target_hex", t.as_path())?,
+                None => out.put("target", &None::<&str>)?,
+            }
+            out.put("source", &m.source)?;
+            out.put("fstype", &m.fstype)?;
+            out.put("flags", &m.flags)?;
+            out.put("remount", &m.remount)?;
+            out.put("bind", &m.bind)?;
+            out.put("writable", &m.writable)?;
+            out.put("namespace", m.namespace)?;
+            out.put("namespace_source", m.namespace_source)
+        }
+    }
 }
 
 /// Where [`Record::emit`] puts fields: a JSON object in memory, or a JSON writer.
@@ -571,6 +645,7 @@ pub fn file_op_name(op: FileOp) -> &'static str {
         FileOp::Truncate => "truncate",
         FileOp::Chdir => "chdir",
         FileOp::MemfdCreate => "memfd_create",
+        FileOp::SetCapability => "set_capability",
     }
 }
 

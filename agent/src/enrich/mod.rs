@@ -14,6 +14,7 @@
 mod event;
 pub mod hash;
 pub mod identity;
+pub mod privilege;
 pub mod process;
 mod socket;
 #[cfg(test)]
@@ -51,6 +52,9 @@ pub struct Enricher {
     files: ExecFiles,
     /// Local TCP port → process that listened on it (accepts happen in no task's context).
     listeners: HashMap<u16, u32>,
+    /// The device's mount namespace, read at the first mount: init's (`/proc/1/ns/mnt`), or the
+    /// agent's own when init's cannot be read.
+    host_mount_ns: std::cell::OnceCell<Option<PathBuf>>,
 }
 
 impl Default for Enricher {
@@ -71,6 +75,7 @@ impl Enricher {
             hashes: HashCache::new(4096),
             files,
             listeners: HashMap::new(),
+            host_mount_ns: std::cell::OnceCell::new(),
         }
     }
 
@@ -112,6 +117,7 @@ impl Enricher {
             }
             RawEvent::Net(n) => self.net(n),
             RawEvent::File(f) => self.file(f),
+            RawEvent::Privilege(p) => self.privilege(p),
         }
     }
 

@@ -47,6 +47,21 @@ pub struct Process {
     /// friends once the process (and its `/proc/PID/fd`) is gone. Bounded by [`MAX_OPEN_FILES`].
     pub files: Vec<(i32, Arc<Path>)>,
     pub exited: bool,
+    /// What the sensors saw of its mount namespace (inherited by its children).
+    pub mount_ns: MountNs,
+}
+
+/// What the sensors saw of a process's mount namespace since they started: what tells a
+/// sandbox's mounts from the device's once the process (and its `/proc` entry) is gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MountNs {
+    /// No change seen: its parent's.
+    #[default]
+    Inherited,
+    /// A new one of its own (`unshare(CLONE_NEWNS)`, by it or by an ancestor before the fork).
+    Private,
+    /// It joined another (`setns`): which one only `/proc` could say.
+    Joined,
 }
 
 /// Open files remembered per process.
@@ -292,6 +307,7 @@ fn from_proc(pid: u32) -> Process {
         cwd: None,
         files: Vec::new(),
         exited: false,
+        mount_ns: MountNs::Inherited,
     }
 }
 

@@ -14,8 +14,10 @@ use picket_common::{
     ARGV_MAX, COMM_LEN, EXEC_EVENT_FILENAME_OFFSET, EXEC_FLAG_ARGV_MISSING,
     EXEC_FLAG_ARGV_TRUNCATED, EXEC_FLAG_EXECVEAT, EXIT_FLAG_CODE, EXIT_FLAG_SIGNAL,
     FILE_EVENT_PATH2_OFFSET, FILE_EVENT_PATH_OFFSET, FILE_FLAG_FD_ONLY, HEADER_FLAG_NO_TASK,
-    NET_FLAG_SOCK_UNKNOWN, PATH_MAX,
+    NET_FLAG_SOCK_UNKNOWN, PATH_MAX, PRIV_EVENT_PATH2_OFFSET, PRIV_EVENT_PATH_OFFSET,
+    PRIV_TEXT_MAX,
 };
+pub use picket_common::{PrivOp, PrivilegeEvent};
 use thiserror::Error;
 
 const AF_INET6: u16 = 10;
@@ -101,6 +103,7 @@ pub enum RawEvent {
     Exit(Exit),
     Net(Net),
     File(File),
+    Privilege(Privilege),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +156,24 @@ pub struct File {
     pub ret: i64,
 }
 
+/// A privileged action (see [`PrivOp`] for what each field holds per operation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Privilege {
+    pub task: Task,
+    pub op: PrivOp,
+    /// As passed to the syscall: a mount's target, a module's parameters (`text`), ...
+    pub path: Vec<u8>,
+    pub path2: Vec<u8>,
+    pub text: Vec<u8>,
+    pub dirfd: i32,
+    pub dirfd2: i32,
+    pub target: i32,
+    pub flags: u32,
+    pub arg: u64,
+    pub arg2: u64,
+    pub ret: i64,
+}
+
 /// Decodes one record.
 pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     let header: EventHeader = read(bytes).ok_or(DecodeError::NoHeader(bytes.len()))?;
@@ -163,7 +184,70 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         EventKind::Exit => decode_exit(&header, bytes),
         EventKind::Net => decode_net(&header, bytes),
         EventKind::File => decode_file(&header, bytes),
+        EventKind::Privilege => decode_privilege(&header, bytes),
     }
+}
+
+/// A privileged action's record: fixed fields and text, then one or two paths, each as long as
+/// it says.
+fn decode_privilege(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let kind = EventKind::Privilege;
+    let min = PRIV_EVENT_PATH_OFFSET;
+    if bytes.len() < min {
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+            min,
+        });
+    }
+    let raw_op = field::<u16>(bytes, offset_of!(PrivilegeEvent, op));
+    let op = PrivOp::from_u16(raw_op).ok_or(DecodeError::UnknownOp {
+        what: "privileged operation",
+        value: raw_op,
+    })?;
+    let bad = |field, value| DecodeError::BadLength {
+        kind,
+        field,
+        value,
+        len: bytes.len(),
+    };
+    let text_len = usize::from(field::<u16>(bytes, offset_of!(PrivilegeEvent, text_len)));
+    if text_len >= PRIV_TEXT_MAX {
+        return Err(bad("text", text_len));
+    }
+    let text_at = offset_of!(PrivilegeEvent, text);
+    let text = bytes[text_at..text_at + text_len].to_vec();
+    let path_len = usize::from(field::<u16>(bytes, offset_of!(PrivilegeEvent, path_len)));
+    if path_len >= PATH_MAX {
+        return Err(bad("path", path_len));
+    }
+    let path = bytes
+        .get(PRIV_EVENT_PATH_OFFSET..PRIV_EVENT_PATH_OFFSET + path_len)
+        .ok_or(bad("path", path_len))?
+        .to_vec();
+    let path2_len = usize::from(field::<u16>(bytes, offset_of!(PrivilegeEvent, path2_len)));
+    let path2 = if path2_len > 0 {
+        bytes
+            .get(PRIV_EVENT_PATH2_OFFSET..PRIV_EVENT_PATH2_OFFSET + path2_len)
+            .ok_or(bad("path2", path2_len))?
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok(RawEvent::Privilege(Privilege {
+        task: task(header),
+        op,
+        path,
+        path2,
+        text,
+        dirfd: field(bytes, offset_of!(PrivilegeEvent, dirfd)),
+        dirfd2: field(bytes, offset_of!(PrivilegeEvent, dirfd2)),
+        target: field(bytes, offset_of!(PrivilegeEvent, target)),
+        flags: field(bytes, offset_of!(PrivilegeEvent, flags)),
+        arg: field(bytes, offset_of!(PrivilegeEvent, arg)),
+        arg2: field(bytes, offset_of!(PrivilegeEvent, arg2)),
+        ret: field(bytes, offset_of!(PrivilegeEvent, ret)),
+    }))
 }
 
 /// An exec record: fixed fields, then the filename and argv buffers, each as long as it says.
@@ -460,6 +544,42 @@ mod tests {
         assert!(matches!(
             decode(&bytes_of(&*e, FILE_EVENT_PATH_OFFSET + 2)),
             Err(DecodeError::UnknownOp { value: 200, .. })
+        ));
+    }
+
+    #[test]
+    fn decodes_a_mount_and_refuses_an_overlong_text() {
+        // SAFETY: all-zero is a valid PrivilegeEvent.
+        let mut e: Box<PrivilegeEvent> = Box::new(unsafe { std::mem::zeroed() });
+        e.header = header(EventKind::Privilege);
+        e.op = PrivOp::Mount as u16;
+        e.text[..5].copy_from_slice(b"tmpfs");
+        e.text_len = 5;
+        e.path[..4].copy_from_slice(b"/mnt");
+        e.path_len = 4;
+        e.path2[..3].copy_from_slice(b"src");
+        e.path2_len = 3;
+        e.arg = 0x20;
+        let raw = bytes_of(&*e, PRIV_EVENT_PATH2_OFFSET + 3);
+        let RawEvent::Privilege(p) = decode(&raw).unwrap() else {
+            panic!("not a privileged action")
+        };
+        assert_eq!(p.op, PrivOp::Mount);
+        assert_eq!(
+            (&p.text[..], &p.path[..], &p.path2[..]),
+            (&b"tmpfs"[..], &b"/mnt"[..], &b"src"[..])
+        );
+        assert_eq!(p.arg, 0x20);
+        e.text_len = PRIV_TEXT_MAX as u16;
+        assert!(matches!(
+            decode(&bytes_of(&*e, PRIV_EVENT_PATH2_OFFSET + 3)),
+            Err(DecodeError::BadLength { field: "text", .. })
+        ));
+        e.text_len = 0;
+        e.op = 99;
+        assert!(matches!(
+            decode(&bytes_of(&*e, PRIV_EVENT_PATH2_OFFSET + 3)),
+            Err(DecodeError::UnknownOp { value: 99, .. })
         ));
     }
 

@@ -26,6 +26,15 @@ const SCHED_HINT: &str = "scheduler tracepoints need CONFIG_TRACEPOINTS=y (and C
 const SOCK_HINT: &str = "socket tracepoints need kernel >= 4.16 with CONFIG_NET";
 const LEGACY: &str = "legacy syscall absent on this architecture; its *at() form is traced";
 const NEWER: &str = "syscall added in a later kernel; the older form is traced";
+const NO_MODULES: &str =
+    "kernel built without loadable modules (CONFIG_MODULES=n): none can be loaded";
+const NO_CMA: &str =
+    "kernel built without CONFIG_CROSS_MEMORY_ATTACH: no process can write another's memory this way";
+const NEWER_MOUNT: &str = "syscall added in a later kernel: mounts through it cannot happen here";
+const OLD_UMOUNT: &str =
+    "the one-argument umount exists on some architectures only; umount2 is traced";
+const NEWER_XATTR: &str =
+    "syscall added in Linux 6.13; setxattr, lsetxattr and fsetxattr are traced";
 
 const fn syscall(name: &'static str, sensor: Sensor) -> Program {
     tracepoint(name, "syscalls", sensor, SYSCALLS_HINT)
@@ -81,6 +90,34 @@ pub const PROGRAMS: &[Program] = &[
     // Anonymous memory files, to name a later fileless exec.
     syscall("sys_enter_memfd_create", Process),
     syscall("sys_exit_memfd_create", Process),
+    // Privileged actions (modules, ptrace, mounts) and the mount namespace changes that tell
+    // a sandbox's mounts from the device's: entry stashes, exit reports a success.
+    optional("sys_enter_init_module", Process, NO_MODULES),
+    optional("sys_exit_init_module", Process, NO_MODULES),
+    optional("sys_enter_finit_module", Process, NO_MODULES),
+    optional("sys_exit_finit_module", Process, NO_MODULES),
+    syscall("sys_enter_ptrace", Process),
+    syscall("sys_exit_ptrace", Process),
+    optional("sys_enter_process_vm_writev", Process, NO_CMA),
+    optional("sys_exit_process_vm_writev", Process, NO_CMA),
+    syscall("sys_enter_unshare", Process),
+    syscall("sys_exit_unshare", Process),
+    syscall("sys_enter_setns", Process),
+    syscall("sys_exit_setns", Process),
+    syscall("sys_enter_mount", Process),
+    syscall("sys_exit_mount", Process),
+    syscall("sys_enter_umount", Process),
+    syscall("sys_exit_umount", Process),
+    optional("sys_enter_oldumount", Process, OLD_UMOUNT),
+    optional("sys_exit_oldumount", Process, OLD_UMOUNT),
+    optional("sys_enter_move_mount", Process, NEWER_MOUNT),
+    optional("sys_exit_move_mount", Process, NEWER_MOUNT),
+    optional("sys_enter_mount_setattr", Process, NEWER_MOUNT),
+    optional("sys_exit_mount_setattr", Process, NEWER_MOUNT),
+    optional("sys_enter_fspick", Process, NEWER_MOUNT),
+    optional("sys_exit_fspick", Process, NEWER_MOUNT),
+    optional("sys_enter_fsconfig", Process, NEWER_MOUNT),
+    optional("sys_exit_fsconfig", Process, NEWER_MOUNT),
     // Network.
     syscall("sys_enter_socket", Network),
     syscall("sys_exit_socket", Network),
@@ -144,6 +181,15 @@ pub const PROGRAMS: &[Program] = &[
     syscall("sys_exit_truncate", File),
     syscall("sys_enter_ftruncate", File),
     syscall("sys_exit_ftruncate", File),
+    // File capabilities: only `security.capability` leaves the kernel.
+    syscall("sys_enter_setxattr", File),
+    syscall("sys_exit_setxattr", File),
+    syscall("sys_enter_lsetxattr", File),
+    syscall("sys_exit_lsetxattr", File),
+    syscall("sys_enter_fsetxattr", File),
+    syscall("sys_exit_fsetxattr", File),
+    optional("sys_enter_setxattrat", File, NEWER_XATTR),
+    optional("sys_exit_setxattrat", File, NEWER_XATTR),
 ];
 
 /// A set of sensors.
@@ -177,8 +223,23 @@ mod tests {
             if let Some(call) = p.name.strip_prefix("sys_exit_") {
                 let entry = format!("sys_enter_{call}");
                 let at = PROGRAMS.iter().position(|q| q.name == entry);
-                // socket/clone/execve exits may stand alone; every file-syscall exit pairs.
-                if p.sensor == Sensor::File || call.contains("chdir") || call.contains("memfd") {
+                // socket/clone/execve exits may stand alone; every file-syscall exit pairs, as
+                // does every privileged action's.
+                let paired = p.sensor == Sensor::File
+                    || call.contains("chdir")
+                    || call.contains("memfd")
+                    || call.contains("module")
+                    || call.contains("mount")
+                    || [
+                        "ptrace",
+                        "process_vm_writev",
+                        "unshare",
+                        "setns",
+                        "fspick",
+                        "fsconfig",
+                    ]
+                    .contains(&call);
+                if paired {
                     assert!(
                         at.is_some_and(|at| at < i),
                         "{} lacks {entry} before it",
