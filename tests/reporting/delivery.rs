@@ -81,7 +81,76 @@ fn alerts_status_and_heartbeats_reach_the_fleet_in_order() {
             on(m, Channel::Status) && decode::<Status>(m).state == Presence::Offline
         })
         .unwrap_or_else(|| panic!("no offline status; agent log:\n{}", tail(&log, 30)));
-    assert!(offline.retain || sub.messages().iter().any(|m| m == &offline));
+    assert!(!offline.retain, "a live status forwarded as retained");
+    // Retained: a client that subscribes afterwards is told at once.
+    drop(sub);
+    assert_eq!(retained_status(&fleet).state, Presence::Offline);
+}
+
+/// The status the broker keeps for the device, as a client that subscribes now receives it.
+fn retained_status(fleet: &Fleet) -> Status {
+    let sub = fleet.subscriber();
+    let m = sub
+        .wait_for_message(Duration::from_secs(5), |m| on(m, Channel::Status))
+        .expect("a retained status");
+    assert!(
+        m.retain,
+        "the first status to a new subscriber is not the retained one"
+    );
+    decode(&m)
+}
+
+/// The last will: the broker says the device offline (retained) when it is SIGKILLed or its
+/// link goes silent beyond the keep-alive, as it does on a clean stop.
+#[test]
+fn the_offline_status_is_retained_after_a_sigkill_and_a_silent_link() {
+    let _serial = serial();
+    let fleet = Fleet::new("will");
+    // The shortest keep-alive: the broker gives up on a silent link after one and a half of it.
+    let config = fleet.config("");
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains("keep_alive = \"10s\""));
+    fs::write(
+        &config,
+        text.replace("keep_alive = \"10s\"", "keep_alive = \"5s\""),
+    )
+    .unwrap();
+
+    // SIGKILL: the connection closes without DISCONNECT.
+    let sub = fleet.subscriber();
+    let agent = Agent::start(&config);
+    let online = wait_live_status(&sub, 0, Presence::Online, || agent.log());
+    let before = sub.messages().len();
+    let killed = agent.kill();
+    let will = wait_live_status(&sub, before, Presence::Offline, || killed.clone());
+    assert_eq!(
+        (will.policy_name.as_str(), will.policy_serial, &will.boot_id),
+        ("base", 1, &online.boot_id)
+    );
+    drop(sub);
+    assert_eq!(retained_status(&fleet), will);
+
+    // A silent link: the agent stopped (SIGSTOP), its socket open.
+    let sub = fleet.subscriber();
+    let agent = Agent::start(&config);
+    wait_live_status(&sub, 0, Presence::Online, || agent.log());
+    let before = sub.messages().len();
+    agent.pause();
+    let silent = Instant::now();
+    let will = wait_live_status(&sub, before, Presence::Offline, || agent.log());
+    eprintln!(
+        "the will came {:?} after the link went silent",
+        silent.elapsed()
+    );
+    drop(sub);
+    assert_eq!(retained_status(&fleet), will);
+    // Back, it says so.
+    let sub = fleet.subscriber();
+    agent.resume();
+    wait_live_status(&sub, 0, Presence::Online, || agent.log());
+    drop(sub);
+    assert_eq!(retained_status(&fleet).state, Presence::Online);
+    agent.stop();
 }
 
 #[test]

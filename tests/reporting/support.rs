@@ -167,9 +167,21 @@ impl Agent {
         ))
     }
 
-    /// SIGTERM, and the log.
+    /// SIGTERM, and the log; panics unless the agent exits with status 0 within 20 s.
     pub(crate) fn stop(self) -> String {
-        self.0.terminate(Duration::from_secs(20)).log()
+        let out = self.0.terminate(Duration::from_secs(20));
+        let log = out.log();
+        match out.status {
+            Some(status) if status.success() => log,
+            Some(status) => panic!(
+                "the agent exited with {status} on SIGTERM:\n{}",
+                tail(&log, 30)
+            ),
+            None => panic!(
+                "the agent did not exit within 20 s of SIGTERM:\n{}",
+                tail(&log, 30)
+            ),
+        }
     }
 
     /// SIGKILL: no goodbye, no flush beyond what is already durable.
@@ -294,4 +306,30 @@ pub(crate) fn last_heartbeat(sub: &Subscriber) -> Option<Heartbeat> {
         .rev()
         .find(|m| on(m, Channel::Heartbeat))
         .map(decode)
+}
+
+/// Waits up to 20 s for a status saying `state` forwarded live (not a retained one) among the
+/// messages `sub` received from the `from`th on.
+pub(crate) fn wait_live_status(
+    sub: &Subscriber,
+    from: usize,
+    state: Presence,
+    agent_log: impl Fn() -> String,
+) -> Status {
+    let start = Instant::now();
+    loop {
+        let found =
+            sub.messages().into_iter().skip(from).find(|m| {
+                on(m, Channel::Status) && !m.retain && decode::<Status>(m).state == state
+            });
+        if let Some(m) = found {
+            return decode(&m);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no live {state:?} status; agent log:\n{}",
+            tail(&agent_log(), 30)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }
