@@ -24,11 +24,13 @@ use picket_test_support::{
     hex, sha256_file, unique, Identity, Message, Mosquitto, Pki, Subscriber,
 };
 
-// The tests: delivery (order, formats, outages, restarts), policies over MQTT, a full spool.
+// The tests: delivery (order, formats, outages, restarts), policies over MQTT, a full spool,
+// a damaged spool.
 // The fleet (PKI, broker, subscriber) and the agent they report from are in `support`.
 mod delivery;
 mod full_spool;
 mod policy;
 mod support;
+mod torn_spool;
 
 use support::*;
