@@ -5,17 +5,16 @@
 
 use std::{
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
     sync::Mutex,
     time::Duration,
 };
 
 use picket_test_support::bin::picket;
-use picket_test_support::{Event, Monitor};
+use picket_test_support::{Agent, Event, Monitor};
 
-/// The tests here run one at a time: any of them may reach tracefs (which one of them
-/// unmounts) or load the sensors.
+/// The tests here run one at a time: each loads the sensors.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -109,28 +108,41 @@ fn loads_the_sensors_from_a_file_given_with_bpf_object() {
 #[test]
 fn mounts_tracefs_when_it_is_missing() {
     let _serial = serial();
-    let tracing = Path::new("/sys/kernel/tracing");
-    if tracing.join("events").is_dir() {
-        // Lazy unmount: succeeds even while something holds a file in it.
-        let status = Command::new("umount")
-            .arg("-l")
-            .arg(tracing)
-            .status()
-            .unwrap();
-        assert!(status.success(), "could not unmount tracefs for the test");
+    // The monitor runs in a mount namespace of its own without tracefs: neither at
+    // /sys/kernel/tracing nor under debugfs (unmounted whole: its `tracing` directory would
+    // mount tracefs again when reached). The machine's own mounts are left alone.
+    let mut command = Command::new(picket());
+    command.args(["monitor", "--filter", "exec"]);
+    // SAFETY: only system calls between fork and exec (no allocation, no lock).
+    unsafe {
+        command.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for path in [c"/sys/kernel/debug", c"/sys/kernel/tracing"] {
+                // Every mount stacked there; EINVAL once none is left.
+                while libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0 {}
+            }
+            Ok(())
+        });
     }
-    let debugfs_copy = Path::new("/sys/kernel/debug/tracing/events").is_dir();
-    let monitor = Monitor::start(picket(), &["--filter", "exec"]);
-    let seen: Vec<String> = monitor.log().lines().map(str::to_owned).collect();
-    stop(monitor);
-    assert!(tracing.join("events").is_dir() || debugfs_copy);
-    if !debugfs_copy {
-        assert!(
-            seen.iter()
-                .any(|l| l.contains("mounted tracefs at /sys/kernel/tracing")),
-            "the monitor did not say it mounted tracefs: {seen:?}"
-        );
-    }
+    let monitor = Agent::spawn(command, "monitoring");
+    let out = monitor.stop();
+    let status = out.status.expect("stop() waits for the exit");
+    assert!(status.success(), "picket monitor exited with {status}");
+    let log = out.log();
+    assert!(
+        log.contains("mounted tracefs at /sys/kernel/tracing"),
+        "the monitor did not say it mounted tracefs:\n{log}"
+    );
 }
 
 fn stderr(out: &Output) -> String {
