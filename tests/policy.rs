@@ -93,22 +93,41 @@ fn a_device_refuses_rollback_across_restarts() {
         let err = stderr(&out);
         assert!(err.contains("serial 4 is older than serial 5"), "{err}");
         assert!(err.contains("unchanged"), "{err}");
+        assert_eq!(in_force(&state, &trust), 5);
     }
+    assert_eq!(in_force(&state, &trust), 5);
     let out = apply(&five);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("already in force"),
         "{}",
         stdout(&out)
     );
+    assert_eq!(in_force(&state, &trust), 5);
     let six = dir.signed_policy("vendor", 6, "gw");
-    assert!(apply(&six).status.success());
+    let out = apply(&six);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(in_force(&state, &trust), 6);
     let other_class = dir.signed_policy("vendor", 7, "camera");
     let out = apply(&other_class);
+    assert!(!out.status.success(), "applied a policy for another class");
     assert!(
         stderr(&out).contains("device class `camera`"),
         "{}",
         stderr(&out)
     );
+    assert_eq!(in_force(&state, &trust), 6);
+}
+
+/// The serial of the policy in force in the device state `state`: the one accepted, whose
+/// stored bundle verifies with `trust` and has that serial.
+fn in_force(state: &Path, trust: &Path) -> u64 {
+    let store = picket_policy::store::PolicyStore::open(state, Some("gw".into())).unwrap();
+    let trust = picket_policy::keys::TrustStore::load_dir(trust).unwrap();
+    let accepted = store.accepted_serial().unwrap();
+    let active = store.active(&trust).unwrap().expect("a policy in force");
+    assert_eq!(active.policy.metadata.serial, accepted);
+    accepted
 }
 
 #[test]
