@@ -32,6 +32,11 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
     )
     .unwrap();
     let draft = dir.join("draft.toml");
+    // A script run by the shell, which runs the tool: the script is learned with its hash, the
+    // shell as an interpreter, and the lineage script → tool. Written before learning starts
+    // (the test checks the one file written while learning).
+    let script = dir.join("job.sh");
+    fs::write(&script, format!("{} && :\n", tool.display())).unwrap();
 
     let args = [
         OsStr::new("baseline"),
@@ -47,6 +52,11 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
     let learn = Agent::start(picket(), &args, "learning for");
 
     assert!(Command::new(&tool).status().unwrap().success());
+    assert!(Command::new("/bin/sh")
+        .arg(&script)
+        .status()
+        .unwrap()
+        .success());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -71,6 +81,24 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
         .find(|e| e.path.as_str() == tool.to_str().unwrap())
         .unwrap_or_else(|| panic!("{} not learned:\n{text}", tool.display()));
     assert_eq!(learned.sha256.to_string(), sha256_file(&tool));
+    let script_text = script.to_str().unwrap();
+    let learned = policy
+        .executables
+        .iter()
+        .find(|e| e.path.as_str() == script_text)
+        .unwrap_or_else(|| panic!("{script_text} not learned:\n{text}"));
+    assert_eq!(learned.sha256.to_string(), sha256_file(&script));
+    let b = &policy.behaviour;
+    assert!(
+        b.interpreters.iter().any(|g| g.as_str() == "/usr/bin/dash"),
+        "the shell not learned as an interpreter:\n{text}"
+    );
+    assert!(
+        b.lineage
+            .iter()
+            .any(|l| l.parent.as_str() == script_text && l.child.as_str() == tool.to_str().unwrap()),
+        "lineage script -> tool not learned:\n{text}"
+    );
     assert!(
         policy.network.listen.iter().any(|l| l.port.0 == port),
         "listener on {port} not learned:\n{text}"

@@ -171,8 +171,6 @@ pub enum AlertKind {
     UnverifiedExecutable,
     /// An executable was started by a parent the behavioural baseline does not expect it from.
     UnexpectedLineage,
-    /// A sensitive file was opened by an executable not allowed to read it.
-    SensitiveFileRead,
     /// The setuid or setgid bit was set on a file.
     SetuidBitSet,
     /// File capabilities (`security.capability`) were set on a file.
@@ -207,7 +205,6 @@ impl AlertKind {
             AlertKind::AlertsDropped => "alerts_dropped",
             AlertKind::UnverifiedExecutable => "unverified_executable",
             AlertKind::UnexpectedLineage => "unexpected_lineage",
-            AlertKind::SensitiveFileRead => "sensitive_file_read",
             AlertKind::SetuidBitSet => "setuid_bit_set",
             AlertKind::FileCapabilitySet => "file_capability_set",
             AlertKind::LoaderEnvironment => "loader_environment",
@@ -535,7 +532,7 @@ mod tests {
         let postcard = |kind| postcard::to_stdvec(&kind).unwrap();
         assert_eq!(postcard(AlertKind::AlertsDropped), [10]);
         assert_eq!(postcard(AlertKind::UnverifiedExecutable), [11]);
-        assert_eq!(postcard(AlertKind::AppendOnlyViolated), [20]);
+        assert_eq!(postcard(AlertKind::AppendOnlyViolated), [19]);
     }
 
     fn heartbeat() -> Heartbeat {

@@ -14,6 +14,7 @@ use std::{
     sync::Arc,
 };
 
+use super::script::{code_of, Code, ScriptDigest};
 use crate::paths;
 
 /// Longest ancestry chain reported.
@@ -31,6 +32,22 @@ pub struct Image {
     pub exe: Option<PathBuf>,
     pub sha256: Option<[u8; 32]>,
     pub argv: Vec<Vec<u8>>,
+    /// For an interpreter, the code it runs (kept when the process exits, for its children's
+    /// lineage).
+    pub code: Option<Code>,
+    /// The SHA-256 of that script file when it is one, or why it could not be taken.
+    pub script_sha256: Option<ScriptDigest>,
+}
+
+impl Image {
+    /// What the process runs, as lineage names it: the script an interpreter runs, else the
+    /// executable.
+    pub fn program(&self) -> Option<&Path> {
+        match &self.code {
+            Some(Code::Script(p)) if p.is_absolute() => Some(p),
+            _ => self.exe.as_deref(),
+        }
+    }
 }
 
 /// What is known about one process.
@@ -179,9 +196,17 @@ impl ProcessTable {
         exe: Option<PathBuf>,
         sha256: Option<[u8; 32]>,
         argv: Vec<Vec<u8>>,
+        code: Option<(Code, Option<ScriptDigest>)>,
     ) {
         let p = self.get(pid);
-        p.image = Arc::new(Image { exe, sha256, argv });
+        let (code, script_sha256) = code.map_or((None, None), |(c, d)| (Some(c), d));
+        p.image = Arc::new(Image {
+            exe,
+            sha256,
+            argv,
+            code,
+            script_sha256,
+        });
         p.hash_tried = true;
         // Descriptors survive exec, but a close-on-exec one may be reused: forget them.
         p.files.clear();
@@ -288,7 +313,7 @@ fn from_proc(pid: u32) -> Process {
     let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| parse_stat_ppid(&stat));
-    let argv = fs::read(format!("/proc/{pid}/cmdline"))
+    let argv: Vec<Vec<u8>> = fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| {
             raw.split(|&b| b == 0)
                 .filter(|a| !a.is_empty())
@@ -296,10 +321,13 @@ fn from_proc(pid: u32) -> Process {
                 .collect()
         })
         .unwrap_or_default();
+    let exe = paths::read_proc_link(pid, "exe");
     Process {
         ppid,
         image: Arc::new(Image {
-            exe: paths::read_proc_link(pid, "exe"),
+            code: exe.as_deref().and_then(|e| proc_code(pid, e, &argv)),
+            script_sha256: None,
+            exe,
             sha256: None,
             argv,
         }),
@@ -316,6 +344,17 @@ fn from_proc(pid: u32) -> Process {
 fn parse_stat_ppid(stat: &str) -> Option<u32> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The code a running interpreter runs, a relative script resolved from its directory.
+fn proc_code(pid: u32, exe: &Path, argv: &[Vec<u8>]) -> Option<Code> {
+    match code_of(exe, argv, None)? {
+        Code::Script(p) if p.is_relative() => {
+            let cwd = paths::read_proc_link(pid, "cwd");
+            code_of(exe, argv, cwd.as_deref())
+        }
+        code => Some(code),
+    }
 }
 
 #[cfg(test)]
@@ -351,9 +390,9 @@ mod tests {
             ..Image::default()
         });
         t.fork(a, b);
-        t.exec(b, Some("/bin/sh".into()), None, vec![b"sh".to_vec()]);
+        t.exec(b, Some("/bin/sh".into()), None, vec![b"sh".to_vec()], None);
         t.fork(b, c);
-        t.exec(c, Some("/bin/true".into()), None, vec![]);
+        t.exec(c, Some("/bin/true".into()), None, vec![], None);
         let chain: Vec<(u32, Option<PathBuf>)> = t
             .ancestry(c)
             .iter()
@@ -375,14 +414,26 @@ mod tests {
     fn exited_processes_keep_only_what_ancestry_needs() {
         let mut t = ProcessTable::new();
         let (a, b) = (4_200_000_001, 4_200_000_002);
-        t.exec(a, Some("/bin/sh".into()), None, vec![b"sh".to_vec(); 100]);
+        t.exec(
+            a,
+            Some("/bin/sh".into()),
+            None,
+            vec![b"sh".to_vec(); 100],
+            None,
+        );
         t.get(a).opened(3, Path::new("/tmp/log"));
         t.fork(a, b);
         // Shared with a live child: left as it is.
         t.exit(a);
         assert_eq!(t.peek(a).unwrap().image.argv.len(), 100);
         assert!(t.peek(a).unwrap().files.is_empty());
-        t.exec(b, Some("/bin/true".into()), None, vec![b"true".to_vec()]);
+        t.exec(
+            b,
+            Some("/bin/true".into()),
+            None,
+            vec![b"true".to_vec()],
+            None,
+        );
         t.exit(b);
         let gone = t.peek(b).unwrap();
         assert!(gone.image.argv.is_empty());

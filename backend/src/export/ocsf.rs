@@ -23,7 +23,6 @@ fn title(kind: &str) -> &'static str {
         "alerts_dropped" => "Alerts dropped from a full spool",
         "unverified_executable" => "Executable could not be verified against the baseline",
         "unexpected_lineage" => "Process started by an unexpected parent",
-        "sensitive_file_read" => "Sensitive file read",
         "setuid_bit_set" => "Setuid or setgid bit set",
         "file_capability_set" => "File capabilities set",
         "loader_environment" => "Dynamic loader hijacked through the environment",

@@ -1,5 +1,6 @@
 //! `picket baseline learn`: runs the sensors for a while and writes what the device actually did
-//! (executables with their hashes, outbound peers, listeners, files written) as a draft policy
+//! (executables with their hashes, scripts run by interpreters, outbound peers, listeners, which
+//! program started which, the interpreters, files written) as a draft policy
 //! for a person to review, merged into an existing policy when one is given.
 
 use std::{
@@ -12,14 +13,14 @@ use std::{
 use anyhow::Context as _;
 use picket_common::Sensor;
 use picket_policy::{
-    model::{Executable, Listen, Metadata, Outbound, Protocol, Timestamp},
+    model::{Executable, Glob, Lineage, Listen, Metadata, Outbound, Protocol, Timestamp},
     Policy,
 };
 use serde_json::Value;
 
 use crate::{
     cmd::session::{self, Sink},
-    enrich::{Event, Fields},
+    enrich::{script::Code, Event, Fields, Record},
     sensors::{SensorArgs, SensorSet},
 };
 
@@ -86,11 +87,13 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
     anyhow::ensure!(back == policy, "the draft does not load back as written");
     fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;
     log::info!(
-        "wrote {}: {} executables, {} outbound rules, {} listeners; {} notes",
+        "wrote {}: {} executables, {} outbound rules, {} listeners, {} lineage pairs, {} interpreters; {} notes",
         args.out.display(),
         policy.executables.len(),
         policy.network.outbound.len(),
         policy.network.listen.len(),
+        policy.behaviour.lineage.len(),
+        policy.behaviour.interpreters.len(),
         notes.len()
     );
     Ok(())
@@ -104,6 +107,10 @@ struct Learned {
     listen: BTreeSet<(u16, Protocol, Option<String>)>,
     /// Files written, counted by directory (a log directory can see thousands).
     written: BTreeMap<String, (usize, String)>,
+    /// (parent program, child program) pairs: lineage.
+    lineage: BTreeSet<(String, String)>,
+    /// Executables seen running code: a script file or inline code.
+    interpreters: BTreeSet<String>,
     notes: BTreeSet<String>,
 }
 
@@ -113,7 +120,12 @@ impl Sink for Learned {
         let text = |key: &str| f.get(key).and_then(Value::as_str).map(str::to_string);
         let exe = text("exe").filter(|e| e.starts_with('/') && !f.contains_key("exe_hex"));
         match text("event").as_deref() {
-            Some("exec") => self.exec(exe, text("sha256")),
+            Some("exec") => {
+                self.exec(exe, text("sha256"));
+                if let Some(r) = event.record() {
+                    self.behaviour(r);
+                }
+            }
             Some("net") => self.net(f, exe),
             Some("file") => self.file(text("path")),
             _ => {}
@@ -143,6 +155,40 @@ impl Learned {
                     .insert(format!("not allowed: {path} ran but could not be hashed"));
             }
             (None, _) => {}
+        }
+    }
+
+    /// What an exec says of behaviour: the pair parent → child, and for an interpreter, that
+    /// it is one and the script it ran (an executable of the draft, with its hash).
+    fn behaviour(&mut self, r: &Record) {
+        let Some(ctx) = &r.process else {
+            return;
+        };
+        let text = |p: &std::path::Path| {
+            p.to_str()
+                .filter(|t| t.starts_with('/'))
+                .map(str::to_string)
+        };
+        if let Some(code) = &ctx.image.code {
+            if let Some(exe) = ctx.image.exe.as_deref().and_then(text) {
+                self.interpreters.insert(exe);
+            }
+            if let Code::Script(script) = code {
+                let sha = match &ctx.image.script_sha256 {
+                    Some(Ok(d)) => Some(crate::paths::hex(d)),
+                    _ => None,
+                };
+                self.exec(text(script), sha);
+            }
+        }
+        let parent = ctx
+            .ancestry
+            .first()
+            .and_then(|a| a.image.program())
+            .and_then(text);
+        let child = ctx.image.program().and_then(text);
+        if let (Some(parent), Some(child)) = (parent, child) {
+            self.lineage.insert((parent, child));
         }
     }
 
@@ -205,6 +251,7 @@ impl Learned {
         let mut policy = draft_base(base, device_class)?;
         self.add_executables(&mut policy);
         self.add_network(&mut policy);
+        self.add_behaviour(&mut policy);
         for (dir, (count, example)) in &self.written {
             self.notes.insert(if *count == 1 {
                 format!("written while learning: {dir}/{example}")
@@ -239,6 +286,29 @@ impl Learned {
                             .insert(format!("not allowed: {path} is not a policy path"));
                     }
                 },
+            }
+        }
+    }
+
+    /// Adds the lineage pairs and the interpreters seen.
+    fn add_behaviour(&mut self, policy: &mut Policy) {
+        let b = &mut policy.behaviour;
+        for (parent, child) in std::mem::take(&mut self.lineage) {
+            match (parent.parse(), child.parse()) {
+                (Ok(parent), Ok(child)) => b.lineage.push(Lineage { parent, child }),
+                _ => {
+                    self.notes.insert(format!(
+                        "lineage {parent} -> {child} not kept: not policy paths"
+                    ));
+                }
+            }
+        }
+        for exe in std::mem::take(&mut self.interpreters) {
+            // A policy glob: its metacharacters, rare in a file name, are escaped.
+            if let Ok(glob) = glob::Pattern::escape(&exe).parse::<Glob>() {
+                if !b.interpreters.iter().any(|g| g.matches(&exe)) {
+                    b.interpreters.push(glob);
+                }
             }
         }
     }

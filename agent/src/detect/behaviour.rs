@@ -1,0 +1,126 @@
+//! The behavioural baseline: scripts judged like executables, which program starts which
+//! (lineage), and files that may only grow.
+//!
+//! Lookups are hash maps keyed by canonical paths: lineage is one map of parents, each with the
+//! set of its children, so a check costs two lookups whatever the number of pairs.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
+
+use picket_common::FileOp;
+use picket_policy::model::Behaviour as Section;
+use serde_json::json;
+
+use super::{key, CanonGlob};
+use crate::enrich::{
+    process::{Ancestor, Image},
+    script::Code,
+};
+
+/// The behavioural section made ready for per-event checks.
+pub struct Behaviour {
+    interpreters: Vec<CanonGlob>,
+    /// Parent program → the programs it may start. Empty: lineage is not checked.
+    lineage: HashMap<String, HashSet<String>>,
+    append_only: Vec<(CanonGlob, HashSet<String>)>,
+}
+
+/// What an exec's lineage check found wrong.
+pub struct Lineage {
+    /// The child's program, in canonical form.
+    pub child: String,
+    pub details: serde_json::Value,
+}
+
+impl Behaviour {
+    pub fn new(section: &Section) -> Self {
+        let mut lineage: HashMap<String, HashSet<String>> = HashMap::new();
+        for pair in &section.lineage {
+            lineage
+                .entry(key(pair.parent.as_str()))
+                .or_default()
+                .insert(key(pair.child.as_str()));
+        }
+        Self {
+            interpreters: section.interpreters.iter().map(CanonGlob::new).collect(),
+            lineage,
+            append_only: section
+                .append_only
+                .iter()
+                .map(|a| {
+                    let rotators = a.rotated_by.iter().map(|p| key(p.as_str())).collect();
+                    (CanonGlob::new(&a.glob), rotators)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the policy names `exe` an interpreter.
+    pub fn is_interpreter(&self, exe: &str) -> bool {
+        let canonical = key(exe);
+        self.interpreters.iter().any(|g| g.matches(exe, &canonical))
+    }
+
+    /// The script an interpreter the policy names runs, as an absolute path: to be judged like
+    /// an executable.
+    pub fn script<'a>(&self, exe: &str, image: &'a Image) -> Option<&'a Path> {
+        match &image.code {
+            Some(Code::Script(p)) if p.is_absolute() && self.is_interpreter(exe) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The lineage the baseline does not expect: `image` started by `parent` (its nearest
+    /// ancestor). `None` when lineage is not checked, the pair is expected, or the parent is
+    /// unknown (a process whose executable could not be read, a kernel thread).
+    pub fn lineage(&self, image: &Image, parent: Option<&Ancestor>) -> Option<Lineage> {
+        if self.lineage.is_empty() {
+            return None;
+        }
+        let parent_program = parent?.image.program()?.to_str()?;
+        let child_program = image.program()?.to_str()?;
+        let (parent_key, child_key) = (key(parent_program), key(child_program));
+        if self
+            .lineage
+            .get(&parent_key)
+            .is_some_and(|children| children.contains(&child_key))
+        {
+            return None;
+        }
+        let mut details = json!({ "parent": parent_program, "child": child_program });
+        if let Some(Code::Inline(how)) = &image.code {
+            details["inline"] = json!(how.name());
+        }
+        Some(Lineage {
+            child: child_key,
+            details,
+        })
+    }
+
+    /// Whether `op` on `path` (spelled `raw`, `canonical` in canonical form) by the executable
+    /// `actor` breaks an append-only rule: a truncation, or the file renamed away or deleted,
+    /// by an executable not named to rotate it.
+    pub fn append_only_broken(
+        &self,
+        op: FileOp,
+        open_flags: u32,
+        raw: &str,
+        canonical: &str,
+        actor: Option<&str>,
+    ) -> bool {
+        let shrinks = match op {
+            FileOp::Truncate | FileOp::Unlink | FileOp::Rename => true,
+            FileOp::Open => open_flags & libc::O_TRUNC as u32 != 0,
+            _ => false,
+        };
+        if !shrinks {
+            return false;
+        }
+        let actor = actor.map(key);
+        self.append_only.iter().any(|(glob, rotators)| {
+            glob.matches(raw, canonical) && !actor.as_ref().is_some_and(|a| rotators.contains(a))
+        })
+    }
+}
