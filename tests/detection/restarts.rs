@@ -142,12 +142,23 @@ fn run_again_and_see_the_drift(config: &Path, files: &DriftFiles, first_max: u64
     }
     let second = agent.stop();
     assert_seq_increasing(&second.alerts, "the second run");
-    let drift: Vec<&Value> = second
-        .alerts
-        .iter()
-        .filter(|a| kind(a) == "integrity_drift" && path(a) == files.app_conf.to_str())
-        .collect();
-    assert_eq!(drift.len(), 1, "one drift alert for app.conf: {drift:?}");
+    // Exactly once each, and nothing else drifted among them.
+    for (file, what) in [
+        (&files.app_conf, "content"),
+        (&files.secret, "mode"),
+        (&files.gone, "missing"),
+    ] {
+        let drift: Vec<&Value> = second
+            .alerts
+            .iter()
+            .filter(|a| kind(a) == "integrity_drift" && path(a) == file.to_str())
+            .collect();
+        assert!(
+            drift.len() == 1 && drift[0]["details"]["what"] == what,
+            "one drift alert ({what}) for {}: {drift:?}",
+            file.display()
+        );
+    }
     second
 }
 
