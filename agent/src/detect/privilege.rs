@@ -90,11 +90,17 @@ fn signal(r: &Record) -> Option<Signal> {
         Detail::File {
             op,
             path,
+            resolved,
             mode,
             flags,
             length,
             ..
-        } => file_signal(*op, path.as_deref(), *mode, *flags, *length),
+        } => {
+            let path = path.as_deref();
+            // A file the agent cannot name (a descriptor of a process gone, opened read-only).
+            let known = path.filter(|_| *resolved);
+            file_signal(*op, path, known, *mode, *flags, *length)
+        }
         Detail::Privilege(p) => privileged_signal(r, p),
         _ => None,
     }
@@ -103,6 +109,7 @@ fn signal(r: &Record) -> Option<Signal> {
 fn file_signal(
     op: FileOp,
     path: Option<&Path>,
+    known: Option<&Path>,
     mode: u32,
     flags: u32,
     length: i64,
@@ -125,9 +132,18 @@ fn file_signal(
                 return None;
             }
             // On a directory the setgid bit only makes new files take its group (common,
-            // harmless: /var/log/journal); the setuid bit means nothing there.
-            if op == FileOp::Chmod && path.is_some_and(|p| p.is_dir()) {
-                return None;
+            // harmless: /var/log/journal); the setuid bit means nothing there. A descriptor
+            // the agent cannot name was not opened for writing (those it remembers): with the
+            // setgid bit alone it is taken for a directory, which `mkdir -m 2775` and
+            // `install -d` open read-only to fchmod.
+            if op == FileOp::Chmod {
+                let directory = match known {
+                    Some(p) => p.is_dir(),
+                    None => mode & 0o4000 == 0,
+                };
+                if directory {
+                    return None;
+                }
             }
             let mut bits = Vec::new();
             if mode & 0o4000 != 0 {
@@ -342,6 +358,24 @@ mod tests {
             file(FileOp::Chmod, &dir_path, 0o2775, 0, 0)
         )
         .is_empty());
+        // A descriptor the agent could not name: setgid alone is a directory's (mkdir -m
+        // 2775), setuid is not.
+        let unnamed = |mode| Detail::File {
+            op: FileOp::Chmod,
+            path: None,
+            resolved: false,
+            second: None,
+            symlink_target: None,
+            flags: 0,
+            mode,
+            owner: u32::MAX,
+            group: u32::MAX,
+            length: 0,
+        };
+        assert!(alerts(&d, "/usr/bin/mkdir", unnamed(0o2775)).is_empty());
+        let a = alerts(&d, "/usr/bin/x", unnamed(0o4755));
+        assert_eq!(kinds(&a), ["setuid_bit_set"]);
+        assert_eq!(a[0].path, None);
         // A file created with the bit is the same signal; an open without O_CREAT sets none.
         let creat = libc::O_CREAT as u32 | libc::O_WRONLY as u32;
         let a = alerts(&d, "/usr/bin/cp", file(FileOp::Open, &f, 0o4755, creat, 0));
