@@ -15,6 +15,12 @@ pub const PATH_MAX: usize = 4096;
 pub const ARGV_MAX: usize = 1024;
 /// Arguments captured per exec; the rest are counted as truncated.
 pub const MAX_ARGS: usize = 32;
+/// Bytes of dynamic loader variables (`LD_PRELOAD`, `LD_AUDIT`, `LD_LIBRARY_PATH`) captured per
+/// exec from its environment: each entry packed as `NAME=value`, NUL-terminated.
+pub const ENV_MAX: usize = 256;
+/// Environment entries examined per exec; an exec with more has
+/// [`EXEC_FLAG_ENV_UNEXAMINED`].
+pub const MAX_ENV: usize = 128;
 /// Length of a task's `comm`, NUL included (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
@@ -134,10 +140,17 @@ pub struct ExecEvent {
     pub exec_at_flags: u32,
     /// Bytes used in `filename`, NUL excluded.
     pub filename_len: u16,
+    /// Bytes used in `env`.
+    pub env_len: u16,
+    /// Environment entries examined (at most [`MAX_ENV`]).
+    pub env_examined: u16,
     pub _pad0: u16,
-    pub _pad1: u32,
     /// Arguments, each NUL-terminated.
     pub argv: [u8; ARGV_MAX],
+    /// The environment's dynamic loader variables, each `NAME=value` NUL-terminated, in the
+    /// order of the environment; only those are read, nothing else of the environment leaves
+    /// the kernel. The last may be cut (no NUL) when they exceed [`ENV_MAX`].
+    pub env: [u8; ENV_MAX],
     /// The file executed, as the kernel saw it (`bprm->filename`): the path given to exec, or
     /// `/dev/fd/N[/path]` for `execveat` with a directory fd.
     pub filename: [u8; PATH_MAX],
@@ -147,8 +160,13 @@ pub struct ExecEvent {
 pub const EXEC_FLAG_ARGV_TRUNCATED: u16 = 1;
 /// The exec was an `execveat`.
 pub const EXEC_FLAG_EXECVEAT: u16 = 1 << 1;
-/// The arguments could not be captured (stash evicted or unreadable).
+/// The arguments (and the environment) could not be captured (stash evicted or unreadable).
 pub const EXEC_FLAG_ARGV_MISSING: u16 = 1 << 2;
+/// The environment held more than [`MAX_ENV`] entries (or one could not be read): the rest were
+/// not examined.
+pub const EXEC_FLAG_ENV_UNEXAMINED: u16 = 1 << 3;
+/// The loader variables found held more than [`ENV_MAX`] bytes: the last is cut or missing.
+pub const EXEC_FLAG_ENV_TRUNCATED: u16 = 1 << 4;
 
 /// A new process (threads are not reported), seen at `sched:sched_process_fork`.
 #[repr(C)]
@@ -497,7 +515,7 @@ mod tests {
         assert_eq!(size_of::<ForkEvent>(), 64);
         assert_eq!(size_of::<ExitEvent>(), 64);
         assert_eq!(size_of::<NetEvent>(), 104);
-        assert_eq!(EXEC_EVENT_FILENAME_OFFSET, 80 + ARGV_MAX);
+        assert_eq!(EXEC_EVENT_FILENAME_OFFSET, 80 + ARGV_MAX + ENV_MAX);
         assert_eq!(
             size_of::<ExecEvent>(),
             EXEC_EVENT_FILENAME_OFFSET + PATH_MAX

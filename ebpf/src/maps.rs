@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use picket_common::{counter, ExecEvent, FileEvent, PrivilegeEvent, Sensor, ARGV_MAX};
+use picket_common::{counter, ExecEvent, FileEvent, PrivilegeEvent, Sensor, ARGV_MAX, ENV_MAX};
 
 /// Default ring buffer size; the agent sets the real one at load time.
 const RING_BYTES: u32 = 1 << 20;
@@ -25,18 +25,23 @@ pub static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(
 #[map(name = "FILE_SCRATCH")]
 pub static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// `argv` read at `sys_enter_execve*`, waiting for `sched_process_exec`; keyed by thread id.
+/// `argv` and the loader variables of `envp` read at `sys_enter_execve*`, waiting for
+/// `sched_process_exec`; keyed by thread id.
 #[repr(C)]
 pub struct ArgvStash {
     pub argc: u16,
     pub argv_len: u16,
     pub flags: u16,
-    pub _pad0: u16,
+    pub env_len: u16,
     pub exec_fd: i32,
     pub exec_at_flags: u32,
+    pub env_examined: u16,
+    pub _pad0: [u16; 3],
     /// Twice [`ARGV_MAX`] so that a read of up to `ARGV_MAX` bytes at any offset below
     /// `ARGV_MAX` provably stays inside the buffer.
     pub argv: [u8; ARGV_MAX * 2],
+    /// Twice [`ENV_MAX`], for the same reason.
+    pub env: [u8; ENV_MAX * 2],
 }
 
 #[map(name = "ARGV_SCRATCH")]

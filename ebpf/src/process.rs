@@ -1,4 +1,5 @@
-//! Process sensor: exec (with argv), fork (processes only, not threads) and exit (with status).
+//! Process sensor: exec (with argv and the dynamic loader variables of its environment), fork
+//! (processes only, not threads) and exit (with status).
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel_str_bytes, gen},
@@ -8,9 +9,10 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use picket_common::{
-    counter, EventHeader, EventKind, ExitEvent, ForkEvent, Sensor, ARGV_MAX,
+    counter, EventHeader, EventKind, ExitEvent, ForkEvent, Sensor, ARGV_MAX, ENV_MAX,
     EXEC_EVENT_FILENAME_OFFSET, EXEC_FLAG_ARGV_MISSING, EXEC_FLAG_ARGV_TRUNCATED,
-    EXEC_FLAG_EXECVEAT, EXIT_FLAG_CODE, EXIT_FLAG_SIGNAL, MAX_ARGS, PATH_MAX,
+    EXEC_FLAG_ENV_TRUNCATED, EXEC_FLAG_ENV_UNEXAMINED, EXEC_FLAG_EXECVEAT, EXIT_FLAG_CODE,
+    EXIT_FLAG_SIGNAL, MAX_ARGS, MAX_ENV, PATH_MAX,
 };
 
 use crate::{
@@ -25,7 +27,7 @@ const AT_FDCWD: i32 = -100;
 
 #[tracepoint]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    stash_argv(arg(&ctx, 1), AT_FDCWD, 0, 0);
+    stash_argv(arg(&ctx, 1), arg(&ctx, 2), AT_FDCWD, 0, 0);
     0
 }
 
@@ -33,6 +35,7 @@ pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     stash_argv(
         arg(&ctx, 2),
+        arg(&ctx, 3),
         arg(&ctx, 0) as i32,
         arg(&ctx, 4) as u32,
         EXEC_FLAG_EXECVEAT,
@@ -52,9 +55,10 @@ pub fn sys_exit_execveat(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Reads `argv` now, while the old image's memory still exists; `sched_process_exec` picks it up.
+/// Reads `argv` and the loader variables of `envp` now, while the old image's memory still
+/// exists; `sched_process_exec` picks them up.
 #[inline(always)]
-fn stash_argv(argv: u64, exec_fd: i32, exec_at_flags: u32, flags: u16) {
+fn stash_argv(argv: u64, envp: u64, exec_fd: i32, exec_at_flags: u32, flags: u16) {
     let (tgid, tid) = current_ids();
     if is_agent(tgid) {
         return;
@@ -67,7 +71,7 @@ fn stash_argv(argv: u64, exec_fd: i32, exec_at_flags: u32, flags: u16) {
     stash.exec_fd = exec_fd;
     stash.exec_at_flags = exec_at_flags;
     stash.flags = flags;
-    stash._pad0 = 0;
+    stash._pad0 = [0; 3];
     let ptr_size = layout!(syscall_arg_size) as u64;
     let mut off: usize = 0;
     let mut argc: u16 = 0;
@@ -112,9 +116,89 @@ fn stash_argv(argv: u64, exec_fd: i32, exec_at_flags: u32, flags: u16) {
     }
     stash.argc = argc;
     stash.argv_len = off as u16;
+    stash_env(stash, envp);
     if ARGV_STASH.insert(&tid, stash, 0).is_err() {
         count(counter::ARGV_STASH_EVICTED);
     }
+}
+
+/// `NAME=` of the loader variables, as their first bytes read in native order.
+const LD_PRELO: u64 = u64::from_ne_bytes(*b"LD_PRELO");
+const LD_AUDIT: u64 = u64::from_ne_bytes(*b"LD_AUDIT");
+const LD_LIBRA: u64 = u64::from_ne_bytes(*b"LD_LIBRA");
+const RY_PATH_: u64 = u64::from_ne_bytes(*b"RY_PATH=");
+
+/// Walks at most [`MAX_ENV`] entries of `envp` and keeps only `LD_PRELOAD=`, `LD_AUDIT=` and
+/// `LD_LIBRARY_PATH=` entries. Each entry costs two reads: its pointer, and its first 16 bytes
+/// (a string read, so that a short entry at the end of a mapping cannot fault and hide); only
+/// a loader variable is read whole.
+#[inline(always)]
+fn stash_env(stash: &mut crate::maps::ArgvStash, envp: u64) {
+    let ptr_size = layout!(syscall_arg_size) as u64;
+    let mut off: usize = 0;
+    let mut examined: u16 = 0;
+    stash.env_len = 0;
+    stash.env_examined = 0;
+    if envp == 0 {
+        return;
+    }
+    for i in 0..=MAX_ENV {
+        let Some(ptr) = read_user_ulong(envp + i as u64 * ptr_size) else {
+            stash.flags |= EXEC_FLAG_ENV_UNEXAMINED;
+            break;
+        };
+        if ptr == 0 {
+            break;
+        }
+        if i == MAX_ENV {
+            stash.flags |= EXEC_FLAG_ENV_UNEXAMINED;
+            break;
+        }
+        examined += 1;
+        // 16 name bytes and the NUL; the words make the comparisons two loads.
+        let mut name = [0u64; 3];
+        // SAFETY: `name` is 24 writable bytes; the helper writes at most 17.
+        let len = unsafe {
+            gen::bpf_probe_read_user_str(name.as_mut_ptr() as *mut c_void, 17, ptr as *const c_void)
+        };
+        if len <= 0 {
+            stash.flags |= EXEC_FLAG_ENV_UNEXAMINED;
+            continue;
+        }
+        let tail = name[1].to_ne_bytes();
+        let loader = match name[0] {
+            LD_PRELO => tail[0] == b'A' && tail[1] == b'D' && tail[2] == b'=',
+            LD_AUDIT => tail[0] == b'=',
+            LD_LIBRA => name[1] == RY_PATH_,
+            _ => false,
+        };
+        if !loader {
+            continue;
+        }
+        if off >= ENV_MAX {
+            stash.flags |= EXEC_FLAG_ENV_TRUNCATED;
+            continue;
+        }
+        let at = off & (ENV_MAX - 1);
+        // SAFETY: `at < ENV_MAX` and the read is at most `ENV_MAX` bytes into a buffer of
+        // `2 * ENV_MAX`.
+        let len = unsafe {
+            gen::bpf_probe_read_user_str(
+                stash.env.as_mut_ptr().add(at) as *mut c_void,
+                ENV_MAX as u32,
+                ptr as *const c_void,
+            )
+        };
+        if len > 0 {
+            off = at + len as usize;
+        }
+    }
+    if off > ENV_MAX {
+        off = ENV_MAX;
+        stash.flags |= EXEC_FLAG_ENV_TRUNCATED;
+    }
+    stash.env_len = off as u16;
+    stash.env_examined = examined;
 }
 
 #[inline(always)]
@@ -139,20 +223,26 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let old_tid: u32 = unsafe { ctx.read_at::<u32>(layout!(exec_old_pid)) }.unwrap_or(0);
     event.old_tid = old_tid;
     event._pad0 = 0;
-    event._pad1 = 0;
     match unsafe { ARGV_STASH.get(&old_tid) } {
         Some(stash) => {
             event.argc = stash.argc;
             event.argv_len = stash.argv_len;
+            event.env_len = stash.env_len;
+            event.env_examined = stash.env_examined;
             event.exec_fd = stash.exec_fd;
             event.exec_at_flags = stash.exec_at_flags;
             event.header.flags = stash.flags;
-            // SAFETY: both buffers are at least ARGV_MAX bytes.
+            // SAFETY: both argv buffers are at least ARGV_MAX bytes, both env buffers ENV_MAX.
             unsafe {
                 gen::bpf_probe_read_kernel(
                     event.argv.as_mut_ptr() as *mut c_void,
                     ARGV_MAX as u32,
                     stash.argv.as_ptr() as *const c_void,
+                );
+                gen::bpf_probe_read_kernel(
+                    event.env.as_mut_ptr() as *mut c_void,
+                    ENV_MAX as u32,
+                    stash.env.as_ptr() as *const c_void,
                 );
             }
             let _ = ARGV_STASH.remove(&old_tid);
@@ -160,6 +250,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         None => {
             event.argc = 0;
             event.argv_len = 0;
+            event.env_len = 0;
+            event.env_examined = 0;
             event.exec_fd = AT_FDCWD;
             event.exec_at_flags = 0;
             event.header.flags = EXEC_FLAG_ARGV_MISSING;

@@ -7,6 +7,7 @@
 
 pub mod canary;
 pub mod integrity;
+mod loader;
 pub mod privilege;
 
 use std::{
@@ -288,6 +289,7 @@ impl Detector {
         let Some(exe) = ctx.exe_text() else {
             return;
         };
+        loader::check(self, event, r, &exe, out);
         if self.modes.executables == Mode::Off {
             return;
         }

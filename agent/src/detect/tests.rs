@@ -124,6 +124,9 @@ fn exec_detail(fields: &Value) -> Detail {
         file: None,
         hash_error: fields["hash_error"].as_str().map(str::to_string),
         name_used: text(fields, "name_used").map(PathBuf::from),
+        loader_env: vec![],
+        loader_env_truncated: false,
+        env_unexamined: false,
     }
 }
 

@@ -19,7 +19,10 @@ use super::{
     privilege::{self, Privileged},
     process::{Ancestor, Image},
 };
-use crate::{paths, sensors::decode::Task};
+use crate::{
+    paths,
+    sensors::decode::{LoaderVar, Task},
+};
 
 /// Broad category of an event, as selected by `--filter`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +152,15 @@ pub enum Detail {
         hash_error: Option<String>,
         /// The absolute name the exec used, when it is not the file's own (a symbolic link).
         name_used: Option<PathBuf>,
+        /// The dynamic loader variables its environment sets (`LD_PRELOAD`, `LD_AUDIT`,
+        /// `LD_LIBRARY_PATH`), in its order.
+        loader_env: Vec<LoaderVar>,
+        /// More loader variables than the kernel's record holds: the last is cut or some are
+        /// missing.
+        loader_env_truncated: bool,
+        /// Its environment was not fully examined for them (more entries than the kernel
+        /// examines, or one it could not read).
+        env_unexamined: bool,
     },
     Fork {
         child_pid: u32,
@@ -297,6 +309,9 @@ impl Detail {
                 file,
                 hash_error,
                 name_used,
+                loader_env,
+                loader_env_truncated,
+                env_unexamined,
             } => {
                 put_path(out, "filename", "filename_hex", filename)?;
                 out.put("argv_truncated", argv_truncated)?;
@@ -321,6 +336,16 @@ impl Detail {
                 }
                 if let Some(n) = name_used {
                     put_path(out, "name_used", "name_used_hex", n)?;
+                }
+                if !loader_env.is_empty() {
+                    let vars: Vec<_> = loader_env.iter().map(LoaderVar::json).collect();
+                    out.put("loader_env", &vars)?;
+                }
+                if *loader_env_truncated {
+                    out.put("loader_env_truncated", &true)?;
+                }
+                if *env_unexamined {
+                    out.put("env_unexamined", &true)?;
                 }
                 out.put("execveat", execveat)
             }

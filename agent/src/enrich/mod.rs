@@ -182,6 +182,9 @@ impl Enricher {
                     file: seen.file,
                     hash_error: seen.hash_error,
                     name_used,
+                    loader_env: e.loader_env,
+                    loader_env_truncated: e.loader_env_truncated,
+                    env_unexamined: e.env_unexamined,
                 },
             },
         )

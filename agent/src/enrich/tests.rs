@@ -70,6 +70,9 @@ fn prints_an_exec_with_its_process_context() {
             file: None,
             hash_error: None,
             name_used: None,
+            loader_env: vec![],
+            loader_env_truncated: false,
+            env_unexamined: false,
         },
     };
     let sha = "ab".repeat(32);

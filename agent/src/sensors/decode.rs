@@ -11,11 +11,11 @@ use std::{
 
 use picket_common::{
     EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOp, ForkEvent, NetEvent, NetOp,
-    ARGV_MAX, COMM_LEN, EXEC_EVENT_FILENAME_OFFSET, EXEC_FLAG_ARGV_MISSING,
-    EXEC_FLAG_ARGV_TRUNCATED, EXEC_FLAG_EXECVEAT, EXIT_FLAG_CODE, EXIT_FLAG_SIGNAL,
-    FILE_EVENT_PATH2_OFFSET, FILE_EVENT_PATH_OFFSET, FILE_FLAG_FD_ONLY, HEADER_FLAG_NO_TASK,
-    NET_FLAG_SOCK_UNKNOWN, PATH_MAX, PRIV_EVENT_PATH2_OFFSET, PRIV_EVENT_PATH_OFFSET,
-    PRIV_TEXT_MAX,
+    ARGV_MAX, COMM_LEN, ENV_MAX, EXEC_EVENT_FILENAME_OFFSET, EXEC_FLAG_ARGV_MISSING,
+    EXEC_FLAG_ARGV_TRUNCATED, EXEC_FLAG_ENV_TRUNCATED, EXEC_FLAG_ENV_UNEXAMINED,
+    EXEC_FLAG_EXECVEAT, EXIT_FLAG_CODE, EXIT_FLAG_SIGNAL, FILE_EVENT_PATH2_OFFSET,
+    FILE_EVENT_PATH_OFFSET, FILE_FLAG_FD_ONLY, HEADER_FLAG_NO_TASK, NET_FLAG_SOCK_UNKNOWN,
+    PATH_MAX, PRIV_EVENT_PATH2_OFFSET, PRIV_EVENT_PATH_OFFSET, PRIV_TEXT_MAX,
 };
 pub use picket_common::{PrivOp, PrivilegeEvent};
 use thiserror::Error;
@@ -29,6 +29,8 @@ pub enum DecodeError {
     NoHeader(usize),
     #[error("unknown record kind {0}")]
     UnknownKind(u16),
+    #[error("exec record with an environment entry that is not a loader variable: {0:?}")]
+    NotLoaderVariable(String),
     #[error("{kind:?} record of {len} bytes, expected at least {min}")]
     Short {
         kind: EventKind,
@@ -117,6 +119,49 @@ pub struct Exec {
     pub argv_missing: bool,
     /// `Some((dirfd, flags))` for `execveat`.
     pub execveat: Option<(i32, u32)>,
+    /// The dynamic loader variables of the environment, in its order.
+    pub loader_env: Vec<LoaderVar>,
+    /// More loader variables than the record holds: the last is cut, or some are missing.
+    pub loader_env_truncated: bool,
+    /// Environment entries the kernel examined for loader variables.
+    pub env_examined: u16,
+    /// The environment had entries the kernel did not examine (more than it examines, or
+    /// unreadable).
+    pub env_unexamined: bool,
+}
+
+/// The dynamic loader variables the kernel keeps from an exec's environment.
+pub const LOADER_VARIABLES: [&str; 3] = ["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH"];
+
+/// A loader variable set in an exec's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderVar {
+    /// One of [`LOADER_VARIABLES`].
+    pub name: &'static str,
+    /// Its value, raw bytes.
+    pub value: Vec<u8>,
+    /// The value was longer than the record holds: this is its beginning.
+    pub cut: bool,
+}
+
+impl LoaderVar {
+    /// As printed and in alerts: `variable`, `value` (lossy text; `value_hex` too when it is
+    /// not UTF-8), and `truncated` when the value was cut.
+    pub fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut o = serde_json::Map::new();
+        o.insert("variable".into(), self.name.into());
+        o.insert(
+            "value".into(),
+            String::from_utf8_lossy(&self.value).into_owned().into(),
+        );
+        if std::str::from_utf8(&self.value).is_err() {
+            o.insert("value_hex".into(), crate::paths::hex(&self.value).into());
+        }
+        if self.cut {
+            o.insert("truncated".into(), true.into());
+        }
+        o
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +322,9 @@ fn decode_exec(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeErr
     let argv_at = offset_of!(ExecEvent, argv);
     let argc = usize::from(field::<u16>(bytes, offset_of!(ExecEvent, argc)));
     let argv = split_argv(&bytes[argv_at..argv_at + argv_len], argc);
+    let env_len = usize::from(field::<u16>(bytes, offset_of!(ExecEvent, env_len))).min(ENV_MAX);
+    let env_at = offset_of!(ExecEvent, env);
+    let loader_env = split_loader_env(&bytes[env_at..env_at + env_len])?;
     Ok(RawEvent::Exec(Exec {
         task: task(header),
         old_tid: field(bytes, offset_of!(ExecEvent, old_tid)),
@@ -290,7 +338,41 @@ fn decode_exec(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeErr
                 field(bytes, offset_of!(ExecEvent, exec_at_flags)),
             )
         }),
+        loader_env,
+        loader_env_truncated: header.flags & EXEC_FLAG_ENV_TRUNCATED != 0,
+        env_examined: field(bytes, offset_of!(ExecEvent, env_examined)),
+        env_unexamined: header.flags & EXEC_FLAG_ENV_UNEXAMINED != 0,
     }))
+}
+
+/// The packed `NAME=value` entries of an exec record's `env`; the last one, unterminated, was
+/// cut. The kernel keeps only loader variables, whole names included: anything else is a bad
+/// record.
+fn split_loader_env(bytes: &[u8]) -> Result<Vec<LoaderVar>, DecodeError> {
+    let mut vars = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (entry, cut) = match rest.iter().position(|&b| b == 0) {
+            Some(end) => {
+                let entry = &rest[..end];
+                rest = &rest[end + 1..];
+                (entry, false)
+            }
+            None => (std::mem::take(&mut rest), true),
+        };
+        let var = LOADER_VARIABLES.iter().find_map(|name| {
+            let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+            Some(LoaderVar {
+                name,
+                value: value.to_vec(),
+                cut,
+            })
+        });
+        vars.push(var.ok_or(DecodeError::NotLoaderVariable(
+            String::from_utf8_lossy(entry).into_owned(),
+        ))?);
+    }
+    Ok(vars)
 }
 
 /// A fork record: the new process's pid.
@@ -615,5 +697,64 @@ mod tests {
         assert_eq!(x.argv, vec![b"cat".to_vec(), b"a".to_vec()]);
         assert!(x.argv_truncated);
         assert_eq!(x.execveat, None);
+    }
+
+    fn exec_with_env(env: &[u8], flags: u16) -> Result<RawEvent, DecodeError> {
+        // SAFETY: all-zero is a valid ExecEvent.
+        let mut e: Box<ExecEvent> = Box::new(unsafe { std::mem::zeroed() });
+        e.header = header(EventKind::Exec);
+        e.header.flags = flags;
+        e.env[..env.len()].copy_from_slice(env);
+        e.env_len = env.len() as u16;
+        e.env_examined = 40;
+        e.filename[..8].copy_from_slice(b"/bin/cat");
+        e.filename_len = 8;
+        decode(&bytes_of(&*e, EXEC_EVENT_FILENAME_OFFSET + 8))
+    }
+
+    #[test]
+    fn decodes_exec_loader_variables_in_order_the_last_cut_when_unterminated() {
+        let Ok(RawEvent::Exec(x)) = exec_with_env(
+            b"LD_AUDIT=/a.so\0LD_LIBRARY_PATH=\0LD_PRELOAD=/tmp/x",
+            EXEC_FLAG_ENV_TRUNCATED | EXEC_FLAG_ENV_UNEXAMINED,
+        ) else {
+            panic!("not an exec")
+        };
+        let var = |name, value: &[u8], cut| LoaderVar {
+            name,
+            value: value.to_vec(),
+            cut,
+        };
+        assert_eq!(
+            x.loader_env,
+            vec![
+                var("LD_AUDIT", b"/a.so", false),
+                var("LD_LIBRARY_PATH", b"", false),
+                var("LD_PRELOAD", b"/tmp/x", true),
+            ]
+        );
+        assert!(x.loader_env_truncated);
+        assert!(x.env_unexamined);
+        assert_eq!(x.env_examined, 40);
+        assert_eq!(x.filename, b"/bin/cat");
+
+        let Ok(RawEvent::Exec(x)) = exec_with_env(b"", 0) else {
+            panic!("not an exec")
+        };
+        assert!(x.loader_env.is_empty());
+        assert!(!x.loader_env_truncated && !x.env_unexamined);
+    }
+
+    #[test]
+    fn an_exec_environment_entry_that_is_not_a_loader_variable_is_a_bad_record() {
+        for env in [&b"PATH=/bin\0"[..], b"LD_PRELOADX=/x\0", b"LD_PRELOAD\0"] {
+            assert!(
+                matches!(
+                    exec_with_env(env, 0),
+                    Err(DecodeError::NotLoaderVariable(_))
+                ),
+                "{env:?}"
+            );
+        }
     }
 }
