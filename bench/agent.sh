@@ -160,6 +160,22 @@ stop_agent() {
     wait "$AGENT" || true
     AGENT=""
 }
+# A smoke run's storms are small enough for the sensors: the agent must have received at
+# least one record per action of the storm (STORM "EVENTS MISSES").
+smoke_check_storm() {
+    [ "$SMOKE" = yes ] || return 0
+    local want
+    case "$1" in
+        exec) want=$EXECS ;;
+        write) want=$WRITES ;;
+        connect) want=$CONNECTS ;;
+    esac
+    if [ "${2%% *}" = "" ] || [ "${2%% *}" -lt "$want" ]; then
+        echo "smoke run: the agent received ${2%% *} records during the $1 storm of $want" >&2
+        tail -5 "$WORK/agent.log" >&2
+        exit 1
+    fi
+}
 # Total records the agent's log says were lost so far.
 lost_total() { "$XTASK" probe lost "$WORK/agent.log"; }
 
@@ -174,7 +190,9 @@ for round in $(seq "$ROUNDS"); do
         stop_agent
         # What the agent handled: the storm's records and whatever else ran on the machine;
         # each executable it had not seen is hashed once (a miss).
-        sample "${storm}_stopped" "$("$XTASK" probe stopped "$WORK/agent.log")"
+        stopped=$("$XTASK" probe stopped "$WORK/agent.log")
+        sample "${storm}_stopped" "$stopped"
+        smoke_check_storm "$storm" "$stopped"
         if [ -n "${BEFORE:-}" ]; then
             start_agent "$BEFORE" "$WORK/picket-before.toml"
             sample "${storm}_before_cpu_ns_before" "$(cpu_ns "$AGENT")"

@@ -159,6 +159,12 @@ while [ "$GOT" -lt "$BACKLOG" ] && [ "$STILL" -lt 100 ]; do
     if [ "$NOW" = "$GOT" ]; then STILL=$((STILL + 1)); else STILL=0; GOT=$NOW; fi
 done
 sample got "$GOT"
+# A smoke run's backlog is small enough for the sensors: every alert must have drained.
+if [ "$SMOKE" = 1 ] && [ "$GOT" -ne "$BACKLOG" ]; then
+    echo "smoke run: $GOT of the $BACKLOG alerts of the backlog arrived" >&2
+    tail -5 agent.log >&2
+    exit 1
+fi
 sample drain_out "$WORK/drain.out"
 sample agent_log "$WORK/agent.log"
 sample rss_kib "$("$XTASK" probe kib "$AGENT" VmHWM)"
