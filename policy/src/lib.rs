@@ -80,10 +80,22 @@ pub fn canonicalize(mut p: Policy) -> Result<Policy, String> {
     sort_dedup(&mut b.interpreters);
     sort_dedup(&mut b.lineage);
     sort_dedup(&mut b.privileged);
+    for s in &mut b.sensitive {
+        sort_dedup(&mut s.readers);
+    }
     for a in &mut b.append_only {
         sort_dedup(&mut a.rotated_by);
     }
     sort_dedup(&mut b.append_only);
+    sort_dedup(&mut b.sensitive);
+    for pair in b.sensitive.windows(2) {
+        if pair[0].path == pair[1].path {
+            return Err(format!(
+                "sensitive file {} is listed twice with different readers",
+                pair[0].path.as_str()
+            ));
+        }
+    }
     for pair in b.append_only.windows(2) {
         if pair[0].glob == pair[1].glob {
             return Err(format!(
@@ -382,6 +394,10 @@ interpreters = ["/usr/bin/python3*", "/usr/bin/dash"]
 parent = "/usr/sbin/cron"
 child = "/etc/cron.daily/logrotate"
 
+[[behaviour.sensitive]]
+path = "/etc/shadow"
+readers = ["/usr/bin/passwd", "/usr/sbin/sshd"]
+
 [[behaviour.append_only]]
 glob = "/var/log/*.log"
 rotated_by = ["/usr/sbin/logrotate", "/usr/bin/savelog"]
@@ -397,6 +413,7 @@ executable = "/usr/bin/kmod"
         let p = load_toml(&text, "b.toml").unwrap();
         assert_eq!(p.behaviour.interpreters.len(), 2);
         assert_eq!(p.behaviour.append_only[0].rotated_by.len(), 2);
+        assert_eq!(p.behaviour.sensitive[0].readers.len(), 2);
         assert_eq!(p.behaviour.privileged[0].action, model::Action::Module);
         assert_eq!(format_of(&p), 2);
         assert_eq!(load_toml(&to_toml(&p), "shown.toml").unwrap(), p);
@@ -417,5 +434,8 @@ executable = "/usr/bin/kmod"
         let twice = format!("{text}\n[[behaviour.append_only]]\nglob = \"/var/log/*.log\"\n");
         let err = load_toml(&twice, "b.toml").unwrap_err().to_string();
         assert!(err.contains("/var/log/*.log is listed twice"), "{err}");
+        let twice = format!("{text}\n[[behaviour.sensitive]]\npath = \"/etc/shadow\"\n");
+        let err = load_toml(&twice, "b.toml").unwrap_err().to_string();
+        assert!(err.contains("/etc/shadow is listed twice"), "{err}");
     }
 }

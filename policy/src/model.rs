@@ -29,8 +29,8 @@ pub struct Policy {
     pub network: Network,
     #[serde(default)]
     pub files: Files,
-    /// What normally happens beyond which files run: lineage, scripts, append-only
-    /// files, privileged actions. Learned by `picket baseline learn`; needs bundle format 2.
+    /// What normally happens beyond which files run: lineage, scripts, sensitive
+    /// reads, append-only files, privileged actions. Learned by `picket baseline learn`; needs bundle format 2.
     #[serde(default)]
     pub behaviour: Behaviour,
 }
@@ -58,7 +58,8 @@ pub struct Modes {
     pub network: Mode,
     #[serde(default)]
     pub files: Mode,
-    /// The behavioural checks: lineage, scripts, append-only files, privileged actions.
+    /// The behavioural checks: lineage, scripts, sensitive reads, append-only files, privileged
+    /// actions.
     #[serde(default)]
     pub behaviour: Mode,
 }
@@ -208,6 +209,9 @@ pub struct Behaviour {
     /// Which executable normally starts which. When the list is empty lineage is not checked.
     #[serde(default)]
     pub lineage: Vec<Lineage>,
+    /// Files whose reading is itself a signal, each with the executables allowed to read it.
+    #[serde(default)]
+    pub sensitive: Vec<Sensitive>,
     /// Files that may grow but never be truncated, renamed away or deleted (logs), except by
     /// the executables that rotate them.
     #[serde(default)]
@@ -230,6 +234,16 @@ impl Behaviour {
 pub struct Lineage {
     pub parent: AbsPath,
     pub child: AbsPath,
+}
+
+/// A file whose reading is a signal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sensitive {
+    pub path: AbsPath,
+    /// Executables allowed to read it.
+    #[serde(default)]
+    pub readers: Vec<AbsPath>,
 }
 
 /// Files that may only grow.

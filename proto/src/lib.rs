@@ -186,6 +186,8 @@ pub enum AlertKind {
     MountChanged,
     /// An append-only file (a log) was truncated, renamed away or deleted.
     AppendOnlyViolated,
+    /// A sensitive file was opened by an executable not allowed to read it.
+    SensitiveFileRead,
 }
 
 impl AlertKind {
@@ -212,6 +214,7 @@ impl AlertKind {
             AlertKind::ProcessInjection => "process_injection",
             AlertKind::MountChanged => "mount_changed",
             AlertKind::AppendOnlyViolated => "append_only_violated",
+            AlertKind::SensitiveFileRead => "sensitive_file_read",
         }
     }
 }
@@ -533,6 +536,7 @@ mod tests {
         assert_eq!(postcard(AlertKind::AlertsDropped), [10]);
         assert_eq!(postcard(AlertKind::UnverifiedExecutable), [11]);
         assert_eq!(postcard(AlertKind::AppendOnlyViolated), [19]);
+        assert_eq!(postcard(AlertKind::SensitiveFileRead), [20]);
     }
 
     fn heartbeat() -> Heartbeat {

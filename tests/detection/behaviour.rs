@@ -157,3 +157,86 @@ fn scripts_and_lineage_are_judged_against_the_behavioural_baseline() {
         .collect();
     assert!(own.is_empty(), "alerts of the programs themselves: {own:?}");
 }
+
+#[test]
+fn a_sensitive_file_read_by_an_executable_not_among_its_readers() {
+    let lab = Lab::new("sensitive");
+    let programs = Programs::new("sensitive");
+    let secret = programs.0.join("device.key");
+    fs::write(&secret, "secret\n").unwrap();
+    // The one program allowed to read it: a copy of cat under its own name.
+    let reader = programs.0.join("keyreader");
+    fs::copy("/usr/bin/cat", &reader).unwrap();
+    let cat = Path::new("/usr/bin/cat");
+    let mut policy = PolicyText::new(1);
+    for exe in [cat, &reader] {
+        policy.executable(exe, &sha256_file(cat));
+    }
+    policy.raw(&format!(
+        "[[behaviour.sensitive]]\npath = {}\nreaders = [{}]\n",
+        toml_str(&secret),
+        toml_str(&reader)
+    ));
+    let bundle = lab.sign("sensitive", &policy.text());
+    let agent = Agent::start(&lab.config(&bundle, None));
+    let read_by = |exe: &Path, file: &Path| run_ok(Command::new(exe).arg(file));
+
+    let allowed = read_by(&reader, &secret);
+    let stolen = read_by(cat, &secret);
+    let a = agent.wait_for("sensitive_file_read by cat", Some(stolen), |a| {
+        kind(a) == "sensitive_file_read" && pid(a) == Some(stolen)
+    });
+    check_envelope(&a);
+    assert_eq!(a["severity"], "high", "{a}");
+    assert_eq!(path(&a), secret.to_str(), "{a}");
+    assert_eq!(a["details"]["reader"], "/usr/bin/cat", "{a}");
+    assert_eq!(a["process"]["exe"], "/usr/bin/cat", "{a}");
+    // Through another name of the same file: the mark is on the file, not the name. (Each
+    // step reads with another program: identical alerts within the window are aggregated.)
+    let link = programs.0.join("innocent.txt");
+    fs::hard_link(&secret, &link).unwrap();
+    let through_link = read_by(Path::new("/usr/bin/head"), &link);
+    agent.wait_for(
+        "sensitive_file_read through a hard link",
+        Some(through_link),
+        |a| kind(a) == "sensitive_file_read" && pid(a) == Some(through_link),
+    );
+    // Replaced under its name (a new file renamed over it): the new file is watched within a
+    // second; until then its reads are not seen, so the test reads until one is reported.
+    let next = programs.0.join("device.key.new");
+    fs::write(&next, "rotated\n").unwrap();
+    fs::rename(&next, &secret).unwrap();
+    let deadline = Instant::now() + ALERT_TIMEOUT;
+    let mut readers = Vec::new();
+    let replaced = loop {
+        readers.push(read_by(Path::new("/usr/bin/tail"), &secret));
+        let seen = agent.alerts().into_iter().find(|a| {
+            kind(a) == "sensitive_file_read" && pid(a).is_some_and(|p| readers.contains(&p))
+        });
+        if let Some(a) = seen {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no read of the replaced file reported:\n{}",
+            agent.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(path(&replaced), secret.to_str(), "{replaced}");
+
+    agent.barrier(&lab, "after the reads");
+    let out = agent.stop();
+    let of_allowed: Vec<&Value> = out
+        .alerts
+        .iter()
+        .filter(|a| pid(a) == Some(allowed) && !HEALTH_KINDS.contains(&kind(a)))
+        .collect();
+    assert!(of_allowed.is_empty(), "the allowed reader: {of_allowed:?}");
+    let reads: Vec<&Value> = out
+        .alerts
+        .iter()
+        .filter(|a| kind(a) == "sensitive_file_read" && pid(a) == Some(stolen))
+        .collect();
+    assert_eq!(reads.len(), 1, "one alert per read: {reads:?}");
+}

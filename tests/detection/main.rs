@@ -36,6 +36,7 @@ const HEALTH_KINDS: [&str; 3] = ["agent_tamper", "sensor_data_loss", "policy_rej
 
 // The tests: one scenario of attacks and a healthy workload; integrity and anti-rollback across
 // restarts. The agent runner, keys, policies and configuration are in `support`.
+mod behaviour;
 mod canonical;
 mod loader;
 mod privilege;

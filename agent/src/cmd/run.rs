@@ -302,6 +302,8 @@ struct Detecting {
     policies: mpsc::UnboundedReceiver<PolicyEvent>,
     modes: ModesConfig,
     own: Vec<PathBuf>,
+    /// The sensitive files changed (a new policy): the open listener is to be told.
+    watched_changed: bool,
 }
 
 impl Detecting {
@@ -348,6 +350,7 @@ impl Detecting {
             canary: Canary::new(config.canary_interval),
             rescan_interval: config.rescan_interval,
             last_scan: Instant::now(),
+            watched_changed: true,
             counters,
             policies,
             modes: config.modes,
@@ -378,6 +381,7 @@ impl Detecting {
                     v.policy.metadata.serial
                 );
                 self.detector = Detector::new(v.policy, modes, self.own.clone());
+                self.watched_changed = true;
                 // The new policy may protect other files, or the same ones with other hashes.
                 self.rescan()
             }
@@ -458,5 +462,9 @@ impl Sink for Detecting {
             self.rescan()?;
         }
         self.alerter.flush_sinks()
+    }
+
+    fn watched_files(&mut self) -> Option<Vec<PathBuf>> {
+        std::mem::take(&mut self.watched_changed).then(|| self.detector.sensitive_files())
     }
 }

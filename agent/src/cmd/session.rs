@@ -5,7 +5,7 @@
 //! Losses are never silent: every second the in-kernel loss counters are read and any increase
 //! goes to the sink.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -18,8 +18,9 @@ use tokio::{
 use crate::{
     enrich::{identity::ExecFiles, Enricher, Event},
     sensors::{
-        self, decode, fanotify::ExecWatch, preflight, KernelCounters, SensorArgs, SensorSet,
-        Sensors,
+        self, decode,
+        fanotify::{ExecWatch, OpenWatch},
+        preflight, KernelCounters, SensorArgs, SensorSet, Sensors,
     },
 };
 
@@ -36,6 +37,11 @@ pub trait Sink {
     /// Called every second, for work on a timer.
     fn tick(&mut self) -> anyhow::Result<()> {
         Ok(())
+    }
+    /// The files whose opens to report (as `read` events), when that changed since the last
+    /// call (the first call gives the initial list). Asked at start and every second.
+    fn watched_files(&mut self) -> Option<Vec<PathBuf>> {
+        None
     }
 }
 
@@ -71,6 +77,7 @@ pub async fn run(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with the event loop")?;
+    let mut opens = open_watch(sink);
     release_startup_memory();
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
@@ -93,9 +100,24 @@ pub async fn run(
                 pump.drain(guard.get_inner_mut(), sink)?;
                 guard.clear_ready();
             }
+            guard = readable(&mut opens) => {
+                let mut guard = guard.context("waiting for the open listener")?;
+                // The exec records queued before these opens first: an open is judged by what
+                // its process runs.
+                pump.drain(ring.get_mut(), sink)?;
+                pump.opened(guard.get_inner_mut(), sink)?;
+                guard.clear_ready();
+            }
             _ = tick.tick() => {
                 pump.report_losses(&sensors, sink)?;
                 sink.tick()?;
+                if let Some(w) = opens.as_mut() {
+                    let w = w.get_mut();
+                    if let Some(files) = sink.watched_files() {
+                        w.set(files);
+                    }
+                    w.refresh();
+                }
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -112,6 +134,44 @@ pub async fn run(
         pump.enricher.processes()
     );
     Ok(pump.stats)
+}
+
+/// The open listener for the files `sink` watches, or `None`: none to watch, or (said once)
+/// this kernel or these privileges do not allow it.
+fn open_watch(sink: &mut impl Sink) -> Option<AsyncFd<OpenWatch>> {
+    let files = sink.watched_files().unwrap_or_default();
+    let mut watch = match OpenWatch::start() {
+        Ok(w) => w,
+        Err(e) => {
+            if !files.is_empty() {
+                log::warn!(
+                    "sensitive files are not watched: the open listener could not start ({e})"
+                );
+            }
+            return None;
+        }
+    };
+    watch.set(files);
+    // SAFETY: the listener owns its group's descriptor and keeps it open for as long as it
+    // lives, which is as long as the `AsyncFd` that owns it.
+    match unsafe { AsyncFd::register_with_interest(watch, Interest::READABLE) } {
+        Ok(w) => Some(w),
+        Err(e) => {
+            let e = e.into_parts().1;
+            log::warn!("sensitive files are not watched: {e}");
+            None
+        }
+    }
+}
+
+/// Waits until the open listener has events; never, without one.
+async fn readable(
+    opens: &mut Option<AsyncFd<OpenWatch>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, OpenWatch>> {
+    match opens {
+        Some(w) => w.readable_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The exec listener, or `None` (said once) when this kernel or these privileges do not allow
@@ -167,6 +227,18 @@ impl Pump {
                         log::warn!("undecodable record #{n} ({} bytes): {err}", item.len());
                     }
                 }
+            }
+        }
+        sink.flush()
+    }
+
+    /// Hands the opens of watched files queued now to the sink, as `read` events; not the
+    /// agent's own (its rescans hash protected files, which may be sensitive ones).
+    fn opened(&mut self, watch: &mut OpenWatch, sink: &mut impl Sink) -> anyhow::Result<()> {
+        let me = std::process::id();
+        for (pid, path) in watch.drain(1024) {
+            if pid != me {
+                sink.event(self.enricher.read(pid, path))?;
             }
         }
         sink.flush()

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use picket_common::FileOp;
@@ -25,6 +25,8 @@ pub struct Behaviour {
     /// Parent program → the programs it may start. Empty: lineage is not checked.
     lineage: HashMap<String, HashSet<String>>,
     append_only: Vec<(CanonGlob, HashSet<String>)>,
+    /// Sensitive files as the policy names them → their readers, canonical.
+    sensitive: HashMap<String, HashSet<String>>,
 }
 
 /// What an exec's lineage check found wrong.
@@ -46,6 +48,14 @@ impl Behaviour {
         Self {
             interpreters: section.interpreters.iter().map(CanonGlob::new).collect(),
             lineage,
+            sensitive: section
+                .sensitive
+                .iter()
+                .map(|s| {
+                    let readers = s.readers.iter().map(|r| key(r.as_str())).collect();
+                    (s.path.as_str().to_string(), readers)
+                })
+                .collect(),
             append_only: section
                 .append_only
                 .iter()
@@ -97,6 +107,20 @@ impl Behaviour {
             child: child_key,
             details,
         })
+    }
+
+    /// The sensitive files, as the policy names them (the open listener watches them).
+    pub fn sensitive_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.sensitive.keys().map(PathBuf::from).collect();
+        files.sort();
+        files
+    }
+
+    /// Whether the executable `reader` may read the sensitive file `path` (as the policy names
+    /// it); `None` when `path` is not a sensitive file.
+    pub fn may_read(&self, path: &str, reader: Option<&str>) -> Option<bool> {
+        let readers = self.sensitive.get(path)?;
+        Some(reader.is_some_and(|r| readers.contains(&key(r))))
     }
 
     /// Whether `op` on `path` (spelled `raw`, `canonical` in canonical form) by the executable

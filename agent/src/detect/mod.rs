@@ -5,6 +5,7 @@
 //! the per-event cost does not grow with the size of the baseline; globs and network rules are
 //! scanned (they are few).
 
+mod behaviour;
 pub mod canary;
 pub mod integrity;
 mod loader;
@@ -95,6 +96,7 @@ pub struct Detector {
     /// Executables named by network rules → the file each name leads to, when that differs
     /// (events name the file that ran: `/usr/bin/python3.11` for a rule's `/usr/bin/python3`).
     rule_files: HashMap<String, String>,
+    behaviour: behaviour::Behaviour,
 }
 
 /// A policy glob, with its literal directory prefix in canonical form when that differs.
@@ -215,7 +217,9 @@ impl Detector {
                 Some((name.as_str().to_string(), file.to_string()))
             })
             .collect();
+        let behaviour = behaviour::Behaviour::new(&policy.behaviour);
         Self {
+            behaviour,
             policy,
             modes,
             executables,
@@ -257,7 +261,8 @@ impl Detector {
                     hash_error: hash_error.as_deref(),
                     name_used: name_used.as_deref(),
                 };
-                self.exec(event, r, flags, &mut out)
+                self.exec(event, r, flags, &mut out);
+                self.lineage(event, r, &mut out);
             }
             Detail::Net {
                 op, local, remote, ..
@@ -272,9 +277,10 @@ impl Detector {
                 };
                 forget_resolutions(*op, path.as_deref(), new_path);
                 for p in path.iter().chain(new_path) {
-                    self.file(event, *op, p, &mut out);
+                    self.file(event, r, *op, p, &mut out);
                 }
             }
+            Detail::Read { path } => self.read(event, r, path, &mut out),
             Detail::Fork { .. } | Detail::Exit { .. } | Detail::Privilege(_) => {}
         }
         // Setuid bits, file capabilities, modules, ptrace, mounts: see `privilege`.
@@ -326,6 +332,109 @@ impl Detector {
                 raise(out, Kind::UnknownExecutable, Severity::High, details);
             }
             (Entry::Listed(_), Some(_)) | (Entry::Globbed, _) => {}
+        }
+        if let Some(script) = self.behaviour.script(exe, &ctx.image) {
+            self.script(event, exe, script, ctx.image.script_sha256.as_ref(), out);
+        }
+    }
+
+    /// A script file run by an interpreter the policy names, judged like an executable: from
+    /// a temporary location, not in the baseline, or with another SHA-256. Its alerts name the
+    /// script and the interpreter (`rule` `executables.scripts`).
+    fn script(
+        &self,
+        event: &Event,
+        interpreter: &str,
+        script: &Path,
+        sha256: Option<&crate::enrich::script::ScriptDigest>,
+        out: &mut Vec<Draft>,
+    ) {
+        let text = script.to_string_lossy();
+        let raise = |out: &mut Vec<Draft>, kind, severity, mut details: Value| {
+            details["interpreter"] = json!(interpreter);
+            out.push(draft(
+                kind,
+                severity,
+                "executables.scripts",
+                &text,
+                details,
+                event,
+            ));
+        };
+        if TEMPORARY.iter().any(|t| text.starts_with(t)) {
+            let details = json!({ "reason": "script in a temporary location" });
+            raise(out, Kind::SuspiciousExec, Severity::High, details);
+        }
+        let hex = crate::paths::hex;
+        let (actual, reason) = match sha256 {
+            Some(Ok(d)) => (Some(*d), None),
+            Some(Err(e)) => (None, Some(e.as_str())),
+            None => (None, None),
+        };
+        let reason = reason.unwrap_or(NO_HASH);
+        match (self.baseline_entry(&text, None), actual) {
+            (Entry::Listed(expected), Some(actual)) if actual != *expected => {
+                let details = json!({ "expected": hex(expected), "actual": hex(&actual) });
+                raise(out, Kind::ModifiedExecutable, Severity::Critical, details);
+            }
+            (Entry::Listed(expected), None) => {
+                let details = json!({ "expected": hex(expected), "reason": reason });
+                raise(out, Kind::UnverifiedExecutable, Severity::Medium, details);
+            }
+            (Entry::Unknown, actual) => {
+                let details = match actual {
+                    Some(sha) => json!({ "sha256": hex(&sha) }),
+                    None => json!({ "sha256": null, "hash_error": reason }),
+                };
+                raise(out, Kind::UnknownExecutable, Severity::High, details);
+            }
+            (Entry::Listed(_), Some(_)) | (Entry::Globbed, _) => {}
+        }
+    }
+
+    /// The files whose opens are reported (`read` events): the policy's sensitive files.
+    pub fn sensitive_files(&self) -> Vec<PathBuf> {
+        self.behaviour.sensitive_files()
+    }
+
+    /// A sensitive file opened by an executable the policy does not allow to read it.
+    fn read(&self, event: &Event, r: &Record, path: &Path, out: &mut Vec<Draft>) {
+        if self.modes.behaviour == Mode::Off {
+            return;
+        }
+        let Some(text) = path.to_str() else {
+            return;
+        };
+        let reader = r.process.as_ref().and_then(|p| p.exe_text());
+        if self.behaviour.may_read(text, reader.as_deref()) == Some(false) {
+            out.push(draft(
+                Kind::SensitiveFileRead,
+                Severity::High,
+                "behaviour.sensitive",
+                text,
+                json!({ "reader": reader }),
+                event,
+            ));
+        }
+    }
+
+    /// An exec by a parent the behavioural baseline does not expect to start it.
+    fn lineage(&self, event: &Event, r: &Record, out: &mut Vec<Draft>) {
+        if self.modes.behaviour == Mode::Off {
+            return;
+        }
+        let Some(ctx) = &r.process else {
+            return;
+        };
+        if let Some(found) = self.behaviour.lineage(&ctx.image, ctx.ancestry.first()) {
+            out.push(draft(
+                Kind::UnexpectedLineage,
+                Severity::High,
+                "behaviour.lineage",
+                &found.child,
+                found.details,
+                event,
+            ));
         }
     }
 
@@ -451,7 +560,7 @@ impl Detector {
         }
     }
 
-    fn file(&self, event: &Event, op: FileOp, path: &Path, out: &mut Vec<Draft>) {
+    fn file(&self, event: &Event, r: &Record, op: FileOp, path: &Path, out: &mut Vec<Draft>) {
         let op_name = file_op_name(op);
         // Compared in canonical form, as the policy's paths are; reported as the event says.
         let canonical = canon::canonical(path);
@@ -470,18 +579,18 @@ impl Detector {
             ));
             return;
         }
-        if self.modes.files == Mode::Off {
-            return;
-        }
         // As printed: lossy text for a name that is not UTF-8.
         let text: Cow<'_, str> = path.to_string_lossy();
         let canonical_text = canonical.to_string_lossy();
-        let protected = self.protected.contains(canonical_text.as_ref())
-            || self
-                .protected_globs
-                .iter()
-                .any(|g| g.matches(&text, &canonical_text));
-        let attributes_changed = matches!(op, FileOp::Chmod | FileOp::Chown)
+        let files_on = self.modes.files != Mode::Off;
+        let protected = files_on
+            && (self.protected.contains(canonical_text.as_ref())
+                || self
+                    .protected_globs
+                    .iter()
+                    .any(|g| g.matches(&text, &canonical_text)));
+        let attributes_changed = files_on
+            && matches!(op, FileOp::Chmod | FileOp::Chown)
             && self.attributes.contains(canonical_text.as_ref());
         if protected || attributes_changed {
             out.push(draft(
@@ -496,6 +605,29 @@ impl Detector {
                 json!({ "op": op_name }),
                 event,
             ));
+        }
+        if self.modes.behaviour != Mode::Off {
+            let flags = match &r.detail {
+                Detail::File { flags, .. } => *flags,
+                _ => 0,
+            };
+            let actor = r.process.as_ref().and_then(|p| p.exe_text());
+            if self.behaviour.append_only_broken(
+                op,
+                flags,
+                &text,
+                &canonical_text,
+                actor.as_deref(),
+            ) {
+                out.push(draft(
+                    Kind::AppendOnlyViolated,
+                    Severity::High,
+                    "behaviour.append_only",
+                    &text,
+                    json!({ "op": op_name }),
+                    event,
+                ));
+            }
         }
     }
 }

@@ -176,6 +176,10 @@ pub enum Detail {
         remote: (IpAddr, u16),
         socket_type: Option<&'static str>,
     },
+    /// A watched (sensitive) file opened, seen by the open listener.
+    Read {
+        path: PathBuf,
+    },
     File {
         op: FileOp,
         path: Option<PathBuf>,
@@ -239,6 +243,7 @@ impl Record {
             Detail::Net { .. } => "net",
             Detail::File { .. } => "file",
             Detail::Privilege(_) => "privilege",
+            Detail::Read { .. } => "read",
         }
     }
 
@@ -383,6 +388,7 @@ impl Detail {
                 (*flags, *mode, *owner, *group, *length),
             ),
             Detail::Privilege(p) => emit_privilege(out, p),
+            Detail::Read { path } => put_path(out, "path", "path_hex", path),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod hash;
 pub mod identity;
 pub mod privilege;
 pub mod process;
+pub mod script;
 mod socket;
 #[cfg(test)]
 mod tests;
@@ -41,7 +42,7 @@ use self::{
 };
 use crate::{
     paths::{self, read_proc_link},
-    sensors::decode::{Exec, File, Net, RawEvent},
+    sensors::decode::{Comm, Exec, File, Net, RawEvent, Task},
 };
 
 /// Keeps the state that gives events their context.
@@ -121,6 +122,38 @@ impl Enricher {
         }
     }
 
+    /// A watched file opened by process `pid` (from the open listener, which gives no more than
+    /// the pid): the process's context from the table, its ids and name from `/proc` while it
+    /// lives.
+    pub fn read(&mut self, pid: u32, path: PathBuf) -> Event {
+        let proc_dir = std::fs::metadata(format!("/proc/{pid}")).ok();
+        let mut comm = [0u8; picket_common::COMM_LEN];
+        if let Ok(name) = std::fs::read(format!("/proc/{pid}/comm")) {
+            let name = name.strip_suffix(b"\n").unwrap_or(&name);
+            let n = name.len().min(comm.len());
+            comm[..n].copy_from_slice(&name[..n]);
+        }
+        let task = Task {
+            pid,
+            tid: pid,
+            uid: proc_dir.as_ref().map_or(0, |m| m.uid()),
+            gid: proc_dir.as_ref().map_or(0, |m| m.gid()),
+            boot_ns: 0,
+            cgroup_id: 0,
+            comm: Comm::new(&comm),
+            known: proc_dir.is_some(),
+        };
+        let process = Some(self.context(pid));
+        event(
+            Category::File,
+            Record {
+                task,
+                process,
+                detail: Detail::Read { path },
+            },
+        )
+    }
+
     /// Number of processes in the table.
     pub fn processes(&self) -> usize {
         self.table.len()
@@ -164,7 +197,9 @@ impl Enricher {
         // A memory file has no name to delete: the kernel marks it so all the same.
         let deleted = !fileless && (seen.deleted || exe_text.ends_with(b" (deleted)"));
 
-        self.table.exec(pid, Some(seen.exe), seen.sha256, e.argv);
+        let code = self.code(pid, &seen.exe, &e.argv);
+        self.table
+            .exec(pid, Some(seen.exe), seen.sha256, e.argv, code);
         let process = Some(self.context(pid));
         event(
             Category::Exec,
@@ -188,6 +223,31 @@ impl Enricher {
                 },
             },
         )
+    }
+
+    /// For an interpreter, the code `pid` runs with `argv` (a relative script found from its
+    /// working directory, read only then) and, for a script file, its SHA-256 or why there is
+    /// none.
+    fn code(
+        &mut self,
+        pid: u32,
+        exe: &Path,
+        argv: &[Vec<u8>],
+    ) -> Option<(script::Code, Option<script::ScriptDigest>)> {
+        let code = match script::code_of(exe, argv, None)? {
+            script::Code::Script(p) if p.is_relative() => {
+                let cwd = self.table.cwd(pid);
+                script::code_of(exe, argv, cwd.as_deref())?
+            }
+            code => code,
+        };
+        let digest = match &code {
+            script::Code::Script(p) if p.is_absolute() => {
+                Some(self.hashes.sha256(p).map_err(|e| e.to_string()))
+            }
+            _ => None,
+        };
+        Some((code, digest))
     }
 
     /// How the exec of `pid` named its file: a path (made absolute), a descriptor (with what

@@ -29,6 +29,8 @@ fn context(exe: &[u8]) -> Option<Context> {
             exe: Some(paths::from_bytes(exe)),
             sha256: Some([0xab; 32]),
             argv: vec![b"sh".to_vec(), b"-c\xff".to_vec()],
+            code: None,
+            script_sha256: None,
         }),
         ancestry: vec![Ancestor {
             pid: 1,

@@ -21,10 +21,13 @@
 //! fails and the agent reads `/proc/PID/exe` instead (racy for processes that exit at once).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::File,
     io,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::{
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -128,65 +131,170 @@ impl ExecWatch {
 
     /// Reads the events queued now (without waiting), at most `max`, and hands each to `seen`
     /// as it is read (each holds a descriptor: handled and closed one read at a time).
-    pub fn drain(&mut self, max: usize, mut seen: impl FnMut(Opened)) {
-        let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
-        let mut handed = 0;
-        while handed < max {
-            let bytes = self.buf.len() * 8;
-            // SAFETY: the buffer is valid for `bytes` bytes and outlives the call.
-            let n = unsafe {
-                libc::read(
-                    self.group.as_fd().as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    bytes,
-                )
-            };
-            let Ok(n) = usize::try_from(n) else {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return,
-                    // The event could not be given a descriptor (EMFILE, ENFILE, ...): the
-                    // kernel dropped it.
-                    _ => {
-                        self.lost += 1;
-                        log::warn!("exec listener: an event was lost: {e}");
-                        return;
-                    }
+    pub fn drain(&mut self, max: usize, seen: impl FnMut(Opened)) {
+        read_events(&self.group, &mut self.buf, &mut self.lost, max, seen);
+    }
+}
+
+/// Reads the events of `group` queued now (without waiting), at most `max` (checked per read),
+/// and hands each to `seen`; counts the lost ones in `lost`.
+fn read_events(
+    group: &Fanotify,
+    buf: &mut [u64],
+    lost: &mut u64,
+    max: usize,
+    mut seen: impl FnMut(Opened),
+) {
+    let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
+    let mut handed = 0;
+    while handed < max {
+        let bytes = buf.len() * 8;
+        // SAFETY: the buffer is valid for `bytes` bytes and outlives the call.
+        let n = unsafe { libc::read(group.as_fd().as_raw_fd(), buf.as_mut_ptr().cast(), bytes) };
+        let Ok(n) = usize::try_from(n) else {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return,
+                // The event could not be given a descriptor (EMFILE, ENFILE, ...): the
+                // kernel dropped it.
+                _ => {
+                    *lost += 1;
+                    log::warn!("fanotify listener: an event was lost: {e}");
+                    return;
                 }
-            };
-            if n == 0 {
-                return;
             }
-            let mut offset = 0;
-            while offset + meta <= n {
-                // SAFETY: the kernel wrote a whole `fanotify_event_metadata` at `offset`
-                // (checked above); `read_unaligned` does not need alignment.
-                let m: libc::fanotify_event_metadata = unsafe {
-                    std::ptr::read_unaligned(self.buf.as_ptr().cast::<u8>().add(offset).cast())
-                };
-                if m.event_len == 0 {
-                    break;
+        };
+        if n == 0 {
+            return;
+        }
+        let mut offset = 0;
+        while offset + meta <= n {
+            // SAFETY: the kernel wrote a whole `fanotify_event_metadata` at `offset`
+            // (checked above); `read_unaligned` does not need alignment.
+            let m: libc::fanotify_event_metadata =
+                unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<u8>().add(offset).cast()) };
+            if m.event_len == 0 {
+                break;
+            }
+            offset += m.event_len as usize;
+            if m.fd < 0 {
+                if m.mask & libc::FAN_Q_OVERFLOW != 0 {
+                    *lost += 1;
                 }
-                offset += m.event_len as usize;
-                if m.fd < 0 {
-                    if m.mask & libc::FAN_Q_OVERFLOW != 0 {
-                        self.lost += 1;
+                continue;
+            }
+            // SAFETY: the kernel created this descriptor for us; nothing else owns it.
+            let file = unsafe { File::from_raw_fd(m.fd) };
+            if m.vers != libc::FANOTIFY_METADATA_VERSION {
+                continue;
+            }
+            handed += 1;
+            seen(Opened {
+                pid: u32::try_from(m.pid).unwrap_or(0),
+                file,
+            });
+        }
+    }
+}
+
+/// Opens of a few named files (sensitive ones), by inode marks: no other open on the device
+/// costs anything more. A file replaced under its name (written to a new file renamed over it,
+/// as `passwd` does) is a new inode: [`OpenWatch::refresh`] marks it, and until then its opens
+/// are not seen.
+pub struct OpenWatch {
+    group: Fanotify,
+    buf: Vec<u64>,
+    /// The paths to watch, each with the identity (device, inode) last marked.
+    wanted: Vec<(PathBuf, Option<(u64, u64)>)>,
+    /// Identities marked → the path they were marked under.
+    marked: HashMap<(u64, u64), PathBuf>,
+    /// Events lost (queue overflow, no descriptor).
+    pub lost: u64,
+}
+
+impl OpenWatch {
+    /// Creates the group, with nothing marked yet.
+    pub fn start() -> io::Result<Self> {
+        let group = Fanotify::init(
+            InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK,
+            EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+        )?;
+        Ok(Self {
+            group,
+            buf: vec![0; 512],
+            wanted: Vec::new(),
+            marked: HashMap::new(),
+            lost: 0,
+        })
+    }
+
+    /// Watches `paths` from now on, instead of those watched before.
+    pub fn set(&mut self, paths: Vec<PathBuf>) {
+        if let Err(e) = self.group.mark(
+            MarkFlags::FAN_MARK_FLUSH,
+            MaskFlags::empty(),
+            None,
+            None::<&Path>,
+        ) {
+            log::warn!("sensitive files: clearing the marks: {e}");
+        }
+        self.marked.clear();
+        self.wanted = paths.into_iter().map(|p| (p, None)).collect();
+        self.refresh();
+    }
+
+    /// Marks what each watched path names now when that is not what was marked (a file
+    /// created since, or replaced). Costs one `stat` per path.
+    pub fn refresh(&mut self) {
+        for (path, last) in &mut self.wanted {
+            let Ok(meta) = std::fs::metadata(&*path) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            if *last == Some(id) {
+                continue;
+            }
+            match self.group.mark(
+                MarkFlags::FAN_MARK_ADD,
+                MaskFlags::FAN_OPEN,
+                None,
+                Some(&*path),
+            ) {
+                Ok(()) => {
+                    *last = Some(id);
+                    self.marked.insert(id, path.clone());
+                }
+                Err(e) => {
+                    if last.is_none() {
+                        log::warn!("sensitive file {}: cannot watch it: {e}", path.display());
                     }
-                    continue;
+                    // Said once: the next tries stay quiet.
+                    *last = Some((u64::MAX, u64::MAX));
                 }
-                // SAFETY: the kernel created this descriptor for us; nothing else owns it.
-                let file = unsafe { File::from_raw_fd(m.fd) };
-                if m.vers != libc::FANOTIFY_METADATA_VERSION {
-                    continue;
-                }
-                handed += 1;
-                seen(Opened {
-                    pid: u32::try_from(m.pid).unwrap_or(0),
-                    file,
-                });
             }
         }
+    }
+
+    /// Reads the opens queued now, at most `max`: (pid, path as watched) for each.
+    pub fn drain(&mut self, max: usize) -> Vec<(u32, PathBuf)> {
+        let mut out = Vec::new();
+        let marked = &self.marked;
+        read_events(&self.group, &mut self.buf, &mut self.lost, max, |o| {
+            let Ok(meta) = o.file.metadata() else {
+                return;
+            };
+            if let Some(path) = marked.get(&(meta.dev(), meta.ino())) {
+                out.push((o.pid, path.clone()));
+            }
+        });
+        out
+    }
+}
+
+impl AsRawFd for OpenWatch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.group.as_fd().as_raw_fd()
     }
 }
 

@@ -30,6 +30,7 @@ fn title(kind: &str) -> &'static str {
         "process_injection" => "Process attached to or memory written",
         "mount_changed" => "Filesystem mounted or remounted",
         "append_only_violated" => "Append-only file truncated or removed",
+        "sensitive_file_read" => "Sensitive file read",
         _ => "Picket alert",
     }
 }

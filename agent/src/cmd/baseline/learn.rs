@@ -53,7 +53,14 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
         Some(path) => Some(picket_policy::load_toml_file(path)?),
         None => None,
     };
-    let mut seen = Learned::default();
+    let mut seen = Learned {
+        watched: base.as_ref().map(|p| {
+            (p.behaviour.sensitive.iter())
+                .map(|s| PathBuf::from(s.path.as_str()))
+                .collect()
+        }),
+        ..Learned::default()
+    };
     let purpose = format!("learning for {:?}", args.duration);
     let stats = session::run(
         &args.sensors,
@@ -111,6 +118,10 @@ struct Learned {
     lineage: BTreeSet<(String, String)>,
     /// Executables seen running code: a script file or inline code.
     interpreters: BTreeSet<String>,
+    /// The base policy's sensitive files, to watch (taken once by the session).
+    watched: Option<Vec<PathBuf>>,
+    /// (sensitive file, executable) pairs: who read what.
+    readers: BTreeSet<(String, String)>,
     notes: BTreeSet<String>,
 }
 
@@ -128,6 +139,11 @@ impl Sink for Learned {
             }
             Some("net") => self.net(f, exe),
             Some("file") => self.file(text("path")),
+            Some("read") => {
+                if let (Some(path), Some(exe)) = (text("path"), exe) {
+                    self.readers.insert((path, exe));
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -135,6 +151,10 @@ impl Sink for Learned {
 
     fn lost(&mut self, _sensor: Sensor, _new: u64, _total: u64) -> anyhow::Result<()> {
         Ok(())
+    }
+
+    fn watched_files(&mut self) -> Option<Vec<PathBuf>> {
+        self.watched.take()
     }
 }
 
@@ -290,9 +310,23 @@ impl Learned {
         }
     }
 
-    /// Adds the lineage pairs and the interpreters seen.
+    /// Adds the lineage pairs, the interpreters seen and the readers of the sensitive files.
     fn add_behaviour(&mut self, policy: &mut Policy) {
         let b = &mut policy.behaviour;
+        for (path, exe) in std::mem::take(&mut self.readers) {
+            let Some(file) = b.sensitive.iter_mut().find(|s| s.path.as_str() == path) else {
+                continue;
+            };
+            match exe.parse() {
+                Ok(reader) if !file.readers.contains(&reader) => file.readers.push(reader),
+                Ok(_) => {}
+                Err(_) => {
+                    self.notes.insert(format!(
+                        "reader {exe} of {path} not kept: not a policy path"
+                    ));
+                }
+            }
+        }
         for (parent, child) in std::mem::take(&mut self.lineage) {
             match (parent.parse(), child.parse()) {
                 (Ok(parent), Ok(child)) => b.lineage.push(Lineage { parent, child }),
