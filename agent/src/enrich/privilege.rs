@@ -10,6 +10,8 @@
 //! saw: an `unshare(CLONE_NEWNS)` by the process (or by an ancestor before forking it) makes it
 //! private; otherwise the nearest living ancestor's namespace is its own (nothing seen changed
 //! it); a `setns` seen, or no living ancestor, leaves it unknown, which counts as the host's.
+//! A process cloned straight into a new namespace (`clone(CLONE_NEWNS)`) is told apart only
+//! while it lives.
 
 use std::path::{Path, PathBuf};
 
