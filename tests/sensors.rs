@@ -90,6 +90,50 @@ fn exec_of_known_binary_with_arguments() {
 }
 
 #[test]
+fn argv_past_the_limit_is_marked_truncated() {
+    let mon = Monitor::start(picket(), &["--filter", "exec"]);
+    let marker = unique("picket-argv");
+    // 40 arguments: more than the 32 the kernel side copies.
+    let args: Vec<String> = (0..40).map(|i| format!("{marker}-{i}")).collect();
+    let pid = run(Command::new("/bin/true").args(&args));
+    let ev = mon.wait_for_pid(&format!("exec of /bin/true by pid {pid}"), pid, |e| {
+        e.kind() == "exec"
+    });
+    assert_eq!(ev["argv_truncated"], true, "{ev}");
+    let argv = ev.argv();
+    assert!(
+        argv.len() < 41 && argv[1..] == args[..argv.len() - 1],
+        "argv must be the first arguments, in order: {ev}"
+    );
+}
+
+#[test]
+fn filter_reports_only_the_kinds_asked_for() {
+    let mon = Monitor::start(picket(), &["--filter", "net"]);
+    let me = std::process::id();
+    let (dir, file) = file_in_temp_dir();
+    std::fs::write(&file, "changed\n").unwrap();
+    let pid = run(Command::new("/bin/true").arg(unique("picket-filter")));
+    // Then a connection, which is reported: once it arrived, the rest would have too.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    mon.wait_for_pid(&format!("tcp_connect to port {port}"), me, |e| {
+        is_net(e, "tcp_connect") && e.u64_field("remote_port") == Some(u64::from(port))
+    });
+    let other: Vec<Value> = mon
+        .events()
+        .into_iter()
+        .filter(|e| e.kind() == "exec" || e.kind() == "file")
+        .collect();
+    assert!(
+        other.is_empty(),
+        "--filter net reported other kinds (exec of pid {pid}, {} written): {other:?}",
+        dir.path().display()
+    );
+}
+
+#[test]
 fn exec_by_relative_path_reports_absolute_exe() {
     let mon = Monitor::start(picket(), &["--filter", "exec"]);
     let dir = TempDir::new();
@@ -473,6 +517,79 @@ fn unlink_is_reported() {
         &format!("unlink of {} by pid {pid}", file.display()),
         pid,
         |e| is_file_op(e, "unlink", &file),
+    );
+}
+
+#[test]
+fn mkdir_symlink_link_and_rmdir_are_reported() {
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
+    let me = std::process::id();
+    let dir = TempDir::new();
+    let (sub, file) = (dir.join("sub"), dir.join("f"));
+    let (soft, hard) = (dir.join("soft"), dir.join("hard"));
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(&file, "content\n").unwrap();
+    // A relative target, reported as written.
+    std::os::unix::fs::symlink("f", &soft).unwrap();
+    std::fs::hard_link(&file, &hard).unwrap();
+    std::fs::remove_dir(&sub).unwrap();
+
+    mon.wait_for_pid(&format!("mkdir of {}", sub.display()), me, |e| {
+        is_file_op(e, "mkdir", &sub)
+    });
+    let ev = mon.wait_for_pid(&format!("symlink {}", soft.display()), me, |e| {
+        is_file_op(e, "symlink", &soft)
+    });
+    assert_eq!(ev.str_field("target"), Some("f"), "{ev}");
+    let ev = mon.wait_for_pid(&format!("link {}", hard.display()), me, |e| {
+        is_file_op(e, "link", &hard)
+    });
+    assert_eq!(
+        ev.str_field("target").map(Path::new),
+        Some(file.as_path()),
+        "{ev}"
+    );
+    mon.wait_for_pid(&format!("rmdir of {}", sub.display()), me, |e| {
+        is_file_op(e, "rmdir", &sub)
+    });
+}
+
+#[test]
+fn read_only_opens_and_failed_changes_are_not_reported() {
+    // The file is written before the monitor starts: only what follows is looked at.
+    let (dir, file) = file_in_temp_dir();
+    let mon = Monitor::start(picket(), &["--filter", "file"]);
+    let me = std::process::id();
+    let missing = dir.join("missing/f");
+    for _ in 0..10 {
+        std::fs::File::open(&file).unwrap();
+    }
+    // Changes that fail: nothing changed, nothing to report.
+    assert!(std::fs::create_dir(dir.join("f")).is_err());
+    assert!(std::fs::write(&missing, "x").is_err());
+    assert!(std::fs::remove_file(dir.join("absent")).is_err());
+    // Then a change that is reported: the ring buffer is read in order, so once it arrived
+    // anything the actions above had put there has been read.
+    let sentinel = dir.join("sentinel");
+    std::fs::write(&sentinel, "x").unwrap();
+    mon.wait_for_pid("the sentinel's open", me, |e| {
+        is_file_op(e, "open", &sentinel)
+    });
+    let unwanted: Vec<Value> = mon
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e.kind() == "file"
+                && e.pid() == Some(me)
+                && e.str_field("path").is_some_and(|p| {
+                    let p = Path::new(p);
+                    p == file || p == missing || p == dir.join("absent")
+                })
+        })
+        .collect();
+    assert!(
+        unwanted.is_empty(),
+        "read-only opens or failed changes reported: {unwanted:?}"
     );
 }
 
