@@ -126,6 +126,16 @@ impl Mosquitto {
         }
     }
 
+    /// Writes the configuration and the ACL for `pki` and `options` anew (on the same port),
+    /// taken at the next [`Mosquitto::restart`].
+    pub fn set_options(&mut self, pki: &Pki, options: &Options) {
+        let files = Files::new(self.dir.path());
+        fs::write(&files.acl, acl_file(pki, options))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", files.acl.display()));
+        fs::write(&self.conf, config_file(pki, options, &files, self.port))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.conf.display()));
+    }
+
     /// Everything the broker logged so far (all restarts).
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

@@ -260,3 +260,53 @@ fn alerts_spooled_before_a_sigkill_are_delivered_after_restart() {
     assert_once_each(&seen);
     agent.stop();
 }
+
+/// MQTT v5: a broker that refuses an alert (PUBACK "not authorized") leaves it in the spool;
+/// it is sent again after the next reconnection, once the broker takes it.
+#[test]
+fn an_alert_the_broker_refuses_stays_spooled_and_is_sent_after_reconnecting() {
+    let _serial = serial();
+    let refusing = BrokerOptions {
+        denied: vec![(DEVICE.to_string(), topic::topic(DEVICE, Channel::Alert))],
+        ..BrokerOptions::default()
+    };
+    let mut fleet = Fleet::with_broker("refused", &refusing);
+    let sub = fleet.subscriber();
+    let agent = Agent::start(&fleet.config(""));
+    wait_live_status(&sub, 0, Presence::Online, || agent.log());
+    let paths = fleet.unknown_execs("refused", 3);
+    agent.wait_log("the broker refused alert #", Duration::from_secs(15));
+    // Refused, kept: the spool holds them (heartbeats still go out).
+    let start = Instant::now();
+    loop {
+        let hb = last_heartbeat(&sub);
+        if hb
+            .as_ref()
+            .is_some_and(|hb| hb.spool_pending >= 3 && hb.alerts.spooled >= 3)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no heartbeat with the refused alerts pending: {hb:?}\n{}",
+            tail(&agent.log(), 20)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let wanted: BTreeSet<String> = paths.iter().cloned().collect();
+    assert!(
+        alerts_about(&sub, &wanted).is_empty(),
+        "an alert the broker refused reached the subscriber"
+    );
+
+    // The broker takes alerts again (restarted: a new connection).
+    let pki = &fleet.pki;
+    fleet.broker.set_options(pki, &BrokerOptions::default());
+    agent.pause();
+    fleet.broker.restart();
+    sub.wait_connected(2, Duration::from_secs(20));
+    agent.resume();
+    let seen = wait_for_alerts(&sub, &paths, Duration::from_secs(30), || agent.log());
+    assert_once_each(&seen);
+    agent.stop();
+}

@@ -20,6 +20,7 @@ use picket_proto::{
     Alert, AlertKind, Heartbeat, PolicyOutcome, PolicyResult, Presence, Status,
 };
 use picket_test_support::bin::picket;
+use picket_test_support::mosquitto::Options as BrokerOptions;
 use picket_test_support::{
     hex, sha256_file, unique, Identity, Message, Mosquitto, Pki, Subscriber,
 };

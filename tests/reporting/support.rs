@@ -14,7 +14,7 @@ pub(crate) const BACKEND: &str = "picket-backend";
 
 /// Broker, PKI, keys and a directory for one test.
 pub(crate) struct Fleet {
-    pub(crate) _pki: Pki,
+    pub(crate) pki: Pki,
     pub(crate) broker: Mosquitto,
     pub(crate) root: PathBuf,
     pub(crate) key: PathBuf,
@@ -24,10 +24,15 @@ pub(crate) struct Fleet {
 
 impl Fleet {
     pub(crate) fn new(tag: &str) -> Fleet {
+        Fleet::with_broker(tag, &BrokerOptions::default())
+    }
+
+    /// A fleet whose broker runs with `options`.
+    pub(crate) fn with_broker(tag: &str, options: &BrokerOptions) -> Fleet {
         let pki = Pki::new();
         let device = pki.device(DEVICE);
         let backend = pki.backend(BACKEND);
-        let broker = Mosquitto::start(&pki);
+        let broker = Mosquitto::start_with(&pki, options);
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique(&format!("reporting-{tag}")));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("trust")).unwrap();
@@ -41,7 +46,7 @@ impl Fleet {
         fs::copy("/bin/true", root.join("bin/true")).unwrap();
         Fleet {
             key: root.join("vendor.key"),
-            _pki: pki,
+            pki,
             broker,
             root,
             device,
