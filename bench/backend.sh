@@ -133,7 +133,17 @@ ingest() { # KEY STORE_ARGS...: publishes, waits (at most DEADLINE s), records t
     result=$("$PUBLISH" --host localhost --port "$PORT" --ca ca.pem --certs devices \
         --devices "$DEVICES" --alerts "$ALERTS" --timeout 30 --deadline "$DEADLINE" "${@:2}")
     sample "$1" "$result"
-    [ "$("$XTASK" probe json - stored <<< "$result")" -gt 0 ] || { echo "nothing was stored" >&2; exit 1; }
+    local stored published
+    stored=$("$XTASK" probe json - stored <<< "$result")
+    published=$("$XTASK" probe json - published <<< "$result")
+    [ "$stored" -gt 0 ] || { echo "nothing was stored" >&2; exit 1; }
+    # A smoke run is small enough that every alert (ALERTS in all, shared by the devices) must
+    # be published and stored in time.
+    local want=$((ALERTS / DEVICES * DEVICES))
+    if [ "$SMOKE" = 1 ] && { [ "$published" -ne "$want" ] || [ "$stored" -ne "$published" ]; }; then
+        echo "smoke run: $stored of $published alerts stored ($want to publish)" >&2
+        exit 1
+    fi
 }
 
 # 1. SQLite, one instance.
