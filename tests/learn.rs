@@ -37,6 +37,11 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
     // (the test checks the one file written while learning).
     let script = dir.join("job.sh");
     fs::write(&script, format!("{} && :\n", tool.display())).unwrap();
+    // A file to set the setuid bit on, in a directory of its own (the test checks the one file
+    // written in `dir` while learning).
+    let suid = dir.join("suid");
+    fs::create_dir_all(&suid).unwrap();
+    fs::write(suid.join("tool"), b"").unwrap();
 
     let args = [
         OsStr::new("baseline"),
@@ -52,6 +57,13 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
     let learn = Agent::start(picket(), &args, "learning for");
 
     assert!(Command::new(&tool).status().unwrap().success());
+    // A privileged action: the setuid bit set.
+    assert!(Command::new("/usr/bin/chmod")
+        .arg("u+s")
+        .arg(suid.join("tool"))
+        .status()
+        .unwrap()
+        .success());
     assert!(Command::new("/bin/sh")
         .arg(&script)
         .status()
@@ -89,6 +101,13 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
         .unwrap_or_else(|| panic!("{script_text} not learned:\n{text}"));
     assert_eq!(learned.sha256.to_string(), sha256_file(&script));
     let b = &policy.behaviour;
+    assert!(
+        b.privileged
+            .iter()
+            .any(|p| p.action == picket_policy::model::Action::Setuid
+                && p.executable.as_str() == "/usr/bin/chmod"),
+        "the setuid bit set by chmod not learned:\n{text}"
+    );
     assert!(
         b.interpreters.iter().any(|g| g.as_str() == "/usr/bin/dash"),
         "the shell not learned as an interpreter:\n{text}"

@@ -1,6 +1,6 @@
 //! `picket baseline learn`: runs the sensors for a while and writes what the device actually did
 //! (executables with their hashes, scripts run by interpreters, outbound peers, listeners, which
-//! program started which, the interpreters, files written) as a draft policy
+//! program started which, the interpreters, privileged actions, files written) as a draft policy
 //! for a person to review, merged into an existing policy when one is given.
 
 use std::{
@@ -13,13 +13,17 @@ use std::{
 use anyhow::Context as _;
 use picket_common::Sensor;
 use picket_policy::{
-    model::{Executable, Glob, Lineage, Listen, Metadata, Outbound, Protocol, Timestamp},
+    model::{
+        Action, Executable, Glob, Lineage, Listen, Metadata, Outbound, Privileged, Protocol,
+        Timestamp,
+    },
     Policy,
 };
 use serde_json::Value;
 
 use crate::{
     cmd::session::{self, Sink},
+    detect::privilege,
     enrich::{script::Code, Event, Fields, Record},
     sensors::{SensorArgs, SensorSet},
 };
@@ -122,6 +126,8 @@ struct Learned {
     watched: Option<Vec<PathBuf>>,
     /// (sensitive file, executable) pairs: who read what.
     readers: BTreeSet<(String, String)>,
+    /// Privileged actions and the executables that took them.
+    privileged: BTreeSet<(Action, PathBuf)>,
     notes: BTreeSet<String>,
 }
 
@@ -130,6 +136,9 @@ impl Sink for Learned {
         let f = &event.fields;
         let text = |key: &str| f.get(key).and_then(Value::as_str).map(str::to_string);
         let exe = text("exe").filter(|e| e.starts_with('/') && !f.contains_key("exe_hex"));
+        if let Some(action) = event.record().and_then(privilege::action_of) {
+            self.privileged.insert(action);
+        }
         match text("event").as_deref() {
             Some("exec") => {
                 self.exec(exe, text("sha256"));
@@ -313,6 +322,18 @@ impl Learned {
     /// Adds the lineage pairs, the interpreters seen and the readers of the sensitive files.
     fn add_behaviour(&mut self, policy: &mut Policy) {
         let b = &mut policy.behaviour;
+        for (action, exe) in std::mem::take(&mut self.privileged) {
+            match exe.to_str().map(str::parse) {
+                Some(Ok(executable)) => b.privileged.push(Privileged { action, executable }),
+                _ => {
+                    self.notes.insert(format!(
+                        "{} by {} not kept: not a policy path",
+                        action.name(),
+                        exe.display()
+                    ));
+                }
+            }
+        }
         for (path, exe) in std::mem::take(&mut self.readers) {
             let Some(file) = b.sensitive.iter_mut().find(|s| s.path.as_str() == path) else {
                 continue;
