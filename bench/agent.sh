@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What `picket run` costs: storms of execs, file writes and TCP connections, each run without
-# the agent and with it, alternately, for several rounds (medians; this machine is shared and
-# noisy, so the figures that count are ratios taken in the same run); the agent's CPU time per
-# event; the highest event rate it takes without loss, and what it loses above; its memory idle
+# What `picket run` costs: storms of execs, file writes, TCP connections and read-only opens,
+# each run without the agent and with it, alternately, for several rounds (medians; this machine
+# is shared and noisy, so the figures that count are ratios taken in the same run); the agent's
+# CPU time per event; the same storms with the agent enforcing the policy without its
+# behavioural section (what interpreters, lineage, sensitive and append-only files cost); the highest event rate it takes without loss, and what it loses above; its memory idle
 # and at that ceiling, and the BPF maps' memory; the throughput of its SHA-256 against OpenSSL;
 # the size of the binary. Records what it measures as samples; `xtask bench-report agent` makes
 # the figures and rewrites the matching sections of docs/PERFORMANCE.md.
@@ -14,8 +15,11 @@
 #   own state directory), right after the run with this one; the "Agent cost" section then
 #   compares the two, measured in the same run. BEFORE_COMMIT names what that binary was built
 #   from (else its `--version` is recorded). Build it with the release profile: the smoke run's
-#   own agent is the debug build, so only the full run compares like with like.
-# Counts can be set through EXECS, WRITES, CONNECTS, ROUNDS, CEILING_SECONDS, HASH_MIB.
+#   own agent is the debug build, so only the full run compares like with like. The earlier
+#   agent is given the policy without its behavioural section (bundle format 1, which agents
+#   from before that section read).
+# Counts can be set through EXECS, WRITES, CONNECTS, READS, READ_FILES, ROUNDS,
+# CEILING_SECONDS, HASH_MIB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -23,7 +27,8 @@ cd "$(dirname "$0")/.."
 SMOKE=no
 [ "${1:-}" = --smoke ] && SMOKE=yes
 if [ "$SMOKE" = yes ]; then
-    : "${EXECS:=100}" "${WRITES:=2000}" "${CONNECTS:=100}" "${ROUNDS:=1}" "${CEILING_SECONDS:=0.2}"
+    : "${EXECS:=100}" "${WRITES:=2000}" "${CONNECTS:=100}" "${READS:=2000}" "${READ_FILES:=100}"
+    : "${ROUNDS:=1}" "${CEILING_SECONDS:=0.2}"
     : "${HASH_MIB:=16}"
     RATES="20000 0"
     if [ -z "${PICKET_BENCH_DOC:-}" ]; then
@@ -32,7 +37,8 @@ if [ "$SMOKE" = yes ]; then
         export PICKET_BENCH_DOC
     fi
 else
-    : "${EXECS:=5000}" "${WRITES:=20000}" "${CONNECTS:=5000}" "${ROUNDS:=5}" "${CEILING_SECONDS:=2}"
+    : "${EXECS:=5000}" "${WRITES:=20000}" "${CONNECTS:=5000}" "${READS:=100000}"
+    : "${READ_FILES:=1000}" "${ROUNDS:=5}" "${CEILING_SECONDS:=2}"
     : "${HASH_MIB:=512}"
     RATES="10000 25000 50000 100000 200000 400000 0"
 fi
@@ -58,14 +64,25 @@ build_xtask
 cc -O2 -o "$WORK/flood" bench/flood.c
 
 # A baseline that allows what the storms do, so that the agent does its full per-event work
-# (process table, hashes, detection) without raising alerts.
+# (process table, hashes, detection) without raising alerts about them. Two bundles of it: with a
+# behavioural section (the storms' interpreters and lineage, sensitive files the storms do not
+# open, append-only files they do not touch), which this agent enforces in the main runs, and
+# without it (format 1), for the runs that tell what that section costs and for the earlier agent.
 "$PICKET" keygen --out "$WORK/k" >/dev/null
-mkdir -p "$WORK/trust" "$WORK/files" && cp "$WORK/k.pub" "$WORK/trust/"
+mkdir -p "$WORK/trust" "$WORK/files" "$WORK/reads" "$WORK/sensitive" "$WORK/logs"
+cp "$WORK/k.pub" "$WORK/trust/"
+for i in $(seq "$READ_FILES"); do echo "$i" > "$WORK/reads/$i"; done
+for i in $(seq 10); do echo "$i" > "$WORK/sensitive/$i"; done
+canon() { readlink -f "$1"; }
 allow_exe() {
     local p
-    p=$(readlink -f "$1")
+    p=$(canon "$1")
     printf '\n[[executable]]\npath = "%s"\nsha256 = "%s"\n' "$p" "$(sha256sum "$p" | cut -d' ' -f1)"
 }
+SHELL_EXE=$(canon /proc/$$/exe)
+PERL=$(canon "$(command -v perl)")
+PYTHON=$(canon "$(command -v python3)")
+TRUE=$(canon /usr/bin/true)
 {
     cat <<TOML
 [metadata]
@@ -81,12 +98,25 @@ ports = $PORT
 [[network.listen]]
 port = $PORT
 TOML
-    allow_exe /usr/bin/true
-    allow_exe "$(command -v perl)"
-    allow_exe "$(command -v python3)"
+    allow_exe "$TRUE"
+    allow_exe "$PERL"
+    allow_exe "$PYTHON"
     allow_exe "$WORK/flood"
+} > "$WORK/policy-plain.toml"
+{
+    cat "$WORK/policy-plain.toml"
+    printf '\n[behaviour]\ninterpreters = ["%s", "%s"]\n' "$PERL" "$PYTHON"
+    for pair in "$SHELL_EXE $PERL" "$SHELL_EXE $PYTHON" "$PERL $TRUE"; do
+        printf '\n[[behaviour.lineage]]\nparent = "%s"\nchild = "%s"\n' ${pair}
+    done
+    for i in $(seq 10); do
+        printf '\n[[behaviour.sensitive]]\npath = "%s"\nreaders = ["%s"]\n' "$WORK/sensitive/$i" "$TRUE"
+    done
+    printf '\n[[behaviour.append_only]]\nglob = "%s/*.log"\nrotated_by = ["%s"]\n' "$WORK/logs" "$TRUE"
 } > "$WORK/policy.toml"
-"$PICKET" policy sign --key "$WORK/k.key" --in "$WORK/policy.toml" --out "$WORK/policy.bundle" >/dev/null
+for p in policy policy-plain; do
+    "$PICKET" policy sign --key "$WORK/k.key" --in "$WORK/$p.toml" --out "$WORK/$p.bundle" >/dev/null
+done
 cat > "$WORK/picket.toml" <<TOML
 device_id = "bench"
 device_class = "bench"
@@ -97,8 +127,12 @@ state_dir = "$WORK/state"
 stdout = false
 file = "$WORK/alerts.jsonl"
 TOML
+# This agent without the behavioural section: the same settings, its own state.
+sed -e "s|^state_dir = .*|state_dir = \"$WORK/state-plain\"|" \
+    -e "s|^policy = .*|policy = \"$WORK/policy-plain.bundle\"|" "$WORK/picket.toml" > "$WORK/picket-plain.toml"
 # The earlier agent: the same settings, its own state (policy store, sequence, snapshot).
-sed "s|^state_dir = .*|state_dir = \"$WORK/state-before\"|" "$WORK/picket.toml" > "$WORK/picket-before.toml"
+sed -e "s|^state_dir = .*|state_dir = \"$WORK/state-before\"|" \
+    -e "s|^policy = .*|policy = \"$WORK/policy-plain.bundle\"|" "$WORK/picket.toml" > "$WORK/picket-before.toml"
 
 exec_storm() { perl -e 'for (1..$ARGV[0]) { system("/usr/bin/true") == 0 or die }' "$EXECS"; }
 write_storm() {
@@ -128,11 +162,24 @@ for _ in range(n):
 t.join()
 PY
 }
+# Read-only opens of READ_FILES files, READS in all: dropped in the kernel at the open's entry,
+# and none of them is one of the sensitive files the policy's fanotify marks watch.
+read_storm() {
+    python3 - "$WORK/reads" "$READ_FILES" "$READS" <<'PY'
+import os, sys
+d, files, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+paths = [os.path.join(d, str(i + 1)) for i in range(files)]
+for i in range(n):
+    os.close(os.open(paths[i % files], os.O_RDONLY))
+PY
+}
 sample smoke "$SMOKE"
 sample rounds "$ROUNDS"
 sample execs "$EXECS"
 sample writes "$WRITES"
 sample connects "$CONNECTS"
+sample reads "$READS"
+sample read_files "$READ_FILES"
 sample ceiling_seconds "$CEILING_SECONDS"
 sample hash_mib "$HASH_MIB"
 if [ -n "${BEFORE:-}" ]; then
@@ -169,6 +216,14 @@ smoke_check_storm() {
         exec) want=$EXECS ;;
         write) want=$WRITES ;;
         connect) want=$CONNECTS ;;
+        read)
+            # Read-only opens are dropped in the kernel: far fewer records than opens.
+            if [ "${2%% *}" = "" ] || [ "${2%% *}" -ge "$READS" ]; then
+                echo "smoke run: the agent received ${2%% *} records during the read storm of $READS read-only opens" >&2
+                exit 1
+            fi
+            return 0
+            ;;
     esac
     if [ "${2%% *}" = "" ] || [ "${2%% *}" -lt "$want" ]; then
         echo "smoke run: the agent received ${2%% *} records during the $1 storm of $want" >&2
@@ -180,7 +235,7 @@ smoke_check_storm() {
 lost_total() { "$XTASK" probe lost "$WORK/agent.log"; }
 
 for round in $(seq "$ROUNDS"); do
-    for storm in exec write connect; do
+    for storm in exec write connect read; do
         timed "${storm}_without_ns" "${storm}_storm"
         start_agent
         sample "${storm}_cpu_ns_before" "$(cpu_ns "$AGENT")"
@@ -193,6 +248,13 @@ for round in $(seq "$ROUNDS"); do
         stopped=$("$XTASK" probe stopped "$WORK/agent.log")
         sample "${storm}_stopped" "$stopped"
         smoke_check_storm "$storm" "$stopped"
+        start_agent "$PICKET" "$WORK/picket-plain.toml"
+        sample "${storm}_plain_cpu_ns_before" "$(cpu_ns "$AGENT")"
+        timed "${storm}_plain_ns" "${storm}_storm"
+        sleep 1
+        sample "${storm}_plain_cpu_ns_after" "$(cpu_ns "$AGENT")"
+        stop_agent
+        sample "${storm}_plain_stopped" "$("$XTASK" probe stopped "$WORK/agent.log")"
         if [ -n "${BEFORE:-}" ]; then
             start_agent "$BEFORE" "$WORK/picket-before.toml"
             sample "${storm}_before_cpu_ns_before" "$(cpu_ns "$AGENT")"
