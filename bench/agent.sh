@@ -267,6 +267,13 @@ for round in $(seq "$ROUNDS"); do
     done
     echo "round $round/$ROUNDS of the storms done" >&2
 done
+# The policy allows what the storms do: a smoke run fails on any alert about their programs,
+# their lineage or their files.
+if [ "$SMOKE" = yes ] && [ -f "$WORK/alerts.jsonl" ] &&
+    grep -F -e "\"$TRUE\"" -e "\"$PERL\"" -e "\"$PYTHON\"" -e "$WORK/" "$WORK/alerts.jsonl" >&2; then
+    echo "smoke run: the storms raised the alerts above" >&2
+    exit 1
+fi
 
 # Idle memory, then the ceiling: file opens at rising rates for CEILING_SECONDS each, under one
 # agent; after each step the loss counters (read by the agent every second) are collected.

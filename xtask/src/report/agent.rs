@@ -50,7 +50,8 @@ it received in its life (the storm's: 3 per spawn, fork, exec and exit; 1 per op
 connection, connect and accept; none per read-only open, which the kernel drops at its entry;
 plus what else ran on the machine meanwhile). Files hashed: executables the agent had not seen
 before, each hashed once when first run (on a shared machine, other people's freshly built
-binaries, some of them large).
+binaries, some of them large). Slowdowns: the ratio of the medians, then the lowest and
+highest of the rounds' own ratios (this storm with the agent over the same round's without).
 
 The policy lists the storms' executables (`/usr/bin/true`, perl, python3, the C loop) and the
 loopback port, and has a behavioural section (format 2): perl and python3 as interpreters;
@@ -84,7 +85,8 @@ fn storms(s: &Samples, missed: &mut String) -> Result<String> {
     for storm in STORMS {
         let (what, events) = described(s, storm)?;
         let key = |k: &str| format!("{storm}_{k}");
-        let without = median(&ms(&s.nums(&key("without_ns"))?)).context(key("without_ns"))?;
+        let withouts = ms(&s.nums(&key("without_ns"))?);
+        let without = median(&withouts).context(key("without_ns"))?;
         let with = agent_run(s, storm, "with_ns", "")?;
         let slowdown = ratio(without, with.ms);
         let (per, _) = rounded(with.cpu_per_record, 1);
@@ -95,10 +97,11 @@ fn storms(s: &Samples, missed: &mut String) -> Result<String> {
             "no target: the storm sends none"
         };
         table += &format!(
-            "\n| {what} | {} ms | {} ms | {slowdown} ({}) | {} ({}) | {} | {per} µs ({per_verdict}) |",
+            "\n| {what} | {} ms | {} ms | {slowdown} ({}{}) | {} ({}) | {} | {per} µs ({per_verdict}) |",
             num(without),
             num(with.ms),
             verdict(&slowdown, 1.05),
+            spread("; ", &withouts, &with.rounds_ms),
             num(with.received),
             num(events),
             num(with.hashed),
@@ -153,6 +156,34 @@ struct AgentRun {
     cpu: f64,
     /// Its CPU time over the storm per record received, µs.
     cpu_per_record: f64,
+    /// Per round: the storm's wall time, ms, and the CPU time per record received, µs.
+    rounds_ms: Vec<f64>,
+    rounds_per_record: Vec<f64>,
+}
+
+/// [`spread`] in parentheses after a space, or nothing.
+fn spread_in_parens(a: &[f64], b: &[f64]) -> String {
+    match spread("", a, b) {
+        r if r.is_empty() => r,
+        r => format!(" ({r})"),
+    }
+}
+
+/// The lowest and highest of the rounds' own ratios `b[i] / a[i]`, as "rounds LO–HI" after
+/// `sep`; empty with fewer than two rounds.
+fn spread(sep: &str, a: &[f64], b: &[f64]) -> String {
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(a, _)| **a > 0.0)
+        .map(|(a, b)| b / a)
+        .collect();
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{sep}rounds {lo:.2}–{hi:.2}")
 }
 
 /// The figures of the agent whose samples are `STORM_{time}` (the storm's wall time) and
@@ -160,7 +191,8 @@ struct AgentRun {
 fn agent_run(s: &Samples, storm: &str, time: &str, prefix: &str) -> Result<AgentRun> {
     let key = |k: &str| format!("{storm}_{prefix}{k}");
     let time = format!("{storm}_{time}");
-    let wall = median(&ms(&s.nums(&time)?)).context(time)?;
+    let rounds_ms = ms(&s.nums(&time)?);
+    let wall = median(&rounds_ms).context(time)?;
     let cpu_us = differences_us(
         &s.nums(&key("cpu_ns_before"))?,
         &s.nums(&key("cpu_ns_after"))?,
@@ -177,7 +209,8 @@ fn agent_run(s: &Samples, storm: &str, time: &str, prefix: &str) -> Result<Agent
             })
             .collect()
     };
-    let received = median(&column(0)?).context(key("stopped"))?;
+    let events = column(0)?;
+    let received = median(&events).context(key("stopped"))?;
     let hashed = median(&column(1)?).context(key("stopped"))?;
     if received <= 0.0 {
         bail!(
@@ -191,6 +224,8 @@ fn agent_run(s: &Samples, storm: &str, time: &str, prefix: &str) -> Result<Agent
         hashed,
         cpu,
         cpu_per_record: cpu / received,
+        rounds_per_record: cpu_us.iter().zip(&events).map(|(c, e)| c / e).collect(),
+        rounds_ms,
     })
 }
 
@@ -210,7 +245,8 @@ same policy less its behavioural section (bundle format 1: the same executables 
 no interpreters, lineage, sensitive or append-only files: the open listener's fanotify group
 is there, without marks) and its own state directory. Both slowdowns are against the runs without agent of the same rounds;
 agent CPU is over the storm and the second after it; the last column is the CPU per record
-received with the section over without it.
+received with the section over without it. Medians of the rounds, and the lowest and highest of
+the rounds' own ratios.
 
 | storm | without agent | policy without behaviour | policy with behaviour | slowdown, without behaviour | slowdown, with | agent CPU, without behaviour | agent CPU, with | CPU per record, without behaviour | CPU per record, with | CPU per record, with / without |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -218,21 +254,25 @@ received with the section over without it.
     for storm in STORMS {
         let (what, _) = described(s, storm)?;
         let without_key = format!("{storm}_without_ns");
-        let without = median(&ms(&s.nums(&without_key)?)).context(without_key)?;
+        let withouts = ms(&s.nums(&without_key)?);
+        let without = median(&withouts).context(without_key)?;
         let plain = agent_run(s, storm, "plain_ns", "plain_")?;
         let this = agent_run(s, storm, "with_ns", "")?;
         table += &format!(
-            "\n| {what} | {} ms | {} ms | {} ms | {} | {} | {} ms | {} ms | {} µs | {} µs | {} |",
+            "\n| {what} | {} ms | {} ms | {} ms | {}{} | {}{} | {} ms | {} ms | {} µs | {} µs | {}{} |",
             num(without),
             num(plain.ms),
             num(this.ms),
             ratio(without, plain.ms),
+            spread_in_parens(&withouts, &plain.rounds_ms),
             ratio(without, this.ms),
+            spread_in_parens(&withouts, &this.rounds_ms),
             rounded(plain.cpu / 1e3, 1).0,
             rounded(this.cpu / 1e3, 1).0,
             rounded(plain.cpu_per_record, 1).0,
             rounded(this.cpu_per_record, 1).0,
             ratio(plain.cpu_per_record, this.cpu_per_record),
+            spread_in_parens(&plain.rounds_per_record, &this.rounds_per_record),
         );
     }
     Ok(format!("\n{table}\n"))
@@ -254,7 +294,8 @@ An earlier agent (`{before}`) ran every storm too (`BEFORE=/path/to/picket bench
 in every round, right after this one, with the same config, its own state directory and the
 policy without its behavioural section (which it does not read). Both slowdowns are against the
 runs without agent of the same rounds; the last column is this agent's CPU per record received
-over the earlier one's (< 1: cheaper now).
+over the earlier one's (< 1: cheaper now). Medians of the rounds, and the lowest and highest of
+the rounds' own ratios.
 
 | storm | without agent | with the earlier agent | with this agent | slowdown, earlier | slowdown, this | CPU per record, earlier | CPU per record, this | CPU per record, this / earlier |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -263,19 +304,23 @@ over the earlier one's (< 1: cheaper now).
     for storm in STORMS {
         let (what, _) = described(s, storm)?;
         let without_key = format!("{storm}_without_ns");
-        let without = median(&ms(&s.nums(&without_key)?)).context(without_key)?;
+        let withouts = ms(&s.nums(&without_key)?);
+        let without = median(&withouts).context(without_key)?;
         let earlier = agent_run(s, storm, "before_ns", "before_")?;
         let this = agent_run(s, storm, "with_ns", "")?;
         table += &format!(
-            "\n| {what} | {} ms | {} ms | {} ms | {} | {} | {} µs | {} µs | {} |",
+            "\n| {what} | {} ms | {} ms | {} ms | {}{} | {}{} | {} µs | {} µs | {}{} |",
             num(without),
             num(earlier.ms),
             num(this.ms),
             ratio(without, earlier.ms),
+            spread_in_parens(&withouts, &earlier.rounds_ms),
             ratio(without, this.ms),
+            spread_in_parens(&withouts, &this.rounds_ms),
             rounded(earlier.cpu_per_record, 1).0,
             rounded(this.cpu_per_record, 1).0,
             ratio(earlier.cpu_per_record, this.cpu_per_record),
+            spread_in_parens(&earlier.rounds_per_record, &this.rounds_per_record),
         );
     }
     Ok(format!("\n{table}\n"))
@@ -467,7 +512,7 @@ hash_ns 632000000\nopenssl_kbs 1058000.00\nstripped_bytes 4277500\ncross_sizes /
         );
         let cost = &r.sections[0].1;
         assert!(cost.starts_with("## Agent cost\n\nMeasured by `bench/agent.sh` (2 rounds, medians) on 2026-11-22: 2 cores, 24 GiB, kernel 6.1.0, commit abc1234.\n"), "{cost}");
-        assert!(cost.contains("\n| 5000 spawns of /usr/bin/true (perl `system`) | 7636 ms | 7136.5 ms | 0.93 (met) | 15360 (15000) | 20 | 30.5 µs (**missed**) |\n"), "{cost}");
+        assert!(cost.contains("\n| 5000 spawns of /usr/bin/true (perl `system`) | 7636 ms | 7136.5 ms | 0.93 (met; rounds 0.93–0.94) | 15360 (15000) | 20 | 30.5 µs (**missed**) |\n"), "{cost}");
         assert!(cost.contains("\n| 20000 opens for writing (python) | 323 ms | 387 ms | 1.20 (**missed**) | 20231 (20000) | 22 | 4.7 µs (met) |\n"), "{cost}");
         assert!(cost.contains("\n| 100000 read-only opens of 1000 files (python) | 500 ms | 510 ms | 1.02 (met) | 40 (0) | 3 | 50.0 µs (no target: the storm sends none) |\n"), "{cost}");
         assert!(cost.ends_with("\n\nTargets missed: exec CPU per record 30.5 µs; write storm slowdown 1.20; connect storm slowdown 1.08; connect CPU per record 14.3 µs; idle RSS 8.7 MiB;\n"), "{cost}");
@@ -551,7 +596,7 @@ read_before_stopped 50 3
             .unwrap_or_else(|| panic!("{cost}"));
         assert!(table.starts_with("\n### Before and after (same run)\n\nAn earlier agent (`f100d4e`) ran every storm too (`BEFORE=/path/to/picket bench/agent.sh`):\n"), "{table}");
         assert!(table.contains("\n| storm | without agent | with the earlier agent | with this agent | slowdown, earlier | slowdown, this | CPU per record, earlier | CPU per record, this | CPU per record, this / earlier |\n"), "{table}");
-        assert!(table.contains("\n| 5000 spawns of /usr/bin/true (perl `system`) | 7636 ms | 7850 ms | 7136.5 ms | 1.03 | 0.93 | 60.0 µs | 30.5 µs | 0.51 |\n"), "{table}");
+        assert!(table.contains("\n| 5000 spawns of /usr/bin/true (perl `system`) | 7636 ms | 7850 ms | 7136.5 ms | 1.03 (rounds 1.02–1.04) | 0.93 (rounds 0.93–0.94) | 60.0 µs | 30.5 µs | 0.51 (rounds 0.51–0.51) |\n"), "{table}");
         assert!(table.contains("\n| 20000 opens for writing (python) | 323 ms | 400 ms | 387 ms | 1.24 | 1.20 | 9.4 µs | 4.7 µs | 0.50 |\n"), "{table}");
         assert!(table.contains("\n| 5000 TCP connections to a loopback listener (python) | 598 ms | 700 ms | 647 ms | 1.17 | 1.08 | 10.0 µs | 14.3 µs | 1.43 |\n"), "{table}");
         assert!(table.ends_with("\n| 100000 read-only opens of 1000 files (python) | 500 ms | 505 ms | 510 ms | 1.01 | 1.02 | 20.0 µs | 50.0 µs | 2.50 |\n"), "{table}");
@@ -590,7 +635,7 @@ read_plain_stopped 40 3
             table.starts_with("\n### What the behavioural section costs (same run)\n\n"),
             "{table}"
         );
-        assert!(table.contains("\n| 5000 spawns of /usr/bin/true (perl `system`) | 7636 ms | 7400 ms | 7136.5 ms | 0.97 | 0.93 | 437.0 ms | 468.5 ms | 28.5 µs | 30.5 µs | 1.07 |\n"), "{table}");
+        assert!(table.contains("\n| 5000 spawns of /usr/bin/true (perl `system`) | 7636 ms | 7400 ms | 7136.5 ms | 0.97 (rounds 0.97–0.97) | 0.93 (rounds 0.93–0.94) | 437.0 ms | 468.5 ms | 28.5 µs | 30.5 µs | 1.07 (rounds 1.07–1.07) |\n"), "{table}");
         assert!(table.ends_with("\n| 100000 read-only opens of 1000 files (python) | 500 ms | 505 ms | 510 ms | 1.01 | 1.02 | 2.0 ms | 2.0 ms | 50.0 µs | 50.0 µs | 1.00 |\n"), "{table}");
         // With an earlier agent too, its table follows.
         let r = report(
