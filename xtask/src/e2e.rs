@@ -26,9 +26,15 @@ pub fn run(args: &[String]) -> Result<i32> {
         bail!("building the agent and the backend failed ({built})");
     }
     let bin = target_dir(root).join("debug");
+    // Cargo runs test binaries with LD_LIBRARY_PATH naming its target directories, which every
+    // process a test starts would inherit: the agent rightly reports libraries taken from a
+    // temporary location (a checkout under /tmp) as `loader_environment`. The test binaries
+    // need no shared library of their own, so they run without it, as a device's programs do.
+    let runner = "target.'cfg(all())'.runner = ['env', '-u', 'LD_LIBRARY_PATH']";
     let tested = Command::new(&cargo)
         .current_dir(root)
         .args(["test", "--locked", "--package", "picket-test-support"])
+        .args(["--config", runner])
         .args(args)
         .env("PICKET_BIN", bin.join("picket"))
         .env("PICKET_BACKEND_BIN", bin.join("picket-backend"))
