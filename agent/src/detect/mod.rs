@@ -65,6 +65,39 @@ enum Entry<'a> {
     Unknown,
 }
 
+/// What the baseline's `entry` for a file says of the file that ran, whose SHA-256 is `actual`
+/// (`None`: it could not be established, for `reason`): the alert it deserves, if any.
+fn verdict(
+    entry: Entry<'_>,
+    actual: Option<[u8; 32]>,
+    reason: &str,
+) -> Option<(Kind, Severity, Value)> {
+    let hex = crate::paths::hex;
+    match (entry, actual) {
+        (Entry::Listed(expected), Some(actual)) if actual != *expected => Some((
+            Kind::ModifiedExecutable,
+            Severity::Critical,
+            json!({ "expected": hex(expected), "actual": hex(&actual) }),
+        )),
+        // A hash that could not be established is never a modification: the file could not be
+        // verified, which is said as such, with the reason.
+        (Entry::Listed(expected), None) => Some((
+            Kind::UnverifiedExecutable,
+            Severity::Medium,
+            json!({ "expected": hex(expected), "reason": reason }),
+        )),
+        (Entry::Unknown, actual) => Some((
+            Kind::UnknownExecutable,
+            Severity::High,
+            match actual {
+                Some(sha) => json!({ "sha256": hex(&sha) }),
+                None => json!({ "sha256": null, "hash_error": reason }),
+            },
+        )),
+        (Entry::Listed(_), Some(_)) | (Entry::Globbed, _) => None,
+    }
+}
+
 /// Why an exec is suspicious whatever the baseline says: what ran, or from where.
 fn suspicious(exe: &str, flags: &ExecFlags<'_>) -> Option<&'static str> {
     if flags.fileless {
@@ -312,26 +345,9 @@ impl Detector {
             );
         }
         let reason = flags.hash_error.unwrap_or(NO_HASH);
-        let hex = crate::paths::hex;
-        match (self.baseline_entry(exe, flags.name_used), ctx.image.sha256) {
-            (Entry::Listed(expected), Some(actual)) if actual != *expected => {
-                let details = json!({ "expected": hex(expected), "actual": hex(&actual) });
-                raise(out, Kind::ModifiedExecutable, Severity::Critical, details);
-            }
-            // A hash that could not be established is never a modification: the file could
-            // not be verified, which is said as such, with the reason.
-            (Entry::Listed(expected), None) => {
-                let details = json!({ "expected": hex(expected), "reason": reason });
-                raise(out, Kind::UnverifiedExecutable, Severity::Medium, details);
-            }
-            (Entry::Unknown, actual) => {
-                let details = match actual {
-                    Some(sha) => json!({ "sha256": hex(&sha) }),
-                    None => json!({ "sha256": null, "hash_error": reason }),
-                };
-                raise(out, Kind::UnknownExecutable, Severity::High, details);
-            }
-            (Entry::Listed(_), Some(_)) | (Entry::Globbed, _) => {}
+        let entry = self.baseline_entry(exe, flags.name_used);
+        if let Some((kind, severity, details)) = verdict(entry, ctx.image.sha256, reason) {
+            raise(out, kind, severity, details);
         }
         if let Some(script) = self.behaviour.script(exe, &ctx.image) {
             self.script(event, exe, script, ctx.image.script_sha256.as_ref(), out);
@@ -365,30 +381,15 @@ impl Detector {
             let details = json!({ "reason": "script in a temporary location" });
             raise(out, Kind::SuspiciousExec, Severity::High, details);
         }
-        let hex = crate::paths::hex;
         let (actual, reason) = match sha256 {
-            Some(Ok(d)) => (Some(*d), None),
-            Some(Err(e)) => (None, Some(e.as_str())),
-            None => (None, None),
+            Some(Ok(d)) => (Some(*d), NO_HASH),
+            Some(Err(e)) => (None, e.as_str()),
+            None => (None, NO_HASH),
         };
-        let reason = reason.unwrap_or(NO_HASH);
-        match (self.baseline_entry(&text, None), actual) {
-            (Entry::Listed(expected), Some(actual)) if actual != *expected => {
-                let details = json!({ "expected": hex(expected), "actual": hex(&actual) });
-                raise(out, Kind::ModifiedExecutable, Severity::Critical, details);
-            }
-            (Entry::Listed(expected), None) => {
-                let details = json!({ "expected": hex(expected), "reason": reason });
-                raise(out, Kind::UnverifiedExecutable, Severity::Medium, details);
-            }
-            (Entry::Unknown, actual) => {
-                let details = match actual {
-                    Some(sha) => json!({ "sha256": hex(&sha) }),
-                    None => json!({ "sha256": null, "hash_error": reason }),
-                };
-                raise(out, Kind::UnknownExecutable, Severity::High, details);
-            }
-            (Entry::Listed(_), Some(_)) | (Entry::Globbed, _) => {}
+        if let Some((kind, severity, details)) =
+            verdict(self.baseline_entry(&text, None), actual, reason)
+        {
+            raise(out, kind, severity, details);
         }
     }
 
