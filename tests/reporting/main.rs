@@ -26,8 +26,9 @@ use picket_test_support::{
 };
 
 // The tests: delivery (order, formats, outages, restarts), policies over MQTT, a full spool,
-// a damaged spool.
+// a damaged spool, sensor data lost.
 // The fleet (PKI, broker, subscriber) and the agent they report from are in `support`.
+mod data_loss;
 mod delivery;
 mod full_spool;
 mod policy;

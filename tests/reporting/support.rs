@@ -158,13 +158,18 @@ pub(crate) struct Agent(pub(crate) picket_test_support::Agent);
 
 impl Agent {
     pub(crate) fn start(config: &Path) -> Agent {
+        // The tests cause bursts of a thousand execs (and links) at once; what they test is
+        // delivery, not the sensors' capacity, so the ring buffer has room for a burst.
+        Agent::start_with_ring_buffer(config, 8 << 20)
+    }
+
+    /// Starts `picket run` with a ring buffer of `bytes`.
+    pub(crate) fn start_with_ring_buffer(config: &Path, bytes: u32) -> Agent {
         let mut command = Command::new(picket());
         command
             .args(["run", "--config"])
             .arg(config)
-            // The tests cause bursts of a thousand execs (and links) at once; what they test is
-            // delivery, not the sensors' capacity, so the ring buffer has room for a burst.
-            .args(["--ring-buffer-size", "8388608"])
+            .args(["--ring-buffer-size", &bytes.to_string()])
             .env("RUST_LOG", "info");
         Agent(picket_test_support::Agent::spawn(
             command,
