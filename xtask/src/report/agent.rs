@@ -53,10 +53,11 @@ before, each hashed once when first run (on a shared machine, other people's fre
 binaries, some of them large). Slowdowns: the ratio of the medians, then the lowest and
 highest of the rounds' own ratios (this storm with the agent over the same round's without).
 
-The policy lists the storms' executables (`/usr/bin/true`, perl, python3, the C loop) and the
-loopback port, and has a behavioural section (format 2): perl and python3 as interpreters;
-lineage pairs the bench's shell → perl, the shell → python3 and perl → `/usr/bin/true`, so
-every exec of the storm is checked against its parent's program and is allowed; 10 sensitive
+The policy lists the storms' executables (`/usr/bin/true`, the system's perl and python3, the
+C loop of the ceiling below) and the loopback port, and has a behavioural section (format 2):
+perl and python3 as interpreters; lineage from the bench script (and its shell) to perl and
+python3, and perl → `/usr/bin/true`, so that every exec of a storm is checked against its
+parent's program and allowed (a smoke run fails on any alert about the storms); 10 sensitive
 files (fanotify open marks) that no storm opens; an append-only glob over a directory no storm
 writes. The privileged-action programs are attached whatever the policy; no storm calls them.
 
@@ -243,10 +244,10 @@ fn behaviour(s: &Samples) -> Result<String> {
 This agent ran every storm a second time in every round, right after the run above, with the
 same policy less its behavioural section (bundle format 1: the same executables and network;
 no interpreters, lineage, sensitive or append-only files: the open listener's fanotify group
-is there, without marks) and its own state directory. Both slowdowns are against the runs without agent of the same rounds;
-agent CPU is over the storm and the second after it; the last column is the CPU per record
-received with the section over without it. Medians of the rounds, and the lowest and highest of
-the rounds' own ratios.
+is there, without marks) and its own state directory. Both slowdowns are against the runs
+without agent of the same rounds; agent CPU is over the storm and the second after it; the last
+column is the CPU per record received with the section over without it. Medians of the rounds,
+and the lowest and highest of the rounds' own ratios.
 
 | storm | without agent | policy without behaviour | policy with behaviour | slowdown, without behaviour | slowdown, with | agent CPU, without behaviour | agent CPU, with | CPU per record, without behaviour | CPU per record, with | CPU per record, with / without |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
