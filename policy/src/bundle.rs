@@ -265,10 +265,13 @@ sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     /// `small_policy` with a behavioural section.
     fn behavioural_policy() -> Policy {
         let mut p = small_policy();
-        p.behaviour.lineage.push(crate::model::Lineage {
-            parent: "/usr/sbin/cron".parse().unwrap(),
-            child: "/usr/bin/dash".parse().unwrap(),
-        });
+        p.behaviour
+            .get_or_insert_with(Default::default)
+            .lineage
+            .push(crate::model::Lineage {
+                parent: "/usr/sbin/cron".parse().unwrap(),
+                child: "/usr/bin/dash".parse().unwrap(),
+            });
         p
     }
 

@@ -76,32 +76,33 @@ pub fn canonicalize(mut p: Policy) -> Result<Policy, String> {
     sort_dedup(&mut p.files.protected);
     sort_dedup(&mut p.files.protected_glob);
     sort_dedup(&mut p.files.attributes);
-    let b = &mut p.behaviour;
-    sort_dedup(&mut b.interpreters);
-    sort_dedup(&mut b.lineage);
-    sort_dedup(&mut b.privileged);
-    for s in &mut b.sensitive {
-        sort_dedup(&mut s.readers);
-    }
-    for a in &mut b.append_only {
-        sort_dedup(&mut a.rotated_by);
-    }
-    sort_dedup(&mut b.append_only);
-    sort_dedup(&mut b.sensitive);
-    for pair in b.sensitive.windows(2) {
-        if pair[0].path == pair[1].path {
-            return Err(format!(
-                "sensitive file {} is listed twice with different readers",
-                pair[0].path.as_str()
-            ));
+    if let Some(b) = p.behaviour.as_mut() {
+        sort_dedup(&mut b.interpreters);
+        sort_dedup(&mut b.lineage);
+        sort_dedup(&mut b.privileged);
+        for s in &mut b.sensitive {
+            sort_dedup(&mut s.readers);
         }
-    }
-    for pair in b.append_only.windows(2) {
-        if pair[0].glob == pair[1].glob {
-            return Err(format!(
-                "append-only pattern {} is listed twice with different rotators",
-                pair[0].glob.as_str()
-            ));
+        for a in &mut b.append_only {
+            sort_dedup(&mut a.rotated_by);
+        }
+        sort_dedup(&mut b.append_only);
+        sort_dedup(&mut b.sensitive);
+        for pair in b.sensitive.windows(2) {
+            if pair[0].path == pair[1].path {
+                return Err(format!(
+                    "sensitive file {} is listed twice with different readers",
+                    pair[0].path.as_str()
+                ));
+            }
+        }
+        for pair in b.append_only.windows(2) {
+            if pair[0].glob == pair[1].glob {
+                return Err(format!(
+                    "append-only pattern {} is listed twice with different rotators",
+                    pair[0].glob.as_str()
+                ));
+            }
         }
     }
     for pair in p.executables.windows(2) {
@@ -148,7 +149,7 @@ pub fn canonical_bytes(policy: &Policy) -> Vec<u8> {
 
 /// The bundle format `policy` is written in: 1 unless it uses what format 2 added.
 pub fn format_of(policy: &Policy) -> u16 {
-    if policy.behaviour.is_empty() && policy.modes.behaviour == model::Mode::Alert {
+    if policy.behaviour.is_none() && policy.modes.behaviour == model::Mode::Alert {
         1
     } else {
         2
@@ -184,9 +185,7 @@ pub fn from_canonical_bytes(bytes: &[u8], format: u16) -> Result<Policy, String>
 mod v1 {
     use serde::{Deserialize, Serialize};
 
-    use crate::model::{
-        Behaviour, Executable, ExecutableGlob, Files, Metadata, Mode, Modes, Network, Policy,
-    };
+    use crate::model::{Executable, ExecutableGlob, Files, Metadata, Mode, Modes, Network, Policy};
 
     #[derive(Serialize, Deserialize)]
     struct ModesV1 {
@@ -248,16 +247,22 @@ mod v1 {
                 executable_globs: p.executable_globs,
                 network: p.network,
                 files: p.files,
-                behaviour: Behaviour::default(),
+                behaviour: None,
             }
         }
     }
 }
 
-/// The policy as TOML, for people: sections with nothing in them are left out.
+/// The policy as TOML, for people: sections with nothing in them are left out, but an empty
+/// `[behaviour]`, which turns the behavioural checks on.
 pub fn to_toml(policy: &Policy) -> String {
     let mut value = toml::Value::try_from(policy).unwrap_or(toml::Value::Table(Default::default()));
     prune_empty(&mut value);
+    if let (Some(_), toml::Value::Table(table)) = (&policy.behaviour, &mut value) {
+        table
+            .entry("behaviour")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
     toml::to_string_pretty(&value).unwrap_or_default()
 }
 
@@ -411,10 +416,11 @@ executable = "/usr/bin/kmod"
     fn behaviour_sections_load_round_trip_and_refuse_typos() {
         let text = format!("{SMALL}{BEHAVIOUR}");
         let p = load_toml(&text, "b.toml").unwrap();
-        assert_eq!(p.behaviour.interpreters.len(), 2);
-        assert_eq!(p.behaviour.append_only[0].rotated_by.len(), 2);
-        assert_eq!(p.behaviour.sensitive[0].readers.len(), 2);
-        assert_eq!(p.behaviour.privileged[0].action, model::Action::Module);
+        let b = p.behaviour.as_ref().unwrap();
+        assert_eq!(b.interpreters.len(), 2);
+        assert_eq!(b.append_only[0].rotated_by.len(), 2);
+        assert_eq!(b.sensitive[0].readers.len(), 2);
+        assert_eq!(b.privileged[0].action, model::Action::Module);
         assert_eq!(format_of(&p), 2);
         assert_eq!(load_toml(&to_toml(&p), "shown.toml").unwrap(), p);
         assert_eq!(from_canonical_bytes(&canonical_bytes(&p), 2).unwrap(), p);
@@ -434,6 +440,12 @@ executable = "/usr/bin/kmod"
         let twice = format!("{text}\n[[behaviour.append_only]]\nglob = \"/var/log/*.log\"\n");
         let err = load_toml(&twice, "b.toml").unwrap_err().to_string();
         assert!(err.contains("/var/log/*.log is listed twice"), "{err}");
+        // An empty section is a section: it turns the checks on, and survives the round trip.
+        let empty = load_toml(&format!("{SMALL}\n[behaviour]\n"), "e.toml").unwrap();
+        assert_eq!(empty.behaviour, Some(model::Behaviour::default()));
+        assert_eq!(format_of(&empty), 2);
+        assert_eq!(load_toml(&to_toml(&empty), "shown.toml").unwrap(), empty);
+        assert_eq!(load_toml(SMALL, "s.toml").unwrap().behaviour, None);
         let twice = format!("{text}\n[[behaviour.sensitive]]\npath = \"/etc/shadow\"\n");
         let err = load_toml(&twice, "b.toml").unwrap_err().to_string();
         assert!(err.contains("/etc/shadow is listed twice"), "{err}");

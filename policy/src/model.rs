@@ -29,10 +29,12 @@ pub struct Policy {
     pub network: Network,
     #[serde(default)]
     pub files: Files,
-    /// What normally happens beyond which files run: lineage, scripts, sensitive
-    /// reads, append-only files, privileged actions. Learned by `picket baseline learn`; needs bundle format 2.
+    /// What normally happens beyond which files run: lineage, scripts, sensitive reads,
+    /// append-only files, privileged actions. Learned by `picket baseline learn`. Absent, none
+    /// of the behavioural checks runs (the privilege and loader signals included); present, even
+    /// empty, they all do. Needs bundle format 2.
     #[serde(default)]
-    pub behaviour: Behaviour,
+    pub behaviour: Option<Behaviour>,
 }
 
 /// Who the policy is for and which version it is.
@@ -219,12 +221,6 @@ pub struct Behaviour {
     /// Executables allowed a privileged action (loading a kernel module, mounting, ...).
     #[serde(default)]
     pub privileged: Vec<Privileged>,
-}
-
-impl Behaviour {
-    pub fn is_empty(&self) -> bool {
-        self == &Self::default()
-    }
 }
 
 /// A parent executable starting a child. For an interpreter running a script file, the script

@@ -27,6 +27,8 @@ impl Tools {
         for tool in [&self.env, &self.r#true] {
             policy.executable(tool, &sha256_file(tool));
         }
+        // The section turns the behavioural signals on.
+        policy.raw("[behaviour]\n");
         policy.raw(extra);
         policy.text()
     }

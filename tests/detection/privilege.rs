@@ -148,6 +148,8 @@ impl Bench {
     /// Starts an agent enforcing a policy with `extra` added.
     fn agent(&self, extra: &str) -> Agent {
         let mut policy = PolicyText::new(1);
+        // The section turns the privilege signals on (empty: no action allowed).
+        policy.raw("[behaviour]\n");
         policy.raw(extra);
         let bundle = self.lab.sign("privilege", &policy.text());
         Agent::start(&self.lab.config(&bundle, None))

@@ -236,10 +236,19 @@ impl Pump {
     /// agent's own (its rescans hash protected files, which may be sensitive ones).
     fn opened(&mut self, watch: &mut OpenWatch, sink: &mut impl Sink) -> anyhow::Result<()> {
         let me = std::process::id();
-        for (pid, path) in watch.drain(1024) {
+        let lost = watch.lost;
+        // All of them: the readiness is cleared next, and the kernel's queue is bounded.
+        for (pid, path) in watch.drain(usize::MAX) {
             if pid != me {
                 sink.event(self.enricher.read(pid, path))?;
             }
+        }
+        if watch.lost > lost {
+            log::warn!(
+                "sensitive files: {} opens lost (queue overflow), {} in all",
+                watch.lost - lost,
+                watch.lost
+            );
         }
         sink.flush()
     }

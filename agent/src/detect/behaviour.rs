@@ -37,7 +37,10 @@ pub struct Lineage {
 }
 
 impl Behaviour {
-    pub fn new(section: &Section) -> Self {
+    /// The checks of `section`; none without one.
+    pub fn new(section: Option<&Section>) -> Self {
+        let empty = Section::default();
+        let section = section.unwrap_or(&empty);
         let mut lineage: HashMap<String, HashSet<String>> = HashMap::new();
         for pair in &section.lineage {
             lineage
@@ -85,12 +88,14 @@ impl Behaviour {
     /// The lineage the baseline does not expect: `image` started by `parent` (its nearest
     /// ancestor). `None` when lineage is not checked, the pair is expected, or the parent is
     /// unknown (a process whose executable could not be read, a kernel thread).
-    pub fn lineage(&self, image: &Image, parent: Option<&Ancestor>) -> Option<Lineage> {
+    pub fn lineage<'a>(&self, image: &'a Image, parent: Option<&'a Ancestor>) -> Option<Lineage> {
         if self.lineage.is_empty() {
             return None;
         }
-        let parent_program = parent?.image.program()?.to_str()?;
-        let child_program = image.program()?.to_str()?;
+        // A program replaced on disk since it started (an upgrade) is still that program.
+        let live = |p: &'a str| p.strip_suffix(" (deleted)").unwrap_or(p);
+        let parent_program = live(parent?.image.program()?.to_str()?);
+        let child_program = live(image.program()?.to_str()?);
         let (parent_key, child_key) = (key(parent_program), key(child_program));
         if self
             .lineage
@@ -123,16 +128,17 @@ impl Behaviour {
         Some(reader.is_some_and(|r| readers.contains(&key(r))))
     }
 
-    /// Whether `op` on `path` (spelled `raw`, `canonical` in canonical form) by the executable
-    /// `actor` breaks an append-only rule: a truncation, or the file renamed away or deleted,
-    /// by an executable not named to rotate it.
-    pub fn append_only_broken(
+    /// Whether `op` on `path` (spelled `raw`, `canonical` in canonical form) by a process whose
+    /// executable and ancestors' are `actors` breaks an append-only rule: a truncation, or the
+    /// file renamed away or deleted, by a process neither named to rotate it nor started by
+    /// one (logrotate's `gzip` removing an old log).
+    pub fn append_only_broken<'a>(
         &self,
         op: FileOp,
         open_flags: u32,
         raw: &str,
         canonical: &str,
-        actor: Option<&str>,
+        actors: impl Iterator<Item = &'a Path>,
     ) -> bool {
         let shrinks = match op {
             FileOp::Truncate | FileOp::Unlink | FileOp::Rename => true,
@@ -142,9 +148,15 @@ impl Behaviour {
         if !shrinks {
             return false;
         }
-        let actor = actor.map(key);
-        self.append_only.iter().any(|(glob, rotators)| {
-            glob.matches(raw, canonical) && !actor.as_ref().is_some_and(|a| rotators.contains(a))
-        })
+        let mut matching = self
+            .append_only
+            .iter()
+            .filter(|(glob, _)| glob.matches(raw, canonical))
+            .peekable();
+        if matching.peek().is_none() {
+            return false;
+        }
+        let actors: Vec<String> = actors.filter_map(|a| a.to_str()).map(key).collect();
+        matching.any(|(_, rotators)| !actors.iter().any(|a| rotators.contains(a)))
     }
 }

@@ -23,7 +23,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use picket_policy::model::Mode;
 use serde_json::{json, Value};
 
 use super::{draft, Detector};
@@ -46,7 +45,7 @@ pub(super) fn check(
     exe: &str,
     out: &mut Vec<Draft>,
 ) {
-    if detector.modes.behaviour == Mode::Off {
+    if !detector.behaviour_checked() {
         return;
     }
     let Detail::Exec {

@@ -250,7 +250,7 @@ impl Detector {
                 Some((name.as_str().to_string(), file.to_string()))
             })
             .collect();
-        let behaviour = behaviour::Behaviour::new(&policy.behaviour);
+        let behaviour = behaviour::Behaviour::new(policy.behaviour.as_ref());
         Self {
             behaviour,
             policy,
@@ -377,7 +377,10 @@ impl Detector {
                 event,
             ));
         };
-        if TEMPORARY.iter().any(|t| text.starts_with(t)) {
+        // As named, and where it leads (`/proc/PID/cwd/x` is in the process's directory).
+        let canonical = canonical_text(&text);
+        let temporary = |p: &str| TEMPORARY.iter().any(|t| p.starts_with(t));
+        if temporary(&text) || canonical.as_deref().is_some_and(temporary) {
             let details = json!({ "reason": "script in a temporary location" });
             raise(out, Kind::SuspiciousExec, Severity::High, details);
         }
@@ -398,9 +401,15 @@ impl Detector {
         self.behaviour.sensitive_files()
     }
 
+    /// Whether the behavioural checks run: the policy has a `[behaviour]` section and the
+    /// mode is not off.
+    pub(crate) fn behaviour_checked(&self) -> bool {
+        self.policy.behaviour.is_some() && self.modes.behaviour != Mode::Off
+    }
+
     /// A sensitive file opened by an executable the policy does not allow to read it.
     fn read(&self, event: &Event, r: &Record, path: &Path, out: &mut Vec<Draft>) {
-        if self.modes.behaviour == Mode::Off {
+        if !self.behaviour_checked() {
             return;
         }
         let Some(text) = path.to_str() else {
@@ -421,7 +430,7 @@ impl Detector {
 
     /// An exec by a parent the behavioural baseline does not expect to start it.
     fn lineage(&self, event: &Event, r: &Record, out: &mut Vec<Draft>) {
-        if self.modes.behaviour == Mode::Off {
+        if !self.behaviour_checked() {
             return;
         }
         let Some(ctx) = &r.process else {
@@ -607,19 +616,19 @@ impl Detector {
                 event,
             ));
         }
-        if self.modes.behaviour != Mode::Off {
+        if self.behaviour_checked() {
             let flags = match &r.detail {
                 Detail::File { flags, .. } => *flags,
                 _ => 0,
             };
-            let actor = r.process.as_ref().and_then(|p| p.exe_text());
-            if self.behaviour.append_only_broken(
-                op,
-                flags,
-                &text,
-                &canonical_text,
-                actor.as_deref(),
-            ) {
+            let actors = r.process.iter().flat_map(|p| {
+                let ancestors = p.ancestry.iter().filter_map(|a| a.exe());
+                p.image.exe.as_deref().into_iter().chain(ancestors)
+            });
+            if self
+                .behaviour
+                .append_only_broken(op, flags, &text, &canonical_text, actors)
+            {
                 out.push(draft(
                     Kind::AppendOnlyViolated,
                     Severity::High,

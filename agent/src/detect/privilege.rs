@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use picket_common::FileOp;
-use picket_policy::model::{Action, Mode};
+use picket_policy::model::Action;
 use serde_json::{json, Value};
 
 use super::{key, Detector};
@@ -47,7 +47,7 @@ pub fn action_of(record: &Record) -> Option<(Action, PathBuf)> {
 impl Detector {
     /// The alert a privileged action deserves, into `out`.
     pub(super) fn privilege(&self, event: &Event, r: &Record, out: &mut Vec<Draft>) {
-        if self.modes.behaviour == Mode::Off {
+        if !self.behaviour_checked() {
             return;
         }
         let Some(signal) = signal(r) else {
@@ -73,7 +73,10 @@ impl Detector {
 
     /// Whether the policy allows `action` to the executable `exe` (compared in canonical form).
     fn privilege_allowed(&self, action: Action, exe: &str) -> bool {
-        let allowed = &self.policy.behaviour.privileged;
+        let Some(section) = &self.policy.behaviour else {
+            return false;
+        };
+        let allowed = &section.privileged;
         if !allowed.iter().any(|p| p.action == action) {
             return false;
         }
@@ -251,11 +254,17 @@ mod tests {
 
     const PID: u32 = 4_100_000_001;
 
+    /// A policy with a `[behaviour]` section holding `behaviour`, and `modes`.
     fn detector(behaviour: &str, modes: &str) -> Detector {
+        without_section(&format!("{modes}\n[behaviour]\n{behaviour}"))
+    }
+
+    /// A policy of `rest` after its metadata.
+    fn without_section(rest: &str) -> Detector {
         let policy = picket_policy::load_toml(
             &format!(
                 "[metadata]\nname = \"t\"\ndevice_class = \"c\"\nserial = 1\n\
-                 created = \"2026-11-22T10:00:00Z\"\n{modes}\n{behaviour}\n"
+                 created = \"2026-11-22T10:00:00Z\"\n{rest}\n"
             ),
             "t.toml",
         )
@@ -328,6 +337,19 @@ mod tests {
 
     fn kinds(drafts: &[Draft]) -> Vec<&'static str> {
         drafts.iter().map(|a| a.kind.name()).collect()
+    }
+
+    #[test]
+    fn a_policy_without_a_behaviour_section_checks_no_privileged_action() {
+        let dir = std::env::temp_dir().join(format!("picket-nosection-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("tool");
+        std::fs::write(&f, "x").unwrap();
+        let chmod = || file(FileOp::Chmod, &f, 0o4755, 0, 0);
+        assert!(alerts(&without_section(""), "/usr/bin/chmod", chmod()).is_empty());
+        let on = alerts(&detector("", ""), "/usr/bin/chmod", chmod());
+        assert_eq!(kinds(&on), ["setuid_bit_set"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

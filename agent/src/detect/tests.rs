@@ -877,6 +877,9 @@ fn lineage_raises_only_pairs_the_baseline_does_not_list() {
         drafts[0].details,
         json!({ "parent": "/usr/sbin/lighttpd", "child": "/usr/bin/dash", "inline": "argument" })
     );
+    // A parent replaced on disk since it started (an upgrade) is still the program listed.
+    let upgraded = json!({ "exe": "/usr/sbin/cron (deleted)", "argv": ["cron"] });
+    assert!(kinds(&d, sh(&["sh", "-c", "x"], upgraded, json!({}))).is_empty());
     // No known parent (a process whose executable could not be read): not judged.
     assert!(kinds(&d, sh(&["sh", "-c", "id"], json!(null), json!({}))).is_empty());
     let unknown = json!({ "argv": ["?"] });
@@ -919,6 +922,9 @@ fn append_only_files_may_grow_but_not_shrink_or_go() {
     let rotated = json!({ "new_path": "/var/log/app.log.1" });
     assert!(file("rename", "/usr/sbin/logrotate", rotated).is_empty());
     assert!(file("unlink", "/usr/sbin/logrotate", json!({})).is_empty());
+    // What the rotator starts (its gzip removing the old log) rotates with it.
+    let by_child = json!({ "parent": { "exe": "/usr/sbin/logrotate", "argv": ["logrotate"] } });
+    assert!(file("unlink", "/usr/bin/gzip", by_child).is_empty());
     // Other files are not append-only.
     let other = json!({ "event": "file", "op": "unlink", "path": "/var/log/app.txt", "exe": "/usr/bin/rm" });
     assert!(kinds(&d, other).is_empty());

@@ -9,7 +9,7 @@ use std::{
     collections::{HashMap, VecDeque},
     fs::{File, Metadata},
     io::{self, Read},
-    os::unix::fs::{FileExt, MetadataExt},
+    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -84,8 +84,14 @@ impl HashCache {
             self.hits += 1;
             return Ok(digest.clone());
         }
-        let mut file = File::open(path)?;
-        // The key of what was opened: the file may have changed since the `stat`.
+        // Without blocking: the path may have been swapped for a FIFO or a device since the
+        // `stat`, whose open would wait (for a writer, a carrier) and hold up every event.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
+        // The key of what was opened: the file may have changed since the `stat` (and the
+        // check refuses anything but a regular file).
         let key = checked_key(&file.metadata()?)?;
         if let Some(digest) = self.entries.get(&key) {
             self.hits += 1;

@@ -241,6 +241,12 @@ impl Enricher {
             }
             code => code,
         };
+        // Names the process resolves for itself (its own `/proc/self`, its descriptors) are
+        // named for the agent, which would otherwise read its own.
+        let code = match code {
+            script::Code::Script(p) => script::Code::Script(as_seen_by(pid, p)),
+            code => code,
+        };
         let digest = match &code {
             script::Code::Script(p) if p.is_absolute() => {
                 Some(self.hashes.sha256(p).map_err(|e| e.to_string()))
@@ -575,6 +581,29 @@ impl Enricher {
             ppid: p.ppid,
             image: Arc::clone(&p.image),
             ancestry,
+        }
+    }
+}
+
+/// `path` as process `pid` named it, for the agent to reach the same file: its `/proc/self`,
+/// `/dev/fd` and `/dev/std*` are its own.
+fn as_seen_by(pid: u32, path: PathBuf) -> PathBuf {
+    let bytes = path.as_os_str().as_bytes();
+    let own = |rest: &[u8]| {
+        let mut p = format!("/proc/{pid}/").into_bytes();
+        p.extend_from_slice(rest);
+        paths::from_bytes(&p)
+    };
+    if let Some(rest) = bytes.strip_prefix(b"/proc/self/") {
+        own(rest)
+    } else if let Some(rest) = bytes.strip_prefix(b"/dev/fd/") {
+        own(&[b"fd/", rest].concat())
+    } else {
+        match bytes {
+            b"/dev/stdin" => own(b"fd/0"),
+            b"/dev/stdout" => own(b"fd/1"),
+            b"/dev/stderr" => own(b"fd/2"),
+            _ => path,
         }
     }
 }

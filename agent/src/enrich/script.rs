@@ -91,8 +91,10 @@ pub fn code_of(exe: &Path, argv: &[Vec<u8>], cwd: Option<&Path>) -> Option<Code>
     let mut name = file_name(exe.as_os_str().as_bytes());
     let mut args = argv.get(1..).unwrap_or(&[]);
     if name.starts_with(b"busybox") {
-        // A multi-call binary: the applet is argv[0]'s name, or its first argument.
+        // A multi-call binary: the applet is argv[0]'s name (a login shell's starts with `-`),
+        // or its first argument.
         name = file_name(argv.first()?);
+        name = name.strip_prefix(b"-").unwrap_or(name);
         if name.starts_with(b"busybox") {
             name = argv.get(1)?;
             args = argv.get(2..).unwrap_or(&[]);
@@ -100,13 +102,10 @@ pub fn code_of(exe: &Path, argv: &[Vec<u8>], cwd: Option<&Path>) -> Option<Code>
     }
     let code = match family(name)? {
         Family::Shell => shell(args),
-        Family::Python => options(args, b"cm", b"WX", |c| match c {
-            b'm' => Inline::Module,
-            _ => Inline::Argument,
-        }),
-        Family::Perl => options(args, b"eE", b"", |_| Inline::Argument),
-        Family::Lua => options(args, b"e", b"l", |_| Inline::Argument),
-        Family::Ruby => options(args, b"e", b"ICErx", |_| Inline::Argument),
+        Family::Python => options(args, &PYTHON),
+        Family::Perl => options(args, &PERL),
+        Family::Lua => options(args, &LUA),
+        Family::Ruby => options(args, &RUBY),
         Family::Node => node(args),
         Family::Awk => awk(args),
         Family::Php => php(args),
@@ -153,28 +152,100 @@ fn shell(args: &[Vec<u8>]) -> Code {
     Code::Inline(Inline::Stdin)
 }
 
-/// The common shape: single-letter options in clusters; `inline` letters end the options with
-/// inline code (their value is the code); `valued` letters take a value (the rest of the
-/// cluster, or the next argument); `-` is standard input, `--` ends the options; the first
-/// other argument is the script.
-fn options(args: &[Vec<u8>], inline: &[u8], valued: &[u8], kind: impl Fn(u8) -> Inline) -> Code {
+/// The options of an interpreter of the common shape: single letters in clusters.
+struct Syntax {
+    /// Letters that end the options with inline code (their value is the code).
+    inline: &'static [u8],
+    /// Letters that take a value: the rest of the cluster, or the next argument.
+    valued: &'static [u8],
+    /// Letters whose value, if any, can only be the rest of the cluster.
+    attached: &'static [u8],
+    /// Letters followed by optional digits, then more letters (`perl -l0e`).
+    digits: &'static [u8],
+    /// Long options that take the next argument as their value.
+    long_valued: &'static [&'static [u8]],
+    /// The inline letter for a module by name.
+    module: Option<u8>,
+}
+
+const PYTHON: Syntax = Syntax {
+    inline: b"cm",
+    valued: b"WX",
+    attached: b"",
+    digits: b"",
+    long_valued: &[b"--check-hash-based-pycs"],
+    module: Some(b'm'),
+};
+
+/// `-I` takes a directory attached or next; `-M`, `-m`, `-x`, `-d`, `-D`, `-i`, `-F` take
+/// theirs attached only; `-l`, `-0`, `-C` optional digits.
+const PERL: Syntax = Syntax {
+    inline: b"eE",
+    valued: b"I",
+    attached: b"MmxdDiF",
+    digits: b"l0C",
+    long_valued: &[],
+    module: None,
+};
+
+const LUA: Syntax = Syntax {
+    inline: b"e",
+    valued: b"l",
+    attached: b"",
+    digits: b"",
+    long_valued: &[],
+    module: None,
+};
+
+const RUBY: Syntax = Syntax {
+    inline: b"e",
+    valued: b"ICEr",
+    attached: b"xTWKF",
+    digits: b"0l",
+    long_valued: &[],
+    module: None,
+};
+
+/// The common shape ([`Syntax`]): `-` is standard input, `--` ends the options, the first other
+/// argument is the script.
+fn options(args: &[Vec<u8>], syntax: &Syntax) -> Code {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_slice() {
             b"--" => return it.next().map_or(Code::Inline(Inline::Stdin), |a| script(a)),
             b"-" => return Code::Inline(Inline::Stdin),
-            a if a.starts_with(b"--") => {}
+            a if a.starts_with(b"--") => {
+                if syntax.long_valued.contains(&a) {
+                    it.next();
+                }
+            }
             [b'-', flags @ ..] => {
-                for (i, c) in flags.iter().enumerate() {
-                    if inline.contains(c) {
-                        return Code::Inline(kind(*c));
+                let mut i = 0;
+                while let Some(c) = flags.get(i) {
+                    if syntax.digits.contains(c) {
+                        i += 1;
+                        while flags.get(i).is_some_and(u8::is_ascii_digit) {
+                            i += 1;
+                        }
+                        continue;
                     }
-                    if valued.contains(c) {
+                    if syntax.inline.contains(c) {
+                        return Code::Inline(if Some(*c) == syntax.module {
+                            Inline::Module
+                        } else {
+                            Inline::Argument
+                        });
+                    }
+                    if syntax.valued.contains(c) {
                         if i + 1 == flags.len() {
                             it.next();
                         }
                         break;
                     }
+                    if syntax.attached.contains(c) {
+                        break;
+                    }
+                    i += 1;
                 }
             }
             _ => return script(arg),
@@ -188,7 +259,7 @@ fn node(args: &[Vec<u8>]) -> Code {
     while let Some(arg) = it.next() {
         match arg.as_slice() {
             b"-e" | b"--eval" | b"-p" | b"--print" => return Code::Inline(Inline::Argument),
-            b"-r" | b"--require" | b"--import" | b"--loader" => {
+            b"-r" | b"--require" | b"--import" | b"--loader" | b"--experimental-loader" => {
                 it.next();
             }
             b"-" => return Code::Inline(Inline::Stdin),
@@ -211,6 +282,13 @@ fn awk(args: &[Vec<u8>]) -> Code {
             a if a.starts_with(b"--file=") => return script(&a[7..]),
             a if a.starts_with(b"-f") && a.len() > 2 => return script(&a[2..]),
             b"-e" | b"--source" => return Code::Inline(Inline::Argument),
+            // gawk: the program file for command-line use (like -f), and an include file.
+            b"-E" | b"--exec" => {
+                return it.next().map_or(Code::Inline(Inline::Stdin), |a| script(a))
+            }
+            b"-i" | b"--include" => {
+                it.next();
+            }
             b"-F" | b"-v" | b"--assign" | b"--field-separator" => {
                 it.next();
             }
@@ -228,7 +306,7 @@ fn php(args: &[Vec<u8>]) -> Code {
         match arg.as_slice() {
             b"-r" | b"-R" | b"-B" | b"-E" => return Code::Inline(Inline::Argument),
             b"-f" => return it.next().map_or(Code::Inline(Inline::Stdin), |a| script(a)),
-            b"-c" | b"-d" | b"-z" => {
+            b"-c" | b"-d" | b"-z" | b"-S" | b"-t" => {
                 it.next();
             }
             a if a.starts_with(b"-") => {}
@@ -289,6 +367,8 @@ mod tests {
     #[test]
     fn busybox_by_applet() {
         assert_eq!(code("/bin/busybox", &["sh", "/tmp/x"]), file("/tmp/x"));
+        // A login shell's name.
+        assert_eq!(code("/bin/busybox", &["-sh", "/tmp/x"]), file("/tmp/x"));
         assert_eq!(
             code("/bin/busybox", &["busybox", "ash", "/tmp/x"]),
             file("/tmp/x")
@@ -324,6 +404,33 @@ mod tests {
         assert_eq!(
             code("/usr/bin/perl", &["perl", "-w", "/a.pl"]),
             file("/a.pl")
+        );
+        // Values are not scripts, nor inline code.
+        let perl = |args: &[&str]| code("/usr/bin/perl", &[&["perl"], args].concat());
+        assert_eq!(perl(&["-I", "/opt/lib", "/a.pl"]), file("/a.pl"));
+        assert_eq!(perl(&["-I/opt/lib", "/a.pl"]), file("/a.pl"));
+        assert_eq!(perl(&["-Mre", "/tmp/x.pl"]), file("/tmp/x.pl"));
+        assert_eq!(perl(&["-MFile::Temp", "/x.pl"]), file("/x.pl"));
+        assert_eq!(perl(&["-l", "/x.pl"]), file("/x.pl"));
+        assert_eq!(perl(&["-l0e", "print"]), ARG);
+        assert_eq!(
+            code(
+                "/usr/bin/python3.11",
+                &["python3", "--check-hash-based-pycs", "always", "/x.py"]
+            ),
+            file("/x.py")
+        );
+        assert_eq!(
+            code("/usr/bin/gawk", &["gawk", "-E", "/p.awk"]),
+            file("/p.awk")
+        );
+        assert_eq!(
+            code("/usr/bin/gawk", &["gawk", "-i", "inc", "-f", "/p.awk"]),
+            file("/p.awk")
+        );
+        assert_eq!(
+            code("/usr/bin/php8.2", &["php", "-S", "0:80", "/r.php"]),
+            file("/r.php")
         );
         assert_eq!(
             code("/usr/bin/lua5.4", &["lua", "-l", "m", "/a.lua"]),

@@ -29,8 +29,6 @@ pub enum DecodeError {
     NoHeader(usize),
     #[error("unknown record kind {0}")]
     UnknownKind(u16),
-    #[error("exec record with an environment entry that is not a loader variable: {0:?}")]
-    NotLoaderVariable(String),
     #[error("{kind:?} record of {len} bytes, expected at least {min}")]
     Short {
         kind: EventKind,
@@ -324,7 +322,7 @@ fn decode_exec(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeErr
     let argv = split_argv(&bytes[argv_at..argv_at + argv_len], argc);
     let env_len = usize::from(field::<u16>(bytes, offset_of!(ExecEvent, env_len))).min(ENV_MAX);
     let env_at = offset_of!(ExecEvent, env);
-    let loader_env = split_loader_env(&bytes[env_at..env_at + env_len])?;
+    let (loader_env, damaged) = split_loader_env(&bytes[env_at..env_at + env_len]);
     Ok(RawEvent::Exec(Exec {
         task: task(header),
         old_tid: field(bytes, offset_of!(ExecEvent, old_tid)),
@@ -339,16 +337,18 @@ fn decode_exec(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeErr
             )
         }),
         loader_env,
-        loader_env_truncated: header.flags & EXEC_FLAG_ENV_TRUNCATED != 0,
+        loader_env_truncated: damaged || header.flags & EXEC_FLAG_ENV_TRUNCATED != 0,
         env_examined: field(bytes, offset_of!(ExecEvent, env_examined)),
         env_unexamined: header.flags & EXEC_FLAG_ENV_UNEXAMINED != 0,
     }))
 }
 
 /// The packed `NAME=value` entries of an exec record's `env`; the last one, unterminated, was
-/// cut. The kernel keeps only loader variables, whole names included: anything else is a bad
-/// record.
-fn split_loader_env(bytes: &[u8]) -> Result<Vec<LoaderVar>, DecodeError> {
+/// cut. The kernel keeps only loader variables; an entry that is not one (cut inside its name,
+/// or changed by another thread between the kernel's reads) is dropped and said (`true`): the
+/// exec itself is never lost to its environment.
+fn split_loader_env(bytes: &[u8]) -> (Vec<LoaderVar>, bool) {
+    let mut damaged = false;
     let mut vars = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -368,11 +368,12 @@ fn split_loader_env(bytes: &[u8]) -> Result<Vec<LoaderVar>, DecodeError> {
                 cut,
             })
         });
-        vars.push(var.ok_or(DecodeError::NotLoaderVariable(
-            String::from_utf8_lossy(entry).into_owned(),
-        ))?);
+        match var {
+            Some(var) => vars.push(var),
+            None => damaged = true,
+        }
     }
-    Ok(vars)
+    (vars, damaged)
 }
 
 /// A fork record: the new process's pid.
@@ -746,15 +747,27 @@ mod tests {
     }
 
     #[test]
-    fn an_exec_environment_entry_that_is_not_a_loader_variable_is_a_bad_record() {
-        for env in [&b"PATH=/bin\0"[..], b"LD_PRELOADX=/x\0", b"LD_PRELOAD\0"] {
-            assert!(
-                matches!(
-                    exec_with_env(env, 0),
-                    Err(DecodeError::NotLoaderVariable(_))
-                ),
-                "{env:?}"
-            );
+    fn an_exec_environment_entry_that_is_not_a_loader_variable_is_dropped_not_the_exec() {
+        // Not loader variables, or one cut inside its name (`LD_PRE`, the buffer's end): the
+        // exec is decoded, the entry dropped, and the environment said incomplete.
+        for env in [
+            &b"PATH=/bin\0"[..],
+            b"LD_PRELOADX=/x\0",
+            b"LD_PRELOAD\0",
+            b"LD_AUDIT=/a.so\0LD_PRE",
+        ] {
+            let Ok(RawEvent::Exec(x)) = exec_with_env(env, 0) else {
+                panic!("{env:?}: the exec was lost")
+            };
+            assert!(x.loader_env_truncated, "{env:?}");
+            assert_eq!(x.filename, b"/bin/cat");
+            let kept: Vec<&str> = x.loader_env.iter().map(|v| v.name).collect();
+            let expected: &[&str] = if env.starts_with(b"LD_AUDIT") {
+                &["LD_AUDIT"]
+            } else {
+                &[]
+            };
+            assert_eq!(kept, expected, "{env:?}");
         }
     }
 }

@@ -59,7 +59,7 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
     };
     let mut seen = Learned {
         watched: base.as_ref().map(|p| {
-            (p.behaviour.sensitive.iter())
+            (p.behaviour.iter().flat_map(|b| &b.sensitive))
                 .map(|s| PathBuf::from(s.path.as_str()))
                 .collect()
         }),
@@ -103,8 +103,8 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
         policy.executables.len(),
         policy.network.outbound.len(),
         policy.network.listen.len(),
-        policy.behaviour.lineage.len(),
-        policy.behaviour.interpreters.len(),
+        policy.behaviour.as_ref().map_or(0, |b| b.lineage.len()),
+        policy.behaviour.as_ref().map_or(0, |b| b.interpreters.len()),
         notes.len()
     );
     Ok(())
@@ -321,7 +321,8 @@ impl Learned {
 
     /// Adds the lineage pairs, the interpreters seen and the readers of the sensitive files.
     fn add_behaviour(&mut self, policy: &mut Policy) {
-        let b = &mut policy.behaviour;
+        // A draft always has the section: learning is what makes it.
+        let b = policy.behaviour.get_or_insert_with(Default::default);
         for (action, exe) in std::mem::take(&mut self.privileged) {
             match exe.to_str().map(str::parse) {
                 Some(Ok(executable)) => b.privileged.push(Privileged { action, executable }),
