@@ -100,7 +100,10 @@ fn learns_executables_peers_and_listeners_into_a_draft() {
         .find(|e| e.path.as_str() == script_text)
         .unwrap_or_else(|| panic!("{script_text} not learned:\n{text}"));
     assert_eq!(learned.sha256.to_string(), sha256_file(&script));
-    let b = policy.behaviour.as_ref().expect("a learned draft has a [behaviour] section");
+    let b = policy
+        .behaviour
+        .as_ref()
+        .expect("a learned draft has a [behaviour] section");
     assert!(
         b.privileged
             .iter()
