@@ -92,11 +92,9 @@ impl Behaviour {
         if self.lineage.is_empty() {
             return None;
         }
-        // A program replaced on disk since it started (an upgrade) is still that program.
-        let live = |p: &'a str| p.strip_suffix(" (deleted)").unwrap_or(p);
-        let parent_program = live(parent?.image.program()?.to_str()?);
-        let child_program = live(image.program()?.to_str()?);
-        let (parent_key, child_key) = (key(parent_program), key(child_program));
+        let parent_program = live(&parent?.image.program()?)?;
+        let child_program = live(&image.program()?)?;
+        let (parent_key, child_key) = (key(&parent_program), key(&child_program));
         if self
             .lineage
             .get(&parent_key)
@@ -159,4 +157,11 @@ impl Behaviour {
         let actors: Vec<String> = actors.filter_map(|a| a.to_str()).map(key).collect();
         matching.any(|(_, rotators)| !actors.iter().any(|a| rotators.contains(a)))
     }
+}
+
+/// A program's name as text, as lineage compares it: a program replaced on disk since it
+/// started (an upgrade: `/usr/sbin/cron (deleted)`) is still that program. `None` for a name
+/// that is not UTF-8, which no policy path can name.
+fn live(program: &Path) -> Option<String> {
+    Some(program.to_str()?.replacen(" (deleted)", "", 1))
 }

@@ -116,15 +116,21 @@ fn process_context(fields: &Value) -> Option<Context> {
             .unwrap_or_default(),
         code: None,
         script_sha256: None,
+        applet: None,
     };
     let code = image
         .exe
         .as_deref()
         .and_then(|e| code_of(e, &image.argv, Some(Path::new("/work"))));
     let script_sha256 = text(fields, "script_sha256").map(|hex| Ok(digest(hex)));
+    let applet = image
+        .exe
+        .as_deref()
+        .and_then(|e| crate::enrich::script::applet_of(e, &image.argv));
     let image = Image {
         code,
         script_sha256,
+        applet,
         ..image
     };
     let ancestry = fields
@@ -740,6 +746,10 @@ child = "/usr/bin/dash"
 parent = "/etc/cron.daily/backup"
 child = "/usr/bin/dash"
 
+[[behaviour.lineage]]
+parent = "/usr/sbin/httpd"
+child = "/bin/busybox#wget"
+
 [[behaviour.append_only]]
 glob = "/var/log/*.log"
 rotated_by = ["/usr/sbin/logrotate"]
@@ -880,6 +890,23 @@ fn lineage_raises_only_pairs_the_baseline_does_not_list() {
     // A parent replaced on disk since it started (an upgrade) is still the program listed.
     let upgraded = json!({ "exe": "/usr/sbin/cron (deleted)", "argv": ["cron"] });
     assert!(kinds(&d, sh(&["sh", "-c", "x"], upgraded, json!({}))).is_empty());
+    // A multi-call binary is named with its applet: the web server may run busybox's wget,
+    // not its shell.
+    let httpd = || json!({ "exe": "/usr/sbin/httpd", "argv": ["httpd"] });
+    let busybox = |argv: &[&str]| {
+        json!({
+            "event": "exec", "exe": "/bin/busybox", "argv": argv, "parent": httpd(),
+        })
+    };
+    let got = |argv: &[&str]| {
+        d.check(&event(busybox(argv)))
+            .into_iter()
+            .filter(|a| a.kind == Kind::UnexpectedLineage)
+            .map(|a| a.details["child"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(got(&["wget", "-q", "http://x"]).is_empty());
+    assert_eq!(got(&["sh", "-c", "id"]), vec![json!("/bin/busybox#sh")]);
     // No known parent (a process whose executable could not be read): not judged.
     assert!(kinds(&d, sh(&["sh", "-c", "id"], json!(null), json!({}))).is_empty());
     let unknown = json!({ "argv": ["?"] });

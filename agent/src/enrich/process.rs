@@ -7,14 +7,16 @@
 //! ancestry refers to them) and evicted oldest first.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
+    ffi::OsString,
     fs,
     hash::{BuildHasherDefault, Hasher},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use super::script::{code_of, Code, ScriptDigest};
+use super::script::{applet_of, code_of, Code, ScriptDigest};
 use crate::paths;
 
 /// Longest ancestry chain reported.
@@ -37,15 +39,29 @@ pub struct Image {
     pub code: Option<Code>,
     /// The SHA-256 of that script file when it is one, or why it could not be taken.
     pub script_sha256: Option<ScriptDigest>,
+    /// For a multi-call binary (busybox), the applet it runs.
+    pub applet: Option<OsString>,
 }
 
 impl Image {
     /// What the process runs, as lineage names it: the script an interpreter runs, else the
-    /// executable.
-    pub fn program(&self) -> Option<&Path> {
+    /// executable, with its applet for a multi-call binary (`/usr/bin/busybox#sh`: a web
+    /// server running busybox's `wget` is not one running its shell).
+    pub fn program(&self) -> Option<Cow<'_, Path>> {
         match &self.code {
-            Some(Code::Script(p)) if p.is_absolute() => Some(p),
-            _ => self.exe.as_deref(),
+            Some(Code::Script(p)) if p.is_absolute() => Some(Cow::Borrowed(p)),
+            _ => {
+                let exe = self.exe.as_deref()?;
+                Some(match &self.applet {
+                    Some(applet) => {
+                        let mut named = exe.as_os_str().to_owned();
+                        named.push("#");
+                        named.push(applet);
+                        Cow::Owned(PathBuf::from(named))
+                    }
+                    None => Cow::Borrowed(exe),
+                })
+            }
         }
     }
 }
@@ -198,9 +214,11 @@ impl ProcessTable {
         argv: Vec<Vec<u8>>,
         code: Option<(Code, Option<ScriptDigest>)>,
     ) {
+        let applet = exe.as_deref().and_then(|e| applet_of(e, &argv));
         let p = self.get(pid);
         let (code, script_sha256) = code.map_or((None, None), |(c, d)| (Some(c), d));
         p.image = Arc::new(Image {
+            applet,
             exe,
             sha256,
             argv,
@@ -326,6 +344,7 @@ fn from_proc(pid: u32) -> Process {
         ppid,
         image: Arc::new(Image {
             code: exe.as_deref().and_then(|e| proc_code(pid, e, &argv)),
+            applet: exe.as_deref().and_then(|e| applet_of(e, &argv)),
             script_sha256: None,
             exe,
             sha256: None,

@@ -7,7 +7,7 @@
 //! `sh -o errexit x.sh` runs `x.sh`.
 
 use std::{
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
@@ -83,6 +83,22 @@ fn family(name: &[u8]) -> Option<Family> {
 
 fn file_name(path: &[u8]) -> &[u8] {
     path.rsplit(|c| *c == b'/').next().unwrap_or(path)
+}
+
+/// The applet a multi-call binary (busybox) runs with arguments `argv`: `argv[0]`'s name (a
+/// login shell's without its `-`), or its first argument when that name is the binary's own.
+pub fn applet_of(exe: &Path, argv: &[Vec<u8>]) -> Option<OsString> {
+    if !file_name(exe.as_os_str().as_bytes()).starts_with(b"busybox") {
+        return None;
+    }
+    let name = file_name(argv.first()?);
+    let name = name.strip_prefix(b"-").unwrap_or(name);
+    let applet = if name.starts_with(b"busybox") {
+        file_name(argv.get(1)?)
+    } else {
+        name
+    };
+    (!applet.is_empty()).then(|| OsStr::from_bytes(applet).to_owned())
 }
 
 /// The code `exe` runs with arguments `argv` (`argv[0]` included), when `exe` is an
@@ -374,6 +390,19 @@ mod tests {
             file("/tmp/x")
         );
         assert_eq!(code("/bin/busybox", &["awk", "BEGIN{}"]), ARG);
+        let applet = |argv: &[&str]| {
+            let argv: Vec<Vec<u8>> = argv.iter().map(|a| a.as_bytes().to_vec()).collect();
+            applet_of(Path::new("/bin/busybox"), &argv)
+        };
+        assert_eq!(applet(&["wget", "-q"]), Some("wget".into()));
+        assert_eq!(applet(&["-sh"]), Some("sh".into()));
+        assert_eq!(applet(&["busybox", "sh", "-c", ":"]), Some("sh".into()));
+        assert_eq!(applet(&["/bin/busybox", "/bin/ash"]), Some("ash".into()));
+        assert_eq!(applet(&["busybox"]), None);
+        assert_eq!(
+            applet_of(Path::new("/usr/bin/dash"), &[b"sh".to_vec()]),
+            None
+        );
         // Not an interpreter applet: its arguments are not code.
         assert_eq!(code("/bin/busybox", &["cat", "/tmp/x"]), None);
         assert_eq!(code("/bin/busybox", &["busybox"]), None);

@@ -31,6 +31,7 @@ fn context(exe: &[u8]) -> Option<Context> {
             argv: vec![b"sh".to_vec(), b"-c\xff".to_vec()],
             code: None,
             script_sha256: None,
+            applet: None,
         }),
         ancestry: vec![Ancestor {
             pid: 1,

@@ -214,8 +214,11 @@ impl Learned {
             .ancestry
             .first()
             .and_then(|a| a.image.program())
-            .and_then(text);
-        let child = ctx.image.program().and_then(text);
+            .and_then(|p| text(&p));
+        let child = ctx.image.program().and_then(|p| text(&p));
+        // As detection compares them: a program replaced on disk since it started is itself.
+        let live = |p: String| p.replacen(" (deleted)", "", 1);
+        let (parent, child) = (parent.map(live), child.map(live));
         if let (Some(parent), Some(child)) = (parent, child) {
             self.lineage.insert((parent, child));
         }
