@@ -139,7 +139,12 @@ const SCENARIOS: &[Scenario] = &[
         "/usr/bin/python3.11 -c 'import os; fd = os.memfd_create(\"kit\"); \
          os.write(fd, open(\"/usr/bin/true\", \"rb\").read()); \
          os.execv(\"/proc/self/fd/%d\" % fd, [\"kit\"])'",
-        &[(SUSPICIOUS, "/memfd:kit (deleted)")]),
+        &[
+            (SUSPICIOUS, "/memfd:kit (deleted)"),
+            (UNKNOWN, "/memfd:kit (deleted)"),
+            // The lineage alert names the program without the kernel's " (deleted)".
+            (LINEAGE, "/memfd:kit"),
+        ]),
     s("T1036.005", "a program masquerading as a system daemon",
         "/usr/bin/cp /usr/bin/true @W/sbin/sshd && @W/sbin/sshd",
         &[(LINEAGE, "@W/sbin/sshd"), (UNKNOWN, "@W/sbin/sshd")]),
@@ -154,7 +159,7 @@ const SCENARIOS: &[Scenario] = &[
         "/usr/bin/ln @W/etc/device.key @W/data/notes && /usr/bin/od @W/data/notes > /dev/null",
         &[(LINEAGE, "/usr/bin/ln"), (LINEAGE, "/usr/bin/od"), (SENSITIVE, "@W/etc/device.key")]),
     s("T1552.001", "configuration searched for passwords",
-        "/usr/bin/grep -r password @W/etc > /dev/null",
+        "/usr/bin/grep -r -i -e password -e private @W/etc > /dev/null",
         &[(LINEAGE, "/usr/bin/grep"), (SENSITIVE, "@W/etc/device.key"),
           (SENSITIVE, "@W/etc/shadow")]),
     s("T1105", "a tool downloaded with curl",
@@ -213,8 +218,19 @@ const SCENARIOS: &[Scenario] = &[
         &[(LINEAGE, "/usr/bin/find")]),
     s("T1027", "obfuscated shell code decoded and piped into the device's shell",
         "echo Ogo= | /usr/bin/base64 -d | @W/bin/sh", &[(LINEAGE, "@W/bin/sh")]),
-    s("T1070.006", "the configuration's timestamps changed (NOT CAUGHT beyond lineage)",
-        "/usr/bin/touch -d 2020-01-01 @W/etc/app.conf", &[(LINEAGE, "/usr/bin/touch")]),
+    s(
+        "T1070.006",
+        "the configuration's times changed with touch (opened for writing)",
+        "/usr/bin/touch -d 2020-01-01 @W/etc/app.conf",
+        &[(LINEAGE, "/usr/bin/touch"), (PROTECTED, "@W/etc/app.conf")],
+    ),
+    // utimensat alone is no file event: python3's lineage alert was raised before.
+    s(
+        "T1070.006",
+        "the times of passwd changed by utime alone (NOT CAUGHT)",
+        "/usr/bin/python3.11 -c 'import os; os.utime(\"@W/etc/passwd\", (0, 0))'",
+        &[],
+    ),
 ];
 
 /// The attacker's download server (answers every request with a copy of `true`) and a port
