@@ -57,9 +57,12 @@ pub(super) fn check(
     else {
         return;
     };
+    // `$ORIGIN` in a library path is the executable's directory.
+    let origin = Path::new(exe).parent();
     if let Some(details) = judge(
         loader_env,
         *loader_env_truncated || *env_unexamined,
+        origin,
         directory_owner_mode,
     ) {
         out.push(draft(
@@ -80,6 +83,7 @@ pub(super) fn check(
 fn judge(
     vars: &[LoaderVar],
     incomplete: bool,
+    origin: Option<&Path>,
     stat: impl Fn(&Path) -> Option<Stat>,
 ) -> Option<Value> {
     let mut suspicious = false;
@@ -87,7 +91,7 @@ fn judge(
         .iter()
         .map(|v| {
             let mut o = v.json();
-            if let Some(reason) = reason(v, &stat) {
+            if let Some(reason) = reason(v, origin, &stat) {
                 suspicious = true;
                 o.insert("reason".into(), reason.into());
             }
@@ -105,7 +109,11 @@ fn judge(
 }
 
 /// Why `var` is suspicious, if it is.
-fn reason(var: &LoaderVar, stat: &impl Fn(&Path) -> Option<Stat>) -> Option<String> {
+fn reason(
+    var: &LoaderVar,
+    origin: Option<&Path>,
+    stat: &impl Fn(&Path) -> Option<Stat>,
+) -> Option<String> {
     match var.name {
         // glibc splits LD_PRELOAD on spaces and colons, LD_AUDIT on colons.
         "LD_PRELOAD" | "LD_AUDIT" => var
@@ -113,7 +121,7 @@ fn reason(var: &LoaderVar, stat: &impl Fn(&Path) -> Option<Stat>) -> Option<Stri
             .iter()
             .any(|b| !matches!(b, b' ' | b':' | b'\t'))
             .then(|| format!("{} loads code into the program", var.name)),
-        "LD_LIBRARY_PATH" => library_path_reason(&var.value, stat),
+        "LD_LIBRARY_PATH" => library_path_reason(&var.value, origin, stat),
         _ => None,
     }
 }
@@ -121,18 +129,36 @@ fn reason(var: &LoaderVar, stat: &impl Fn(&Path) -> Option<Stat>) -> Option<Stri
 /// Why a directory of the `LD_LIBRARY_PATH` value `value` is one where someone other than root
 /// can put a library, for the first such directory. The loader splits the value on `:` and
 /// `;`; an empty value is unset.
-fn library_path_reason(value: &[u8], stat: &impl Fn(&Path) -> Option<Stat>) -> Option<String> {
+/// A directory starting with `$ORIGIN` (or `${ORIGIN}`) is under `origin`, the executable's
+/// directory, as the loader expands it.
+fn library_path_reason(
+    value: &[u8],
+    origin: Option<&Path>,
+    stat: &impl Fn(&Path) -> Option<Stat>,
+) -> Option<String> {
     if value.is_empty() {
         return None;
     }
     for dir in value.split(|&b| b == b':' || b == b';') {
         let shown = String::from_utf8_lossy(dir);
+        let rest = dir
+            .strip_prefix(b"$ORIGIN")
+            .or_else(|| dir.strip_prefix(b"${ORIGIN}"));
+        let expanded;
+        let dir = match (rest, origin) {
+            (Some(rest), Some(origin)) => {
+                expanded = [origin.as_os_str().as_encoded_bytes(), rest].concat();
+                &expanded[..]
+            }
+            _ => dir,
+        };
         if !dir.starts_with(b"/") {
             return Some(format!(
                 "relative directory {shown:?} (the working directory)"
             ));
         }
-        let dir = paths::from_bytes(dir);
+        // Lexically normalised: `$ORIGIN/../lib` of `/opt/app/bin` is `/opt/app/lib`.
+        let dir = paths::normalize(&paths::from_bytes(dir));
         let canonical = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
         if in_shared_temporary(&dir) || in_shared_temporary(&canonical) {
             return Some(format!("{shown} is in a temporary location"));
@@ -206,7 +232,7 @@ mod tests {
     }
 
     fn judge_one(v: LoaderVar) -> Option<Value> {
-        judge(&[v], false, stat)
+        judge(&[v], false, None, stat)
     }
 
     #[test]
@@ -235,6 +261,20 @@ mod tests {
         };
         // Vendor libraries, root's (group root may write), and missing directories: quiet.
         assert_eq!(reason("/opt/vendor/lib"), None);
+        // $ORIGIN is the executable's directory: /opt/vendor/bin/app's ../lib is root's.
+        let origin = |value: &str| {
+            library_path_reason(value.as_bytes(), Some(Path::new("/opt/vendor/bin")), &stat)
+        };
+        assert_eq!(origin("$ORIGIN/../lib"), None);
+        assert_eq!(origin("${ORIGIN}/../lib"), None);
+        let in_tmp = library_path_reason(b"$ORIGIN/lib", Some(Path::new("/tmp/x")), &stat);
+        assert_eq!(in_tmp.unwrap(), "$ORIGIN/lib is in a temporary location");
+        let owned = library_path_reason(b"$ORIGIN/../lib", Some(Path::new("/home/app/bin")), &stat);
+        assert_eq!(owned.unwrap(), "$ORIGIN/../lib is owned by uid 1000");
+        assert_eq!(
+            library_path_reason(b"$ORIGIN/../lib", None, &stat).unwrap(),
+            "relative directory \"$ORIGIN/../lib\" (the working directory)"
+        );
         assert_eq!(reason("/opt/vendor/lib:/opt/shared/lib"), None);
         assert_eq!(reason("/opt/vendor/lib:/nonexistent/lib"), None);
         assert_eq!(reason(""), None);
@@ -272,7 +312,7 @@ mod tests {
             cut: true,
             ..var("LD_LIBRARY_PATH", "/opt/vendor/lib")
         };
-        let d = judge(&[cut, var("LD_AUDIT", "/tmp/a.so")], true, stat).unwrap();
+        let d = judge(&[cut, var("LD_AUDIT", "/tmp/a.so")], true, None, stat).unwrap();
         assert_eq!(
             d,
             json!({
@@ -290,11 +330,16 @@ mod tests {
             value: b"/x\xff.so".to_vec(),
             cut: false,
         };
-        let d = judge(&[raw], false, stat).unwrap();
+        let d = judge(&[raw], false, None, stat).unwrap();
         assert_eq!(d["variables"][0]["value_hex"], "2f78ff2e736f");
         // Nothing suspicious, nothing raised, even when the environment was not fully seen.
         assert_eq!(
-            judge(&[var("LD_LIBRARY_PATH", "/opt/vendor/lib")], true, stat),
+            judge(
+                &[var("LD_LIBRARY_PATH", "/opt/vendor/lib")],
+                true,
+                None,
+                stat
+            ),
             None
         );
     }

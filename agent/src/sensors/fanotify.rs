@@ -129,22 +129,23 @@ impl ExecWatch {
         )
     }
 
-    /// Reads the events queued now (without waiting), at most `max`, and hands each to `seen`
-    /// as it is read (each holds a descriptor: handled and closed one read at a time).
-    pub fn drain(&mut self, max: usize, seen: impl FnMut(Opened)) {
-        read_events(&self.group, &mut self.buf, &mut self.lost, max, seen);
+    /// Reads the events queued now (without waiting), at most `max` (checked per read), and
+    /// hands each to `seen` as it is read (each holds a descriptor: handled and closed one read
+    /// at a time); returns how many were handed.
+    pub fn drain(&mut self, max: usize, seen: impl FnMut(Opened)) -> usize {
+        read_events(&self.group, &mut self.buf, &mut self.lost, max, seen)
     }
 }
 
 /// Reads the events of `group` queued now (without waiting), at most `max` (checked per read),
-/// and hands each to `seen`; counts the lost ones in `lost`.
+/// and hands each to `seen`; counts the lost ones in `lost`; returns how many were handed.
 fn read_events(
     group: &Fanotify,
     buf: &mut [u64],
     lost: &mut u64,
     max: usize,
     mut seen: impl FnMut(Opened),
-) {
+) -> usize {
     let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
     let mut handed = 0;
     while handed < max {
@@ -155,18 +156,18 @@ fn read_events(
             let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return,
+                io::ErrorKind::WouldBlock => return handed,
                 // The event could not be given a descriptor (EMFILE, ENFILE, ...): the
                 // kernel dropped it.
                 _ => {
                     *lost += 1;
                     log::warn!("fanotify listener: an event was lost: {e}");
-                    return;
+                    return handed;
                 }
             }
         };
         if n == 0 {
-            return;
+            return handed;
         }
         let mut offset = 0;
         while offset + meta <= n {
@@ -196,6 +197,7 @@ fn read_events(
             });
         }
     }
+    handed
 }
 
 /// Opens of a few named files (sensitive ones), by inode marks: no other open on the device

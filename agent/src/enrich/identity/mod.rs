@@ -42,6 +42,8 @@ const PER_PROCESS: usize = 16;
 const TOTAL: usize = 8192;
 /// Events read from the listener at once (each is a descriptor until it is handled).
 const READ_AT_ONCE: usize = 1024;
+/// Reads one record makes at most, looking for its event: a bound on the backlog read at once.
+const MAX_READS: usize = 64;
 /// ELF loaders remembered (a system has a handful).
 const LOADERS: usize = 64;
 /// Canonical forms of names kept.
@@ -206,9 +208,18 @@ impl ExecFiles {
             stamp > exec_real_ns.saturating_sub(TICK_NS + OFFSET_NS) && not_future(stamp)
         };
         let mut found = self.find(pid, &name, &around_exec);
-        if found.is_none() {
-            self.drain(hashes);
+        // The record's own event was queued before the record: read until it is found or the
+        // queue is empty. Events no record claims (execs from before the sensors attached, or
+        // whose records were lost) can stand before it, more than one read takes.
+        for _ in 0..MAX_READS {
+            if found.is_some() {
+                break;
+            }
+            let read = self.drain(hashes);
             found = self.find(pid, &name, &around_exec);
+            if read < READ_AT_ONCE {
+                break;
+            }
         }
         let Some(found) = found else {
             let merged = self
@@ -479,14 +490,14 @@ impl ExecFiles {
         queue.iter().position(|s| !self.loaders.contains(&s.path))
     }
 
-    /// Reads the queued events into `pending` (at most [`READ_AT_ONCE`]: what is left is read
-    /// by the next record that needs it).
-    fn drain(&mut self, hashes: &mut HashCache) {
+    /// Reads the queued events into `pending`, at most [`READ_AT_ONCE`]; returns how many were
+    /// read (fewer: the queue is empty).
+    fn drain(&mut self, hashes: &mut HashCache) -> usize {
         let Some(mut watch) = self.watch.take() else {
-            return;
+            return 0;
         };
         let (lost, dropped) = (watch.lost, self.dropped);
-        watch.drain(READ_AT_ONCE, |Opened { pid, file }| {
+        let read = watch.drain(READ_AT_ONCE, |Opened { pid, file }| {
             let Some(seen) = seen(&file, hashes, &mut self.kernel_names) else {
                 self.dropped += 1;
                 return;
@@ -520,6 +531,7 @@ impl ExecFiles {
             );
         }
         self.watch = Some(watch);
+        read
     }
 
     /// The kernel's name for `path` (symbolic links resolved), cached.
