@@ -196,10 +196,11 @@ impl ExecFiles {
         exec_real_ns: i64,
         hashes: &mut HashCache,
     ) -> Option<Ran> {
-        let now_real_ns = wall_clock_now_ns();
         // Since the exec, and no later than now (a clock set back leaves files stamped "in the
-        // future": those are not taken for changes made since the exec).
-        let not_future = |stamp: i64| stamp <= now_real_ns.saturating_add(OFFSET_NS);
+        // future": those are not taken for changes made since the exec). Now is when the stamp
+        // is judged, not when the record was taken up: the events are read in between, and a
+        // file renamed meanwhile carries a stamp from after the record's start.
+        let not_future = |stamp: i64| stamp <= wall_clock_now_ns().saturating_add(OFFSET_NS);
         // Surely after the exec (a stamp is never ahead of the time it was made).
         let since_exec =
             |stamp: i64| stamp > exec_real_ns.saturating_add(OFFSET_NS) && not_future(stamp);
