@@ -135,7 +135,13 @@ const RY_PATH_: u64 = u64::from_ne_bytes(*b"RY_PATH=");
 #[inline(always)]
 fn stash_env(stash: &mut crate::maps::ArgvStash, envp: u64) {
     let ptr_size = layout!(syscall_arg_size) as u64;
-    let mut off: usize = 0;
+    // Where the next variable goes: a `u8` (below `ENV_MAX`, 256) whose bound every verifier
+    // keeps across the loop, also when it is spilled to the stack; a bound learned from a
+    // comparison is lost there by verifiers before 6.8 (Linux 6.1 refused a `usize` offset).
+    let mut off: u8 = 0;
+    // The buffer is full (the last variable may have been cut).
+    let mut full = false;
+    let mut cut = false;
     let mut examined: u16 = 0;
     stash.env_len = 0;
     stash.env_examined = 0;
@@ -175,11 +181,11 @@ fn stash_env(stash: &mut crate::maps::ArgvStash, envp: u64) {
         if !loader {
             continue;
         }
-        if off >= ENV_MAX {
+        if full {
             stash.flags |= EXEC_FLAG_ENV_TRUNCATED;
             continue;
         }
-        let at = off & (ENV_MAX - 1);
+        let at = off as usize;
         // SAFETY: `at < ENV_MAX` and the read is at most `ENV_MAX` bytes into a buffer of
         // `2 * ENV_MAX`.
         let len = unsafe {
@@ -190,14 +196,19 @@ fn stash_env(stash: &mut crate::maps::ArgvStash, envp: u64) {
             )
         };
         if len > 0 {
-            off = at + len as usize;
+            let next = at + len as usize;
+            if next >= ENV_MAX {
+                full = true;
+                cut = next > ENV_MAX;
+            } else {
+                off = next as u8;
+            }
         }
     }
-    if off > ENV_MAX {
-        off = ENV_MAX;
+    if cut {
         stash.flags |= EXEC_FLAG_ENV_TRUNCATED;
     }
-    stash.env_len = off as u16;
+    stash.env_len = if full { ENV_MAX as u16 } else { u16::from(off) };
     stash.env_examined = examined;
 }
 
