@@ -4,7 +4,8 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "PKTB"
-//! 4       2     format version, little endian (1, or 2 for a policy with behavioural sections)
+//! 4       2     format version, little endian (1; 2 for a policy with behavioural sections;
+//!               3 for one that enforces)
 //! 6       8     key id: first 8 bytes of SHA-256(signer's public key)
 //! 14      4     payload length N, little endian
 //! 18      N     payload: the policy, canonical postcard
@@ -25,8 +26,11 @@ use crate::{
 };
 
 /// The newest bundle format this build writes and reads. Format 2 adds the policy's
-/// behavioural sections; a policy without them is written in format 1, which older agents read.
-pub const FORMAT_VERSION: u16 = 2;
+/// behavioural sections; format 3 (the same payload) the `enforce` mode, so that an agent that
+/// cannot enforce refuses the policy by its version, saying so, instead of running it in alert
+/// mode. A policy is written in the oldest format that can hold it: older agents keep reading
+/// what they understand.
+pub const FORMAT_VERSION: u16 = 3;
 const MAGIC: &[u8; 4] = b"PKTB";
 const CONTEXT: &[u8] = b"picket policy bundle\0";
 const HEADER: usize = 18;
@@ -310,6 +314,31 @@ sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
         let off = sign(&with_mode, &signer);
         assert_eq!(&off[4..6], &2u16.to_le_bytes());
         assert_eq!(verify(&off, &trust).unwrap().policy, with_mode);
+        // Enforcing needs format 3, and a format-3 payload is refused under 2 (and the reverse).
+        let mut enforcing = small_policy();
+        enforcing.modes.network = crate::model::Mode::Enforce;
+        let enforced = sign(&enforcing, &signer);
+        assert_eq!(&enforced[4..6], &3u16.to_le_bytes());
+        assert_eq!(verify(&enforced, &trust).unwrap().policy, enforcing);
+        for (bytes, version) in [(&enforced, 2), (&bundle, 3)] {
+            match verify(&relabel(bytes, version), &trust) {
+                Err(BundleError::BadPayload(e)) => assert!(e.contains("format"), "{e}"),
+                other => panic!("format {version} relabelled: {other:?}"),
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_executables_and_network_can_be_enforced() {
+        for field in ["files", "behaviour"] {
+            let mut p = small_policy();
+            match field {
+                "files" => p.modes.files = crate::model::Mode::Enforce,
+                _ => p.modes.behaviour = crate::model::Mode::Enforce,
+            }
+            let e = crate::canonicalize(p).unwrap_err();
+            assert!(e.contains(&format!("modes.{field}")), "{e}");
+        }
     }
 }

@@ -69,6 +69,14 @@ pub fn canonicalize(mut p: Policy) -> Result<Policy, String> {
         v.sort();
         v.dedup();
     }
+    for (name, mode) in [("files", p.modes.files), ("behaviour", p.modes.behaviour)] {
+        if mode == model::Mode::Enforce {
+            return Err(format!(
+                "modes.{name} = \"enforce\": only executables and network can be enforced \
+                 (files and behaviour are watched, not prevented)"
+            ));
+        }
+    }
     sort_dedup(&mut p.executables);
     sort_dedup(&mut p.executable_globs);
     sort_dedup(&mut p.network.outbound);
@@ -147,9 +155,14 @@ pub fn canonical_bytes(policy: &Policy) -> Vec<u8> {
     }
 }
 
-/// The bundle format `policy` is written in: 1 unless it uses what format 2 added.
+/// The bundle format `policy` is written in: 3 if a mode is `enforce`, else 2 if it has
+/// behavioural sections or a non-default behavioural mode, else 1.
 pub fn format_of(policy: &Policy) -> u16 {
-    if policy.behaviour.is_none() && policy.modes.behaviour == model::Mode::Alert {
+    let m = policy.modes;
+    let enforces = [m.executables, m.network, m.files, m.behaviour].contains(&model::Mode::Enforce);
+    if enforces {
+        3
+    } else if policy.behaviour.is_none() && policy.modes.behaviour == model::Mode::Alert {
         1
     } else {
         2
@@ -161,7 +174,7 @@ pub fn format_of(policy: &Policy) -> u16 {
 pub fn from_canonical_bytes(bytes: &[u8], format: u16) -> Result<Policy, String> {
     let (policy, rest): (Policy, &[u8]) = match format {
         1 => postcard::take_from_bytes::<v1::Owned>(bytes).map(|(p, rest)| (p.into(), rest)),
-        2 => postcard::take_from_bytes(bytes),
+        2 | 3 => postcard::take_from_bytes(bytes),
         other => return Err(format!("policy format {other} is not known")),
     }
     .map_err(|e| format!("policy payload: {e}"))?;

@@ -83,9 +83,13 @@ impl Default for Modes {
 pub enum Mode {
     /// Not checked.
     Off,
-    /// Every deviation raises an alert.
+    /// Every deviation raises an alert; what `enforce` would refuse is also reported
+    /// (`would_block`): the dry run of enforcement.
     #[default]
     Alert,
+    /// Deviations are refused before they happen (executables and network only) and raise
+    /// `blocked_*` alerts. Needs bundle format 3.
+    Enforce,
 }
 
 /// An executable allowed to run.

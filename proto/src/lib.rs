@@ -188,6 +188,16 @@ pub enum AlertKind {
     AppendOnlyViolated,
     /// A sensitive file was opened by an executable not allowed to read it.
     SensitiveFileRead,
+    /// An exec was refused before it ran (enforce mode): the caller got `EPERM`.
+    BlockedExec,
+    /// An outbound connection or send was refused (enforce mode).
+    BlockedConnection,
+    /// A bind to a port the policy does not list was refused (enforce mode).
+    BlockedListener,
+    /// What enforce mode would have refused, in alert mode (the dry run).
+    WouldBlock,
+    /// The device's configuration weakens a mode the signed policy enforces.
+    EnforcementWeakened,
 }
 
 impl AlertKind {
@@ -215,6 +225,11 @@ impl AlertKind {
             AlertKind::MountChanged => "mount_changed",
             AlertKind::AppendOnlyViolated => "append_only_violated",
             AlertKind::SensitiveFileRead => "sensitive_file_read",
+            AlertKind::BlockedExec => "blocked_exec",
+            AlertKind::BlockedConnection => "blocked_connection",
+            AlertKind::BlockedListener => "blocked_listener",
+            AlertKind::WouldBlock => "would_block",
+            AlertKind::EnforcementWeakened => "enforcement_weakened",
         }
     }
 }

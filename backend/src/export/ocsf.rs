@@ -31,6 +31,11 @@ fn title(kind: &str) -> &'static str {
         "mount_changed" => "Filesystem mounted or remounted",
         "append_only_violated" => "Append-only file truncated or removed",
         "sensitive_file_read" => "Sensitive file read",
+        "blocked_exec" => "Execution refused by the baseline",
+        "blocked_connection" => "Network connection refused by the baseline",
+        "blocked_listener" => "Listening port refused by the baseline",
+        "would_block" => "Enforcement would refuse this",
+        "enforcement_weakened" => "Enforcement weakened by local configuration",
         _ => "Picket alert",
     }
 }
