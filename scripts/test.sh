@@ -41,7 +41,7 @@ log "tests: agent and backend, unit"
 cargo test --package picket-agent --package picket-backend --locked
 
 # The end-to-end tests: the test targets of test-support/Cargo.toml, every one of them.
-e2e_agent=(sensors burst startup policy baseline learn detection attacks exec broker reporting spool)
+e2e_agent=(sensors burst startup policy baseline learn detection attacks exec enforce broker reporting spool)
 e2e_backend=(backend)
 listed=$(sed -n '/^\[\[test\]\]/{n;s/^name = "\(.*\)"/\1/p}' test-support/Cargo.toml | sort)
 if [ "$listed" != "$(printf '%s\n' "${e2e_agent[@]}" "${e2e_backend[@]}" | sort)" ]; then
