@@ -211,6 +211,9 @@ pub enum NetOp {
     UdpSend = 5,
     /// `bind` of a UDP socket.
     UdpBind = 6,
+    /// `bind` of a TCP socket to a port, judged by the network guard (which has no listen
+    /// hook) as a listener; the network sensor reports the listen itself as [`NetOp::TcpListen`].
+    TcpBind = 7,
 }
 
 impl NetOp {
@@ -223,6 +226,7 @@ impl NetOp {
             4 => Self::UdpConnect,
             5 => Self::UdpSend,
             6 => Self::UdpBind,
+            7 => Self::TcpBind,
             _ => return None,
         })
     }
@@ -231,6 +235,72 @@ impl NetOp {
 /// Net record flag: the socket's type was not known in the kernel (created before the sensors
 /// started, or inherited across fork); user space checks that it is UDP.
 pub const NET_FLAG_SOCK_UNKNOWN: u16 = 1;
+/// Net record flag: the network guard refused the operation (the caller got `EPERM`).
+pub const NET_FLAG_BLOCKED: u16 = 1 << 1;
+/// Net record flag: the network guard, in dry run, would have refused the operation.
+pub const NET_FLAG_WOULD_BLOCK: u16 = 1 << 2;
+
+/// The network guard's maps (cgroup `sock_addr` programs refusing connects, sends and binds the
+/// policy does not allow), written by the agent and read by the programs.
+pub mod guard {
+    /// `GUARD_STATE[0]`: the mode in the low byte, the active rule slot (0 or 1) in bit
+    /// [`SLOT_SHIFT`]. One `u32`, so that mode and slot change in one store.
+    pub const SLOT_SHIFT: u32 = 8;
+    /// Mode: allow everything, report nothing.
+    pub const MODE_OFF: u32 = 0;
+    /// Mode: allow everything, report what would be refused.
+    pub const MODE_DRY_RUN: u32 = 1;
+    /// Mode: refuse (`EPERM`) and report.
+    pub const MODE_ENFORCE: u32 = 2;
+
+    /// Protocol bits of a [`PortRange`] and of a listen key.
+    pub const PROTO_TCP: u16 = 1;
+    pub const PROTO_UDP: u16 = 1 << 1;
+
+    /// Port ranges one destination entry can hold. An entry whose rules need more is stored as
+    /// [`ALLOW_ALL`]: the guard then lets every port of that network through (detection still
+    /// judges it), it never refuses what the policy allows.
+    pub const RANGES_MAX: usize = 16;
+    /// [`NetRule::count`] meaning every port and protocol is allowed.
+    pub const ALLOW_ALL: u32 = u32::MAX;
+    /// Destination entries (distinct outbound networks) per rule slot.
+    pub const NET_ENTRIES_MAX: u32 = 1024;
+    /// Listen entries (port and protocol pairs) per rule slot.
+    pub const LISTEN_ENTRIES_MAX: u32 = 1024;
+
+    /// Bytes of a `GUARD_NETS` key's data: slot, family (4 or 6), two zero bytes, the address
+    /// (IPv4 in the first 4 bytes). The key's prefix length counts [`KEY_HEADER_BITS`] plus the
+    /// network's prefix length.
+    pub const KEY_BYTES: usize = 20;
+    pub const KEY_HEADER_BITS: u32 = 32;
+
+    /// An inclusive port range and the protocols allowed on it.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct PortRange {
+        pub first: u16,
+        pub last: u16,
+        /// [`PROTO_TCP`] and/or [`PROTO_UDP`].
+        pub protocols: u16,
+        pub _pad0: u16,
+    }
+
+    /// What a destination network allows: the port ranges of every outbound rule whose network
+    /// contains it (pushed down by the agent, as the trie answers only the longest prefix).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct NetRule {
+        /// Ranges used, or [`ALLOW_ALL`].
+        pub count: u32,
+        pub _pad0: u32,
+        pub ranges: [PortRange; RANGES_MAX],
+    }
+
+    /// `GUARD_LISTEN` key: a listen rule's slot, protocol bit and port.
+    pub const fn listen_key(slot: u32, protocol: u16, port: u16) -> u32 {
+        (slot << 24) | ((protocol as u32) << 16) | port as u32
+    }
+}
 
 /// A network event. Addresses are in network byte order; IPv4 uses the first 4 bytes.
 #[repr(C)]
@@ -500,6 +570,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` structs of integers with explicit padding: every bit pattern is
     // a valid value.
     unsafe impl aya::Pod for super::Layout {}
+    unsafe impl aya::Pod for super::guard::NetRule {}
 }
 
 #[cfg(test)]
@@ -526,6 +597,7 @@ mod tests {
         assert_eq!(PRIV_EVENT_PATH_OFFSET, 104 + PRIV_TEXT_MAX);
         assert_eq!(PRIV_EVENT_PATH2_OFFSET, PRIV_EVENT_PATH_OFFSET + PATH_MAX);
         assert_eq!(size_of::<Layout>(), 22 * 4);
+        assert_eq!(size_of::<guard::NetRule>(), 8 + 8 * guard::RANGES_MAX);
         assert!(align_of::<FileEvent>() <= 8);
     }
 
@@ -550,9 +622,9 @@ mod tests {
             assert_eq!(PrivOp::from_u16(op).map(|o| o as u16), Some(op));
         }
         assert_eq!(PrivOp::from_u16(13), None);
-        for op in 1..=6 {
+        for op in 1..=7 {
             assert_eq!(NetOp::from_u16(op).map(|o| o as u16), Some(op));
         }
-        assert_eq!(NetOp::from_u16(7), None);
+        assert_eq!(NetOp::from_u16(8), None);
     }
 }

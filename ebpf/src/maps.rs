@@ -2,9 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use picket_common::{counter, ExecEvent, FileEvent, PrivilegeEvent, Sensor, ARGV_MAX, ENV_MAX};
+use picket_common::{
+    counter,
+    guard::{NetRule, KEY_BYTES, LISTEN_ENTRIES_MAX, NET_ENTRIES_MAX},
+    ExecEvent, FileEvent, PrivilegeEvent, Sensor, ARGV_MAX, ENV_MAX,
+};
 
 /// Default ring buffer size; the agent sets the real one at load time.
 const RING_BYTES: u32 = 1 << 20;
@@ -135,6 +139,20 @@ pub struct UdpDest {
 
 #[map(name = "UDP_DESTS")]
 pub static UDP_DESTS: LruHashMap<UdpDest, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// The network guard's mode and active rule slot (see `picket_common::guard`).
+#[map(name = "GUARD_STATE")]
+pub static GUARD_STATE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The network guard's outbound rules: destination network (in a slot) to the port ranges it
+/// allows. Two slots, so that the agent writes one while the programs read the other.
+#[map(name = "GUARD_NETS")]
+pub static GUARD_NETS: LpmTrie<[u8; KEY_BYTES], NetRule> =
+    LpmTrie::with_max_entries(2 * NET_ENTRIES_MAX, 0);
+
+/// The network guard's listen rules: `listen_key(slot, protocol, port)` present when allowed.
+#[map(name = "GUARD_LISTEN")]
+pub static GUARD_LISTEN: HashMap<u32, u8> = HashMap::with_max_entries(2 * LISTEN_ENTRIES_MAX, 0);
 
 /// Adds one to a counter.
 #[inline(always)]

@@ -25,7 +25,7 @@ const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
-fn new_event(op: NetOp, family: u16) -> NetEvent {
+pub(crate) fn new_event(op: NetOp, family: u16) -> NetEvent {
     NetEvent {
         header: empty_header(),
         op: op as u16,
