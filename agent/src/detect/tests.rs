@@ -186,6 +186,7 @@ fn net_detail(fields: &Value) -> Detail {
             port(fields, "remote_port"),
         ),
         socket_type: None,
+        guard: None,
     }
 }
 

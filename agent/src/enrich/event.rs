@@ -175,6 +175,8 @@ pub enum Detail {
         local: (IpAddr, u16),
         remote: (IpAddr, u16),
         socket_type: Option<&'static str>,
+        /// Set on a record of the network guard.
+        guard: Option<Guard>,
     },
     /// A watched (sensitive) file opened, seen by the open listener.
     Read {
@@ -366,7 +368,15 @@ impl Detail {
                 local,
                 remote,
                 socket_type,
-            } => emit_net(out, *op, pid_source, *local, *remote, *socket_type),
+                guard,
+            } => emit_net(
+                out,
+                *op,
+                pid_source,
+                (*local, *remote),
+                *socket_type,
+                *guard,
+            ),
             Detail::File {
                 op,
                 path,
@@ -398,9 +408,9 @@ fn emit_net<O: Out>(
     out: &mut O,
     op: NetOp,
     pid_source: &'static str,
-    local: (IpAddr, u16),
-    remote: (IpAddr, u16),
+    (local, remote): ((IpAddr, u16), (IpAddr, u16)),
     socket_type: Option<&'static str>,
+    guard: Option<Guard>,
 ) -> Result<(), O::Error> {
     out.put("op", net_op_name(op))?;
     out.put("pid_source", pid_source)?;
@@ -416,6 +426,9 @@ fn emit_net<O: Out>(
     out.put("remote_port", &remote.1)?;
     if let Some(t) = socket_type {
         out.put("socket_type", t)?;
+    }
+    if let Some(g) = guard {
+        out.put("guard", g.name())?;
     }
     Ok(())
 }
@@ -658,6 +671,26 @@ pub fn net_op_name(op: NetOp) -> &'static str {
         NetOp::UdpConnect => "udp_connect",
         NetOp::UdpSend => "udp_send",
         NetOp::UdpBind => "udp_bind",
+        NetOp::TcpBind => "tcp_bind",
+    }
+}
+
+/// What the network guard did with a network operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Refused: the process got `EPERM`.
+    Blocked,
+    /// Let through in dry run; enforcing would have refused it.
+    WouldBlock,
+}
+
+impl Guard {
+    /// The `guard` field of the event.
+    pub fn name(self) -> &'static str {
+        match self {
+            Guard::Blocked => "blocked",
+            Guard::WouldBlock => "would_block",
+        }
     }
 }
 

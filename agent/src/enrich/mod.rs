@@ -22,7 +22,7 @@ mod socket;
 mod tests;
 
 pub use event::{
-    file_op_name, net_op_name, Category, Context, Detail, Event, ExecFile, Fields, Record,
+    file_op_name, net_op_name, Category, Context, Detail, Event, ExecFile, Fields, Guard, Record,
 };
 
 use std::{
@@ -419,9 +419,12 @@ impl Enricher {
         let mut local = n.local;
         let udp = !matches!(
             n.op,
-            NetOp::TcpConnect | NetOp::TcpAccept | NetOp::TcpListen
+            NetOp::TcpConnect | NetOp::TcpAccept | NetOp::TcpListen | NetOp::TcpBind
         );
-        if n.op == NetOp::TcpConnect && local.1 == 0 && n.fd >= 0 {
+        // A guard record comes from a hook that knows the socket's protocol, before the kernel
+        // gave it a local port: nothing to ask of the socket.
+        let from_guard = n.guard.is_some();
+        if !from_guard && n.op == NetOp::TcpConnect && local.1 == 0 && n.fd >= 0 {
             // The kernel picks the local port right after SYN_SENT: ask the socket, if it still
             // is the one that connected to this peer.
             if let Some(SocketInfo {
@@ -437,7 +440,7 @@ impl Enricher {
         }
         // For UDP, the kernel side saw the syscall's arguments only: the socket's type when it
         // predates the sensors, and the local port the kernel picked, are asked of the socket.
-        if udp && (n.sock_type_unknown || local.1 == 0) {
+        if !from_guard && udp && (n.sock_type_unknown || local.1 == 0) {
             let info = socket_info(task.pid, n.fd);
             match &info {
                 // TCP connects are reported from the TCP state machine.
@@ -463,6 +466,7 @@ impl Enricher {
                     local,
                     remote: n.remote,
                     socket_type,
+                    guard: n.guard,
                 },
             },
         ))

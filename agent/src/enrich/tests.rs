@@ -101,6 +101,7 @@ fn prints_a_net_event_without_a_process() {
             local: ("::1".parse().unwrap(), 22),
             remote: ("::1".parse().unwrap(), 40000),
             socket_type: None,
+            guard: None,
         },
     };
     assert_eq!(

@@ -14,11 +14,14 @@ use picket_common::{
     ARGV_MAX, COMM_LEN, ENV_MAX, EXEC_EVENT_FILENAME_OFFSET, EXEC_FLAG_ARGV_MISSING,
     EXEC_FLAG_ARGV_TRUNCATED, EXEC_FLAG_ENV_TRUNCATED, EXEC_FLAG_ENV_UNEXAMINED,
     EXEC_FLAG_EXECVEAT, EXIT_FLAG_CODE, EXIT_FLAG_SIGNAL, FILE_EVENT_PATH2_OFFSET,
-    FILE_EVENT_PATH_OFFSET, FILE_FLAG_FD_ONLY, HEADER_FLAG_NO_TASK, NET_FLAG_SOCK_UNKNOWN,
-    PATH_MAX, PRIV_EVENT_PATH2_OFFSET, PRIV_EVENT_PATH_OFFSET, PRIV_TEXT_MAX,
+    FILE_EVENT_PATH_OFFSET, FILE_FLAG_FD_ONLY, HEADER_FLAG_NO_TASK, NET_FLAG_BLOCKED,
+    NET_FLAG_SOCK_UNKNOWN, NET_FLAG_WOULD_BLOCK, PATH_MAX, PRIV_EVENT_PATH2_OFFSET,
+    PRIV_EVENT_PATH_OFFSET, PRIV_TEXT_MAX,
 };
 pub use picket_common::{PrivOp, PrivilegeEvent};
 use thiserror::Error;
+
+use crate::enrich::Guard;
 
 const AF_INET6: u16 = 10;
 
@@ -178,6 +181,8 @@ pub struct Net {
     pub fd: i32,
     /// The kernel did not know the socket's type: user space must check it is UDP.
     pub sock_type_unknown: bool,
+    /// A record of the network guard: the operation was refused, or would have been.
+    pub guard: Option<Guard>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,6 +415,13 @@ fn decode_net(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeErro
         remote: (ip(v6, &e.remote_addr), e.remote_port),
         fd: e.fd,
         sock_type_unknown: header.flags & NET_FLAG_SOCK_UNKNOWN != 0,
+        guard: if header.flags & NET_FLAG_BLOCKED != 0 {
+            Some(Guard::Blocked)
+        } else if header.flags & NET_FLAG_WOULD_BLOCK != 0 {
+            Some(Guard::WouldBlock)
+        } else {
+            None
+        },
     }))
 }
 

@@ -8,6 +8,7 @@
 
 pub mod decode;
 pub mod fanotify;
+pub mod guard;
 pub mod preflight;
 mod programs;
 pub mod tracefs;
@@ -22,6 +23,7 @@ use aya::{
 use picket_common::{counter, Layout, Sensor};
 use thiserror::Error;
 
+pub use guard::{GuardMode, NetGuard};
 pub use programs::SensorSet;
 use tracefs::{Tracefs, TracefsError};
 
@@ -84,6 +86,9 @@ pub enum SensorError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// The network guard could not be attached; the sensors keep working without it.
+    #[error("the network guard cannot be attached: {0}")]
+    Guard(String),
     /// A map the object should have is missing or of the wrong type.
     #[error("eBPF map `{name}`")]
     Map {
@@ -96,7 +101,7 @@ pub enum SensorError {
 /// Loaded and attached sensors. Dropping this detaches every program.
 pub struct Sensors {
     /// Owns the programs and their links.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     enabled: SensorSet,
@@ -170,7 +175,7 @@ impl Sensors {
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             ring: Some(ring),
             counters,
             enabled,
@@ -180,6 +185,20 @@ impl Sensors {
     /// The ring buffer, to be read by one consumer. `None` after the first call.
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
+    }
+
+    /// Attaches the network guard's programs to the root of the cgroup v2 hierarchy (mounting
+    /// one at [`guard::OWN_CGROUP2`] if none is), mode off until [`NetGuard::apply`]. Once per
+    /// `Sensors`. An error (no cgroup v2, no `CONFIG_CGROUP_BPF`, a kernel before 6.1 whose
+    /// verifier refuses the programs' helpers) leaves the sensors as they were.
+    pub fn net_guard(&mut self) -> Result<NetGuard, SensorError> {
+        let root = guard::cgroup2_root()?;
+        self.net_guard_at(&root)
+    }
+
+    /// [`Sensors::net_guard`] on the cgroup `cgroup` and its descendants only.
+    pub fn net_guard_at(&mut self, cgroup: &std::path::Path) -> Result<NetGuard, SensorError> {
+        NetGuard::attach(&mut self.ebpf, cgroup)
     }
 
     /// The sensors that were attached.
@@ -237,23 +256,8 @@ fn attach(ebpf: &mut Ebpf, program: &programs::Program) -> Result<(), SensorErro
             log: String::new(),
             source: Box::new(source),
         })?;
-    prog.load().map_err(|source| {
-        let log = match &source {
-            ProgramError::LoadError { verifier_log, .. } => {
-                // The end of the verifier's log says why it refused.
-                let text = verifier_log.to_string();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                format!(": verifier said:\n{}", tail.join("\n"))
-            }
-            _ => String::new(),
-        };
-        SensorError::Program {
-            name: program.name,
-            log,
-            source: Box::new(source),
-        }
-    })?;
+    prog.load()
+        .map_err(|source| load_error(program.name, source))?;
     prog.attach(program.category, program.name)
         .map_err(|source| SensorError::Program {
             name: program.name,
@@ -261,6 +265,26 @@ fn attach(ebpf: &mut Ebpf, program: &programs::Program) -> Result<(), SensorErro
             source: Box::new(source),
         })?;
     Ok(())
+}
+
+/// A program that could not be loaded or attached, with the end of the verifier's log if it
+/// refused the program.
+fn load_error(name: &'static str, source: ProgramError) -> SensorError {
+    let log = match &source {
+        ProgramError::LoadError { verifier_log, .. } => {
+            // The end of the verifier's log says why it refused.
+            let text = verifier_log.to_string();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!(": verifier said:\n{}", tail.join("\n"))
+        }
+        _ => String::new(),
+    };
+    SensorError::Program {
+        name,
+        log,
+        source: Box::new(source),
+    }
 }
 
 /// Reads, from tracefs, where each field the programs use sits on this kernel.
