@@ -37,6 +37,9 @@ pub struct AgentConfig {
     /// is being commissioned).
     #[serde(default)]
     pub modes: ModesConfig,
+    /// How the exec guard answers when the agent cannot decide in time.
+    #[serde(default)]
+    pub enforce: EnforceConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
     #[serde(default)]
@@ -142,6 +145,40 @@ impl ModesConfig {
     }
 }
 
+/// The exec guard's answer when a decision takes too long.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnforceConfig {
+    /// Longest time an exec waits for its file to be hashed before the default answer.
+    #[serde(default = "default_decision_time", deserialize_with = "duration")]
+    pub decision_time: Duration,
+    /// The default answer: `allow` (fail open) or `deny`.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+impl Default for EnforceConfig {
+    fn default() -> Self {
+        Self {
+            decision_time: default_decision_time(),
+            on_timeout: OnTimeout::Allow,
+        }
+    }
+}
+
+/// What an exec not decided within `enforce.decision_time` gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    #[default]
+    Allow,
+    Deny,
+}
+
+fn default_decision_time() -> Duration {
+    Duration::from_secs(1)
+}
+
 /// Alert aggregation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,6 +267,26 @@ impl AgentConfig {
             "{}: alerts.max_tracked must be at least 1",
             path.display()
         );
+        let m = config.modes;
+        for (name, mode) in [
+            ("executables", m.executables),
+            ("network", m.network),
+            ("files", m.files),
+            ("behaviour", m.behaviour),
+        ] {
+            anyhow::ensure!(
+                mode != Some(Mode::Enforce),
+                "{}: modes.{name} = \"enforce\": only the signed policy can enforce; the \
+                 configuration can only weaken a mode (to \"alert\" or \"off\")",
+                path.display()
+            );
+        }
+        anyhow::ensure!(
+            (Duration::from_millis(10)..=Duration::from_secs(60))
+                .contains(&config.enforce.decision_time),
+            "{}: enforce.decision_time must be between 10ms and 60s",
+            path.display()
+        );
         anyhow::ensure!(
             config.spool.max_bytes >= 64 * 1024,
             "{}: spool.max_bytes must be at least 64KiB",
@@ -239,6 +296,12 @@ impl AgentConfig {
             (Some(mqtt), _) => {
                 mqtt.address()
                     .with_context(|| format!("{}", path.display()))?;
+                // The MQTT client refuses a shorter keep-alive (it would stop reporting).
+                anyhow::ensure!(
+                    mqtt.keep_alive >= Duration::from_secs(5),
+                    "{}: mqtt.keep_alive must be at least 5s",
+                    path.display()
+                );
             }
             (None, Some(id)) => picket_proto::topic::check_device_id(id)
                 .with_context(|| format!("{}: device_id", path.display()))?,

@@ -9,6 +9,7 @@
 //! | [`sensors`] | kernel → raw record: load and attach the eBPF programs, read and decode the ring buffer |
 //! | [`enrich`] | raw record → event: process table, executable hashes, paths, sockets |
 //! | [`detect`] | event → draft alert: policy checks, integrity scans, the sensor canary |
+//! | [`enforce`] | exec / connect → allowed or refused before it happens: the exec guard (fanotify permission events), the network guard's modes |
 //! | [`alert`] | draft → alert: sequence numbers, aggregation, sinks |
 //! | [`spool`] | alert → disk: the crash-safe spool (format, recovery, compaction) |
 //! | [`report`] | spool → MQTT/TLS: the link state machine, the event loop, the spool writer |
@@ -21,6 +22,7 @@ pub mod cmd;
 pub mod config;
 pub mod counters;
 pub mod detect;
+pub mod enforce;
 pub mod enrich;
 pub mod paths;
 pub mod report;

@@ -1,5 +1,5 @@
 //! Durations as the agent's and the backend's configuration files and command lines write
-//! them: `90s`, `15m`, `2h`, `7d`, or a bare number of seconds.
+//! them: `250ms`, `90s`, `15m`, `2h`, `7d`, or a bare number of seconds.
 
 use std::time::Duration;
 
@@ -13,18 +13,23 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 2h, 7d"))?;
-    let seconds = match unit {
-        "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(86_400),
-        _ => return Err(format!("unknown unit `{unit}` in `{s}` (use s, m, h or d)")),
+    let millis = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m, h or d)"
+            ))
+        }
     }
     .ok_or_else(|| format!("`{s}` is too long"))?;
-    if seconds == 0 {
+    if millis == 0 {
         return Err("a duration must be longer than zero".into());
     }
-    Ok(Duration::from_secs(seconds))
+    Ok(Duration::from_millis(millis))
 }
 
 #[cfg(test)]
@@ -34,6 +39,7 @@ mod tests {
     #[test]
     fn parses_durations() {
         assert_eq!(parse("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));

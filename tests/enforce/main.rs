@@ -10,3 +10,4 @@
 
 mod exec;
 mod net;
+mod support;

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use picket_common::Sensor;
 use picket_policy::{
     keys::TrustStore,
+    model::Mode,
     store::{Accepted, PolicyStore},
     Policy,
 };
@@ -21,10 +22,14 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{
     alert::{AlertSink, Alerter, Draft, JsonLinesSink, Kind, Sequence, Severity},
-    cmd::session::{self, Sink},
-    config::{AgentConfig, ModesConfig, MqttConfig},
+    cmd::session::{self, Guards, Sink},
+    config::{AgentConfig, EnforceConfig, ModesConfig, MqttConfig, OnTimeout},
     counters::Counters,
     detect::{canary::Canary, integrity, Detector},
+    enforce::{
+        exec::{ExecRules, Settings},
+        GuardMode,
+    },
     enrich::{hash::HashCache, Category, Detail, Event, Record},
     report::{self, mqtt, tls::Identity, PolicyEvent, Reporter, ReporterConfig, Shared, SpoolSink},
     sensors::{SensorArgs, SensorSet},
@@ -304,6 +309,9 @@ struct Detecting {
     own: Vec<PathBuf>,
     /// The sensitive files changed (a new policy): the open listener is to be told.
     watched_changed: bool,
+    /// The policy or its modes changed: the guards are to be told.
+    guards_changed: bool,
+    enforce: EnforceConfig,
 }
 
 impl Detecting {
@@ -332,13 +340,14 @@ impl Detecting {
                 policy.modes
             );
         }
+        let weakened = weakened(policy.modes, modes);
         let detector = Detector::new(policy, modes, own.clone());
         let mut hashes = HashCache::new(8192);
         let mut snapshot = integrity::Snapshot::load(&config.state_dir);
         let drift = integrity::scan(detector.policy(), modes.files, &mut hashes)
             .into_iter()
             .chain(snapshot.scan_globs(detector.policy(), modes.files, &mut hashes));
-        for drift in drift {
+        for drift in drift.chain(weakened) {
             alerter.raise(drift)?;
         }
         alerter.flush_sinks()?;
@@ -351,6 +360,8 @@ impl Detecting {
             rescan_interval: config.rescan_interval,
             last_scan: Instant::now(),
             watched_changed: true,
+            guards_changed: true,
+            enforce: config.enforce,
             counters,
             policies,
             modes: config.modes,
@@ -380,8 +391,12 @@ impl Detecting {
                     v.policy.metadata.name,
                     v.policy.metadata.serial
                 );
+                for draft in weakened(v.policy.modes, modes) {
+                    self.alerter.raise(draft)?;
+                }
                 self.detector = Detector::new(v.policy, modes, self.own.clone());
                 self.watched_changed = true;
+                self.guards_changed = true;
                 // The new policy may protect other files, or the same ones with other hashes.
                 self.rescan()
             }
@@ -467,4 +482,87 @@ impl Sink for Detecting {
     fn watched_files(&mut self) -> Option<Vec<PathBuf>> {
         std::mem::take(&mut self.watched_changed).then(|| self.detector.sensitive_files())
     }
+
+    fn guards(&mut self) -> Option<Guards> {
+        if !std::mem::take(&mut self.guards_changed) {
+            return None;
+        }
+        let modes = self.detector.modes();
+        let own_exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| std::fs::canonicalize(p).ok());
+        Some(Guards {
+            exec: GuardMode::of(modes.executables),
+            exec_rules: ExecRules {
+                baseline: self.detector.exec_baseline(),
+                own_exe,
+            },
+            exec_settings: Settings {
+                decision_time: self.enforce.decision_time,
+                allow_on_timeout: self.enforce.on_timeout == OnTimeout::Allow,
+            },
+        })
+    }
+
+    fn guard_unavailable(&mut self, category: &'static str, error: String) -> anyhow::Result<()> {
+        log::error!("{category} are not guarded: {error}");
+        let policy = match category {
+            "executables" => self.detector.policy().modes.executables,
+            _ => self.detector.policy().modes.network,
+        };
+        // Only a policy that enforces loses something worth an alert; a dry run that cannot
+        // start is said in the log.
+        if policy != Mode::Enforce {
+            return Ok(());
+        }
+        self.alerter.raise(Draft {
+            kind: Kind::EnforcementWeakened,
+            severity: Severity::High,
+            rule: format!("modes.{category}"),
+            path: None,
+            details: json!({
+                "category": category,
+                "policy": "enforce",
+                "effective": "none",
+                "reason": error,
+            }),
+            process: None,
+        })
+    }
+}
+
+/// An `enforcement_weakened` alert for each category the policy enforces and the local
+/// configuration does not (`modes` are the modes in force).
+fn weakened(policy: picket_policy::model::Modes, modes: picket_policy::model::Modes) -> Vec<Draft> {
+    let name = |m: Mode| match m {
+        Mode::Off => "off",
+        Mode::Alert => "alert",
+        Mode::Enforce => "enforce",
+    };
+    [
+        ("executables", policy.executables, modes.executables),
+        ("network", policy.network, modes.network),
+    ]
+    .into_iter()
+    .filter(|(_, policy, effective)| *policy == Mode::Enforce && *effective != Mode::Enforce)
+    .map(|(category, _, effective)| {
+        log::warn!(
+            "the configuration weakens modes.{category} from enforce to {}",
+            name(effective)
+        );
+        Draft {
+            kind: Kind::EnforcementWeakened,
+            severity: Severity::High,
+            rule: format!("modes.{category}"),
+            path: None,
+            details: json!({
+                "category": category,
+                "policy": "enforce",
+                "effective": name(effective),
+                "reason": "the device's configuration overrides the mode",
+            }),
+            process: None,
+        }
+    })
+    .collect()
 }

@@ -16,6 +16,10 @@ use tokio::{
 };
 
 use crate::{
+    enforce::{
+        exec::{ExecDecision, ExecGuard, ExecRules, Settings},
+        GuardMode,
+    },
     enrich::{identity::ExecFiles, Enricher, Event},
     sensors::{
         self, decode,
@@ -43,6 +47,24 @@ pub trait Sink {
     fn watched_files(&mut self) -> Option<Vec<PathBuf>> {
         None
     }
+    /// What the guards are to do, when that changed since the last call (the first call gives
+    /// the initial state). Asked at start and after every tick: a policy installed in a tick
+    /// is enforced before the next record is read.
+    fn guards(&mut self) -> Option<Guards> {
+        None
+    }
+    /// A guard the sink asked for could not start: its category is not enforced.
+    fn guard_unavailable(&mut self, category: &'static str, error: String) -> anyhow::Result<()> {
+        log::error!("{category} are not guarded: {error}");
+        Ok(())
+    }
+}
+
+/// What the guards are to do.
+pub struct Guards {
+    pub exec: GuardMode,
+    pub exec_rules: ExecRules,
+    pub exec_settings: Settings,
 }
 
 /// What a session saw.
@@ -78,6 +100,12 @@ pub async fn run(
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with the event loop")?;
     let mut opens = open_watch(sink);
+    let (decided, mut decisions) = tokio::sync::mpsc::channel(DECISIONS_QUEUED);
+    let mut guarding = Guarding {
+        exec: None,
+        decided,
+    };
+    guarding.apply(sink)?;
     release_startup_memory();
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
@@ -108,9 +136,20 @@ pub async fn run(
                 pump.opened(guard.get_inner_mut(), sink)?;
                 guard.clear_ready();
             }
+            Some(decision) = decisions.recv() => {
+                let mut next = Some(decision);
+                while let Some(decision) = next {
+                    // The records queued before each decision first: its process's fork.
+                    pump.drain(ring.get_mut(), sink)?;
+                    sink.event(pump.enricher.refused(decision))?;
+                    next = decisions.try_recv().ok();
+                }
+                sink.flush()?;
+            }
             _ = tick.tick() => {
                 pump.report_losses(&sensors, sink)?;
                 sink.tick()?;
+                guarding.apply(sink)?;
                 if let Some(w) = opens.as_mut() {
                     let w = w.get_mut();
                     if let Some(files) = sink.watched_files() {
@@ -134,6 +173,55 @@ pub async fn run(
         pump.enricher.processes()
     );
     Ok(pump.stats)
+}
+
+/// Decisions of the exec guard waiting for the event loop; beyond, they are counted and not
+/// reported (the exec is answered all the same).
+const DECISIONS_QUEUED: usize = 1024;
+
+/// The running guards.
+struct Guarding {
+    exec: Option<ExecGuard>,
+    decided: tokio::sync::mpsc::Sender<ExecDecision>,
+}
+
+impl Guarding {
+    /// Does what the sink asks of the guards, if that changed. A guard whose mode changes is
+    /// replaced by one started first: the old one judges until the new one does.
+    fn apply(&mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
+        let Some(wanted) = sink.guards() else {
+            return Ok(());
+        };
+        match (&self.exec, wanted.exec) {
+            (_, GuardMode::Off) => self.exec = None,
+            (Some(g), mode) if g.mode() == mode => g.set_rules(wanted.exec_rules),
+            (_, mode) => {
+                match ExecGuard::start(
+                    mode,
+                    wanted.exec_rules,
+                    wanted.exec_settings,
+                    self.decided.clone(),
+                ) {
+                    Ok(g) => {
+                        log::info!("executables: guard started ({})", mode.name());
+                        self.exec = Some(g);
+                    }
+                    Err(e) => {
+                        self.exec = None;
+                        sink.guard_unavailable(
+                            "executables",
+                            format!(
+                                "the exec guard could not start ({e}; it needs fanotify \
+                                 permission events: Linux 5.0 with \
+                                 CONFIG_FANOTIFY_ACCESS_PERMISSIONS, and CAP_SYS_ADMIN)"
+                            ),
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The open listener for the files `sink` watches, or `None`: none to watch, or (said once)

@@ -16,6 +16,7 @@ use std::{
     collections::{HashMap, HashSet},
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use picket_common::{FileOp, NetOp};
@@ -104,11 +105,142 @@ fn suspicious(exe: &str, flags: &ExecFlags<'_>) -> Option<&'static str> {
         Some("fileless")
     } else if flags.deleted {
         Some("deleted file")
-    } else if TEMPORARY.iter().any(|t| exe.starts_with(t)) {
+    } else if is_temporary(exe) {
         Some("temporary location")
     } else {
         None
     }
+}
+
+/// The executables a policy allows, by canonical path: what detection compares each exec with
+/// and what the exec guard refuses anything else by.
+pub struct ExecBaseline {
+    executables: HashMap<String, [u8; 32]>,
+    globs: Vec<CanonGlob>,
+}
+
+impl ExecBaseline {
+    fn new(policy: &Policy) -> Self {
+        Self {
+            executables: policy
+                .executables
+                .iter()
+                .map(|e| (key(e.path.as_str()), e.sha256.0))
+                .collect(),
+            globs: policy
+                .executable_globs
+                .iter()
+                .map(|g| CanonGlob::new(&g.glob))
+                .collect(),
+        }
+    }
+
+    /// What the baseline says of the file spelled `raw`, `canonical` in canonical form.
+    fn entry(&self, raw: &str, canonical: &str) -> Entry<'_> {
+        if let Some(expected) = self.executables.get(canonical) {
+            Entry::Listed(expected)
+        } else if self.globs.iter().any(|g| g.matches(raw, canonical)) {
+            Entry::Globbed
+        } else {
+            Entry::Unknown
+        }
+    }
+
+    /// Why enforcement refuses to run the file at canonical `path` (`deleted`: its name was
+    /// removed), `None` when it may run. What the baseline allows runs wherever it is: listed
+    /// with this SHA-256 (`sha256` is called only when the answer or the report needs it), or
+    /// matched by an `executable_glob`. Anything else is refused, saying first what makes it
+    /// worse than unknown: deleted, or in a temporary location.
+    pub fn refusal(
+        &self,
+        path: &str,
+        deleted: bool,
+        sha256: impl FnOnce() -> Result<[u8; 32], String>,
+    ) -> Option<Refusal> {
+        match self.entry(path, path) {
+            Entry::Globbed => None,
+            Entry::Listed(expected) => match sha256() {
+                Ok(actual) if actual == *expected => None,
+                Ok(actual) => Some(Refusal::Modified {
+                    expected: *expected,
+                    actual,
+                }),
+                Err(error) => Some(Refusal::Unverified {
+                    expected: *expected,
+                    error,
+                }),
+            },
+            Entry::Unknown if deleted => Some(Refusal::Deleted),
+            Entry::Unknown if is_temporary(path) => Some(Refusal::Temporary),
+            Entry::Unknown => Some(Refusal::Unknown {
+                sha256: sha256().ok(),
+            }),
+        }
+    }
+}
+
+/// Why an exec is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not in the baseline, in a temporary location (`/tmp`, `/dev/shm`, ...).
+    Temporary,
+    /// Not in the baseline, and deleted.
+    Deleted,
+    /// Not in the baseline.
+    Unknown { sha256: Option<[u8; 32]> },
+    /// In the baseline with another SHA-256.
+    Modified {
+        expected: [u8; 32],
+        actual: [u8; 32],
+    },
+    /// In the baseline, but its SHA-256 could not be established.
+    Unverified { expected: [u8; 32], error: String },
+}
+
+impl Refusal {
+    /// A short reason, as alerts give it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Temporary => "temporary location",
+            Refusal::Deleted => "deleted file",
+            Refusal::Unknown { .. } => "not in the baseline",
+            Refusal::Modified { .. } => "another SHA-256 than the baseline's",
+            Refusal::Unverified { .. } => "could not be verified",
+        }
+    }
+
+    /// The alert details: the reason and the hashes that support it.
+    pub fn details(&self) -> Value {
+        let hex = crate::paths::hex;
+        let mut d = json!({ "reason": self.reason() });
+        match self {
+            Refusal::Temporary | Refusal::Deleted => {}
+            Refusal::Unknown { sha256 } => d["sha256"] = json!(sha256.as_ref().map(|s| hex(s))),
+            Refusal::Modified { expected, actual } => {
+                d["expected"] = json!(hex(expected));
+                d["sha256"] = json!(hex(actual));
+            }
+            Refusal::Unverified { expected, error } => {
+                d["expected"] = json!(hex(expected));
+                d["error"] = json!(error);
+            }
+        }
+        d
+    }
+
+    /// A modified file is the most severe: something changed what the device runs.
+    pub fn severity(&self) -> Severity {
+        match self {
+            Refusal::Modified { .. } => Severity::Critical,
+            Refusal::Unverified { .. } => Severity::Medium,
+            _ => Severity::High,
+        }
+    }
+}
+
+/// Whether `path` is in a directory from which a legitimate device runs nothing.
+pub(crate) fn is_temporary(path: &str) -> bool {
+    TEMPORARY.iter().any(|t| path.starts_with(t))
 }
 
 /// A policy made ready for per-event checks.
@@ -118,10 +250,9 @@ pub struct Detector {
     modes: Modes,
     /// Paths of the policy in canonical form ([`crate::paths::canon`]), as are the events'
     /// paths they are compared with.
-    executables: HashMap<String, [u8; 32]>,
+    executables: Arc<ExecBaseline>,
     protected: HashSet<String>,
     attributes: HashSet<String>,
-    executable_globs: Vec<CanonGlob>,
     protected_globs: Vec<CanonGlob>,
     /// The agent's own files, normalised, each also in canonical form when that differs: any
     /// change to them is tampering.
@@ -201,11 +332,7 @@ impl Detector {
     /// Prepares `policy` under `modes`; `own` lists the agent's binary, configuration, trust
     /// and state paths. Every path of the policy is looked up by its canonical form.
     pub fn new(policy: Policy, modes: Modes, own: Vec<PathBuf>) -> Self {
-        let executables = policy
-            .executables
-            .iter()
-            .map(|e| (key(e.path.as_str()), e.sha256.0))
-            .collect();
+        let executables = Arc::new(ExecBaseline::new(&policy));
         let protected = policy
             .files
             .protected
@@ -217,11 +344,6 @@ impl Detector {
             .attributes
             .iter()
             .map(|f| key(f.path.as_str()))
-            .collect();
-        let executable_globs = policy
-            .executable_globs
-            .iter()
-            .map(|g| CanonGlob::new(&g.glob))
             .collect();
         let protected_globs = policy
             .files
@@ -258,7 +380,6 @@ impl Detector {
             executables,
             protected,
             attributes,
-            executable_globs,
             protected_globs,
             own: own_paths,
             rule_files,
@@ -314,6 +435,11 @@ impl Detector {
                 }
             }
             Detail::Read { path } => self.read(event, r, path, &mut out),
+            Detail::Refused {
+                path,
+                refusal,
+                enforced,
+            } => out.push(refused_exec(event, path, refusal, *enforced)),
             Detail::Fork { .. } | Detail::Exit { .. } | Detail::Privilege(_) => {}
         }
         // Setuid bits, file capabilities, modules, ptrace, mounts: see `privilege`.
@@ -379,8 +505,7 @@ impl Detector {
         };
         // As named, and where it leads (`/proc/PID/cwd/x` is in the process's directory).
         let canonical = canonical_text(&text);
-        let temporary = |p: &str| TEMPORARY.iter().any(|t| p.starts_with(t));
-        if temporary(&text) || canonical.as_deref().is_some_and(temporary) {
+        if is_temporary(&text) || canonical.as_deref().is_some_and(is_temporary) {
             let details = json!({ "reason": "script in a temporary location" });
             raise(out, Kind::SuspiciousExec, Severity::High, details);
         }
@@ -457,15 +582,9 @@ impl Detector {
     fn baseline_entry(&self, exe: &str, name_used: Option<&Path>) -> Entry<'_> {
         let canonical = canonical_text(exe);
         let canonical = canonical.as_deref().unwrap_or(exe);
-        if let Some(expected) = self.executables.get(canonical) {
-            return Entry::Listed(expected);
-        }
-        if self
-            .executable_globs
-            .iter()
-            .any(|g| g.matches(exe, canonical))
-        {
-            return Entry::Globbed;
+        let entry = self.executables.entry(exe, canonical);
+        if !matches!(entry, Entry::Unknown) {
+            return entry;
         }
         let other = match name_used.and_then(Path::to_str) {
             Some(used) => Some(key(used)),
@@ -473,20 +592,15 @@ impl Detector {
                 .ok()
                 .and_then(|p| p.to_str().map(str::to_string)),
         };
-        let Some(other) = other.filter(|p| p != canonical) else {
-            return Entry::Unknown;
-        };
-        if let Some(expected) = self.executables.get(&other) {
-            Entry::Listed(expected)
-        } else if self
-            .executable_globs
-            .iter()
-            .any(|g| g.matches(&other, &key(&other)))
-        {
-            Entry::Globbed
-        } else {
-            Entry::Unknown
+        match other.filter(|p| p != canonical) {
+            Some(other) => self.executables.entry(&other, &key(&other)),
+            None => Entry::Unknown,
         }
+    }
+
+    /// The executables the policy allows, for the exec guard.
+    pub fn exec_baseline(&self) -> Arc<ExecBaseline> {
+        Arc::clone(&self.executables)
     }
 
     fn net(
@@ -566,7 +680,7 @@ impl Detector {
                     ));
                 }
             }
-            NetOp::TcpAccept => {}
+            NetOp::TcpAccept | NetOp::TcpBind => {}
         }
     }
 
@@ -667,6 +781,25 @@ fn under(path: &Path, dir: &Path) -> bool {
         Some(rest) => rest.is_empty() || rest[0] == b'/' || d.ends_with(b"/"),
         None => false,
     }
+}
+
+/// The alert of an exec the guard refused (`blocked_exec`), or would have (`would_block`).
+fn refused_exec(event: &Event, path: &Path, refusal: &Refusal, enforced: bool) -> Draft {
+    let mut details = refusal.details();
+    let (kind, severity) = if enforced {
+        (Kind::BlockedExec, refusal.severity())
+    } else {
+        details["action"] = json!("exec");
+        (Kind::WouldBlock, Severity::Medium)
+    };
+    draft(
+        kind,
+        severity,
+        "executables",
+        &path.to_string_lossy(),
+        details,
+        event,
+    )
 }
 
 fn draft(

@@ -198,6 +198,13 @@ pub enum Detail {
     },
     /// A privileged action: a module loaded, a process attached to, a mount changed.
     Privilege(Privileged),
+    /// An exec the exec guard refused, or would have in its dry run: the process still runs
+    /// its previous program.
+    Refused {
+        path: PathBuf,
+        refusal: crate::detect::Refusal,
+        enforced: bool,
+    },
 }
 
 impl Record {
@@ -246,6 +253,7 @@ impl Record {
             Detail::File { .. } => "file",
             Detail::Privilege(_) => "privilege",
             Detail::Read { .. } => "read",
+            Detail::Refused { .. } => "exec_refused",
         }
     }
 
@@ -399,6 +407,15 @@ impl Detail {
             ),
             Detail::Privilege(p) => emit_privilege(out, p),
             Detail::Read { path } => put_path(out, "path", "path_hex", path),
+            Detail::Refused {
+                path,
+                refusal,
+                enforced,
+            } => {
+                put_path(out, "path", "path_hex", path)?;
+                out.put("reason", refusal.reason())?;
+                out.put("enforced", enforced)
+            }
         }
     }
 }

@@ -107,21 +107,31 @@ impl HashCache {
     /// offset: for a descriptor of the very file an exec ran. A file written while it is read
     /// gives an error rather than a digest of neither version.
     pub fn digest_file(&mut self, file: &File, meta: &Metadata) -> io::Result<Digest> {
-        let key = checked_key(meta)?;
-        if let Some(digest) = self.entries.get(&key) {
-            self.hits += 1;
-            return Ok(digest.clone());
+        if let Some(digest) = self.cached(meta)? {
+            return Ok(digest);
         }
-        self.misses += 1;
-        // Renaming a file changes its ctime, not its content: what would make this digest of
-        // neither version is a write, which changes the modification time or the size.
-        let content = |m: &Metadata| (m.mtime(), m.mtime_nsec(), m.len());
-        let digest = read_digest(&mut ReadFrom { file, at: 0 })?;
-        if content(&file.metadata()?) != content(meta) {
-            return Err(io::Error::other("the file was written while it was hashed"));
-        }
-        self.insert(key, &digest);
+        let digest = digest_of_file(file, meta)?;
+        self.store(meta, &digest);
         Ok(digest)
+    }
+
+    /// The digest of the file whose `fstat` is `meta`, if cached (counted as a hit or miss);
+    /// an error for a file that is not hashed (not regular, too large).
+    pub fn cached(&mut self, meta: &Metadata) -> io::Result<Option<Digest>> {
+        let key = checked_key(meta)?;
+        let found = self.entries.get(&key).cloned();
+        match found {
+            Some(_) => self.hits += 1,
+            None => self.misses += 1,
+        }
+        Ok(found)
+    }
+
+    /// Keeps `digest` of the file whose `fstat` (before it was read) is `meta`.
+    pub fn store(&mut self, meta: &Metadata, digest: &Digest) {
+        if let Ok(key) = checked_key(meta) {
+            self.insert(key, digest);
+        }
     }
 
     fn insert(&mut self, key: FileKey, digest: &Digest) {
@@ -144,6 +154,21 @@ impl HashCache {
     pub fn stats(&self) -> (u64, u64) {
         (self.hits, self.misses)
     }
+}
+
+/// The digest of the open `file` (`meta` is its `fstat`), read from its start whatever its
+/// offset, without a cache. A file written while it is read gives an error rather than a
+/// digest of neither version.
+pub fn digest_of_file(file: &File, meta: &Metadata) -> io::Result<Digest> {
+    checked_key(meta)?;
+    // Renaming a file changes its ctime, not its content: what would make this digest of
+    // neither version is a write, which changes the modification time or the size.
+    let content = |m: &Metadata| (m.mtime(), m.mtime_nsec(), m.len());
+    let digest = read_digest(&mut ReadFrom { file, at: 0 })?;
+    if content(&file.metadata()?) != content(meta) {
+        return Err(io::Error::other("the file was written while it was hashed"));
+    }
+    Ok(digest)
 }
 
 /// Reads a file from an offset of its own, whatever the descriptor's.

@@ -126,6 +126,23 @@ impl Enricher {
     /// the pid): the process's context from the table, its ids and name from `/proc` while it
     /// lives.
     pub fn read(&mut self, pid: u32, path: PathBuf) -> Event {
+        self.on_behalf(pid, Category::File, Detail::Read { path })
+    }
+
+    /// An event for an exec the exec guard refused (or would have): the process that tried,
+    /// still running its previous program, with its context.
+    pub fn refused(&mut self, d: crate::enforce::exec::ExecDecision) -> Event {
+        let detail = Detail::Refused {
+            path: d.path,
+            refusal: d.refusal,
+            enforced: d.enforced,
+        };
+        self.on_behalf(d.pid, Category::Exec, detail)
+    }
+
+    /// An event seen outside the ring buffer for process `pid`: its task read from `/proc`,
+    /// its context from the process table.
+    fn on_behalf(&mut self, pid: u32, category: Category, detail: Detail) -> Event {
         let proc_dir = std::fs::metadata(format!("/proc/{pid}")).ok();
         let mut comm = [0u8; picket_common::COMM_LEN];
         if let Ok(name) = std::fs::read(format!("/proc/{pid}/comm")) {
@@ -145,11 +162,11 @@ impl Enricher {
         };
         let process = Some(self.context(pid));
         event(
-            Category::File,
+            category,
             Record {
                 task,
                 process,
-                detail: Detail::Read { path },
+                detail,
             },
         )
     }

@@ -68,60 +68,83 @@ pub struct Opened {
     pub file: File,
 }
 
-/// The listener. Dropping it stops the mount watcher and closes the group.
-pub struct ExecWatch {
-    group: Arc<Fanotify>,
+/// A fanotify group with every filesystem marked for one mask, kept so as filesystems are
+/// mounted and unmounted. Dropping it stops the mount watcher and closes the group.
+pub struct MarkedGroup {
+    pub group: Arc<Fanotify>,
     /// Devices (`major:minor`) of the filesystems marked.
     marked: Arc<Mutex<HashSet<String>>>,
-    buf: Vec<u64>,
-    /// Events lost: the kernel's queue overflowed, or it could not give the agent a
-    /// descriptor (out of descriptors: the kernel drops that event).
-    pub lost: u64,
     /// Closing this wakes the mount watcher, which then exits.
     _stop: OwnedFd,
 }
 
-impl ExecWatch {
-    /// Creates the group, marks every mounted filesystem and starts the mount watcher.
-    pub fn start() -> io::Result<Self> {
+impl MarkedGroup {
+    /// Creates a group with `init` flags, marks every mounted filesystem for `mask` and starts
+    /// the mount watcher; `what` names the group's purpose in the log.
+    pub fn start(init: InitFlags, mask: MaskFlags, what: &'static str) -> io::Result<Self> {
         let group = Fanotify::init(
-            InitFlags::FAN_CLASS_NOTIF
-                | InitFlags::FAN_CLOEXEC
-                | InitFlags::FAN_NONBLOCK
-                | InitFlags::FAN_UNLIMITED_QUEUE,
+            init | InitFlags::FAN_CLOEXEC,
             EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
         )?;
         let group = Arc::new(group);
         let marked = Arc::new(Mutex::new(HashSet::new()));
-        let n = mark_mounts(&group, &marked)?;
+        let n = mark_mounts(&group, &marked, mask, what)?;
         if n == 0 {
             return Err(io::Error::other("no filesystem could be marked"));
         }
-        log::info!("exec identity: {n} filesystems watched for execs (fanotify FAN_OPEN_EXEC)");
+        log::info!("{what}: {n} filesystems watched");
         let (wake, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (g, m) = (Arc::clone(&group), Arc::clone(&marked));
         std::thread::Builder::new()
             .name("picket-mounts".into())
-            .spawn(move || watch_mounts(&g, &m, &wake))?;
+            .spawn(move || watch_mounts(&g, &m, &wake, mask, what))?;
         Ok(Self {
             group,
             marked,
-            buf: vec![0; 512],
-            lost: 0,
             _stop: stop,
         })
     }
 
-    /// Whether execs of files on device `dev` bring events (its filesystem is marked).
+    /// Whether the filesystem of device `dev` is marked.
     pub fn watches(&self, dev: u64) -> bool {
         let key = format!("{}:{}", libc::major(dev), libc::minor(dev));
         let marked = self.marked.lock().unwrap_or_else(|e| e.into_inner());
         marked.contains(&key)
     }
+}
+
+/// The listener. Dropping it stops the mount watcher and closes the group.
+pub struct ExecWatch {
+    marked: MarkedGroup,
+    buf: Vec<u64>,
+    /// Events lost: the kernel's queue overflowed, or it could not give the agent a
+    /// descriptor (out of descriptors: the kernel drops that event).
+    pub lost: u64,
+}
+
+impl ExecWatch {
+    /// Creates the group, marks every mounted filesystem and starts the mount watcher.
+    pub fn start() -> io::Result<Self> {
+        let marked = MarkedGroup::start(
+            InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_NONBLOCK | InitFlags::FAN_UNLIMITED_QUEUE,
+            MaskFlags::FAN_OPEN_EXEC,
+            "exec identity (fanotify FAN_OPEN_EXEC)",
+        )?;
+        Ok(Self {
+            marked,
+            buf: vec![0; 512],
+            lost: 0,
+        })
+    }
+
+    /// Whether execs of files on device `dev` bring events (its filesystem is marked).
+    pub fn watches(&self, dev: u64) -> bool {
+        self.marked.watches(dev)
+    }
 
     /// Stops events for the file at `path` (an inode ignore mark), until it is written to.
     pub fn ignore(&self, path: &Path) -> nix::Result<()> {
-        self.group.mark(
+        self.marked.group.mark(
             MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK,
             MaskFlags::FAN_OPEN_EXEC,
             None,
@@ -133,13 +156,13 @@ impl ExecWatch {
     /// hands each to `seen` as it is read (each holds a descriptor: handled and closed one read
     /// at a time); returns how many were handed.
     pub fn drain(&mut self, max: usize, seen: impl FnMut(Opened)) -> usize {
-        read_events(&self.group, &mut self.buf, &mut self.lost, max, seen)
+        read_events(&self.marked.group, &mut self.buf, &mut self.lost, max, seen)
     }
 }
 
 /// Reads the events of `group` queued now (without waiting), at most `max` (checked per read),
 /// and hands each to `seen`; counts the lost ones in `lost`; returns how many were handed.
-fn read_events(
+pub fn read_events(
     group: &Fanotify,
     buf: &mut [u64],
     lost: &mut u64,
@@ -307,7 +330,12 @@ const TABLES: [(&str, &str); 2] = [
 ];
 
 /// Marks every filesystem of the mount tables not marked yet; returns how many are marked.
-fn mark_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>) -> io::Result<usize> {
+fn mark_mounts(
+    group: &Fanotify,
+    marked: &Mutex<HashSet<String>>,
+    mask: MaskFlags,
+    what: &str,
+) -> io::Result<usize> {
     let own = std::fs::read_to_string(TABLES[0].0)?;
     // Init's table is a bonus: unreadable without CAP_SYS_PTRACE, the same as ours usually.
     let init = std::fs::read_to_string(TABLES[1].0).unwrap_or_default();
@@ -338,12 +366,12 @@ fn mark_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>) -> io::Result<
             p.push(mount.point.as_os_str());
             PathBuf::from(p)
         };
-        match mark(group, &point) {
+        match mark(group, &point, mask) {
             Ok(()) => {
                 marked.insert(mount.device);
             }
             Err(e) => log::debug!(
-                "exec identity: {} ({}) not marked, execs from it are identified through /proc: {e}",
+                "{what}: {} ({}) not marked: {e}",
                 mount.point.display(),
                 mount.fstype
             ),
@@ -353,31 +381,34 @@ fn mark_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>) -> io::Result<
 }
 
 /// Marks the filesystem of `point`, or the mount where filesystem marks are not supported.
-fn mark(group: &Fanotify, point: &Path) -> nix::Result<()> {
+fn mark(group: &Fanotify, point: &Path, mask: MaskFlags) -> nix::Result<()> {
     let flags = MarkFlags::FAN_MARK_ADD;
     match group.mark(
         flags | MarkFlags::FAN_MARK_FILESYSTEM,
-        MaskFlags::FAN_OPEN_EXEC,
+        mask,
         None,
         Some(point),
     ) {
-        Err(nix::Error::EINVAL) => group.mark(
-            flags | MarkFlags::FAN_MARK_MOUNT,
-            MaskFlags::FAN_OPEN_EXEC,
-            None,
-            Some(point),
-        ),
+        Err(nix::Error::EINVAL) => {
+            group.mark(flags | MarkFlags::FAN_MARK_MOUNT, mask, None, Some(point))
+        }
         other => other,
     }
 }
 
 /// Waits for the mount table to change and marks what was mounted; returns when `stop` is
 /// closed (its other end is dropped).
-fn watch_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>, stop: &OwnedFd) {
+fn watch_mounts(
+    group: &Fanotify,
+    marked: &Mutex<HashSet<String>>,
+    stop: &OwnedFd,
+    mask: MaskFlags,
+    what: &str,
+) {
     let own = match File::open(TABLES[0].0) {
         Ok(f) => f,
         Err(e) => {
-            log::warn!("exec identity: filesystems mounted from now on are not watched: {e}");
+            log::warn!("{what}: filesystems mounted from now on are not watched: {e}");
             return;
         }
     };
@@ -395,7 +426,7 @@ fn watch_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>, stop: &OwnedF
         match poll(&mut fds, PollTimeout::NONE) {
             Err(nix::Error::EINTR) => continue,
             Err(e) => {
-                log::warn!("exec identity: watching the mount table: {e}");
+                log::warn!("{what}: watching the mount table: {e}");
                 return;
             }
             Ok(_) => {}
@@ -409,11 +440,11 @@ fn watch_mounts(group: &Fanotify, marked: &Mutex<HashSet<String>>, stop: &OwnedF
         });
         if changed {
             // Reading a table to its end re-arms its notification.
-            let done = mark_mounts(group, marked)
+            let done = mark_mounts(group, marked, mask, what)
                 .and_then(|_| drain_file(&own))
                 .and_then(|()| drain_file(&init));
             if let Err(e) = done {
-                log::warn!("exec identity: re-reading the mount tables: {e}");
+                log::warn!("{what}: re-reading the mount tables: {e}");
             }
         }
     }

@@ -1,0 +1,426 @@
+//! The exec guard: every exec of a file on a marked filesystem waits for the agent's answer.
+//!
+//! A fanotify group of class `FAN_CLASS_CONTENT` marks every filesystem for
+//! `FAN_OPEN_EXEC_PERM` (in the dry run, a notification group for `FAN_OPEN_EXEC`: nothing
+//! waits). The kernel opens the file for the exec, queues the event with a descriptor of that
+//! very inode and holds the exec until the answer: `FAN_ALLOW`, or `FAN_DENY` and the exec fails
+//! with `EPERM`. The same happens for the interpreter a `#!` script names and the dynamic loader
+//! of an ELF program, each judged as a file of its own.
+//!
+//! One thread reads and answers, in order; it only looks things up (`fstat`, the descriptor's
+//! path, a cache of SHA-256 by file identity). A file that must be hashed is hashed by a worker
+//! thread while the guard waits at most the decision time; past it the exec gets the configured
+//! default answer (allow, unless configured otherwise) and the worker finishes for the next
+//! exec of that file. What is refused or would be is handed to the event loop, which raises the
+//! alert with the process context.
+//!
+//! Never refused: the agent's own execs, init's (process 1 re-executing itself), processes the
+//! kernel starts itself (`modprobe`, hotplug and other user-mode helpers, whose parent is a
+//! kernel thread) and the agent's own executable (an update replaces it; a change to it is
+//! `agent_tamper`).
+
+use std::{
+    fs::{File, Metadata},
+    io,
+    os::{
+        fd::{AsFd, AsRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc as std_mpsc, Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::fanotify::{FanotifyResponse, InitFlags, MaskFlags, Response},
+};
+use tokio::sync::mpsc;
+
+use super::GuardMode;
+use crate::{
+    detect::{ExecBaseline, Refusal},
+    enrich::hash::{self, HashCache},
+    sensors::fanotify::{self, MarkedGroup},
+};
+
+/// Files whose SHA-256 the guard keeps (each hashed once per identity).
+const CACHE_ENTRIES: usize = 4096;
+/// Files hashed at once past the decision time; beyond, an exec that needs a hash gets the
+/// default answer at once.
+const MAX_WORKERS: usize = 4;
+/// Events read at once: each holds a descriptor until it is answered.
+const BATCH_BYTES: usize = 32 * std::mem::size_of::<libc::fanotify_event_metadata>();
+
+/// What the guard judges by; swapped whole when the policy changes.
+pub struct ExecRules {
+    pub baseline: Arc<ExecBaseline>,
+    /// The agent's own executable, canonical: never refused.
+    pub own_exe: Option<PathBuf>,
+}
+
+/// How the guard answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Longest wait for a file's SHA-256 before the default answer.
+    pub decision_time: Duration,
+    /// The default answer: allow (fail open) unless configured to deny.
+    pub allow_on_timeout: bool,
+}
+
+/// An exec refused, or that would have been.
+#[derive(Debug)]
+pub struct ExecDecision {
+    /// The process that exec'd (still running its previous program when refused).
+    pub pid: u32,
+    /// The file, as the descriptor names it in the agent's mount namespace.
+    pub path: PathBuf,
+    pub refusal: Refusal,
+    /// Refused (`true`) or only reported, in the dry run.
+    pub enforced: bool,
+}
+
+/// What the guard counted.
+#[derive(Debug, Default)]
+pub struct GuardStats {
+    pub judged: AtomicUsize,
+    pub refused: AtomicUsize,
+    /// Execs that got the default answer: not hashed within the decision time.
+    pub timed_out: AtomicUsize,
+    /// Decisions not handed to the event loop (it was behind by a full queue).
+    pub unreported: AtomicUsize,
+}
+
+/// A running guard. Dropping it stops the thread and closes the group: anything waiting is
+/// allowed by the kernel.
+pub struct ExecGuard {
+    mode: GuardMode,
+    rules: Arc<Mutex<Arc<ExecRules>>>,
+    pub stats: Arc<GuardStats>,
+    /// Closing this stops the thread.
+    stop: Option<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ExecGuard {
+    /// Marks every filesystem and starts answering; `mode` is [`GuardMode::DryRun`] or
+    /// [`GuardMode::Enforce`].
+    pub fn start(
+        mode: GuardMode,
+        rules: ExecRules,
+        settings: Settings,
+        decisions: mpsc::Sender<ExecDecision>,
+    ) -> io::Result<Self> {
+        let (init, mask, what) = match mode {
+            GuardMode::Enforce => (
+                InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_NONBLOCK,
+                MaskFlags::FAN_OPEN_EXEC_PERM,
+                "exec guard (fanotify FAN_OPEN_EXEC_PERM)",
+            ),
+            GuardMode::DryRun => (
+                InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_NONBLOCK,
+                MaskFlags::FAN_OPEN_EXEC,
+                "exec guard, dry run (fanotify FAN_OPEN_EXEC)",
+            ),
+            GuardMode::Off => return Err(io::Error::other("an exec guard that is off")),
+        };
+        raise_descriptor_limit();
+        let group = MarkedGroup::start(init, mask, what)?;
+        let rules = Arc::new(Mutex::new(Arc::new(rules)));
+        let stats = Arc::new(GuardStats::default());
+        let (wake, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut worker = Worker {
+            group,
+            enforce: mode == GuardMode::Enforce,
+            rules: Arc::clone(&rules),
+            settings,
+            cache: Arc::new(Mutex::new(HashCache::new(CACHE_ENTRIES))),
+            hashing: Arc::new(AtomicUsize::new(0)),
+            decisions,
+            stats: Arc::clone(&stats),
+            me: std::process::id(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("picket-guard".into())
+            .spawn(move || worker.run(&wake))?;
+        Ok(Self {
+            mode,
+            rules,
+            stats,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn mode(&self) -> GuardMode {
+        self.mode
+    }
+
+    /// Judges by `rules` from the next exec on.
+    pub fn set_rules(&self, rules: ExecRules) {
+        *self.rules.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+    }
+}
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The guard's thread.
+struct Worker {
+    group: MarkedGroup,
+    enforce: bool,
+    rules: Arc<Mutex<Arc<ExecRules>>>,
+    settings: Settings,
+    cache: Arc<Mutex<HashCache>>,
+    /// Files being hashed by hashing threads.
+    hashing: Arc<AtomicUsize>,
+    decisions: mpsc::Sender<ExecDecision>,
+    stats: Arc<GuardStats>,
+    me: u32,
+}
+
+impl Worker {
+    /// Answers events until `stop` is closed.
+    fn run(&mut self, stop: &OwnedFd) {
+        let mut buf = vec![0u64; BATCH_BYTES / 8];
+        let mut lost = 0u64;
+        loop {
+            let mut fds = [
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.group.group.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    // Returning closes the group: the kernel allows what waits.
+                    log::error!("exec guard stopped: waiting for events: {e}");
+                    return;
+                }
+                Ok(_) => {}
+            }
+            if fds[0].any().unwrap_or(true) {
+                return;
+            }
+            let before = lost;
+            let group = Arc::clone(&self.group.group);
+            fanotify::read_events(&group, &mut buf, &mut lost, usize::MAX, |o| {
+                self.handle(o.pid, &o.file);
+            });
+            if lost > before {
+                log::warn!("exec guard: {} events lost", lost - before);
+            }
+        }
+    }
+
+    /// Judges one exec and answers it.
+    fn handle(&self, pid: u32, file: &File) {
+        let refusal = if pid == self.me {
+            None
+        } else {
+            self.stats.judged.fetch_add(1, Ordering::Relaxed);
+            self.judge(pid, file)
+        };
+        let allow = match &refusal {
+            None => true,
+            Some(_) => !self.enforce,
+        };
+        if self.enforce {
+            let response = if allow {
+                Response::FAN_ALLOW
+            } else {
+                Response::FAN_DENY
+            };
+            if let Err(e) = self
+                .group
+                .group
+                .write_response(FanotifyResponse::new(file.as_fd(), response))
+            {
+                log::warn!("exec guard: answering the exec of pid {pid}: {e}");
+            }
+        }
+        if let Some((path, refusal)) = refusal {
+            if self.enforce {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            let decision = ExecDecision {
+                pid,
+                path,
+                refusal,
+                enforced: self.enforce,
+            };
+            if self.decisions.try_send(decision).is_err() {
+                self.stats.unreported.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Why the exec of `file` by `pid` is refused, `None` when it may run.
+    fn judge(&self, pid: u32, file: &File) -> Option<(PathBuf, Refusal)> {
+        let rules = Arc::clone(&self.rules.lock().unwrap_or_else(|e| e.into_inner()));
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("exec guard: fstat of an exec by pid {pid}: {e}; allowed");
+                return None;
+            }
+        };
+        let (path, deleted) = descriptor_path(file);
+        let sha256 = || self.sha256(file, &meta);
+        let refusal = match path.to_str() {
+            Some(p) => rules.baseline.refusal(p, deleted, sha256),
+            // No policy path is anything but UTF-8.
+            None => Some(Refusal::Unknown { sha256: None }),
+        };
+        let refusal = match refusal {
+            Some(Refusal::Unverified { error, expected }) if error == TIMED_OUT => {
+                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "exec guard: {} not hashed within {:?}: {} (pid {pid})",
+                    path.display(),
+                    self.settings.decision_time,
+                    if self.settings.allow_on_timeout {
+                        "allowed, the default answer"
+                    } else {
+                        "refused, the configured answer"
+                    }
+                );
+                if self.settings.allow_on_timeout {
+                    return None;
+                }
+                Refusal::Unverified {
+                    expected,
+                    error: TIMED_OUT.into(),
+                }
+            }
+            Some(r) => r,
+            None => return None,
+        };
+        if let Some(why) = exempt(pid, &path, &rules) {
+            log::debug!(
+                "exec guard: {} by pid {pid} allowed ({why}) though {}",
+                path.display(),
+                refusal.reason()
+            );
+            return None;
+        }
+        Some((path, refusal))
+    }
+
+    /// The SHA-256 of `file`: cached, or hashed within the decision time.
+    fn sha256(&self, file: &File, meta: &Metadata) -> Result<[u8; 32], String> {
+        match self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cached(meta)
+        {
+            Ok(Some(d)) => return Ok(d.sha256),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if self.hashing.fetch_add(1, Ordering::AcqRel) >= MAX_WORKERS {
+            self.hashing.fetch_sub(1, Ordering::AcqRel);
+            return Err(TIMED_OUT.into());
+        }
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        let spawned = file.try_clone().and_then(|file| {
+            let (meta, cache, hashing) = (meta.clone(), self.cache.clone(), self.hashing.clone());
+            std::thread::Builder::new()
+                .name("picket-hash".into())
+                .spawn(move || {
+                    let digest = hash::digest_of_file(&file, &meta);
+                    if let Ok(d) = &digest {
+                        cache
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .store(&meta, d);
+                    }
+                    hashing.fetch_sub(1, Ordering::AcqRel);
+                    let _ = tx.send(digest.map(|d| d.sha256).map_err(|e| e.to_string()));
+                })
+        });
+        if let Err(e) = spawned {
+            self.hashing.fetch_sub(1, Ordering::AcqRel);
+            return Err(format!("hashing: {e}"));
+        }
+        rx.recv_timeout(self.settings.decision_time)
+            .unwrap_or_else(|_| Err(TIMED_OUT.into()))
+    }
+}
+
+/// The error of a hash not established within the decision time.
+const TIMED_OUT: &str = "not hashed within the decision time";
+
+/// The path of an open descriptor, and whether its file was deleted (the kernel appends
+/// ` (deleted)`, taken off here).
+fn descriptor_path(file: &File) -> (PathBuf, bool) {
+    let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let path = std::fs::read_link(link).unwrap_or_default();
+    let deleted = file.metadata().is_ok_and(|m| m.nlink() == 0);
+    if deleted {
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        if let Some(live) = bytes.strip_suffix(b" (deleted)") {
+            return (crate::paths::from_bytes(live), true);
+        }
+    }
+    (path, deleted)
+}
+
+/// Why the exec of `path` by `pid` is never refused, if it is one of those.
+fn exempt(pid: u32, path: &Path, rules: &ExecRules) -> Option<&'static str> {
+    if pid == 1 {
+        return Some("init");
+    }
+    if rules.own_exe.as_deref() == Some(path) {
+        return Some("the agent's own executable");
+    }
+    if parent_is_kernel_thread(pid) {
+        return Some("started by the kernel");
+    }
+    None
+}
+
+/// Whether the parent of `pid` is a kernel thread: a user-mode helper the kernel runs
+/// (`modprobe`, hotplug, core dump pipes, ...).
+fn parent_is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let field = |pid: u32, n: usize| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name, which may hold spaces and parentheses.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        rest.split(' ').nth(n)?.parse().ok()
+    };
+    // Fields after the name: state (0), ppid (1), ..., flags (6).
+    let Some(ppid) = field(pid, 1).and_then(|p| u32::try_from(p).ok()) else {
+        return false;
+    };
+    ppid == 2 || (ppid != 0 && field(ppid, 6).is_some_and(|f| f & PF_KTHREAD != 0))
+}
+
+/// Raises the soft limit of open descriptors to the hard one: an event the kernel cannot give
+/// a descriptor for is lost, and a permission event lost that way is refused.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` and `setrlimit` read and write the one struct passed, which lives
+    // across both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
