@@ -488,6 +488,10 @@ impl Sink for Detecting {
             return None;
         }
         let modes = self.detector.modes();
+        // Until the guard says otherwise (`guard_unavailable`), the kernel refuses what the
+        // network rules do not allow: detection leaves those to the guard's own records.
+        self.detector
+            .set_network_guarded(modes.network == Mode::Enforce);
         let own_exe = std::env::current_exe()
             .ok()
             .and_then(|p| std::fs::canonicalize(p).ok());
@@ -501,11 +505,16 @@ impl Sink for Detecting {
                 decision_time: self.enforce.decision_time,
                 allow_on_timeout: self.enforce.on_timeout == OnTimeout::Allow,
             },
+            net: GuardMode::of(modes.network),
+            network: self.detector.policy().network.clone(),
         })
     }
 
     fn guard_unavailable(&mut self, category: &'static str, error: String) -> anyhow::Result<()> {
         log::error!("{category} are not guarded: {error}");
+        if category == "network" {
+            self.detector.set_network_guarded(false);
+        }
         let policy = match category {
             "executables" => self.detector.policy().modes.executables,
             _ => self.detector.policy().modes.network,

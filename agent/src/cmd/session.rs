@@ -24,6 +24,7 @@ use crate::{
     sensors::{
         self, decode,
         fanotify::{ExecWatch, OpenWatch},
+        guard::{self, NetGuard},
         preflight, KernelCounters, SensorArgs, SensorSet, Sensors,
     },
 };
@@ -65,6 +66,8 @@ pub struct Guards {
     pub exec: GuardMode,
     pub exec_rules: ExecRules,
     pub exec_settings: Settings,
+    pub net: GuardMode,
+    pub network: picket_policy::model::Network,
 }
 
 /// What a session saw.
@@ -103,9 +106,10 @@ pub async fn run(
     let (decided, mut decisions) = tokio::sync::mpsc::channel(DECISIONS_QUEUED);
     let mut guarding = Guarding {
         exec: None,
+        net: None,
         decided,
     };
-    guarding.apply(sink)?;
+    guarding.apply(&mut sensors, sink)?;
     release_startup_memory();
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
@@ -149,7 +153,7 @@ pub async fn run(
             _ = tick.tick() => {
                 pump.report_losses(&sensors, sink)?;
                 sink.tick()?;
-                guarding.apply(sink)?;
+                guarding.apply(&mut sensors, sink)?;
                 if let Some(w) = opens.as_mut() {
                     let w = w.get_mut();
                     if let Some(files) = sink.watched_files() {
@@ -182,16 +186,18 @@ const DECISIONS_QUEUED: usize = 1024;
 /// The running guards.
 struct Guarding {
     exec: Option<ExecGuard>,
+    net: Option<NetGuard>,
     decided: tokio::sync::mpsc::Sender<ExecDecision>,
 }
 
 impl Guarding {
     /// Does what the sink asks of the guards, if that changed. A guard whose mode changes is
     /// replaced by one started first: the old one judges until the new one does.
-    fn apply(&mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
+    fn apply(&mut self, sensors: &mut Sensors, sink: &mut impl Sink) -> anyhow::Result<()> {
         let Some(wanted) = sink.guards() else {
             return Ok(());
         };
+        self.apply_net(sensors, sink, wanted.net, &wanted.network)?;
         match (&self.exec, wanted.exec) {
             (_, GuardMode::Off) => self.exec = None,
             (Some(g), mode) if g.mode() == mode => g.set_rules(wanted.exec_rules),
@@ -218,6 +224,59 @@ impl Guarding {
                         )?;
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The network guard in `mode` with `network`'s rules: attached the first time it is
+    /// needed (the network sensor's object holds its programs), detached when off. The
+    /// previous rules stay in force until the new ones are written.
+    fn apply_net(
+        &mut self,
+        sensors: &mut Sensors,
+        sink: &mut impl Sink,
+        mode: GuardMode,
+        network: &picket_policy::model::Network,
+    ) -> anyhow::Result<()> {
+        let kernel_mode = match mode {
+            GuardMode::Off => {
+                if self.net.take().is_some() {
+                    log::info!("network: guard detached (off)");
+                }
+                return Ok(());
+            }
+            GuardMode::DryRun => guard::GuardMode::DryRun,
+            GuardMode::Enforce => guard::GuardMode::Enforce,
+        };
+        if self.net.is_none() {
+            if !sensors.enabled().contains(Sensor::Network) {
+                return Ok(());
+            }
+            match sensors.net_guard() {
+                Ok(g) => self.net = Some(g),
+                Err(e) => {
+                    return sink.guard_unavailable(
+                        "network",
+                        format!(
+                            "the network guard could not attach ({e}; it needs cgroup v2, \
+                             CONFIG_CGROUP_BPF and Linux 5.7)"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(g) = self.net.as_mut() {
+            match g.apply(kernel_mode, network) {
+                Ok(()) => log::info!(
+                    "network: guard in force ({}, cgroup {})",
+                    mode.name(),
+                    g.cgroup().display()
+                ),
+                Err(e) => sink.guard_unavailable(
+                    "network",
+                    format!("the new rules could not be written, the previous ones stay: {e:#}"),
+                )?,
             }
         }
         Ok(())

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::{
     alert::{Draft, Kind, Severity},
-    enrich::{file_op_name, net_op_name, Detail, Event, Record},
+    enrich::{file_op_name, net_op_name, Detail, Event, Guard, Record},
     paths::canon,
 };
 
@@ -55,6 +55,15 @@ struct ExecFlags<'a> {
     hash_error: Option<&'a str>,
     /// The name the exec used, when it is a link to the file that ran.
     name_used: Option<&'a Path>,
+}
+
+/// What a network event says, for the network checks.
+struct NetSeen {
+    op: NetOp,
+    local_port: u16,
+    remote: (std::net::IpAddr, u16),
+    /// Set on a record of the network guard.
+    guard: Option<Guard>,
 }
 
 /// What the baseline says of an executable.
@@ -261,6 +270,9 @@ pub struct Detector {
     /// (events name the file that ran: `/usr/bin/python3.11` for a rule's `/usr/bin/python3`).
     rule_files: HashMap<String, String>,
     behaviour: behaviour::Behaviour,
+    /// The kernel refuses what the network rules do not allow (see
+    /// [`Detector::set_network_guarded`]).
+    network_guarded: bool,
 }
 
 /// A policy glob, with its literal directory prefix in canonical form when that differs.
@@ -383,6 +395,7 @@ impl Detector {
             protected_globs,
             own: own_paths,
             rule_files,
+            network_guarded: false,
         }
     }
 
@@ -419,8 +432,20 @@ impl Detector {
                 self.lineage(event, r, &mut out);
             }
             Detail::Net {
-                op, local, remote, ..
-            } => self.net(event, r, *op, local.1, *remote, &mut out),
+                op,
+                local,
+                remote,
+                guard,
+                ..
+            } => {
+                let seen = NetSeen {
+                    op: *op,
+                    local_port: local.1,
+                    remote: *remote,
+                    guard: *guard,
+                };
+                self.net(event, r, seen, &mut out);
+            }
             Detail::File {
                 op, path, second, ..
             } => {
@@ -603,15 +628,19 @@ impl Detector {
         Arc::clone(&self.executables)
     }
 
-    fn net(
-        &self,
-        event: &Event,
-        r: &Record,
-        op: NetOp,
-        local_port: u16,
-        remote: (std::net::IpAddr, u16),
-        out: &mut Vec<Draft>,
-    ) {
+    /// Whether the kernel refuses what the network rules do not allow: the policy's network
+    /// mode is `enforce` and the network guard runs. Set by the caller that runs the guard.
+    pub fn set_network_guarded(&mut self, guarded: bool) {
+        self.network_guarded = guarded;
+    }
+
+    fn net(&self, event: &Event, r: &Record, seen: NetSeen, out: &mut Vec<Draft>) {
+        let NetSeen {
+            op,
+            local_port,
+            remote,
+            guard,
+        } = seen;
         if self.modes.network == Mode::Off {
             return;
         }
@@ -625,62 +654,99 @@ impl Detector {
         };
         let proto_ok = |rule: Protocol, proto: Protocol| rule == Protocol::Any || rule == proto;
         let name = net_op_name(op);
-        match op {
+        let outbound = matches!(op, NetOp::TcpConnect | NetOp::UdpConnect | NetOp::UdpSend);
+        let proto = if matches!(op, NetOp::TcpConnect | NetOp::TcpListen | NetOp::TcpBind) {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        let (rule, details) = if outbound {
+            let (addr, rport) = remote;
+            let details = json!({
+                "op": name,
+                "remote_addr": addr.to_string(),
+                "remote_port": rport,
+                "protocol": protocol_name(proto),
+            });
+            ("network.outbound", details)
+        } else {
+            let details =
+                json!({ "op": name, "port": local_port, "protocol": protocol_name(proto) });
+            ("network.listen", details)
+        };
+        // A record of the network guard: what the kernel refused, or would have.
+        if let Some(guard) = guard {
+            let (kind, severity, mut details) = match (guard, outbound) {
+                (Guard::Blocked, true) => (Kind::BlockedConnection, Severity::High, details),
+                (Guard::Blocked, false) => (Kind::BlockedListener, Severity::High, details),
+                (Guard::WouldBlock, _) => (Kind::WouldBlock, Severity::Medium, details),
+            };
+            if guard == Guard::WouldBlock {
+                details["action"] = json!(if outbound { "connect" } else { "bind" });
+            }
+            out.push(draft(
+                kind,
+                severity,
+                rule,
+                exe.unwrap_or(""),
+                details,
+                event,
+            ));
+            return;
+        }
+        // What the rules allow to some executable (the guard's judgement) and to this one.
+        let (any_exe, this_exe) = match op {
             NetOp::TcpConnect | NetOp::UdpConnect | NetOp::UdpSend => {
-                let proto = if op == NetOp::TcpConnect {
-                    Protocol::Tcp
-                } else {
-                    Protocol::Udp
-                };
                 let (addr, rport) = remote;
-                let allowed = self.policy.network.outbound.iter().any(|r| {
-                    r.cidr.contains(&addr)
-                        && r.ports.contains(rport)
-                        && proto_ok(r.protocol, proto)
-                        && allowed_exe(&r.executable)
-                });
-                if !allowed {
-                    out.push(draft(
-                        Kind::UnexpectedConnection,
-                        Severity::High,
-                        "network.outbound",
-                        exe.unwrap_or(""),
-                        json!({
-                            "op": name,
-                            "remote_addr": addr.to_string(),
-                            "remote_port": rport,
-                            "protocol": protocol_name(proto),
-                        }),
-                        event,
-                    ));
-                }
+                let matching = |r: &&picket_policy::model::Outbound| {
+                    r.cidr.contains(&addr) && r.ports.contains(rport) && proto_ok(r.protocol, proto)
+                };
+                let rules = &self.policy.network.outbound;
+                (
+                    rules.iter().any(|r| matching(&r)),
+                    rules
+                        .iter()
+                        .filter(matching)
+                        .any(|r| allowed_exe(&r.executable)),
+                )
             }
             NetOp::TcpListen | NetOp::UdpBind => {
-                let proto = if op == NetOp::TcpListen {
-                    Protocol::Tcp
-                } else {
-                    Protocol::Udp
-                };
                 if local_port == 0 {
                     return;
                 }
-                let allowed = self.policy.network.listen.iter().any(|r| {
-                    r.port.0 == local_port
-                        && proto_ok(r.protocol, proto)
-                        && allowed_exe(&r.executable)
-                });
-                if !allowed {
-                    out.push(draft(
-                        Kind::UnexpectedListener,
-                        Severity::High,
-                        "network.listen",
-                        exe.unwrap_or(""),
-                        json!({ "op": name, "port": local_port, "protocol": protocol_name(proto) }),
-                        event,
-                    ));
-                }
+                let matching = |r: &&picket_policy::model::Listen| {
+                    r.port.0 == local_port && proto_ok(r.protocol, proto)
+                };
+                let rules = &self.policy.network.listen;
+                (
+                    rules.iter().any(|r| matching(&r)),
+                    rules
+                        .iter()
+                        .filter(matching)
+                        .any(|r| allowed_exe(&r.executable)),
+                )
             }
-            NetOp::TcpAccept | NetOp::TcpBind => {}
+            NetOp::TcpAccept | NetOp::TcpBind => return,
+        };
+        // Refused by the kernel, which said so in its own record: the syscall sensors saw the
+        // attempt before the refusal (a UDP connect, send or bind).
+        if self.network_guarded && !any_exe {
+            return;
+        }
+        if !this_exe {
+            let kind = if outbound {
+                Kind::UnexpectedConnection
+            } else {
+                Kind::UnexpectedListener
+            };
+            out.push(draft(
+                kind,
+                Severity::High,
+                rule,
+                exe.unwrap_or(""),
+                details,
+                event,
+            ));
         }
     }
 

@@ -173,7 +173,10 @@ fn net_detail(fields: &Value) -> Detail {
     let net_op = |op: &str| match op {
         "tcp_connect" => NetOp::TcpConnect,
         "tcp_listen" => NetOp::TcpListen,
+        "tcp_bind" => NetOp::TcpBind,
         "udp_send" => NetOp::UdpSend,
+        "udp_connect" => NetOp::UdpConnect,
+        "udp_bind" => NetOp::UdpBind,
         other => panic!("no net op {other} in these tests"),
     };
     let any: IpAddr = "0.0.0.0".parse().unwrap();
@@ -186,7 +189,11 @@ fn net_detail(fields: &Value) -> Detail {
             port(fields, "remote_port"),
         ),
         socket_type: None,
-        guard: None,
+        guard: match text(fields, "guard") {
+            Some("blocked") => Some(Guard::Blocked),
+            Some("would_block") => Some(Guard::WouldBlock),
+            _ => None,
+        },
     }
 }
 
@@ -987,3 +994,5 @@ fn a_sensitive_file_read_by_another_executable_than_its_readers() {
     let f = json!({ "event": "read", "path": "/etc/shadow", "exe": "/usr/bin/cat" });
     assert!(kinds(&off, f).is_empty());
 }
+
+mod guard;

@@ -1,0 +1,148 @@
+//! What the guards' judgements and records become: the refusal of an exec (the exec guard's
+//! judgement, detection's own), the alerts of refused execs and of the network guard's records,
+//! and detection leaving to the network guard what the kernel refused.
+
+use std::cell::Cell;
+
+use super::*;
+
+fn baseline() -> Arc<ExecBaseline> {
+    detector().exec_baseline()
+}
+
+#[test]
+fn what_the_baseline_allows_runs_and_the_rest_is_refused_with_its_reason() {
+    let b = baseline();
+    let a = digest(&"a".repeat(64));
+    let other = digest(&"c".repeat(64));
+    assert_eq!(b.refusal("/usr/bin/app", false, || Ok(a)), None);
+    assert_eq!(
+        b.refusal("/usr/bin/app", false, || Ok(other)),
+        Some(Refusal::Modified {
+            expected: a,
+            actual: other
+        })
+    );
+    assert_eq!(
+        b.refusal("/usr/bin/app", false, || Err("I/O error".into())),
+        Some(Refusal::Unverified {
+            expected: a,
+            error: "I/O error".into()
+        })
+    );
+    assert_eq!(
+        b.refusal("/usr/bin/x", false, || Ok(other)),
+        Some(Refusal::Unknown {
+            sha256: Some(other)
+        })
+    );
+    assert_eq!(
+        b.refusal("/tmp/x", false, || Ok(other)),
+        Some(Refusal::Temporary)
+    );
+    assert_eq!(
+        b.refusal("/usr/bin/x", true, || Ok(other)),
+        Some(Refusal::Deleted)
+    );
+    // A listed file is judged by its content, deleted or not (a daemon re-executing itself
+    // after an upgrade replaced its file).
+    assert_eq!(b.refusal("/usr/bin/app", true, || Ok(a)), None);
+}
+
+#[test]
+fn a_file_allowed_by_location_is_never_hashed() {
+    let b = baseline();
+    let hashed = Cell::new(false);
+    let sha = || {
+        hashed.set(true);
+        Ok([0; 32])
+    };
+    assert_eq!(b.refusal("/opt/scripts/x.sh", false, sha), None);
+    assert!(!hashed.get());
+}
+
+#[test]
+fn refused_execs_are_blocked_exec_and_the_dry_run_would_block() {
+    let refused = |refusal: Refusal, enforced: bool| {
+        let e = Event {
+            category: Category::Exec,
+            fields: Fields::new_for_test(Record {
+                task: test_task(),
+                process: process_context(&json!({"exe":"/usr/bin/sh"})),
+                detail: Detail::Refused {
+                    path: PathBuf::from("/usr/bin/x"),
+                    refusal,
+                    enforced,
+                },
+            }),
+        };
+        detector().check(&e)
+    };
+    let a = refused(
+        Refusal::Modified {
+            expected: [1; 32],
+            actual: [2; 32],
+        },
+        true,
+    );
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].kind, Kind::BlockedExec);
+    assert_eq!(a[0].severity, Severity::Critical);
+    assert_eq!(a[0].path.as_deref(), Some("/usr/bin/x"));
+    assert_eq!(
+        a[0].details["reason"],
+        "another SHA-256 than the baseline's"
+    );
+    let a = refused(Refusal::Temporary, true);
+    assert_eq!(
+        (a[0].kind, a[0].severity),
+        (Kind::BlockedExec, Severity::High)
+    );
+    let a = refused(Refusal::Temporary, false);
+    assert_eq!(
+        (a[0].kind, a[0].severity),
+        (Kind::WouldBlock, Severity::Medium)
+    );
+    assert_eq!(a[0].details["action"], "exec");
+}
+
+#[test]
+fn the_network_guards_records_are_its_alerts() {
+    let d = detector();
+    let blocked = json!({"event":"net","op":"tcp_connect","exe":"/usr/bin/x","remote_addr":"192.0.2.1","remote_port":80,"guard":"blocked"});
+    assert_eq!(kinds(&d, blocked), vec![Kind::BlockedConnection]);
+    let bind =
+        json!({"event":"net","op":"tcp_bind","exe":"/usr/bin/x","local_port":23,"guard":"blocked"});
+    assert_eq!(kinds(&d, bind), vec![Kind::BlockedListener]);
+    let dry = json!({"event":"net","op":"udp_send","exe":"/usr/bin/x","remote_addr":"192.0.2.1","remote_port":53,"guard":"would_block"});
+    let a = d.check(&event(dry));
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].kind, a[0].severity),
+        (Kind::WouldBlock, Severity::Medium)
+    );
+    assert_eq!(a[0].details["action"], "connect");
+    assert_eq!(a[0].details["remote_port"], 53);
+    // A TCP bind seen by no guard raises nothing: the listen does.
+    let plain_bind = json!({"event":"net","op":"tcp_bind","exe":"/usr/bin/x","local_port":23});
+    assert!(kinds(&d, plain_bind).is_empty());
+}
+
+#[test]
+fn with_the_network_guarded_detection_leaves_the_refused_to_the_guard() {
+    let mut d = detector();
+    // Seen by the syscall sensors before the kernel refused it: the guard's record says so.
+    let refused = json!({"event":"net","op":"udp_connect","exe":"/usr/bin/x","remote_addr":"192.0.2.1","remote_port":53});
+    let refused_bind = json!({"event":"net","op":"udp_bind","exe":"/usr/bin/x","local_port":5353});
+    // Allowed to another executable: the kernel let it through, detection reports it.
+    let other_exe = json!({"event":"net","op":"tcp_connect","exe":"/usr/bin/x","remote_addr":"10.1.2.3","remote_port":443});
+    assert_eq!(kinds(&d, refused.clone()), vec![Kind::UnexpectedConnection]);
+    assert_eq!(
+        kinds(&d, refused_bind.clone()),
+        vec![Kind::UnexpectedListener]
+    );
+    d.set_network_guarded(true);
+    assert!(kinds(&d, refused).is_empty());
+    assert!(kinds(&d, refused_bind).is_empty());
+    assert_eq!(kinds(&d, other_exe), vec![Kind::UnexpectedConnection]);
+}
