@@ -45,3 +45,19 @@ pub fn sha256_file(path: &Path) -> String {
         std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
 }
+
+/// The `[[executable]]` entry (TOML) of this machine's dynamic loader, by its canonical path:
+/// the kernel opens it for every dynamically linked exec, and enforcement (and its dry run in
+/// alert mode) judges it like the program, so a test baseline lists it as a device's does
+/// (`picket baseline scan` and `learn` add it).
+pub fn loader_entry() -> String {
+    let interp = picket_agent::enrich::hash::elf_interp_of(Path::new("/usr/bin/true"))
+        .expect("/usr/bin/true is dynamically linked");
+    let loader = std::fs::canonicalize(&interp)
+        .unwrap_or_else(|e| panic!("the loader {}: {e}", interp.display()));
+    format!(
+        "[[executable]]\npath = {}\nsha256 = \"{}\"\n\n",
+        serde_json::to_string(loader.to_str().expect("a UTF-8 loader path")).unwrap(),
+        sha256_file(&loader)
+    )
+}

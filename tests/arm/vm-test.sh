@@ -3,9 +3,11 @@
 # `picket`, a static busybox, a trust key, a signed baseline and a configuration. Inside, `picket
 # run` must raise an `unknown_executable` alert for an exec of a copied binary in /tmp, a
 # `protected_file_changed` alert for a write to a protected file, and `unexpected_listener` and
-# `unexpected_connection` alerts for a TCP listener and a connection on loopback; and nothing
-# else. Any step that does not work fails the test with the step and what the kernel or the
-# agent said.
+# `unexpected_connection` alerts for a TCP listener and a connection on loopback, each with the
+# dry run's `would_block`; and nothing else. Then, with the same baseline enforcing executables
+# and network, the copy must fail to run, the listener and the connection must be refused, each
+# with its `blocked_*` alert, and after a SIGKILL of the agent all three must work again. Any
+# step that does not work fails the test with the step and what the kernel or the agent said.
 #
 #   tests/arm/vm-test.sh [aarch64|armv7 ...]      (default: both)
 #
@@ -166,6 +168,7 @@ until grep -q '"alert":"unknown_executable".*"path":"/tmp/unknown/echo"' /var/lo
     sleep 0.5
 done
 step "alerts seen after $(cut -d' ' -f1 /proc/uptime) s of uptime; stopping picket"
+kill "$(pidof nc)" 2>/dev/null
 kill -TERM "$agent"
 status=0
 wait "$agent" || status=$?
@@ -173,6 +176,48 @@ echo "PICKET-VM-AGENT-EXIT: $status"
 step "agent stopped after $(cut -d' ' -f1 /proc/uptime) s of uptime; every alert it raised:"
 while read -r line; do echo "PICKET-ALERT: $line"; done </var/log/picket/alerts.jsonl
 echo "--- agent log"; cat /var/log/picket/agent.log
+
+# The same baseline, enforcing executables and network (serial 2).
+step "enforce: picket run with the enforcing baseline"
+sed 's|/etc/picket/policy.bundle|/etc/picket/enforce.bundle|; s|/var/log/picket/alerts.jsonl|/var/log/picket/enforce.jsonl|' \
+    /etc/picket/picket.toml >/etc/picket/enforce.toml
+picket run --config /etc/picket/enforce.toml >/dev/null 2>/var/log/picket/enforce.log &
+agent=$!
+i=0
+until grep -q 'network: guard in force (enforce' /var/log/picket/enforce.log 2>/dev/null &&
+    grep -q 'executables: guard started (enforce)' /var/log/picket/enforce.log 2>/dev/null; do
+    kill -0 "$agent" 2>/dev/null || { cat /var/log/picket/enforce.log; die "the enforcing picket run exited"; }
+    i=$((i + 1))
+    [ "$i" -le 600 ] || { cat /var/log/picket/enforce.log; die "the guards did not start within 300 s"; }
+    sleep 0.5
+done
+/tmp/unknown/echo ran 2>/dev/null && die "enforce: /tmp/unknown/echo ran"
+[ "$(/bin/busybox echo allowed)" = allowed ] || die "enforce: the baselined busybox did not run"
+nc -l -p 7778 </dev/null >/dev/null 2>&1 && die "enforce: nc listened on port 7778"
+echo hello | nc 127.0.0.1 7777 2>/dev/null && die "enforce: a connection to 127.0.0.1:7777 went through"
+i=0
+until grep -q '"alert":"blocked_exec".*"path":"/tmp/unknown/echo"' /var/log/picket/enforce.jsonl 2>/dev/null &&
+    grep -q '"alert":"blocked_listener".*"port":7778' /var/log/picket/enforce.jsonl 2>/dev/null &&
+    grep -q '"alert":"blocked_connection".*"remote_port":7777' /var/log/picket/enforce.jsonl 2>/dev/null; do
+    i=$((i + 1))
+    [ "$i" -le 60 ] || break
+    sleep 0.5
+done
+step "enforce: SIGKILL of the agent, then everything runs and connects again"
+kill -KILL "$agent"
+wait "$agent" 2>/dev/null
+[ "$(/tmp/unknown/echo ran)" = ran ] || die "after SIGKILL: /tmp/unknown/echo still refused"
+nc -l -p 7778 </dev/null >/dev/null &
+i=0
+until netstat -tln | grep -q ':7778 '; do
+    i=$((i + 1))
+    [ "$i" -le 40 ] || die "after SIGKILL: nc could not listen on port 7778"
+    sleep 0.25
+done
+echo hello | nc 127.0.0.1 7778 || die "after SIGKILL: could not connect to 127.0.0.1:7778"
+echo "PICKET-VM-ENFORCE: after SIGKILL, runs and connects"
+while read -r line; do echo "PICKET-ENFORCE-ALERT: $line"; done </var/log/picket/enforce.jsonl
+echo "--- enforcing agent log"; cat /var/log/picket/enforce.log
 step "done"
 poweroff -f
 INIT
@@ -224,6 +269,13 @@ EOF
     fi
     "${HOST_PICKET[@]}" policy sign --key "$keys/vm.key" --in "$dir/policy.toml" \
         --out "$stage/etc/picket/policy.bundle" >/dev/null 2>"$dir/sign.log" || fail "picket policy sign: $(cat "$dir/sign.log")"
+    # The same baseline, enforcing executables and network: serial 2.
+    sed -e 's/^serial = 1$/serial = 2/' -e 's/^executables = "alert"$/executables = "enforce"/' \
+        -e 's/^network = "alert"$/network = "enforce"/' "$dir/policy.toml" >"$dir/enforce.toml"
+    grep -q '^executables = "enforce"' "$dir/enforce.toml" && grep -q '^network = "enforce"' "$dir/enforce.toml" ||
+        fail "the scanned policy has no [modes] table to make enforcing"
+    "${HOST_PICKET[@]}" policy sign --key "$keys/vm.key" --in "$dir/enforce.toml" \
+        --out "$stage/etc/picket/enforce.bundle" >/dev/null 2>"$dir/sign.log" || fail "picket policy sign (enforce): $(cat "$dir/sign.log")"
     grep -q '"/etc/app/app.conf"' "$dir/policy.toml" || fail "the baseline does not protect /etc/app/app.conf"
     (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner 0:0) | gzip -1 >"$dir/initramfs.cpio.gz" ||
         fail "building the initramfs with cpio"
@@ -300,6 +352,22 @@ run_vm() {
         { log "$arch: no unexpected_listener alert for port 7777"; ok=1; }
     grep -q '^PICKET-ALERT: .*"alert":"unexpected_connection".*"remote_addr":"127.0.0.1","remote_port":7777' "$console.txt" ||
         { log "$arch: no unexpected_connection alert for 127.0.0.1:7777"; ok=1; }
+    # The dry run of alert mode: what enforce would refuse.
+    grep -q '^PICKET-ALERT: .*"alert":"would_block".*"path":"/tmp/unknown/echo"' "$console.txt" ||
+        { log "$arch: no would_block alert for /tmp/unknown/echo"; ok=1; }
+    grep -q '^PICKET-ALERT: .*"alert":"would_block".*"port":7777' "$console.txt" ||
+        { log "$arch: no would_block alert for the bind of port 7777"; ok=1; }
+    grep -q '^PICKET-ALERT: .*"alert":"would_block".*"remote_port":7777' "$console.txt" ||
+        { log "$arch: no would_block alert for the connection to port 7777"; ok=1; }
+    # Enforcing: refused, reported, and nothing refused after a SIGKILL of the agent.
+    grep -q '^PICKET-ENFORCE-ALERT: .*"alert":"blocked_exec".*"path":"/tmp/unknown/echo"' "$console.txt" ||
+        { log "$arch: no blocked_exec alert for /tmp/unknown/echo"; ok=1; }
+    grep -q '^PICKET-ENFORCE-ALERT: .*"alert":"blocked_listener".*"port":7778' "$console.txt" ||
+        { log "$arch: no blocked_listener alert for port 7778"; ok=1; }
+    grep -q '^PICKET-ENFORCE-ALERT: .*"alert":"blocked_connection".*"remote_port":7777' "$console.txt" ||
+        { log "$arch: no blocked_connection alert for 127.0.0.1:7777"; ok=1; }
+    grep -q '^PICKET-VM-ENFORCE: after SIGKILL, runs and connects' "$console.txt" ||
+        { log "$arch: the enforcing phase did not finish"; ok=1; }
     # Nothing else may raise an alert: the rest of the system is in the baseline. The copy in
     # /tmp is also a suspicious exec (a temporary location).
     local unexpected
@@ -308,7 +376,10 @@ run_vm() {
             -e '"alert":"suspicious_exec".*"path":"/tmp/unknown/echo"' \
             -e '"alert":"protected_file_changed".*"path":"/etc/app/app.conf"' \
             -e '"alert":"unexpected_listener".*"port":7777' \
-            -e '"alert":"unexpected_connection".*"remote_port":7777' || true)
+            -e '"alert":"unexpected_connection".*"remote_port":7777' \
+            -e '"alert":"would_block".*"path":"/tmp/unknown/echo"' \
+            -e '"alert":"would_block".*"port":7777' \
+            -e '"alert":"would_block".*"remote_port":7777' || true)
     [ -z "$unexpected" ] || { log "$arch: unexpected alerts:"; printf '%s\n' "$unexpected" >&2; ok=1; }
     grep -q '^PICKET-VM-AGENT-EXIT: 0' "$console.txt" ||
         { log "$arch: picket run did not exit cleanly on SIGTERM: $(grep '^PICKET-VM-AGENT-EXIT' "$console.txt")"; ok=1; }

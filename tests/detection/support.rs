@@ -195,10 +195,12 @@ impl Drop for Lab {
 pub(crate) struct PolicyText(pub(crate) String);
 
 impl PolicyText {
+    /// A policy listing nothing but the machine's dynamic loader, as every device's does.
     pub(crate) fn new(serial: u64) -> PolicyText {
         PolicyText(format!(
             "[metadata]\nname = \"detection-test\"\ndevice_class = \"lab\"\nserial = {serial}\n\
-             created = \"2026-11-22T10:00:00Z\"\n\n"
+             created = \"2026-11-22T10:00:00Z\"\n\n{}",
+            picket_test_support::loader_entry()
         ))
     }
 

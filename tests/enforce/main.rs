@@ -11,3 +11,4 @@
 mod exec;
 mod net;
 mod support;
+mod update;

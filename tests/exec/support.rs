@@ -192,6 +192,7 @@ impl Lab {
             "[metadata]\nname = \"exec-test\"\ndevice_class = \"lab\"\nserial = 1\n\
              created = \"2026-11-22T10:00:00Z\"\n\n",
         );
+        text.push_str(&picket_test_support::loader_entry());
         for (path, sha256) in executables {
             let _ = writeln!(
                 text,

@@ -67,7 +67,8 @@ impl Fleet {
             &toml,
             format!(
                 "[metadata]\nname = \"{name}\"\ndevice_class = \"{class}\"\nserial = {serial}\n\
-                 created = \"2026-11-22T10:00:00Z\"\n"
+                 created = \"2026-11-22T10:00:00Z\"\n\n{}",
+                picket_test_support::loader_entry()
             ),
         )
         .unwrap();

@@ -157,7 +157,7 @@ impl ExecBaseline {
 
     /// Why enforcement refuses to run the file at canonical `path` (`deleted`: its name was
     /// removed), `None` when it may run. What the baseline allows runs wherever it is: listed
-    /// with this SHA-256 (`sha256` is called only when the answer or the report needs it), or
+    /// with this SHA-256 (`sha256` is called only when the answer needs it), or
     /// matched by an `executable_glob`. Anything else is refused, saying first what makes it
     /// worse than unknown: deleted, or in a temporary location.
     pub fn refusal(
@@ -181,9 +181,9 @@ impl ExecBaseline {
             },
             Entry::Unknown if deleted => Some(Refusal::Deleted),
             Entry::Unknown if is_temporary(path) => Some(Refusal::Temporary),
-            Entry::Unknown => Some(Refusal::Unknown {
-                sha256: sha256().ok(),
-            }),
+            // Refused whatever its content: the SHA-256, for the report, is for the caller to
+            // take once the exec is answered.
+            Entry::Unknown => Some(Refusal::Unknown { sha256: None }),
         }
     }
 }
@@ -697,7 +697,9 @@ impl Detector {
         // What the rules allow to some executable (the guard's judgement) and to this one.
         let (any_exe, this_exe) = match op {
             NetOp::TcpConnect | NetOp::UdpConnect | NetOp::UdpSend => {
-                let (addr, rport) = remote;
+                // An IPv4 peer of a dual-stack socket (`::ffff:a.b.c.d`) is judged as the IPv4
+                // address, as the network guard judges it.
+                let (addr, rport) = (remote.0.to_canonical(), remote.1);
                 let matching = |r: &&picket_policy::model::Outbound| {
                     r.cidr.contains(&addr) && r.ports.contains(rport) && proto_ok(r.protocol, proto)
                 };

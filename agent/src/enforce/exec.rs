@@ -248,7 +248,17 @@ impl Worker {
                 log::warn!("exec guard: answering the exec of pid {pid}: {e}");
             }
         }
-        if let Some((path, refusal)) = refusal {
+        if let Some((path, mut refusal)) = refusal {
+            // Refused whatever its content; its SHA-256 is for the report, taken now that the
+            // exec is answered.
+            if let Refusal::Unknown { sha256: None } = refusal {
+                refusal = Refusal::Unknown {
+                    sha256: file
+                        .metadata()
+                        .ok()
+                        .and_then(|meta| self.sha256(file, &meta).ok()),
+                };
+            }
             if self.enforce {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
             }

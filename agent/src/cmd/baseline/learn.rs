@@ -282,6 +282,8 @@ impl Learned {
     ) -> anyhow::Result<(Policy, BTreeSet<String>)> {
         let mut policy = draft_base(base, device_class)?;
         self.add_executables(&mut policy);
+        self.notes
+            .extend(super::add_loaders(&mut policy, std::path::Path::new("/")));
         self.add_network(&mut policy);
         self.add_behaviour(&mut policy);
         for (dir, (count, example)) in &self.written {

@@ -66,7 +66,13 @@ pub fn run(args: ScanArgs) -> anyhow::Result<()> {
 
     let (results, totals) = hasher::hash_all(&walked.files, tty)?;
 
-    let policy = draft_policy(&config, &walked.files, results, &mut skipped)?;
+    let mut policy = draft_policy(&config, &walked.files, results, &mut skipped)?;
+    // The loaders of the programs listed, even where the image does not mark them executable.
+    for note in super::add_loaders(&mut policy, root) {
+        log::info!("{note}");
+    }
+    let policy = picket_policy::canonicalize(policy)
+        .map_err(|e| anyhow::anyhow!("the scanned policy is inconsistent: {e}"))?;
     skipped.sort();
     skipped.dedup();
 

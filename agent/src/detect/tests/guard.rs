@@ -32,9 +32,7 @@ fn what_the_baseline_allows_runs_and_the_rest_is_refused_with_its_reason() {
     );
     assert_eq!(
         b.refusal("/usr/bin/x", false, || Ok(other)),
-        Some(Refusal::Unknown {
-            sha256: Some(other)
-        })
+        Some(Refusal::Unknown { sha256: None })
     );
     assert_eq!(
         b.refusal("/tmp/x", false, || Ok(other)),
@@ -50,15 +48,19 @@ fn what_the_baseline_allows_runs_and_the_rest_is_refused_with_its_reason() {
 }
 
 #[test]
-fn a_file_allowed_by_location_is_never_hashed() {
+fn only_a_listed_file_is_hashed_before_the_answer() {
     let b = baseline();
-    let hashed = Cell::new(false);
+    let hashed = Cell::new(0);
     let sha = || {
-        hashed.set(true);
+        hashed.set(hashed.get() + 1);
         Ok([0; 32])
     };
     assert_eq!(b.refusal("/opt/scripts/x.sh", false, sha), None);
-    assert!(!hashed.get());
+    assert!(b.refusal("/usr/bin/unknown", false, sha).is_some());
+    assert!(b.refusal("/tmp/x", false, sha).is_some());
+    assert_eq!(hashed.get(), 0);
+    assert!(b.refusal("/usr/bin/app", false, sha).is_some());
+    assert_eq!(hashed.get(), 1);
 }
 
 #[test]
@@ -145,4 +147,13 @@ fn with_the_network_guarded_detection_leaves_the_refused_to_the_guard() {
     assert!(kinds(&d, refused).is_empty());
     assert!(kinds(&d, refused_bind).is_empty());
     assert_eq!(kinds(&d, other_exe), vec![Kind::UnexpectedConnection]);
+}
+
+#[test]
+fn an_ipv4_peer_of_a_dual_stack_socket_is_judged_as_ipv4() {
+    let d = detector();
+    let mapped = json!({"event":"net","op":"tcp_connect","exe":"/usr/bin/app","remote_addr":"::ffff:10.1.2.3","remote_port":443});
+    assert!(kinds(&d, mapped).is_empty());
+    let other = json!({"event":"net","op":"tcp_connect","exe":"/usr/bin/app","remote_addr":"::ffff:192.0.2.1","remote_port":443});
+    assert_eq!(kinds(&d, other), vec![Kind::UnexpectedConnection]);
 }
