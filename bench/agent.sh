@@ -2,9 +2,11 @@
 # What `picket run` costs: storms of execs, file writes, TCP connections and read-only opens,
 # each run without the agent and with it, alternately, for several rounds (medians; this machine
 # is shared and noisy, so the figures that count are ratios taken in the same run); the agent's
-# CPU time per event; the same storms with the agent enforcing the policy without its
-# behavioural section (what interpreters, lineage, sensitive and append-only files cost); the highest event rate it takes without loss, and what it loses above; its memory idle
-# and at that ceiling, and the BPF maps' memory; the throughput of its SHA-256 against OpenSSL;
+# CPU time per event; the same storms with the agent running the policy without its
+# behavioural section (what interpreters, lineage, sensitive and append-only files cost), and
+# with the agent enforcing (exec and network guards refusing what the policy does not allow,
+# against the main runs' dry run); the highest event rate it takes without loss, and what it
+# loses above; its memory idle and at that ceiling, and the BPF maps' memory; the throughput of its SHA-256 against OpenSSL;
 # the size of the binary. Records what it measures as samples; `xtask bench-report agent` makes
 # the figures and rewrites the matching sections of docs/PERFORMANCE.md.
 #
@@ -95,6 +97,16 @@ SCRIPT="$PWD/bench/agent.sh"
 PERL=$(system_exe perl)
 PYTHON=$(system_exe python3)
 TRUE=$(canon /usr/bin/true)
+# The dynamic loaders (PT_INTERP) of the storms' programs: the kernel opens the loader for each
+# dynamic exec, and enforcement judges it as a file of its own, so a baseline lists it.
+loader() {
+    readelf -l "$1" | sed -n 's/.*\[Requesting program interpreter: \(.*\)\]$/\1/p'
+}
+LOADERS=$(for p in "$TRUE" "$PERL" "$PYTHON" "$WORK/flood"; do
+    l=$(loader "$p")
+    [ -z "$l" ] || canon "$l"
+done | sort -u)
+[ -n "$LOADERS" ] || { echo "no dynamic loader found in $TRUE (readelf -l)" >&2; exit 1; }
 {
     cat <<TOML
 [metadata]
@@ -114,6 +126,7 @@ TOML
     allow_exe "$PERL"
     allow_exe "$PYTHON"
     allow_exe "$WORK/flood"
+    for l in $LOADERS; do allow_exe "$l"; done
 } > "$WORK/policy-plain.toml"
 {
     cat "$WORK/policy-plain.toml"
@@ -126,7 +139,39 @@ TOML
     done
     printf '\n[[behaviour.append_only]]\nglob = "%s/*.log"\nrotated_by = ["%s"]\n' "$WORK/logs" "$TRUE"
 } > "$WORK/policy.toml"
-for p in policy policy-plain; do
+# The same policy enforced: the exec guard holds every exec on the machine until the agent
+# answers, and the network guard judges every connect, send and bind in the kernel. So that it
+# refuses nothing else that runs meanwhile (this script's own commands, xtask, other people's
+# builds), it also allows, by location, every file under every top-level directory (the storms'
+# programs and their loader are still checked by SHA-256: a listed path goes before a glob), and
+# every outbound destination. Binds are judged by port: a fixed port other than the storm's
+# would be refused (the e2e lock keeps the tests that listen from running meanwhile).
+{
+    cat "$WORK/policy.toml"
+    printf '
+[modes]
+executables = "enforce"
+network = "enforce"
+'
+    for d in /*/; do
+        d=${d%/}
+        case "$d" in /proc | /sys) continue ;; esac
+        printf '
+[[executable_glob]]
+glob = "%s/**"
+weak = true
+' "$d"
+    done
+    for cidr in 0.0.0.0/0 ::/0; do
+        printf '
+[[network.outbound]]
+cidr = "%s"
+ports = "any"
+protocol = "any"
+' "$cidr"
+    done
+} > "$WORK/policy-enforce.toml"
+for p in policy policy-plain policy-enforce; do
     "$PICKET" policy sign --key "$WORK/k.key" --in "$WORK/$p.toml" --out "$WORK/$p.bundle" >/dev/null
 done
 cat > "$WORK/picket.toml" <<TOML
@@ -142,6 +187,10 @@ TOML
 # This agent without the behavioural section: the same settings, its own state.
 sed -e "s|^state_dir = .*|state_dir = \"$WORK/state-plain\"|" \
     -e "s|^policy = .*|policy = \"$WORK/policy-plain.bundle\"|" "$WORK/picket.toml" > "$WORK/picket-plain.toml"
+# This agent enforcing: the same settings, its own state and alerts.
+sed -e "s|^state_dir = .*|state_dir = \"$WORK/state-enforce\"|" \
+    -e "s|^policy = .*|policy = \"$WORK/policy-enforce.bundle\"|" \
+    -e "s|^file = .*|file = \"$WORK/alerts-enforce.jsonl\"|" "$WORK/picket.toml" > "$WORK/picket-enforce.toml"
 # The earlier agent: the same settings, its own state (policy store, sequence, snapshot).
 sed -e "s|^state_dir = .*|state_dir = \"$WORK/state-before\"|" \
     -e "s|^policy = .*|policy = \"$WORK/policy-plain.bundle\"|" "$WORK/picket.toml" > "$WORK/picket-before.toml"
@@ -217,6 +266,24 @@ start_agent() { # [BINARY CONFIG]: this agent by default
     cat "$WORK/agent.log" >&2
     exit 1
 }
+# Waits until the agent's log has a line containing $1 (after start_agent).
+wait_log() {
+    for _ in $(seq 600); do
+        grep -qsF "$1" "$WORK/agent.log" && return 0
+        kill -0 "$AGENT" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "the agent's log never said \"$1\":" >&2
+    cat "$WORK/agent.log" >&2
+    exit 1
+}
+# Runs each program of the storms once: the enforcing agent hashes each file (and the loader)
+# at its first exec and answers from its cache after; the timed storm starts with it warm.
+warm_up() {
+    "$TRUE"
+    "$PERL" -e 'system("/usr/bin/true") == 0 or die'
+    "$PYTHON" -c ''
+}
 stop_agent() {
     kill -TERM "$AGENT"
     wait "$AGENT" || true
@@ -279,14 +346,27 @@ for round in $(seq "$ROUNDS"); do
             stop_agent
             sample "${storm}_before_stopped" "$("$XTASK" probe stopped "$WORK/agent.log")"
         fi
+        # This agent enforcing, its guards in force before the storm and its cache warm.
+        start_agent "$PICKET" "$WORK/picket-enforce.toml"
+        wait_log "executables: guard started (enforce)"
+        wait_log "network: guard in force (enforce"
+        warm_up
+        sample "${storm}_enforce_cpu_ns_before" "$(cpu_ns "$AGENT")"
+        timed "${storm}_enforce_ns" "${storm}_storm"
+        sleep 1
+        sample "${storm}_enforce_cpu_ns_after" "$(cpu_ns "$AGENT")"
+        stop_agent
+        stopped=$("$XTASK" probe stopped "$WORK/agent.log")
+        sample "${storm}_enforce_stopped" "$stopped"
+        smoke_check_storm "$storm" "$stopped"
     done
     echo "round $round/$ROUNDS of the storms done" >&2
 done
-# The policy allows what the storms do: a smoke run fails on any alert about their programs
-# (an unexpected lineage is about its child) or their files raised by a process of this script
-# (others may run /usr/bin/true meanwhile).
+# The policy allows what the storms do: a smoke run fails on any alert about their programs or
+# their loader (a dry run's would_block included; an unexpected lineage is about its child) or
+# their files raised by a process of this script (others may run /usr/bin/true meanwhile).
 if [ "$SMOKE" = yes ] && [ -f "$WORK/alerts.jsonl" ] &&
-    "$PYTHON" - "$WORK/alerts.jsonl" "$$" "$WORK/" "$TRUE" "$PERL" "$PYTHON" >&2 <<'PY'; then
+    "$PYTHON" - "$WORK/alerts.jsonl" "$$" "$WORK/" "$TRUE" "$PERL" "$PYTHON" $LOADERS >&2 <<'PY'; then
 import json, sys
 path, shell, work, programs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 found = False
@@ -301,6 +381,26 @@ for line in open(path):
 sys.exit(0 if found else 1)
 PY
     echo "smoke run: the storms raised the alerts above" >&2
+    exit 1
+fi
+# What the enforcing runs refused, on the whole machine (the policy means to refuse nothing),
+# and whether a guard could not start: the smoke run fails on any; the full run reports them.
+refused=$("$PYTHON" - "$WORK/alerts-enforce.jsonl" <<'PY'
+import json, os, sys
+kinds = ("blocked_exec", "blocked_connection", "blocked_listener", "enforcement_weakened")
+found = []
+if os.path.exists(sys.argv[1]):
+    for line in open(sys.argv[1]):
+        alert = json.loads(line)
+        if alert.get("kind") in kinds:
+            found.append(alert)
+            print(line, end="", file=sys.stderr)
+print(len(found))
+PY
+)
+sample enforce_refused "$refused"
+if [ "$SMOKE" = yes ] && [ "$refused" != 0 ]; then
+    echo "smoke run: the enforcing runs refused something or could not enforce (alerts above)" >&2
     exit 1
 fi
 

@@ -7,7 +7,11 @@
 //! CPU time around the storm) and `STORM_stopped` ("EVENTS MISSES" from the agent's log); when
 //! this agent also ran with the policy without its behavioural section, `STORM_plain_ns`,
 //! `STORM_plain_cpu_ns_before`, `STORM_plain_cpu_ns_after`, `STORM_plain_stopped`, the same
-//! readings of that run; when an earlier agent was measured too
+//! readings of that run; when this agent also ran enforcing the policy (its exec and network
+//! guards refusing what it does not allow), `STORM_enforce_ns`, `STORM_enforce_cpu_ns_before`,
+//! `STORM_enforce_cpu_ns_after`, `STORM_enforce_stopped`, the same readings of that run, and
+//! `enforce_refused` (the alerts saying it refused something or could not enforce, over all the
+//! enforcing runs); when an earlier agent was measured too
 //! (`BEFORE`), `before_commit` (what it was built from) and per round and storm
 //! `STORM_before_ns`, `STORM_before_cpu_ns_before`, `STORM_before_cpu_ns_after`,
 //! `STORM_before_stopped`, the same readings with it; `idle_rss_kib`, `bpf_maps` ("COUNT
@@ -26,6 +30,7 @@ pub fn report(s: &Samples, env: &Env) -> Result<Report> {
     let mut missed = String::new();
     let storms = storms(s, &mut missed)?;
     let behaviour = behaviour(s)?;
+    let enforcement = enforcement(s, &mut missed)?;
     let before_after = before_after(s)?;
     let ceiling = ceiling(s, env, &mut missed)?;
     let hashing = hashing(s, env)?;
@@ -43,8 +48,8 @@ pub fn report(s: &Samples, env: &Env) -> Result<Report> {
         "## Agent cost
 
 Measured by `bench/agent.sh` ({mode}) on {today}: {machine}.
-Each storm runs alone, then with `picket run` enforcing a policy that allows it (full per-event
-work, no alerts), alternately. CPU per record is the agent's CPU time (all threads, from
+Each storm runs alone, then with `picket run` and a policy that allows it (full per-event
+work, no alerts; `alert` mode, so its guards judge as a dry run), alternately. CPU per record is the agent's CPU time (all threads, from
 `/proc/PID/task/*/schedstat`) over the storm and one second after it, divided by the records
 it received in its life (the storm's: 3 per spawn, fork, exec and exit; 1 per open; 2 per
 connection, connect and accept; none per read-only open, which the kernel drops at its entry;
@@ -54,7 +59,7 @@ binaries, some of them large). Slowdowns: the ratio of the medians, then the low
 highest of the rounds' own ratios (this storm with the agent over the same round's without).
 
 The policy lists the storms' executables (`/usr/bin/true`, the system's perl and python3, the
-C loop of the ceiling below) and the loopback port, and has a behavioural section (format 2):
+C loop of the ceiling below) with their dynamic loader, and the loopback port, and has a behavioural section (format 2):
 perl and python3 as interpreters; lineage from the bench script (and its shell) to perl and
 python3, and perl → `/usr/bin/true`, so that every exec of a storm is checked against its
 parent's program and allowed (a smoke run fails on any alert about the storms); 10 sensitive
@@ -64,7 +69,7 @@ writes. The privileged-action programs are attached whatever the policy; no stor
 {storms}
 
 {targets}
-{behaviour}{before_after}",
+{behaviour}{enforcement}{before_after}",
         today = env.today,
         machine = env.machine,
     );
@@ -277,6 +282,115 @@ and the lowest and highest of the rounds' own ratios.
         );
     }
     Ok(format!("\n{table}\n"))
+}
+
+/// The exec storm's slowdown with the agent enforcing, at most (the cache warm).
+const ENFORCE_EXEC_TARGET: f64 = 1.10;
+
+/// The enforcement decisions a storm's actions ask for, and the agent's CPU per decision
+/// (`cpu`, µs, over the storm): the exec guard's are the agent's own; the network guard judges
+/// in the kernel, in the storm's time.
+fn decisions(s: &Samples, storm: &str, cpu: f64) -> Result<(String, String)> {
+    Ok(match storm {
+        "exec" => {
+            let n = number(s.text("execs")?)? * 2.0;
+            (num(n), format!("{} µs", rounded(cpu / n, 1).0))
+        }
+        "connect" => (
+            format!(
+                "{} in the kernel (each connect, and the listener's bind)",
+                num(number(s.text("connects")?)? + 1.0)
+            ),
+            "none: the kernel judges".to_string(),
+        ),
+        _ => ("none".to_string(), "none".to_string()),
+    })
+}
+
+/// The "Enforcement (same run)" subsection, after a blank line, when this agent also ran the
+/// storms enforcing (`STORM_enforce_*`, for the storms that have them); empty otherwise.
+/// Appends the target it misses to `missed`.
+fn enforcement(s: &Samples, missed: &mut String) -> Result<String> {
+    let storms: Vec<&str> = STORMS
+        .into_iter()
+        .filter(|storm| !s.all(&format!("{storm}_enforce_ns")).is_empty())
+        .collect();
+    if storms.is_empty() {
+        return Ok(String::new());
+    }
+    let mut table = "### Enforcement (same run)
+
+This agent ran every storm once more in every round, right after the runs above, with the
+policy above in `enforce` mode (`[modes] executables = \"enforce\"`, `network = \"enforce\"`,
+its own state directory): a fanotify permission group holds every exec on the machine until the
+agent answers, and the cgroup programs judge every connect, send and bind in the kernel. So
+that nothing else on the machine is refused meanwhile, that policy also allows every file under
+every top-level directory but `/proc` and `/sys` by location (`executable_glob`; the storms'
+programs and their dynamic loader stay listed by SHA-256, which goes first) and every outbound
+destination. Before each timed storm the agent's guards are in force and each of the storms'
+programs has run once, so its hash is cached (the goal is for a warm cache: the first exec of
+each file is hashed once, by a worker thread). The main runs above are the `alert` mode: the
+same judgement as a dry run (a fanotify notification group, nothing waits; the same cgroup
+programs, nothing refused). Slowdowns are against the runs without agent of the same rounds,
+with the lowest and highest of the rounds' own ratios; agent CPU is over the storm and the
+second after it. Decisions: the exec guard's, answered by the agent, 2 per spawn (the file
+and its loader, each held and judged; CPU per decision is all the agent's CPU over the storm,
+its records included, over them); the network guard's, judged in the kernel (in the storm's
+time, not the agent's CPU).
+
+| storm | without agent | alert (dry run) | enforce | slowdown, alert | slowdown, enforce | enforce / alert | agent CPU, alert | agent CPU, enforce | CPU per record, alert | CPU per record, enforce | decisions (the storm's) | agent CPU per decision, enforce |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        .to_string();
+    for storm in storms {
+        let (what, _) = described(s, storm)?;
+        let without_key = format!("{storm}_without_ns");
+        let withouts = ms(&s.nums(&without_key)?);
+        let without = median(&withouts).context(without_key)?;
+        let alert = agent_run(s, storm, "with_ns", "")?;
+        let enforce = agent_run(s, storm, "enforce_ns", "enforce_")?;
+        let slowdown = ratio(without, enforce.ms);
+        let judged = if storm == "exec" {
+            let v = verdict(&slowdown, ENFORCE_EXEC_TARGET);
+            if v != "met" {
+                *missed += &format!(" {storm} storm slowdown enforcing {slowdown};");
+            }
+            format!(
+                " (target ≤ {ENFORCE_EXEC_TARGET:.2}: {v}{})",
+                spread("; ", &withouts, &enforce.rounds_ms)
+            )
+        } else {
+            spread_in_parens(&withouts, &enforce.rounds_ms)
+        };
+        let (counted, per_decision) = decisions(s, storm, enforce.cpu)?;
+        table += &format!(
+            "\n| {what} | {} ms | {} ms | {} ms | {}{} | {slowdown}{judged} | {}{} | {} ms | {} ms | {} µs | {} µs | {counted} | {per_decision} |",
+            num(without),
+            num(alert.ms),
+            num(enforce.ms),
+            ratio(without, alert.ms),
+            spread_in_parens(&withouts, &alert.rounds_ms),
+            ratio(alert.ms, enforce.ms),
+            spread_in_parens(&alert.rounds_ms, &enforce.rounds_ms),
+            rounded(alert.cpu / 1e3, 1).0,
+            rounded(enforce.cpu / 1e3, 1).0,
+            rounded(alert.cpu_per_record, 1).0,
+            rounded(enforce.cpu_per_record, 1).0,
+        );
+    }
+    let refused = match s.get("enforce_refused") {
+        Some(n) if number(n)? == 0.0 => {
+            "\n\nNothing on the machine was refused during the enforcing runs, and both guards \
+             were in force."
+                .to_string()
+        }
+        Some(n) => format!(
+            "\n\n**{n} alerts** during the enforcing runs say that something on the machine was \
+             refused or that a guard could not enforce (`blocked_*`, `enforcement_weakened`: \
+             printed by the run)."
+        ),
+        None => String::new(),
+    };
+    Ok(format!("\n{table}{refused}\n"))
 }
 
 /// The "Before and after (same run)" subsection, after a blank line, when an earlier agent
@@ -651,6 +765,71 @@ read_plain_stopped 40 3
         let text = format!("{SAMPLES}{PLAIN}").replace("read_plain_stopped", "other");
         let err = report(&Samples::parse(&text), &test_env()).err().unwrap();
         assert!(format!("{err:#}").contains("read_plain_stopped"), "{err:#}");
+    }
+
+    /// What this agent's enforcing runs add, for the exec and connect storms only.
+    const ENFORCE: &str = "exec_enforce_ns 8000000000\nexec_enforce_cpu_ns_before 0
+exec_enforce_cpu_ns_after 500000000\nexec_enforce_stopped 15370 4
+exec_enforce_ns 8100000000\nexec_enforce_cpu_ns_before 1000\nexec_enforce_cpu_ns_after 520001000
+exec_enforce_stopped 15370 4
+connect_enforce_ns 610000000\nconnect_enforce_cpu_ns_before 0\nconnect_enforce_cpu_ns_after 140000000
+connect_enforce_stopped 10000 4
+connect_enforce_ns 620000000\nconnect_enforce_cpu_ns_before 0\nconnect_enforce_cpu_ns_after 140000000
+connect_enforce_stopped 10000 4
+enforce_refused 0
+";
+
+    #[test]
+    fn enforcing_runs_get_their_table() {
+        let without = report(&Samples::parse(SAMPLES), &test_env()).unwrap();
+        assert!(
+            !without.sections[0].1.contains("Enforcement"),
+            "{}",
+            without.sections[0].1
+        );
+        let r = report(&Samples::parse(&format!("{SAMPLES}{ENFORCE}")), &test_env()).unwrap();
+        let cost = &r.sections[0].1;
+        // The exec storm meets the enforcing target: the targets are those without the runs,
+        // and the table follows them.
+        let head = &without.sections[0].1;
+        let table = cost
+            .strip_prefix(head.as_str())
+            .and_then(|t| t.strip_prefix("\n### Enforcement (same run)\n\n"))
+            .unwrap_or_else(|| panic!("{cost}"));
+        assert!(table.contains("\n| storm | without agent | alert (dry run) | enforce | slowdown, alert | slowdown, enforce | enforce / alert | agent CPU, alert | agent CPU, enforce | CPU per record, alert | CPU per record, enforce | decisions (the storm's) | agent CPU per decision, enforce |\n"), "{table}");
+        assert!(table.contains("\n| 5000 spawns of /usr/bin/true (perl `system`) | 7636 ms | 7136.5 ms | 8050 ms | 0.93 (rounds 0.93–0.94) | 1.05 (target ≤ 1.10: met; rounds 1.05–1.06) | 1.13 (rounds 1.12–1.13) | 468.5 ms | 510.0 ms | 30.5 µs | 33.2 µs | 10000 | 51.0 µs |\n"), "{table}");
+        assert!(table.contains("\n| 5000 TCP connections to a loopback listener (python) | 598 ms | 647 ms | 615 ms | 1.08 | 1.03 | 0.95 | 147.1 ms | 140.0 ms | 14.3 µs | 14.0 µs | 5001 in the kernel (each connect, and the listener's bind) | none: the kernel judges |\n"), "{table}");
+        // Only the storms that ran enforcing have a row.
+        assert!(!table.contains("opens for writing"), "{table}");
+        assert!(!table.contains("read-only opens"), "{table}");
+        assert!(table.ends_with("\n\nNothing on the machine was refused during the enforcing runs, and both guards were in force.\n"), "{table}");
+        // The other sections do not change.
+        assert_eq!(r.sections[1..], without.sections[1..]);
+    }
+
+    #[test]
+    fn enforcing_past_its_target_or_refusing_is_reported() {
+        let text = format!("{SAMPLES}{ENFORCE}")
+            .replace("exec_enforce_ns 8000000000", "exec_enforce_ns 9000000000")
+            .replace("exec_enforce_ns 8100000000", "exec_enforce_ns 9100000000")
+            .replace("enforce_refused 0", "enforce_refused 2");
+        let r = report(&Samples::parse(&text), &test_env()).unwrap();
+        let cost = &r.sections[0].1;
+        assert!(
+            cost.contains(" connect CPU per record 14.3 µs; exec storm slowdown enforcing 1.19; idle RSS 8.7 MiB;\n"),
+            "{cost}"
+        );
+        assert!(
+            cost.contains(" | 1.19 (target ≤ 1.10: **missed**; rounds 1.18–1.19) | "),
+            "{cost}"
+        );
+        assert!(cost.contains("\n\n**2 alerts** during the enforcing runs say that something on the machine was refused"), "{cost}");
+        let text = format!("{SAMPLES}{ENFORCE}").replace("connect_enforce_stopped", "other");
+        let err = report(&Samples::parse(&text), &test_env()).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("connect_enforce_stopped"),
+            "{err:#}"
+        );
     }
 
     #[test]
