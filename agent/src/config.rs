@@ -419,4 +419,47 @@ mod tests {
         assert!(err.contains("unknown unit"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn the_configuration_can_weaken_modes_not_enforce_them() {
+        let dir = std::env::temp_dir().join(format!("picket-config-modes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("picket.toml");
+        let base = "device_id = \"d\"\ndevice_class = \"c\"\npolicy = \"/p\"\ntrust_dir = \"/t\"\n\
+                    state_dir = \"/s\"\n";
+        let load = |extra: &str| {
+            std::fs::write(&path, format!("{base}{extra}")).unwrap();
+            AgentConfig::load(&path)
+        };
+        let weakened = load("[modes]\nexecutables = \"alert\"\nnetwork = \"off\"\n").unwrap();
+        let enforcing = Modes {
+            executables: Mode::Enforce,
+            network: Mode::Enforce,
+            ..Modes::default()
+        };
+        let modes = weakened.modes.over(enforcing);
+        assert_eq!((modes.executables, modes.network), (Mode::Alert, Mode::Off));
+        for category in ["executables", "network", "files", "behaviour"] {
+            let err = load(&format!("[modes]\n{category} = \"enforce\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("modes.{category}")), "{err}");
+            assert!(err.contains("only the signed policy can enforce"), "{err}");
+        }
+        let defaults = load("").unwrap();
+        assert_eq!(defaults.enforce.decision_time, Duration::from_secs(1));
+        assert_eq!(defaults.enforce.on_timeout, OnTimeout::Allow);
+        let set = load("[enforce]\ndecision_time = \"250ms\"\non_timeout = \"deny\"\n").unwrap();
+        assert_eq!(set.enforce.decision_time, Duration::from_millis(250));
+        assert_eq!(set.enforce.on_timeout, OnTimeout::Deny);
+        let err = load("[enforce]\ndecision_time = \"5ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enforce.decision_time"), "{err}");
+        let err = load("[enforce]\non_timeout = \"maybe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("on_timeout"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

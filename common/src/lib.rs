@@ -167,6 +167,10 @@ pub const EXEC_FLAG_ARGV_MISSING: u16 = 1 << 2;
 pub const EXEC_FLAG_ENV_UNEXAMINED: u16 = 1 << 3;
 /// The loader variables found held more than [`ENV_MAX`] bytes: the last is cut or missing.
 pub const EXEC_FLAG_ENV_TRUNCATED: u16 = 1 << 4;
+/// The exec guard enforces and this exec, through a descriptor, brought it no permission event
+/// (a memory file, which fanotify cannot mark): the process was killed before its first
+/// instruction.
+pub const EXEC_FLAG_KILLED: u16 = 1 << 5;
 
 /// A new process (threads are not reported), seen at `sched:sched_process_fork`.
 #[repr(C)]

@@ -178,3 +178,13 @@ pub fn emit<T>(sensor: Sensor, record: *const T, len: usize) {
         count(counter::LOST_BASE + sensor as u32);
     }
 }
+
+/// Processes the exec guard allowed an exec of in the last moments: thread group id → when
+/// (`bpf_ktime_get_ns`), written by the agent before it answers each permission event.
+#[map(name = "EXEC_TOKENS")]
+pub static EXEC_TOKENS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Index 0: 1 while the exec guard enforces (an exec through a descriptor without a token is
+/// then killed), 0 otherwise.
+#[map(name = "EXEC_GUARD")]
+pub static EXEC_GUARD: Array<u32> = Array::with_max_entries(1, 0);

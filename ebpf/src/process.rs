@@ -9,16 +9,18 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use picket_common::{
-    counter, EventHeader, EventKind, ExitEvent, ForkEvent, Sensor, ARGV_MAX, ENV_MAX,
+    counter, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, Sensor, ARGV_MAX, ENV_MAX,
     EXEC_EVENT_FILENAME_OFFSET, EXEC_FLAG_ARGV_MISSING, EXEC_FLAG_ARGV_TRUNCATED,
-    EXEC_FLAG_ENV_TRUNCATED, EXEC_FLAG_ENV_UNEXAMINED, EXEC_FLAG_EXECVEAT, EXIT_FLAG_CODE,
+    EXEC_FLAG_ENV_TRUNCATED, EXEC_FLAG_ENV_UNEXAMINED, EXEC_FLAG_EXECVEAT, EXEC_FLAG_KILLED,
+    EXIT_FLAG_CODE,
     EXIT_FLAG_SIGNAL, MAX_ARGS, MAX_ENV, PATH_MAX,
 };
 
 use crate::{
     context::{arg, current_ids, fill_header, is_agent, layout, read_user_ulong},
     maps::{
-        count, emit, ARGV_SCRATCH, ARGV_STASH, CLONE_FLAGS, EXEC_SCRATCH, EXIT_CODES, FATAL_SIGNALS,
+        count, emit, ARGV_SCRATCH, ARGV_STASH, CLONE_FLAGS, EXEC_GUARD, EXEC_SCRATCH, EXEC_TOKENS,
+        EXIT_CODES, FATAL_SIGNALS,
     },
 };
 
@@ -279,8 +281,43 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     };
     let len = len & (PATH_MAX - 1);
     event.filename_len = len as u16;
+    guard_fileless(tgid, event);
     emit(Sensor::Process, event, EXEC_EVENT_FILENAME_OFFSET + len);
     0
+}
+
+/// With the exec guard enforcing, an exec through a descriptor that brought the guard no
+/// permission event (a memory file: fanotify cannot mark the filesystem memory files live on)
+/// is killed before its first instruction runs. The process's token, when it has one, is
+/// consumed either way.
+#[inline(always)]
+fn guard_fileless(tgid: u32, event: &mut ExecEvent) {
+    const AT_EMPTY_PATH: u32 = 0x1000;
+    const SIGKILL: u32 = 9;
+    /// A token older than this is not this exec's (an allowed exec that failed after).
+    const TOKEN_NS: u64 = 1_000_000_000;
+    // SAFETY: a plain lookup; the value is copied out at once.
+    let token = unsafe { EXEC_TOKENS.get(&tgid) }.copied();
+    if token.is_some() {
+        let _ = EXEC_TOKENS.remove(&tgid);
+    }
+    if EXEC_GUARD.get(0).is_none_or(|on| *on != 1) {
+        return;
+    }
+    // SAFETY: reads the monotonic clock, no argument.
+    let now = unsafe { gen::bpf_ktime_get_ns() };
+    if token.is_some_and(|t| now.wrapping_sub(t) < TOKEN_NS) {
+        return;
+    }
+    let name = &event.filename;
+    let descriptor = event.exec_at_flags & AT_EMPTY_PATH != 0
+        || name.starts_with(b"/dev/fd/")
+        || name.starts_with(b"/proc/");
+    if descriptor {
+        // SAFETY: signals the current task, which is completing this exec.
+        unsafe { gen::bpf_send_signal(SIGKILL) };
+        event.header.flags |= EXEC_FLAG_KILLED;
+    }
 }
 
 #[tracepoint]

@@ -144,6 +144,7 @@ const SCENARIOS: &[Scenario] = &[
         &[
             (SUSPICIOUS, "/memfd:kit (deleted)"),
             (UNKNOWN, "/memfd:kit (deleted)"),
+            (WOULD, "/memfd:kit (deleted)"),
             // The lineage alert names the program without the kernel's " (deleted)".
             (LINEAGE, "/memfd:kit"),
         ]),

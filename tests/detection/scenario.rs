@@ -260,6 +260,8 @@ fn connect_to_a_peer_not_allowed(
                 && a["details"]["protocol"] == "tcp"
         },
     ));
+    // The dry run of enforcement: the network guard would have refused the connect.
+    expected.push(would_block_connect("tcp_connect", port, me));
     (local_listener, client, server)
 }
 
@@ -277,9 +279,26 @@ fn send_udp_to_a_peer_not_allowed(udp: &UdpSocket, me: u32, expected: &mut Vec<E
                 && a["details"]["protocol"] == "udp"
         },
     ));
+    expected.push(would_block_connect("udp_send", 9, me));
 }
 
-/// A TCP listener on a port that is not allowed; returned, to be kept open.
+/// The dry run's `would_block` for a connect or send `op` to 127.0.0.1:`port` by `pid`.
+fn would_block_connect(op: &'static str, port: u16, pid: u32) -> Expected {
+    Expected::new(
+        format!("would_block {op} to 127.0.0.1:{port}"),
+        pid,
+        move |a| {
+            kind(a) == "would_block"
+                && a["details"]["action"] == "connect"
+                && a["details"]["op"] == op
+                && a["details"]["remote_addr"] == "127.0.0.1"
+                && a["details"]["remote_port"] == port
+        },
+    )
+}
+
+/// A TCP listener on a port that is not allowed; returned, to be kept open. Bound to port 0 (a
+/// port the kernel picks), which the network guard lets through: no `would_block`.
 fn listen_on_a_port_not_allowed(me: u32, expected: &mut Vec<Expected>) -> TcpListener {
     let rogue_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let rogue_port = rogue_listener.local_addr().unwrap().port();
@@ -311,6 +330,9 @@ fn run_a_shell_copied_to_tmp(sh_copy: &Path, expected: &mut Vec<Expected>) -> u3
         sh_copy_pid,
         |a| a["details"]["reason"] == "temporary location",
     ));
+    expected.push(Expected::path("would_block", sh_copy, sh_copy_pid, |a| {
+        a["details"]["reason"] == "temporary location" && a["details"]["action"] == "exec"
+    }));
     sh_copy_pid
 }
 
@@ -327,6 +349,10 @@ fn replace_a_baselined_executable(tool: &Path, shas: &Shas, expected: &mut Vec<E
             tool_pid,
             move |a| a["details"]["expected"] == t.as_str() && a["details"]["actual"] == f.as_str(),
         ));
+        let f = shas.false_.clone();
+        expected.push(Expected::path("would_block", tool, tool_pid, move |a| {
+            a["details"]["sha256"] == f.as_str() && a["details"]["action"] == "exec"
+        }));
     }
     if is_temporary_location(tool) {
         expected.push(Expected::path("suspicious_exec", tool, tool_pid, |_| true));
@@ -385,6 +411,13 @@ fn run_a_fileless_executable(expected: &mut Vec<Expected>) {
     ));
     expected.push(Expected::path(
         "suspicious_exec",
+        Path::new(&memfd_path),
+        memfd_pid,
+        |a| a["details"]["reason"] == "fileless",
+    ));
+    // The dry run: enforcing, the kernel would have killed it before its first instruction.
+    expected.push(Expected::path(
+        "would_block",
         Path::new(&memfd_path),
         memfd_pid,
         |a| a["details"]["reason"] == "fileless",

@@ -311,3 +311,54 @@ fn an_exec_not_decided_in_time_gets_the_configured_answer() {
         drop(agent);
     }
 }
+
+#[test]
+fn a_memory_file_is_killed_before_it_runs_and_a_file_through_a_descriptor_is_judged() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let _serial = serial();
+    let lab = Lab::new("memfd");
+    let files = Files::new(&lab);
+    let bundle = lab.sign("policy", &files.policy(&lab, "executables = \"enforce\""));
+    let agent = lab.run(&lab.config(&bundle, ""));
+    agent.wait_log("executables: guard started (enforce)", ALERT_TIMEOUT);
+
+    // A memory file holding `true`: fanotify cannot hold its exec, the kernel side kills it.
+    let name = unique("picket-enforce-memfd");
+    let c_name = std::ffi::CString::new(name.clone()).unwrap();
+    // SAFETY: plain syscall; the descriptor is owned by the `File` made of it.
+    let fd = unsafe { libc::memfd_create(c_name.as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let mut memfd = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    memfd
+        .write_all(&fs::read("/usr/bin/true").unwrap())
+        .unwrap();
+    let via = format!("/proc/self/fd/{}", memfd.as_raw_fd());
+    let status = std::process::Command::new(&via).status().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let prefix = format!("/memfd:{name}");
+    let a = agent.wait_for_within(
+        "blocked_exec of the memory file",
+        ALERT_TIMEOUT,
+        None,
+        |a| kind(a) == "blocked_exec" && path(a).is_some_and(|p| p.starts_with(&prefix)),
+    );
+    assert_eq!(a["details"]["reason"], "fileless", "{a}");
+
+    // A file on disk run through a descriptor is held and judged like any other.
+    let allowed = fs::File::open(&files.allowed).unwrap();
+    let via = format!("/proc/self/fd/{}", allowed.as_raw_fd());
+    assert_eq!(
+        try_run(Path::new(&via)).unwrap(),
+        0,
+        "an allowed file through {via}"
+    );
+    let unknown = fs::File::open(&files.unknown).unwrap();
+    let via = format!("/proc/self/fd/{}", unknown.as_raw_fd());
+    assert!(
+        is_eperm(&try_run(Path::new(&via))),
+        "an unknown file through {via}"
+    );
+    alert_about(&agent, "blocked_exec", &files.unknown);
+}

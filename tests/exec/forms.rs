@@ -140,7 +140,7 @@ fn run_raises_exactly_the_right_alerts_for_every_exec_form() {
         }
     }
     lab.barrier(&agent, REPORT_TIMEOUT);
-    let alerts = agent.stop().events;
+    let alerts = support::detection(agent.stop().events);
 
     // The alerts each exec must raise; each is ticked off by one alert (or one of its count).
     struct Want<'a> {

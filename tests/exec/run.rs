@@ -87,8 +87,7 @@ fn a_burst_of_baselined_execs_from_four_shells_raises_no_alert() {
         started.elapsed()
     );
 
-    let noisy: Vec<Value> = agent
-        .events()
+    let noisy: Vec<Value> = support::detection(agent.events())
         .into_iter()
         .filter(|a| {
             support::is_exec_loss(a)
@@ -150,7 +149,7 @@ fn a_baselined_binary_replaced_between_execs_is_reported_with_both_hashes() {
     }
 
     lab.barrier(&agent, DRAIN_TIMEOUT);
-    let alerts = agent.stop().events;
+    let alerts = support::detection(agent.stop().events);
     let cases: Vec<&str> = runs.iter().map(|r| r.case).collect();
     check_tool_alerts(&alerts, &tool, &hashes, &runs)
         .assert_none(&cases, 1, || format!("alerts:\n{}", lines(&alerts)));
@@ -221,7 +220,7 @@ fn a_baselined_binary_swapped_during_execs_is_never_misattributed() {
     );
 
     lab.barrier(&agent, DRAIN_TIMEOUT);
-    let alerts = agent.stop().events;
+    let alerts = support::detection(agent.stop().events);
     check_tool_alerts(&alerts, &tool, &hashes, &runs).assert_none(&["swap"], SWAP_EXECS, || {
         format!("alerts:\n{}", lines(&alerts))
     });
@@ -289,7 +288,7 @@ fn a_binary_rewritten_after_its_exec_before_the_agent_read_it_is_unverified() {
     write_executable(&tool, &std::fs::read("/usr/bin/false").unwrap());
     agent.resume();
     lab.barrier(&agent, DRAIN_TIMEOUT);
-    let alerts = agent.stop().events;
+    let alerts = support::detection(agent.stop().events);
     let about: Vec<&Value> = alerts
         .iter()
         .filter(|a| pid_of(a) == Some(run.pid))

@@ -298,6 +298,16 @@ pub(crate) fn is_exec_loss(a: &Value) -> bool {
     kind(a) == "sensor_data_loss" && a["details"]["sensor"] == "process"
 }
 
+/// The alerts detection raised: all but the dry run of enforcement (`would_block`), which
+/// judges the same execs on a path of its own (the exec guard's) and is tested with it
+/// (`tests/enforce/`). These tests are about what detection makes of each exec.
+pub(crate) fn detection(alerts: Vec<Value>) -> Vec<Value> {
+    alerts
+        .into_iter()
+        .filter(|a| kind(a) != "would_block")
+        .collect()
+}
+
 pub(crate) fn kind(a: &Value) -> &str {
     a["alert"].as_str().unwrap_or("")
 }

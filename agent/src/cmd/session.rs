@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::{
     enforce::{
-        exec::{ExecDecision, ExecGuard, ExecRules, Settings},
+        exec::{ExecDecision, ExecGuard, ExecRules, Settings, Tokens},
         GuardMode,
     },
     enrich::{identity::ExecFiles, Enricher, Event},
@@ -108,7 +108,13 @@ pub async fn run(
         exec: None,
         net: None,
         decided,
+        tokens: None,
+        switch: None,
     };
+    if let Ok(t) = sensors.exec_tokens() {
+        guarding.tokens = Some(std::sync::Arc::new(std::sync::Mutex::new(t.tokens)));
+        guarding.switch = Some(t.switch);
+    }
     guarding.apply(&mut sensors, sink)?;
     release_startup_memory();
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
@@ -188,6 +194,17 @@ struct Guarding {
     exec: Option<ExecGuard>,
     net: Option<NetGuard>,
     decided: tokio::sync::mpsc::Sender<ExecDecision>,
+    /// The exec program's tokens and switch (see [`crate::sensors::ExecTokens`]).
+    tokens: Option<Tokens>,
+    switch: Option<aya::maps::Array<MapData, u32>>,
+}
+
+impl Drop for Guarding {
+    /// The exec program stops killing execs before the exec guard, which gives their tokens,
+    /// stops.
+    fn drop(&mut self) {
+        self.set_switch(false);
+    }
 }
 
 impl Guarding {
@@ -198,6 +215,11 @@ impl Guarding {
             return Ok(());
         };
         self.apply_net(sensors, sink, wanted.net, &wanted.network)?;
+        // Execs through a descriptor are killed without a token only while an enforcing
+        // guard gives tokens: off before any other guard takes over, on once it runs.
+        if wanted.exec != GuardMode::Enforce {
+            self.set_switch(false);
+        }
         match (&self.exec, wanted.exec) {
             (_, GuardMode::Off) => self.exec = None,
             (Some(g), mode) if g.mode() == mode => g.set_rules(wanted.exec_rules),
@@ -207,6 +229,7 @@ impl Guarding {
                     wanted.exec_rules,
                     wanted.exec_settings,
                     self.decided.clone(),
+                    self.tokens.clone(),
                 ) {
                     Ok(g) => {
                         log::info!("executables: guard started ({})", mode.name());
@@ -214,6 +237,7 @@ impl Guarding {
                     }
                     Err(e) => {
                         self.exec = None;
+                        self.set_switch(false);
                         sink.guard_unavailable(
                             "executables",
                             format!(
@@ -226,7 +250,26 @@ impl Guarding {
                 }
             }
         }
+        if self
+            .exec
+            .as_ref()
+            .is_some_and(|g| g.mode() == GuardMode::Enforce)
+        {
+            self.set_switch(true);
+        }
         Ok(())
+    }
+
+    /// Has the exec program kill execs through a descriptor that brought no token, or not.
+    fn set_switch(&mut self, on: bool) {
+        if let Some(switch) = self.switch.as_mut() {
+            if let Err(e) = switch.set(0, u32::from(on), 0) {
+                log::warn!(
+                    "exec guard: switching the kernel side {}: {e}",
+                    if on { "on" } else { "off" }
+                );
+            }
+        }
     }
 
     /// The network guard in `mode` with `network`'s rules: attached the first time it is

@@ -55,6 +55,8 @@ struct ExecFlags<'a> {
     hash_error: Option<&'a str>,
     /// The name the exec used, when it is a link to the file that ran.
     name_used: Option<&'a Path>,
+    /// Killed before its first instruction by the exec guard's kernel side.
+    killed: bool,
 }
 
 /// What a network event says, for the network checks.
@@ -420,6 +422,7 @@ impl Detector {
                 deleted,
                 hash_error,
                 name_used,
+                killed,
                 ..
             } => {
                 let flags = ExecFlags {
@@ -427,6 +430,7 @@ impl Detector {
                     deleted: *deleted,
                     hash_error: hash_error.as_deref(),
                     name_used: name_used.as_deref(),
+                    killed: *killed,
                 };
                 self.exec(event, r, flags, &mut out);
                 self.lineage(event, r, &mut out);
@@ -494,6 +498,15 @@ impl Detector {
                 Severity::High,
                 json!({ "reason": reason }),
             );
+        }
+        // A memory file cannot be held by the exec guard: while it enforces, the kernel kills
+        // such an exec before its first instruction; in the dry run, it would have.
+        if flags.killed {
+            let details = json!({ "reason": "fileless" });
+            raise(out, Kind::BlockedExec, Severity::High, details);
+        } else if flags.fileless && self.modes.executables == Mode::Alert {
+            let details = json!({ "reason": "fileless", "action": "exec" });
+            raise(out, Kind::WouldBlock, Severity::Medium, details);
         }
         let reason = flags.hash_error.unwrap_or(NO_HASH);
         let entry = self.baseline_entry(exe, flags.name_used);

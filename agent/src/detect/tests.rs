@@ -165,6 +165,7 @@ fn exec_detail(fields: &Value) -> Detail {
         loader_env: vec![],
         loader_env_truncated: false,
         env_unexamined: false,
+        killed: flag(fields, "killed"),
     }
 }
 
@@ -319,7 +320,8 @@ fn executables() {
             &d,
             json!({"event":"exec","exe":"/memfd:x (deleted)","fileless":true})
         ),
-        vec![Kind::SuspiciousExec, Kind::UnknownExecutable]
+        // In alert mode the dry run says enforcement would have killed it.
+        vec![Kind::SuspiciousExec, Kind::WouldBlock, Kind::UnknownExecutable]
     );
 }
 

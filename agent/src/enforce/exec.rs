@@ -95,6 +95,10 @@ pub struct GuardStats {
     pub unreported: AtomicUsize,
 }
 
+/// The tokens of allowed execs, shared by the guards one after the other (see
+/// [`crate::sensors::ExecTokens`]).
+pub type Tokens = Arc<Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u64>>>;
+
 /// A running guard. Dropping it stops the thread and closes the group: anything waiting is
 /// allowed by the kernel.
 pub struct ExecGuard {
@@ -109,11 +113,14 @@ pub struct ExecGuard {
 impl ExecGuard {
     /// Marks every filesystem and starts answering; `mode` is [`GuardMode::DryRun`] or
     /// [`GuardMode::Enforce`].
+    /// `tokens`, when given, receives a token for each exec allowed, before the answer: the
+    /// exec program kills, while the guard enforces, an exec through a descriptor without one.
     pub fn start(
         mode: GuardMode,
         rules: ExecRules,
         settings: Settings,
         decisions: mpsc::Sender<ExecDecision>,
+        tokens: Option<Tokens>,
     ) -> io::Result<Self> {
         let (init, mask, what) = match mode {
             GuardMode::Enforce => (
@@ -143,6 +150,7 @@ impl ExecGuard {
             decisions,
             stats: Arc::clone(&stats),
             me: std::process::id(),
+            tokens: tokens.filter(|_| mode == GuardMode::Enforce),
         };
         let thread = std::thread::Builder::new()
             .name("picket-guard".into())
@@ -187,6 +195,7 @@ struct Worker {
     decisions: mpsc::Sender<ExecDecision>,
     stats: Arc<GuardStats>,
     me: u32,
+    tokens: Option<Tokens>,
 }
 
 impl Worker {
@@ -235,6 +244,9 @@ impl Worker {
             Some(_) => !self.enforce,
         };
         if self.enforce {
+            if allow {
+                self.token(pid);
+            }
             let response = if allow {
                 Response::FAN_ALLOW
             } else {
@@ -271,6 +283,20 @@ impl Worker {
             if self.decisions.try_send(decision).is_err() {
                 self.stats.unreported.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Tells the exec program that `pid`'s exec was allowed, now.
+    fn token(&self, pid: u32) {
+        let Some(tokens) = &self.tokens else {
+            return;
+        };
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0);
+        let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = tokens.insert(pid, now, 0) {
+            log::warn!("exec guard: the token of pid {pid}: {e}");
         }
     }
 

@@ -161,6 +161,9 @@ pub enum Detail {
         /// Its environment was not fully examined for them (more entries than the kernel
         /// examines, or one it could not read).
         env_unexamined: bool,
+        /// Killed before its first instruction: the exec guard enforces and this exec of a
+        /// memory file (through a descriptor) was not one it could hold.
+        killed: bool,
     },
     Fork {
         child_pid: u32,
@@ -327,6 +330,7 @@ impl Detail {
                 loader_env,
                 loader_env_truncated,
                 env_unexamined,
+                killed,
             } => {
                 put_path(out, "filename", "filename_hex", filename)?;
                 out.put("argv_truncated", argv_truncated)?;
@@ -361,6 +365,9 @@ impl Detail {
                 }
                 if *env_unexamined {
                     out.put("env_unexamined", &true)?;
+                }
+                if *killed {
+                    out.put("killed", &true)?;
                 }
                 out.put("execveat", execveat)
             }

@@ -237,6 +237,7 @@ impl Enricher {
                     loader_env: e.loader_env,
                     loader_env_truncated: e.loader_env_truncated,
                     env_unexamined: e.env_unexamined,
+                    killed: e.killed,
                 },
             },
         )

@@ -76,6 +76,7 @@ fn prints_an_exec_with_its_process_context() {
             loader_env: vec![],
             loader_env_truncated: false,
             env_unexamined: false,
+            killed: false,
         },
     };
     let sha = "ab".repeat(32);

@@ -13,10 +13,10 @@ use picket_common::{
     EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOp, ForkEvent, NetEvent, NetOp,
     ARGV_MAX, COMM_LEN, ENV_MAX, EXEC_EVENT_FILENAME_OFFSET, EXEC_FLAG_ARGV_MISSING,
     EXEC_FLAG_ARGV_TRUNCATED, EXEC_FLAG_ENV_TRUNCATED, EXEC_FLAG_ENV_UNEXAMINED,
-    EXEC_FLAG_EXECVEAT, EXIT_FLAG_CODE, EXIT_FLAG_SIGNAL, FILE_EVENT_PATH2_OFFSET,
-    FILE_EVENT_PATH_OFFSET, FILE_FLAG_FD_ONLY, HEADER_FLAG_NO_TASK, NET_FLAG_BLOCKED,
-    NET_FLAG_SOCK_UNKNOWN, NET_FLAG_WOULD_BLOCK, PATH_MAX, PRIV_EVENT_PATH2_OFFSET,
-    PRIV_EVENT_PATH_OFFSET, PRIV_TEXT_MAX,
+    EXEC_FLAG_EXECVEAT, EXEC_FLAG_KILLED, EXIT_FLAG_CODE, EXIT_FLAG_SIGNAL,
+    FILE_EVENT_PATH2_OFFSET, FILE_EVENT_PATH_OFFSET, FILE_FLAG_FD_ONLY, HEADER_FLAG_NO_TASK,
+    NET_FLAG_BLOCKED, NET_FLAG_SOCK_UNKNOWN, NET_FLAG_WOULD_BLOCK, PATH_MAX,
+    PRIV_EVENT_PATH2_OFFSET, PRIV_EVENT_PATH_OFFSET, PRIV_TEXT_MAX,
 };
 pub use picket_common::{PrivOp, PrivilegeEvent};
 use thiserror::Error;
@@ -129,6 +129,9 @@ pub struct Exec {
     /// The environment had entries the kernel did not examine (more than it examines, or
     /// unreadable).
     pub env_unexamined: bool,
+    /// Killed by the exec guard's kernel side before its first instruction (see
+    /// `EXEC_FLAG_KILLED`).
+    pub killed: bool,
 }
 
 /// The dynamic loader variables the kernel keeps from an exec's environment.
@@ -345,6 +348,7 @@ fn decode_exec(header: &EventHeader, bytes: &[u8]) -> Result<RawEvent, DecodeErr
         loader_env_truncated: damaged || header.flags & EXEC_FLAG_ENV_TRUNCATED != 0,
         env_examined: field(bytes, offset_of!(ExecEvent, env_examined)),
         env_unexamined: header.flags & EXEC_FLAG_ENV_UNEXAMINED != 0,
+        killed: header.flags & EXEC_FLAG_KILLED != 0,
     }))
 }
 

@@ -201,6 +201,16 @@ impl Sensors {
         NetGuard::attach(&mut self.ebpf, cgroup)
     }
 
+    /// The exec program's side of the exec guard: the tokens the guard writes for each exec it
+    /// allows, and the switch that has the program kill an exec through a descriptor that
+    /// brought the guard none (a memory file). Taken once.
+    pub fn exec_tokens(&mut self) -> Result<ExecTokens, SensorError> {
+        Ok(ExecTokens {
+            tokens: take_map(&mut self.ebpf, "EXEC_TOKENS")?,
+            switch: take_map(&mut self.ebpf, "EXEC_GUARD")?,
+        })
+    }
+
     /// The sensors that were attached.
     pub fn enabled(&self) -> SensorSet {
         self.enabled
@@ -220,6 +230,14 @@ impl Sensors {
             argv_missing: read(counter::ARGV_STASH_EVICTED)?,
         })
     }
+}
+
+/// The exec guard's maps in the kernel (see [`Sensors::exec_tokens`]).
+pub struct ExecTokens {
+    /// Thread group id → when its exec was allowed (`CLOCK_MONOTONIC`, nanoseconds).
+    pub tokens: aya::maps::HashMap<MapData, u32, u64>,
+    /// Index 0: 1 while the guard enforces.
+    pub switch: aya::maps::Array<MapData, u32>,
 }
 
 /// Counters kept in the kernel.

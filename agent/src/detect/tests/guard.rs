@@ -157,3 +157,19 @@ fn an_ipv4_peer_of_a_dual_stack_socket_is_judged_as_ipv4() {
     let other = json!({"event":"net","op":"tcp_connect","exe":"/usr/bin/app","remote_addr":"::ffff:192.0.2.1","remote_port":443});
     assert_eq!(kinds(&d, other), vec![Kind::UnexpectedConnection]);
 }
+
+#[test]
+fn a_memory_file_killed_by_the_kernel_is_blocked_exec() {
+    let d = detector();
+    let mut e = json!({"event":"exec","exe":"/memfd:x (deleted)","fileless":true});
+    let a = d.check(&event(e.clone()));
+    let dry: Vec<_> = a.iter().filter(|a| a.kind == Kind::WouldBlock).collect();
+    assert_eq!(dry.len(), 1);
+    assert_eq!(dry[0].details["reason"], "fileless");
+    e["killed"] = json!(true);
+    let a = d.check(&event(e));
+    let blocked: Vec<_> = a.iter().filter(|a| a.kind == Kind::BlockedExec).collect();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].details["reason"], "fileless");
+    assert!(a.iter().all(|a| a.kind != Kind::WouldBlock));
+}
