@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every benchmark and rewrites the figures in docs/PERFORMANCE.md (machine, kernel and
-# commit included): the agent's cost under storms, its event-rate ceiling and memory, hashing
-# and size (bench/agent.sh), the integrity scan (bench/scan.sh), then reporting over MQTT/TLS
-# (bench/report.sh). The scripts drive the outside tools and record samples; `xtask
-# bench-report` (xtask/) makes the figures and rewrites the sections. Needs root (the agent
-# loads its sensors; the scan drops the page cache). About 15 minutes.
+# commit included): the agent's cost under storms (in alert mode, and enforcing), its event-rate
+# ceiling and memory, hashing and size (bench/agent.sh), the integrity scan (bench/scan.sh),
+# then reporting over MQTT/TLS (bench/report.sh). The scripts drive the outside tools and
+# record samples; `xtask bench-report` (xtask/) makes the figures and rewrites the sections.
+# Needs root (the agent loads its sensors; the scan drops the page cache). About 15 minutes.
 #
 # Usage: sudo bench/run.sh            the full run
 #        sudo bench/run.sh --smoke    a short run that checks the harness still works: small

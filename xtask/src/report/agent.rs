@@ -48,23 +48,25 @@ pub fn report(s: &Samples, env: &Env) -> Result<Report> {
         "## Agent cost
 
 Measured by `bench/agent.sh` ({mode}) on {today}: {machine}.
-Each storm runs alone, then with `picket run` and a policy that allows it (full per-event
-work, no alerts; `alert` mode, so its guards judge as a dry run), alternately. CPU per record is the agent's CPU time (all threads, from
-`/proc/PID/task/*/schedstat`) over the storm and one second after it, divided by the records
-it received in its life (the storm's: 3 per spawn, fork, exec and exit; 1 per open; 2 per
-connection, connect and accept; none per read-only open, which the kernel drops at its entry;
-plus what else ran on the machine meanwhile). Files hashed: executables the agent had not seen
-before, each hashed once when first run (on a shared machine, other people's freshly built
-binaries, some of them large). Slowdowns: the ratio of the medians, then the lowest and
-highest of the rounds' own ratios (this storm with the agent over the same round's without).
+Each storm runs alone, then with `picket run` and a policy that allows it (full per-event work,
+no alerts; `alert` mode, so its guards judge as a dry run), alternately. CPU per record is the
+agent's CPU time (all threads, from `/proc/PID/task/*/schedstat`) over the storm and one second
+after it, divided by the records it received in its life (the storm's: 3 per spawn, fork, exec
+and exit; 1 per open; 2 per connection, connect and accept; none per read-only open, which the
+kernel drops at its entry; plus what else ran on the machine meanwhile). Files hashed:
+executables the agent had not seen before, each hashed once when first run (on a shared
+machine, other people's freshly built binaries, some of them large). Slowdowns: the ratio of
+the medians, then the lowest and highest of the rounds' own ratios (this storm with the agent
+over the same round's without).
 
-The policy lists the storms' executables (`/usr/bin/true`, the system's perl and python3, the
-C loop of the ceiling below) with their dynamic loader, and the loopback port, and has a behavioural section (format 2):
-perl and python3 as interpreters; lineage from the bench script (and its shell) to perl and
-python3, and perl → `/usr/bin/true`, so that every exec of a storm is checked against its
-parent's program and allowed (a smoke run fails on any alert about the storms); 10 sensitive
-files (fanotify open marks) that no storm opens; an append-only glob over a directory no storm
-writes. The privileged-action programs are attached whatever the policy; no storm calls them.
+The policy lists the storms' executables (`/usr/bin/true`, the system's perl and python3, the C
+loop of the ceiling below) with their dynamic loader, and the loopback port, and has a
+behavioural section (format 2): perl and python3 as interpreters; lineage from the bench script
+(and its shell) to perl and python3, and perl → `/usr/bin/true`, so that every exec of a storm
+is checked against its parent's program and allowed (a smoke run fails on any alert about the
+storms); 10 sensitive files (fanotify open marks) that no storm opens; an append-only glob over
+a directory no storm writes. The privileged-action programs are attached whatever the policy;
+no storm calls them.
 
 {storms}
 
