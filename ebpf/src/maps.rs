@@ -179,8 +179,9 @@ pub fn emit<T>(sensor: Sensor, record: *const T, len: usize) {
     }
 }
 
-/// Processes the exec guard allowed an exec of in the last moments: thread group id → when
-/// (`bpf_ktime_get_ns`), written by the agent before it answers each permission event.
+/// Processes whose current exec the exec guard allowed an open for: thread group id → when
+/// (`CLOCK_MONOTONIC`), written by the agent before it answers each permission event, removed
+/// at the exec's entry and consumed at its end.
 #[map(name = "EXEC_TOKENS")]
 pub static EXEC_TOKENS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 

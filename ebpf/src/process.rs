@@ -65,6 +65,8 @@ fn stash_argv(argv: u64, envp: u64, exec_fd: i32, exec_at_flags: u32, flags: u16
     if is_agent(tgid) {
         return;
     }
+    // A token counts only for the exec it was written during (see `guard_fileless`).
+    let _ = EXEC_TOKENS.remove(&tgid);
     let Some(stash) = ARGV_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -288,25 +290,18 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 /// With the exec guard enforcing, an exec through a descriptor that brought the guard no
 /// permission event (a memory file: fanotify cannot mark the filesystem memory files live on)
-/// is killed before its first instruction runs. The process's token, when it has one, is
-/// consumed either way.
+/// is killed before its first instruction runs. The guard writes the process's token when it
+/// allows an open for the exec; the exec's entry removed any older one; it is consumed here.
 #[inline(always)]
 fn guard_fileless(tgid: u32, event: &mut ExecEvent) {
     const AT_EMPTY_PATH: u32 = 0x1000;
     const SIGKILL: u32 = 9;
-    /// A token older than this is not this exec's (an allowed exec that failed after).
-    const TOKEN_NS: u64 = 1_000_000_000;
-    // SAFETY: a plain lookup; the value is copied out at once.
-    let token = unsafe { EXEC_TOKENS.get(&tgid) }.copied();
-    if token.is_some() {
+    // SAFETY: a plain lookup, only whether there is a value.
+    let token = unsafe { EXEC_TOKENS.get(&tgid) }.is_some();
+    if token {
         let _ = EXEC_TOKENS.remove(&tgid);
     }
-    if EXEC_GUARD.get(0).is_none_or(|on| *on != 1) {
-        return;
-    }
-    // SAFETY: reads the monotonic clock, no argument.
-    let now = unsafe { gen::bpf_ktime_get_ns() };
-    if token.is_some_and(|t| now.wrapping_sub(t) < TOKEN_NS) {
+    if token || EXEC_GUARD.get(0).is_none_or(|on| *on != 1) {
         return;
     }
     let name = &event.filename;

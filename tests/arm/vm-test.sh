@@ -191,10 +191,15 @@ until grep -q 'network: guard in force (enforce' /var/log/picket/enforce.log 2>/
     [ "$i" -le 600 ] || { cat /var/log/picket/enforce.log; die "the guards did not start within 300 s"; }
     sleep 0.5
 done
-/tmp/unknown/echo ran 2>/dev/null && die "enforce: /tmp/unknown/echo ran"
+# Each refusal must be EPERM ("Permission denied" for an exec, "not permitted" for a socket
+# call), not any other failure.
+out=$(/tmp/unknown/echo ran 2>&1) && die "enforce: /tmp/unknown/echo ran"
+echo "$out" | grep -qi 'permission denied' || die "enforce: /tmp/unknown/echo failed otherwise: $out"
 [ "$(/bin/busybox echo allowed)" = allowed ] || die "enforce: the baselined busybox did not run"
-nc -l -p 7778 </dev/null >/dev/null 2>&1 && die "enforce: nc listened on port 7778"
-echo hello | nc 127.0.0.1 7777 2>/dev/null && die "enforce: a connection to 127.0.0.1:7777 went through"
+out=$(nc -l -p 7778 </dev/null 2>&1 >/dev/null) && die "enforce: nc listened on port 7778"
+echo "$out" | grep -qi 'not permitted' || die "enforce: the listener failed otherwise: $out"
+out=$(echo hello | nc 127.0.0.1 7777 2>&1) && die "enforce: a connection to 127.0.0.1:7777 went through"
+echo "$out" | grep -qi 'not permitted' || die "enforce: the connection failed otherwise: $out"
 i=0
 until grep -q '"alert":"blocked_exec".*"path":"/tmp/unknown/echo"' /var/log/picket/enforce.jsonl 2>/dev/null &&
     grep -q '"alert":"blocked_listener".*"port":7778' /var/log/picket/enforce.jsonl 2>/dev/null &&

@@ -312,6 +312,9 @@ fn an_exec_not_decided_in_time_gets_the_configured_answer() {
     }
 }
 
+/// A statically linked program on every Debian system.
+const STATIC_PROGRAM: &str = "/usr/sbin/ldconfig";
+
 #[test]
 fn a_memory_file_is_killed_before_it_runs_and_a_file_through_a_descriptor_is_judged() {
     use std::os::fd::AsRawFd;
@@ -323,7 +326,9 @@ fn a_memory_file_is_killed_before_it_runs_and_a_file_through_a_descriptor_is_jud
     let agent = lab.run(&lab.config(&bundle, ""));
     agent.wait_log("executables: guard started (enforce)", ALERT_TIMEOUT);
 
-    // A memory file holding `true`: fanotify cannot hold its exec, the kernel side kills it.
+    // A memory file holding a statically linked program (`ldconfig`): fanotify cannot hold its
+    // exec, the kernel side kills it. (A dynamically linked one is not killed: its loader's
+    // open is held and allowed; see docs/ENFORCEMENT.md.)
     let name = unique("picket-enforce-memfd");
     let c_name = std::ffi::CString::new(name.clone()).unwrap();
     // SAFETY: plain syscall; the descriptor is owned by the `File` made of it.
@@ -331,11 +336,17 @@ fn a_memory_file_is_killed_before_it_runs_and_a_file_through_a_descriptor_is_jud
     assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
     // SAFETY: `fd` was just created and nothing else owns it.
     let mut memfd = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    memfd
-        .write_all(&fs::read("/usr/bin/true").unwrap())
-        .unwrap();
+    assert!(
+        picket_agent::enrich::hash::elf_interp_of(Path::new(STATIC_PROGRAM)).is_none(),
+        "{STATIC_PROGRAM} is not statically linked here"
+    );
+    memfd.write_all(&fs::read(STATIC_PROGRAM).unwrap()).unwrap();
     let via = format!("/proc/self/fd/{}", memfd.as_raw_fd());
-    let status = std::process::Command::new(&via).status().unwrap();
+    let status = std::process::Command::new(&via)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     let prefix = format!("/memfd:{name}");
     let a = agent.wait_for_within(

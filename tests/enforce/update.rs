@@ -44,7 +44,15 @@ fn an_update_over_mqtt_switches_enforcement_at_once() {
     let fleet = Subscriber::connect(broker.port(), &backend, &[&format!("picket/v1/{DEVICE}/#")]);
     let policy_topic = topic(DEVICE, Channel::Policy);
     // The agent takes policies once its session is up: it says so with its online status.
-    fleet.wait_for(1, Duration::from_secs(15));
+    let started = std::time::Instant::now();
+    while fleet.messages().is_empty() {
+        assert!(
+            started.elapsed() < ALERT_TIMEOUT,
+            "no message from the agent within {ALERT_TIMEOUT:?}; its log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     fleet.publish(&policy_topic, alerting, false);
     agent.wait_log("executables: guard started (dry run)", ALERT_TIMEOUT);

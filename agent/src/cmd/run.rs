@@ -312,6 +312,9 @@ struct Detecting {
     /// The policy or its modes changed: the guards are to be told.
     guards_changed: bool,
     enforce: EnforceConfig,
+    /// The agent's executable as it started (canonical): never refused by the exec guard, even
+    /// once an update has replaced it on disk.
+    own_exe: Option<PathBuf>,
 }
 
 impl Detecting {
@@ -362,6 +365,9 @@ impl Detecting {
             watched_changed: true,
             guards_changed: true,
             enforce: config.enforce,
+            own_exe: std::env::current_exe()
+                .ok()
+                .and_then(|p| std::fs::canonicalize(p).ok()),
             counters,
             policies,
             modes: config.modes,
@@ -492,9 +498,7 @@ impl Sink for Detecting {
         // network rules do not allow: detection leaves those to the guard's own records.
         self.detector
             .set_network_guarded(modes.network == Mode::Enforce);
-        let own_exe = std::env::current_exe()
-            .ok()
-            .and_then(|p| std::fs::canonicalize(p).ok());
+        let own_exe = self.own_exe.clone();
         Some(Guards {
             exec: GuardMode::of(modes.executables),
             exec_rules: ExecRules {

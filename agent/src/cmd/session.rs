@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::{
     enforce::{
-        exec::{ExecDecision, ExecGuard, ExecRules, Settings, Tokens},
+        exec::{set_kill_switch, ExecGuard, ExecRules, GuardReport, KernelSide, Settings},
         GuardMode,
     },
     enrich::{identity::ExecFiles, Enricher, Event},
@@ -108,12 +108,13 @@ pub async fn run(
         exec: None,
         net: None,
         decided,
-        tokens: None,
-        switch: None,
+        kernel: None,
     };
-    if let Ok(t) = sensors.exec_tokens() {
-        guarding.tokens = Some(std::sync::Arc::new(std::sync::Mutex::new(t.tokens)));
-        guarding.switch = Some(t.switch);
+    match sensors.exec_tokens() {
+        Ok(t) => guarding.kernel = Some(std::sync::Arc::new(std::sync::Mutex::new(t))),
+        Err(e) => log::warn!(
+            "programs run from memory are not killed while executables are enforced: {e}"
+        ),
     }
     guarding.apply(&mut sensors, sink)?;
     release_startup_memory();
@@ -146,12 +147,18 @@ pub async fn run(
                 pump.opened(guard.get_inner_mut(), sink)?;
                 guard.clear_ready();
             }
-            Some(decision) = decisions.recv() => {
-                let mut next = Some(decision);
-                while let Some(decision) = next {
-                    // The records queued before each decision first: its process's fork.
-                    pump.drain(ring.get_mut(), sink)?;
-                    sink.event(pump.enricher.refused(decision))?;
+            Some(report) = decisions.recv() => {
+                let mut next = Some(report);
+                while let Some(report) = next {
+                    match report {
+                        GuardReport::Decision(decision) => {
+                            // The records queued before each decision first: its process's
+                            // fork.
+                            pump.drain(ring.get_mut(), sink)?;
+                            sink.event(pump.enricher.refused(decision))?;
+                        }
+                        GuardReport::Note(line) => log::warn!("{line}"),
+                    }
                     next = decisions.try_recv().ok();
                 }
                 sink.flush()?;
@@ -193,17 +200,18 @@ const DECISIONS_QUEUED: usize = 1024;
 struct Guarding {
     exec: Option<ExecGuard>,
     net: Option<NetGuard>,
-    decided: tokio::sync::mpsc::Sender<ExecDecision>,
-    /// The exec program's tokens and switch (see [`crate::sensors::ExecTokens`]).
-    tokens: Option<Tokens>,
-    switch: Option<aya::maps::Array<MapData, u32>>,
+    decided: tokio::sync::mpsc::Sender<GuardReport>,
+    /// The exec program's side of the exec guard (see [`crate::sensors::ExecTokens`]).
+    kernel: Option<KernelSide>,
 }
 
 impl Drop for Guarding {
     /// The exec program stops killing execs before the exec guard, which gives their tokens,
     /// stops.
     fn drop(&mut self) {
-        self.set_switch(false);
+        if let Some(Err(e)) = self.kernel.as_ref().map(|k| set_kill_switch(k, false)) {
+            log::warn!("{e}");
+        }
     }
 }
 
@@ -211,14 +219,18 @@ impl Guarding {
     /// Does what the sink asks of the guards, if that changed. A guard whose mode changes is
     /// replaced by one started first: the old one judges until the new one does.
     fn apply(&mut self, sensors: &mut Sensors, sink: &mut impl Sink) -> anyhow::Result<()> {
+        self.check_exec(sink)?;
         let Some(wanted) = sink.guards() else {
             return Ok(());
         };
         self.apply_net(sensors, sink, wanted.net, &wanted.network)?;
-        // Execs through a descriptor are killed without a token only while an enforcing
-        // guard gives tokens: off before any other guard takes over, on once it runs.
+        // The exec program kills token-less execs through a descriptor only while an enforcing
+        // guard gives tokens: an enforcing guard switches it on once it answers, off when it
+        // ends; before another guard takes over, it is switched off here.
         if wanted.exec != GuardMode::Enforce {
-            self.set_switch(false);
+            if let Some(Err(e)) = self.kernel.as_ref().map(|k| set_kill_switch(k, false)) {
+                log::warn!("{e}");
+            }
         }
         match (&self.exec, wanted.exec) {
             (_, GuardMode::Off) => self.exec = None,
@@ -229,7 +241,7 @@ impl Guarding {
                     wanted.exec_rules,
                     wanted.exec_settings,
                     self.decided.clone(),
-                    self.tokens.clone(),
+                    self.kernel.clone(),
                 ) {
                     Ok(g) => {
                         log::info!("executables: guard started ({})", mode.name());
@@ -237,7 +249,6 @@ impl Guarding {
                     }
                     Err(e) => {
                         self.exec = None;
-                        self.set_switch(false);
                         sink.guard_unavailable(
                             "executables",
                             format!(
@@ -250,26 +261,21 @@ impl Guarding {
                 }
             }
         }
-        if self
-            .exec
-            .as_ref()
-            .is_some_and(|g| g.mode() == GuardMode::Enforce)
-        {
-            self.set_switch(true);
-        }
         Ok(())
     }
 
-    /// Has the exec program kill execs through a descriptor that brought no token, or not.
-    fn set_switch(&mut self, on: bool) {
-        if let Some(switch) = self.switch.as_mut() {
-            if let Err(e) = switch.set(0, u32::from(on), 0) {
-                log::warn!(
-                    "exec guard: switching the kernel side {}: {e}",
-                    if on { "on" } else { "off" }
-                );
-            }
+    /// An exec guard whose thread ended on an error is gone: the sink is told.
+    fn check_exec(&mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
+        if self.exec.as_ref().is_some_and(|g| !g.running()) {
+            self.exec = None;
+            sink.guard_unavailable(
+                "executables",
+                "the exec guard stopped on an error (see the log); executables are not \
+                 judged until the next policy or restart"
+                    .into(),
+            )?;
         }
+        Ok(())
     }
 
     /// The network guard in `mode` with `network`'s rules: attached the first time it is
@@ -294,7 +300,10 @@ impl Guarding {
         };
         if self.net.is_none() {
             if !sensors.enabled().contains(Sensor::Network) {
-                return Ok(());
+                return sink.guard_unavailable(
+                    "network",
+                    "the network sensor is not loaded: its programs hold the guard's".into(),
+                );
             }
             match sensors.net_guard() {
                 Ok(g) => self.net = Some(g),

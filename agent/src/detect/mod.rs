@@ -744,8 +744,14 @@ impl Detector {
             NetOp::TcpAccept | NetOp::TcpBind => return,
         };
         // Refused by the kernel, which said so in its own record: the syscall sensors saw the
-        // attempt before the refusal (a UDP connect, send or bind).
-        if self.network_guarded && !any_exe {
+        // attempt before the refusal (a UDP connect, send or bind). A TCP listen is not one the
+        // guard judges (it judged the bind; a port the kernel picked it lets through).
+        let judged_by_guard = match op {
+            NetOp::UdpConnect | NetOp::UdpSend => true,
+            NetOp::UdpBind => local_port != 0,
+            _ => false,
+        };
+        if self.network_guarded && judged_by_guard && !any_exe {
             return;
         }
         if !this_exe {

@@ -95,9 +95,27 @@ pub struct GuardStats {
     pub unreported: AtomicUsize,
 }
 
-/// The tokens of allowed execs, shared by the guards one after the other (see
+/// The exec program's side of the guard, shared by the guards one after the other (see
 /// [`crate::sensors::ExecTokens`]).
-pub type Tokens = Arc<Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u64>>>;
+pub type KernelSide = Arc<Mutex<crate::sensors::ExecTokens>>;
+
+/// Turns the exec program's killing of token-less execs on or off; the error says which.
+pub fn set_kill_switch(kernel: &KernelSide, on: bool) -> Result<(), String> {
+    let mut k = kernel.lock().unwrap_or_else(|e| e.into_inner());
+    k.switch.set(0, u32::from(on), 0).map_err(|e| {
+        let state = if on { "on" } else { "off" };
+        format!("exec guard: switching the kernel side {state}: {e}")
+    })
+}
+
+/// What the guard hands to the event loop.
+#[derive(Debug)]
+pub enum GuardReport {
+    Decision(ExecDecision),
+    /// A line for the log: the guard thread never writes to it itself (a blocked log would
+    /// hold up every exec on the device).
+    Note(String),
+}
 
 /// A running guard. Dropping it stops the thread and closes the group: anything waiting is
 /// allowed by the kernel.
@@ -105,67 +123,82 @@ pub struct ExecGuard {
     mode: GuardMode,
     rules: Arc<Mutex<Arc<ExecRules>>>,
     pub stats: Arc<GuardStats>,
+    /// The filesystems' marks and their watcher; dropped before the thread stops.
+    marks: Option<MarkedGroup>,
     /// Closing this stops the thread.
     stop: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ExecGuard {
-    /// Marks every filesystem and starts answering; `mode` is [`GuardMode::DryRun`] or
-    /// [`GuardMode::Enforce`].
-    /// `tokens`, when given, receives a token for each exec allowed, before the answer: the
-    /// exec program kills, while the guard enforces, an exec through a descriptor without one.
+    /// Starts answering, then marks every filesystem; `mode` is [`GuardMode::DryRun`] or
+    /// [`GuardMode::Enforce`]. `kernel`, when enforcing: the guard writes a token for each
+    /// exec it allows before the answer, and switches the exec program's killing of token-less
+    /// execs through a descriptor on while it runs, off when it stops (however it stops).
     pub fn start(
         mode: GuardMode,
         rules: ExecRules,
         settings: Settings,
-        decisions: mpsc::Sender<ExecDecision>,
-        tokens: Option<Tokens>,
+        reports: mpsc::Sender<GuardReport>,
+        kernel: Option<KernelSide>,
     ) -> io::Result<Self> {
         let (init, mask, what) = match mode {
             GuardMode::Enforce => (
-                InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_NONBLOCK,
+                InitFlags::FAN_CLASS_CONTENT,
                 MaskFlags::FAN_OPEN_EXEC_PERM,
                 "exec guard (fanotify FAN_OPEN_EXEC_PERM)",
             ),
             GuardMode::DryRun => (
-                InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_NONBLOCK,
+                InitFlags::FAN_CLASS_NOTIF,
                 MaskFlags::FAN_OPEN_EXEC,
                 "exec guard, dry run (fanotify FAN_OPEN_EXEC)",
             ),
             GuardMode::Off => return Err(io::Error::other("an exec guard that is off")),
         };
         raise_descriptor_limit();
-        let group = MarkedGroup::start(init, mask, what)?;
+        // Unlimited: a permission event the queue has no room for is let through unjudged.
+        let group =
+            fanotify::init_group(init | InitFlags::FAN_NONBLOCK | InitFlags::FAN_UNLIMITED_QUEUE)?;
         let rules = Arc::new(Mutex::new(Arc::new(rules)));
         let stats = Arc::new(GuardStats::default());
         let (wake, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let enforce = mode == GuardMode::Enforce;
         let mut worker = Worker {
-            group,
-            enforce: mode == GuardMode::Enforce,
+            group: Arc::clone(&group),
+            enforce,
             rules: Arc::clone(&rules),
             settings,
             cache: Arc::new(Mutex::new(HashCache::new(CACHE_ENTRIES))),
             hashing: Arc::new(AtomicUsize::new(0)),
-            decisions,
+            reports,
             stats: Arc::clone(&stats),
             me: std::process::id(),
-            tokens: tokens.filter(|_| mode == GuardMode::Enforce),
+            kernel: kernel.filter(|_| enforce),
         };
+        // Answering before the first mark: an exec held meanwhile is answered.
         let thread = std::thread::Builder::new()
             .name("picket-guard".into())
             .spawn(move || worker.run(&wake))?;
-        Ok(Self {
+        let mut guard = Self {
             mode,
             rules,
             stats,
+            marks: None,
             stop: Some(stop),
             thread: Some(thread),
-        })
+        };
+        guard.marks = Some(MarkedGroup::start(group, mask, what)?);
+        Ok(guard)
     }
 
     pub fn mode(&self) -> GuardMode {
         self.mode
+    }
+
+    /// Whether its thread still answers (it ends only when stopped, or on an error it could
+    /// not go on after: the group is then closed, nothing is judged any more).
+    pub fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Judges by `rules` from the next exec on.
@@ -176,6 +209,7 @@ impl ExecGuard {
 
 impl Drop for ExecGuard {
     fn drop(&mut self) {
+        drop(self.marks.take());
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -185,34 +219,52 @@ impl Drop for ExecGuard {
 
 /// The guard's thread.
 struct Worker {
-    group: MarkedGroup,
+    group: Arc<nix::sys::fanotify::Fanotify>,
     enforce: bool,
     rules: Arc<Mutex<Arc<ExecRules>>>,
     settings: Settings,
     cache: Arc<Mutex<HashCache>>,
     /// Files being hashed by hashing threads.
     hashing: Arc<AtomicUsize>,
-    decisions: mpsc::Sender<ExecDecision>,
+    reports: mpsc::Sender<GuardReport>,
     stats: Arc<GuardStats>,
     me: u32,
-    tokens: Option<Tokens>,
+    kernel: Option<KernelSide>,
 }
+
+/// Turns the kernel side's killing off when the thread ends, however it ends.
+struct SwitchOff(Option<KernelSide>, mpsc::Sender<GuardReport>);
+
+impl Drop for SwitchOff {
+    fn drop(&mut self) {
+        if let Some(Err(e)) = self.0.as_ref().map(|k| set_kill_switch(k, false)) {
+            let _ = self.1.try_send(GuardReport::Note(e));
+        }
+    }
+}
+
+/// Events read at once, at most: the stop is looked at between batches.
+const BATCH_EVENTS: usize = 32;
 
 impl Worker {
     /// Answers events until `stop` is closed.
     fn run(&mut self, stop: &OwnedFd) {
+        let _off = SwitchOff(self.kernel.clone(), self.reports.clone());
+        if let Some(Err(e)) = self.kernel.as_ref().map(|k| set_kill_switch(k, true)) {
+            self.note(e);
+        }
         let mut buf = vec![0u64; BATCH_BYTES / 8];
         let mut lost = 0u64;
         loop {
             let mut fds = [
                 PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.group.group.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.group.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Err(nix::Error::EINTR) => continue,
                 Err(e) => {
                     // Returning closes the group: the kernel allows what waits.
-                    log::error!("exec guard stopped: waiting for events: {e}");
+                    self.note(format!("exec guard stopped: waiting for events: {e}"));
                     return;
                 }
                 Ok(_) => {}
@@ -221,14 +273,31 @@ impl Worker {
                 return;
             }
             let before = lost;
-            let group = Arc::clone(&self.group.group);
-            fanotify::read_events(&group, &mut buf, &mut lost, usize::MAX, |o| {
-                self.handle(o.pid, &o.file);
+            let group = Arc::clone(&self.group);
+            fanotify::read_events(&group, &mut buf, &mut lost, BATCH_EVENTS, |o| {
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.handle(o.pid, &o.file)
+                }));
+                if handled.is_err() && self.enforce {
+                    // A bug judging it: the exec runs rather than wait for ever.
+                    let _ = group
+                        .write_response(FanotifyResponse::new(o.file.as_fd(), Response::FAN_ALLOW));
+                }
             });
             if lost > before {
-                log::warn!("exec guard: {} events lost", lost - before);
+                // An event the kernel could give no descriptor for: it refused that exec.
+                self.note(format!(
+                    "exec guard: {} events could not be read (out of descriptors?): the kernel \
+                     refused those execs",
+                    lost - before
+                ));
             }
         }
+    }
+
+    /// Hands a line for the log to the event loop, if it has room.
+    fn note(&self, line: String) {
+        let _ = self.reports.try_send(GuardReport::Note(line));
     }
 
     /// Judges one exec and answers it.
@@ -254,49 +323,83 @@ impl Worker {
             };
             if let Err(e) = self
                 .group
-                .group
                 .write_response(FanotifyResponse::new(file.as_fd(), response))
             {
-                log::warn!("exec guard: answering the exec of pid {pid}: {e}");
+                self.note(format!("exec guard: answering the exec of pid {pid}: {e}"));
             }
         }
-        if let Some((path, mut refusal)) = refusal {
-            // Refused whatever its content; its SHA-256 is for the report, taken now that the
-            // exec is answered.
-            if let Refusal::Unknown { sha256: None } = refusal {
-                refusal = Refusal::Unknown {
-                    sha256: file
-                        .metadata()
-                        .ok()
-                        .and_then(|meta| self.sha256(file, &meta).ok()),
-                };
-            }
-            if self.enforce {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            }
-            let decision = ExecDecision {
-                pid,
-                path,
-                refusal,
-                enforced: self.enforce,
+        let Some((path, refusal)) = refusal else {
+            return;
+        };
+        if self.enforce {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        let decision = ExecDecision {
+            pid,
+            path,
+            refusal,
+            enforced: self.enforce,
+        };
+        // Refused whatever its content: its SHA-256, for the report, is taken off this thread.
+        if let Refusal::Unknown { sha256: None } = decision.refusal {
+            self.report_hashed(decision, file);
+        } else {
+            self.report(decision);
+        }
+    }
+
+    fn report(&self, decision: ExecDecision) {
+        if self
+            .reports
+            .try_send(GuardReport::Decision(decision))
+            .is_err()
+        {
+            self.stats.unreported.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reports `decision` with the SHA-256 of `file`: at once when cached, else from a hashing
+    /// thread when one is free, else without it.
+    fn report_hashed(&self, mut decision: ExecDecision, file: &File) {
+        let Ok(meta) = file.metadata() else {
+            return self.report(decision);
+        };
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cached(&meta);
+        if let Ok(Some(d)) = cached {
+            decision.refusal = Refusal::Unknown {
+                sha256: Some(d.sha256),
             };
-            if self.decisions.try_send(decision).is_err() {
-                self.stats.unreported.fetch_add(1, Ordering::Relaxed);
+            return self.report(decision);
+        }
+        let reports = self.reports.clone();
+        let stats = Arc::clone(&self.stats);
+        let on_hash = move |sha: Result<[u8; 32], String>| {
+            decision.refusal = Refusal::Unknown { sha256: sha.ok() };
+            if reports.try_send(GuardReport::Decision(decision)).is_err() {
+                stats.unreported.fetch_add(1, Ordering::Relaxed);
             }
+        };
+        if let Err(on_hash) = self.hash_in_background(file, &meta, on_hash) {
+            on_hash(Err("no hashing thread free".into()));
         }
     }
 
     /// Tells the exec program that `pid`'s exec was allowed, now.
     fn token(&self, pid: u32) {
-        let Some(tokens) = &self.tokens else {
+        let Some(kernel) = &self.kernel else {
             return;
         };
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
             .unwrap_or(0);
-        let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = tokens.insert(pid, now, 0) {
-            log::warn!("exec guard: the token of pid {pid}: {e}");
+        let mut k = kernel.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = k.tokens.insert(pid, now, 0) {
+            drop(k);
+            self.note(format!("exec guard: the token of pid {pid}: {e}"));
         }
     }
 
@@ -306,11 +409,18 @@ impl Worker {
         let meta = match file.metadata() {
             Ok(m) => m,
             Err(e) => {
-                log::warn!("exec guard: fstat of an exec by pid {pid}: {e}; allowed");
+                self.note(format!(
+                    "exec guard: fstat of an exec by pid {pid}: {e}; allowed"
+                ));
                 return None;
             }
         };
-        let (path, deleted) = descriptor_path(file);
+        let Some((path, deleted)) = descriptor_path(file) else {
+            self.note(format!(
+                "exec guard: the path of an exec by pid {pid} could not be read; allowed"
+            ));
+            return None;
+        };
         let sha256 = || self.sha256(file, &meta);
         let refusal = match path.to_str() {
             Some(p) => rules.baseline.refusal(p, deleted, sha256),
@@ -320,7 +430,7 @@ impl Worker {
         let refusal = match refusal {
             Some(Refusal::Unverified { error, expected }) if error == TIMED_OUT => {
                 self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
+                self.note(format!(
                     "exec guard: {} not hashed within {:?}: {} (pid {pid})",
                     path.display(),
                     self.settings.decision_time,
@@ -329,7 +439,7 @@ impl Worker {
                     } else {
                         "refused, the configured answer"
                     }
-                );
+                ));
                 if self.settings.allow_on_timeout {
                     return None;
                 }
@@ -341,12 +451,7 @@ impl Worker {
             Some(r) => r,
             None => return None,
         };
-        if let Some(why) = exempt(pid, &path, &rules) {
-            log::debug!(
-                "exec guard: {} by pid {pid} allowed ({why}) though {}",
-                path.display(),
-                refusal.reason()
-            );
+        if exempt(pid, &path, &rules).is_some() {
             return None;
         }
         Some((path, refusal))
@@ -364,52 +469,91 @@ impl Worker {
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
         }
-        if self.hashing.fetch_add(1, Ordering::AcqRel) >= MAX_WORKERS {
-            self.hashing.fetch_sub(1, Ordering::AcqRel);
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        let sent = self.hash_in_background(file, meta, move |sha| {
+            let _ = tx.send(sha);
+        });
+        if sent.is_err() {
             return Err(TIMED_OUT.into());
         }
-        let (tx, rx) = std_mpsc::sync_channel(1);
-        let spawned = file.try_clone().and_then(|file| {
-            let (meta, cache, hashing) = (meta.clone(), self.cache.clone(), self.hashing.clone());
-            std::thread::Builder::new()
-                .name("picket-hash".into())
-                .spawn(move || {
-                    let digest = hash::digest_of_file(&file, &meta);
-                    if let Ok(d) = &digest {
+        rx.recv_timeout(self.settings.decision_time)
+            .unwrap_or_else(|_| Err(TIMED_OUT.into()))
+    }
+
+    /// Hashes `file` on a thread of its own, keeps the digest for the next exec of that file,
+    /// and hands the result to `done`; gives `done` back when no thread is free.
+    fn hash_in_background<F>(&self, file: &File, meta: &Metadata, done: F) -> Result<(), F>
+    where
+        F: FnOnce(Result<[u8; 32], String>) + Send + 'static,
+    {
+        if self.hashing.fetch_add(1, Ordering::AcqRel) >= MAX_WORKERS {
+            self.hashing.fetch_sub(1, Ordering::AcqRel);
+            return Err(done);
+        }
+        let Ok(file) = file.try_clone() else {
+            self.hashing.fetch_sub(1, Ordering::AcqRel);
+            return Err(done);
+        };
+        let (meta, cache, hashing) = (meta.clone(), self.cache.clone(), self.hashing.clone());
+        let done = Arc::new(Mutex::new(Some(done)));
+        let in_thread = Arc::clone(&done);
+        let spawned = std::thread::Builder::new()
+            .name("picket-hash".into())
+            .spawn(move || {
+                let digest = hash::digest_of_file(&file, &meta);
+                if let Ok(d) = &digest {
+                    // Not kept when the file changed within the last moments: a same-size
+                    // rewrite within one tick of the clock that stamps ctime would keep it.
+                    if settled(&meta) {
                         cache
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .store(&meta, d);
                     }
-                    hashing.fetch_sub(1, Ordering::AcqRel);
-                    let _ = tx.send(digest.map(|d| d.sha256).map_err(|e| e.to_string()));
-                })
-        });
-        if let Err(e) = spawned {
+                }
+                hashing.fetch_sub(1, Ordering::AcqRel);
+                let taken = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(done) = taken {
+                    done(digest.map(|d| d.sha256).map_err(|e| e.to_string()));
+                }
+            });
+        if spawned.is_err() {
             self.hashing.fetch_sub(1, Ordering::AcqRel);
-            return Err(format!("hashing: {e}"));
+            let taken = done.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return match taken {
+                Some(done) => Err(done),
+                None => Ok(()),
+            };
         }
-        rx.recv_timeout(self.settings.decision_time)
-            .unwrap_or_else(|_| Err(TIMED_OUT.into()))
+        Ok(())
     }
+}
+
+/// Whether the file whose `fstat` is `meta` last changed long enough ago (2 s, more than the
+/// coarsest ctime a filesystem keeps) for its digest to be kept by identity.
+fn settled(meta: &Metadata) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now - meta.ctime() >= 2
 }
 
 /// The error of a hash not established within the decision time.
 const TIMED_OUT: &str = "not hashed within the decision time";
 
 /// The path of an open descriptor, and whether its file was deleted (the kernel appends
-/// ` (deleted)`, taken off here).
-fn descriptor_path(file: &File) -> (PathBuf, bool) {
+/// ` (deleted)`, taken off here); `None` when it cannot be read.
+fn descriptor_path(file: &File) -> Option<(PathBuf, bool)> {
     let link = format!("/proc/self/fd/{}", file.as_raw_fd());
-    let path = std::fs::read_link(link).unwrap_or_default();
+    let path = std::fs::read_link(link).ok()?;
     let deleted = file.metadata().is_ok_and(|m| m.nlink() == 0);
     if deleted {
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
         if let Some(live) = bytes.strip_suffix(b" (deleted)") {
-            return (crate::paths::from_bytes(live), true);
+            return Some((crate::paths::from_bytes(live), true));
         }
     }
-    (path, deleted)
+    Some((path, deleted))
 }
 
 /// Why the exec of `path` by `pid` is never refused, if it is one of those.

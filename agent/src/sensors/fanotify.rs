@@ -78,15 +78,20 @@ pub struct MarkedGroup {
     _stop: OwnedFd,
 }
 
+/// A new fanotify group with `init` flags (and close-on-exec), whose events hold read-only
+/// descriptors.
+pub fn init_group(init: InitFlags) -> io::Result<Arc<Fanotify>> {
+    let group = Fanotify::init(
+        init | InitFlags::FAN_CLOEXEC,
+        EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+    )?;
+    Ok(Arc::new(group))
+}
+
 impl MarkedGroup {
-    /// Creates a group with `init` flags, marks every mounted filesystem for `mask` and starts
-    /// the mount watcher; `what` names the group's purpose in the log.
-    pub fn start(init: InitFlags, mask: MaskFlags, what: &'static str) -> io::Result<Self> {
-        let group = Fanotify::init(
-            init | InitFlags::FAN_CLOEXEC,
-            EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
-        )?;
-        let group = Arc::new(group);
+    /// Marks every mounted filesystem for `mask` in `group` and starts the mount watcher;
+    /// `what` names the group's purpose in the log.
+    pub fn start(group: Arc<Fanotify>, mask: MaskFlags, what: &'static str) -> io::Result<Self> {
         let marked = Arc::new(Mutex::new(HashSet::new()));
         let n = mark_mounts(&group, &marked, mask, what)?;
         if n == 0 {
@@ -125,8 +130,11 @@ pub struct ExecWatch {
 impl ExecWatch {
     /// Creates the group, marks every mounted filesystem and starts the mount watcher.
     pub fn start() -> io::Result<Self> {
-        let marked = MarkedGroup::start(
+        let group = init_group(
             InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_NONBLOCK | InitFlags::FAN_UNLIMITED_QUEUE,
+        )?;
+        let marked = MarkedGroup::start(
+            group,
             MaskFlags::FAN_OPEN_EXEC,
             "exec identity (fanotify FAN_OPEN_EXEC)",
         )?;

@@ -153,16 +153,31 @@ impl NetGuard {
         let next = self.active ^ 1;
         let slot = next as u8;
         // What this slot held two policies ago: no program reads it since the last switch.
-        let (old_nets, old_listen) = std::mem::take(&mut self.written[next]);
-        for (prefix, data) in old_nets {
-            self.nets
-                .remove(&Key::new(prefix, data))
-                .context("clearing the guard's previous outbound rules")?;
+        // A key recorded before its insert failed is not there (ENOENT): nothing to clear. The
+        // record is kept until every key is cleared, so that a failure half-way is retried.
+        let gone = |e: &aya::maps::MapError| {
+            matches!(e, aya::maps::MapError::KeyNotFound)
+                || matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+        };
+        while let Some(&(prefix, data)) = self.written[next].0.last() {
+            match self.nets.remove(&Key::new(prefix, data)) {
+                Err(e) if !gone(&e) => {
+                    return Err(e).context("clearing the guard's previous outbound rules")
+                }
+                _ => {
+                    self.written[next].0.pop();
+                }
+            }
         }
-        for key in old_listen {
-            self.listen
-                .remove(&key)
-                .context("clearing the guard's previous listen rules")?;
+        while let Some(&key) = self.written[next].1.last() {
+            match self.listen.remove(&key) {
+                Err(e) if !gone(&e) => {
+                    return Err(e).context("clearing the guard's previous listen rules")
+                }
+                _ => {
+                    self.written[next].1.pop();
+                }
+            }
         }
         for entry in &rules.nets {
             let (prefix, data) = entry.key(slot);

@@ -146,6 +146,9 @@ fn with_the_network_guarded_detection_leaves_the_refused_to_the_guard() {
     d.set_network_guarded(true);
     assert!(kinds(&d, refused).is_empty());
     assert!(kinds(&d, refused_bind).is_empty());
+    // A listener on a port the kernel picked, which the guard never judges: still detection's.
+    let picked = json!({"event":"net","op":"tcp_listen","exe":"/usr/bin/x","local_port":40001});
+    assert_eq!(kinds(&d, picked), vec![Kind::UnexpectedListener]);
     assert_eq!(kinds(&d, other_exe), vec![Kind::UnexpectedConnection]);
 }
 
