@@ -191,10 +191,9 @@ until grep -q 'network: guard in force (enforce' /var/log/picket/enforce.log 2>/
     [ "$i" -le 600 ] || { cat /var/log/picket/enforce.log; die "the guards did not start within 300 s"; }
     sleep 0.5
 done
-# Each refusal must be EPERM ("Permission denied" for an exec, "not permitted" for a socket
-# call), not any other failure.
+# Each refusal must be EPERM ("Operation not permitted"), not any other failure.
 out=$(/tmp/unknown/echo ran 2>&1) && die "enforce: /tmp/unknown/echo ran"
-echo "$out" | grep -qi 'permission denied' || die "enforce: /tmp/unknown/echo failed otherwise: $out"
+echo "$out" | grep -qi 'not permitted' || die "enforce: /tmp/unknown/echo failed otherwise: $out"
 [ "$(/bin/busybox echo allowed)" = allowed ] || die "enforce: the baselined busybox did not run"
 out=$(nc -l -p 7778 </dev/null 2>&1 >/dev/null) && die "enforce: nc listened on port 7778"
 echo "$out" | grep -qi 'not permitted' || die "enforce: the listener failed otherwise: $out"

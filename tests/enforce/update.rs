@@ -26,6 +26,8 @@ fn an_update_over_mqtt_switches_enforcement_at_once() {
 
     let pki = Pki::new();
     let device = pki.device(DEVICE);
+    // Issued before the broker starts: its ACL names the backends issued so far.
+    let backend = pki.backend("picket-backend");
     let broker = Mosquitto::start(&pki);
     let q = |p: &std::path::Path| toml_str(p);
     let mqtt = format!(
@@ -40,25 +42,15 @@ fn an_update_over_mqtt_switches_enforcement_at_once() {
     agent.wait_log("executables: guard started (enforce)", ALERT_TIMEOUT);
     assert!(is_eperm(&try_run(&unknown)), "enforced at start");
 
-    let backend = pki.backend("picket-backend");
     let fleet = Subscriber::connect(broker.port(), &backend, &[&format!("picket/v1/{DEVICE}/#")]);
     let policy_topic = topic(DEVICE, Channel::Policy);
-    // The agent takes policies once its session is up: it says so with its online status.
-    let started = std::time::Instant::now();
-    while fleet.messages().is_empty() {
-        assert!(
-            started.elapsed() < ALERT_TIMEOUT,
-            "no message from the agent within {ALERT_TIMEOUT:?}; its log:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
-    fleet.publish(&policy_topic, alerting, false);
+    // Retained, as `picket-backend policy push` sends them: the agent takes it whenever its
+    // subscription is up.
+    fleet.publish(&policy_topic, alerting, true);
     agent.wait_log("executables: guard started (dry run)", ALERT_TIMEOUT);
     assert_eq!(try_run(&unknown).unwrap(), 0, "alert mode after the update");
 
-    fleet.publish(&policy_topic, enforcing_again, false);
+    fleet.publish(&policy_topic, enforcing_again, true);
     agent.wait_log(
         "now enforcing policy `enforce-test` serial 3",
         ALERT_TIMEOUT,

@@ -189,6 +189,18 @@ pub async fn run(
         pump.stats.received,
         pump.enricher.processes()
     );
+    if let Some(g) = &guarding.exec {
+        let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
+        log::info!(
+            "exec guard ({}): {} execs judged, {} refused, {} given the default answer, {} \
+             decisions not reported (queue full)",
+            g.mode().name(),
+            n(&g.stats.judged),
+            n(&g.stats.refused),
+            n(&g.stats.timed_out),
+            n(&g.stats.unreported)
+        );
+    }
     Ok(pump.stats)
 }
 
