@@ -359,6 +359,15 @@ for round in $(seq "$ROUNDS"); do
         stopped=$("$XTASK" probe stopped "$WORK/agent.log")
         sample "${storm}_enforce_stopped" "$stopped"
         smoke_check_storm "$storm" "$stopped"
+        # The execs its exec guard judged in its life: 2 per spawn of a storm (the file and its
+        # loader), and whatever else ran.
+        judged=$("$XTASK" probe judged "$WORK/agent.log")
+        sample "${storm}_enforce_judged" "$judged"
+        if [ "$SMOKE" = yes ] && [ "$storm" = exec ] && [ "${judged:-0}" -lt $((2 * EXECS)) ]; then
+            echo "smoke run: the enforcing agent judged ${judged:-no} execs during the exec storm of $EXECS spawns" >&2
+            tail -5 "$WORK/agent.log" >&2
+            exit 1
+        fi
     done
     echo "round $round/$ROUNDS of the storms done" >&2
 done

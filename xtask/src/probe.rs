@@ -26,6 +26,9 @@ pub enum Probe {
     Lost { log: PathBuf },
     /// "EVENTS MISSES" from the "stopped:" line of an agent's log (nothing if absent).
     Stopped { log: PathBuf },
+    /// The execs the exec guard judged, from the "exec guard (MODE): N execs judged" line of an
+    /// agent's log (nothing if absent).
+    Judged { log: PathBuf },
     /// OpenSSL's SHA-256 throughput, kB/s, from `openssl speed` output on stdin.
     OpensslSha256,
     /// Field KEY of the JSON object in FILE ("-": standard input).
@@ -63,6 +66,9 @@ pub fn run(probe: Probe) -> Result<()> {
             Some((events, misses)) => format!("{events} {misses}"),
             None => String::new(),
         },
+        Probe::Judged { log } => judged(&read(&log)?)
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
         Probe::OpensslSha256 => {
             let text = std::io::read_to_string(std::io::stdin())?;
             format!("{}", openssl_sha256_kbs(&text))
@@ -236,6 +242,13 @@ fn stopped(log: &str) -> Option<(u64, u64)> {
     Some((events, leading_number(&line[misses_at..])?))
 }
 
+/// N from the last "exec guard (MODE): N execs judged, ..." line.
+fn judged(log: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains("execs judged"))?;
+    let rest = &line[line.find("exec guard (")?..];
+    leading_number(&rest[rest.find("): ")? + 3..])
+}
+
 /// The last field of the last `sha256` line of `openssl speed` (kB/s at the largest block size),
 /// without its "k"; 0 if there is none.
 fn openssl_sha256_kbs(text: &str) -> f64 {
@@ -293,6 +306,16 @@ mod tests {
                    hash cache 80 hits / 19 misses\n";
         assert_eq!(stopped(log), Some((15359, 19)));
         assert_eq!(stopped("running\n"), None);
+    }
+
+    #[test]
+    fn exec_guard_line_gives_execs_judged() {
+        let log = "running with policy\n[INFO] stopped: 15359 events, 12 processes tracked, \
+                   hash cache 80 hits / 19 misses\n[INFO] exec guard (enforce): 10012 execs \
+                   judged, 0 refused, 0 given the default answer, 0 decisions not reported \
+                   (queue full)\n";
+        assert_eq!(judged(log), Some(10012));
+        assert_eq!(judged("running\n[INFO] stopped: 1 events\n"), None);
     }
 
     #[test]
