@@ -321,7 +321,11 @@ fn executables() {
             json!({"event":"exec","exe":"/memfd:x (deleted)","fileless":true})
         ),
         // In alert mode the dry run says enforcement would have killed it.
-        vec![Kind::SuspiciousExec, Kind::WouldBlock, Kind::UnknownExecutable]
+        vec![
+            Kind::SuspiciousExec,
+            Kind::WouldBlock,
+            Kind::UnknownExecutable
+        ]
     );
 }
 
