@@ -133,8 +133,9 @@ pub struct ExecGuard {
 impl ExecGuard {
     /// Starts answering, then marks every filesystem; `mode` is [`GuardMode::DryRun`] or
     /// [`GuardMode::Enforce`]. `kernel`, when enforcing: the guard writes a token for each
-    /// exec it allows before the answer, and switches the exec program's killing of token-less
-    /// execs through a descriptor on while it runs, off when it stops (however it stops).
+    /// exec it allows before the answer; the exec program's killing of token-less execs
+    /// through a descriptor is switched on once every filesystem is marked, and off when the
+    /// guard's thread ends (however it ends).
     pub fn start(
         mode: GuardMode,
         rules: ExecRules,
@@ -175,6 +176,7 @@ impl ExecGuard {
             me: std::process::id(),
             kernel: kernel.filter(|_| enforce),
         };
+        let kernel = worker.kernel.clone();
         // Answering before the first mark: an exec held meanwhile is answered.
         let thread = std::thread::Builder::new()
             .name("picket-guard".into())
@@ -188,6 +190,11 @@ impl ExecGuard {
             thread: Some(thread),
         };
         guard.marks = Some(MarkedGroup::start(group, mask, what)?);
+        // Only now that every filesystem brings tokens may a token-less exec be killed (an
+        // exec from a filesystem not marked yet would be).
+        if let Some(Err(e)) = kernel.as_ref().map(|k| set_kill_switch(k, true)) {
+            log::warn!("{e}");
+        }
         Ok(guard)
     }
 
@@ -249,10 +256,8 @@ const BATCH_EVENTS: usize = 32;
 impl Worker {
     /// Answers events until `stop` is closed.
     fn run(&mut self, stop: &OwnedFd) {
+        // Switched on by `ExecGuard::start` once every filesystem is marked.
         let _off = SwitchOff(self.kernel.clone(), self.reports.clone());
-        if let Some(Err(e)) = self.kernel.as_ref().map(|k| set_kill_switch(k, true)) {
-            self.note(e);
-        }
         let mut buf = vec![0u64; BATCH_BYTES / 8];
         let mut lost = 0u64;
         loop {
