@@ -237,8 +237,9 @@ impl Guarding {
         };
         self.apply_net(sensors, sink, wanted.net, &wanted.network)?;
         // The exec program kills token-less execs through a descriptor only while an enforcing
-        // guard gives tokens: an enforcing guard switches it on once it answers, off when it
-        // ends; before another guard takes over, it is switched off here.
+        // guard gives tokens: an enforcing guard switches it on once it has marked every
+        // filesystem, off when it ends; before another guard takes over, it is switched off
+        // here.
         if wanted.exec != GuardMode::Enforce {
             if let Some(Err(e)) = self.kernel.as_ref().map(|k| set_kill_switch(k, false)) {
                 log::warn!("{e}");
