@@ -519,28 +519,34 @@ impl Sink for Detecting {
         if category == "network" {
             self.detector.set_network_guarded(false);
         }
-        let policy = match category {
-            "executables" => self.detector.policy().modes.executables,
-            _ => self.detector.policy().modes.network,
+        let modes = self.detector.modes();
+        let effective = match category {
+            "executables" => modes.executables,
+            _ => modes.network,
         };
-        // Only a policy that enforces loses something worth an alert; a dry run that cannot
-        // start is said in the log.
-        if policy != Mode::Enforce {
+        // Only enforcement in force loses something worth an alert (one the configuration
+        // lowered was said at start); a dry run that cannot start is said in the log.
+        if effective != Mode::Enforce {
             return Ok(());
         }
-        self.alerter.raise(Draft {
-            kind: Kind::EnforcementWeakened,
-            severity: Severity::High,
-            rule: format!("modes.{category}"),
-            path: None,
-            details: json!({
-                "category": category,
-                "policy": "enforce",
-                "effective": "none",
-                "reason": error,
-            }),
-            process: None,
-        })
+        self.alerter.raise(weakened_alert(category, "none", &error))
+    }
+}
+
+/// The `enforcement_weakened` alert of `category`, now `effective`, for `reason`.
+fn weakened_alert(category: &str, effective: &str, reason: &str) -> Draft {
+    Draft {
+        kind: Kind::EnforcementWeakened,
+        severity: Severity::High,
+        rule: format!("modes.{category}"),
+        path: None,
+        details: json!({
+            "category": category,
+            "policy": "enforce",
+            "effective": effective,
+            "reason": reason,
+        }),
+        process: None,
     }
 }
 
@@ -563,19 +569,11 @@ fn weakened(policy: picket_policy::model::Modes, modes: picket_policy::model::Mo
             "the configuration weakens modes.{category} from enforce to {}",
             name(effective)
         );
-        Draft {
-            kind: Kind::EnforcementWeakened,
-            severity: Severity::High,
-            rule: format!("modes.{category}"),
-            path: None,
-            details: json!({
-                "category": category,
-                "policy": "enforce",
-                "effective": name(effective),
-                "reason": "the device's configuration overrides the mode",
-            }),
-            process: None,
-        }
+        weakened_alert(
+            category,
+            name(effective),
+            "the device's configuration overrides the mode",
+        )
     })
     .collect()
 }

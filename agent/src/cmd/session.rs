@@ -24,7 +24,7 @@ use crate::{
     sensors::{
         self, decode,
         fanotify::{ExecWatch, OpenWatch},
-        guard::{self, NetGuard},
+        guard::NetGuard,
         preflight, KernelCounters, SensorArgs, SensorSet, Sensors,
     },
 };
@@ -301,16 +301,12 @@ impl Guarding {
         mode: GuardMode,
         network: &picket_policy::model::Network,
     ) -> anyhow::Result<()> {
-        let kernel_mode = match mode {
-            GuardMode::Off => {
-                if self.net.take().is_some() {
-                    log::info!("network: guard detached (off)");
-                }
-                return Ok(());
+        if mode == GuardMode::Off {
+            if self.net.take().is_some() {
+                log::info!("network: guard detached (off)");
             }
-            GuardMode::DryRun => guard::GuardMode::DryRun,
-            GuardMode::Enforce => guard::GuardMode::Enforce,
-        };
+            return Ok(());
+        }
         if self.net.is_none() {
             if !sensors.enabled().contains(Sensor::Network) {
                 return sink.guard_unavailable(
@@ -332,7 +328,7 @@ impl Guarding {
             }
         }
         if let Some(g) = self.net.as_mut() {
-            match g.apply(kernel_mode, network) {
+            match g.apply(mode, network) {
                 Ok(()) => log::info!(
                     "network: guard in force ({}, cgroup {})",
                     mode.name(),

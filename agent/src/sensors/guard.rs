@@ -36,6 +36,8 @@ use picket_common::guard::{
 };
 use picket_policy::model::{Network, Protocol};
 
+pub use crate::enforce::GuardMode;
+
 use super::{load_error, take_map, SensorError};
 
 /// Where the agent mounts a cgroup v2 hierarchy of its own when none is mounted (a machine with
@@ -52,24 +54,12 @@ const PROGRAMS: [&str; 6] = [
     "guard_bind6",
 ];
 
-/// What the guard does with a call the policy does not allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GuardMode {
-    /// Let everything through, report nothing.
-    Off,
-    /// Let everything through, report what enforcing would refuse.
-    DryRun,
-    /// Refuse (`EPERM`) and report.
-    Enforce,
-}
-
-impl GuardMode {
-    fn value(self) -> u32 {
-        match self {
-            GuardMode::Off => MODE_OFF,
-            GuardMode::DryRun => MODE_DRY_RUN,
-            GuardMode::Enforce => MODE_ENFORCE,
-        }
+/// The value of `mode` in `GUARD_STATE`.
+fn mode_value(mode: GuardMode) -> u32 {
+    match mode {
+        GuardMode::Off => MODE_OFF,
+        GuardMode::DryRun => MODE_DRY_RUN,
+        GuardMode::Enforce => MODE_ENFORCE,
     }
 }
 
@@ -195,7 +185,7 @@ impl NetGuard {
                 .context("writing the guard's listen rules")?;
         }
         self.state
-            .set(0, mode.value() | u32::from(slot) << SLOT_SHIFT, 0)
+            .set(0, mode_value(mode) | u32::from(slot) << SLOT_SHIFT, 0)
             .context("switching the guard's mode and rules")?;
         self.active = next;
         log::debug!(
