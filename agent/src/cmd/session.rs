@@ -261,7 +261,15 @@ impl Guarding {
                         self.exec = Some(g);
                     }
                     Err(e) => {
-                        self.exec = None;
+                        // A dry run judging on is better than nothing; an enforcing guard the
+                        // policy no longer wants is not kept.
+                        if self
+                            .exec
+                            .as_ref()
+                            .is_some_and(|g| g.mode() != GuardMode::DryRun)
+                        {
+                            self.exec = None;
+                        }
                         sink.guard_unavailable(
                             "executables",
                             format!(
