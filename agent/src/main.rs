@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use picket_agent::cmd::{baseline, monitor, policy as policy_cmd, run};
+use picket_agent::cmd::{baseline, kernel_check, monitor, policy as policy_cmd, run};
 use picket_agent::detect::canary;
 
 /// Picket watches process execution, network connections and file changes with eBPF.
@@ -30,6 +30,15 @@ enum Command {
     /// Produce a baseline policy from a root filesystem.
     #[command(subcommand)]
     Baseline(baseline::BaselineCommand),
+    /// Tell which kernel features Picket uses the running kernel has, and what degrades without
+    /// each.
+    ///
+    /// Reads the kernel's build configuration (/proc/config.gz, else /boot/config-RELEASE) and
+    /// probes the running kernel (bpf(), a ring buffer map, programs loaded but never attached,
+    /// tracefs, fanotify, cgroup v2); a probe's answer wins. Run it as root. One line per
+    /// feature: present, missing or unknown. Exit status: 0 when every required feature is
+    /// present, 1 when one is missing, 2 when one could not be checked.
+    KernelCheck(kernel_check::KernelCheckArgs),
     /// The sensor liveness check's test exec (internal): exits at once.
     #[command(name = canary::SUBCOMMAND, hide = true)]
     Canary { nonce: String },
@@ -40,6 +49,13 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
+    // kernel-check's exit status is its answer.
+    if let Command::KernelCheck(args) = cli.command {
+        return match kernel_check::run(args) {
+            Ok(status) => ExitCode::from(status),
+            Err(err) => report(Err(err)),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,7 +73,7 @@ fn main() -> ExitCode {
             Command::Keygen(args) => policy_cmd::keygen(args),
             Command::Policy(cmd) => policy_cmd::run(cmd),
             Command::Baseline(cmd) => baseline::run(cmd).await,
-            Command::Canary { .. } => Ok(()),
+            Command::Canary { .. } | Command::KernelCheck(_) => Ok(()),
         }
     }))
 }
