@@ -1,5 +1,6 @@
 //! Start-up checks that turn the usual reasons eBPF cannot load into sentences a user can act
-//! on: not privileged, no `bpf()` syscall, a kernel too old for the ring buffer.
+//! on: not privileged, no `bpf()` syscall, a kernel too old for the ring buffer. On kernels that
+//! charge BPF maps to `RLIMIT_MEMLOCK` (before 5.11) it raises that limit.
 
 use std::fs;
 
@@ -39,7 +40,33 @@ pub fn check() -> Result<(), PreflightError> {
     check_privileges()?;
     check_kernel_version()?;
     check_bpf_syscall()?;
+    raise_memlock();
     Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`, whose usual 64 KiB refuses the
+/// sensors' first map (`EPERM`): raise it there (root or `CAP_SYS_RESOURCE` may). Later kernels
+/// charge the memory cgroup and ignore the limit.
+fn raise_memlock() {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if parse_version(&release).is_some_and(|v| v >= (5, 11)) {
+        return;
+    }
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `unlimited` is a valid rlimit that the kernel only reads.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::warn!(
+            "kernel {release} charges BPF maps to RLIMIT_MEMLOCK and raising it failed ({}): \
+             the sensors' maps may be refused with EPERM; run picket as root, grant it \
+             CAP_SYS_RESOURCE, or raise the limit (systemd: LimitMEMLOCK=infinity)",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn check_privileges() -> Result<(), PreflightError> {
