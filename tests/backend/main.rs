@@ -5,10 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // The tests, by what they exercise: ingest and storage, policy distribution and the
-// configuration, the managed broker.
+// configuration, the managed broker, a real agent (policy push, retention, gaps).
 mod ingest;
 mod managed_broker;
 mod policy;
+mod real_agent;
 mod support;
 
 use std::collections::BTreeSet;

@@ -245,8 +245,12 @@ impl Backend {
 
 impl Drop for Backend {
     /// SIGTERM first, so that a `serve` with a managed broker stops it (a failed test
-    /// leaves no Mosquitto behind), then SIGKILL.
+    /// leaves no Mosquitto behind), then SIGKILL. Nothing once it was reaped ([`Backend::stop`]):
+    /// its pid may be another process's by then.
     fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
