@@ -25,13 +25,14 @@ use picket_test_support::{
     hex, sha256_file, unique, Identity, Message, Mosquitto, Pki, Subscriber,
 };
 
-// The tests: delivery (order, formats, outages, restarts), policies over MQTT, a full spool,
-// a damaged spool, sensor data lost.
+// The tests: delivery (order, formats, outages, restarts), policies over MQTT, the MQTT
+// version (`auto` falling back to 3.1.1), a full spool, a damaged spool, sensor data lost.
 // The fleet (PKI, broker, subscriber) and the agent they report from are in `support`.
 mod data_loss;
 mod delivery;
 mod full_spool;
 mod policy;
+mod protocol;
 mod support;
 mod torn_spool;
 

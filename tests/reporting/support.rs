@@ -110,6 +110,21 @@ impl Fleet {
         path
     }
 
+    /// Like [`Fleet::config`], reporting to the broker on `port` on this machine instead of
+    /// the fleet's Mosquitto (with the same CA, certificate and key).
+    pub(crate) fn config_via(&self, port: u16, extra: &str) -> PathBuf {
+        let path = self.config(extra);
+        let text = fs::read_to_string(&path).unwrap();
+        let broker = format!("broker = \"localhost:{}\"\n", self.broker.port());
+        assert!(text.contains(&broker), "{text}");
+        fs::write(
+            &path,
+            text.replace(&broker, &format!("broker = \"localhost:{port}\"\n")),
+        )
+        .unwrap();
+        path
+    }
+
     /// Execs `n` unknown executables named `<prefix>-<i>`; returns their paths, in order.
     pub(crate) fn unknown_execs(&self, prefix: &str, n: usize) -> Vec<String> {
         let dir = self.root.join("bin");

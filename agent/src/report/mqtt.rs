@@ -65,9 +65,9 @@ pub type LibraryError = Box<dyn std::error::Error + Send + Sync>;
 /// Why the connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
-    /// The broker seems not to speak the protocol tried: it refused the version, or answered
-    /// the CONNECT with something else than a CONNACK or with what does not decode (switch
-    /// in `Auto`).
+    /// The broker seems not to speak the protocol tried: it refused the version, answered the
+    /// CONNECT with something else than a CONNACK or with what does not decode, or (MQTT v5)
+    /// closed the connection before any CONNACK (switch in `Auto`).
     #[error(transparent)]
     Protocol(LibraryError),
     /// Anything else: the network, TLS, the broker refusing the client, a lost connection.
@@ -100,7 +100,11 @@ pub enum Client {
 /// The event loop half: drives the connection.
 pub enum Events {
     V4(Box<rumqttc::EventLoop>),
-    V5(Box<v5::EventLoop>),
+    /// `accepted`: the broker sent a CONNACK on the current connection.
+    V5 {
+        events: Box<v5::EventLoop>,
+        accepted: bool,
+    },
 }
 
 /// Creates a connection (not yet connected: the first `Events::next` connects).
@@ -127,7 +131,11 @@ pub fn connect(options: &Options, v5: bool, capacity: usize) -> (Client, Events)
                 None,
             ));
         let (client, events) = v5::AsyncClient::new(o, capacity);
-        (Client::V5(client), Events::V5(Box::new(events)))
+        let events = Events::V5 {
+            events: Box::new(events),
+            accepted: false,
+        };
+        (Client::V5(client), events)
     } else {
         let mut o = rumqttc::MqttOptions::new(&options.client_id, &options.host, options.port);
         o.set_transport(tls)
@@ -229,11 +237,14 @@ impl Events {
                     Err(Failure::new(err, protocol))
                 }
             },
-            Events::V5(e) => match e.poll().await {
+            Events::V5 { events, accepted } => match events.poll().await {
                 Ok(v5::Event::Incoming(p)) => {
                     use v5::mqttbytes::v5::{Packet, PubAckReason};
                     Ok(match p {
-                        Packet::ConnAck(_) => Ev::Connected,
+                        Packet::ConnAck(_) => {
+                            *accepted = true;
+                            Ev::Connected
+                        }
                         Packet::PubAck(a) => Ev::PubAck {
                             pkid: a.pkid,
                             refused: match a.reason {
@@ -252,6 +263,27 @@ impl Events {
                 Err(err) => {
                     use v5::mqttbytes::v5::ConnectReturnCode;
                     use v5::{ConnectionError, StateError};
+                    // The next poll connects anew.
+                    let before_connack = !std::mem::take(accepted);
+                    // A broker that does not speak v5 answers the v5 CONNECT with a CONNACK of
+                    // its own version (MQTT 3.1.1: return code 0x01, unacceptable protocol
+                    // version) and closes the connection. The client library cannot read a
+                    // CONNACK without v5 properties and reports only the connection closed:
+                    // closed after the TLS handshake and before any CONNACK is that refusal.
+                    if before_connack
+                        && matches!(
+                            err,
+                            ConnectionError::MqttState(StateError::ConnectionAborted)
+                        )
+                    {
+                        return Err(Failure::Protocol(
+                            format!(
+                                "the broker closed the connection without accepting MQTT v5 \
+                                 ({err})"
+                            )
+                            .into(),
+                        ));
+                    }
                     let protocol = matches!(
                         err,
                         ConnectionError::ConnectionRefused(
