@@ -43,6 +43,28 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in value order.
+    pub const ALL: [EventKind; 6] = [
+        Self::Exec,
+        Self::Fork,
+        Self::Exit,
+        Self::Net,
+        Self::File,
+        Self::Privilege,
+    ];
+
+    /// The kind's name, as in the agent's output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Fork => "fork",
+            Self::Exit => "exit",
+            Self::Net => "net",
+            Self::File => "file",
+            Self::Privilege => "privilege",
+        }
+    }
+
     /// Decodes a `kind` field; `None` for a value this build does not know.
     pub fn from_u16(value: u16) -> Option<Self> {
         Some(match value {
@@ -93,6 +115,20 @@ pub mod counter {
     pub const SYSCALL_STASH_MISSING: u32 = 4;
     /// Number of counters.
     pub const COUNT: u32 = 5;
+}
+
+/// Records lost in the kernel, counted by the cgroup of the task that caused them, so that a
+/// loss can be told apart from another's (map `LOST_BY_CGROUP`: cgroup v2 id → one count per
+/// [`EventKind`] value, summed over CPUs by the agent).
+pub mod loss {
+    /// cgroups whose losses are kept; the one that lost least recently is forgotten first.
+    pub const CGROUPS_MAX: u32 = 1024;
+    /// Counts per cgroup, indexed by [`super::EventKind`] value (index 0 unused).
+    pub const KINDS: usize = 8;
+    /// A cgroup's counts.
+    pub type Counts = [u64; KINDS];
+
+    const _: () = assert!((super::EventKind::Privilege as usize) < KINDS);
 }
 
 /// Common prefix of every record.

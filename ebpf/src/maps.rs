@@ -2,12 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use picket_common::{
     counter,
     guard::{NetRule, KEY_BYTES, LISTEN_ENTRIES_MAX, NET_ENTRIES_MAX},
-    ExecEvent, FileEvent, PrivilegeEvent, Sensor, ARGV_MAX, ENV_MAX,
+    loss, EventHeader, ExecEvent, ExitEvent, FileEvent, ForkEvent, NetEvent, PrivilegeEvent,
+    Sensor, ARGV_MAX, ENV_MAX,
 };
 
 /// Default ring buffer size; the agent sets the real one at load time.
@@ -163,10 +164,61 @@ pub fn count(index: u32) {
     }
 }
 
-/// Sends the first `len` bytes of `record` (clamped to its size), counting a loss for `sensor`
-/// when the ring buffer is full.
+/// Records lost by cgroup (see `picket_common::loss`). Touched only when the ring buffer is
+/// full: a record that fits costs nothing more.
+#[map(name = "LOST_BY_CGROUP")]
+pub static LOST_BY_CGROUP: LruPerCpuHashMap<u64, loss::Counts> =
+    LruPerCpuHashMap::with_max_entries(loss::CGROUPS_MAX, 0);
+
+/// A record: a [`EventHeader`] first.
+pub trait Record {
+    fn header(&self) -> &EventHeader;
+}
+
+macro_rules! records {
+    ($($t:ty),*) => {
+        $(impl Record for $t {
+            #[inline(always)]
+            fn header(&self) -> &EventHeader {
+                &self.header
+            }
+        })*
+    };
+}
+
+records!(
+    ExecEvent,
+    ForkEvent,
+    ExitEvent,
+    NetEvent,
+    FileEvent,
+    PrivilegeEvent
+);
+
+/// Counts a lost record of `kind` against `cgroup`.
 #[inline(always)]
-pub fn emit<T>(sensor: Sensor, record: *const T, len: usize) {
+fn count_cgroup_loss(cgroup: u64, kind: u16) {
+    let i = kind as usize;
+    if i >= loss::KINDS {
+        return;
+    }
+    match LOST_BY_CGROUP.get_ptr_mut(&cgroup) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU; `i < KINDS`.
+        Some(counts) => unsafe { *(*counts).get_unchecked_mut(i) += 1 },
+        None => {
+            let mut counts: loss::Counts = [0; loss::KINDS];
+            // SAFETY: `i < KINDS`.
+            unsafe { *counts.get_unchecked_mut(i) = 1 };
+            // A full map evicts the cgroup that lost least recently; nothing else can fail.
+            let _ = LOST_BY_CGROUP.insert(&cgroup, &counts, 0);
+        }
+    }
+}
+
+/// Sends the first `len` bytes of `record` (clamped to its size), counting a loss for `sensor`
+/// and for the acting task's cgroup when the ring buffer is full.
+#[inline(always)]
+pub fn emit<T: Record>(sensor: Sensor, record: *const T, len: usize) {
     let size = core::mem::size_of::<T>();
     // The bound check is what lets the verifier accept a variable-length output.
     if len == 0 || len > size {
@@ -176,6 +228,9 @@ pub fn emit<T>(sensor: Sensor, record: *const T, len: usize) {
     let bytes = unsafe { core::slice::from_raw_parts(record as *const u8, len) };
     if EVENTS.output(bytes, 0).is_err() {
         count(counter::LOST_BASE + sensor as u32);
+        // SAFETY: as above.
+        let header = unsafe { (*record).header() };
+        count_cgroup_loss(header.cgroup_id, header.kind);
     }
 }
 

@@ -1,5 +1,5 @@
-//! Sensor data lost in the kernel (a full ring buffer) is raised as sensor_data_loss and counted
-//! in the heartbeat. That a healthy run raises none is checked by the detection scenario.
+//! Sensor data lost in the kernel (a full ring buffer) is raised as sensor_data_loss, with the
+//! cgroups that caused it, and counted in the heartbeat. That a healthy run raises none is checked by the detection scenario.
 
 use super::*;
 
@@ -46,7 +46,30 @@ fn events_lost_in_the_kernel_are_raised_and_counted() {
                 for a in &losses {
                     let lost = a.details.0["lost"].as_u64().unwrap_or(0);
                     assert!(lost > 0, "a sensor_data_loss alert of nothing lost: {a:?}");
+                    let named: u64 = a.details.0["cgroups"]
+                        .as_array()
+                        .unwrap_or_else(|| panic!("no cgroups in {a:?}"))
+                        .iter()
+                        .map(|c| c["lost"]["file"].as_u64().unwrap_or(0))
+                        .sum();
+                    assert!(
+                        named > 0 && named <= lost,
+                        "the cgroups named must account for some of the {lost} lost, no more: \
+                         {a:?}"
+                    );
                 }
+                // The burst was this process's: its cgroup is named, by its path.
+                let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+                let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+                assert!(
+                    losses
+                        .iter()
+                        .any(|a| a.details.0["cgroups"]
+                            .as_array()
+                            .is_some_and(|cs| cs.iter().any(|c| c["cgroup"] == own
+                                && c["lost"]["file"].as_u64().unwrap_or(0) > 0))),
+                    "no sensor_data_loss names the burst's cgroup {own}: {losses:?}"
+                );
                 break;
             }
         }

@@ -14,7 +14,7 @@ use picket_common::Sensor;
 use serde_json::json;
 
 use crate::{
-    cmd::session::{self, Sink, Stats},
+    cmd::session::{self, Loss, Sink, Stats},
     enrich::{Category, Event},
     sensors::{SensorArgs, SensorSet},
 };
@@ -165,12 +165,13 @@ impl Sink for JsonLines {
         Ok(())
     }
 
-    fn lost(&mut self, sensor: Sensor, new: u64, total: u64) -> anyhow::Result<()> {
+    fn lost(&mut self, loss: &Loss) -> anyhow::Result<()> {
         self.line(&json!({
             "event": "lost",
-            "sensor": sensor.name(),
-            "count": new,
-            "total": total,
+            "sensor": loss.sensor.name(),
+            "count": loss.new,
+            "total": loss.total,
+            "cgroups": loss.cgroups,
         }))
     }
 
@@ -192,6 +193,7 @@ impl JsonLines {
                 "file": lost[Sensor::File as usize],
             },
             "undecodable": stats.undecodable,
+            "lost_by_cgroup": stats.lost_by_cgroup,
         }))?;
         self.flush()
     }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{
     alert::{AlertSink, Alerter, Draft, JsonLinesSink, Kind, Sequence, Severity},
-    cmd::session::{self, Guards, Sink},
+    cmd::session::{self, Guards, Loss, Sink},
     config::{AgentConfig, EnforceConfig, ModesConfig, MqttConfig, OnTimeout},
     counters::Counters,
     detect::{canary::Canary, integrity, Detector},
@@ -454,14 +454,19 @@ impl Sink for Detecting {
         Ok(())
     }
 
-    fn lost(&mut self, sensor: Sensor, new: u64, total: u64) -> anyhow::Result<()> {
-        Counters::add(&self.counters.lost[sensor_index(sensor)], new);
+    fn lost(&mut self, loss: &Loss) -> anyhow::Result<()> {
+        Counters::add(&self.counters.lost[sensor_index(loss.sensor)], loss.new);
         self.alerter.raise(Draft {
             kind: Kind::SensorDataLoss,
             severity: Severity::Medium,
             rule: "sensors".into(),
             path: None,
-            details: json!({ "sensor": sensor.name(), "lost": new, "total": total }),
+            details: json!({
+                "sensor": loss.sensor.name(),
+                "lost": loss.new,
+                "total": loss.total,
+                "cgroups": loss.cgroups,
+            }),
             process: None,
         })
     }

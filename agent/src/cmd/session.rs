@@ -5,11 +5,11 @@
 //! Losses are never silent: every second the in-kernel loss counters are read and any increase
 //! goes to the sink.
 
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{collections::HashMap, future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use picket_common::Sensor;
+use picket_common::{loss, EventKind, Sensor};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -22,10 +22,12 @@ use crate::{
     },
     enrich::{identity::ExecFiles, Enricher, Event},
     sensors::{
-        self, decode,
+        self,
+        cgroup::CgroupNames,
+        decode,
         fanotify::{ExecWatch, OpenWatch},
         guard::NetGuard,
-        preflight, KernelCounters, SensorArgs, SensorSet, Sensors,
+        preflight, CgroupLosses, KernelCounters, SensorArgs, SensorSet, Sensors,
     },
 };
 
@@ -33,8 +35,8 @@ use crate::{
 pub trait Sink {
     /// An enriched event.
     fn event(&mut self, event: Event) -> anyhow::Result<()>;
-    /// `new` more records of `sensor` were lost (ring buffer full), `total` so far.
-    fn lost(&mut self, sensor: Sensor, new: u64, total: u64) -> anyhow::Result<()>;
+    /// More records of a sensor were lost in the kernel (ring buffer full).
+    fn lost(&mut self, loss: &Loss) -> anyhow::Result<()>;
     /// A batch of records has been handled.
     fn flush(&mut self) -> anyhow::Result<()> {
         Ok(())
@@ -70,8 +72,41 @@ pub struct Guards {
     pub network: picket_policy::model::Network,
 }
 
+/// Records of one sensor lost in the kernel since the last report.
+#[derive(Debug)]
+pub struct Loss {
+    pub sensor: Sensor,
+    /// Lost since the last report.
+    pub new: u64,
+    /// Lost since the sensors started.
+    pub total: u64,
+    /// The cgroups whose tasks caused the records lost since the last report, most first (at
+    /// most [`LOSS_CGROUPS_SAID`]); empty when the kernel side does not count by cgroup.
+    pub cgroups: Vec<CgroupLoss>,
+}
+
+/// Records lost by the tasks of one cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CgroupLoss {
+    /// cgroup v2 id, as in the records.
+    pub cgroup_id: u64,
+    /// Its path in the cgroup v2 hierarchy; `None` when it is gone.
+    pub cgroup: Option<String>,
+    /// Records lost, by kind (`exec`, `fork`, `exit`, `net`, `file`, `privilege`).
+    pub lost: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl CgroupLoss {
+    fn total(&self) -> u64 {
+        self.lost.values().sum()
+    }
+}
+
+/// The cgroups a [`Loss`] names, at most.
+pub const LOSS_CGROUPS_SAID: usize = 8;
+
 /// What a session saw.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Stats {
     /// Records read from the ring buffer.
     pub received: u64,
@@ -79,6 +114,8 @@ pub struct Stats {
     pub undecodable: u64,
     /// Records lost in the kernel, by sensor.
     pub lost: [u64; 3],
+    /// Records lost in the kernel, by cgroup (those the kernel still counts).
+    pub lost_by_cgroup: Vec<CgroupLoss>,
 }
 
 /// Runs the sensors in `set` until SIGINT, SIGTERM or `stop`; `purpose` is logged once ready.
@@ -131,6 +168,8 @@ pub async fn run(
         enricher: Enricher::with_exec_files(files),
         stats: Stats::default(),
         reported: KernelCounters::default(),
+        reported_cgroups: HashMap::new(),
+        cgroup_names: CgroupNames::default(),
     };
     loop {
         tokio::select! {
@@ -202,6 +241,38 @@ pub async fn run(
         );
     }
     Ok(pump.stats)
+}
+
+/// The cgroups whose losses of `kinds` grew from `before` to `now`, with how much, most first
+/// (at most [`LOSS_CGROUPS_SAID`]).
+fn grown(
+    before: &HashMap<u64, loss::Counts>,
+    now: &[CgroupLosses],
+    kinds: &[EventKind],
+) -> Vec<(u64, loss::Counts)> {
+    let mut grown: Vec<(u64, loss::Counts)> = now
+        .iter()
+        .filter_map(|l| {
+            // A count below the last one: forgotten by the kernel and counted afresh.
+            let before = before
+                .get(&l.cgroup_id)
+                .filter(|b| b.iter().zip(&l.counts).all(|(b, n)| b <= n));
+            let mut delta = l.counts;
+            if let Some(before) = before {
+                for (d, b) in delta.iter_mut().zip(before) {
+                    *d -= b;
+                }
+            }
+            kinds
+                .iter()
+                .any(|k| delta[*k as usize] > 0)
+                .then_some((l.cgroup_id, delta))
+        })
+        .collect();
+    let of_kinds = |c: &loss::Counts| kinds.iter().map(|k| c[*k as usize]).sum::<u64>();
+    grown.sort_by(|a, b| of_kinds(&b.1).cmp(&of_kinds(&a.1)).then(a.0.cmp(&b.0)));
+    grown.truncate(LOSS_CGROUPS_SAID);
+    grown
 }
 
 /// Decisions of the exec guard waiting for the event loop; beyond, they are counted and not
@@ -422,6 +493,9 @@ struct Pump {
     enricher: Enricher,
     stats: Stats,
     reported: KernelCounters,
+    /// Losses by cgroup at the last report.
+    reported_cgroups: HashMap<u64, loss::Counts>,
+    cgroup_names: CgroupNames,
 }
 
 impl Pump {
@@ -474,17 +548,51 @@ impl Pump {
         let now = sensors
             .counters()
             .context("reading the in-kernel counters")?;
+        // Read only when something was lost: the map is walked, the hierarchy maybe too.
+        let by_cgroup = if now.lost != self.reported.lost {
+            sensors
+                .losses_by_cgroup()
+                .context("reading the losses by cgroup")?
+        } else {
+            Vec::new()
+        };
         for sensor in Sensor::ALL {
             let i = sensor as usize;
             let new = now.lost[i].saturating_sub(self.reported.lost[i]);
             if new > 0 {
+                let cgroups = self.cgroups_losing(sensor, &by_cgroup);
+                let from = cgroups
+                    .iter()
+                    .map(|c| {
+                        let name = c.cgroup.clone().unwrap_or_else(|| c.cgroup_id.to_string());
+                        format!("{name} {}", c.total())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 log::warn!(
-                    "{} sensor: {new} events lost (ring buffer full; total {})",
+                    "{} sensor: {new} events lost (ring buffer full; total {}){}",
                     sensor.name(),
-                    now.lost[i]
+                    now.lost[i],
+                    if from.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; by cgroup: {from}")
+                    }
                 );
-                sink.lost(sensor, new, now.lost[i])?;
+                sink.lost(&Loss {
+                    sensor,
+                    new,
+                    total: now.lost[i],
+                    cgroups,
+                })?;
             }
+        }
+        if !by_cgroup.is_empty() {
+            self.stats.lost_by_cgroup = by_cgroup
+                .iter()
+                .map(|l| self.cgroup_loss(l.cgroup_id, &l.counts, &EventKind::ALL))
+                .collect();
+            self.reported_cgroups = by_cgroup.iter().map(|l| (l.cgroup_id, l.counts)).collect();
         }
         if now.argv_missing > self.reported.argv_missing {
             log::debug!("{} execs reported without arguments", now.argv_missing);
@@ -492,5 +600,74 @@ impl Pump {
         self.reported = now;
         self.stats.lost = now.lost;
         sink.flush()
+    }
+
+    /// The cgroups that lost records of `sensor` since the last report, most first.
+    fn cgroups_losing(&mut self, sensor: Sensor, now: &[CgroupLosses]) -> Vec<CgroupLoss> {
+        let kinds = sensors::kinds_of(sensor);
+        grown(&self.reported_cgroups, now, kinds)
+            .iter()
+            .map(|(id, delta)| self.cgroup_loss(*id, delta, kinds))
+            .collect()
+    }
+
+    /// `counts` of `kinds` (those not zero) lost by cgroup `id`, named.
+    fn cgroup_loss(&mut self, id: u64, counts: &loss::Counts, kinds: &[EventKind]) -> CgroupLoss {
+        CgroupLoss {
+            cgroup_id: id,
+            cgroup: self.cgroup_names.name(id),
+            lost: kinds
+                .iter()
+                .filter(|k| counts[**k as usize] > 0)
+                .map(|k| (k.name(), counts[*k as usize]))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(file: u64, exec: u64) -> loss::Counts {
+        let mut c = [0; loss::KINDS];
+        c[EventKind::File as usize] = file;
+        c[EventKind::Exec as usize] = exec;
+        c
+    }
+
+    fn losses(cgroup_id: u64, file: u64, exec: u64) -> CgroupLosses {
+        CgroupLosses {
+            cgroup_id,
+            counts: counts(file, exec),
+        }
+    }
+
+    #[test]
+    fn losses_by_cgroup_are_told_since_the_last_report_most_first() {
+        let before = HashMap::from([(1, counts(10, 0)), (2, counts(5, 3)), (3, counts(7, 0))]);
+        let now = [
+            losses(1, 12, 0), // 2 more
+            losses(2, 5, 4),  // no more files, one more exec
+            losses(3, 2, 0),  // forgotten by the kernel since: 2 afresh
+            losses(4, 9, 0),  // new: 9
+        ];
+        let file = grown(&before, &now, &[EventKind::File]);
+        let ids: Vec<(u64, u64)> = file
+            .iter()
+            .map(|(id, c)| (*id, c[EventKind::File as usize]))
+            .collect();
+        assert_eq!(ids, [(4, 9), (1, 2), (3, 2)]);
+        let exec = grown(&before, &now, &[EventKind::Exec]);
+        assert_eq!(exec.len(), 1);
+        assert_eq!((exec[0].0, exec[0].1[EventKind::Exec as usize]), (2, 1));
+    }
+
+    #[test]
+    fn at_most_a_few_cgroups_are_named() {
+        let now: Vec<CgroupLosses> = (1..=20).map(|id| losses(id, id, 0)).collect();
+        let file = grown(&HashMap::new(), &now, &[EventKind::File]);
+        assert_eq!(file.len(), LOSS_CGROUPS_SAID);
+        assert_eq!(file[0].0, 20, "the cgroup that lost most first");
     }
 }

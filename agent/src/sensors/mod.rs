@@ -6,6 +6,7 @@
 //! and written into the object's `LAYOUT` global, so that the programs read the right offsets
 //! on this kernel.
 
+pub mod cgroup;
 pub mod decode;
 pub mod fanotify;
 pub mod guard;
@@ -16,11 +17,11 @@ pub mod tracefs;
 use std::{collections::BTreeSet, fs, io, path::PathBuf};
 
 use aya::{
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
-use picket_common::{counter, Layout, Sensor};
+use picket_common::{counter, loss, EventKind, Layout, Sensor};
 use thiserror::Error;
 
 pub use guard::{GuardMode, NetGuard};
@@ -104,6 +105,8 @@ pub struct Sensors {
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
+    /// Absent from an object built before losses were counted by cgroup.
+    lost_by_cgroup: Option<PerCpuHashMap<MapData, u64, loss::Counts>>,
     enabled: SensorSet,
 }
 
@@ -174,10 +177,14 @@ impl Sensors {
 
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
+        let lost_by_cgroup = take_map(&mut ebpf, "LOST_BY_CGROUP")
+            .inspect_err(|e| log::warn!("losses will not be told by cgroup: {e}"))
+            .ok();
         Ok(Self {
             ebpf,
             ring: Some(ring),
             counters,
+            lost_by_cgroup,
             enabled,
         })
     }
@@ -229,6 +236,66 @@ impl Sensors {
             lost,
             argv_missing: read(counter::ARGV_STASH_EVICTED)?,
         })
+    }
+
+    /// Records lost in the kernel so far, by the cgroup of the task that caused them (the
+    /// [`loss::CGROUPS_MAX`] that lost most recently), summed over CPUs.
+    pub fn losses_by_cgroup(&self) -> Result<Vec<CgroupLosses>, MapError> {
+        let Some(map) = &self.lost_by_cgroup else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (cgroup_id, per_cpu) = match entry {
+                Ok(entry) => entry,
+                // Evicted between the key and its value: lost by no one now.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut counts = [0u64; loss::KINDS];
+            for cpu in per_cpu.iter() {
+                for (sum, n) in counts.iter_mut().zip(cpu) {
+                    *sum += n;
+                }
+            }
+            out.push(CgroupLosses { cgroup_id, counts });
+        }
+        out.sort_by_key(|l| l.cgroup_id);
+        Ok(out)
+    }
+}
+
+/// Records lost in the kernel by one cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLosses {
+    /// cgroup v2 id (the inode number of its directory).
+    pub cgroup_id: u64,
+    /// Counts indexed by [`EventKind`] value.
+    pub counts: loss::Counts,
+}
+
+impl CgroupLosses {
+    /// Records of `sensor` lost.
+    pub fn of(&self, sensor: Sensor) -> u64 {
+        kinds_of(sensor)
+            .iter()
+            .map(|k| self.counts[*k as usize])
+            .sum()
+    }
+}
+
+/// The record kinds each sensor sends (a loss by cgroup is told by its record's kind).
+pub fn kinds_of(sensor: Sensor) -> &'static [EventKind] {
+    match sensor {
+        Sensor::Process => &[
+            EventKind::Exec,
+            EventKind::Fork,
+            EventKind::Exit,
+            EventKind::Privilege,
+        ],
+        Sensor::Network => &[EventKind::Net],
+        // The process sensor's `chdir` and `memfd_create` records are file records too.
+        Sensor::File => &[EventKind::File],
     }
 }
 

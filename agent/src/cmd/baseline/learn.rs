@@ -158,7 +158,7 @@ impl Sink for Learned {
         Ok(())
     }
 
-    fn lost(&mut self, _sensor: Sensor, _new: u64, _total: u64) -> anyhow::Result<()> {
+    fn lost(&mut self, _loss: &session::Loss) -> anyhow::Result<()> {
         Ok(())
     }
 
