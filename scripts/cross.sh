@@ -6,7 +6,9 @@
 #   scripts/cross.sh build [TARGET...]  static, size-optimised agents (default: the musl targets)
 #   scripts/cross.sh unit [TARGET...]   unit tests of picket-common and picket-agent under qemu-user
 #   scripts/cross.sh sizes [TARGET...]  table of binary sizes, also in target/cross/sizes.tsv
-#   scripts/cross.sh vm [aarch64|armv7] boot Debian's ARM kernels with the agent (tests/arm/vm-test.sh)
+#   scripts/cross.sh vm [ARCH[@KERNEL]...]  boot Debian's kernels, Linux 6.1 and 5.10, with the agent:
+#                                       aarch64, armv7 (the static agents) and x86_64 (the host's
+#                                       release agent, built here first) (tests/arm/vm-test.sh)
 #   scripts/cross.sh test               all of the above for both musl targets (what CI runs)
 #
 # TARGET is one of aarch64-unknown-linux-gnu, aarch64-unknown-linux-musl,
@@ -65,7 +67,7 @@ setup() {
         fi
     done
     for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf \
-        libc6-dev-armhf-cross qemu-user-static qemu-system-arm cpio file musl-dev:armhf; do
+        libc6-dev-armhf-cross qemu-user-static qemu-system-arm qemu-system-x86 cpio file musl-dev:armhf; do
         dpkg -s "$pkg" >/dev/null 2>&1 || pkgs+=("$pkg")
     done
     # The package lists must know the foreign architectures before anything is downloaded.
@@ -207,6 +209,16 @@ sizes() {
 }
 
 vm() {
+    # The x86_64 VMs boot the host's release agent: built (or found up to date) first.
+    local arg need_host=0
+    [ $# -gt 0 ] || need_host=1
+    for arg in "$@"; do
+        case "$arg" in x86_64*) need_host=1 ;; esac
+    done
+    if [ "$need_host" -eq 1 ]; then
+        log "building the host's release agent for the x86_64 VMs"
+        cargo build --locked --release -p picket-agent
+    fi
     bash tests/arm/vm-test.sh "$@"
 }
 
@@ -224,7 +236,7 @@ ci() {
     log "unit tests under qemu-user: $(($(date +%s) - t)) s"
     t=$(date +%s)
     vm
-    log "ARM kernel VMs: $(($(date +%s) - t)) s"
+    log "kernel VMs (aarch64, armv7, x86_64 on Linux 6.1 and 5.10): $(($(date +%s) - t)) s"
     log "cross step done in $(($(date +%s) - t0)) s"
 }
 

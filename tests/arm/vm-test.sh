@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# Boots Debian's ARM kernels, Linux 6.1 (bookworm) and 5.10 (bullseye), under qemu-system with a
-# small initramfs that holds the static musl
-# `picket`, a static busybox, a trust key, a signed baseline and a configuration. Inside, `picket
-# run` must raise an `unknown_executable` alert for an exec of a copied binary in /tmp, a
-# `protected_file_changed` alert for a write to a protected file, and `unexpected_listener` and
-# `unexpected_connection` alerts for a TCP listener and a connection on loopback, each with the
-# dry run's `would_block`; and nothing else. Then, with the same baseline enforcing executables
-# and network, the copy must fail to run, the listener and the connection must be refused, each
-# with its `blocked_*` alert, and after a SIGKILL of the agent all three must work again. Any
-# step that does not work fails the test with the step and what the kernel or the agent said.
-# Both kernels must pass the same assertions.
+# Boots Debian's kernels, Linux 6.1 (bookworm) and 5.10 (bullseye), for arm64, armhf (armmp) and
+# amd64, under qemu-system with a small initramfs that holds the agent (on ARM the static musl
+# `picket`; on x86_64 the host's release build with its libraries), a static busybox, a trust
+# key, a signed baseline and a configuration. Inside, `picket run` must raise an
+# `unknown_executable` alert for an exec of a copied binary in /tmp, a `protected_file_changed`
+# alert for a write to a protected file, and `unexpected_listener` and `unexpected_connection`
+# alerts for a TCP listener and a connection on loopback, each with the dry run's `would_block`;
+# and nothing else. Then, with the same baseline enforcing executables and network, the copy must
+# fail to run, the listener and the connection must be refused, each with its `blocked_*` alert,
+# and after a SIGKILL of the agent all three must work again. Any step that does not work fails
+# the test with the step and what the kernel or the agent said. Every kernel must pass the same
+# assertions.
 #
-#   tests/arm/vm-test.sh [ARCH[@KERNEL] ...]   ARCH: aarch64 or armv7; KERNEL: 6.1 or 5.10
-#                                              (an ARCH alone: both kernels; none: all four VMs)
+#   tests/arm/vm-test.sh [ARCH[@KERNEL] ...]   ARCH: aarch64, armv7 or x86_64; KERNEL: 6.1 or 5.10
+#                                              (an ARCH alone: both kernels; none: all six VMs)
 #
-# Needs: the static agents (scripts/cross.sh build), a `picket` to sign the baseline
+# Needs: the static ARM agents (scripts/cross.sh build), the host's release agent (cargo build
+# --release -p picket-agent; PICKET_X86_64_AGENT names another), a `picket` to sign the baseline
 # ($PICKET_HOST, else target/debug/picket, else the aarch64 agent under qemu-user),
-# qemu-system-arm (provides qemu-system-aarch64 too), cpio and apt-get access to Debian's
-# arm64/armhf packages (kernels and busybox-static, downloaded once into target/arm-vm/debs).
-# The 6.1 kernels come from the system's package lists (bookworm); the 5.10 ones from bullseye's,
-# fetched once into a private apt directory (target/arm-vm/apt/bullseye) with its own sources
-# list: the system's sources are not touched. No root needed, except to add the foreign
-# architectures to dpkg the first time (scripts/cross.sh setup does that).
+# qemu-system-arm (provides qemu-system-aarch64 too), qemu-system-x86 (emulating: KVM is not
+# needed), cpio and apt-get access to Debian's packages (kernels and busybox-static, downloaded
+# once into target/arm-vm/debs). The 6.1 kernels come from the system's package lists
+# (bookworm); the 5.10 ones from bullseye's, fetched once into a private apt directory
+# (target/arm-vm/apt/bullseye) with its own sources list: the system's sources are not touched.
+# No root needed, except to add the foreign architectures to dpkg the first time
+# (scripts/cross.sh setup does that).
 #
 # Environment: PICKET_VM_TIMEOUT (seconds per VM, default 420), PICKET_VM_JOBS (VMs booted at
 # once, default the number of CPUs), PICKET_HOST (host picket), PICKET_PROFILE (cargo profile of
@@ -121,11 +124,12 @@ extract_deb() {
     printf '%s\n' "$dir"
 }
 
-# Checks the kernel configuration for what the sensors need.
+# Checks the kernel configuration for what the sensors need, and for the serial console
+# `serial`.
 check_kernel_config() {
-    local config=$1 option value missing=()
+    local config=$1 serial=$2 option value missing=()
     for option in CONFIG_BPF_SYSCALL CONFIG_BPF_EVENTS CONFIG_TRACEPOINTS CONFIG_FTRACE_SYSCALLS \
-        CONFIG_SERIAL_AMBA_PL011_CONSOLE CONFIG_BLK_DEV_INITRD CONFIG_DEVTMPFS; do
+        "$serial" CONFIG_BLK_DEV_INITRD CONFIG_DEVTMPFS; do
         value=$(grep -E "^$option=" "$config" | cut -d= -f2 || true)
         [ "$value" = y ] || missing+=("$option=${value:-unset}")
     done
@@ -279,6 +283,13 @@ build_initramfs() {
     bb=$(extract_deb "$busybox_deb" ./bin/busybox) || exit 1
     cp "$bb/bin/busybox" "$stage/bin/busybox" || fail "no bin/busybox in $busybox_deb"
     cp "$agent" "$stage/bin/picket" || exit 1
+    # A dynamically linked agent (the host's, in the x86_64 VM) brings its libraries and loader.
+    if ! file -b "$agent" | grep -q 'statically linked'; then
+        local lib
+        for lib in $(ldd "$agent" | grep -o '/[^ ]*'); do
+            mkdir -p "$stage$(dirname "$lib")" && cp -L "$lib" "$stage$lib" || fail "copying $lib into the initramfs"
+        done
+    fi
     write_init "$stage/init"
     printf 'setting = "original"\n' >"$stage/etc/app/app.conf"
     cat >"$stage/etc/picket/picket.toml" <<'EOF'
@@ -327,32 +338,48 @@ EOF
     printf '%s\n' "$dir/initramfs.cpio.gz"
 }
 
-# Sets, for the architecture `arch`: target (the agent's), debarch (Debian's), meta (the kernel
-# metapackage) and qemu (its command).
+# Sets, for the architecture `arch`: agent (its path), debarch (Debian's), meta (the kernel
+# metapackage), qemu (its command), tty (the serial console) and serial (its kernel option).
 arch_settings() {
+    tty=ttyAMA0 serial=CONFIG_SERIAL_AMBA_PL011_CONSOLE
     case "$1" in
         aarch64)
-            target=aarch64-unknown-linux-musl debarch=arm64 meta=linux-image-$KERNEL_FLAVOUR_arm64
+            agent="$ROOT/target/aarch64-unknown-linux-musl/$PROFILE/picket" debarch=arm64
+            meta=linux-image-$KERNEL_FLAVOUR_arm64
             qemu=(qemu-system-aarch64 -M virt -cpu cortex-a57)
             ;;
         armv7)
-            target=armv7-unknown-linux-musleabihf debarch=armhf meta=linux-image-$KERNEL_FLAVOUR_armhf
+            agent="$ROOT/target/armv7-unknown-linux-musleabihf/$PROFILE/picket" debarch=armhf
+            meta=linux-image-$KERNEL_FLAVOUR_armhf
             qemu=(qemu-system-arm -M "virt,highmem=off" -cpu cortex-a15)
             ;;
-        *) err "unknown architecture $1 (aarch64 or armv7)"; return 1 ;;
+        x86_64)
+            # The host's own agent (glibc): KVM may be missing, so qemu emulates (TCG).
+            agent="${PICKET_X86_64_AGENT:-$ROOT/target/release/picket}" debarch=amd64 meta=linux-image-amd64
+            qemu=(qemu-system-x86_64 -accel tcg)
+            tty=ttyS0 serial=CONFIG_SERIAL_8250_CONSOLE
+            ;;
+        *) err "unknown architecture $1 (aarch64, armv7 or x86_64)"; return 1 ;;
     esac
 }
 
 # Prepares the VM `arch@kernel` in $WORK/<arch>-<kernel>: its kernel (downloaded and extracted
 # once), checked, and its initramfs. Returns non-zero on failure.
 prepare_vm() {
-    local arch=$1 release=$2 target debarch meta qemu kpkg kdeb kdir kernel config initrd
+    local arch=$1 release=$2 agent debarch meta qemu tty serial kpkg kdeb kdir kernel config initrd
     local name="$arch@$release" dir="$WORK/$arch-$release"
     arch_settings "$arch" || return 1
-    command -v "${qemu[0]}" >/dev/null || { err "${qemu[0]} is missing (apt-get install qemu-system-arm)"; return 1; }
-    local agent="$ROOT/target/$target/$PROFILE/picket"
-    [ -x "$agent" ] || { err "$arch: no agent at $agent (scripts/cross.sh build $target)"; return 1; }
-    file -b "$agent" | grep -q 'statically linked' || { err "$arch: $agent is not statically linked: $(file -b "$agent")"; return 1; }
+    command -v "${qemu[0]}" >/dev/null || { err "${qemu[0]} is missing (scripts/cross.sh setup installs it)"; return 1; }
+    case "$arch" in
+        x86_64)
+            [ -x "$agent" ] || { err "$arch: no agent at $agent (cargo build --release -p picket-agent)"; return 1; }
+            file -b "$agent" | grep -q 'x86-64' || { err "$arch: $agent is not an x86_64 program: $(file -b "$agent")"; return 1; }
+            ;;
+        *)
+            [ -x "$agent" ] || { err "$arch: no agent at $agent (scripts/cross.sh build)"; return 1; }
+            file -b "$agent" | grep -q 'statically linked' || { err "$arch: $agent is not statically linked: $(file -b "$agent")"; return 1; }
+            ;;
+    esac
 
     apt_options "$release"
     kpkg=$(resolve_kernel "$meta" "$debarch") || true
@@ -370,7 +397,7 @@ prepare_vm() {
         err "$name: no vmlinuz or config in $kdeb"
         return 1
     fi
-    check_kernel_config "$config" || return 1
+    check_kernel_config "$config" "$serial" || return 1
     # The same userland on both kernels: bookworm's busybox.
     local bbdeb
     APT_OPTS=()
@@ -384,7 +411,7 @@ prepare_vm() {
 # Boots the VM prepared in $WORK/<arch>-<kernel> and checks the console. Returns non-zero on
 # failure.
 run_vm() {
-    local arch=$1 release=$2 target debarch meta qemu kpkg kernel initrd console started status
+    local arch=$1 release=$2 agent debarch meta qemu tty serial kpkg kernel initrd console started status
     local name="$arch@$release" dir="$WORK/$arch-$release"
     arch_settings "$arch" || return 1
     kpkg=$(cat "$dir/kernel-package")
@@ -395,7 +422,7 @@ run_vm() {
     status=0
     timeout --foreground -k 10 "$TIMEOUT" "${qemu[@]}" -m 512 -smp 1 -nographic -no-reboot -nic none \
         -kernel "$kernel" -initrd "$initrd" \
-        -append "console=ttyAMA0 rdinit=/init panic=-1 loglevel=4" \
+        -append "console=$tty rdinit=/init panic=-1 loglevel=4" \
         </dev/null >"$console" 2>&1 || status=$?
     local elapsed
     elapsed=$(awk -v a="$started" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
@@ -469,7 +496,7 @@ run_vm() {
 
 # The VMs asked for: ARCH@KERNEL, or ARCH for both kernels; none for every one.
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(aarch64 armv7)
+[ ${#args[@]} -gt 0 ] || args=(aarch64 armv7 x86_64)
 vms=()
 for arg in "${args[@]}"; do
     case "$arg" in
@@ -527,6 +554,6 @@ for vm in "${vms[@]}"; do
 done
 log "VMs booted in $(($(date +%s) - started)) s, up to $JOBS at once"
 if [ ${#failed[@]} -gt 0 ]; then
-    fail "ARM VM test failed on: ${failed[*]}"
+    fail "VM test failed on: ${failed[*]}"
 fi
-log "ARM VM tests passed: ${vms[*]}"
+log "VM tests passed: ${vms[*]}"
