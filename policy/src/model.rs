@@ -92,6 +92,17 @@ pub enum Mode {
     Enforce,
 }
 
+impl Mode {
+    /// The mode as written in a policy.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Alert => "alert",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
 /// An executable allowed to run.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

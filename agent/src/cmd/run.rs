@@ -558,11 +558,6 @@ fn weakened_alert(category: &str, effective: &str, reason: &str) -> Draft {
 /// An `enforcement_weakened` alert for each category the policy enforces and the local
 /// configuration does not (`modes` are the modes in force).
 fn weakened(policy: picket_policy::model::Modes, modes: picket_policy::model::Modes) -> Vec<Draft> {
-    let name = |m: Mode| match m {
-        Mode::Off => "off",
-        Mode::Alert => "alert",
-        Mode::Enforce => "enforce",
-    };
     [
         ("executables", policy.executables, modes.executables),
         ("network", policy.network, modes.network),
@@ -572,11 +567,11 @@ fn weakened(policy: picket_policy::model::Modes, modes: picket_policy::model::Mo
     .map(|(category, _, effective)| {
         log::warn!(
             "the configuration weakens modes.{category} from enforce to {}",
-            name(effective)
+            effective.name()
         );
         weakened_alert(
             category,
-            name(effective),
+            effective.name(),
             "the device's configuration overrides the mode",
         )
     })

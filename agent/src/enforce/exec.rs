@@ -581,11 +581,8 @@ fn parent_is_kernel_thread(pid: u32) -> bool {
     const PF_KTHREAD: u64 = 0x0020_0000;
     let field = |pid: u32, n: usize| -> Option<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // After the command name, which may hold spaces and parentheses.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        rest.split(' ').nth(n)?.parse().ok()
+        crate::enrich::process::stat_field(&stat, n)?.parse().ok()
     };
-    // Fields after the name: state (0), ppid (1), ..., flags (6).
     let Some(ppid) = field(pid, 1).and_then(|p| u32::try_from(p).ok()) else {
         return false;
     };

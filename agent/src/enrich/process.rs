@@ -358,11 +358,15 @@ fn from_proc(pid: u32) -> Process {
     }
 }
 
-/// The ppid in `/proc/PID/stat`: the 4th field, counted after the `(comm)` that may itself hold
-/// spaces and parentheses.
+/// The ppid in `/proc/PID/stat`.
 fn parse_stat_ppid(stat: &str) -> Option<u32> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(1)?.parse().ok()
+    stat_field(stat, 1)?.parse().ok()
+}
+
+/// Field `n` of a `/proc/PID/stat` line, counted from the state after the `(comm)` that may
+/// itself hold spaces and parentheses (0: state, 1: ppid, 6: flags).
+pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(n)
 }
 
 /// The code a running interpreter runs, a relative script resolved from its directory.
