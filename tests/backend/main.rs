@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // The tests, by what they exercise: ingest and storage, policy distribution and the
-// configuration, the managed broker, a real agent (policy push, retention, gaps).
+// configuration, the managed broker, a real agent (policy push, retention, gaps of a restart
+// and of a full spool).
 mod ingest;
 mod managed_broker;
 mod policy;

@@ -1,11 +1,12 @@
 //! A real `picket run` (real sensors in the running kernel) reporting through a real Mosquitto
 //! to a real `serve`: a policy pushed with `policy push` applied or refused by the agent and
 //! its result stored; the retention deleting old alerts and policy results from a running
-//! `serve` and keeping newer ones; the gap an agent restart leaves in its sequence numbers.
+//! `serve` and keeping newer ones; the gaps in its sequence numbers an agent restart and a
+//! full spool leave, in `gaps`, `/api/gaps` and `/api/devices/ID/gaps`.
 //!
 //! The agent watches only a directory of its own (`[[files.protected_glob]]`, every other mode
-//! off), so every alert it raises is one the test caused: a chmod of a watched file, or a
-//! bundle it refused. Its sequence numbers are known in advance.
+//! off), so every alert it raises is one the test caused (a chmod of a watched file, a bundle
+//! it refused) or says what it dropped. Its sequence numbers are known in advance.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -265,6 +266,118 @@ fn a_restart_of_the_agent_leaves_the_gap_the_backend_reports_as_a_restart() {
     backend.stop();
 }
 
+#[test]
+fn alerts_a_full_spool_dropped_are_the_gap_the_backend_reports() {
+    let _serial = serial();
+    let mut broker = Broker::start();
+    let http = free_http_port();
+    let backend = Backend::start(
+        &broker,
+        "spool",
+        &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
+    );
+    let site = Site::new(&broker);
+    let many = site.watch_more(400);
+    let agent = site.start_agent_with("[spool]\nmax_bytes = \"64KiB\"\n");
+
+    // Alert 1 delivered and acknowledged: it left the spool.
+    site.change("a");
+    wait_for_alerts(&backend, &[1], &agent);
+    wait_counters(&backend, &agent, "alert 1 acknowledged", |c| {
+        c["alerts"]["sent"] == 1 && c["spool_pending"] == 0
+    });
+
+    // The broker away, 400 alerts: more than 64 KiB of spool. The oldest are dropped.
+    broker.stop();
+    for name in &many {
+        site.change(name);
+    }
+    let start = Instant::now();
+    while site
+        .raised_alerts()
+        .iter()
+        .filter(|a| a["alert"] == "protected_file_changed")
+        .count()
+        < 1 + many.len()
+    {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the agent did not raise the 400 alerts:\n{}",
+            agent.describe()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.wait_log("the spool is full", TIMEOUT);
+
+    // The broker back; the backend subscribed again before the agent sends what it kept.
+    agent.pause();
+    broker.restart();
+    let mut backend = backend;
+    backend.wait_log("subscribed to", 2);
+    agent.resume();
+    let resumed_ms = now_ms();
+
+    // Drained: nothing pending, and every drop the agent counted said by an alerts_dropped
+    // alert the backend stored.
+    let dropped = wait_drained(&backend, &agent, resumed_ms);
+    stop(agent);
+    assert!(dropped > 0);
+
+    // The dropped ones are the oldest of the lowest severity (high, below the reports'
+    // critical): the first `dropped` of the 400. The backend has every other alert the agent
+    // raised, and the dropped ones as its gaps.
+    let raised = site.raised_alerts();
+    for a in &raised {
+        let kind_severity = (
+            a["alert"].as_str().unwrap(),
+            a["severity"].as_str().unwrap(),
+        );
+        assert!(
+            matches!(
+                kind_severity,
+                ("protected_file_changed", "high") | ("alerts_dropped", "critical")
+            ),
+            "an alert the test did not cause: {a}"
+        );
+    }
+    let lost: BTreeSet<u64> = raised
+        .iter()
+        .filter(|a| a["alert"] == "protected_file_changed" && a["seq"] != 1)
+        .map(|a| a["seq"].as_u64().unwrap())
+        .take(dropped as usize)
+        .collect();
+    let all: Vec<u64> = raised.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        all,
+        (1..=all.len() as u64).collect::<Vec<_>>(),
+        "raised in order"
+    );
+    let kept: Vec<u64> = all.iter().copied().filter(|s| !lost.contains(s)).collect();
+    let stored = backend.query(&["alerts", "--device", DEVICE, "--json"]);
+    assert_eq!(seqs(&stored), kept, "the alerts stored");
+    let gaps = serde_json::Value::Array(
+        runs(&lost)
+            .into_iter()
+            .map(|(first, last)| {
+                serde_json::json!({
+                    "device_id": DEVICE, "first_missing": first, "last_missing": last,
+                    "missing": last - first + 1,
+                    // An agent restart's gap lies in one block of 64 numbers and ends with it.
+                    "restart": last % 64 == 0 && (first - 1) / 64 == (last - 1) / 64,
+                })
+            })
+            .collect(),
+    );
+    eprintln!("{dropped} alerts dropped; the gaps: {gaps}");
+    assert_eq!(backend.query(&["gaps", "--json"]), gaps);
+    assert_eq!(http_get(http, "/api/gaps"), (200, gaps.clone()));
+    assert_eq!(
+        http_get(http, &format!("/api/devices/{DEVICE}/gaps")),
+        (200, gaps)
+    );
+    backend.stop();
+}
+
 /// The agent's files: its certificate (CN [`DEVICE`]), a vendor key and the trust directory,
 /// its state, the files it watches and the alerts it writes.
 struct Site {
@@ -335,6 +448,12 @@ impl Site {
     /// Starts `picket run`: policy `base` serial 1, only the file sensor's checks on, alerts
     /// to a file and over MQTT to the broker.
     fn start_agent(&self) -> Agent {
+        self.start_agent_with("")
+    }
+
+    /// [`Site::start_agent`] with `extra` at the end of the configuration (written by the
+    /// first start).
+    fn start_agent_with(&self, extra: &str) -> Agent {
         let config = self.root.join("picket.toml");
         if !config.exists() {
             let base = self.sign("base", 1, None);
@@ -346,7 +465,7 @@ impl Site {
                      [output]\nstdout = false\nfile = {}\n\
                      [mqtt]\nbroker = \"localhost:{}\"\nca = {}\ncert = {}\nkey = {}\n\
                      heartbeat_interval = \"1s\"\nreconnect_min = \"1s\"\nreconnect_max = \"2s\"\n\
-                     keep_alive = \"10s\"\n",
+                     keep_alive = \"10s\"\n{extra}",
                     quote(&base),
                     quote(&self.root.join("trust")),
                     quote(&self.root.join("state")),
@@ -365,6 +484,18 @@ impl Site {
             .arg(&config)
             .env("RUST_LOG", "info");
         Agent::spawn(command, "sensors attached")
+    }
+
+    /// Creates `n` more watched files (before the agent starts: a new file there is an
+    /// alert); returns their names.
+    fn watch_more(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let name = format!("m-{i}");
+                fs::write(self.root.join("watched").join(&name), "m").unwrap();
+                name
+            })
+            .collect()
     }
 
     /// Changes the mode of the watched file `name` (0644 ↔ 0600): one alert.
@@ -391,13 +522,18 @@ impl Site {
 
     /// The sequence numbers of the alerts the agent wrote to its file, in order.
     fn raised(&self) -> Vec<u64> {
+        self.raised_alerts()
+            .iter()
+            .map(|a| a["seq"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// The alerts the agent wrote to its file, in order.
+    fn raised_alerts(&self) -> Vec<Value> {
         fs::read_to_string(self.root.join("alerts.jsonl"))
-            .unwrap()
+            .unwrap_or_default()
             .lines()
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap();
-                v["seq"].as_u64().unwrap()
-            })
+            .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
 }
@@ -498,6 +634,72 @@ fn wait_for_alerts(backend: &Backend, want: &[u64], agent: &Agent) -> Value {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until the device's last heartbeat (as the backend stored it) satisfies `done`.
+fn wait_counters(backend: &Backend, agent: &Agent, what: &str, done: impl Fn(&Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let devices = backend.query(&["devices", "--json"]);
+        let counters = devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == DEVICE)
+            .map(|d| d["counters"].clone())
+            .unwrap_or_default();
+        if counters.is_object() && done(&counters) {
+            return;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "no heartbeat with {what}: {counters:#}\nagent:\n{}",
+            agent.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until a heartbeat the agent sent after `since_ms` says nothing is pending in its
+/// spool and the drops it counted are those the stored alerts_dropped alerts report; returns
+/// that number.
+fn wait_drained(backend: &Backend, agent: &Agent, since_ms: u64) -> u64 {
+    let start = Instant::now();
+    loop {
+        let reported: u64 = backend
+            .query(&["alerts", "--kind", "alerts_dropped", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["details"]["dropped"].as_u64().unwrap())
+            .sum();
+        let devices = backend.query(&["devices", "--json"]);
+        let counters = &devices[0]["counters"];
+        if counters["time_ms"].as_u64().is_some_and(|t| t > since_ms)
+            && counters["spool_pending"] == 0
+            && counters["alerts"]["dropped"] == reported
+        {
+            return reported;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not drained, or drops not all reported ({reported} reported): {counters:#}\nagent:\n{}",
+            agent.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The runs of consecutive numbers in `set`, as (first, last).
+fn runs(set: &BTreeSet<u64>) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &n in set {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == n => *last = n,
+            _ => runs.push((n, n)),
+        }
+    }
+    runs
 }
 
 /// The latest `received_ms` among `rows`.

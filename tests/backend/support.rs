@@ -79,6 +79,14 @@ impl Broker {
         )
     }
 
+    /// Kills the broker (SIGKILL: a crash); [`Broker::restart`] starts it again.
+    pub fn stop(&mut self) {
+        self.mosquitto
+            .as_mut()
+            .expect("a broker started by Broker::start")
+            .stop();
+    }
+
     /// Stops the broker and starts it again on the same port (sessions are lost).
     pub fn restart(&mut self) {
         self.mosquitto
