@@ -205,7 +205,7 @@ pub const FEATURES: &[Feature] = &[
         probe: Probes::cgroup2,
     },
     Feature {
-        name: "process context in sock_addr programs (Linux 6.1)",
+        name: "process context in sock_addr programs",
         required: false,
         options: &["CONFIG_CGROUP_BPF"],
         without: "a policy's network rules cannot be enforced: the kernel refuses the network \

@@ -196,8 +196,8 @@ impl Sensors {
 
     /// Attaches the network guard's programs to the root of the cgroup v2 hierarchy (mounting
     /// one at [`guard::OWN_CGROUP2`] if none is), mode off until [`NetGuard::apply`]. Once per
-    /// `Sensors`. An error (no cgroup v2, no `CONFIG_CGROUP_BPF`, a kernel before 6.1 whose
-    /// verifier refuses the programs' helpers) leaves the sensors as they were.
+    /// `Sensors`. An error (no cgroup v2, no `CONFIG_CGROUP_BPF`, a verifier that refuses the
+    /// programs' helpers) leaves the sensors as they were.
     pub fn net_guard(&mut self) -> Result<NetGuard, SensorError> {
         let root = guard::cgroup2_root()?;
         self.net_guard_at(&root)
