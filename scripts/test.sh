@@ -68,5 +68,5 @@ bash tests/fleet.sh
 log "the Yocto layer: lint, crates, scan-and-sign, the unit sandboxed"
 bash scripts/yocto-check.sh
 
-log "ARM: static agents, unit tests under qemu-user, the agent on Debian's ARM kernels in qemu-system"
+log "ARM: static agents, unit tests under qemu-user; the agent on Debian's Linux 6.1 and 5.10 (arm64, armhf, amd64) in qemu-system"
 bash scripts/cross.sh test
