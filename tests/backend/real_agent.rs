@@ -528,12 +528,13 @@ impl Site {
             .collect()
     }
 
-    /// The alerts the agent wrote to its file, in order.
+    /// The alerts the agent wrote to its file, in order (not a line it is still writing).
     fn raised_alerts(&self) -> Vec<Value> {
-        fs::read_to_string(self.root.join("alerts.jsonl"))
-            .unwrap_or_default()
+        let text = fs::read_to_string(self.root.join("alerts.jsonl")).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
     }
 }

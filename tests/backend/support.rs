@@ -394,6 +394,14 @@ impl Device {
     }
 }
 
+impl Drop for Device {
+    /// Ends the connection: a dropped device must not connect again under its id and take
+    /// over the connection of the one a test connects next under the same id.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A GET on the backend's HTTP API: (status code, JSON body).
 pub fn http_get(port: u16, path: &str) -> (u16, Value) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
