@@ -520,6 +520,13 @@ for arg in "${args[@]}"; do
     esac
 done
 mkdir -p "$WORK"
+# One run at a time in $WORK: another would rebuild the initramfs and overwrite the consoles of
+# this one's VMs.
+exec 9>"$WORK/.lock"
+if ! flock -n 9; then
+    log "another VM test runs in ${WORK#"$ROOT"/}: waiting for it"
+    flock 9
+fi
 printf 'arch\tkernel\tpackage\tsensors_loaded_s\tvm_run_s\n' >"$WORK/results.tsv"
 failed=()
 ready=()
