@@ -152,7 +152,7 @@ pub const FEATURES: &[Feature] = &[
     Feature {
         name: "scheduler, signal and socket tracepoints",
         required: true,
-        options: &["CONFIG_TRACEPOINTS", "CONFIG_NET"],
+        options: &["CONFIG_TRACEPOINTS", "CONFIG_NET", "CONFIG_INET"],
         without: "the agent refuses to start: process and network sensors have nothing to \
                   attach to",
         probe: Probes::event_tracepoints,
@@ -404,6 +404,8 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<u8> {
 /// The probes, with what they share: the kernel release and tracefs.
 struct Probes {
     release: String,
+    /// Where tracefs was mounted before the check, if it was.
+    mounted: Option<PathBuf>,
     tracefs: Option<Result<PathBuf, String>>,
     /// A tracefs this command mounted, unmounted when done.
     own_mount: Option<PathBuf>,
@@ -424,6 +426,7 @@ impl Probes {
     fn new(release: String) -> Self {
         Self {
             release,
+            mounted: mounted_tracefs(),
             tracefs: None,
             own_mount: None,
         }
@@ -502,7 +505,8 @@ impl Probes {
     }
 
     fn tracefs(&mut self) -> Evidence {
-        if let Some(root) = mounted_tracefs() {
+        // As found: another probe may have mounted it for the check since.
+        if let Some(root) = &self.mounted {
             return Evidence::present(format!("mounted at {}", root.display()));
         }
         match fs::read_to_string("/proc/filesystems") {
@@ -1025,7 +1029,7 @@ not a line of a configuration
         assert_eq!(v.status, Status::Missing);
         assert_eq!(
             v.text,
-            "CONFIG_FANOTIFY_ACCESS_PERMISSIONS is not set; EPERM"
+            "CONFIG_FANOTIFY_ACCESS_PERMISSIONS is not set; not probed: EPERM"
         );
         // A probe that saw it: present, whatever the file says.
         let v = judge(Some(&c), &opts, &Evidence::present("a mark"));
