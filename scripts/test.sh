@@ -28,12 +28,12 @@ RUSTC_BOOTSTRAP=1 cargo "+$EBPF_TOOLCHAIN" clippy --package picket-ebpf --locked
 log "tests: shared record layouts, policy, wire protocol, the benchmarks' arithmetic (xtask)"
 cargo test --package picket-common --package picket-policy --package picket-proto --package xtask --locked
 
-log "fuzz: the policy bundle decoder and TOML loader, ${PICKET_FUZZ_SECONDS:-20} s each"
+log "fuzz: the policy bundle decoder and TOML loader, the envelopes the backend decodes, ${PICKET_FUZZ_SECONDS:-20} s each"
 fuzz_corpus=$(mktemp -d)
 trap 'rm -rf "$fuzz_corpus"' EXIT
-for target in bundle toml; do
+for target in bundle toml envelope; do
     mkdir -p "$fuzz_corpus/$target"
-    (cd policy/fuzz && cargo +nightly fuzz run "$target" "$fuzz_corpus/$target" "corpus/$target" \
+    (cd fuzz && cargo +nightly fuzz run "$target" "$fuzz_corpus/$target" "corpus/$target" \
         -- -max_total_time="${PICKET_FUZZ_SECONDS:-20}" -max_len=65536 2>&1 | tail -n 20)
 done
 
