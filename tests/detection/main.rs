@@ -35,7 +35,10 @@ const READY: &str = "running with policy";
 const HEALTH_KINDS: [&str; 3] = ["agent_tamper", "sensor_data_loss", "policy_rejected"];
 
 // The tests: one scenario of attacks and a healthy workload; integrity and anti-rollback across
-// restarts. The agent runner, keys, policies and configuration are in `support`.
+// restarts; the agent's own checks (periodic rescan, canary, its own files, the aggregation
+// bound, truncate, chown and rename away). The agent runner, keys, policies and configuration
+// are in `support`.
+mod agent_checks;
 mod behaviour;
 mod canonical;
 mod loader;

@@ -185,6 +185,28 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Writes an agent configuration enforcing `bundle` with this lab's trust and state
+    /// directories and `settings` (TOML: top-level keys first, then tables, `[output]`
+    /// included); returns its path.
+    pub(crate) fn config_with(&self, bundle: &Path, settings: &str) -> PathBuf {
+        let text = format!(
+            "device_id = \"test-device\"\n\
+             device_class = \"lab\"\n\
+             policy = {}\n\
+             trust_dir = {}\n\
+             state_dir = {}\n\
+             {settings}",
+            toml_str(bundle),
+            toml_str(&self.trust),
+            toml_str(&self.state),
+        );
+        let path = self.root.join(format!("{}.conf", unique("picket")));
+        fs::write(&path, text).unwrap();
+        path
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.root);
