@@ -428,10 +428,7 @@ fn tamper_with_the_agents_configuration_trust_and_state_raises_agent_tamper() {
         .collect();
     let mut problems = String::new();
     for (file, op) in &expected {
-        let n = own
-            .iter()
-            .filter(|a| path(a) == file.to_str() && a["details"]["op"] == *op)
-            .count();
+        let n = own.iter().filter(|a| is_tamper(a, file, op)).count();
         if n != 1 {
             let _ = writeln!(
                 problems,
@@ -441,14 +438,15 @@ fn tamper_with_the_agents_configuration_trust_and_state_raises_agent_tamper() {
         }
     }
     for a in &own {
-        if !expected
-            .iter()
-            .any(|(file, op)| path(a) == file.to_str() && a["details"]["op"] == *op)
-        {
+        if !expected.iter().any(|(file, op)| is_tamper(a, file, op)) {
             let _ = writeln!(problems, "unexpected: {a}");
         }
     }
     assert!(problems.is_empty(), "{problems}all:\n{}", lines(&own));
+}
+
+fn is_tamper(a: &Value, file: &Path, op: &str) -> bool {
+    kind(a) == "agent_tamper" && path(a) == file.to_str() && a["details"]["op"] == op
 }
 
 // ---------------------------------------------------------------------------------------------
