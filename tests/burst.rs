@@ -110,7 +110,7 @@ impl Counts {
     ) -> Counts {
         let lost_all = out.lost(sensor);
         check_lost_lines(out, sensor, lost_all);
-        let lost = cgroup.lost(out, kind);
+        let lost = cgroup.lost(out, sensor, kind);
         assert!(
             lost <= lost_all,
             "the burst's cgroup lost {lost} {kind} records, more than the sensor's {lost_all}"
@@ -142,7 +142,7 @@ impl std::fmt::Display for Counts {
 /// A cgroup v2 of the burst's own, under the root of the hierarchy; removed when dropped.
 struct BurstCgroup {
     dir: PathBuf,
-    /// Its id: the inode number of its directory.
+    /// Its id: the inode number of its directory (on a 64-bit kernel, which the tests run on).
     id: u64,
     /// The cgroup this process came from.
     home: PathBuf,
@@ -210,12 +210,13 @@ impl BurstCgroup {
         ours.len()
     }
 
-    /// Records of `kind` the kernel counted lost for this cgroup, by the monitor's summary.
-    fn lost(&self, out: &Output, kind: &str) -> u64 {
+    /// Records of `kind` the kernel counted lost for this cgroup by `sensor`, by the monitor's
+    /// summary.
+    fn lost(&self, out: &Output, sensor: &str, kind: &str) -> u64 {
         let summary = out.summary();
-        let by_cgroup = summary["lost_by_cgroup"]
+        let by_cgroup = summary["lost_by_cgroup"][sensor]
             .as_array()
-            .unwrap_or_else(|| panic!("the summary has no lost_by_cgroup: {summary}"));
+            .unwrap_or_else(|| panic!("the summary has no lost_by_cgroup.{sensor}: {summary}"));
         let ours: Vec<&Value> = by_cgroup
             .iter()
             .filter(|c| c["cgroup_id"] == self.id)
@@ -238,7 +239,15 @@ impl Drop for BurstCgroup {
             self.home.join("cgroup.procs"),
             std::process::id().to_string(),
         );
-        let _ = std::fs::remove_dir(&self.dir);
+        // Busy while the burst's last children are being released.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = std::fs::remove_dir(&self.dir) {
+            if Instant::now() > deadline {
+                eprintln!("cannot remove {}: {e}", self.dir.display());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

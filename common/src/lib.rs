@@ -118,10 +118,22 @@ pub mod counter {
 }
 
 /// Records lost in the kernel, counted by the cgroup of the task that caused them, so that a
-/// loss can be told apart from another's (map `LOST_BY_CGROUP`: cgroup v2 id → one count per
+/// loss can be told apart from another's (map `LOST_BY_CGROUP`: [`loss::Key`] → one count per
 /// [`EventKind`] value, summed over CPUs by the agent).
 pub mod loss {
-    /// cgroups whose losses are kept; the one that lost least recently is forgotten first.
+    /// A cgroup's losses of one sensor.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Key {
+        /// cgroup v2 id of the acting task.
+        pub cgroup_id: u64,
+        /// The [`super::Sensor`] whose counter counted the loss.
+        pub sensor: u32,
+        pub _pad: u32,
+    }
+
+    /// (cgroup, sensor) pairs whose losses are kept; the one that lost least recently is
+    /// forgotten first.
     pub const CGROUPS_MAX: u32 = 1024;
     /// Counts per cgroup, indexed by [`super::EventKind`] value (index 0 unused).
     pub const KINDS: usize = 8;
@@ -611,6 +623,7 @@ mod pod {
     // a valid value.
     unsafe impl aya::Pod for super::Layout {}
     unsafe impl aya::Pod for super::guard::NetRule {}
+    unsafe impl aya::Pod for super::loss::Key {}
 }
 
 #[cfg(test)]

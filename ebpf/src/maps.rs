@@ -167,7 +167,7 @@ pub fn count(index: u32) {
 /// Records lost by cgroup (see `picket_common::loss`). Touched only when the ring buffer is
 /// full: a record that fits costs nothing more.
 #[map(name = "LOST_BY_CGROUP")]
-pub static LOST_BY_CGROUP: LruPerCpuHashMap<u64, loss::Counts> =
+pub static LOST_BY_CGROUP: LruPerCpuHashMap<loss::Key, loss::Counts> =
     LruPerCpuHashMap::with_max_entries(loss::CGROUPS_MAX, 0);
 
 /// A record: a [`EventHeader`] first.
@@ -195,14 +195,19 @@ records!(
     PrivilegeEvent
 );
 
-/// Counts a lost record of `kind` against `cgroup`.
+/// Counts a lost record of `kind` against `cgroup` and `sensor`.
 #[inline(always)]
-fn count_cgroup_loss(cgroup: u64, kind: u16) {
+fn count_cgroup_loss(cgroup: u64, sensor: Sensor, kind: u16) {
     let i = kind as usize;
     if i >= loss::KINDS {
         return;
     }
-    match LOST_BY_CGROUP.get_ptr_mut(&cgroup) {
+    let key = loss::Key {
+        cgroup_id: cgroup,
+        sensor: sensor as u32,
+        _pad: 0,
+    };
+    match LOST_BY_CGROUP.get_ptr_mut(&key) {
         // SAFETY: per-CPU value, no concurrent writer on this CPU; `i < KINDS`.
         Some(counts) => unsafe { *(*counts).get_unchecked_mut(i) += 1 },
         None => {
@@ -210,7 +215,7 @@ fn count_cgroup_loss(cgroup: u64, kind: u16) {
             // SAFETY: `i < KINDS`.
             unsafe { *counts.get_unchecked_mut(i) = 1 };
             // A full map evicts the cgroup that lost least recently; nothing else can fail.
-            let _ = LOST_BY_CGROUP.insert(&cgroup, &counts, 0);
+            let _ = LOST_BY_CGROUP.insert(&key, &counts, 0);
         }
     }
 }
@@ -230,7 +235,7 @@ pub fn emit<T: Record>(sensor: Sensor, record: *const T, len: usize) {
         count(counter::LOST_BASE + sensor as u32);
         // SAFETY: as above.
         let header = unsafe { (*record).header() };
-        count_cgroup_loss(header.cgroup_id, header.kind);
+        count_cgroup_loss(header.cgroup_id, sensor, header.kind);
     }
 }
 

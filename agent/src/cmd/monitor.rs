@@ -193,7 +193,11 @@ impl JsonLines {
                 "file": lost[Sensor::File as usize],
             },
             "undecodable": stats.undecodable,
-            "lost_by_cgroup": stats.lost_by_cgroup,
+            "lost_by_cgroup": {
+                "process": stats.lost_by_cgroup[Sensor::Process as usize],
+                "network": stats.lost_by_cgroup[Sensor::Network as usize],
+                "file": stats.lost_by_cgroup[Sensor::File as usize],
+            },
         }))?;
         self.flush()
     }

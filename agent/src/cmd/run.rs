@@ -481,7 +481,10 @@ impl Sink for Detecting {
             self.policy_event(event)?;
         }
         if let Some(tamper) = self.canary.tick(Instant::now()) {
-            log::error!("the sensors stopped delivering events");
+            log::error!(
+                "{}",
+                tamper.details["reason"].as_str().unwrap_or("agent tamper")
+            );
             self.alerter.raise(tamper)?;
         }
         if self.last_scan.elapsed() >= self.rescan_interval {

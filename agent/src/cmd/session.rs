@@ -114,8 +114,8 @@ pub struct Stats {
     pub undecodable: u64,
     /// Records lost in the kernel, by sensor.
     pub lost: [u64; 3],
-    /// Records lost in the kernel, by cgroup (those the kernel still counts).
-    pub lost_by_cgroup: Vec<CgroupLoss>,
+    /// Records lost in the kernel, by sensor and cgroup (those the kernel still counts).
+    pub lost_by_cgroup: [Vec<CgroupLoss>; 3],
 }
 
 /// Runs the sensors in `set` until SIGINT, SIGTERM or `stop`; `purpose` is logged once ready.
@@ -169,6 +169,7 @@ pub async fn run(
         stats: Stats::default(),
         reported: KernelCounters::default(),
         reported_cgroups: HashMap::new(),
+        last_by_cgroup: Vec::new(),
         cgroup_names: CgroupNames::default(),
     };
     loop {
@@ -222,6 +223,7 @@ pub async fn run(
     // What arrived before the stop is still handled.
     pump.drain(ring.get_mut(), sink)?;
     pump.report_losses(&sensors, sink)?;
+    pump.stats.lost_by_cgroup = pump.lost_by_cgroup();
     let (hits, misses) = pump.enricher.hash_stats();
     log::info!(
         "stopped: {} events, {} processes tracked, hash cache {hits} hits / {misses} misses",
@@ -243,19 +245,20 @@ pub async fn run(
     Ok(pump.stats)
 }
 
-/// The cgroups whose losses of `kinds` grew from `before` to `now`, with how much, most first
+/// The cgroups whose losses of `sensor` grew from `before` to `now`, with how much, most first
 /// (at most [`LOSS_CGROUPS_SAID`]).
 fn grown(
-    before: &HashMap<u64, loss::Counts>,
+    before: &HashMap<(u64, u32), loss::Counts>,
     now: &[CgroupLosses],
-    kinds: &[EventKind],
+    sensor: Sensor,
 ) -> Vec<(u64, loss::Counts)> {
     let mut grown: Vec<(u64, loss::Counts)> = now
         .iter()
+        .filter(|l| l.sensor == sensor)
         .filter_map(|l| {
             // A count below the last one: forgotten by the kernel and counted afresh.
             let before = before
-                .get(&l.cgroup_id)
+                .get(&(l.cgroup_id, sensor as u32))
                 .filter(|b| b.iter().zip(&l.counts).all(|(b, n)| b <= n));
             let mut delta = l.counts;
             if let Some(before) = before {
@@ -263,14 +266,11 @@ fn grown(
                     *d -= b;
                 }
             }
-            kinds
-                .iter()
-                .any(|k| delta[*k as usize] > 0)
-                .then_some((l.cgroup_id, delta))
+            delta.iter().any(|n| *n > 0).then_some((l.cgroup_id, delta))
         })
         .collect();
-    let of_kinds = |c: &loss::Counts| kinds.iter().map(|k| c[*k as usize]).sum::<u64>();
-    grown.sort_by(|a, b| of_kinds(&b.1).cmp(&of_kinds(&a.1)).then(a.0.cmp(&b.0)));
+    let total = |c: &loss::Counts| c.iter().sum::<u64>();
+    grown.sort_by(|a, b| total(&b.1).cmp(&total(&a.1)).then(a.0.cmp(&b.0)));
     grown.truncate(LOSS_CGROUPS_SAID);
     grown
 }
@@ -493,8 +493,10 @@ struct Pump {
     enricher: Enricher,
     stats: Stats,
     reported: KernelCounters,
-    /// Losses by cgroup at the last report.
-    reported_cgroups: HashMap<u64, loss::Counts>,
+    /// Losses by (cgroup, sensor) at the last report.
+    reported_cgroups: HashMap<(u64, u32), loss::Counts>,
+    /// The losses by cgroup last read.
+    last_by_cgroup: Vec<CgroupLosses>,
     cgroup_names: CgroupNames,
 }
 
@@ -545,14 +547,16 @@ impl Pump {
 
     /// Tells the sink about each sensor whose loss counter grew.
     fn report_losses(&mut self, sensors: &Sensors, sink: &mut impl Sink) -> anyhow::Result<()> {
-        let now = sensors
-            .counters()
-            .context("reading the in-kernel counters")?;
-        // Read only when something was lost: the map is walked, the hierarchy maybe too.
+        let read = || sensors.counters().context("reading the in-kernel counters");
+        let mut now = read()?;
+        // The map only when something was lost (it is walked), and before the counters are
+        // read again: both only grow, so the cgroups never name more than the totals count.
         let by_cgroup = if now.lost != self.reported.lost {
-            sensors
+            let by_cgroup = sensors
                 .losses_by_cgroup()
-                .context("reading the losses by cgroup")?
+                .context("reading the losses by cgroup")?;
+            now = read()?;
+            by_cgroup
         } else {
             Vec::new()
         };
@@ -588,11 +592,11 @@ impl Pump {
             }
         }
         if !by_cgroup.is_empty() {
-            self.stats.lost_by_cgroup = by_cgroup
+            self.reported_cgroups = by_cgroup
                 .iter()
-                .map(|l| self.cgroup_loss(l.cgroup_id, &l.counts, &EventKind::ALL))
+                .map(|l| ((l.cgroup_id, l.sensor as u32), l.counts))
                 .collect();
-            self.reported_cgroups = by_cgroup.iter().map(|l| (l.cgroup_id, l.counts)).collect();
+            self.last_by_cgroup = by_cgroup;
         }
         if now.argv_missing > self.reported.argv_missing {
             log::debug!("{} execs reported without arguments", now.argv_missing);
@@ -602,21 +606,30 @@ impl Pump {
         sink.flush()
     }
 
-    /// The cgroups that lost records of `sensor` since the last report, most first.
+    /// The cgroups that lost records of `sensor` since the last report, most first, named.
     fn cgroups_losing(&mut self, sensor: Sensor, now: &[CgroupLosses]) -> Vec<CgroupLoss> {
-        let kinds = sensors::kinds_of(sensor);
-        grown(&self.reported_cgroups, now, kinds)
+        grown(&self.reported_cgroups, now, sensor)
             .iter()
-            .map(|(id, delta)| self.cgroup_loss(*id, delta, kinds))
+            .map(|(id, delta)| self.cgroup_loss(*id, delta))
             .collect()
     }
 
-    /// `counts` of `kinds` (those not zero) lost by cgroup `id`, named.
-    fn cgroup_loss(&mut self, id: u64, counts: &loss::Counts, kinds: &[EventKind]) -> CgroupLoss {
+    /// The losses by cgroup so far, named: the session's last word.
+    fn lost_by_cgroup(&mut self) -> [Vec<CgroupLoss>; 3] {
+        let mut out: [Vec<CgroupLoss>; 3] = Default::default();
+        for l in std::mem::take(&mut self.last_by_cgroup) {
+            let named = self.cgroup_loss(l.cgroup_id, &l.counts);
+            out[l.sensor as usize].push(named);
+        }
+        out
+    }
+
+    /// `counts` (those not zero) lost by cgroup `id`, named.
+    fn cgroup_loss(&mut self, id: u64, counts: &loss::Counts) -> CgroupLoss {
         CgroupLoss {
             cgroup_id: id,
             cgroup: self.cgroup_names.name(id),
-            lost: kinds
+            lost: EventKind::ALL
                 .iter()
                 .filter(|k| counts[**k as usize] > 0)
                 .map(|k| (k.name(), counts[*k as usize]))
@@ -636,37 +649,45 @@ mod tests {
         c
     }
 
-    fn losses(cgroup_id: u64, file: u64, exec: u64) -> CgroupLosses {
+    fn losses(cgroup_id: u64, sensor: Sensor, file: u64, exec: u64) -> CgroupLosses {
         CgroupLosses {
             cgroup_id,
+            sensor,
             counts: counts(file, exec),
         }
     }
 
     #[test]
     fn losses_by_cgroup_are_told_since_the_last_report_most_first() {
-        let before = HashMap::from([(1, counts(10, 0)), (2, counts(5, 3)), (3, counts(7, 0))]);
+        let (file, process) = (Sensor::File as u32, Sensor::Process as u32);
+        let before = HashMap::from([
+            ((1, file), counts(10, 0)),
+            ((2, process), counts(0, 3)),
+            ((2, file), counts(5, 0)),
+            ((3, file), counts(7, 0)),
+        ]);
         let now = [
-            losses(1, 12, 0), // 2 more
-            losses(2, 5, 4),  // no more files, one more exec
-            losses(3, 2, 0),  // forgotten by the kernel since: 2 afresh
-            losses(4, 9, 0),  // new: 9
+            losses(1, Sensor::File, 12, 0),   // 2 more
+            losses(2, Sensor::File, 5, 0),    // no more
+            losses(2, Sensor::Process, 0, 4), // one more exec
+            losses(3, Sensor::File, 2, 0),    // forgotten by the kernel since: 2 afresh
+            losses(4, Sensor::File, 9, 0),    // new: 9
         ];
-        let file = grown(&before, &now, &[EventKind::File]);
+        let file = grown(&before, &now, Sensor::File);
         let ids: Vec<(u64, u64)> = file
             .iter()
             .map(|(id, c)| (*id, c[EventKind::File as usize]))
             .collect();
         assert_eq!(ids, [(4, 9), (1, 2), (3, 2)]);
-        let exec = grown(&before, &now, &[EventKind::Exec]);
+        let exec = grown(&before, &now, Sensor::Process);
         assert_eq!(exec.len(), 1);
         assert_eq!((exec[0].0, exec[0].1[EventKind::Exec as usize]), (2, 1));
     }
 
     #[test]
     fn at_most_a_few_cgroups_are_named() {
-        let now: Vec<CgroupLosses> = (1..=20).map(|id| losses(id, id, 0)).collect();
-        let file = grown(&HashMap::new(), &now, &[EventKind::File]);
+        let now: Vec<CgroupLosses> = (1..=20).map(|id| losses(id, Sensor::File, id, 0)).collect();
+        let file = grown(&HashMap::new(), &now, Sensor::File);
         assert_eq!(file.len(), LOSS_CGROUPS_SAID);
         assert_eq!(file[0].0, 20, "the cgroup that lost most first");
     }

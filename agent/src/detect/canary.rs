@@ -24,6 +24,10 @@ pub const SUBCOMMAND: &str = "__canary";
 /// How long the canary's exec may take to come back.
 const TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Canaries in a row that could not be started before it is said as tamper: the check is then
+/// blind (the agent's binary moved or replaced, its name gone).
+const START_FAILURES: u32 = 3;
+
 /// The liveness check's state.
 pub struct Canary {
     exe: Option<PathBuf>,
@@ -32,6 +36,8 @@ pub struct Canary {
     /// The nonce in flight and when it was sent.
     pending: Option<(String, Instant)>,
     sent: u64,
+    /// Canaries in a row that could not be started.
+    failures: u32,
 }
 
 impl Canary {
@@ -42,6 +48,7 @@ impl Canary {
             last: Instant::now(),
             pending: None,
             sent: 0,
+            failures: 0,
         }
     }
 
@@ -89,32 +96,51 @@ impl Canary {
             return Some(draft);
         }
         if now.duration_since(self.last) >= self.interval {
-            self.send(now);
+            return self.send(now);
         }
         None
     }
 
-    fn send(&mut self, now: Instant) {
+    /// Starts a canary; after [`START_FAILURES`] failures in a row, returns the alert that the
+    /// check is blind (once, until one starts again).
+    fn send(&mut self, now: Instant) -> Option<Draft> {
         self.sent += 1;
         let nonce = format!("{}-{}", std::process::id(), self.sent);
-        let Some(exe) = &self.exe else {
-            return;
+        let started = match &self.exe {
+            None => Err("the agent's own executable is unknown".to_string()),
+            Some(exe) => Command::new(exe)
+                .args([SUBCOMMAND, &nonce])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("{}: {e}", exe.display())),
         };
-        match Command::new(exe)
-            .args([SUBCOMMAND, &nonce])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
+        match started {
             Ok(mut child) => {
                 // Reap it without blocking the event loop.
                 std::thread::spawn(move || child.wait());
                 self.pending = Some((nonce, now));
+                self.failures = 0;
+                None
             }
-            Err(e) => {
-                log::warn!("cannot start the sensor canary {}: {e}", exe.display());
+            Err(error) => {
+                log::warn!("cannot start the sensor canary: {error}");
                 self.last = now;
+                self.failures += 1;
+                (self.failures == START_FAILURES).then(|| Draft {
+                    kind: Kind::AgentTamper,
+                    severity: Severity::High,
+                    rule: "agent.sensors".into(),
+                    path: None,
+                    details: json!({
+                        "reason": "the sensor canary cannot start: whether the sensors deliver \
+                                   events is no longer checked",
+                        "error": error,
+                        "attempts": START_FAILURES,
+                    }),
+                    process: None,
+                })
             }
         }
     }
@@ -162,5 +188,30 @@ mod tests {
             !c.consume(&exec(&["/x", SUBCOMMAND, &nonce])),
             "no longer pending"
         );
+    }
+
+    #[test]
+    fn a_canary_that_cannot_start_is_said_once_after_a_few_tries() {
+        let mut c = Canary::new(Duration::from_secs(1));
+        c.exe = Some(PathBuf::from("/nonexistent/picket"));
+        let mut t = Instant::now();
+        let mut alerts = Vec::new();
+        for _ in 0..(START_FAILURES * 3) {
+            t += Duration::from_secs(2);
+            alerts.extend(c.tick(t));
+        }
+        assert_eq!(alerts.len(), 1, "said once: {alerts:?}");
+        assert_eq!(alerts[0].kind, Kind::AgentTamper);
+        assert_eq!(alerts[0].details["attempts"], START_FAILURES);
+        assert!(alerts[0].details["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/nonexistent/picket")));
+        assert!(c.pending.is_none());
+
+        // Started again: counted afresh, said again only after as many failures.
+        c.exe = Some(PathBuf::from("/bin/true"));
+        t += Duration::from_secs(2);
+        assert!(c.tick(t).is_none());
+        assert_eq!(c.failures, 0);
     }
 }

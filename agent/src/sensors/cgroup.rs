@@ -1,5 +1,6 @@
 //! Names of cgroups: the records carry the cgroup v2 id of the acting task, which is the inode
-//! number of the cgroup's directory in the cgroup v2 hierarchy.
+//! number of the cgroup's directory in the cgroup v2 hierarchy (on 32-bit kernels, the inode
+//! number is the id's low half).
 
 use std::{
     collections::HashMap,
@@ -17,6 +18,8 @@ pub struct CgroupNames {
     /// The cgroup v2 mount, looked for on first use.
     root: Option<Option<PathBuf>>,
     known: HashMap<u64, String>,
+    /// Ids looked for and not found: gone, or not in this hierarchy (not looked for again).
+    unknown: std::collections::HashSet<u64>,
 }
 
 impl CgroupNames {
@@ -24,6 +27,10 @@ impl CgroupNames {
     /// for the root); `None` when no cgroup v2 hierarchy is mounted here or no cgroup has that
     /// id now (removed since).
     pub fn name(&mut self, id: u64) -> Option<String> {
+        // 0: no task (work done in interrupt context).
+        if id == 0 || self.unknown.contains(&id) {
+            return None;
+        }
         if let Some(name) = self.known.get(&id) {
             return Some(name.clone());
         }
@@ -34,7 +41,10 @@ impl CgroupNames {
                 mountinfo.lines().find_map(super::guard::cgroup2_mount)
             })
             .as_deref()?;
-        let name = find(root, id)?;
+        let Some(name) = find(root, id) else {
+            self.unknown.insert(id);
+            return None;
+        };
         self.known.insert(id, name.clone());
         Some(name)
     }

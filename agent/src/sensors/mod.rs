@@ -21,7 +21,7 @@ use aya::{
     programs::{ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
-use picket_common::{counter, loss, EventKind, Layout, Sensor};
+use picket_common::{counter, loss, Layout, Sensor};
 use thiserror::Error;
 
 pub use guard::{GuardMode, NetGuard};
@@ -106,7 +106,7 @@ pub struct Sensors {
     ring: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     /// Absent from an object built before losses were counted by cgroup.
-    lost_by_cgroup: Option<PerCpuHashMap<MapData, u64, loss::Counts>>,
+    lost_by_cgroup: Option<PerCpuHashMap<MapData, loss::Key, loss::Counts>>,
     enabled: SensorSet,
 }
 
@@ -238,19 +238,24 @@ impl Sensors {
         })
     }
 
-    /// Records lost in the kernel so far, by the cgroup of the task that caused them (the
-    /// [`loss::CGROUPS_MAX`] that lost most recently), summed over CPUs.
+    /// Records lost in the kernel so far, by the cgroup of the task that caused them and the
+    /// sensor that counted them (the [`loss::CGROUPS_MAX`] pairs that lost most recently),
+    /// summed over CPUs.
     pub fn losses_by_cgroup(&self) -> Result<Vec<CgroupLosses>, MapError> {
         let Some(map) = &self.lost_by_cgroup else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
+        // By key: an entry evicted during the walk starts it over, and would come twice.
+        let mut out = std::collections::BTreeMap::new();
         for entry in map.iter() {
-            let (cgroup_id, per_cpu) = match entry {
+            let (key, per_cpu) = match entry {
                 Ok(entry) => entry,
                 // Evicted between the key and its value: lost by no one now.
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(e),
+            };
+            let Some(sensor) = Sensor::ALL.into_iter().find(|s| *s as u32 == key.sensor) else {
+                continue;
             };
             let mut counts = [0u64; loss::KINDS];
             for cpu in per_cpu.iter() {
@@ -258,45 +263,28 @@ impl Sensors {
                     *sum += n;
                 }
             }
-            out.push(CgroupLosses { cgroup_id, counts });
+            out.insert(
+                (key.cgroup_id, sensor as u32),
+                CgroupLosses {
+                    cgroup_id: key.cgroup_id,
+                    sensor,
+                    counts,
+                },
+            );
         }
-        out.sort_by_key(|l| l.cgroup_id);
-        Ok(out)
+        Ok(out.into_values().collect())
     }
 }
 
-/// Records lost in the kernel by one cgroup.
+/// Records of one sensor lost in the kernel by one cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupLosses {
-    /// cgroup v2 id (the inode number of its directory).
+    /// cgroup v2 id, as in the records (the inode number of the cgroup's directory on 64-bit
+    /// kernels; on 32-bit ones the inode number is its low half).
     pub cgroup_id: u64,
-    /// Counts indexed by [`EventKind`] value.
+    pub sensor: Sensor,
+    /// Counts indexed by [`picket_common::EventKind`] value.
     pub counts: loss::Counts,
-}
-
-impl CgroupLosses {
-    /// Records of `sensor` lost.
-    pub fn of(&self, sensor: Sensor) -> u64 {
-        kinds_of(sensor)
-            .iter()
-            .map(|k| self.counts[*k as usize])
-            .sum()
-    }
-}
-
-/// The record kinds each sensor sends (a loss by cgroup is told by its record's kind).
-pub fn kinds_of(sensor: Sensor) -> &'static [EventKind] {
-    match sensor {
-        Sensor::Process => &[
-            EventKind::Exec,
-            EventKind::Fork,
-            EventKind::Exit,
-            EventKind::Privilege,
-        ],
-        Sensor::Network => &[EventKind::Net],
-        // The process sensor's `chdir` and `memfd_create` records are file records too.
-        Sensor::File => &[EventKind::File],
-    }
 }
 
 /// The exec guard's maps in the kernel (see [`Sensors::exec_tokens`]).
