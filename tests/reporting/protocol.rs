@@ -184,8 +184,8 @@ fn a_broker_refusing_both_versions_gets_the_spooled_alerts_once_it_accepts_one()
     }
     let log = agent.log();
     let warning = format!(
-        "broker localhost:{} unreachable: the broker closed the connection without accepting \
-         MQTT v5",
+        "broker localhost:{} unreachable: the broker closed the connection before answering \
+         the MQTT v5 CONNECT",
         broker.port()
     );
     assert!(log.contains(&warning), "{}", reporter_log(&log));

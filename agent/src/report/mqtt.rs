@@ -278,8 +278,9 @@ impl Events {
                     {
                         return Err(Failure::Protocol(
                             format!(
-                                "the broker closed the connection without accepting MQTT v5 \
-                                 ({err})"
+                                "the broker closed the connection before answering the MQTT \
+                                 v5 CONNECT, as a broker without v5 does (or one refusing this \
+                                 client, or stopping) ({err})"
                             )
                             .into(),
                         ));

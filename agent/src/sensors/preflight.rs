@@ -59,14 +59,32 @@ fn raise_memlock() {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: `unlimited` is a valid rlimit that the kernel only reads.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::warn!(
-            "kernel {release} charges BPF maps to RLIMIT_MEMLOCK and raising it failed ({}): \
-             the sensors' maps may be refused with EPERM; run picket as root, grant it \
-             CAP_SYS_RESOURCE, or raise the limit (systemd: LimitMEMLOCK=infinity)",
-            std::io::Error::last_os_error()
-        );
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return;
     }
+    let error = std::io::Error::last_os_error();
+    // Without the privilege to raise the hard limit, the soft one up to it.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes the one struct passed, which `setrlimit` then only reads.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0
+        }
+    };
+    let now = if raised {
+        format!("{} bytes, its hard limit", limit.rlim_cur)
+    } else {
+        "unchanged".to_string()
+    };
+    log::warn!(
+        "kernel {release} charges BPF maps to RLIMIT_MEMLOCK and raising it to unlimited failed \
+         ({error}; now {now}): the sensors' maps may be refused with EPERM; run picket as root, \
+         grant it CAP_SYS_RESOURCE, or raise the limit (systemd: LimitMEMLOCK=infinity)"
+    );
 }
 
 fn check_privileges() -> Result<(), PreflightError> {
