@@ -42,7 +42,10 @@ def picket_checkout_head(d):
     try:
         out, _ = bb.process.run('git rev-parse --verify HEAD', cwd=srcdir)
     except bb.process.ExecutionError as e:
-        bb.fatal("picket: %s is not a git checkout (%s): set PICKET_SRC_URI and SRCREV" % (srcdir, e))
+        # Skipped, not fatal: a parse error would stop every recipe of the build.
+        raise bb.parse.SkipRecipe("%s is not a git checkout whose HEAD can be read (%s): set "
+                                  "PICKET_SRC_URI and SRCREV (see meta-picket/README.md, "
+                                  "Variables)" % (srcdir, str(e).strip()))
     return out.strip()
 
 require ${BPN}-crates.inc
@@ -76,6 +79,40 @@ PICKET_DEVICE_CLASS ?= "${MACHINE}"
 # (it will be the TLS client certificate's CN once alerts are reported over MQTT).
 PICKET_DEVICE_ID ?= "${MACHINE}"
 # ---------------------------------------------------------------------------------------------
+
+# Without the manufacturer's settings the recipe is skipped, with what to provide, rather than
+# failing to parse: a file:// entry that cannot be found is a parse error, and a parse error
+# stops every recipe of the build. An image that asks for picket then fails with this reason.
+# picket-native (the image class's scan-and-sign tool) needs none of them.
+# nooelint: oelint.task.noanonpython - skipping a recipe at parse time (SkipRecipe) takes one
+python __anonymous() {
+    if d.getVar('CLASSOVERRIDE') != 'class-target':
+        return
+    filespath = d.getVar('FILESPATH')
+    def found(name):
+        return bool(bb.utils.which(filespath, name))
+    missing = []
+    if not d.getVar('PICKET_BPF_OBJECT_SHA256'):
+        missing.append("PICKET_BPF_OBJECT_SHA256, the SHA-256 of the eBPF object "
+                       "picket-sensors.bpf.o (meta-picket/scripts/build-ebpf-object.sh builds "
+                       "it and prints the line)")
+    if not found('picket-sensors.bpf.o'):
+        missing.append("picket-sensors.bpf.o, in the files/ directory your bbappend adds to "
+                       "FILESEXTRAPATHS")
+    keys = [k.split(';')[0][len('file://'):] for k in (d.getVar('PICKET_TRUSTED_KEYS') or '').split()
+            if k.startswith('file://')]
+    if not keys:
+        missing.append("PICKET_TRUSTED_KEYS, the public keys that sign your policies "
+                       "(\"file://vendor.pub\", made by `picket keygen`)")
+    for key in keys:
+        if not found(key):
+            missing.append("%s (in PICKET_TRUSTED_KEYS), in that files/ directory" % key)
+    # (BitBake expands variables in the reason when it shows it: it must name none.)
+    if missing:
+        raise bb.parse.SkipRecipe("picket needs the device manufacturer's settings, in a "
+                                  "picket_%%.bbappend of your layer (meta-picket/README.md, "
+                                  "steps 3 to 5); missing: %s" % "; ".join(missing))
+}
 
 SYSTEMD_SERVICE:${PN} = "picket.service"
 INITSCRIPT_NAME = "picket"

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Parses meta-picket with real BitBake, offline, as a new user of the layer would add it: a build
+# directory with OE-core and meta-picket only, no manufacturer layer and no Picket settings.
+#
+#  wrynose (OE-core wrynose, BitBake 2.18):
+#   1. `bitbake -p`: every recipe parses (a layer that breaks parsing gets removed);
+#   2. through BitBake's API (tinfoil), with the configuration alone: the kernel configuration
+#      fragment (linux-yocto parsed with a bbappend that requires
+#      recipes-kernel/linux/picket-kernel-config.inc has picket.cfg in SRC_URI, and BitBake
+#      finds the layer's file), and picket-native, which the image class needs, parses;
+#   3. `bitbake -e picket`: the recipe is skipped, and the reason names what to provide.
+#  scarthgap (OE-core scarthgap, BitBake 2.8):
+#   1. `bitbake -p`, as above;
+#   4. `bitbake -e picket-native` succeeds;
+#   5. an image that asks for picket (`bitbake -n core-image-minimal`) stops with the skip
+#      reason, not a parse error.
+# BitBake 2.18's server parses every recipe again for the command after a `bitbake -e TARGET`
+# or a failed one: each release has one such command, its last.
+#
+# The snapshots of OE-core and BitBake come from PICKET_YOCTO_SNAPSHOTS (default ../shared/yocto,
+# see its README); they are unpacked once into target/bitbake/. BitBake refuses to run as root,
+# so it runs as the system user picket-bitbake, created when missing. Needs root (apt, the
+# user). Host packages OE-core's sanity check wants are installed when missing.
+#
+# Cost: BitBake parses every recipe of OE-core once per release: about a minute each on an
+# otherwise idle 2-core machine (135 s for the whole check), up to five minutes each while
+# other builds run. scripts/yocto-check.sh runs it; alone: sudo scripts/bitbake-check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+layer=$root/yocto-layer/meta-picket
+snapshots=${PICKET_YOCTO_SNAPSHOTS:-$root/../shared/yocto}
+top=$root/target/bitbake
+user=picket-bitbake
+
+log() { printf '\033[1m[bitbake]\033[0m %s\n' "$*" >&2; }
+fail() {
+    log "FAILED: $*"
+    exit 1
+}
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "installs host packages and creates the user BitBake runs as: run this as root (sudo $0)"
+    exit 1
+fi
+[ -f "$snapshots/SHA256SUMS" ] ||
+    fail "no Yocto snapshots in $snapshots (set PICKET_YOCTO_SNAPSHOTS to the directory with SHA256SUMS)"
+
+# Host tools OE-core's sanity check requires (HOSTTOOLS) that a Debian host may lack, and the
+# en_US.UTF-8 locale it asks for.
+need=()
+for p in chrpath diffstat gawk lz4 zstd file cpio locales; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need[*]}"
+    apt-get update -qq || log "apt-get update reported errors; installing anyway"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+if ! locale -a 2>/dev/null | grep -qix 'en_US.utf-\?8'; then
+    log "generating the en_US.UTF-8 locale"
+    sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' /etc/locale.gen
+    grep -qx 'en_US.UTF-8 UTF-8' /etc/locale.gen || echo 'en_US.UTF-8 UTF-8' >>/etc/locale.gen
+    locale-gen >/dev/null
+fi
+if ! id "$user" >/dev/null 2>&1; then
+    log "creating the system user $user (BitBake refuses root)"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin "$user"
+fi
+
+mkdir -p "$top"
+# The snapshots, checked and unpacked once per content.
+(cd "$snapshots" && sha256sum --check --quiet SHA256SUMS) || fail "the snapshots in $snapshots do not match SHA256SUMS"
+unpack() { # ARCHIVE DIR
+    local archive=$snapshots/$1 dir=$top/src/$2 sum
+    sum=$(grep " $1\$" "$snapshots/SHA256SUMS" | cut -d' ' -f1)
+    [ -n "$sum" ] || fail "$1 is not in $snapshots/SHA256SUMS"
+    if [ "$(cat "$dir/.sha256" 2>/dev/null)" != "$sum" ]; then
+        log "unpacking $1"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        tar -xzf "$archive" -C "$dir" --strip-components=1
+        echo "$sum" >"$dir/.sha256"
+    fi
+    # An empty repository of its own: OE-core reads the git revision of its directory into the
+    # configuration (METADATA_REVISION), and git would otherwise find the checkout around
+    # target/, whose every commit would invalidate BitBake's parse cache.
+    [ -d "$dir/.git" ] || git init -q "$dir"
+}
+unpack bitbake-2.18.tar.gz bitbake-2.18
+unpack openembedded-core-wrynose.tar.gz oe-core-wrynose
+unpack bitbake-2.8.tar.gz bitbake-2.8
+unpack openembedded-core-scarthgap.tar.gz oe-core-scarthgap
+
+# The user's home: git must accept the root-owned checkout holding the layer (the recipe reads
+# its HEAD at parse time).
+home=$top/home
+mkdir -p "$home"
+printf '[safe]\n\tdirectory = *\n' >"$home/.gitconfig"
+
+# A manufacturer's layer that uses the kernel fragment the way the layer's README says.
+kernel_layer=$top/meta-kernel-user
+mkdir -p "$kernel_layer/conf" "$kernel_layer/recipes-kernel/linux"
+cat >"$kernel_layer/conf/layer.conf" <<'EOF'
+BBPATH .= ":${LAYERDIR}"
+BBFILES += "${LAYERDIR}/recipes-*/*/*.bbappend"
+BBFILE_COLLECTIONS += "kerneluser"
+BBFILE_PATTERN_kerneluser = "^${LAYERDIR}/"
+BBFILE_PRIORITY_kerneluser = "7"
+LAYERDEPENDS_kerneluser = "core picket"
+LAYERSERIES_COMPAT_kerneluser = "scarthgap wrynose"
+EOF
+echo 'require recipes-kernel/linux/picket-kernel-config.inc' \
+    >"$kernel_layer/recipes-kernel/linux/linux-yocto_%.bbappend"
+
+# A build directory: conf/ for the given layers, and the sanity check's network test off.
+setup_build() { # DIR LAYERS...
+    local dir=$1
+    shift
+    mkdir -p "$dir/conf"
+    {
+        # shellcheck disable=SC2016 # BitBake expands it
+        echo 'BBPATH = "${TOPDIR}"'
+        echo 'BBFILES ?= ""'
+        echo "BBLAYERS = \"$*\""
+    } >"$dir/conf/bblayers.conf"
+    # An image that asks for picket is part of the configuration from the start: a change of
+    # configuration would make BitBake parse every recipe again.
+    cat >"$dir/conf/local.conf" <<'EOF'
+MACHINE = "qemuarm64"
+CONNECTIVITY_CHECK_URIS = ""
+BB_NO_NETWORK = "1"
+IMAGE_INSTALL:append:pn-core-image-minimal = " picket"
+# One server for the commands of a check, which then parse every recipe once: BitBake keys
+# its on-disk parse cache on a hash of the configuration, which differs between a new
+# server's first command and its later ones (every new server would parse again) and, once
+# a command has reset the server (`bitbake -e TARGET` does), takes in the console log's
+# name, with the time in it, unless that name is constant.
+BB_SERVER_TIMEOUT = "120"
+EOF
+    echo "BB_CONSOLELOG = \"$dir/tmp/log/cooker/console.log\"" >>"$dir/conf/local.conf"
+}
+chown -R "$user:$user" "$top"
+
+# Runs a command as the BitBake user in build directory $1 with BitBake $2 on the PATH.
+as_user() { # BUILDDIR BITBAKEDIR CMD...
+    local dir=$1 bb=$2
+    shift 2
+    (cd "$dir" && runuser -u "$user" -- env -i HOME="$home" LANG=en_US.UTF-8 LC_ALL=en_US.UTF-8 \
+        PATH="$bb/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "$@")
+}
+
+# What the recipe's skip reason must say: each setting, and where it is documented.
+expect_reason() { # FILE
+    local f=$1 word
+    for word in 'picket was skipped' PICKET_BPF_OBJECT_SHA256 picket-sensors.bpf.o \
+        PICKET_TRUSTED_KEYS build-ebpf-object.sh 'meta-picket/README.md'; do
+        grep -qF -- "$word" "$f" || fail "the skip reason does not mention '$word': $(grep -i skip "$f" | head -n 5)"
+    done
+}
+
+parse_release() { # RELEASE BITBAKE OECORE
+    local release=$1 bb=$top/src/$2 oe=$top/src/$3 build=$top/build-$1 start
+    setup_build "$build" "$oe/meta" "$layer"
+    chown -R "$user:$user" "$build"
+    start=$SECONDS
+    as_user "$build" "$bb" bitbake -p >"$build/parse.log" 2>&1 ||
+        fail "$release: bitbake -p failed: $(tail -n 30 "$build/parse.log")"
+    grep -q 'ERROR' "$build/parse.log" && fail "$release: bitbake -p reported errors: $(grep ERROR "$build/parse.log")"
+    log "$release: every recipe parses ($((SECONDS - start)) s)"
+}
+
+native_parses() { # RELEASE BITBAKE
+    local release=$1 bb=$top/src/$2 build=$top/build-$1 start=$SECONDS
+    # picket-native (the image class's scan-and-sign tool) needs none of the settings.
+    as_user "$build" "$bb" bitbake -e picket-native >"$build/env-native.log" 2>&1 ||
+        fail "$release: bitbake -e picket-native failed: $(grep -m5 ERROR "$build/env-native.log")"
+    log "$release: picket-native parses ($((SECONDS - start)) s)"
+}
+
+picket_skipped() { # RELEASE BITBAKE
+    local release=$1 bb=$top/src/$2 build=$top/build-$1 start=$SECONDS
+    # `bitbake -e picket` fails for a skipped recipe, with the reason.
+    if as_user "$build" "$bb" bitbake -e picket >"$build/env.log" 2>&1; then
+        fail "$release: bitbake -e picket succeeded without the manufacturer's settings"
+    fi
+    expect_reason "$build/env.log"
+    log "$release: picket is skipped ($((SECONDS - start)) s): $(grep -o 'picket was skipped: .*' "$build/env.log" | head -n 1)"
+}
+
+image_refused() { # RELEASE BITBAKE
+    local release=$1 bb=$top/src/$2 build=$top/build-$1 start=$SECONDS
+    # An image asking for picket: refused with the skip reason, before any task runs.
+    if as_user "$build" "$bb" bitbake -n core-image-minimal >"$build/image.log" 2>&1; then
+        fail "$release: an image with picket but without the manufacturer's settings was accepted"
+    fi
+    grep -q "Nothing RPROVIDES 'picket'" "$build/image.log" ||
+        fail "$release: the image failed for another reason: $(grep -m5 ERROR "$build/image.log")"
+    grep -q 'Parsing halted\|ParseError\|Unable to get checksum' "$build/image.log" &&
+        fail "$release: parse errors: $(grep -m5 ERROR "$build/image.log")"
+    expect_reason "$build/image.log"
+    log "$release: an image with picket stops with the skip reason ($((SECONDS - start)) s)"
+}
+
+stop_server() { # RELEASE BITBAKE
+    as_user "$top/build-$1" "$top/src/$2" bitbake -m >/dev/null 2>&1 || true
+}
+
+tinfoil_checks() {
+    local bb=$top/src/bitbake-2.18 oe=$top/src/oe-core-wrynose start
+    # The kernel fragment, through a manufacturer layer's bbappend, and picket-native: the
+    # recipes are parsed by BitBake's own API (tinfoil), with the configuration alone, rather
+    # than every recipe again for a build directory with one more layer.
+    local kbuild=$top/build-wrynose-kernel kernel_recipe
+    kernel_recipe=$(printf '%s\n' "$oe"/meta/recipes-kernel/linux/linux-yocto_*.bb | sort -V | tail -n 1)
+    setup_build "$kbuild" "$oe/meta" "$layer" "$kernel_layer"
+    chown -R "$user:$user" "$kbuild"
+    start=$SECONDS
+    as_user "$kbuild" "$bb" python3 - "$bb/lib" "$kernel_recipe" \
+        "$kernel_layer/recipes-kernel/linux/linux-yocto_%.bbappend" \
+        "$layer/recipes-security/picket/picket_git.bb" >"$kbuild/kernel.log" 2>&1 <<'EOF' ||
+import sys
+sys.path.insert(0, sys.argv[1])
+import bb.fetch2
+import bb.tinfoil
+with bb.tinfoil.Tinfoil() as tinfoil:
+    tinfoil.prepare(config_only=True)
+    d = tinfoil.parse_recipe_file(sys.argv[2], appends=True, appendlist=[sys.argv[3]])
+    print("SRC_URI=" + d.getVar("SRC_URI"))
+    print("FILESEXTRAPATHS=" + d.getVar("FILESEXTRAPATHS"))
+    print("LOCALPATH=" + bb.fetch2.Fetch(["file://picket.cfg"], d).localpath("file://picket.cfg"))
+    native = tinfoil.parse_recipe_file("virtual:native:" + sys.argv[4])
+    print("NATIVE_PN=" + native.getVar("PN"))
+EOF
+        fail "wrynose: parsing $(basename "$kernel_recipe") with the fragment failed: $(tail -n 20 "$kbuild/kernel.log")"
+    grep -q '^SRC_URI=.*file://picket\.cfg' "$kbuild/kernel.log" ||
+        fail "wrynose: picket.cfg is not in linux-yocto's SRC_URI: $(grep '^SRC_URI=' "$kbuild/kernel.log")"
+    grep -qx "LOCALPATH=$layer/recipes-kernel/linux/files/picket.cfg" "$kbuild/kernel.log" ||
+        fail "wrynose: BitBake does not find the layer's picket.cfg: $(grep '^LOCALPATH=\|^FILESEXTRAPATHS=' "$kbuild/kernel.log")"
+    grep -qx 'NATIVE_PN=picket-native' "$kbuild/kernel.log" ||
+        fail "wrynose: picket-native does not parse: $(tail -n 20 "$kbuild/kernel.log")"
+    log "wrynose: $(basename "$kernel_recipe") with picket.cfg and picket-native parse ($((SECONDS - start)) s)"
+    as_user "$kbuild" "$bb" bitbake -m >/dev/null 2>&1 || true
+}
+
+total=$SECONDS
+parse_release wrynose bitbake-2.18 oe-core-wrynose
+tinfoil_checks
+picket_skipped wrynose bitbake-2.18
+stop_server wrynose bitbake-2.18
+parse_release scarthgap bitbake-2.8 oe-core-scarthgap
+native_parses scarthgap bitbake-2.8
+image_refused scarthgap bitbake-2.8
+stop_server scarthgap bitbake-2.8
+log "BitBake checks passed in $((SECONDS - total)) s"
+echo "bitbake: passed"
