@@ -7,7 +7,7 @@ crates the workspace is tested with, and cargo builds offline (`--frozen`).
 
 The output has the layout of OE-core's cargo-update-recipe-crates class (`bitbake -c
 update_crates picket`), but is made from the workspace's own Cargo.lock only: that class also
-reads policy/fuzz/Cargo.lock, whose crates the agent does not need.
+reads fuzz/Cargo.lock, whose crates the agent does not need.
 
     gen-crates-inc.py            # rewrite the .inc from ../../../Cargo.lock
     gen-crates-inc.py --check    # exit 1 if the .inc is not what Cargo.lock gives
