@@ -17,10 +17,11 @@
 # BitBake 2.18's server parses every recipe again for the command after a `bitbake -e TARGET`
 # or a failed one: each release has one such command, its last.
 #
-# The snapshots of OE-core and BitBake come from PICKET_YOCTO_SNAPSHOTS (default ../shared/yocto,
-# see its README); they are unpacked once into target/bitbake/. BitBake refuses to run as root,
-# so it runs as the system user picket-bitbake, created when missing. Needs root (apt, the
-# user). Host packages OE-core's sanity check wants are installed when missing.
+# The snapshots of OE-core and BitBake come from PICKET_YOCTO_SNAPSHOTS (default: shared/yocto
+# beside the checkout or one of its parents, see its README); they are unpacked once into
+# target/bitbake/. BitBake refuses to run as root, so it runs as the system user
+# picket-bitbake, created when missing. Needs root (apt, the user). Host packages OE-core's
+# sanity check wants are installed when missing.
 #
 # Cost: BitBake parses every recipe of OE-core once per release: about a minute each on an
 # otherwise idle 2-core machine (135 s for the whole check), up to five minutes each while
@@ -29,7 +30,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 layer=$root/yocto-layer/meta-picket
-snapshots=${PICKET_YOCTO_SNAPSHOTS:-$root/../shared/yocto}
+# Else shared/yocto beside the checkout, or beside one of its parents (a clone in a
+# subdirectory of the workspace).
+find_snapshots() {
+    local dir=$root
+    while [ "$dir" != / ]; do
+        dir=$(dirname "$dir")
+        [ -f "$dir/shared/yocto/SHA256SUMS" ] && { echo "$dir/shared/yocto"; return; }
+    done
+    echo "$root/../shared/yocto"
+}
+snapshots=${PICKET_YOCTO_SNAPSHOTS:-$(find_snapshots)}
 top=$root/target/bitbake
 user=picket-bitbake
 

@@ -65,7 +65,7 @@ bash bench/backend.sh --smoke
 log "the local fleet of scripts/run.sh: first run, an alert end to end, clean stop, second run"
 bash tests/fleet.sh
 
-log "the Yocto layer: lint, crates, scan-and-sign, the unit sandboxed"
+log "the Yocto layer: lint, crates, scan-and-sign, the unit sandboxed, real BitBake parses"
 bash scripts/yocto-check.sh
 
 log "ARM: static agents, unit tests under qemu-user; the agent on Debian's Linux 6.1 and 5.10 (arm64, armhf, amd64) in qemu-system"
