@@ -58,10 +58,12 @@ fi
     fail "no Yocto snapshots in $snapshots (set PICKET_YOCTO_SNAPSHOTS to the directory with SHA256SUMS)"
 
 # Host tools OE-core's sanity check requires (HOSTTOOLS) that a Debian host may lack, and the
-# en_US.UTF-8 locale it asks for.
+# en_US.UTF-8 locale it asks for. A package is there when dpkg says it is installed (not only
+# its configuration files left).
 need=()
-for p in chrpath diffstat gawk lz4 zstd file cpio locales; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+for p in chrpath diffstat gawk lz4 zstd file cpio locales wget rpcsvc-proto make gcc g++ git \
+    patch bzip2 xz-utils python3; do
+    [ "$(dpkg-query -W -f '${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
     log "installing Debian packages: ${need[*]}"

@@ -641,11 +641,15 @@ impl Probes {
                 std::process::id()
             ));
             fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            // Not read-only: tracefs has one superblock, and older kernels (5.10, 6.1) apply a
+            // new mount's flags to it, whatever else mounts it (debugfs's tracing directory).
             match nix::mount::mount(
                 Some("nodev"),
                 &dir,
                 Some("tracefs"),
-                nix::mount::MsFlags::MS_RDONLY,
+                nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV
+                    | nix::mount::MsFlags::MS_NOEXEC,
                 None::<&str>,
             ) {
                 Ok(()) => {

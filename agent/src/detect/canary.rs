@@ -24,8 +24,8 @@ pub const SUBCOMMAND: &str = "__canary";
 /// How long the canary's exec may take to come back.
 const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Canaries in a row that could not be started before it is said as tamper: the check is then
-/// blind (the agent's binary moved or replaced, its name gone).
+/// Canaries in a row whose start failed because the agent's binary is gone (moved, replaced,
+/// no longer executable) before it is said as tamper: the check is then blind.
 const START_FAILURES: u32 = 3;
 
 /// The liveness check's state.
@@ -106,15 +106,23 @@ impl Canary {
     fn send(&mut self, now: Instant) -> Option<Draft> {
         self.sent += 1;
         let nonce = format!("{}-{}", std::process::id(), self.sent);
+        // Err: why, and whether it is the binary that is gone (counted) rather than a
+        // passing shortage (no process or memory to spare: not counted).
         let started = match &self.exe {
-            None => Err("the agent's own executable is unknown".to_string()),
+            None => Err(("the agent's own executable is unknown".to_string(), true)),
             Some(exe) => Command::new(exe)
                 .args([SUBCOMMAND, &nonce])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .map_err(|e| format!("{}: {e}", exe.display())),
+                .map_err(|e| {
+                    let gone = matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::EACCES | libc::ENOEXEC | libc::ENOTDIR)
+                    );
+                    (format!("{}: {e}", exe.display()), gone)
+                }),
         };
         match started {
             Ok(mut child) => {
@@ -124,9 +132,12 @@ impl Canary {
                 self.failures = 0;
                 None
             }
-            Err(error) => {
+            Err((error, gone)) => {
                 log::warn!("cannot start the sensor canary: {error}");
                 self.last = now;
+                if !gone {
+                    return None;
+                }
                 self.failures += 1;
                 (self.failures == START_FAILURES).then(|| Draft {
                     kind: Kind::AgentTamper,
