@@ -257,6 +257,16 @@ EOF
     as_user "$kbuild" "$bb" bitbake -m >/dev/null 2>&1 || true
 }
 
+# A failure leaves no server holding a build directory's lock (a success stopped them).
+stop_all() {
+    local status=$?
+    if [ "$status" -ne 0 ]; then
+        stop_server wrynose bitbake-2.18
+        stop_server scarthgap bitbake-2.8
+    fi
+}
+trap stop_all EXIT
+
 total=$SECONDS
 parse_release wrynose bitbake-2.18 oe-core-wrynose
 tinfoil_checks

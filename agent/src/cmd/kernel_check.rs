@@ -395,6 +395,9 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<u8> {
         match status {
             0 => "every required feature is present",
             1 => "a required feature is missing: picket cannot run on this kernel",
+            _ if nix::unistd::geteuid().is_root() => {
+                "a required feature could not be checked: its probe failed (see its line)"
+            }
             _ => "a required feature could not be checked (run as root)",
         }
     );
