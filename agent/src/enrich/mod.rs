@@ -126,23 +126,40 @@ impl Enricher {
     /// the pid): the process's context from the table, its ids and name from `/proc` while it
     /// lives.
     pub fn read(&mut self, pid: u32, path: PathBuf) -> Event {
-        self.on_behalf(pid, Category::File, Detail::Read { path })
+        self.on_behalf(pid, Category::File, Detail::Read { path }, None)
     }
 
     /// An event for an exec the exec guard refused (or would have): the process that tried,
     /// still running its previous program, with its context.
     pub fn refused(&mut self, d: crate::enforce::exec::ExecDecision) -> Event {
+        // The dry run does not hold the exec: when its record came first, the table has the new
+        // image already, and the decision is about the image that asked.
+        let before = if d.enforced {
+            None
+        } else {
+            self.table
+                .peek(d.pid)
+                .filter(|p| p.image.exe.as_deref() == Some(d.path.as_path()))
+                .and_then(|p| p.previous.clone())
+        };
+        let pid = d.pid;
         let detail = Detail::Refused {
             path: d.path,
             refusal: d.refusal,
             enforced: d.enforced,
         };
-        self.on_behalf(d.pid, Category::Exec, detail)
+        self.on_behalf(pid, Category::Exec, detail, before)
     }
 
     /// An event seen outside the ring buffer for process `pid`: its task read from `/proc`,
-    /// its context from the process table.
-    fn on_behalf(&mut self, pid: u32, category: Category, detail: Detail) -> Event {
+    /// its context from the process table (with `image` for its own, when given).
+    fn on_behalf(
+        &mut self,
+        pid: u32,
+        category: Category,
+        detail: Detail,
+        image: Option<Arc<process::Image>>,
+    ) -> Event {
         let proc_dir = std::fs::metadata(format!("/proc/{pid}")).ok();
         let mut comm = [0u8; picket_common::COMM_LEN];
         if let Ok(name) = std::fs::read(format!("/proc/{pid}/comm")) {
@@ -160,12 +177,15 @@ impl Enricher {
             comm: Comm::new(&comm),
             known: proc_dir.is_some(),
         };
-        let process = Some(self.context(pid));
+        let mut process = self.context(pid);
+        if let Some(image) = image {
+            process.image = image;
+        }
         event(
             category,
             Record {
                 task,
-                process,
+                process: Some(process),
                 detail,
             },
         )

@@ -71,6 +71,10 @@ impl Image {
 pub struct Process {
     pub ppid: Option<u32>,
     pub image: Arc<Image>,
+    /// What it ran before its last exec (`None` until it execs): a dry-run exec decision,
+    /// reported whether or not the exec went ahead by then, names the image that asked for the
+    /// exec, as an enforced one does.
+    pub previous: Option<Arc<Image>>,
     /// Whether hashing the running executable was tried already (for processes older than the
     /// agent): a file that cannot be hashed is not retried on every event.
     pub hash_tried: bool,
@@ -186,7 +190,6 @@ impl ProcessTable {
     }
 
     /// The process `pid` if known, without reading `/proc`.
-    #[cfg(test)]
     pub fn peek(&self, pid: u32) -> Option<&Process> {
         self.procs.get(&pid)
     }
@@ -201,6 +204,7 @@ impl ProcessTable {
         let mut p = self.get(parent).clone();
         p.ppid = Some(parent);
         p.exited = false;
+        p.previous = None;
         // Descriptors are inherited, so the parent's open files stay valid for the child.
         self.insert(child, p);
     }
@@ -217,7 +221,7 @@ impl ProcessTable {
         let applet = exe.as_deref().and_then(|e| applet_of(e, &argv));
         let p = self.get(pid);
         let (code, script_sha256) = code.map_or((None, None), |(c, d)| (Some(c), d));
-        p.image = Arc::new(Image {
+        let image = Arc::new(Image {
             applet,
             exe,
             sha256,
@@ -225,6 +229,7 @@ impl ProcessTable {
             code,
             script_sha256,
         });
+        p.previous = Some(std::mem::replace(&mut p.image, image));
         p.hash_tried = true;
         // Descriptors survive exec, but a close-on-exec one may be reused: forget them.
         p.files.clear();
@@ -239,8 +244,12 @@ impl ProcessTable {
                 // Kept only for its descendants' ancestry (pid, parent, executable): its
                 // arguments, open files and directory are dropped, so that the exited
                 // processes kept weigh little even when their command lines were long.
-                if let Some(image) = Arc::get_mut(&mut p.image) {
-                    image.argv = Vec::new();
+                // The image before its exec stays (a dry-run exec decision may be reported
+                // after the exit), as light.
+                for image in std::iter::once(&mut p.image).chain(p.previous.as_mut()) {
+                    if let Some(image) = Arc::get_mut(image) {
+                        image.argv = Vec::new();
+                    }
                 }
                 p.files = Vec::new();
                 p.cwd = None;
@@ -351,6 +360,7 @@ fn from_proc(pid: u32) -> Process {
             argv,
         }),
         hash_tried: false,
+        previous: None,
         cwd: None,
         files: Vec::new(),
         exited: false,
@@ -431,6 +441,30 @@ mod tests {
         t.set_cwd(b, "/tmp".into());
         t.fork(b, 4_000_000_004);
         assert_eq!(t.cwd(4_000_000_004).as_deref(), Some(Path::new("/tmp")));
+    }
+
+    #[test]
+    fn an_exec_keeps_the_image_that_asked_for_it() {
+        let mut t = ProcessTable::new();
+        let (a, b) = (4_100_000_001, 4_100_000_002);
+        t.get(a).image = Arc::new(Image {
+            exe: Some("/bin/sh".into()),
+            ..Image::default()
+        });
+        t.fork(a, b);
+        assert!(t.peek(b).unwrap().previous.is_none(), "not exec'd yet");
+        t.exec(b, Some("/tmp/x".into()), None, vec![], None);
+        let p = t.peek(b).unwrap();
+        assert_eq!(p.image.exe.as_deref(), Some(Path::new("/tmp/x")));
+        let before = p.previous.as_ref().unwrap();
+        assert_eq!(before.exe.as_deref(), Some(Path::new("/bin/sh")));
+        // A child of the new image starts with no exec of its own.
+        t.fork(b, 4_100_000_003);
+        assert!(t.peek(4_100_000_003).unwrap().previous.is_none());
+        // Exited, it keeps the image from before its exec (a decision may come after the exit).
+        t.exit(b);
+        let before = t.peek(b).unwrap().previous.as_ref().unwrap();
+        assert_eq!(before.exe.as_deref(), Some(Path::new("/bin/sh")));
     }
 
     #[test]
