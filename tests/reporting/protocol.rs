@@ -1,5 +1,6 @@
 //! `mqtt.protocol = "auto"` (the default): MQTT v5 first, MQTT 3.1.1 when the broker refuses
-//! v5 before a first connection, and the version that worked kept for the agent's life.
+//! v5 and accepts 3.1.1 at once, and the version that worked kept; an outage that closes
+//! connections before any CONNACK, as a refusal of v5 does, does not leave the agent on 3.1.1.
 //!
 //! The broker that refuses v5 is [`OldBroker`], a front before the real Mosquitto. Mosquitto 2
 //! cannot be made to refuse v5 (no option of `mosquitto.conf` limits the protocol version; a
@@ -22,7 +23,7 @@ use super::*;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use picket_proto::Heartbeat;
@@ -156,6 +157,47 @@ fn auto_stays_on_v5_with_a_broker_that_speaks_it() {
     assert!(!log.contains("refused MQTT"), "{}", reporter_log(&log));
     assert!(!log.contains("(MQTT 3.1.1)"), "{}", reporter_log(&log));
     // Mosquitto's own word: one connection of the device, in v5.
+    assert_eq!(device_connections(&fleet), ["p5"], "{}", fleet.broker.log());
+}
+
+/// A TLS front whose broker is down closes each connection after the CONNECT, before any
+/// CONNACK, whatever the version: to the agent, as a broker without v5 answers v5. It tries
+/// 3.1.1 at once, sees that fail too, and goes back to v5; when the broker is back, the agent
+/// connects with v5, not with the 3.1.1 of its last attempt during the outage.
+#[test]
+fn auto_keeps_v5_through_an_outage_that_closes_before_the_connack() {
+    let _serial = serial();
+    let fleet = Fleet::new("proto-outage");
+    let sub = fleet.subscriber();
+    let broker = OldBroker::start(&fleet, &[MQTT_5, MQTT_311]);
+    // Down for two rounds (v5, then 3.1.1 at once, twice), then up.
+    broker.drop_first(4);
+    let agent = Agent::start(&fleet.config_via(broker.port(), ""));
+    wait_live_status(&sub, 0, Presence::Online, || reporter_log(&agent.log()));
+    assert_eq!(
+        broker.connects(),
+        [
+            (MQTT_5, Answer::Dropped),
+            (MQTT_311, Answer::Dropped),
+            (MQTT_5, Answer::Dropped),
+            (MQTT_311, Answer::Dropped),
+            (MQTT_5, Answer::Relayed),
+        ],
+        "agent log:\n{}",
+        reporter_log(&agent.log())
+    );
+    let log = agent.stop();
+    assert_eq!(
+        log.matches("MQTT 3.1.1 failed too").count(),
+        2,
+        "{}",
+        reporter_log(&log)
+    );
+    let connected = format!(
+        "connected to the broker localhost:{} (MQTT v5) as `{DEVICE}`",
+        broker.port()
+    );
+    assert!(log.contains(&connected), "{}", reporter_log(&log));
     assert_eq!(device_connections(&fleet), ["p5"], "{}", fleet.broker.log());
 }
 
@@ -295,6 +337,8 @@ enum Answer {
     Refused,
     /// Relayed to Mosquitto.
     Relayed,
+    /// Closed without an answer, as a TLS front does when its broker is down.
+    Dropped,
 }
 
 /// A broker that speaks only the MQTT protocol levels it is told: a front on a loopback port
@@ -311,6 +355,8 @@ struct Front {
     levels: Mutex<Vec<u8>>,
     /// Each CONNECT's protocol level and answer, in order.
     connects: Mutex<Vec<(u8, Answer)>>,
+    /// CONNECTs still to be closed without an answer, whatever their level.
+    drop_first: AtomicUsize,
     stop: AtomicBool,
     server: Arc<rustls::ServerConfig>,
     upstream: Arc<rustls::ClientConfig>,
@@ -348,6 +394,7 @@ impl OldBroker {
         let shared = Arc::new(Front {
             levels: Mutex::new(levels.to_vec()),
             connects: Mutex::new(Vec::new()),
+            drop_first: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             server: Arc::new(server),
             upstream: Arc::new(fleet.device.tls_config()),
@@ -381,6 +428,11 @@ impl OldBroker {
     /// Serves `levels` from the next CONNECT on.
     fn accept(&self, levels: &[u8]) {
         *self.shared.levels.lock().unwrap() = levels.to_vec();
+    }
+
+    /// Closes the next `n` CONNECTs without an answer, whatever their level.
+    fn drop_first(&self, n: usize) {
+        self.shared.drop_first.store(n, Ordering::SeqCst);
     }
 
     /// Each CONNECT so far: its protocol level and how it was answered.
@@ -448,14 +500,24 @@ fn serve(shared: &Front, sock: TcpStream) -> io::Result<()> {
             return Ok(());
         }
     };
+    let dropped = shared
+        .drop_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
     let served = shared.levels.lock().unwrap().contains(&level);
-    let answer = if served {
+    let answer = if dropped {
+        Answer::Dropped
+    } else if served {
         Answer::Relayed
     } else {
         Answer::Refused
     };
     shared.connects.lock().unwrap().push((level, answer));
     eprintln!("old broker: CONNECT of level {level}: {answer:?}");
+    if dropped {
+        device.close();
+        return Ok(());
+    }
     if !served {
         // CONNACK, remaining length 2: no session present, return code 0x01.
         device.send(&[0x20, 0x02, 0x00, 0x01])?;

@@ -190,6 +190,13 @@ impl Backoff {
 
 /// Connection attempts: which MQTT version to speak, how long to wait after a failure, and
 /// whether a failure is news worth a warning.
+///
+/// With [`Protocol::Auto`], v5 first. A v5 attempt the broker turns down for its protocol is
+/// followed at once by a 3.1.1 attempt: a broker without v5 accepts it there and then, and the
+/// agent stays on 3.1.1. If that attempt fails too, the v5 failure said nothing about the
+/// version (a broker stopping, or a TLS front whose broker is down, also closes a connection
+/// before any CONNACK): the next attempt, after the backoff, is v5 again. Once v5 connected,
+/// the version stays.
 pub(super) struct Attempts {
     protocol: Protocol,
     v5: bool,
@@ -197,6 +204,10 @@ pub(super) struct Attempts {
     /// The last attempt reached the broker: its failure is news.
     was_connected: bool,
     ever_connected: bool,
+    /// A v5 connection succeeded: the broker speaks v5.
+    v5_connected: bool,
+    /// This attempt is the 3.1.1 one made at once after a v5 refusal.
+    probing: bool,
 }
 
 /// What to do after a connection failed or was lost.
@@ -223,6 +234,8 @@ impl Attempts {
             backoff: Backoff::new(reconnect_min, reconnect_max),
             was_connected: false,
             ever_connected: false,
+            v5_connected: false,
+            probing: false,
         }
     }
 
@@ -236,22 +249,34 @@ impl Attempts {
     pub(super) fn connected(&mut self) -> bool {
         self.backoff.reset();
         self.ever_connected = true;
+        self.v5_connected |= self.v5;
+        self.probing = false;
         let news = !self.was_connected;
         self.was_connected = true;
         news
     }
 
     /// A connection failed or was lost; `protocol` when the broker seems not to speak the
-    /// version tried. Only with [`Protocol::Auto`], and only until a first connection
-    /// succeeds, is the other version tried next.
+    /// version tried. Only with [`Protocol::Auto`] is the other version tried next: 3.1.1 at
+    /// once after a v5 refusal (unless v5 connected before), and v5 again after that 3.1.1
+    /// attempt failed, or after a 3.1.1 refusal.
     pub(super) fn failed(&mut self, protocol: bool) -> Retry {
         let loud = self.was_connected || !self.ever_connected && self.backoff.at_start();
         self.was_connected = false;
-        let switch = self.protocol == Protocol::Auto && protocol && !self.ever_connected;
-        let delay = self.backoff.delay();
+        let auto = self.protocol == Protocol::Auto;
+        let probed = std::mem::take(&mut self.probing);
+        if auto && self.v5 && protocol && !self.v5_connected {
+            self.probing = true;
+            return Retry {
+                loud,
+                delay: Duration::ZERO,
+                switch: true,
+            };
+        }
+        let switch = auto && !self.v5 && (protocol || probed);
         Retry {
             loud,
-            delay,
+            delay: self.backoff.delay(),
             switch,
         }
     }

@@ -380,7 +380,8 @@ impl Reporter {
     /// After a connection is lost (or could not be made): says so, waits, and switches the
     /// MQTT version if [`Attempts`] says so. `false` when `stop` is notified meanwhile.
     async fn back_off(&self, attempts: &mut Attempts, lost: Lost, stop: &Notify) -> bool {
-        let retry = attempts.failed(lost.is_protocol());
+        let refused = lost.is_protocol();
+        let retry = attempts.failed(refused);
         if retry.loud {
             log::warn!(
                 "broker {}:{} unreachable: {lost}; alerts are kept in the spool",
@@ -398,11 +399,18 @@ impl Reporter {
         if retry.switch {
             attempts.switch_protocol();
             let v5 = attempts.v5();
-            log::info!(
-                "the broker refused MQTT {}; trying {}",
-                if v5 { "3.1.1" } else { "v5" },
-                if v5 { "v5" } else { "3.1.1" }
-            );
+            if refused {
+                log::info!(
+                    "the broker refused MQTT {}; trying {}",
+                    if v5 { "3.1.1" } else { "v5" },
+                    if v5 { "v5" } else { "3.1.1" }
+                );
+            } else {
+                log::info!(
+                    "MQTT 3.1.1 failed too, so the broker's closing of the v5 connection was not \
+                     about the version; trying v5 again"
+                );
+            }
         }
         true
     }

@@ -198,30 +198,58 @@ fn a_connection_stalls_only_on_alerts_awaiting_their_acknowledgement() {
 }
 
 #[test]
-fn auto_falls_back_to_mqtt_3_1_1_only_when_the_first_connection_is_refused_for_its_protocol() {
+fn auto_falls_back_to_mqtt_3_1_1_only_when_the_broker_takes_it_at_once() {
     let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
     let mut a = Attempts::new(Protocol::Auto, min, max);
     assert!(a.v5(), "auto starts with v5");
-    // Not a protocol refusal: same version again.
-    assert!(!a.failed(false).switch);
+    // Not a protocol refusal: same version again, after the backoff.
+    let retry = a.failed(false);
+    assert!(!retry.switch && retry.delay > Duration::ZERO, "{retry:?}");
+    // Refused for its protocol: 3.1.1 at once.
     let retry = a.failed(true);
-    assert!(retry.switch);
+    assert!(retry.switch && retry.delay == Duration::ZERO, "{retry:?}");
     a.switch_protocol();
     assert!(!a.v5());
-    assert!(a.failed(true).switch, "and back, until one works");
+    // That attempt failed too, for any reason: the v5 refusal said nothing about the version
+    // (a broker stopping closes before any CONNACK too). v5 again, after the backoff.
+    let retry = a.failed(false);
+    assert!(retry.switch && retry.delay > Duration::ZERO, "{retry:?}");
     a.switch_protocol();
     assert!(a.v5());
+    // Refused again, and 3.1.1 refused for its protocol as well: back and forth, until one
+    // works.
+    assert!(a.failed(true).switch);
     a.switch_protocol();
+    assert!(a.failed(true).switch);
+    a.switch_protocol();
+    assert!(a.v5());
+    assert!(a.failed(true).switch);
+    a.switch_protocol();
+    // 3.1.1 right after the v5 refusal worked: it stays, whatever goes wrong later but a
+    // refusal of 3.1.1 itself.
     assert!(a.connected());
-    // Once a connection worked, the version stays.
-    assert!(!a.failed(true).switch);
-    assert!(!a.v5());
+    for _ in 0..3 {
+        assert!(!a.failed(false).switch);
+        assert!(!a.v5());
+    }
+    assert!(a.failed(true).switch, "a broker refusing 3.1.1 now: v5 again");
+    a.switch_protocol();
+
+    // Once v5 connected, the version stays: a close before CONNACK is the broker stopping.
+    let mut a = Attempts::new(Protocol::Auto, min, max);
+    assert!(a.connected());
+    for _ in 0..3 {
+        let retry = a.failed(true);
+        assert!(!retry.switch && retry.delay > Duration::ZERO, "{retry:?}");
+        assert!(a.v5());
+    }
 
     // A configured version is kept whatever the broker says.
     for protocol in [Protocol::V5, Protocol::V311] {
         let mut a = Attempts::new(protocol, min, max);
         assert_eq!(a.v5(), protocol == Protocol::V5);
         assert!(!a.failed(true).switch, "{protocol:?}");
+        assert!(!a.failed(false).switch, "{protocol:?}");
     }
 }
 
