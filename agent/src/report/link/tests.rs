@@ -232,7 +232,10 @@ fn auto_falls_back_to_mqtt_3_1_1_only_when_the_broker_takes_it_at_once() {
         assert!(!a.failed(false).switch);
         assert!(!a.v5());
     }
-    assert!(a.failed(true).switch, "a broker refusing 3.1.1 now: v5 again");
+    assert!(
+        a.failed(true).switch,
+        "a broker refusing 3.1.1 now: v5 again"
+    );
     a.switch_protocol();
 
     // Once v5 connected, the version stays: a close before CONNACK is the broker stopping.
