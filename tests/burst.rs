@@ -156,12 +156,7 @@ impl BurstCgroup {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let root = mountinfo
             .lines()
-            .find_map(|line| {
-                let (before, after) = line.split_once(" - ")?;
-                let fields: Vec<&str> = before.split(' ').collect();
-                (after.starts_with("cgroup2 ") && fields.get(3) == Some(&"/"))
-                    .then(|| PathBuf::from(fields[4]))
-            })
+            .find_map(picket_agent::sensors::guard::cgroup2_mount)
             .unwrap_or_else(|| panic!("no cgroup v2 hierarchy mounted:\n{mountinfo}"));
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let rel = own

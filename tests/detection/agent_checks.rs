@@ -46,14 +46,7 @@ fn the_periodic_rescan_raises_drift_of_files_changed_while_running() {
     let changed_at = now_ms();
 
     // Same size, and the modification time put back: only the content tells.
-    let mtime = fs::metadata(&changed).unwrap().modified().unwrap();
-    fs::write(&changed, "listen = 4444\n").unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&changed)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rewrite_keeping_mtime(&changed, "listen = 4444\n");
     let new_sha = sha256_file(&changed);
     let content = agent.wait_for(
         &format!("integrity_drift (content) of {}", changed.display()),
@@ -90,14 +83,7 @@ fn the_periodic_rescan_raises_drift_of_files_changed_while_running() {
     );
 
     // And the content changed again: a drift of its own, with the new content's hash.
-    let mtime = fs::metadata(&changed).unwrap().modified().unwrap();
-    fs::write(&changed, "listen = 5555\n").unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&changed)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rewrite_keeping_mtime(&changed, "listen = 5555\n");
     let newer_sha = sha256_file(&changed);
     let again = agent.wait_for(
         &format!(
@@ -662,4 +648,17 @@ fn now_ms() -> u64 {
             .as_millis(),
     )
     .unwrap()
+}
+
+/// Writes `text` over `path` and puts its modification time back: a change only its content
+/// tells.
+fn rewrite_keeping_mtime(path: &Path, text: &str) {
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    fs::write(path, text).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
 }

@@ -227,7 +227,7 @@ pub fn cgroup2_root() -> Result<PathBuf, SensorError> {
 }
 
 /// The mount point of a mountinfo line that mounts the root of a cgroup v2 hierarchy.
-pub(super) fn cgroup2_mount(line: &str) -> Option<PathBuf> {
+pub fn cgroup2_mount(line: &str) -> Option<PathBuf> {
     let (before, after) = line.split_once(" - ")?;
     let fields: Vec<&str> = before.split(' ').collect();
     let fstype = after.split(' ').next()?;

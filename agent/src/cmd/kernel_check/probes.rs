@@ -208,9 +208,9 @@ impl Probes {
     pub(super) fn cgroup2(&mut self) -> Evidence {
         if let Some(point) = fs::read_to_string("/proc/self/mountinfo")
             .ok()
-            .and_then(|m| m.lines().find_map(cgroup2_mount))
+            .and_then(|m| m.lines().find_map(crate::sensors::guard::cgroup2_mount))
         {
-            return Evidence::present(format!("mounted at {point}"));
+            return Evidence::present(format!("mounted at {}", point.display()));
         }
         match fs::read_to_string("/proc/filesystems") {
             Ok(list) if filesystem_listed(&list, "cgroup2") => Evidence::present(
@@ -292,16 +292,6 @@ pub(super) fn mounted_tracefs() -> Option<PathBuf> {
 pub(super) fn filesystem_listed(list: &str, name: &str) -> bool {
     list.lines()
         .any(|l| l.split_whitespace().next_back() == Some(name))
-}
-
-/// The mount point of a `/proc/self/mountinfo` line that mounts the root of a cgroup v2
-/// hierarchy (escapes left as they are: the point is only shown).
-pub(super) fn cgroup2_mount(line: &str) -> Option<String> {
-    let (before, after) = line.split_once(" - ")?;
-    let fields: Vec<&str> = before.split(' ').collect();
-    (after.split(' ').next() == Some("cgroup2") && fields.get(3) == Some(&"/"))
-        .then(|| fields.get(4).map(|p| p.to_string()))
-        .flatten()
 }
 
 /// `major.minor` of a kernel release string.
