@@ -17,6 +17,9 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub devices: DevicesConfig,
+    /// What one device may send and keep (`docs/BACKEND.md`, "Limits and quotas").
+    #[serde(default)]
+    pub limits: LimitsConfig,
     pub http: Option<HttpConfig>,
     /// A Mosquitto that `serve` starts and supervises (`docs/BACKEND.md`, "Managed broker").
     pub broker: Option<BrokerConfig>,
@@ -96,6 +99,46 @@ impl Default for DevicesConfig {
             heartbeat_timeout: default_heartbeat_timeout(),
         }
     }
+}
+
+/// Per-device limits: a token bucket on the alerts each device sends, and a quota on the
+/// alerts stored for it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Alerts per second a device may send, sustained.
+    #[serde(default = "default_alerts_per_second")]
+    pub alerts_per_second: u32,
+    /// Alerts a device may send at once beyond the sustained rate (the bucket's size).
+    #[serde(default = "default_alert_burst")]
+    pub alert_burst: u32,
+    /// Alerts kept per device; beyond it the device's oldest (lowest sequence numbers) are
+    /// removed.
+    #[serde(default = "default_max_alerts_per_device")]
+    pub max_alerts_per_device: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            alerts_per_second: default_alerts_per_second(),
+            alert_burst: default_alert_burst(),
+            max_alerts_per_device: default_max_alerts_per_device(),
+        }
+    }
+}
+
+fn default_alerts_per_second() -> u32 {
+    10
+}
+/// More than a full spool of the agent's default size (8 MiB) holds, even of the smallest
+/// alerts (about 100 bytes with the spool's record header): a device draining its spool
+/// after an outage is never limited.
+fn default_alert_burst() -> u32 {
+    100_000
+}
+fn default_max_alerts_per_device() -> u64 {
+    1_000_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +265,19 @@ impl Config {
                  drops the connection of a client whose publication its ACL refuses"
             );
         }
+        let limits = &config.limits;
+        anyhow::ensure!(
+            limits.alerts_per_second > 0,
+            "limits.alerts_per_second must be at least 1"
+        );
+        anyhow::ensure!(
+            limits.alert_burst > 0,
+            "limits.alert_burst must be at least 1"
+        );
+        anyhow::ensure!(
+            limits.max_alerts_per_device > 0,
+            "limits.max_alerts_per_device must be at least 1"
+        );
         for (group, devices) in &config.groups {
             for id in devices {
                 picket_proto::topic::check_device_id(id)
@@ -313,6 +369,13 @@ lab = ["gw-1", "gw-2"]
         let broker = config.broker.unwrap();
         assert_eq!(broker.listen, default_broker_listen());
         assert_eq!(broker.max_queued_messages, default_max_queued_messages());
+        let limits = config.limits;
+        assert_eq!(limits.alerts_per_second, default_alerts_per_second());
+        assert_eq!(limits.alert_burst, default_alert_burst());
+        assert_eq!(
+            limits.max_alerts_per_device,
+            default_max_alerts_per_device()
+        );
     }
 
     #[test]
@@ -367,6 +430,20 @@ lab = ["gw-1", "gw-2"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("groups.lab"), "{err}");
+        for (bad, key) in [
+            ("alerts_per_second = 0", "limits.alerts_per_second"),
+            ("alert_burst = 0", "limits.alert_burst"),
+            ("max_alerts_per_device = 0", "limits.max_alerts_per_device"),
+        ] {
+            let err = Config::parse(&format!("[limits]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let err = Config::parse("[limits]\nalerts_per_second = 2.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
         let err = Config::parse("[devices]\nheartbeat_timeout = \"3y\"\n")
             .unwrap_err()
             .to_string();

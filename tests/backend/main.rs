@@ -4,10 +4,11 @@
 //! HTTP API.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// The tests, by what they exercise: ingest and storage, policy distribution and the
-// configuration, the managed broker, a real agent (policy push, retention, gaps of a restart
-// and of a full spool).
+// The tests, by what they exercise: ingest and storage, per-device limits and quotas, policy
+// distribution and the configuration, the managed broker, a real agent (policy push,
+// retention, gaps of a restart and of a full spool).
 mod ingest;
+mod limits;
 mod managed_broker;
 mod policy;
 mod real_agent;

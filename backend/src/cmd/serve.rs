@@ -95,8 +95,15 @@ async fn serve_with(
         mqtt.client_id,
         location
     );
+    let limits = &config.limits;
+    log::info!(
+        "per device: at most {} alert(s) per second (burst {}), {} stored",
+        limits.alerts_per_second,
+        limits.alert_burst,
+        limits.max_alerts_per_device
+    );
     tokio::select! {
-        r = ingest::run(mqtt, store) => r,
+        r = ingest::run(mqtt, limits, store) => r,
         _ = signals.interrupt.recv() => { log::info!("interrupted; stopping"); Ok(()) }
         _ = signals.terminate.recv() => { log::info!("terminated; stopping"); Ok(()) }
     }

@@ -69,6 +69,8 @@ pub fn devices_table(devices: &[DeviceRow]) -> String {
                     _ => "-".into(),
                 },
                 d.alerts.to_string(),
+                d.rate_limited.to_string(),
+                d.quota_removed.to_string(),
                 opt(&counter(&["rss_bytes"]).map(|b| format!("{} KiB", b / 1024))),
                 opt(&lost),
                 opt(&counter(&["spool_pending"])),
@@ -84,6 +86,8 @@ pub fn devices_table(devices: &[DeviceRow]) -> String {
             "AGENT",
             "POLICY",
             "ALERTS",
+            "RATE LIMITED",
+            "OVER QUOTA",
             "RSS",
             "LOST EVENTS",
             "SPOOLED",
@@ -227,6 +231,8 @@ mod tests {
             uptime_s: None,
             counters,
             alerts: 2,
+            rate_limited: 7,
+            quota_removed: 1,
         };
         let counters = serde_json::json!({
             "rss_bytes": 4 << 20, "sensors": [{"sensor": "process", "seen": 9, "lost": 1}],
@@ -250,8 +256,9 @@ mod tests {
             })
             .collect();
         assert_eq!(lines[0].last(), Some(&"UNVERIFIED EXECS"));
-        assert_eq!(lines[1][5..], ["2", "4096 KiB", "1", "0", "5"]);
-        assert_eq!(lines[2][5..], ["2", "4096 KiB", "1", "0", "-"]);
-        assert_eq!(lines[3][5..], ["2", "-", "-", "-", "-"]);
+        assert_eq!(lines[0][5..8], ["ALERTS", "RATE LIMITED", "OVER QUOTA"]);
+        assert_eq!(lines[1][5..], ["2", "7", "1", "4096 KiB", "1", "0", "5"]);
+        assert_eq!(lines[2][5..], ["2", "7", "1", "4096 KiB", "1", "0", "-"]);
+        assert_eq!(lines[3][5..], ["2", "7", "1", "-", "-", "-", "-"]);
     }
 }

@@ -1,14 +1,16 @@
 //! One message: its topic and size checked, its body decoded and checked against its topic,
-//! then stored; or refused ([`Refused`]) and counted in the store by reason.
+//! then stored; or refused ([`Refused`]) and counted in the store by reason. An alert is also
+//! checked against its device's rate limit, and stored within its quota ([`Limits`]).
 
 use picket_proto::topic::{self, Channel};
 use picket_proto::{Alert, PolicyResult, Status, MAX_MESSAGE_BYTES};
 use serde::de::DeserializeOwned;
 
+use super::limit::Limits;
 use crate::store::Store;
 
 /// What became of one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Stored,
     Duplicate,
@@ -30,6 +32,8 @@ pub enum Refusal {
     Version,
     /// The envelope's device id is not the one in the topic.
     DeviceMismatch,
+    /// An alert over its device's rate limit (`limits.alerts_per_second`, `alert_burst`).
+    RateLimited,
 }
 
 impl Refusal {
@@ -41,6 +45,7 @@ impl Refusal {
             Refusal::Malformed => "malformed",
             Refusal::Version => "version",
             Refusal::DeviceMismatch => "device_mismatch",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }
@@ -62,6 +67,9 @@ pub enum Refused {
     /// The device id the envelope claims (at most 80 characters of it).
     #[error("the message says it is from {0:?}")]
     DeviceMismatch(String),
+    /// The alert's sequence number and the limits it is over.
+    #[error("alert {0} is over the device's rate limit ({1}): not stored")]
+    RateLimited(u64, String),
 }
 
 impl Refused {
@@ -76,17 +84,22 @@ impl Refused {
             Refused::Decode(picket_proto::Error::Version(_)) => Refusal::Version,
             Refused::Decode(_) | Refused::SeqOutOfRange(_) => Refusal::Malformed,
             Refused::DeviceMismatch(_) => Refusal::DeviceMismatch,
+            Refused::RateLimited(..) => Refusal::RateLimited,
         }
     }
 }
 
-/// Checks and stores one message. `Err` only when the store failed (the message must then
-/// not be acknowledged); a bad message is `Ok(Outcome::Refused(_))`, counted in the store.
+/// Checks and stores one message received at `now_ms` (ms since the epoch) and `clock_ms`
+/// (the monotonic clock of `limits`). `Err` only when the store failed (the message must
+/// then not be acknowledged); a bad message is `Ok(Outcome::Refused(_))`, counted in the
+/// store.
 pub fn handle(
     store: &mut dyn Store,
+    limits: &mut Limits,
     topic_name: &str,
     payload: &[u8],
     now_ms: u64,
+    clock_ms: u64,
 ) -> anyhow::Result<Outcome> {
     let (device, channel) = match topic::parse(topic_name) {
         Ok(parsed) => parsed,
@@ -101,12 +114,26 @@ pub fn handle(
     }
     let message = Message {
         store,
+        limits,
         device,
         payload,
         now_ms,
+        clock_ms,
     };
     match message.store(channel) {
         Ok(stored) => stored,
+        Err(refused @ Refused::RateLimited(..)) => {
+            // Logged by [`Limits`], at most once a minute per device: a flood does not flood
+            // the log too.
+            store.count_refused(
+                Refusal::RateLimited.name(),
+                Some(device),
+                topic_name,
+                &refused.to_string(),
+                now_ms,
+            )?;
+            Ok(Outcome::Refused(Refusal::RateLimited))
+        }
         Err(refused) => refuse(store, topic_name, now_ms, Some(device), refused),
     }
 }
@@ -132,9 +159,11 @@ fn refuse(
 /// A message from a device topic, of a size the backend accepts.
 struct Message<'a> {
     store: &'a mut dyn Store,
+    limits: &'a mut Limits,
     device: &'a str,
     payload: &'a [u8],
     now_ms: u64,
+    clock_ms: u64,
 }
 
 /// The body of an envelope from `device`, and its format's name.
@@ -170,7 +199,25 @@ impl Message<'_> {
                 if alert.seq > i64::MAX as u64 {
                     return Err(Refused::SeqOutOfRange(alert.seq));
                 }
-                store_alert(store, device, &alert, format, now_ms)
+                let limits = self.limits;
+                if !limits.admit(device, self.clock_ms) {
+                    if let Some(n) = limits.limited(device, self.clock_ms) {
+                        log::warn!(
+                            "{device} is over its alert rate limit ({}): {n} alert(s) not stored \
+                             since the last report (`picket-backend refused`, reason rate_limited)",
+                            limits.describe()
+                        );
+                    }
+                    return Err(Refused::RateLimited(alert.seq, limits.describe()));
+                }
+                store_alert(
+                    store,
+                    limits,
+                    device,
+                    &alert,
+                    format,
+                    (now_ms, self.clock_ms),
+                )
             }
             Channel::Heartbeat => {
                 // From this agent version or an older one (without the newer counters).
@@ -204,16 +251,27 @@ impl Message<'_> {
     }
 }
 
-/// Stores an alert, logging a new one.
+/// Stores an alert, logging a new one, and removes the device's oldest beyond its quota.
 fn store_alert(
     store: &mut dyn Store,
+    limits: &mut Limits,
     device: &str,
     alert: &Alert,
     format: &str,
-    now_ms: u64,
+    (now_ms, clock_ms): (u64, u64),
 ) -> anyhow::Result<Outcome> {
     let new = store.insert_alert(device, alert, format, now_ms)?;
     if new {
+        let removed = store.enforce_quota(device, limits.max_alerts_per_device)?;
+        if removed > 0 {
+            if let Some(n) = limits.removed(device, removed, clock_ms) {
+                log::warn!(
+                    "{device} is over its quota of {} stored alerts: removed its {n} oldest \
+                     since the last report",
+                    limits.max_alerts_per_device
+                );
+            }
+        }
         log::info!(
             "alert {device}#{} {} {} {}",
             alert.seq,

@@ -2,7 +2,8 @@
 //! through a shared subscription, so that several instances split them, except from the
 //! managed broker; statuses directly, since a broker does not hand retained messages to shared
 //! subscriptions), checks each message, and stores it. A message is acknowledged to the broker
-//! only once stored. `handle.rs` checks and stores one message, or refuses it.
+//! only once stored. `handle.rs` checks and stores one message, or refuses it; `limit.rs`
+//! keeps each device's alert rate limit.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,10 +16,12 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 
 mod handle;
+pub mod limit;
 
 pub use handle::{handle, Outcome, Refusal, Refused};
+pub use limit::Limits;
 
-use crate::config::MqttConfig;
+use crate::config::{LimitsConfig, MqttConfig};
 use crate::store::Store;
 
 /// The largest packet the backend accepts from the broker. Larger than a valid message, so
@@ -79,7 +82,14 @@ const REQUEST_CAPACITY: usize = 2 * RECEIVE_MAXIMUM as usize;
 
 /// Runs the ingest until the process ends: connects, subscribes, stores; reconnects with a
 /// doubling wait (1 s up to `max_backoff`) whenever the connection or the store fails.
-pub async fn run(config: MqttConfig, store: Arc<Mutex<Box<dyn Store>>>) -> anyhow::Result<()> {
+pub async fn run(
+    config: MqttConfig,
+    limits: &LimitsConfig,
+    store: Arc<Mutex<Box<dyn Store>>>,
+) -> anyhow::Result<()> {
+    // Kept across connections: a device does not get a full bucket by making the ingest
+    // reconnect.
+    let limits = Arc::new(Mutex::new(Limits::new(limits)));
     let mut options = mqtt_options(&config, &config.client_id)?;
     options
         .set_clean_start(false)
@@ -91,7 +101,7 @@ pub async fn run(config: MqttConfig, store: Arc<Mutex<Box<dyn Store>>>) -> anyho
     let filters = filters(&config.share_group);
     let mut backoff = Duration::from_secs(1);
     loop {
-        let error = session(&options, &filters, &store, &mut backoff).await;
+        let error = session(&options, &filters, &store, &limits, &mut backoff).await;
         log::warn!(
             "MQTT {}:{}: {error:#}; reconnecting in {}s",
             config.host,
@@ -115,11 +125,17 @@ async fn session(
     options: &MqttOptions,
     filters: &[String],
     store: &Arc<Mutex<Box<dyn Store>>>,
+    limits: &Arc<Mutex<Limits>>,
     backoff: &mut Duration,
 ) -> anyhow::Error {
     let (client, mut eventloop) = AsyncClient::new(options.clone(), REQUEST_CAPACITY);
     let (messages, received) = tokio::sync::mpsc::unbounded_channel();
-    let mut storing = tokio::spawn(storage(client.clone(), store.clone(), received));
+    let mut storing = tokio::spawn(storage(
+        client.clone(),
+        store.clone(),
+        limits.clone(),
+        received,
+    ));
     let error = loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
@@ -194,6 +210,7 @@ async fn session(
 async fn storage(
     client: AsyncClient,
     store: Arc<Mutex<Box<dyn Store>>>,
+    limits: Arc<Mutex<Limits>>,
     mut received: tokio::sync::mpsc::UnboundedReceiver<Publish>,
 ) -> anyhow::Result<()> {
     let mut batch = Vec::with_capacity(RECEIVE_MAXIMUM as usize);
@@ -205,9 +222,12 @@ async fn storage(
         let publishes = std::mem::take(&mut batch);
         // The store may block (disk, network): off the async threads.
         let (publishes, stored) = {
-            let store = store.clone();
+            let (store, limits) = (store.clone(), limits.clone());
             tokio::task::spawn_blocking(move || {
-                let stored = store_batch(&store, &publishes);
+                let stored = match limits.lock() {
+                    Ok(mut limits) => store_batch(&store, &mut limits, &publishes),
+                    Err(_) => Err(anyhow::anyhow!("the limits lock is poisoned")),
+                };
                 (publishes, stored)
             })
             .await
@@ -232,8 +252,23 @@ async fn storage(
 ///
 /// In the order of their devices (each device's messages in the order received), so that two
 /// instances sharing a PostgreSQL store lock the `devices` rows in the same order and do not
-/// deadlock.
-pub fn store_batch(store: &Mutex<Box<dyn Store>>, publishes: &[Publish]) -> anyhow::Result<()> {
+/// deadlock. When the transaction fails, the buckets of its devices are put back as they
+/// were: the broker delivers the batch again, and it must not be counted twice.
+pub fn store_batch(
+    store: &Mutex<Box<dyn Store>>,
+    limits: &mut Limits,
+    publishes: &[Publish],
+) -> anyhow::Result<()> {
+    store_batch_at(store, limits, publishes, limits.now_ms())
+}
+
+/// [`store_batch`] at `clock_ms` on the limits' clock.
+pub fn store_batch_at(
+    store: &Mutex<Box<dyn Store>>,
+    limits: &mut Limits,
+    publishes: &[Publish],
+    clock_ms: u64,
+) -> anyhow::Result<()> {
     let mut order: Vec<(&[u8], usize)> = publishes
         .iter()
         .enumerate()
@@ -244,15 +279,27 @@ pub fn store_batch(store: &Mutex<Box<dyn Store>>, publishes: &[Publish]) -> anyh
         .lock()
         .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
     let started = std::time::Instant::now();
-    store.in_transaction(&mut |store| {
+    let saved = limits.snapshot(order.iter().map(|(device, _)| *device));
+    let stored = store.in_transaction(&mut |store| {
         for &(_, i) in &order {
             let publish = &publishes[i];
             let topic_name = String::from_utf8_lossy(&publish.topic);
-            handle(store, &topic_name, &publish.payload, now_ms())
-                .map_err(|e| e.context(format!("storing a message from `{topic_name}`")))?;
+            handle(
+                store,
+                limits,
+                &topic_name,
+                &publish.payload,
+                now_ms(),
+                clock_ms,
+            )
+            .map_err(|e| e.context(format!("storing a message from `{topic_name}`")))?;
         }
         Ok(())
-    })?;
+    });
+    if stored.is_err() {
+        limits.restore(saved);
+    }
+    stored?;
     log::debug!(
         "stored {} message(s) in one transaction in {:?}",
         publishes.len(),

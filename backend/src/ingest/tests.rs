@@ -1,8 +1,23 @@
 //! The checks of each message, the subscriptions and the batches.
 
 use super::*;
+use crate::config::LimitsConfig;
 use crate::store::{AlertFilter, SqliteStore};
 use picket_proto::{Alert, AlertCounters, AlertKind, Details, Format, Heartbeat, Severity};
+
+/// [`super::handle`] with the default limits, none of which these messages reach.
+fn handle(s: &mut dyn Store, t: &str, p: &[u8], now_ms: u64) -> anyhow::Result<Outcome> {
+    let mut limits = Limits::new(&LimitsConfig::default());
+    super::handle(s, &mut limits, t, p, now_ms, now_ms)
+}
+
+fn limits(alerts_per_second: u32, alert_burst: u32, max_alerts_per_device: u64) -> Limits {
+    Limits::new(&LimitsConfig {
+        alerts_per_second,
+        alert_burst,
+        max_alerts_per_device,
+    })
+}
 
 fn alert(seq: u64) -> Alert {
     Alert {
@@ -156,15 +171,156 @@ fn a_batch_is_stored_whole_or_not_at_all() {
         let refused: u64 = s.refused().unwrap().iter().map(|r| r.count).sum();
         (s.alerts(&AlertFilter::default()).unwrap().len(), refused)
     };
-    let error = store_batch(&store, &batch).unwrap_err();
+    let mut limits = limits(1, 4, 100);
+    let error = store_batch_at(&store, &mut limits, &batch, 0).unwrap_err();
     assert!(format!("{error:#}").contains("disk on fire"), "{error:#}");
     assert_eq!(stored(&store), (0, 0), "nothing of the failed batch");
     // Delivered again once the store works: all of it, once; then a duplicate.
     admin.execute_batch("DROP TRIGGER fail").unwrap();
-    store_batch(&store, &batch).unwrap();
+    // The failed batch took no tokens: each device's 3 alerts are within its burst of 4.
+    store_batch_at(&store, &mut limits, &batch, 0).unwrap();
     assert_eq!(stored(&store), (6, 1));
-    store_batch(&store, &batch[..2]).unwrap();
+    // A duplicate takes a token (each device has 1 left), and is stored once.
+    store_batch_at(&store, &mut limits, &batch[..2], 0).unwrap();
     assert_eq!(stored(&store), (6, 1));
+}
+
+/// A device over its rate limit has its alerts refused as `rate_limited` (counted, shown in
+/// the device's row), while another device's alerts, its own heartbeats and statuses go on
+/// being stored; once its bucket refilled, its alerts are stored again.
+#[test]
+fn a_device_over_its_rate_limit_does_not_starve_the_others() {
+    let mut s = SqliteStore::memory().unwrap();
+    let mut limits = limits(2, 5, 1000);
+    let mut send = |s: &mut SqliteStore, device: &str, channel, bytes: &[u8], clock_ms| {
+        let t = topic::topic(device, channel);
+        super::handle(s, &mut limits, &t, bytes, 100 + clock_ms, clock_ms).unwrap()
+    };
+    let alert_of =
+        |device: &str, seq| picket_proto::encode(Format::Postcard, device, &alert(seq)).unwrap();
+    let mut flood = Vec::new();
+    for seq in 1..=20 {
+        flood.push(send(
+            &mut s,
+            "flood",
+            Channel::Alert,
+            &alert_of("flood", seq),
+            0,
+        ));
+        let quiet = send(
+            &mut s,
+            "quiet",
+            Channel::Alert,
+            &alert_of("quiet", seq),
+            seq * 500,
+        );
+        assert_eq!(quiet, Outcome::Stored, "quiet alert {seq}");
+    }
+    let limited = Outcome::Refused(Refusal::RateLimited);
+    assert_eq!(flood[..5], [Outcome::Stored; 5]);
+    assert_eq!(flood[5..], [limited; 15]);
+    // Heartbeats are not limited.
+    let hb = Heartbeat {
+        time_ms: 1,
+        uptime_s: 2,
+        agent_version: "0.1.0".into(),
+        policy_serial: 3,
+        rss_bytes: 4,
+        sensors: Vec::new(),
+        alerts: AlertCounters::default(),
+        spool_pending: 0,
+        spool_bytes: 0,
+        exec_unverified: None,
+    };
+    let hb = picket_proto::encode(Format::Postcard, "flood", &hb).unwrap();
+    assert_eq!(
+        send(&mut s, "flood", Channel::Heartbeat, &hb, 0),
+        Outcome::Stored
+    );
+    // 2 per second: 499 ms later, still nothing; at 500 ms, one.
+    assert_eq!(
+        send(&mut s, "flood", Channel::Alert, &alert_of("flood", 21), 499),
+        limited
+    );
+    let one = send(&mut s, "flood", Channel::Alert, &alert_of("flood", 22), 500);
+    assert_eq!(one, Outcome::Stored);
+    let refused = s.refused().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let r = &refused[0];
+    assert_eq!(
+        (r.reason.as_str(), r.device_id.as_str(), r.count),
+        ("rate_limited", "flood", 16)
+    );
+    assert_eq!(
+        r.last_error,
+        "alert 21 is over the device's rate limit (2/s, burst 5): not stored"
+    );
+    let devices = s.devices(1000, std::time::Duration::from_secs(60)).unwrap();
+    let figures: Vec<_> = devices
+        .iter()
+        .map(|d| {
+            (
+                d.device_id.as_str(),
+                d.alerts,
+                d.rate_limited,
+                d.heartbeat_ms.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(figures, [("flood", 6, 16, true), ("quiet", 20, 0, false)]);
+    // The gap the limited alerts leave.
+    let gaps = s.gaps(Some("flood")).unwrap();
+    assert_eq!((gaps[0].first_missing, gaps[0].last_missing), (6, 21));
+}
+
+/// The quota keeps exactly `max_alerts_per_device` alerts of a device, its newest (highest
+/// sequence numbers), and counts what it removed; other devices keep theirs.
+#[test]
+fn the_quota_keeps_a_device_s_newest_alerts_at_its_bound() {
+    let mut s = SqliteStore::memory().unwrap();
+    let mut limits = limits(1000, 1000, 10);
+    let mut send = |s: &mut SqliteStore, device: &str, seq| {
+        let t = topic::topic(device, Channel::Alert);
+        let bytes = picket_proto::encode(Format::Postcard, device, &alert(seq)).unwrap();
+        super::handle(s, &mut limits, &t, &bytes, 1, 1).unwrap()
+    };
+    let stored = |s: &mut SqliteStore, device: &str| -> (Vec<u64>, u64) {
+        let mut seqs: Vec<u64> = s
+            .alerts(&AlertFilter {
+                device: Some(device.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|a| a.seq)
+            .collect();
+        seqs.sort();
+        let devices = s.devices(1, std::time::Duration::from_secs(60)).unwrap();
+        let removed = devices
+            .iter()
+            .find(|d| d.device_id == device)
+            .unwrap()
+            .quota_removed;
+        (seqs, removed)
+    };
+    for seq in 1..=10 {
+        assert_eq!(send(&mut s, "gw-1", seq), Outcome::Stored);
+    }
+    assert_eq!(
+        stored(&mut s, "gw-1"),
+        ((1..=10).collect(), 0),
+        "at the bound"
+    );
+    assert_eq!(send(&mut s, "gw-1", 11), Outcome::Stored);
+    assert_eq!(stored(&mut s, "gw-1"), ((2..=11).collect(), 1), "one over");
+    // A duplicate removes nothing.
+    assert_eq!(send(&mut s, "gw-1", 11), Outcome::Duplicate);
+    for seq in 12..=25 {
+        send(&mut s, "gw-1", seq);
+    }
+    send(&mut s, "gw-2", 1);
+    assert_eq!(stored(&mut s, "gw-1"), ((16..=25).collect(), 15));
+    assert_eq!(stored(&mut s, "gw-2"), (vec![1], 0));
 }
 
 #[test]

@@ -42,7 +42,13 @@ pub struct DeviceRow {
     pub uptime_s: Option<u64>,
     /// The latest heartbeat's counters (rss, sensors, alerts, spool, unverified execs).
     pub counters: Option<Value>,
+    /// Alerts stored.
     pub alerts: u64,
+    /// Alerts not stored because they were over the device's rate limit (the `rate_limited`
+    /// refusals of the device).
+    pub rate_limited: u64,
+    /// Alerts stored, then removed because the device was over its quota.
+    pub quota_removed: u64,
 }
 
 /// A stored alert.
@@ -155,6 +161,9 @@ pub trait Store: Send {
         result: &PolicyResult,
         received_ms: u64,
     ) -> anyhow::Result<bool>;
+    /// Removes the device's oldest alerts (lowest sequence numbers) beyond `max_alerts`, and
+    /// counts them in its `quota_removed`; returns how many.
+    fn enforce_quota(&mut self, device_id: &str, max_alerts: u64) -> anyhow::Result<u64>;
     /// Counts a refused message.
     fn count_refused(
         &mut self,
@@ -227,6 +236,10 @@ impl<D: sql::Database> Store for D {
         received_ms: u64,
     ) -> anyhow::Result<bool> {
         self.atomic(|db| sql::insert_policy_result(db, device_id, result, received_ms))
+    }
+
+    fn enforce_quota(&mut self, device_id: &str, max_alerts: u64) -> anyhow::Result<u64> {
+        self.atomic(|db| sql::enforce_quota(db, device_id, max_alerts))
     }
 
     fn count_refused(

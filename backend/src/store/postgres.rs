@@ -9,7 +9,8 @@ use postgres::{Client, GenericClient, NoTls, Row};
 use super::sql::{dollar, Arg, Columns, Database, Db};
 use super::Store;
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added the devices' `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS picket_schema (version BIGINT NOT NULL);
@@ -25,7 +26,9 @@ CREATE TABLE IF NOT EXISTS devices (
     boot_id TEXT,
     heartbeat_ms BIGINT,
     uptime_s BIGINT,
-    counters TEXT
+    counters TEXT,
+    stored_alerts BIGINT NOT NULL DEFAULT 0,
+    quota_removed BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS alerts (
     device_id TEXT NOT NULL,
@@ -71,6 +74,15 @@ CREATE TABLE IF NOT EXISTS policy_results (
 );
 ";
 
+/// From version 1: the per-device counts of the quota, from the alerts already stored.
+const UPGRADE_FROM_1: &str = "
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS stored_alerts BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS quota_removed BIGINT NOT NULL DEFAULT 0;
+UPDATE devices SET stored_alerts =
+    (SELECT count(*) FROM alerts a WHERE a.device_id = devices.device_id);
+UPDATE picket_schema SET version = 2;
+";
+
 /// A store in PostgreSQL.
 pub struct PgStore {
     /// Always `Some` but in `drop`.
@@ -112,6 +124,9 @@ impl PgStore {
                     &[&SCHEMA_VERSION],
                 )?;
             }
+            Some(1) => tx
+                .batch_execute(UPGRADE_FROM_1)
+                .context("upgrading the schema from version 1")?,
             Some(SCHEMA_VERSION) => {}
             Some(other) => anyhow::bail!(
                 "schema version {other} is newer than this backend's ({SCHEMA_VERSION})"
@@ -126,7 +141,7 @@ impl PgStore {
 }
 
 impl PgStore {
-    fn client(&mut self) -> &mut Client {
+    pub(super) fn client(&mut self) -> &mut Client {
         self.client
             .as_mut()
             .expect("the client is only taken when dropped")

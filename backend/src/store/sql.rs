@@ -146,6 +146,23 @@ const COUNT_REFUSED: &str =
          last_ms = excluded.last_ms, last_topic = excluded.last_topic,
          last_error = excluded.last_error";
 
+const COUNT_STORED: &str =
+    "UPDATE devices SET stored_alerts = stored_alerts + 1 WHERE device_id = ?1";
+
+const STORED: &str = "SELECT stored_alerts FROM devices WHERE device_id = ?1";
+
+/// The device's `?2` alerts of the lowest sequence numbers (the primary key's order).
+const DELETE_OLDEST: &str = "DELETE FROM alerts WHERE device_id = ?1 AND seq IN (
+         SELECT seq FROM alerts WHERE device_id = ?1 ORDER BY seq LIMIT ?2)";
+
+const COUNT_REMOVED: &str = "UPDATE devices SET stored_alerts = stored_alerts - ?2,
+         quota_removed = quota_removed + ?2
+     WHERE device_id = ?1";
+
+/// After a deletion across devices (retention): every device's count again.
+const RECOUNT_STORED: &str = "UPDATE devices SET stored_alerts =
+         (SELECT count(*) FROM alerts a WHERE a.device_id = devices.device_id)";
+
 const DELETE_ALERTS: &str = "DELETE FROM alerts WHERE received_ms < ?1";
 
 const DELETE_POLICY_RESULTS: &str = "DELETE FROM policy_results WHERE received_ms < ?1";
@@ -153,7 +170,10 @@ const DELETE_POLICY_RESULTS: &str = "DELETE FROM policy_results WHERE received_m
 const DEVICES: &str = "SELECT d.device_id, d.first_seen_ms, d.last_seen_ms, d.status, d.status_ms,
             d.agent_version, d.policy_serial, d.policy_name, d.boot_id, d.heartbeat_ms,
             d.uptime_s, d.counters,
-            (SELECT count(*) FROM alerts a WHERE a.device_id = d.device_id)
+            (SELECT count(*) FROM alerts a WHERE a.device_id = d.device_id),
+            COALESCE((SELECT r.count FROM refused r
+                      WHERE r.reason = 'rate_limited' AND r.device_id = d.device_id), 0),
+            d.quota_removed
      FROM devices d ORDER BY d.device_id";
 
 // `CAST(?1 AS TEXT)`: PostgreSQL needs the type of a parameter that is only tested for NULL.
@@ -211,7 +231,29 @@ pub(crate) fn insert_alert(
         ],
     )? == 1;
     touch_device(db, device_id, received_ms)?;
+    if inserted {
+        db.execute(COUNT_STORED, &[text(device_id)])?;
+    }
     Ok(inserted)
+}
+
+/// [`super::Store::enforce_quota`].
+pub(crate) fn enforce_quota(
+    db: &mut dyn Db,
+    device_id: &str,
+    max_alerts: u64,
+) -> anyhow::Result<u64> {
+    let mut stored = 0;
+    db.query(STORED, &[text(device_id)], &mut |r| {
+        stored = get_uint(r, 0)?;
+        Ok(())
+    })?;
+    if stored <= max_alerts {
+        return Ok(0);
+    }
+    let removed = db.execute(DELETE_OLDEST, &[text(device_id), int(stored - max_alerts)])?;
+    db.execute(COUNT_REMOVED, &[text(device_id), int(removed)])?;
+    Ok(removed)
 }
 
 /// [`super::Store::record_heartbeat`].
@@ -327,6 +369,9 @@ pub(crate) fn count_refused(
 /// [`super::Store::delete_before`].
 pub(crate) fn delete_before(db: &mut dyn Db, before_ms: u64) -> anyhow::Result<u64> {
     let alerts = db.execute(DELETE_ALERTS, &[int(before_ms)])?;
+    if alerts > 0 {
+        db.execute(RECOUNT_STORED, &[])?;
+    }
     db.execute(DELETE_POLICY_RESULTS, &[int(before_ms)])?;
     Ok(alerts)
 }
@@ -356,6 +401,8 @@ pub(crate) fn devices(
             uptime_s: get_opt_uint(r, 10)?,
             counters: r.text(11)?.and_then(|c| serde_json::from_str(&c).ok()),
             alerts: get_uint(r, 12)?,
+            rate_limited: get_uint(r, 13)?,
+            quota_removed: get_uint(r, 14)?,
         })
     })
 }

@@ -10,8 +10,10 @@ use rusqlite::{Connection, OpenFlags};
 use super::sql::{Arg, Columns, Database, Db};
 use super::Store;
 
-/// The schema this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The schema this code reads and writes (`PRAGMA user_version`). 2 added the devices'
+/// `stored_alerts` and `quota_removed`; a database of version 1 is upgraded when opened
+/// ([`UPGRADE_FROM_1`]).
+const SCHEMA_VERSION: i64 = 2;
 
 /// The SQLite store (WAL mode, so readers do not block the ingest).
 pub struct SqliteStore {
@@ -31,7 +33,9 @@ CREATE TABLE devices (
     boot_id TEXT,
     heartbeat_ms INTEGER,
     uptime_s INTEGER,
-    counters TEXT
+    counters TEXT,
+    stored_alerts INTEGER NOT NULL DEFAULT 0,
+    quota_removed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE alerts (
     device_id TEXT NOT NULL,
@@ -75,6 +79,15 @@ CREATE TABLE policy_results (
     reason TEXT,
     PRIMARY KEY (device_id, bundle_sha256, time_ms)
 );
+";
+
+/// From version 1: the per-device counts of the quota, from the alerts already stored.
+const UPGRADE_FROM_1: &str = "
+ALTER TABLE devices ADD COLUMN stored_alerts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN quota_removed INTEGER NOT NULL DEFAULT 0;
+UPDATE devices SET stored_alerts =
+    (SELECT count(*) FROM alerts a WHERE a.device_id = devices.device_id);
+PRAGMA user_version = 2;
 ";
 
 /// Indexes added after the first schema: created when a database is opened (a no-op once they
@@ -140,6 +153,11 @@ impl SqliteStore {
                 })
                 .context("creating the schema")?;
             }
+            1 => {
+                conn.execute_batch(INDEXES)
+                    .context("creating the indexes")?;
+                upgrade_from_1(&conn).context("upgrading the schema from version 1")?;
+            }
             SCHEMA_VERSION => {
                 conn.execute_batch(INDEXES)
                     .context("creating the indexes")?;
@@ -150,6 +168,23 @@ impl SqliteStore {
         }
         Ok(SqliteStore { conn })
     }
+}
+
+/// Upgrades a database of version 1, unless another process did it first (checked again
+/// once the write lock is held).
+fn upgrade_from_1(conn: &Connection) -> anyhow::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let upgraded = (|| -> anyhow::Result<()> {
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == 1 {
+            conn.execute_batch(UPGRADE_FROM_1)?;
+        }
+        Ok(conn.execute_batch("COMMIT")?)
+    })();
+    if upgraded.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    upgraded
 }
 
 /// A connection running the statements of [`sql`].

@@ -492,6 +492,54 @@ fn a_file_database_is_reopened_and_a_missing_one_is_not_created() {
     assert_eq!(count(&mut s, "gw-1"), 1);
 }
 
+/// The quota removes a device's oldest alerts beyond the bound, once; retention keeps the
+/// count the quota works from.
+fn the_quota_removes_the_oldest_beyond_its_bound(s: &mut dyn Store) {
+    for seq in 1..=5 {
+        s.insert_alert("gw-1", &alert(seq), "postcard", 10 * seq)
+            .unwrap();
+    }
+    s.insert_alert("gw-2", &alert(1), "postcard", 10).unwrap();
+    assert_eq!(s.enforce_quota("gw-1", 5).unwrap(), 0, "at the bound");
+    assert_eq!(s.enforce_quota("gw-1", 3).unwrap(), 2);
+    assert_eq!(s.enforce_quota("gw-1", 3).unwrap(), 0);
+    assert_eq!(s.gaps(None).unwrap(), [], "the oldest went: no gap");
+    let seqs = |s: &mut dyn Store| -> Vec<u64> {
+        let mut v: Vec<u64> = s
+            .alerts(&AlertFilter {
+                device: Some("gw-1".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|a| a.seq)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(seqs(s), [3, 4, 5]);
+    // Retention deletes seq 3 (received at 30): the count follows.
+    assert_eq!(s.delete_before(35).unwrap(), 2, "gw-1's 3 and gw-2's 1");
+    assert!(s.insert_alert("gw-1", &alert(6), "postcard", 60).unwrap());
+    assert_eq!(s.enforce_quota("gw-1", 3).unwrap(), 0, "4, 5, 6");
+    assert!(s.insert_alert("gw-1", &alert(7), "postcard", 70).unwrap());
+    assert_eq!(s.enforce_quota("gw-1", 3).unwrap(), 1);
+    assert_eq!(seqs(s), [5, 6, 7]);
+    let devices = s.devices(100, Duration::from_secs(60)).unwrap();
+    let figures: Vec<_> = devices
+        .iter()
+        .map(|d| {
+            (
+                d.device_id.as_str(),
+                d.alerts,
+                d.quota_removed,
+                d.rate_limited,
+            )
+        })
+        .collect();
+    assert_eq!(figures, [("gw-1", 3, 3, 0), ("gw-2", 0, 0, 0)]);
+}
+
 fn count(s: &mut dyn Store, device: &str) -> usize {
     s.alerts(&AlertFilter {
         device: Some(device.into()),
@@ -530,7 +578,60 @@ const CHECKS: &[(&str, Check)] = &[
         "refusals_and_policy_results_are_counted",
         refusals_and_policy_results_are_counted,
     ),
+    (
+        "the_quota_removes_the_oldest_beyond_its_bound",
+        the_quota_removes_the_oldest_beyond_its_bound,
+    ),
 ];
+
+/// A store of schema version 1 (before the quota's counts): 3 alerts of gw-1 and one of gw-2.
+fn version_1_contents(s: &mut dyn Store) {
+    for seq in 1..=3 {
+        s.insert_alert("gw-1", &alert(seq), "postcard", seq)
+            .unwrap();
+    }
+    s.insert_alert("gw-2", &alert(1), "postcard", 1).unwrap();
+}
+
+/// After the upgrade from version 1, the counts are those of the stored alerts.
+fn check_upgraded_from_version_1(s: &mut dyn Store) {
+    assert_eq!(s.enforce_quota("gw-1", 3).unwrap(), 0);
+    assert_eq!(s.enforce_quota("gw-1", 1).unwrap(), 2);
+    assert_eq!(s.enforce_quota("gw-2", 1).unwrap(), 0);
+    assert_eq!(count(s, "gw-1"), 1);
+    assert_eq!(count(s, "gw-2"), 1);
+}
+
+#[test]
+fn a_sqlite_store_of_version_1_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let mut s = SqliteStore::open(&path).unwrap();
+    version_1_contents(&mut s);
+    s.conn
+        .execute_batch(
+            "ALTER TABLE devices DROP COLUMN stored_alerts;
+             ALTER TABLE devices DROP COLUMN quota_removed;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    drop(s);
+    let mut s = SqliteStore::open_existing(&path).unwrap();
+    let version: i64 = s
+        .conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    check_upgraded_from_version_1(&mut s);
+    // A newer one is refused.
+    s.conn.pragma_update(None, "user_version", 3).unwrap();
+    drop(s);
+    let error = SqliteStore::open_existing(&path).err().unwrap();
+    assert!(
+        format!("{error:#}").contains("schema version 3 is newer"),
+        "{error:#}"
+    );
+}
 
 #[test]
 fn sqlite_store_passes_the_checks() {
@@ -552,4 +653,25 @@ fn postgres_store_passes_the_same_checks() {
     let params = pg.database("check0");
     let mut again = PgStore::connect(&params).unwrap();
     assert_eq!(count(&mut again, "gw-1"), 1);
+
+    // A store of version 1 is upgraded.
+    let params = pg.database("upgrade");
+    let mut s = PgStore::connect(&params).unwrap();
+    version_1_contents(&mut s);
+    s.client()
+        .batch_execute(
+            "ALTER TABLE devices DROP COLUMN stored_alerts;
+             ALTER TABLE devices DROP COLUMN quota_removed;
+             UPDATE picket_schema SET version = 1;",
+        )
+        .unwrap();
+    drop(s);
+    let mut s = PgStore::connect(&params).unwrap();
+    let version: i64 = s
+        .client()
+        .query_one("SELECT max(version) FROM picket_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    check_upgraded_from_version_1(&mut s);
 }

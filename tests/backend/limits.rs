@@ -1,0 +1,221 @@
+//! Per-device limits: a device flooding alerts is limited and reported while another device
+//! loses nothing and stays online; the quota keeps exactly a device's newest alerts.
+
+use super::*;
+
+/// The row of `device` in a devices listing.
+fn row<'a>(devices: &'a Value, device: &str) -> &'a Value {
+    devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == device)
+        .unwrap_or_else(|| panic!("no {device} in {devices:#}"))
+}
+
+fn heartbeat(uptime_s: u64) -> Heartbeat {
+    Heartbeat {
+        time_ms: uptime_s,
+        uptime_s,
+        agent_version: "0.1.0".into(),
+        policy_serial: 3,
+        rss_bytes: 4 << 20,
+        sensors: Vec::new(),
+        alerts: AlertCounters::default(),
+        spool_pending: 0,
+        spool_bytes: 0,
+        exec_unverified: Some(0),
+    }
+}
+
+/// `flood` sends 2000 alerts as fast as it can, far over its limit (1 per second, burst 50);
+/// `steady` sends 40 alerts and heartbeats among them. Every one of `steady`'s alerts is
+/// stored and it stays online; `flood` has its burst and what its bucket refilled stored,
+/// the rest counted as `rate_limited` (refusals, devices listing, API) and logged once, and
+/// its heartbeat is stored too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_device_is_limited_while_another_loses_nothing() {
+    let broker = Broker::start();
+    let http = free_http_port();
+    let backend = Backend::start(
+        &broker,
+        "be",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [limits]\nalerts_per_second = 1\nalert_burst = 50\n"
+        ),
+    );
+    let mut flood = Device::connect(&broker, "flood", None).await;
+    let will =
+        picket_proto::encode(Format::Postcard, "steady", &status(Presence::Offline)).unwrap();
+    let mut steady = Device::connect(&broker, "steady", Some(will)).await;
+    steady
+        .publish(
+            Channel::Status,
+            Format::Postcard,
+            &status(Presence::Online),
+            true,
+        )
+        .await;
+    const FLOOD: u64 = 2000;
+    const STEADY: u64 = 40;
+    let started = Instant::now();
+    for seq in 1..=FLOOD {
+        flood
+            .publish(Channel::Alert, Format::Postcard, &alert(seq), false)
+            .await;
+        if seq % (FLOOD / STEADY) == 0 {
+            let n = seq / (FLOOD / STEADY);
+            steady
+                .publish(Channel::Alert, Format::Postcard, &alert(n), false)
+                .await;
+            steady
+                .publish(Channel::Heartbeat, Format::Postcard, &heartbeat(n), false)
+                .await;
+        }
+    }
+    flood
+        .publish(Channel::Heartbeat, Format::Json, &heartbeat(7), false)
+        .await;
+    flood.flush().await;
+    steady.flush().await;
+
+    // Everything handled: each of flood's alerts stored or limited.
+    let devices = backend.wait_for(&["devices", "--json"], |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+            && row(v, "flood")["alerts"].as_u64().unwrap()
+                + row(v, "flood")["rate_limited"].as_u64().unwrap()
+                == FLOOD
+            && row(v, "steady")["alerts"] == STEADY
+            && row(v, "steady")["uptime_s"] == STEADY
+            && row(v, "flood")["uptime_s"] == 7
+    });
+    // The bucket refilled 1 per second while the test ran: at most that many more than the
+    // burst are stored.
+    let elapsed = started.elapsed().as_secs() + 1;
+    let (f, s) = (row(&devices, "flood"), row(&devices, "steady"));
+    let stored = f["alerts"].as_u64().unwrap();
+    assert!(
+        (50..=50 + elapsed).contains(&stored),
+        "{stored} of flood's alerts stored in {elapsed}s: {f:#}"
+    );
+    assert_eq!(
+        (s["alerts"].clone(), s["rate_limited"].clone()),
+        (STEADY.into(), 0.into()),
+        "steady loses nothing"
+    );
+    assert_eq!(s["state"], "online");
+    assert_eq!(f["quota_removed"], 0);
+    let steady_alerts = backend.query(&["alerts", "--device", "steady", "--json"]);
+    assert_eq!(seqs(&steady_alerts), (1..=STEADY).collect::<Vec<_>>());
+    // The first 50 of flood are its burst.
+    let flood_alerts = backend.query(&["alerts", "--device", "flood", "--json"]);
+    assert_eq!(seqs(&flood_alerts)[..50], (1..=50).collect::<Vec<_>>());
+
+    // Recorded with the reason, as a refusal of flood only.
+    let refused = backend.query(&["refused", "--json"]);
+    let limited = FLOOD - stored;
+    let refused = refused.as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(
+        (&refused[0]["reason"], &refused[0]["device_id"]),
+        (&"rate_limited".into(), &"flood".into())
+    );
+    assert_eq!(refused[0]["count"], limited);
+    assert!(
+        refused[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .ends_with("is over the device's rate limit (1/s, burst 50): not stored"),
+        "{refused:#?}"
+    );
+    // The HTTP API and the table say it too.
+    let (code, api) = http_get(http, "/api/devices");
+    assert_eq!(code, 200);
+    assert_eq!(row(&api, "flood")["rate_limited"], limited);
+    let out = backend_bin()
+        .arg("--db")
+        .arg(backend.db.as_ref().unwrap())
+        .arg("devices")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("RATE LIMITED"), "{table}");
+    // DEVICE STATE LAST-SEEN AGENT POLICY ALERTS RATE-LIMITED OVER-QUOTA ...
+    let flood_line: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("flood"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        flood_line[5..8],
+        [stored.to_string(), limited.to_string(), "0".into()],
+        "{table}"
+    );
+    // Logged at most once a minute per device, not once per alert.
+    let log = backend.log();
+    let lines = log.matches("flood is over its alert rate limit").count() as u64;
+    assert!(
+        (1..=1 + started.elapsed().as_secs() / 60).contains(&lines),
+        "{lines} lines: {}",
+        &log[log.len().saturating_sub(4000)..]
+    );
+    assert!(!log.contains("steady is over"), "{log}");
+    assert!(!log.contains("reconnecting in"), "{log}");
+    tokio::task::spawn_blocking(move || backend.stop())
+        .await
+        .unwrap();
+}
+
+/// With a quota of 10 alerts per device: 10 are all kept; 15 more keep exactly the 10 newest
+/// and count the 15 removed; another device keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_keeps_exactly_a_device_s_newest_alerts() {
+    let broker = Broker::start();
+    let backend = Backend::start(&broker, "be", "[limits]\nmax_alerts_per_device = 10\n");
+    let mut device = Device::connect(&broker, "gw-1", None).await;
+    let mut other = Device::connect(&broker, "gw-2", None).await;
+    for seq in 1..=10 {
+        device
+            .publish(Channel::Alert, Format::Postcard, &alert(seq), false)
+            .await;
+    }
+    device.flush().await;
+    let alerts = backend.wait_for(&["alerts", "--device", "gw-1", "--json"], |v| {
+        seqs(v).len() == 10
+    });
+    assert_eq!(seqs(&alerts), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        row(&backend.query(&["devices", "--json"]), "gw-1")["quota_removed"],
+        0
+    );
+    for seq in 11..=25 {
+        device
+            .publish(Channel::Alert, Format::Postcard, &alert(seq), false)
+            .await;
+    }
+    other
+        .publish(Channel::Alert, Format::Postcard, &alert(1), false)
+        .await;
+    device.flush().await;
+    other.flush().await;
+    let devices = backend.wait_for(&["devices", "--json"], |v| {
+        v.as_array().is_some_and(|a| a.len() == 2) && row(v, "gw-1")["quota_removed"] == 15
+    });
+    assert_eq!(row(&devices, "gw-1")["alerts"], 10);
+    assert_eq!(row(&devices, "gw-2")["alerts"], 1);
+    let alerts = backend.query(&["alerts", "--device", "gw-1", "--json"]);
+    assert_eq!(seqs(&alerts), (16..=25).collect::<Vec<_>>());
+    assert_eq!(backend.query(&["gaps", "--json"]), serde_json::json!([]));
+    let log = backend.log();
+    assert_eq!(
+        log.matches("gw-1 is over its quota of 10 stored alerts")
+            .count(),
+        1,
+        "{log}"
+    );
+    tokio::task::spawn_blocking(move || backend.stop())
+        .await
+        .unwrap();
+}
