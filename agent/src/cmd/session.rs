@@ -170,6 +170,7 @@ pub async fn run(
         reported: KernelCounters::default(),
         reported_cgroups: HashMap::new(),
         last_by_cgroup: Vec::new(),
+        map_behind: false,
         cgroup_names: CgroupNames::default(),
     };
     loop {
@@ -497,6 +498,9 @@ struct Pump {
     reported_cgroups: HashMap<(u64, u32), loss::Counts>,
     /// The losses by cgroup last read.
     last_by_cgroup: Vec<CgroupLosses>,
+    /// Records were lost between the last read of the losses by cgroup and that of the
+    /// totals: the map is behind them.
+    map_behind: bool,
     cgroup_names: CgroupNames,
 }
 
@@ -548,14 +552,18 @@ impl Pump {
     /// Tells the sink about each sensor whose loss counter grew.
     fn report_losses(&mut self, sensors: &Sensors, sink: &mut impl Sink) -> anyhow::Result<()> {
         let read = || sensors.counters().context("reading the in-kernel counters");
-        let mut now = read()?;
+        let first = read()?;
+        let mut now = first;
         // The map only when something was lost (it is walked), and before the counters are
         // read again: both only grow, so the cgroups never name more than the totals count.
-        let by_cgroup = if now.lost != self.reported.lost {
+        // What was lost between the two reads is in the totals, not in the map: the map is
+        // read again next time, whatever the totals say then.
+        let by_cgroup = if first.lost != self.reported.lost || self.map_behind {
             let by_cgroup = sensors
                 .losses_by_cgroup()
                 .context("reading the losses by cgroup")?;
             now = read()?;
+            self.map_behind = now.lost != first.lost;
             by_cgroup
         } else {
             Vec::new()
