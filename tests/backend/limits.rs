@@ -69,8 +69,9 @@ async fn a_flooding_device_is_limited_while_another_loses_nothing() {
             steady
                 .publish(Channel::Alert, Format::Postcard, &alert(n), false)
                 .await;
+            // At QoS 0, as the agent sends them.
             steady
-                .publish(Channel::Heartbeat, Format::Postcard, &heartbeat(n), false)
+                .publish_qos0(Channel::Heartbeat, Format::Postcard, &heartbeat(n))
                 .await;
         }
     }
@@ -108,9 +109,28 @@ async fn a_flooding_device_is_limited_while_another_loses_nothing() {
     assert_eq!(f["quota_removed"], 0);
     let steady_alerts = backend.query(&["alerts", "--device", "steady", "--json"]);
     assert_eq!(seqs(&steady_alerts), (1..=STEADY).collect::<Vec<_>>());
-    // The first 50 of flood are its burst.
+    // The first 50 of flood are its burst; the gaps the rest leave are told rate limited.
     let flood_alerts = backend.query(&["alerts", "--device", "flood", "--json"]);
-    assert_eq!(seqs(&flood_alerts)[..50], (1..=50).collect::<Vec<_>>());
+    let flood_seqs = seqs(&flood_alerts);
+    assert_eq!(flood_seqs[..50], (1..=50).collect::<Vec<_>>());
+    let gaps = backend.query(&["gaps", "--device", "flood", "--json"]);
+    let gaps = gaps.as_array().unwrap();
+    let last = *flood_seqs.last().unwrap();
+    assert_eq!(
+        gaps.iter()
+            .map(|g| g["missing"].as_u64().unwrap())
+            .sum::<u64>(),
+        last - stored,
+        "{gaps:#?}"
+    );
+    assert!(
+        gaps.iter().all(|g| g["rate_limited"] == g["missing"]),
+        "{gaps:#?}"
+    );
+    assert_eq!(
+        backend.query(&["gaps", "--device", "steady", "--json"]),
+        serde_json::json!([])
+    );
 
     // Recorded with the reason, as a refusal of flood only.
     let refused = backend.query(&["refused", "--json"]);

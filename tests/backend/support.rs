@@ -367,6 +367,21 @@ impl Device {
         self.published += 1;
     }
 
+    /// Publishes `body` in an envelope from this device at QoS 0, as the agent publishes its
+    /// heartbeats (no acknowledgement: [`Device::flush`] does not wait for it).
+    pub async fn publish_qos0<T: serde::Serialize>(
+        &mut self,
+        channel: Channel,
+        format: Format,
+        body: &T,
+    ) {
+        let bytes = picket_proto::encode(format, &self.id, body).unwrap();
+        self.client
+            .publish(topic(&self.id, channel), QoS::AtMostOnce, false, bytes)
+            .await
+            .unwrap();
+    }
+
     /// Publishes `body` in an envelope from this device.
     pub async fn publish<T: serde::Serialize>(
         &mut self,

@@ -145,6 +145,10 @@ pub fn gaps_table(gaps: &[Gap]) -> String {
                 g.missing.to_string(),
                 if g.restart {
                     "agent restart (rest of a reserved block)".into()
+                } else if g.rate_limited == g.missing {
+                    "rate limited".into()
+                } else if g.rate_limited > 0 {
+                    format!("missing ({} rate limited)", g.rate_limited)
                 } else {
                     "missing".into()
                 },
@@ -207,10 +211,26 @@ mod tests {
             last_missing: 6,
             missing: 3,
             restart: false,
+            rate_limited: 0,
         }]);
         assert_eq!(
             t,
             "DEVICE  MISSING SEQ  COUNT  CAUSE\ngw-1    4-6          3      missing\n"
+        );
+        let gap = |rate_limited| Gap {
+            device_id: "gw-1".into(),
+            first_missing: 4,
+            last_missing: 6,
+            missing: 3,
+            restart: false,
+            rate_limited,
+        };
+        let causes = gaps_table(&[gap(3), gap(2)]);
+        let causes: Vec<&str> = causes.lines().map(|l| &l[28..]).collect();
+        assert_eq!(
+            causes[1..],
+            ["rate limited", "missing (2 rate limited)"],
+            "{causes:?}"
         );
     }
 

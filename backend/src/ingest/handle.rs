@@ -122,9 +122,10 @@ pub fn handle(
     };
     match message.store(channel) {
         Ok(stored) => stored,
-        Err(refused @ Refused::RateLimited(..)) => {
+        Err(refused @ Refused::RateLimited(seq, _)) => {
             // Logged by [`Limits`], at most once a minute per device: a flood does not flood
             // the log too.
+            store.note_rate_limited(device, seq)?;
             store.count_refused(
                 Refusal::RateLimited.name(),
                 Some(device),

@@ -270,7 +270,11 @@ fn a_device_over_its_rate_limit_does_not_starve_the_others() {
     assert_eq!(figures, [("flood", 6, 16, true), ("quiet", 20, 0, false)]);
     // The gap the limited alerts leave.
     let gaps = s.gaps(Some("flood")).unwrap();
-    assert_eq!((gaps[0].first_missing, gaps[0].last_missing), (6, 21));
+    let gap = &gaps[0];
+    assert_eq!(
+        (gap.first_missing, gap.last_missing, gap.rate_limited),
+        (6, 21, 16)
+    );
 }
 
 /// The quota keeps exactly `max_alerts_per_device` alerts of a device, its newest (highest

@@ -84,7 +84,20 @@ pub struct Gap {
     /// of [`AGENT_SEQ_BLOCK`] and resumes after the last reserved block, so a restart skips the
     /// rest of a block. Such a gap lies within one block and ends at its end.
     pub restart: bool,
+    /// How many of the missing numbers were alerts the backend received and did not store,
+    /// over the device's rate limit. Left out when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rate_limited: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The most ranges of rate-limited sequence numbers kept per device; beyond it the oldest
+/// (lowest numbers) are forgotten, so that a device sending scattered numbers cannot grow
+/// them without bound.
+pub const MAX_LIMITED_RANGES: u64 = 1000;
 
 /// The agent reserves alert sequence numbers in blocks of this many (1-64, 65-128, ...).
 pub const AGENT_SEQ_BLOCK: u64 = 64;
@@ -164,6 +177,9 @@ pub trait Store: Send {
     /// Removes the device's oldest alerts (lowest sequence numbers) beyond `max_alerts`, and
     /// counts them in its `quota_removed`; returns how many.
     fn enforce_quota(&mut self, device_id: &str, max_alerts: u64) -> anyhow::Result<u64>;
+    /// Notes that the alert `seq` of the device was not stored, over its rate limit (for
+    /// [`Gap::rate_limited`]).
+    fn note_rate_limited(&mut self, device_id: &str, seq: u64) -> anyhow::Result<()>;
     /// Counts a refused message.
     fn count_refused(
         &mut self,
@@ -240,6 +256,10 @@ impl<D: sql::Database> Store for D {
 
     fn enforce_quota(&mut self, device_id: &str, max_alerts: u64) -> anyhow::Result<u64> {
         self.atomic(|db| sql::enforce_quota(db, device_id, max_alerts))
+    }
+
+    fn note_rate_limited(&mut self, device_id: &str, seq: u64) -> anyhow::Result<()> {
+        self.atomic(|db| sql::note_rate_limited(db, device_id, seq))
     }
 
     fn count_refused(

@@ -61,6 +61,12 @@ CREATE TABLE IF NOT EXISTS refused (
     last_error TEXT NOT NULL,
     PRIMARY KEY (reason, device_id)
 );
+CREATE TABLE IF NOT EXISTS limited (
+    device_id TEXT NOT NULL,
+    first_seq BIGINT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    PRIMARY KEY (device_id, first_seq)
+);
 CREATE TABLE IF NOT EXISTS policy_results (
     device_id TEXT NOT NULL,
     bundle_sha256 TEXT NOT NULL,

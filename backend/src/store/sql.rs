@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     heartbeat_counters, presence, restart_gap, AlertFilter, AlertRow, DeviceRow, Gap,
-    PolicyResultRow, RefusedRow,
+    PolicyResultRow, RefusedRow, MAX_LIMITED_RANGES,
 };
 
 /// What each store says of itself: how a write is made atomic, how a read reaches the
@@ -165,6 +165,24 @@ const RECOUNT_STORED: &str = "UPDATE devices SET stored_alerts =
 
 const DELETE_ALERTS: &str = "DELETE FROM alerts WHERE received_ms < ?1";
 
+// `CAST(?2 AS BIGINT)`: PostgreSQL would take `?2 - 1` for a 32-bit integer.
+const LIMITED_COVERED: &str = "SELECT count(*) FROM limited
+     WHERE device_id = ?1 AND first_seq <= ?2 AND last_seq >= ?2";
+
+const EXTEND_LIMITED: &str = "UPDATE limited SET last_seq = ?2
+     WHERE device_id = ?1 AND last_seq = CAST(?2 AS BIGINT) - 1";
+
+const INSERT_LIMITED: &str = "INSERT INTO limited (device_id, first_seq, last_seq)
+     VALUES (?1, ?2, ?2) ON CONFLICT (device_id, first_seq) DO NOTHING";
+
+const LIMITED_RANGES: &str = "SELECT count(*) FROM limited WHERE device_id = ?1";
+
+const FORGET_LIMITED: &str = "DELETE FROM limited WHERE device_id = ?1 AND first_seq IN (
+         SELECT first_seq FROM limited WHERE device_id = ?1 ORDER BY first_seq LIMIT ?2)";
+
+const LIMITED: &str = "SELECT device_id, first_seq, last_seq FROM limited
+     WHERE CAST(?1 AS TEXT) IS NULL OR device_id = ?1 ORDER BY device_id, first_seq";
+
 const DELETE_POLICY_RESULTS: &str = "DELETE FROM policy_results WHERE received_ms < ?1";
 
 const DEVICES: &str = "SELECT d.device_id, d.first_seen_ms, d.last_seen_ms, d.status, d.status_ms,
@@ -254,6 +272,34 @@ pub(crate) fn enforce_quota(
     let removed = db.execute(DELETE_OLDEST, &[text(device_id), int(stored - max_alerts)])?;
     db.execute(COUNT_REMOVED, &[text(device_id), int(removed)])?;
     Ok(removed)
+}
+
+/// The first integer of a one-row query (`count(*)`).
+fn count_of(db: &mut dyn Db, sql: &str, args: &[Arg]) -> anyhow::Result<u64> {
+    let mut n = 0;
+    db.query(sql, args, &mut |r| {
+        n = get_uint(r, 0)?;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// [`super::Store::note_rate_limited`]: the device's limited numbers are kept as disjoint
+/// ranges; one that follows a range extends it.
+pub(crate) fn note_rate_limited(db: &mut dyn Db, device_id: &str, seq: u64) -> anyhow::Result<()> {
+    let args = [text(device_id), int(seq)];
+    if count_of(db, LIMITED_COVERED, &args)? > 0 || db.execute(EXTEND_LIMITED, &args)? > 0 {
+        return Ok(());
+    }
+    db.execute(INSERT_LIMITED, &args)?;
+    let ranges = count_of(db, LIMITED_RANGES, &args[..1])?;
+    if ranges > MAX_LIMITED_RANGES {
+        db.execute(
+            FORGET_LIMITED,
+            &[text(device_id), int(ranges - MAX_LIMITED_RANGES)],
+        )?;
+    }
+    Ok(())
 }
 
 /// [`super::Store::record_heartbeat`].
@@ -495,7 +541,10 @@ pub(crate) fn alerts(db: &mut dyn Db, filter: &AlertFilter) -> anyhow::Result<Ve
 
 /// [`super::Store::gaps`].
 pub(crate) fn gaps(db: &mut dyn Db, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {
-    rows(db, GAPS, &[Arg::Text(device)], |r| {
+    let limited = rows(db, LIMITED, &[Arg::Text(device)], |r| {
+        Ok((get_text(r, 0)?, get_uint(r, 1)?, get_uint(r, 2)?))
+    })?;
+    let mut gaps = rows(db, GAPS, &[Arg::Text(device)], |r| {
         let first = get_uint(r, 1)?;
         let last = get_uint(r, 2)?;
         Ok(Gap {
@@ -504,8 +553,26 @@ pub(crate) fn gaps(db: &mut dyn Db, device: Option<&str>) -> anyhow::Result<Vec<
             last_missing: last,
             missing: last - first + 1,
             restart: restart_gap(first, last),
+            rate_limited: 0,
         })
-    })
+    })?;
+    // Both in the order of device, then number.
+    let mut ranges = limited.iter().peekable();
+    for gap in &mut gaps {
+        while ranges.peek().is_some_and(|(d, _, last)| {
+            (d.as_str(), *last) < (gap.device_id.as_str(), gap.first_missing)
+        }) {
+            ranges.next();
+        }
+        gap.rate_limited = ranges
+            .clone()
+            .take_while(|(d, first, _)| *d == gap.device_id && *first <= gap.last_missing)
+            .map(|(_, first, last)| {
+                (*last).min(gap.last_missing) - (*first).max(gap.first_missing) + 1
+            })
+            .sum();
+    }
+    Ok(gaps)
 }
 
 /// [`super::Store::refused`].

@@ -90,9 +90,17 @@ UPDATE devices SET stored_alerts =
 PRAGMA user_version = 2;
 ";
 
-/// Indexes added after the first schema: created when a database is opened (a no-op once they
-/// exist; the first open of a large store built without them takes a while).
+/// Indexes and tables added after the first schema: created when a database is opened (a
+/// no-op once they exist; the first open of a large store built without the indexes takes a
+/// while). `limited`: ranges of alert sequence numbers not stored, over the device's rate
+/// limit.
 const INDEXES: &str = "
+CREATE TABLE IF NOT EXISTS limited (
+    device_id TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (device_id, first_seq)
+);
 CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms);
 CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms);
 ";
@@ -139,7 +147,8 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} PRAGMA user_version = {SCHEMA_VERSION}; \
+                     COMMIT;"
                 ))
                 .or_else(|e| {
                     // Another process may have created it between the check and the write.

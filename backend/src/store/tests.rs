@@ -231,6 +231,7 @@ fn gaps_are_computed_per_device(s: &mut dyn Store) {
                 last_missing: 6,
                 missing: 3,
                 restart: false,
+                rate_limited: 0,
             },
             Gap {
                 device_id: "gw-1".into(),
@@ -238,6 +239,7 @@ fn gaps_are_computed_per_device(s: &mut dyn Store) {
                 last_missing: 9,
                 missing: 1,
                 restart: false,
+                rate_limited: 0,
             },
         ]
     );
@@ -540,6 +542,50 @@ fn the_quota_removes_the_oldest_beyond_its_bound(s: &mut dyn Store) {
     assert_eq!(figures, [("gw-1", 3, 3, 0), ("gw-2", 0, 0, 0)]);
 }
 
+/// The numbers of alerts not stored over the rate limit are told in the gaps they leave, as
+/// ranges, at most [`MAX_LIMITED_RANGES`] per device.
+fn rate_limited_numbers_are_told_in_the_gaps(s: &mut dyn Store) {
+    for seq in [1, 10, 20] {
+        s.insert_alert("gw-1", &alert(seq), "postcard", 1).unwrap();
+    }
+    for seq in [1, 5] {
+        s.insert_alert("gw-2", &alert(seq), "postcard", 1).unwrap();
+    }
+    // Out of order and twice too; 25 is after the last stored alert: in no gap.
+    for seq in [2, 3, 4, 5, 3, 7, 9, 8, 12, 13, 14, 15, 16, 17, 18, 19, 25] {
+        s.note_rate_limited("gw-1", seq).unwrap();
+    }
+    s.note_rate_limited("gw-2", 3).unwrap();
+    let figures = |s: &mut dyn Store| -> Vec<(String, u64, u64, u64)> {
+        s.gaps(None)
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.device_id, g.first_missing, g.missing, g.rate_limited))
+            .collect()
+    };
+    assert_eq!(
+        figures(s),
+        [
+            ("gw-1".into(), 2, 8, 7),
+            ("gw-1".into(), 11, 9, 8),
+            ("gw-2".into(), 2, 3, 1),
+        ]
+    );
+    // A device sending scattered numbers keeps the latest ranges only.
+    let last = 2 * (MAX_LIMITED_RANGES + 1) + 1;
+    for seq in [1, last] {
+        s.insert_alert("gw-3", &alert(seq), "postcard", 1).unwrap();
+    }
+    for k in 1..=MAX_LIMITED_RANGES + 1 {
+        s.note_rate_limited("gw-3", 2 * k).unwrap();
+    }
+    let gaps = s.gaps(Some("gw-3")).unwrap();
+    assert_eq!(
+        (gaps[0].missing, gaps[0].rate_limited),
+        (last - 2, MAX_LIMITED_RANGES)
+    );
+}
+
 fn count(s: &mut dyn Store, device: &str) -> usize {
     s.alerts(&AlertFilter {
         device: Some(device.into()),
@@ -581,6 +627,10 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "the_quota_removes_the_oldest_beyond_its_bound",
         the_quota_removes_the_oldest_beyond_its_bound,
+    ),
+    (
+        "rate_limited_numbers_are_told_in_the_gaps",
+        rate_limited_numbers_are_told_in_the_gaps,
     ),
 ];
 
