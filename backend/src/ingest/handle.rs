@@ -105,12 +105,19 @@ pub fn handle(
         Ok(parsed) => parsed,
         Err(e) => {
             let refused = Refused::ForeignTopic(e.to_string());
-            return refuse(store, topic_name, now_ms, None, refused);
+            return refuse(store, limits, topic_name, (now_ms, clock_ms), None, refused);
         }
     };
     if payload.len() > MAX_MESSAGE_BYTES {
         let refused = Refused::Oversized(payload.len());
-        return refuse(store, topic_name, now_ms, Some(device), refused);
+        return refuse(
+            store,
+            limits,
+            topic_name,
+            (now_ms, clock_ms),
+            Some(device),
+            refused,
+        );
     }
     let message = Message {
         store,
@@ -135,24 +142,41 @@ pub fn handle(
             )?;
             Ok(Outcome::Refused(Refusal::RateLimited))
         }
-        Err(refused) => refuse(store, topic_name, now_ms, Some(device), refused),
+        Err(refused) => refuse(
+            store,
+            limits,
+            topic_name,
+            (now_ms, clock_ms),
+            Some(device),
+            refused,
+        ),
     }
 }
 
-/// Logs a refused message and counts it in the store.
+/// Counts a refused message in the store, and logs it: the first of a device for a reason,
+/// then at most one line a minute with how many since the previous one, so that a device
+/// sending garbage does not flood the log.
 fn refuse(
     store: &mut dyn Store,
+    limits: &mut Limits,
     topic_name: &str,
-    now_ms: u64,
+    (now_ms, clock_ms): (u64, u64),
     device: Option<&str>,
     refused: Refused,
 ) -> anyhow::Result<Outcome> {
     let reason = refused.reason();
     let error = refused.to_string();
-    log::warn!(
-        "refused a message on `{topic_name}` ({}): {error}",
-        reason.name()
-    );
+    if let Some(n) = limits.refused(device.unwrap_or(""), reason.name(), clock_ms) {
+        let more = if n > 1 {
+            format!(" ({n} refused for this reason from this device since the last report)")
+        } else {
+            String::new()
+        };
+        log::warn!(
+            "refused a message on `{topic_name}` ({}): {error}{more}",
+            reason.name()
+        );
+    }
     store.count_refused(reason.name(), device, topic_name, &error, now_ms)?;
     Ok(Outcome::Refused(reason))
 }

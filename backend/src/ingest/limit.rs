@@ -24,6 +24,8 @@ pub struct Limits {
     /// Stored alerts kept per device.
     pub max_alerts_per_device: u64,
     devices: HashMap<String, DeviceState>,
+    /// Refused messages by device (empty when the topic named none) and reason.
+    refusals: HashMap<(String, &'static str), Reported>,
     /// The origin of [`Limits::now_ms`].
     epoch: std::time::Instant,
 }
@@ -69,6 +71,7 @@ impl Limits {
             capacity: u64::from(config.alert_burst) * MILLI,
             max_alerts_per_device: config.max_alerts_per_device,
             devices: HashMap::new(),
+            refusals: HashMap::new(),
             epoch: std::time::Instant::now(),
         }
     }
@@ -151,6 +154,14 @@ impl Limits {
         self.device(device, now_ms).limited.add(1, now_ms)
     }
 
+    /// Notes a message of `device` refused for `reason`, as [`Limits::limited`].
+    pub fn refused(&mut self, device: &str, reason: &'static str, now_ms: u64) -> Option<u64> {
+        self.refusals
+            .entry((device.to_string(), reason))
+            .or_default()
+            .add(1, now_ms)
+    }
+
     /// Notes `n` alerts of `device` removed over its quota, as [`Limits::limited`].
     pub fn removed(&mut self, device: &str, n: u64, now_ms: u64) -> Option<u64> {
         self.device(device, now_ms).removed.add(n, now_ms)
@@ -230,5 +241,11 @@ mod tests {
         assert_eq!(l.limited("gw-1", LOG_EVERY_MS), Some(3));
         assert_eq!(l.removed("gw-1", 1, LOG_EVERY_MS), None);
         assert_eq!(l.removed("gw-1", 2, LOG_EVERY_MS + 10), Some(3));
+        // Refusals, by device and reason.
+        assert_eq!(l.refused("gw-1", "malformed", 0), Some(1));
+        assert_eq!(l.refused("gw-1", "malformed", 5), None);
+        assert_eq!(l.refused("gw-1", "oversized", 5), Some(1));
+        assert_eq!(l.refused("", "foreign_topic", 5), Some(1));
+        assert_eq!(l.refused("gw-1", "malformed", LOG_EVERY_MS), Some(2));
     }
 }

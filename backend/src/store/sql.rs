@@ -567,10 +567,13 @@ pub(crate) fn gaps(db: &mut dyn Db, device: Option<&str>) -> anyhow::Result<Vec<
         gap.rate_limited = ranges
             .clone()
             .take_while(|(d, first, _)| *d == gap.device_id && *first <= gap.last_missing)
+            .filter(|(_, _, last)| *last >= gap.first_missing)
             .map(|(_, first, last)| {
                 (*last).min(gap.last_missing) - (*first).max(gap.first_missing) + 1
             })
-            .sum();
+            .sum::<u64>()
+            // Ranges written by two instances sharing a store at once may overlap.
+            .min(gap.missing);
     }
     Ok(gaps)
 }
