@@ -3,6 +3,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, gen},
     programs::TracePointContext,
+    EbpfContext,
 };
 use core::ffi::c_void;
 use picket_common::{EventHeader, Layout};
@@ -82,11 +83,40 @@ pub fn fill_header(header: &mut EventHeader, kind: u16, flags: u16) {
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
 
+/// Where the arguments of a `sys_enter_*` record and the return value of a `sys_exit_*` record
+/// start on a 64-bit kernel: after the common fields (8 bytes) and the syscall number (padded).
+const SYSCALL_ARGS_64: usize = 16;
+const SYSCALL_RET_64: usize = 16;
+
+/// Reads the `u64` at `OFFSET` of the record with a plain load. A program may load from its
+/// record at a constant offset; the verifier checks it, and the kernel refuses to attach a
+/// program whose loads go past the tracepoint's record. On other kernels the branches that call
+/// this are never taken, and the verifier, which knows `LAYOUT` (read-only, frozen at load),
+/// leaves them out.
+#[inline(always)]
+fn load_u64<const OFFSET: usize>(ctx: &TracePointContext) -> u64 {
+    // SAFETY: the record is at least `OFFSET + 8` bytes long on the kernels that take this
+    // path (see above); the load is aligned.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(OFFSET) as *const u64) }
+}
+
 /// Syscall argument `index` of a `sys_enter_*` record, zero-extended to 64 bits.
 #[inline(always)]
 pub fn arg(ctx: &TracePointContext, index: usize) -> u64 {
     let size = layout!(syscall_arg_size);
     let offset = layout!(syscall_args) + index * size;
+    // The 64-bit layout: a load from the record instead of a helper call. `index` is a
+    // constant once inlined.
+    if size == 8 && layout!(syscall_args) == SYSCALL_ARGS_64 {
+        return match index {
+            0 => load_u64::<{ SYSCALL_ARGS_64 }>(ctx),
+            1 => load_u64::<{ SYSCALL_ARGS_64 + 8 }>(ctx),
+            2 => load_u64::<{ SYSCALL_ARGS_64 + 16 }>(ctx),
+            3 => load_u64::<{ SYSCALL_ARGS_64 + 24 }>(ctx),
+            4 => load_u64::<{ SYSCALL_ARGS_64 + 32 }>(ctx),
+            _ => load_u64::<{ SYSCALL_ARGS_64 + 40 }>(ctx),
+        };
+    }
     // SAFETY: `offset` is inside the record per the tracefs format.
     unsafe {
         if size == 4 {
@@ -102,6 +132,9 @@ pub fn arg(ctx: &TracePointContext, index: usize) -> u64 {
 pub fn ret(ctx: &TracePointContext) -> i64 {
     let size = layout!(syscall_arg_size);
     let offset = layout!(syscall_ret);
+    if size == 8 && offset == SYSCALL_RET_64 {
+        return load_u64::<{ SYSCALL_RET_64 }>(ctx) as i64;
+    }
     // SAFETY: as in `arg`.
     unsafe {
         if size == 4 {

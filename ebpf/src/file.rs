@@ -46,9 +46,15 @@ fn save(s: &FileStash) {
     let _ = FILE_STASH.insert(&tid, s, 0);
 }
 
+/// Whether an open with these flags can change the file: the others are dropped at entry.
+#[inline(always)]
+fn opens_for_writing(flags: u32) -> bool {
+    flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) != 0
+}
+
 #[inline(always)]
 fn save_open(dirfd: i32, path: u64, flags: u32, mode: u32) {
-    if flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0 {
+    if !opens_for_writing(flags) {
         return;
     }
     let mut s = stash(FileOp::Open);
@@ -190,10 +196,15 @@ exits!(
 
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    // The flags first: most opens read, and read nothing else.
+    let flags = arg(&ctx, 2) as u32;
+    if !opens_for_writing(flags) {
+        return 0;
+    }
     save_open(
         arg(&ctx, 0) as i32,
         arg(&ctx, 1),
-        arg(&ctx, 2) as u32,
+        flags,
         arg(&ctx, 3) as u32,
     );
     0
@@ -219,12 +230,11 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    save_open(
-        AT_FDCWD,
-        arg(&ctx, 0),
-        arg(&ctx, 1) as u32,
-        arg(&ctx, 2) as u32,
-    );
+    let flags = arg(&ctx, 1) as u32;
+    if !opens_for_writing(flags) {
+        return 0;
+    }
+    save_open(AT_FDCWD, arg(&ctx, 0), flags, arg(&ctx, 2) as u32);
     0
 }
 
