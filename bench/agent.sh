@@ -6,8 +6,9 @@
 # behavioural section (what interpreters, lineage, sensitive and append-only files cost), and
 # with the agent enforcing (exec and network guards refusing what the policy does not allow,
 # against the main runs' dry run); the highest event rate it takes without loss, and what it
-# loses above; its memory idle and at that ceiling, and the BPF maps' memory; the throughput of its SHA-256 against OpenSSL;
-# the size of the binary. Records what it measures as samples; `xtask bench-report agent` makes
+# loses above; its memory idle and at that ceiling, and the BPF maps' memory; the time each of its
+# BPF programs spends in the kernel per action of each storm (the kernel's BPF statistics, on for
+# that run alone); the throughput of its SHA-256 against OpenSSL; the size of the binary. Records what it measures as samples; `xtask bench-report agent` makes
 # the figures and rewrites the matching sections of docs/PERFORMANCE.md.
 #
 # Usage: sudo [BEFORE=/path/to/an/earlier/picket [BEFORE_COMMIT=REV]] bench/agent.sh [--smoke]
@@ -53,8 +54,14 @@ fi
 WORK="$(mktemp -d /var/tmp/picket-agent-bench.XXXXXX)"
 SAMPLES="$WORK/samples"
 AGENT=""
+# The kernel's BPF statistics (Linux >= 5.8), turned on only for the runs that read them and put
+# back as they were found, whatever happens.
+BPF_STATS=/proc/sys/kernel/bpf_stats_enabled
+BPF_STATS_WAS=""
+[ -w "$BPF_STATS" ] && BPF_STATS_WAS=$(cat "$BPF_STATS")
 cleanup() {
     if [ -n "$AGENT" ]; then kill "$AGENT" 2>/dev/null || true; fi
+    if [ -n "$BPF_STATS_WAS" ]; then echo "$BPF_STATS_WAS" > "$BPF_STATS" || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -313,6 +320,19 @@ smoke_check_storm() {
         exit 1
     fi
 }
+# Runs storm $1 under agent $3 (config $4) with the kernel's BPF statistics on, and records its
+# programs' runs and time before and after it as STORM_$2bpf_before and _after. Nothing when the
+# kernel has no statistics.
+bpf_stats_run() { # STORM PREFIX BINARY CONFIG
+    [ -n "$BPF_STATS_WAS" ] || return 0
+    start_agent "$3" "$4"
+    echo 1 > "$BPF_STATS"
+    sample "$1_$2bpf_before" "$("$XTASK" probe bpf-programs "$AGENT")"
+    "$1_storm"
+    sample "$1_$2bpf_after" "$("$XTASK" probe bpf-programs "$AGENT")"
+    echo "$BPF_STATS_WAS" > "$BPF_STATS"
+    stop_agent
+}
 # Total records the agent's log says were lost so far.
 lost_total() { "$XTASK" probe lost "$WORK/agent.log"; }
 
@@ -367,6 +387,12 @@ for round in $(seq "$ROUNDS"); do
             echo "smoke run: the enforcing agent judged ${judged:-no} execs during the exec storm of $EXECS spawns" >&2
             tail -5 "$WORK/agent.log" >&2
             exit 1
+        fi
+        # The time in each of the agent's programs, in a run of its own: the statistics cost
+        # every program run two clock reads, which the timed runs above go without.
+        bpf_stats_run "$storm" "" "$PICKET" "$WORK/picket.toml"
+        if [ -n "${BEFORE:-}" ]; then
+            bpf_stats_run "$storm" before_ "$BEFORE" "$WORK/picket-before.toml"
         fi
     done
     echo "round $round/$ROUNDS of the storms done" >&2

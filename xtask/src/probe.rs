@@ -1,6 +1,6 @@
 //! Readings the benchmark scripts take while they run, each printed as one line for the scripts
-//! to record: a process's CPU time and memory from /proc, its BPF maps, a free port, counts in
-//! logs and JSON.
+//! to record: a process's CPU time and memory from /proc, its BPF maps and programs, a free port,
+//! counts in logs and JSON.
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
@@ -19,6 +19,11 @@ pub enum Probe {
     PeakRss { pid: u32 },
     /// PID's BPF maps (from /proc/PID/fdinfo): "COUNT TOTAL_BYTES RINGBUF_BYTES".
     BpfMaps { pid: u32 },
+    /// PID's attached BPF programs and the kernel's statistics of each (from /proc/PID/fdinfo,
+    /// counted only while `kernel.bpf_stats_enabled` is 1), on one line: `NAME=RUNS:NANOSECONDS`
+    /// for each, by name. A tracepoint program is named by its tracepoint, any other by its
+    /// link's type and program id (`cgroup#42`).
+    BpfPrograms { pid: u32 },
     /// A free TCP port on 127.0.0.1.
     FreePort,
     /// The records lost so far according to an agent's log: the sum of the totals of every
@@ -57,6 +62,11 @@ pub fn run(probe: Probe) -> Result<()> {
             let (count, total, ring) = bpf_maps(pid)?;
             format!("{count} {total} {ring}")
         }
+        Probe::BpfPrograms { pid } => bpf_programs(pid)?
+            .iter()
+            .map(|(name, (runs, ns))| format!("{name}={runs}:{ns}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         Probe::FreePort => std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port()
@@ -208,6 +218,80 @@ fn bpf_map(fdinfo: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
+/// PID's attached programs: name → (runs, nanoseconds in them), from the fdinfo of its program
+/// descriptors (the statistics) and of its link descriptors (what each program is attached to).
+fn bpf_programs(pid: u32) -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    let mut stats = std::collections::BTreeMap::new();
+    let mut links = std::collections::BTreeMap::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for fd in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(fd?.path()) else {
+            continue; // closed meanwhile
+        };
+        match fdinfo_program(&text) {
+            Some(FdinfoProgram::Program { id, runs, ns }) => {
+                stats.insert(id, (runs, ns));
+            }
+            Some(FdinfoProgram::Link { id, name }) => {
+                links.entry(id).or_insert(name);
+            }
+            None => {}
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (id, name) in links {
+        if let Some(&(runs, ns)) = stats.get(&id) {
+            let entry = out.entry(name).or_insert((0, 0));
+            entry.0 += runs;
+            entry.1 += ns;
+        }
+    }
+    Ok(out)
+}
+
+/// What one fdinfo says about a BPF program.
+#[derive(Debug, PartialEq, Eq)]
+enum FdinfoProgram {
+    /// A program's descriptor: its id and statistics.
+    Program { id: u64, runs: u64, ns: u64 },
+    /// A link's descriptor: the id of its program and what it is attached to.
+    Link { id: u64, name: String },
+}
+
+fn fdinfo_program(fdinfo: &str) -> Option<FdinfoProgram> {
+    let text = |name: &str| {
+        fdinfo.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(':')?;
+            Some(value.trim())
+        })
+    };
+    let number = |name: &str| text(name)?.parse::<u64>().ok();
+    let id = number("prog_id")?;
+    if let Some(kind) = text("link_type") {
+        // The cgroup attach points of the network guard (`enum bpf_attach_type`).
+        let cgroup = match number("attach_type") {
+            Some(8) => Some("bind4"),
+            Some(9) => Some("bind6"),
+            Some(10) => Some("connect4"),
+            Some(11) => Some("connect6"),
+            Some(14) => Some("sendmsg4"),
+            Some(15) => Some("sendmsg6"),
+            _ => None,
+        };
+        let name = match (text("tp_name"), cgroup) {
+            (Some(tp), _) if !tp.is_empty() => tp.to_string(),
+            (_, Some(point)) if kind == "cgroup" => format!("cgroup/{point}"),
+            _ => format!("{kind}#{id}"),
+        };
+        return Some(FdinfoProgram::Link { id, name });
+    }
+    Some(FdinfoProgram::Program {
+        id,
+        runs: number("run_cnt")?,
+        ns: number("run_time_ns")?,
+    })
+}
+
 /// The sum of the totals of the ring-buffer loss lines of the log (each sensor's running
 /// total, as logged).
 fn lost(log: &str) -> u64 {
@@ -284,6 +368,55 @@ mod tests {
         let fdinfo = "pos:\t0\nflags:\t02000002\nmap_type:\t27\nkey_size:\t0\nmemlock:\t1056768\nmap_id:\t42\n";
         assert_eq!(bpf_map(fdinfo), Some((42, 27, 1_056_768)));
         assert_eq!(bpf_map("pos:\t0\nflags:\t02\n"), None);
+    }
+
+    #[test]
+    fn bpf_programs_are_read_from_fdinfo() {
+        let program = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nprog_jited:\t1\n\
+                       prog_tag:\tdbd1b110b015c111\nmemlock:\t4096\nprog_id:\t266464\n\
+                       run_time_ns:\t81234\nrun_cnt:\t321\nrecursion_misses:\t0\n";
+        assert_eq!(
+            fdinfo_program(program),
+            Some(FdinfoProgram::Program {
+                id: 266_464,
+                runs: 321,
+                ns: 81_234
+            })
+        );
+        let tracepoint = "pos:\t0\nlink_type:\tperf\nlink_id:\t246958\n\
+                          prog_tag:\tdea1045deee13fb4\nprog_id:\t266462\n\
+                          tp_name:\tsys_enter_umount\nevent_type:\ttracepoint\n";
+        assert_eq!(
+            fdinfo_program(tracepoint),
+            Some(FdinfoProgram::Link {
+                id: 266_462,
+                name: "sys_enter_umount".into()
+            })
+        );
+        let connect = "pos:\t0\nlink_type:\tcgroup\nlink_id:\t7\nprog_id:\t42\n\
+                       cgroup_id:\t1\nattach_type:\t10\n";
+        assert_eq!(
+            fdinfo_program(connect),
+            Some(FdinfoProgram::Link {
+                id: 42,
+                name: "cgroup/connect4".into()
+            })
+        );
+        // A kernel that does not say what a link is attached to: its type and program id.
+        let unnamed = "pos:\t0\nlink_type:\tperf\nlink_id:\t7\nprog_id:\t43\n";
+        assert_eq!(
+            fdinfo_program(unnamed),
+            Some(FdinfoProgram::Link {
+                id: 43,
+                name: "perf#43".into()
+            })
+        );
+        // A map, or a program from a kernel without statistics.
+        assert_eq!(
+            fdinfo_program("pos:\t0\nmap_type:\t27\nmap_id:\t42\n"),
+            None
+        );
+        assert_eq!(fdinfo_program("pos:\t0\nprog_id:\t42\n"), None);
     }
 
     #[test]

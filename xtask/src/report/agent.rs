@@ -18,14 +18,15 @@
 //! `STORM_before_stopped`, the same readings with it; `idle_rss_kib`, `bpf_maps` ("COUNT
 //! TOTAL_BYTES RINGBUF_BYTES"), `step` ("RATE COUNT SECONDS LOST_BEFORE LOST_AFTER", one per
 //! rate, 0 for as fast as possible), `lost_end`, `startup_peak_kib`, `load_rss_kib`; `hash_ns`
-//! per round, `openssl_kbs` (absent without OpenSSL), `stripped_bytes`, `cross_sizes` (a path).
+//! per round, `openssl_kbs` (absent without OpenSSL), `stripped_bytes`, `cross_sizes` (a path);
+//! the kernel's statistics of the agent's programs, `STORM_bpf_*` (see `kernel.rs`).
 
 use super::{ms, Env, Report};
 use crate::samples::{number, Samples};
 use crate::stats::{median, mib, num, ratio, rounded, verdict};
 use anyhow::{bail, Context, Result};
 
-const STORMS: [&str; 4] = ["exec", "write", "connect", "read"];
+pub(super) const STORMS: [&str; 4] = ["exec", "write", "connect", "read"];
 
 pub fn report(s: &Samples, env: &Env) -> Result<Report> {
     let mut missed = String::new();
@@ -33,6 +34,7 @@ pub fn report(s: &Samples, env: &Env) -> Result<Report> {
     let behaviour = behaviour(s)?;
     let enforcement = enforcement(s, &mut missed)?;
     let before_after = before_after(s)?;
+    let kernel = super::kernel::kernel(s)?;
     let ceiling = ceiling(s, env, &mut missed)?;
     let hashing = hashing(s, env)?;
     let mode = if s.yes("smoke") {
@@ -72,7 +74,7 @@ no storm calls them.
 {storms}
 
 {targets}
-{behaviour}{enforcement}{before_after}",
+{behaviour}{enforcement}{before_after}{kernel}",
         today = env.today,
         machine = env.machine,
     );

@@ -3,6 +3,7 @@
 
 mod agent;
 mod backend;
+mod kernel;
 mod reporting;
 mod scan;
 
