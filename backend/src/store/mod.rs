@@ -94,6 +94,11 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// The most policy results kept per device; beyond it the device's oldest are removed, so
+/// that a device sending results of its own invention cannot fill the store. A device sends
+/// one per bundle pushed to it.
+pub const MAX_POLICY_RESULTS_PER_DEVICE: u64 = 1000;
+
 /// The most ranges of rate-limited sequence numbers kept per device; beyond it the oldest
 /// (lowest numbers) are forgotten, so that a device sending scattered numbers cannot grow
 /// them without bound.
@@ -167,7 +172,8 @@ pub trait Store: Send {
         status: &Status,
         received_ms: u64,
     ) -> anyhow::Result<()>;
-    /// Stores a policy result; `false` when it was already stored.
+    /// Stores a policy result; `false` when it was already stored. Keeps the device's newest
+    /// [`MAX_POLICY_RESULTS_PER_DEVICE`].
     fn insert_policy_result(
         &mut self,
         device_id: &str,

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     heartbeat_counters, presence, restart_gap, AlertFilter, AlertRow, DeviceRow, Gap,
-    PolicyResultRow, RefusedRow, MAX_LIMITED_RANGES,
+    PolicyResultRow, RefusedRow, MAX_LIMITED_RANGES, MAX_POLICY_RESULTS_PER_DEVICE,
 };
 
 /// What each store says of itself: how a write is made atomic, how a read reaches the
@@ -135,6 +135,14 @@ const INSERT_POLICY_RESULT: &str =
          serial, reason)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
      ON CONFLICT (device_id, bundle_sha256, time_ms) DO NOTHING";
+
+const POLICY_RESULTS_OF: &str = "SELECT count(*) FROM policy_results WHERE device_id = ?1";
+
+/// The device's `?2` oldest policy results (by time received, then device time).
+const DELETE_OLDEST_POLICY_RESULTS: &str =
+    "DELETE FROM policy_results WHERE device_id = ?1 AND (bundle_sha256, time_ms) IN (
+         SELECT bundle_sha256, time_ms FROM policy_results WHERE device_id = ?1
+         ORDER BY received_ms, time_ms, bundle_sha256 LIMIT ?2)";
 
 const SET_POLICY: &str =
     "UPDATE devices SET policy_serial = ?2, policy_name = ?3 WHERE device_id = ?1";
@@ -382,6 +390,15 @@ pub(crate) fn insert_policy_result(
         ],
     )? == 1;
     touch_device(db, device_id, received_ms)?;
+    if inserted {
+        let kept = count_of(db, POLICY_RESULTS_OF, &[text(device_id)])?;
+        if kept > MAX_POLICY_RESULTS_PER_DEVICE {
+            db.execute(
+                DELETE_OLDEST_POLICY_RESULTS,
+                &[text(device_id), int(kept - MAX_POLICY_RESULTS_PER_DEVICE)],
+            )?;
+        }
+    }
     if let PolicyOutcome::Applied { name, serial } = &result.outcome {
         db.execute(SET_POLICY, &[text(device_id), int(*serial), text(name)])?;
     }

@@ -370,6 +370,21 @@ fn refusals_and_policy_results_are_counted(s: &mut dyn Store) {
     let d = &s.devices(8, Duration::from_secs(1)).unwrap()[0];
     assert_eq!(d.policy_serial, Some(9));
     assert_eq!(d.policy_name.as_deref(), Some("p2"));
+    // A device sending results of its own invention keeps its newest only.
+    for i in 0..MAX_POLICY_RESULTS_PER_DEVICE + 5 {
+        let result = PolicyResult {
+            time_ms: 100 + i,
+            bundle_sha256: format!("{i:x}"),
+            outcome: PolicyOutcome::Refused {
+                reason: "forged".into(),
+            },
+        };
+        assert!(s.insert_policy_result("gw-2", &result, 10 + i).unwrap());
+    }
+    let rows = s.policy_results(Some("gw-2")).unwrap();
+    assert_eq!(rows.len() as u64, MAX_POLICY_RESULTS_PER_DEVICE);
+    assert_eq!(rows.last().unwrap().time_ms, 105, "the 5 oldest went");
+    assert_eq!(s.policy_results(Some("gw-1")).unwrap().len(), 1);
 }
 
 /// Each combination of filters reads through an index that bounds it and gives the order
