@@ -224,7 +224,10 @@ i=0
 until grep -q '"alert":"unknown_executable".*"path":"/tmp/unknown/echo"' /var/log/picket/alerts.jsonl 2>/dev/null &&
     grep -q '"alert":"protected_file_changed".*"path":"/etc/app/app.conf"' /var/log/picket/alerts.jsonl 2>/dev/null &&
     grep -q '"alert":"unexpected_listener".*"port":7777' /var/log/picket/alerts.jsonl 2>/dev/null &&
-    grep -q '"alert":"unexpected_connection".*"remote_port":7777' /var/log/picket/alerts.jsonl 2>/dev/null; do
+    grep -q '"alert":"unexpected_connection".*"remote_port":7777' /var/log/picket/alerts.jsonl 2>/dev/null &&
+    grep -q '"alert":"would_block".*"path":"/tmp/unknown/echo"' /var/log/picket/alerts.jsonl 2>/dev/null &&
+    grep -q '"alert":"would_block".*"port":7777' /var/log/picket/alerts.jsonl 2>/dev/null &&
+    grep -q '"alert":"would_block".*"remote_port":7777' /var/log/picket/alerts.jsonl 2>/dev/null; do
     kill -0 "$agent" 2>/dev/null || die "picket run exited while waiting for the alerts"
     i=$((i + 1))
     [ "$i" -le 120 ] || break

@@ -305,8 +305,9 @@ fn attacks_raise_exactly_their_alerts() {
             .collect();
         // What comes from another source than the ring buffer (fanotify) may come after the
         // barrier: each expected alert is waited for first.
+        // (One missing is said by the comparison below, with everything the scenario raised.)
         for (k, p) in &expected {
-            let _ = agent.0.try_wait_for(Duration::from_secs(5), |a| {
+            let _ = agent.0.try_wait_for(ALERT_TIMEOUT, |a| {
                 of_tree(a, root) && kind(a) == k && path(a) == Some(p.as_str())
             });
         }

@@ -650,15 +650,14 @@ fn now_ms() -> u64 {
     .unwrap()
 }
 
-/// Writes `text` over `path` and puts its modification time back: a change only its content
+/// Writes `text` over `path`, of the same size, in place (never truncated: a rescan in between
+/// would see an empty file), and puts its modification time back: a change only its content
 /// tells.
 fn rewrite_keeping_mtime(path: &Path, text: &str) {
-    let mtime = fs::metadata(path).unwrap().modified().unwrap();
-    fs::write(path, text).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    use std::io::Write as _;
+    let meta = fs::metadata(path).unwrap();
+    assert_eq!(meta.len(), text.len() as u64, "{}", path.display());
+    let mut f = fs::File::options().write(true).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.set_modified(meta.modified().unwrap()).unwrap();
 }

@@ -391,14 +391,11 @@ pub(crate) fn run_ok(cmd: &mut Command) -> u32 {
     pid
 }
 
-/// A port free on 127.0.0.1 and 127.0.0.2, for TCP and UDP.
+/// A port free on 127.0.0.1 and 127.0.0.2, for TCP and UDP, below the ephemeral range (an
+/// outgoing connection cannot take it before the test binds it).
 pub(crate) fn free_port() -> u16 {
     for _ in 0..50 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = picket_test_support::ports::free_port();
         let free = ["127.0.0.1", "127.0.0.2"].iter().all(|ip| {
             TcpListener::bind((*ip, port)).is_ok() && UdpSocket::bind((*ip, port)).is_ok()
         });

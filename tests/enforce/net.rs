@@ -48,8 +48,8 @@ impl Peers {
             tcp,
             udp_port: udp.local_addr().unwrap().port(),
             _udp: udp,
-            listen_port: free_port(),
-            other_port: free_port(),
+            listen_port: picket_test_support::ports::free_port(),
+            other_port: picket_test_support::ports::free_port(),
         }
     }
 
@@ -102,14 +102,6 @@ fn outbound(text: &mut String, cidr: &str, ports: &str, protocol: &str) {
         text,
         "[[network.outbound]]\ncidr = \"{cidr}\"\nports = {ports}\nprotocol = \"{protocol}\"\n"
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn eperm<T: std::fmt::Debug>(r: io::Result<T>, what: &str) {

@@ -84,8 +84,15 @@ impl Lab {
         bundle
     }
 
-    /// A configuration for `bundle`, with `extra` TOML appended; returns its path.
+    /// A configuration for `bundle`, with `extra` TOML appended; returns its path. Unless
+    /// `extra` says otherwise, an exec waits up to 10 s for its file's hash: the verdicts the
+    /// tests expect do not depend on how loaded the machine is.
     pub(crate) fn config(&self, bundle: &Path, extra: &str) -> PathBuf {
+        let decision = if extra.contains("[enforce]") {
+            ""
+        } else {
+            "[enforce]\ndecision_time = \"10s\"\n"
+        };
         let text = format!(
             "device_id = \"test-device\"\n\
              device_class = \"lab\"\n\
@@ -94,6 +101,7 @@ impl Lab {
              state_dir = {}\n\
              rescan_interval = \"1h\"\n\
              {extra}\n\
+             {decision}\
              [alerts]\n\
              window = \"60s\"\n\
              \n\

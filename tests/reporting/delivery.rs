@@ -247,8 +247,13 @@ fn alerts_spooled_before_a_sigkill_are_delivered_after_restart() {
         );
         thread::sleep(Duration::from_millis(100));
     }
-    // The spool is written once per batch; give the batch a moment to end.
-    thread::sleep(Duration::from_millis(1500));
+    // The spool is written by its own thread, once per batch: each alert in it before the kill.
+    let spool = fleet.root.join("state/spool");
+    let seqs: Vec<u64> = paths
+        .iter()
+        .map(|p| seq_of(&alerts_file, p).unwrap())
+        .collect();
+    wait_until_spooled(&spool, &seqs, || agent.log());
     let log = agent.kill();
     assert!(!log.contains("connected to the broker"), "{log}");
 
@@ -309,4 +314,24 @@ fn an_alert_the_broker_refuses_stays_spooled_and_is_sent_after_reconnecting() {
     let seen = wait_for_alerts(&sub, &paths, Duration::from_secs(30), || agent.log());
     assert_once_each(&seen);
     agent.stop();
+}
+
+/// Waits until the spool in `dir` holds each of `seqs` (30 s at most).
+fn wait_until_spooled(dir: &Path, seqs: &[u64], log: impl Fn() -> String) {
+    let start = Instant::now();
+    loop {
+        let spooled = spooled(dir);
+        if seqs.iter().all(|s| spooled.contains(s)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not spooled: {:?}\n{}",
+            seqs.iter()
+                .filter(|s| !spooled.contains(s))
+                .collect::<Vec<_>>(),
+            log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -359,3 +359,67 @@ pub(crate) fn wait_live_status(
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The sequence number of the unknown-executable alert about `path` in the alert file.
+pub(crate) fn seq_of(alerts_file: &Path, path: &str) -> Option<u64> {
+    fs::read_to_string(alerts_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|a| a["alert"] == "unknown_executable" && a["path"] == path)
+        .map(|a| a["seq"].as_u64().unwrap())
+}
+
+/// A record of a spool segment: its sequence number, where its body starts and its length.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Record {
+    pub(crate) seq: u64,
+    pub(crate) body: usize,
+    pub(crate) len: usize,
+}
+
+/// The records of a segment (the layout in `agent/src/spool/mod.rs`: a 28-byte header, magic
+/// `PkS1`, body length at 8, sequence number at 12, then the body); a record still being
+/// written at the end is left out.
+pub(crate) fn records(bytes: &[u8]) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 28 <= bytes.len() {
+        let header = &bytes[at..at + 28];
+        assert_eq!(&header[..4], b"PkS1", "no record at offset {at}");
+        let len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
+        let seq = u64::from_le_bytes(header[12..20].try_into().unwrap());
+        if at + 28 + len > bytes.len() {
+            break;
+        }
+        out.push(Record {
+            seq,
+            body: at + 28,
+            len,
+        });
+        at += 28 + len;
+    }
+    out
+}
+
+/// The segment files of the spool in `dir`, oldest first.
+pub(crate) fn spool_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    segments.sort();
+    segments
+}
+
+/// The sequence numbers of the records written to the spool in `dir` so far.
+pub(crate) fn spooled(dir: &Path) -> BTreeSet<u64> {
+    spool_segments(dir)
+        .iter()
+        .flat_map(|s| records(&fs::read(s).unwrap_or_default()))
+        .map(|r| r.seq)
+        .collect()
+}

@@ -27,13 +27,7 @@ fn a_damaged_spool_is_logged_and_counted_and_the_rest_delivered() {
     // One of ours damaged in the middle (a bit flipped in its body), and the newest segment's
     // last record torn (cut in its body, as by a power cut during the write).
     let victim = seq_of(&alerts_file, &paths[3]).unwrap();
-    let spool = fleet.root.join("state/spool");
-    let mut segments: Vec<PathBuf> = fs::read_dir(&spool)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segments.sort();
+    let segments = spool_segments(&fleet.root.join("state/spool"));
     let mut damaged = false;
     for segment in &segments {
         let mut bytes = fs::read(segment).unwrap();
@@ -96,42 +90,4 @@ fn a_damaged_spool_is_logged_and_counted_and_the_rest_delivered() {
         "damaged alerts were delivered: {delivered:?}"
     );
     agent.stop();
-}
-
-/// The sequence number of the unknown-executable alert about `path` in the alert file.
-fn seq_of(alerts_file: &Path, path: &str) -> Option<u64> {
-    fs::read_to_string(alerts_file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|a| a["alert"] == "unknown_executable" && a["path"] == path)
-        .map(|a| a["seq"].as_u64().unwrap())
-}
-
-/// A record of a spool segment: its sequence number, where its body starts and its length.
-#[derive(Clone, Copy, Debug)]
-struct Record {
-    seq: u64,
-    body: usize,
-    len: usize,
-}
-
-/// The records of a segment (the layout in `agent/src/spool/mod.rs`: a 28-byte header, magic
-/// `PkS1`, body length at 8, sequence number at 12, then the body).
-fn records(bytes: &[u8]) -> Vec<Record> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let header = &bytes[at..at + 28];
-        assert_eq!(&header[..4], b"PkS1", "no record at offset {at}");
-        let len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
-        let seq = u64::from_le_bytes(header[12..20].try_into().unwrap());
-        out.push(Record {
-            seq,
-            body: at + 28,
-            len,
-        });
-        at += 28 + len;
-    }
-    out
 }

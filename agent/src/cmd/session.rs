@@ -205,6 +205,9 @@ pub async fn run(
                 sink.flush()?;
             }
             _ = tick.tick() => {
+                // What the ring holds first: the tick judges time-outs (the canary's), and a
+                // record already queued is not late (after a pause of the agent, say).
+                pump.drain(ring.get_mut(), sink)?;
                 pump.report_losses(&sensors, sink)?;
                 sink.tick()?;
                 guarding.apply(&mut sensors, sink)?;
@@ -221,8 +224,15 @@ pub async fn run(
             _ = &mut stop => break,
         }
     }
-    // What arrived before the stop is still handled.
+    // What arrived before the stop is still handled: the ring's records, then the guard's
+    // decisions queued by then.
     pump.drain(ring.get_mut(), sink)?;
+    while let Ok(report) = decisions.try_recv() {
+        match report {
+            GuardReport::Decision(decision) => sink.event(pump.enricher.refused(decision))?,
+            GuardReport::Note(line) => log::warn!("{line}"),
+        }
+    }
     pump.report_losses(&sensors, sink)?;
     pump.stats.lost_by_cgroup = pump.lost_by_cgroup();
     let (hits, misses) = pump.enricher.hash_stats();
@@ -329,8 +339,10 @@ impl Guarding {
                     self.kernel.clone(),
                 ) {
                     Ok(g) => {
+                        // The guard it replaces is gone (its thread and group) before the
+                        // line that says the new one judges.
+                        drop(self.exec.replace(g));
                         log::info!("executables: guard started ({})", mode.name());
-                        self.exec = Some(g);
                     }
                     Err(e) => {
                         // A dry run judging on is better than nothing; an enforcing guard the

@@ -75,7 +75,20 @@ pub struct MarkedGroup {
     /// Devices (`major:minor`) of the filesystems marked.
     marked: Arc<Mutex<HashSet<String>>>,
     /// Closing this wakes the mount watcher, which then exits.
-    _stop: OwnedFd,
+    stop: Option<OwnedFd>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for MarkedGroup {
+    /// Waits for the mount watcher to end: it holds the group, which closes only once no one
+    /// does. A group of permission events left open after its reader is gone would hold every
+    /// exec (or open) it marks until then.
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+    }
 }
 
 /// A new fanotify group with `init` flags (and close-on-exec), whose events hold read-only
@@ -100,13 +113,14 @@ impl MarkedGroup {
         log::info!("{what}: {n} filesystems watched");
         let (wake, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (g, m) = (Arc::clone(&group), Arc::clone(&marked));
-        std::thread::Builder::new()
+        let watcher = std::thread::Builder::new()
             .name("picket-mounts".into())
             .spawn(move || watch_mounts(&g, &m, &wake, mask, what))?;
         Ok(Self {
             group,
             marked,
-            _stop: stop,
+            stop: Some(stop),
+            watcher: Some(watcher),
         })
     }
 
