@@ -167,9 +167,12 @@ const COUNT_REMOVED: &str = "UPDATE devices SET stored_alerts = stored_alerts - 
          quota_removed = quota_removed + ?2
      WHERE device_id = ?1";
 
-/// After a deletion across devices (retention): every device's count again.
+const DEVICE_IDS: &str = "SELECT device_id FROM devices ORDER BY device_id";
+
+/// After a deletion across devices (retention): a device's count again.
 const RECOUNT_STORED: &str = "UPDATE devices SET stored_alerts =
-         (SELECT count(*) FROM alerts a WHERE a.device_id = devices.device_id)";
+         (SELECT count(*) FROM alerts a WHERE a.device_id = devices.device_id)
+     WHERE device_id = ?1";
 
 const DELETE_ALERTS: &str = "DELETE FROM alerts WHERE received_ms < ?1";
 
@@ -433,7 +436,12 @@ pub(crate) fn count_refused(
 pub(crate) fn delete_before(db: &mut dyn Db, before_ms: u64) -> anyhow::Result<u64> {
     let alerts = db.execute(DELETE_ALERTS, &[int(before_ms)])?;
     if alerts > 0 {
-        db.execute(RECOUNT_STORED, &[])?;
+        // One device at a time, in the order of their ids: the order in which the ingest's
+        // transactions lock the `devices` rows, so that the two do not deadlock (PostgreSQL).
+        let ids = rows(db, DEVICE_IDS, &[], |r| get_text(r, 0))?;
+        for id in &ids {
+            db.execute(RECOUNT_STORED, &[text(id)])?;
+        }
     }
     db.execute(DELETE_POLICY_RESULTS, &[int(before_ms)])?;
     Ok(alerts)
