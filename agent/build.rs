@@ -22,6 +22,12 @@ fn main() -> anyhow::Result<()> {
     let toolchain = env::var("PICKET_EBPF_TOOLCHAIN").unwrap_or_else(|_| "1.95.0".to_string());
     // SAFETY-free in edition 2021: the build script is single-threaded here.
     env::set_var("RUSTC_BOOTSTRAP", "1");
+    // A reproducible object: the same bytes from any checkout, cargo home or rustup directory.
+    // Cargo's trim-paths rewrites the paths in the debug information and BTF (the workspace
+    // becomes `.`, crates `NAME-VERSION`, the standard library `/rustc/COMMIT`). The released
+    // objects of yocto-layer/meta-picket are built the same way (build-ebpf-object.sh).
+    env::set_var("CARGO_UNSTABLE_TRIM_PATHS", "true");
+    env::set_var("CARGO_PROFILE_RELEASE_TRIM_PATHS", "object");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "picket-ebpf",

@@ -7,8 +7,14 @@
 #   2. through BitBake's API (tinfoil), with the configuration alone: the kernel configuration
 #      fragment (linux-yocto parsed with a bbappend that requires
 #      recipes-kernel/linux/picket-kernel-config.inc has picket.cfg in SRC_URI, and BitBake
-#      finds the layer's file), and picket-native, which the image class needs, parses;
-#   3. `bitbake -e picket`: the recipe is skipped, and the reason names what to provide.
+#      finds the layer's file), and picket-native, which the image class needs, parses; picket
+#      with a manufacturer's bbappend giving only the keys installs the layer's released eBPF
+#      object for the machine (aarch64), checked against its SHA-256 in picket-bpf-objects.inc;
+#      with PICKET_BPF_OBJECT_SHA256 and an object of its own, that object; with an object but
+#      no SHA-256, or for a CPU without a released object (mips), it is skipped and the reason
+#      says what to provide;
+#   3. `bitbake -e picket`: the recipe is skipped, and the reason names what to provide: the
+#      keys, and nothing about the eBPF object.
 #  scarthgap (OE-core scarthgap, BitBake 2.8):
 #   1. `bitbake -p`, as above;
 #   4. `bitbake -e picket-native` succeeds;
@@ -127,6 +133,31 @@ EOF
 echo 'require recipes-kernel/linux/picket-kernel-config.inc' \
     >"$kernel_layer/recipes-kernel/linux/linux-yocto_%.bbappend"
 
+# Manufacturers' picket bbappends, as the layer's README writes them: the keys only (keys/);
+# the keys and an eBPF object of their own with its SHA-256 (own/); the keys and an object
+# without its SHA-256 (stray/); the keys only, for a CPU without a released object (mips/).
+# Parsed through tinfoil, each instead of the layers' bbappends.
+vendor=$top/meta-vendor-picket
+rm -rf "$vendor"
+for kind in keys own stray mips; do
+    mkdir -p "$vendor/$kind/files"
+    echo "vendor public key (parsing only)" >"$vendor/$kind/files/vendor.pub"
+    {
+        # shellcheck disable=SC2016 # BitBake expands it
+        echo 'FILESEXTRAPATHS:prepend := "${THISDIR}/files:"'
+        echo 'PICKET_TRUSTED_KEYS = "file://vendor.pub"'
+    } >"$vendor/$kind/picket_%.bbappend"
+done
+for kind in own stray; do
+    echo "the manufacturer's own eBPF object (parsing only)" >"$vendor/$kind/files/picket-sensors.bpf.o"
+done
+echo 'TARGET_ARCH = "mips"' >>"$vendor/mips/picket_%.bbappend"
+own_sha=$(sha256sum "$vendor/own/files/picket-sensors.bpf.o" | cut -d' ' -f1)
+echo "PICKET_BPF_OBJECT_SHA256 = \"$own_sha\"" >>"$vendor/own/picket_%.bbappend"
+released_sha=$(sed -n 's/^    aarch64=\([0-9a-f]\{64\}\) \\$/\1/p' \
+    "$layer/recipes-security/picket/picket-bpf-objects.inc")
+[ -n "$released_sha" ] || fail "picket-bpf-objects.inc has no SHA-256 for aarch64"
+
 # A build directory: conf/ for the given layers, and the sanity check's network test off.
 setup_build() { # DIR LAYERS...
     local dir=$1
@@ -164,13 +195,18 @@ as_user() { # BUILDDIR BITBAKEDIR CMD...
         PATH="$bb/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "$@")
 }
 
-# What the recipe's skip reason must say: each setting, and where it is documented.
+# What the recipe's skip reason must say: the keys, and where they are documented; the
+# released eBPF object serves the machine, so nothing about the object.
 expect_reason() { # FILE
     local f=$1 word
-    for word in 'picket was skipped' PICKET_BPF_OBJECT_SHA256 picket-sensors.bpf.o \
-        PICKET_TRUSTED_KEYS build-ebpf-object.sh 'meta-picket/README.md'; do
+    for word in 'picket was skipped' PICKET_TRUSTED_KEYS 'meta-picket/README.md'; do
         grep -qF -- "$word" "$f" || fail "the skip reason does not mention '$word': $(grep -i skip "$f" | head -n 5)"
     done
+    for word in PICKET_BPF_OBJECT_SHA256 picket-sensors.bpf.o 'eBPF object'; do
+        grep 'picket was skipped' "$f" | grep -qF -- "$word" &&
+            fail "the skip reason asks for '$word', though this layer releases the object for the machine: $(grep -m1 'picket was skipped' "$f")"
+    done
+    return 0
 }
 
 parse_release() { # RELEASE BITBAKE OECORE
@@ -232,7 +268,7 @@ tinfoil_checks() {
     start=$SECONDS
     as_user "$kbuild" "$bb" python3 - "$bb/lib" "$kernel_recipe" \
         "$kernel_layer/recipes-kernel/linux/linux-yocto_%.bbappend" \
-        "$layer/recipes-security/picket/picket_git.bb" >"$kbuild/kernel.log" 2>&1 <<'EOF' ||
+        "$layer/recipes-security/picket/picket_git.bb" "$vendor" >"$kbuild/kernel.log" 2>&1 <<'EOF' ||
 import sys
 sys.path.insert(0, sys.argv[1])
 import bb.fetch2
@@ -245,6 +281,18 @@ with bb.tinfoil.Tinfoil() as tinfoil:
     print("LOCALPATH=" + bb.fetch2.Fetch(["file://picket.cfg"], d).localpath("file://picket.cfg"))
     native = tinfoil.parse_recipe_file("virtual:native:" + sys.argv[4])
     print("NATIVE_PN=" + native.getVar("PN"))
+    # picket with each manufacturer's bbappend: the eBPF object it installs, and its SHA-256, or
+    # why it is skipped (BitBake records a SkipRecipe's reason in __SKIPPED).
+    for kind in ("keys", "own", "stray", "mips"):
+        r = tinfoil.parse_recipe_file(sys.argv[4], appends=True,
+                                      appendlist=["%s/%s/picket_%%.bbappend" % (sys.argv[5], kind)])
+        if r.getVar("__SKIPPED"):
+            print("%s_SKIPPED=%s" % (kind.upper(), " ".join(r.getVar("__SKIPPED").split())))
+            continue
+        uri = "file://" + r.getVar("PICKET_BPF_OBJECT")
+        print("%s_SRC_URI=%s" % (kind.upper(), " ".join(r.getVar("SRC_URI").split())))
+        print("%s_OBJECT=%s" % (kind.upper(), bb.fetch2.Fetch([uri], r).localpath(uri)))
+        print("%s_SHA256=%s" % (kind.upper(), r.getVar("PICKET_BPF_SHA256")))
 EOF
         fail "wrynose: parsing $(basename "$kernel_recipe") with the fragment failed: $(tail -n 20 "$kbuild/kernel.log")"
     grep -q '^SRC_URI=.*file://picket\.cfg' "$kbuild/kernel.log" ||
@@ -253,7 +301,29 @@ EOF
         fail "wrynose: BitBake does not find the layer's picket.cfg: $(grep '^LOCALPATH=\|^FILESEXTRAPATHS=' "$kbuild/kernel.log")"
     grep -qx 'NATIVE_PN=picket-native' "$kbuild/kernel.log" ||
         fail "wrynose: picket-native does not parse: $(tail -n 20 "$kbuild/kernel.log")"
-    log "wrynose: $(basename "$kernel_recipe") with picket.cfg and picket-native parse ($((SECONDS - start)) s)"
+    # The keys alone: the released object for aarch64 (qemuarm64), from this layer.
+    grep -q '^KEYS_SRC_URI=.* file://bpf/aarch64/picket-sensors\.bpf\.o .*file://vendor\.pub' "$kbuild/kernel.log" ||
+        fail "wrynose: with the keys alone, SRC_URI lacks the released object: $(grep '^KEYS_' "$kbuild/kernel.log")"
+    grep -qx "KEYS_OBJECT=$layer/recipes-security/picket/files/bpf/aarch64/picket-sensors.bpf.o" "$kbuild/kernel.log" ||
+        fail "wrynose: BitBake does not find the released object in the layer: $(grep '^KEYS_' "$kbuild/kernel.log")"
+    grep -qx "KEYS_SHA256=$released_sha" "$kbuild/kernel.log" ||
+        fail "wrynose: the released object is not checked against picket-bpf-objects.inc's SHA-256 $released_sha: $(grep '^KEYS_' "$kbuild/kernel.log")"
+    # An object of the manufacturer's own, with its SHA-256: that object, that SHA-256.
+    grep -q '^OWN_SRC_URI=.* file://picket-sensors\.bpf\.o ' "$kbuild/kernel.log" ||
+        fail "wrynose: the manufacturer's object is not in SRC_URI: $(grep '^OWN_' "$kbuild/kernel.log")"
+    grep -q '^OWN_SRC_URI=.*file://bpf/' "$kbuild/kernel.log" &&
+        fail "wrynose: the released object is in SRC_URI beside the manufacturer's: $(grep '^OWN_' "$kbuild/kernel.log")"
+    grep -qx "OWN_OBJECT=$vendor/own/files/picket-sensors.bpf.o" "$kbuild/kernel.log" ||
+        fail "wrynose: BitBake does not find the manufacturer's object: $(grep '^OWN_' "$kbuild/kernel.log")"
+    grep -qx "OWN_SHA256=$own_sha" "$kbuild/kernel.log" ||
+        fail "wrynose: the manufacturer's object is not checked against PICKET_BPF_OBJECT_SHA256: $(grep '^OWN_' "$kbuild/kernel.log")"
+    # An object without its SHA-256: skipped, and the reason asks for it.
+    grep -q '^STRAY_SKIPPED=.*PICKET_BPF_OBJECT_SHA256' "$kbuild/kernel.log" ||
+        fail "wrynose: an object without PICKET_BPF_OBJECT_SHA256 was not refused with that reason: $(grep '^STRAY_' "$kbuild/kernel.log")"
+    # A CPU without a released object: skipped, and the reason says how to make one.
+    grep -q '^MIPS_SKIPPED=.*eBPF object for TARGET_ARCH mips.*build-ebpf-object\.sh.*PICKET_BPF_OBJECT_SHA256' "$kbuild/kernel.log" ||
+        fail "wrynose: a mips machine was not refused for want of an eBPF object: $(grep '^MIPS_' "$kbuild/kernel.log")"
+    log "wrynose: $(basename "$kernel_recipe") with picket.cfg, picket-native, and picket with the keys alone (the released object), an object of its own, an object without its SHA-256, a CPU without a released object parse as expected ($((SECONDS - start)) s)"
     as_user "$kbuild" "$bb" bitbake -m >/dev/null 2>&1 || true
 }
 

@@ -9,7 +9,9 @@
 #   scripts/cross.sh vm [ARCH[@KERNEL]...]  boot Debian's kernels, Linux 6.1 and 5.10, with the agent:
 #                                       aarch64, armv7 (the static agents) and x86_64 (the host's
 #                                       release agent, built here first) (tests/arm/vm-test.sh)
-#   scripts/cross.sh test               all of the above for both musl targets (what CI runs)
+#   scripts/cross.sh test               all of the above for both musl targets (what CI runs), and
+#                                       checks that their eBPF objects are the Yocto layer's
+#                                       released ones (yocto-layer/meta-picket/scripts/release-ebpf-objects.sh)
 #
 # TARGET is one of aarch64-unknown-linux-gnu, aarch64-unknown-linux-musl,
 # armv7-unknown-linux-gnueabihf, armv7-unknown-linux-musleabihf, or `all`.
@@ -229,6 +231,9 @@ ci() {
     t=$(date +%s)
     build
     log "build: $(($(date +%s) - t)) s"
+    # The eBPF objects these agents embed are the Yocto layer's released ones, byte for byte.
+    bash yocto-layer/meta-picket/scripts/release-ebpf-objects.sh --check \
+        aarch64="target/aarch64-unknown-linux-musl/$PROFILE" arm="target/armv7-unknown-linux-musleabihf/$PROFILE"
     sizes
     t=$(date +%s)
     : >"$ROOT/target/cross/unit.tsv"

@@ -10,17 +10,22 @@
 #     installs it, with the real `picket`: the bundle verifies with the public key, and lists
 #     the image's files by their paths on the device. Its refusals: a signing key the image does
 #     not trust, an image without picket.
-#  4. The device side: the eBPF object from scripts/build-ebpf-object.sh (byte for byte the one
-#     the agent's build.rs embeds), the layer's default
+#  4. The released eBPF objects (what the recipe installs) are what this source tree builds:
+#     this machine's architecture against the object from scripts/build-ebpf-object.sh (itself
+#     byte for byte the one the agent's build.rs embeds), riscv64 against a build of its own
+#     (scripts/cross.sh compares aarch64 and arm with its agents' objects); on a mismatch, the
+#     message names the command that refreshes them (scripts/release-ebpf-objects.sh).
+#  5. The device side: the released eBPF object for this machine, the layer's default
 #     configuration and the signed baseline, run by `picket run` in a sandbox that reproduces
 #     the systemd unit's capability bounding set, NoNewPrivileges and read-only file system,
 #     /sys and /proc/sys: the sensors load and the baseline is enforced. Then the sysvinit
 #     script starts, reports and stops the agent.
-#  5. Real BitBake: scripts/bitbake-check.sh parses OE-core with the layer alone (wrynose and
-#     scarthgap): parsing succeeds, picket is skipped with what to provide, an image asking
-#     for it stops with that reason, the kernel fragment is found (about 2 to 3 minutes).
+#  6. Real BitBake: scripts/bitbake-check.sh parses OE-core with the layer alone (wrynose and
+#     scarthgap): parsing succeeds, picket is skipped with what to provide (the keys), an image
+#     asking for it stops with that reason, the kernel fragment is found, a manufacturer's
+#     bbappend gets the released object or its own (about 2 to 3 minutes).
 #
-# Needs root (step 4 loads eBPF programs). Builds `picket` with cargo unless PICKET is set to
+# Needs root (step 5 loads eBPF programs). Builds `picket` with cargo unless PICKET is set to
 # a binary (scripts/test.sh runs it after the workspace tests, so the build is already there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +36,7 @@ recipe_dir=$layer/recipes-security/picket
 log() { printf '\033[1m[yocto]\033[0m %s\n' "$*" >&2; }
 
 if [ "$(id -u)" -ne 0 ]; then
-    log "step 4 loads eBPF programs: run this as root (sudo $0)"
+    log "step 5 loads eBPF programs: run this as root (sudo $0)"
     exit 1
 fi
 
@@ -221,31 +226,46 @@ sign_refusals() {
     grep -q "add picket to IMAGE_INSTALL" "$work/empty.err" || fail "unclear refusal: $(cat "$work/empty.err")"
 }
 
-# The device: /etc and /var of the image under $work/device, the agent from $PICKET, the eBPF
-# object from build-ebpf-object.sh.
-prepare_device() {
-    local d=$work/device
-    mkdir -p "$d/etc/picket/trust" "$d/var/lib/picket" "$d/var/log/picket" "$d/lib/picket"
-    render_config "$recipe_dir/files/picket.toml.in" "$d/etc" "$d/var" >"$d/etc/picket/picket.toml"
-    cp "$work/rootfs/etc/picket/policy.bundle" "$d/etc/picket/policy.bundle"
-    cp "$work/keys/vendor.pub" "$d/etc/picket/trust/"
-    bash "$layer/scripts/build-ebpf-object.sh" --out-dir "$d/lib/picket" >"$work/object.out"
+# This machine's architecture as Rust names it (target_arch), as build-ebpf-object.sh does.
+host_arch() {
+    case "$(uname -m)" in
+    armv7* | armv6* | arm) echo arm ;;
+    *) uname -m ;;
+    esac
+}
+
+released_objects() {
+    local built=$work/built/picket-sensors.bpf.o
+    bash "$layer/scripts/build-ebpf-object.sh" --arch "$(host_arch)" --out-dir "$work/built" >"$work/object.out"
     grep -q '^PICKET_BPF_OBJECT_SHA256 = "[0-9a-f]\{64\}"$' "$work/object.out" ||
         fail "build-ebpf-object.sh printed no SHA-256: $(cat "$work/object.out")"
-    grep -q "$(sha256sum "$d/lib/picket/picket-sensors.bpf.o" | cut -d' ' -f1)" "$work/object.out" ||
+    grep -q "$(sha256sum "$built" | cut -d' ' -f1)" "$work/object.out" ||
         fail "the printed SHA-256 is not the object's"
     # The same bytes as the object the agent's build.rs embeds (the newest one built here).
     local embedded
     embedded=$(ls -t "$root"/target/debug/build/picket-agent-*/out/picket-sensors 2>/dev/null |
         while read -r f; do [ -s "$f" ] && echo "$f" && break; done)
     [ -n "$embedded" ] || fail "no embedded object under target/debug/build: build picket without AYA_BUILD_SKIP"
-    cmp "$embedded" "$d/lib/picket/picket-sensors.bpf.o" ||
-        fail "build-ebpf-object.sh and build.rs give different objects"
+    cmp "$embedded" "$built" || fail "build-ebpf-object.sh and build.rs give different objects"
     # An ELF file for the BPF machine (e_machine 247).
-    [ "$(od -An -tx1 -j0 -N4 "$d/lib/picket/picket-sensors.bpf.o" | tr -d ' ')" = 7f454c46 ] ||
-        fail "picket-sensors.bpf.o is not an ELF file"
-    [ "$(od -An -tu2 -j18 -N2 "$d/lib/picket/picket-sensors.bpf.o" | tr -d ' ')" = 247 ] ||
-        fail "picket-sensors.bpf.o is not a BPF object"
+    [ "$(od -An -tx1 -j0 -N4 "$built" | tr -d ' ')" = 7f454c46 ] || fail "picket-sensors.bpf.o is not an ELF file"
+    [ "$(od -An -tu2 -j18 -N2 "$built" | tr -d ' ')" = 247 ] || fail "picket-sensors.bpf.o is not a BPF object"
+    # The released objects: this machine's is the one just built; riscv64, which no other step
+    # builds, is built here; aarch64 and arm are checked by scripts/cross.sh.
+    local start=$SECONDS
+    bash "$layer/scripts/release-ebpf-objects.sh" --check "$(host_arch)=$built" riscv64
+    log "released eBPF objects checked ($((SECONDS - start)) s, riscv64 built)"
+}
+
+# The device: /etc and /var of the image under $work/device, the agent from $PICKET, the
+# released eBPF object for this machine, as the recipe installs it.
+prepare_device() {
+    local d=$work/device
+    mkdir -p "$d/etc/picket/trust" "$d/var/lib/picket" "$d/var/log/picket" "$d/lib/picket"
+    render_config "$recipe_dir/files/picket.toml.in" "$d/etc" "$d/var" >"$d/etc/picket/picket.toml"
+    cp "$work/rootfs/etc/picket/policy.bundle" "$d/etc/picket/policy.bundle"
+    cp "$work/keys/vendor.pub" "$d/etc/picket/trust/"
+    install -m 0644 "$recipe_dir/files/bpf/$(host_arch)/picket-sensors.bpf.o" "$d/lib/picket/picket-sensors.bpf.o"
 }
 
 # Waits up to $2 seconds for the regular expression $1 in the file $3.
@@ -350,6 +370,7 @@ check sources_match
 check unit_verifies
 check scan_and_sign
 check sign_refusals
+check released_objects
 check sandboxed_agent
 check sysvinit_script
 check bitbake_parse

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds Picket's eBPF object (the sensors' tracepoint programs) for the picket recipe, exactly
+# Builds Picket's eBPF object (the sensors' tracepoint programs) for one architecture, exactly
 # as the agent's build.rs builds the object it embeds (aya-build: the same toolchain, target and
-# compiler flags), and prints the line for the picket recipe's bbappend (PICKET_BPF_OBJECT_SHA256).
+# compiler flags), and prints the line for the picket recipe's bbappend (PICKET_BPF_OBJECT_SHA256)
+# that installs it instead of the layer's released object (release-ebpf-objects.sh builds those
+# with this script). The build is reproducible: the same source and toolchain give the same bytes.
 #
 #   build-ebpf-object.sh [--arch ARCH] [--out-dir DIR]
 #
@@ -49,7 +51,11 @@ command -v bpf-linker >/dev/null || die "bpf-linker is missing: run scripts/setu
 # through it), full debug information, and BTF emitted by bpf-linker.
 flags=$(printf -- '--cfg=bpf_target_arch="%s"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf' "$arch")
 target_dir=$src/target/ebpf-object/$arch
+# Reproducible, as build.rs builds it: cargo's trim-paths takes the checkout's, cargo home's and
+# rustup's directories out of the debug information and BTF, so the object's bytes depend only
+# on the source and the toolchain (Rust, bpf-linker and its LLVM), not on where they are.
 RUSTC_BOOTSTRAP=1 CARGO_ENCODED_RUSTFLAGS=$flags \
+    CARGO_UNSTABLE_TRIM_PATHS=true CARGO_PROFILE_RELEASE_TRIM_PATHS=object \
     rustup run "$toolchain" cargo build --manifest-path "$src/Cargo.toml" --locked \
     --package picket-ebpf --bins --release --target bpfel-unknown-none -Z build-std=core \
     --target-dir "$target_dir"

@@ -22,12 +22,13 @@ PICKET_SRC_URI ?= "git://${PICKET_SRCDIR};protocol=file;nobranch=1"
 # (${WORKDIR}/${BP} on scarthgap, ${UNPACKDIR}/${BP} later), so S is not set here.
 SRC_URI = "${PICKET_SRC_URI};destsuffix=${BP}"
 # On the target only: the files below come from this layer (picket.service, picket.init,
-# picket.toml.in) and from the manufacturer (the eBPF object and the public keys, see below).
+# picket.toml.in, the released eBPF object) and from the manufacturer (the public keys, and the
+# eBPF object when it builds its own; see below).
 SRC_URI:append:class-target = " \
     file://picket.service \
     file://picket.init \
     file://picket.toml.in \
-    file://picket-sensors.bpf.o \
+    file://${PICKET_BPF_OBJECT} \
     ${PICKET_TRUSTED_KEYS} \
 "
 SRCREV ?= "${@picket_checkout_head(d)}"
@@ -49,14 +50,16 @@ def picket_checkout_head(d):
     return out.strip()
 
 require ${BPN}-crates.inc
+require ${BPN}-bpf-objects.inc
 
 inherit cargo cargo-update-recipe-crates systemd update-rc.d
 
 # Only the agent (bin `picket`): of the other workspace members it links the libraries (common,
 # policy, proto); the backend, test support and xtask are not for the device; and the
 # eBPF crate (picket-ebpf) needs what OE's Rust toolchain does not have: `-Z build-std` for the
-# bpfel-unknown-none target (a nightly-capable toolchain) and bpf-linker. Its object is built
-# with the project's toolchain (scripts/build-ebpf-object.sh) and installed from SRC_URI.
+# bpfel-unknown-none target (a nightly-capable toolchain) and bpf-linker. Its object is
+# released in this layer for each supported architecture (files/bpf/ARCH/, built reproducibly
+# with the project's toolchain by scripts/release-ebpf-objects.sh) and installed from SRC_URI.
 CARGO_BUILD_FLAGS:append = " --package picket-agent --bin picket"
 # Tells the agent's build.rs not to build the eBPF programs; the agent then loads them with
 # `--bpf-object`.
@@ -64,11 +67,12 @@ export AYA_BUILD_SKIP = "1"
 
 # --- Manufacturer settings -------------------------------------------------------------------
 # In a bbappend of the manufacturer's layer (recipes-security/picket/picket_%.bbappend), with
-# FILESEXTRAPATHS:prepend := "${THISDIR}/files:" and, in its files/ directory,
-# picket-sensors.bpf.o and the public keys. See ../../README.md.
+# FILESEXTRAPATHS:prepend := "${THISDIR}/files:" and, in its files/ directory, the public keys.
+# See ../../README.md.
 #
-# The SHA-256 of picket-sensors.bpf.o (scripts/build-ebpf-object.sh prints it): the object is
-# code loaded into the devices' kernel, so the build refuses any other.
+# Only to install an eBPF object of one's own instead of the released one: its SHA-256
+# (scripts/build-ebpf-object.sh prints it), with picket-sensors.bpf.o in that files/ directory.
+# The object is code loaded into the devices' kernel, so the build refuses any other.
 PICKET_BPF_OBJECT_SHA256 ?= ""
 # The public keys (`picket keygen` NAME.pub) the devices trust to sign policies:
 # "file://vendor.pub file://vendor-next.pub".
@@ -79,6 +83,24 @@ PICKET_DEVICE_CLASS ?= "${MACHINE}"
 # (it will be the TLS client certificate's CN once alerts are reported over MQTT).
 PICKET_DEVICE_ID ?= "${MACHINE}"
 # ---------------------------------------------------------------------------------------------
+
+# The device's architecture as Rust names it (target_arch), which the eBPF programs are built
+# for: Yocto's TARGET_ARCH of the supported ones. BPF objects are little endian: a big-endian
+# CPU (armeb, aarch64_be...) has none.
+def picket_bpf_arch(d):
+    arch = d.getVar('TARGET_ARCH')
+    return arch if arch in ('aarch64', 'arm', 'x86_64', 'riscv64') else ''
+
+# The SHA-256 of the released object for the device (picket-bpf-objects.inc), or nothing.
+def picket_bpf_released_sha256(d):
+    released = dict(e.split('=', 1) for e in (d.getVar('PICKET_BPF_RELEASED_SHA256') or '').split())
+    return released.get(d.getVar('PICKET_BPF_ARCH'), '')
+
+PICKET_BPF_ARCH = "${@picket_bpf_arch(d)}"
+# The object installed, relative to the unpack directory, and the SHA-256 it must have: the
+# manufacturer's when PICKET_BPF_OBJECT_SHA256 is set, else the released one for the device.
+PICKET_BPF_OBJECT = "${@'picket-sensors.bpf.o' if d.getVar('PICKET_BPF_OBJECT_SHA256') else 'bpf/${PICKET_BPF_ARCH}/picket-sensors.bpf.o'}"
+PICKET_BPF_SHA256 = "${@d.getVar('PICKET_BPF_OBJECT_SHA256') or picket_bpf_released_sha256(d)}"
 
 # Without the manufacturer's settings the recipe is skipped, with what to provide, rather than
 # failing to parse: a file:// entry that cannot be found is a parse error, and a parse error
@@ -92,13 +114,21 @@ python __anonymous() {
     def found(name):
         return bool(bb.utils.which(filespath, name))
     missing = []
-    if not d.getVar('PICKET_BPF_OBJECT_SHA256'):
-        missing.append("PICKET_BPF_OBJECT_SHA256, the SHA-256 of the eBPF object "
-                       "picket-sensors.bpf.o (meta-picket/scripts/build-ebpf-object.sh builds "
-                       "it and prints the line)")
-    if not found('picket-sensors.bpf.o'):
-        missing.append("picket-sensors.bpf.o, in the files/ directory your bbappend adds to "
-                       "FILESEXTRAPATHS")
+    if d.getVar('PICKET_BPF_OBJECT_SHA256'):
+        # The manufacturer's own object.
+        if not found('picket-sensors.bpf.o'):
+            missing.append("picket-sensors.bpf.o (PICKET_BPF_OBJECT_SHA256 is set), in the files/ "
+                           "directory your bbappend adds to FILESEXTRAPATHS")
+    elif found('picket-sensors.bpf.o'):
+        missing.append("PICKET_BPF_OBJECT_SHA256, the SHA-256 of the picket-sensors.bpf.o of your "
+                       "files/ directory (meta-picket/scripts/build-ebpf-object.sh prints the "
+                       "line), or remove that file to install the released object")
+    elif not d.getVar('PICKET_BPF_SHA256') or not found(d.getVar('PICKET_BPF_OBJECT')):
+        missing.append("an eBPF object for TARGET_ARCH %s: this layer releases them for aarch64, "
+                       "arm, x86_64 and riscv64 only; build one with "
+                       "meta-picket/scripts/build-ebpf-object.sh, put it in your files/ directory "
+                       "and set PICKET_BPF_OBJECT_SHA256 (meta-picket/README.md, \"The eBPF object\")"
+                       % d.getVar('TARGET_ARCH'))
     keys = [k.split(';')[0][len('file://'):] for k in (d.getVar('PICKET_TRUSTED_KEYS') or '').split()
             if k.startswith('file://')]
     if not keys:
@@ -111,7 +141,7 @@ python __anonymous() {
     if missing:
         raise bb.parse.SkipRecipe("picket needs the device manufacturer's settings, in a "
                                   "picket_%%.bbappend of your layer (meta-picket/README.md, "
-                                  "steps 3 to 5); missing: %s" % "; ".join(missing))
+                                  "steps 3 and 4); missing: %s" % "; ".join(missing))
 }
 
 SYSTEMD_SERVICE:${PN} = "picket.service"
@@ -127,13 +157,13 @@ do_install:append:class-target() {
     if [ -z "${PICKET_TRUSTED_KEYS}" ]; then
         bbfatal "PICKET_TRUSTED_KEYS is empty: set it to the public keys that sign your policies (see meta-picket/README.md)"
     fi
-    # The object must be the one the manufacturer pinned.
-    actual=$(sha256sum ${PICKET_FILES}/picket-sensors.bpf.o | cut -d' ' -f1)
-    if [ "$actual" != "${PICKET_BPF_OBJECT_SHA256}" ]; then
-        bbfatal "picket-sensors.bpf.o has SHA-256 $actual, PICKET_BPF_OBJECT_SHA256 is '${PICKET_BPF_OBJECT_SHA256}'"
+    # The object must be the released one, or the one the manufacturer pinned.
+    actual=$(sha256sum ${PICKET_FILES}/${PICKET_BPF_OBJECT} | cut -d' ' -f1)
+    if [ "$actual" != "${PICKET_BPF_SHA256}" ]; then
+        bbfatal "${PICKET_BPF_OBJECT} has SHA-256 $actual, not '${PICKET_BPF_SHA256}' (PICKET_BPF_OBJECT_SHA256, or picket-bpf-objects.inc for a released object)"
     fi
     install -d ${D}${libdir}/picket
-    install -m 0644 ${PICKET_FILES}/picket-sensors.bpf.o ${D}${libdir}/picket/picket-sensors.bpf.o
+    install -m 0644 ${PICKET_FILES}/${PICKET_BPF_OBJECT} ${D}${libdir}/picket/picket-sensors.bpf.o
 
     install -d -m 0755 ${D}${sysconfdir}/picket
     install -d -m 0755 ${D}${sysconfdir}/picket/trust
