@@ -198,6 +198,9 @@ pub enum AlertKind {
     WouldBlock,
     /// The device's configuration weakens a mode the signed policy enforces.
     EnforcementWeakened,
+    /// The agent's previous run in this boot ended without a clean stop (killed, crashed, or
+    /// stopped on an error).
+    AgentInterrupted,
 }
 
 impl AlertKind {
@@ -230,6 +233,7 @@ impl AlertKind {
             AlertKind::BlockedListener => "blocked_listener",
             AlertKind::WouldBlock => "would_block",
             AlertKind::EnforcementWeakened => "enforcement_weakened",
+            AlertKind::AgentInterrupted => "agent_interrupted",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! What `picket run` finds when it starts again: drift while stopped, a rejected policy.
+//! What `picket run` finds when it starts again: drift while stopped, a rejected policy, a
+//! previous run that was killed.
 
 use super::*;
 
@@ -241,4 +242,53 @@ fn a_rejected_policy_keeps_the_last_good_one() {
         "5",
         "a refused bundle changes nothing"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// How the previous run ended
+// ---------------------------------------------------------------------------------------------
+
+/// A run killed (`SIGKILL`) is reported when the agent starts again in the same boot:
+/// `agent_interrupted`, naming the killed run, once. A clean stop is not.
+#[test]
+fn a_killed_run_is_reported_at_the_next_start_and_a_clean_stop_is_not() {
+    let lab = Lab::new("interrupted");
+    let bundle = lab.sign("interrupted", &PolicyText::new(1).text());
+    let config = lab.config(&bundle, None);
+    let interrupted = |out: &[Value]| -> Vec<Value> {
+        out.iter()
+            .filter(|a| kind(a) == "agent_interrupted")
+            .cloned()
+            .collect()
+    };
+
+    // A first run, stopped cleanly (exit 0, checked by `stop`); the next start says nothing of
+    // it.
+    let first = Agent::start(&config).stop();
+    assert_eq!(interrupted(&first.alerts), Vec::<Value>::new());
+    let second = Agent::start(&config);
+    let killed_pid = second.0.pid();
+    let Agent(second) = second;
+    let second = second.kill();
+    assert_eq!(
+        interrupted(&second.events),
+        Vec::<Value>::new(),
+        "after a clean stop"
+    );
+
+    // Killed: the next start reports it.
+    let third = Agent::start(&config);
+    let a = third.wait_for("agent_interrupted", None, |a| {
+        kind(a) == "agent_interrupted"
+    });
+    check_envelope(&a);
+    assert_eq!(a["severity"], "high", "{a}");
+    assert_eq!(a["details"]["previous_pid"], killed_pid, "{a}");
+    assert!(a["process"].is_null(), "{a}");
+    let third = third.stop();
+    assert_eq!(interrupted(&third.alerts).len(), 1, "{:?}", third.alerts);
+
+    // That run stopped cleanly: the next one raises nothing.
+    let fourth = Agent::start(&config).stop();
+    assert_eq!(interrupted(&fourth.alerts), Vec::<Value>::new());
 }

@@ -5,4 +5,5 @@ pub mod kernel_check;
 pub mod monitor;
 pub mod policy;
 pub mod run;
+pub mod run_marker;
 pub mod session;

@@ -22,7 +22,10 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{
     alert::{AlertSink, Alerter, Draft, JsonLinesSink, Kind, Sequence, Severity},
-    cmd::session::{self, Guards, Loss, Sink},
+    cmd::{
+        run_marker::RunMarker,
+        session::{self, Guards, Loss, Sink},
+    },
     config::{AgentConfig, EnforceConfig, ModesConfig, MqttConfig, OnTimeout},
     counters::Counters,
     detect::{canary::Canary, integrity, Detector},
@@ -109,7 +112,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )
     .await;
     shut_down(&mut sink.alerter, reporter, &stop).await?;
-    result.map(|_| ())
+    result?;
+    if let Some(marker) = sink.run_marker.take() {
+        marker.release()?;
+    }
+    Ok(())
 }
 
 /// The device id: the certificate's CN when reporting (a configured `device_id` must agree),
@@ -315,6 +322,8 @@ struct Detecting {
     /// The agent's executable as it started (canonical): never refused by the exec guard, even
     /// once an update has replaced it on disk.
     own_exe: Option<PathBuf>,
+    /// Removed on a clean stop only: the next start tells a run that was killed or crashed.
+    run_marker: Option<RunMarker>,
 }
 
 impl Detecting {
@@ -344,13 +353,15 @@ impl Detecting {
             );
         }
         let weakened = weakened(policy.modes, modes);
+        let (run_marker, previous) =
+            RunMarker::claim(&config.state_dir, alerter.boot_id(), crate::alert::now_ms())?;
         let detector = Detector::new(policy, modes, own.clone());
         let mut hashes = HashCache::new(8192);
         let mut snapshot = integrity::Snapshot::load(&config.state_dir);
         let drift = integrity::scan(detector.policy(), modes.files, &mut hashes)
             .into_iter()
             .chain(snapshot.scan_globs(detector.policy(), modes.files, &mut hashes));
-        for drift in drift.chain(weakened) {
+        for drift in drift.chain(weakened).chain(previous.alert()) {
             alerter.raise(drift)?;
         }
         alerter.flush_sinks()?;
@@ -359,6 +370,7 @@ impl Detecting {
             alerter,
             hashes,
             snapshot,
+            run_marker: Some(run_marker),
             canary: Canary::new(config.canary_interval),
             rescan_interval: config.rescan_interval,
             last_scan: Instant::now(),

@@ -36,6 +36,7 @@ fn title(kind: &str) -> &'static str {
         "blocked_listener" => "Listening port refused by the baseline",
         "would_block" => "Enforcement would refuse this",
         "enforcement_weakened" => "Enforcement weakened by local configuration",
+        "agent_interrupted" => "Security agent ended without a clean stop",
         _ => "Picket alert",
     }
 }
