@@ -36,6 +36,7 @@ if [ "$SMOKE" = yes ]; then
     RATES="20000 0"
     if [ -z "${PICKET_BENCH_DOC:-}" ]; then
         PICKET_BENCH_DOC="$(mktemp /tmp/picket-bench-doc.XXXXXX)"
+        OWN_DOC="$PICKET_BENCH_DOC" # removed on exit: the figures are printed
         cp docs/PERFORMANCE.md "$PICKET_BENCH_DOC"
         export PICKET_BENCH_DOC
     fi
@@ -62,7 +63,7 @@ BPF_STATS_WAS=""
 cleanup() {
     if [ -n "$AGENT" ]; then kill "$AGENT" 2>/dev/null || true; fi
     if [ -n "$BPF_STATS_WAS" ]; then echo "$BPF_STATS_WAS" > "$BPF_STATS" || true; fi
-    rm -rf "$WORK"
+    rm -rf "$WORK" "${OWN_DOC:-}"
 }
 trap cleanup EXIT
 
