@@ -69,9 +69,9 @@ done
 
 # Pinned: bpf-linker generates the eBPF code, and the Yocto layer's released objects are what
 # this version builds (yocto-layer/meta-picket/README.md, "The eBPF object").
-if ! command -v bpf-linker >/dev/null 2>&1; then
+if ! bpf-linker --version 2>/dev/null | grep -qx 'bpf-linker 0.13.0'; then
     log "installing bpf-linker 0.13.0 (built against LLVM 22; takes a few minutes once)"
-    LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker --version 0.13.0 --no-default-features --features llvm-22
+    LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked --force bpf-linker --version 0.13.0 --no-default-features --features llvm-22
 fi
 
 # Fuzzing (cargo fuzz) needs a nightly toolchain for its sanitizers; any recent one works.

@@ -111,12 +111,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &mut sink,
     )
     .await;
-    shut_down(&mut sink.alerter, reporter, &stop).await?;
-    result?;
+    // However the session ended (a stop signal, an error), it ended through here: not killed.
     if let Some(marker) = sink.run_marker.take() {
-        marker.release()?;
+        if let Err(e) = marker.release() {
+            log::warn!("{e:#}");
+        }
     }
-    Ok(())
+    shut_down(&mut sink.alerter, reporter, &stop).await?;
+    result.map(|_| ())
 }
 
 /// The device id: the certificate's CN when reporting (a configured `device_id` must agree),
@@ -322,7 +324,9 @@ struct Detecting {
     /// The agent's executable as it started (canonical): never refused by the exec guard, even
     /// once an update has replaced it on disk.
     own_exe: Option<PathBuf>,
-    /// Removed on a clean stop only: the next start tells a run that was killed or crashed.
+    state_dir: PathBuf,
+    /// Written once the session runs, removed when it ends: the next start tells a run that
+    /// was killed or crashed.
     run_marker: Option<RunMarker>,
 }
 
@@ -353,15 +357,13 @@ impl Detecting {
             );
         }
         let weakened = weakened(policy.modes, modes);
-        let (run_marker, previous) =
-            RunMarker::claim(&config.state_dir, alerter.boot_id(), crate::alert::now_ms())?;
         let detector = Detector::new(policy, modes, own.clone());
         let mut hashes = HashCache::new(8192);
         let mut snapshot = integrity::Snapshot::load(&config.state_dir);
         let drift = integrity::scan(detector.policy(), modes.files, &mut hashes)
             .into_iter()
             .chain(snapshot.scan_globs(detector.policy(), modes.files, &mut hashes));
-        for drift in drift.chain(weakened).chain(previous.alert()) {
+        for drift in drift.chain(weakened) {
             alerter.raise(drift)?;
         }
         alerter.flush_sinks()?;
@@ -370,7 +372,8 @@ impl Detecting {
             alerter,
             hashes,
             snapshot,
-            run_marker: Some(run_marker),
+            state_dir: config.state_dir.clone(),
+            run_marker: None,
             canary: Canary::new(config.canary_interval),
             rescan_interval: config.rescan_interval,
             last_scan: Instant::now(),
@@ -439,6 +442,20 @@ fn sensor_index(sensor: Sensor) -> usize {
 }
 
 impl Sink for Detecting {
+    fn attached(&mut self) -> anyhow::Result<()> {
+        let (marker, previous) = RunMarker::claim(
+            &self.state_dir,
+            self.alerter.boot_id(),
+            crate::alert::now_ms(),
+        )?;
+        self.run_marker = Some(marker);
+        if let Some(draft) = previous.alert() {
+            self.alerter.raise(draft)?;
+            self.alerter.flush_sinks()?;
+        }
+        Ok(())
+    }
+
     fn event(&mut self, event: Event) -> anyhow::Result<()> {
         let i = match event.category {
             Category::Exec => 0,

@@ -1,9 +1,13 @@
-//! Whether the agent's previous run ended without a clean stop: a marker in the state directory,
-//! written when `picket run` starts and removed when it stops cleanly (`SIGTERM`, `SIGINT`).
+//! Whether the agent's previous run ended without going through its own exit path: a marker in
+//! the state directory, written once `picket run` has its sensors attached and its stop signals
+//! handled, and removed as soon as the session ends, whatever ended it (`SIGTERM`, `SIGINT`, an
+//! error, which the run logs itself).
 //!
-//! A marker found at start-up that names the same boot is a run killed (`SIGKILL`), crashed, or
-//! stopped on an error in this boot: `agent_interrupted`. One of another boot is the device
-//! losing power or resetting with the agent running, which is not a signal: a line in the log.
+//! A marker found at the next session's start that names the same boot is a run killed
+//! (`SIGKILL`, the OOM killer) or crashed in this boot: `agent_interrupted`. One of another boot
+//! is the device losing power or resetting with the agent running, which is not a signal: a line
+//! in the log. So is a marker whose process still runs `picket` (another run on the same state
+//! directory), and any marker when the boot id cannot be read.
 
 use std::{
     fs,
@@ -37,6 +41,10 @@ pub enum Previous {
     OtherBoot,
     /// Its marker names this boot: it ended without a clean stop.
     Interrupted { pid: u32, started_ms: u64 },
+    /// Its marker names a process that still runs `picket`: another run on this state directory.
+    Running { pid: u32 },
+    /// The boot id could not be read: no boot can be told from another.
+    NoBootId,
     /// A marker that does not parse (torn by a power cut, or written by someone else).
     Unreadable(String),
 }
@@ -59,7 +67,11 @@ impl RunMarker {
         let previous = match fs::read(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Previous::Clean,
             Err(e) => Previous::Unreadable(format!("reading {}: {e}", path.display())),
+            Ok(_) if boot_id.is_empty() => Previous::NoBootId,
             Ok(bytes) => match serde_json::from_slice::<Marker>(&bytes) {
+                Ok(m) if m.boot_id == boot_id && runs_picket(m.pid) => {
+                    Previous::Running { pid: m.pid }
+                }
                 Ok(m) if m.boot_id == boot_id => Previous::Interrupted {
                     pid: m.pid,
                     started_ms: m.started_ms,
@@ -80,10 +92,29 @@ impl RunMarker {
         Ok((RunMarker { path }, previous))
     }
 
-    /// A clean stop: the next start finds no marker.
+    /// The session ended through its exit path: the next start finds no marker (unless another
+    /// run on the same state directory wrote its own since).
     pub fn release(self) -> anyhow::Result<()> {
-        fs::remove_file(&self.path).with_context(|| format!("removing {}", self.path.display()))
+        let ours = fs::read(&self.path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
+            .is_some_and(|m| m.pid == std::process::id());
+        if !ours {
+            return Ok(());
+        }
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.path.display()))
+            }
+            _ => Ok(()),
+        }
     }
+}
+
+/// Whether process `pid` runs `picket` now.
+fn runs_picket(pid: u32) -> bool {
+    pid != std::process::id()
+        && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "picket")
 }
 
 impl Previous {
@@ -103,10 +134,24 @@ impl Previous {
                 log::warn!("the previous run's marker is unreadable ({e}): taken as a clean stop");
                 None
             }
+            Previous::Running { pid } => {
+                log::warn!(
+                    "another picket run (pid {pid}) uses this state directory: two runs share its \
+                     policy, sequence numbers and spool; give each its own `state_dir`"
+                );
+                None
+            }
+            Previous::NoBootId => {
+                log::warn!(
+                    "the boot id cannot be read (/proc/sys/kernel/random/boot_id): how the previous \
+                     run ended is not judged"
+                );
+                None
+            }
             Previous::Interrupted { pid, started_ms } => {
                 log::warn!(
-                    "the previous run in this boot (pid {pid}) ended without a clean stop: \
-                     killed, crashed or stopped on an error"
+                    "the previous run in this boot (pid {pid}) ended without going through its \
+                     exit path: killed or crashed"
                 );
                 Some(Draft {
                     kind: Kind::AgentInterrupted,
@@ -116,8 +161,9 @@ impl Previous {
                     details: json!({
                         "previous_pid": pid,
                         "previous_started_ms": started_ms,
-                        "reason": "the agent's previous run in this boot ended without a clean \
-                                   stop: killed (SIGKILL), crashed, or stopped on an error",
+                        "reason": "the agent's previous run in this boot ended without going \
+                                   through its exit path: killed (SIGKILL, the OOM killer) or \
+                                   crashed",
                     }),
                     process: None,
                 })
@@ -164,6 +210,35 @@ mod tests {
         let (_, previous) = RunMarker::claim(&dir, "boot-b", 4_000).unwrap();
         assert_eq!(previous, Previous::OtherBoot);
         assert!(previous.alert().is_none());
+
+        // No boot id: nothing is judged.
+        let (_, previous) = RunMarker::claim(&dir, "", 4_500).unwrap();
+        assert_eq!(previous, Previous::NoBootId);
+        assert!(previous.alert().is_none());
+
+        // A marker of a process that runs picket now: another run, not an interruption. (This
+        // test's own pid is never taken for one: it is the claiming run.)
+        fs::write(
+            dir.join(FILE),
+            format!(
+                "{{\"boot_id\":\"boot-b\",\"pid\":{},\"started_ms\":1}}",
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        let (mine, previous) = RunMarker::claim(&dir, "boot-b", 4_600).unwrap();
+        assert!(
+            matches!(previous, Previous::Interrupted { .. }),
+            "{previous:?}"
+        );
+        // A marker another run wrote since is not removed by this one's release.
+        fs::write(
+            dir.join(FILE),
+            b"{\"boot_id\":\"boot-b\",\"pid\":4000000001,\"started_ms\":1}",
+        )
+        .unwrap();
+        mine.release().unwrap();
+        assert!(dir.join(FILE).exists());
 
         // Torn or foreign: said in the log, no alert, and replaced by this run's marker.
         fs::write(dir.join(FILE), b"{\"boot_id\":").unwrap();

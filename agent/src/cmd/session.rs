@@ -56,6 +56,11 @@ pub trait Sink {
     fn guards(&mut self) -> Option<Guards> {
         None
     }
+    /// The sensors are attached and the stop signals handled: the session runs (said in the
+    /// log right after).
+    fn attached(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// A guard the sink asked for could not start: its category is not enforced.
     fn guard_unavailable(&mut self, category: &'static str, error: String) -> anyhow::Result<()> {
         log::error!("{category} are not guarded: {error}");
@@ -160,6 +165,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(stop);
 
+    sink.attached()?;
     log::info!(
         "sensors attached ({}), {purpose}",
         sensors::describe(sensors.enabled())
@@ -580,10 +586,12 @@ impl Pump {
         } else {
             Vec::new()
         };
+        let mut said = false;
         for sensor in Sensor::ALL {
             let i = sensor as usize;
             let new = now.lost[i].saturating_sub(self.reported.lost[i]);
             if new > 0 {
+                said = true;
                 let cgroups = self.cgroups_losing(sensor, &by_cgroup);
                 let from = cgroups
                     .iter()
@@ -612,10 +620,14 @@ impl Pump {
             }
         }
         if !by_cgroup.is_empty() {
-            self.reported_cgroups = by_cgroup
-                .iter()
-                .map(|l| ((l.cgroup_id, l.sensor as u32), l.counts))
-                .collect();
+            // The cgroups are said with the next loss: a catch-up read with none (the map was
+            // behind) is kept for the summary and named by the next alert.
+            if said {
+                self.reported_cgroups = by_cgroup
+                    .iter()
+                    .map(|l| ((l.cgroup_id, l.sensor as u32), l.counts))
+                    .collect();
+            }
             self.last_by_cgroup = by_cgroup;
         }
         if now.argv_missing > self.reported.argv_missing {

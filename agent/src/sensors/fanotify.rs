@@ -76,17 +76,28 @@ pub struct MarkedGroup {
     marked: Arc<Mutex<HashSet<String>>>,
     /// Closing this wakes the mount watcher, which then exits.
     stop: Option<OwnedFd>,
-    watcher: Option<std::thread::JoinHandle<()>>,
+    /// Closed by the mount watcher when it ends.
+    ended: Option<std::sync::mpsc::Receiver<()>>,
 }
 
+/// How long dropping a group waits for its mount watcher.
+const WATCHER_END: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for MarkedGroup {
-    /// Waits for the mount watcher to end: it holds the group, which closes only once no one
-    /// does. A group of permission events left open after its reader is gone would hold every
-    /// exec (or open) it marks until then.
+    /// Waits (a while) for the mount watcher to end: it holds the group, which closes only once
+    /// no one does. A group of permission events left open after its reader is gone would hold
+    /// every exec (or open) it marks until then. A watcher stuck in the kernel (marking a
+    /// filesystem whose server is gone) is left to end on its own.
     fn drop(&mut self) {
         drop(self.stop.take());
-        if let Some(watcher) = self.watcher.take() {
-            let _ = watcher.join();
+        if let Some(ended) = self.ended.take() {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(WATCHER_END)
+            {
+                log::warn!(
+                    "fanotify: the mount watcher did not end within {WATCHER_END:?}; its group \
+                     closes when it does"
+                );
+            }
         }
     }
 }
@@ -113,14 +124,20 @@ impl MarkedGroup {
         log::info!("{what}: {n} filesystems watched");
         let (wake, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (g, m) = (Arc::clone(&group), Arc::clone(&marked));
-        let watcher = std::thread::Builder::new()
+        let (done, ended) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
             .name("picket-mounts".into())
-            .spawn(move || watch_mounts(&g, &m, &wake, mask, what))?;
+            .spawn(move || {
+                watch_mounts(&g, &m, &wake, mask, what);
+                // The group first, then the word that it is gone.
+                drop(g);
+                drop(done);
+            })?;
         Ok(Self {
             group,
             marked,
             stop: Some(stop),
-            watcher: Some(watcher),
+            ended: Some(ended),
         })
     }
 
