@@ -167,11 +167,19 @@ const COUNT_REMOVED: &str = "UPDATE devices SET stored_alerts = stored_alerts - 
          quota_removed = quota_removed + ?2
      WHERE device_id = ?1";
 
-const DEVICE_IDS: &str = "SELECT device_id FROM devices ORDER BY device_id";
+/// The devices with alerts received before ?1 (retention), in the order of their ids.
+const DEVICES_EXPIRING: &str = "SELECT DISTINCT device_id FROM alerts WHERE received_ms < ?1
+     ORDER BY device_id";
 
-/// After a deletion across devices (retention): a device's count again.
-const RECOUNT_STORED: &str = "UPDATE devices SET stored_alerts =
-         (SELECT count(*) FROM alerts a WHERE a.device_id = devices.device_id)
+/// Locks a device's row (PostgreSQL) before its alerts are deleted: the order the ingest takes.
+const LOCK_DEVICE: &str = "UPDATE devices SET stored_alerts = stored_alerts WHERE device_id = ?1";
+
+/// How many of a device's alerts were received before ?2.
+const COUNT_EXPIRING: &str =
+    "SELECT count(*) FROM alerts WHERE device_id = ?1 AND received_ms < ?2";
+
+/// After retention deleted ?2 of a device's alerts.
+const UNCOUNT_STORED: &str = "UPDATE devices SET stored_alerts = stored_alerts - ?2
      WHERE device_id = ?1";
 
 const DELETE_ALERTS: &str = "DELETE FROM alerts WHERE received_ms < ?1";
@@ -434,14 +442,26 @@ pub(crate) fn count_refused(
 
 /// [`super::Store::delete_before`].
 pub(crate) fn delete_before(db: &mut dyn Db, before_ms: u64) -> anyhow::Result<u64> {
+    // Only the devices with alerts to delete, each counted once its row is locked: the ingest
+    // locks a device's row before it adds or removes that device's alerts, so the counts hold
+    // until the deletion, and the two take their locks in the same order (no deadlock with a
+    // second backend on the same PostgreSQL store). What this costs follows what is deleted,
+    // not what is stored.
+    let ids = rows(db, DEVICES_EXPIRING, &[int(before_ms)], |r| get_text(r, 0))?;
+    let mut expiring = Vec::with_capacity(ids.len());
+    for id in ids {
+        db.execute(LOCK_DEVICE, &[text(&id)])?;
+        let n = rows(db, COUNT_EXPIRING, &[text(&id), int(before_ms)], |r| {
+            get_uint(r, 0)
+        })?
+        .first()
+        .copied()
+        .unwrap_or(0);
+        expiring.push((id, n));
+    }
     let alerts = db.execute(DELETE_ALERTS, &[int(before_ms)])?;
-    if alerts > 0 {
-        // One device at a time, in the order of their ids: the order in which the ingest's
-        // transactions lock the `devices` rows, so that the two do not deadlock (PostgreSQL).
-        let ids = rows(db, DEVICE_IDS, &[], |r| get_text(r, 0))?;
-        for id in &ids {
-            db.execute(RECOUNT_STORED, &[text(id)])?;
-        }
+    for (id, n) in &expiring {
+        db.execute(UNCOUNT_STORED, &[text(id), int(*n)])?;
     }
     db.execute(DELETE_POLICY_RESULTS, &[int(before_ms)])?;
     Ok(alerts)
