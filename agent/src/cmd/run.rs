@@ -443,11 +443,20 @@ fn sensor_index(sensor: Sensor) -> usize {
 
 impl Sink for Detecting {
     fn attached(&mut self) -> anyhow::Result<()> {
-        let (marker, previous) = RunMarker::claim(
+        // A state directory that cannot take the marker (full, read-only) costs only this:
+        // the agent runs on.
+        let claimed = RunMarker::claim(
             &self.state_dir,
             self.alerter.boot_id(),
             crate::alert::now_ms(),
-        )?;
+        );
+        let (marker, previous) = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                log::warn!("{e:#}: if this run is killed, the next one will not say so");
+                return Ok(());
+            }
+        };
         self.run_marker = Some(marker);
         if let Some(draft) = previous.alert() {
             self.alerter.raise(draft)?;
