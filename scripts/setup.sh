@@ -25,6 +25,9 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The backend's tests start a throwaway PostgreSQL server (the backend's PostgreSQL store).
 dpkg -s postgresql >/dev/null 2>&1 || need_apt+=(postgresql)
+# The fleet console's tests drive Debian's headless Chromium through its WebDriver.
+dpkg -s chromium >/dev/null 2>&1 || need_apt+=(chromium)
+dpkg -s chromium-driver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
     $SUDO apt-get update -qq || log "apt-get update reported errors; installing anyway"

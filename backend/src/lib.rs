@@ -10,6 +10,7 @@ pub mod api;
 pub mod broker;
 pub mod cmd;
 pub mod config;
+pub mod console;
 pub mod export;
 pub mod ingest;
 pub mod store;
