@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
+# Each line says how long the run has taken so far (CI's budget is in minutes).
+log() { printf '\033[1m[test %2d:%02d]\033[0m %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 if [ "$(id -u)" -ne 0 ]; then
     log "the end-to-end tests load eBPF programs: run this as root (sudo $0)"
@@ -70,3 +71,4 @@ bash scripts/yocto-check.sh
 
 log "ARM: static agents, unit tests under qemu-user; the agent on Debian's Linux 6.1 and 5.10 (arm64, armhf, amd64) in qemu-system"
 bash scripts/cross.sh test
+log "all checks and tests passed"

@@ -112,7 +112,7 @@ pub struct LimitsConfig {
     /// Alerts a device may send at once beyond the sustained rate (the bucket's size).
     #[serde(default = "default_alert_burst")]
     pub alert_burst: u32,
-    /// Alerts kept per device; beyond it the device's oldest (lowest sequence numbers) are
+    /// Alerts kept per device; beyond it the device's oldest (first received) are
     /// removed.
     #[serde(default = "default_max_alerts_per_device")]
     pub max_alerts_per_device: u64,

@@ -266,6 +266,16 @@ impl Severity {
     }
 }
 
+/// The jump between two sequence numbers of a device that means a new counter, not missing
+/// alerts. An agent without a counter (its first start, or its state directory was lost:
+/// wiped, reflashed, a corrupt counter file) begins at a random multiple of 64 between 2^33
+/// and 2^53 - 2^33, never at 1 again where the backend already holds the device's first numbers
+/// (it identifies an alert by device and number, and would take the new alerts for copies of
+/// the old). Two counters of one device thus begin at least this far apart but for a chance of
+/// about 2^-20 (and overlap for a far smaller one); no counter skips this many numbers. Below
+/// 2^53, numbers stay exact in every JSON reader.
+pub const SEQ_RESET_JUMP: u64 = 1 << 32;
+
 /// An alert as delivered to the fleet. `(device_id, seq)` identifies it: a device's sequence
 /// numbers only grow (possibly with gaps after a restart), and a message received twice carries
 /// the same number.

@@ -269,6 +269,52 @@ fn a_restart_of_the_agent_leaves_the_gap_the_backend_reports_as_a_restart() {
 }
 
 #[test]
+fn alerts_numbered_after_the_counter_and_spool_were_lost_are_stored_and_the_reset_reported() {
+    let _serial = serial();
+    let broker = Broker::start();
+    let backend = Backend::start(&broker, "reset", "");
+    let site = Site::new(&broker);
+
+    let agent = site.start_agent();
+    site.change("a");
+    site.change("b");
+    wait_for_alerts(&backend, &[1, 2], &agent);
+    stop(agent);
+
+    // The counter and the spool removed while the agent is stopped (a wiped or reflashed state
+    // partition, or someone covering their tracks): the next alerts must not be numbered 1
+    // and 2 again, which the backend already holds and would take for copies.
+    fs::remove_file(site.root.join("state/alert.seq")).unwrap();
+    fs::remove_dir_all(site.root.join("state/spool")).unwrap();
+    let agent = site.start_agent();
+    site.change("c");
+    let start = Instant::now();
+    while site.raised().len() < 3 {
+        assert!(start.elapsed() < TIMEOUT, "{}", agent.describe());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new = site.raised()[2];
+    assert!(
+        new > 2 + picket_proto::SEQ_RESET_JUMP,
+        "a new counter begins far from the old one: {new}"
+    );
+    let stored = wait_for_alerts(&backend, &[1, 2, new], &agent);
+    assert!(
+        stored[0]["path"].as_str().unwrap().ends_with("/c"),
+        "{stored:#}"
+    );
+    stop(agent);
+    assert_eq!(
+        backend.query(&["gaps", "--json"]),
+        serde_json::json!([{
+            "device_id": DEVICE, "first_missing": 3, "last_missing": new - 1, "missing": 0,
+            "restart": false, "reset": true
+        }])
+    );
+    backend.stop();
+}
+
+#[test]
 fn alerts_a_full_spool_dropped_are_the_gap_the_backend_reports() {
     let _serial = serial();
     let mut broker = Broker::start();
@@ -403,6 +449,10 @@ impl Site {
                 .arg(root.join("vendor")),
         );
         fs::copy(root.join("vendor.pub"), root.join("trust/vendor.pub")).unwrap();
+        // The counter an agent of before random starts left: numbering goes on from 1, and
+        // these tests can name the numbers.
+        fs::create_dir_all(root.join("state")).unwrap();
+        fs::write(root.join("state/alert.seq"), "0\n").unwrap();
         Site {
             key: root.join("vendor.key"),
             identity: broker.pki.device(DEVICE),

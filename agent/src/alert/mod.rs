@@ -3,7 +3,9 @@
 //!
 //! An alert gets its sequence number when it is emitted, from a counter persisted in the state
 //! directory in blocks (one write per [`SEQ_BLOCK`] alerts, to spare flash): after a restart
-//! numbering resumes past the last block, so numbers only ever grow, possibly with a gap.
+//! numbering resumes past the last block, so numbers only ever grow, possibly with a gap. A new
+//! counter (a first start, or a lost state directory) begins at a random point, far from any
+//! other counter of the device ([`SEQ_RESET_JUMP`]).
 
 use std::{
     collections::HashMap,
@@ -24,7 +26,7 @@ use serde_json::Value;
 /// How many sequence numbers are reserved per write of the counter.
 const SEQ_BLOCK: u64 = 64;
 
-pub use picket_proto::{AlertKind as Kind, ProcessContext, Severity};
+pub use picket_proto::{AlertKind as Kind, ProcessContext, Severity, SEQ_RESET_JUMP};
 
 /// An alert before it is numbered and aggregated.
 #[derive(Debug, Clone)]
@@ -158,6 +160,21 @@ impl AlertSink for JsonLinesSink {
     }
 }
 
+/// Where a new counter begins: a random multiple of [`SEQ_BLOCK`] between 2^33 and
+/// 2^53 - 2^33, so that a device whose state was lost (wiped, reflashed, a corrupt counter)
+/// does not number its alerts from 1 again, where the backend would take them for copies of
+/// the ones it holds (see [`SEQ_RESET_JUMP`]).
+fn fresh_start() -> anyhow::Result<u64> {
+    let mut b = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(|_| {
+        anyhow::anyhow!("no random numbers from the kernel for a new alert counter")
+    })?;
+    let span = (1u64 << 53) - 2 * (SEQ_RESET_JUMP << 1);
+    let start = (SEQ_RESET_JUMP << 1) + u64::from_le_bytes(b) % span;
+    // The last number of a reserved block: the first taken is a block's first.
+    Ok(start - start % SEQ_BLOCK)
+}
+
 /// The persisted alert counter.
 pub struct Sequence {
     path: PathBuf,
@@ -166,19 +183,46 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// Opens the counter in `state_dir`, resuming past what a previous run reserved.
+    /// Opens the counter in `state_dir`, resuming past what a previous run reserved. Without
+    /// a counter (the first start, or the state directory was lost) or with one that cannot be
+    /// read, a new counter begins at a random point (see [`fresh_start`]): never at 1 again,
+    /// where the fleet already holds this device's first numbers.
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
         let path = state_dir.join("alert.seq");
         let start = match fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<u64>().with_context(|| {
-                format!(
-                    "{} is corrupt: `{}` is not a number",
-                    path.display(),
-                    text.trim()
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Ok(text) => match text.trim().parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => {
+                    let start = fresh_start()?;
+                    log::warn!(
+                        "{} is corrupt (`{}` is not a number): alerts are numbered from {} on, \
+                         a new sequence (the backend reports it as a reset)",
+                        path.display(),
+                        text.trim().escape_debug(),
+                        start + 1
+                    );
+                    start
+                }
+            },
+            Err(e) => {
+                let start = fresh_start()?;
+                if e.kind() == io::ErrorKind::NotFound {
+                    log::info!(
+                        "no alert counter in {} (a first start, or the state was lost): \
+                         alerts are numbered from {} on",
+                        state_dir.display(),
+                        start + 1
+                    );
+                } else {
+                    log::warn!(
+                        "cannot read {} ({e}): alerts are numbered from {} on, a new sequence \
+                         (the backend reports it as a reset)",
+                        path.display(),
+                        start + 1
+                    );
+                }
+                start
+            }
         };
         Ok(Self {
             path,
@@ -484,12 +528,21 @@ mod tests {
         // A restart: numbering resumes above anything the first run could have used.
         let mut seq = Sequence::open(&dir).unwrap();
         assert!(seq.take().unwrap() > last);
-        seq.skip_past(1000);
-        assert_eq!(seq.take().unwrap(), 1001);
+        seq.skip_past(last + 1000);
+        assert_eq!(seq.take().unwrap(), last + 1001);
         drop(seq);
-        assert!(Sequence::open(&dir).unwrap().take().unwrap() > 1001);
+        assert!(Sequence::open(&dir).unwrap().take().unwrap() > last + 1001);
+        // A counter of an older agent, numbered from 1: it goes on.
+        fs::write(dir.join("alert.seq"), "64\n").unwrap();
+        assert_eq!(Sequence::open(&dir).unwrap().take().unwrap(), 65);
+        // A corrupt counter: a new one, far from the old numbers, rather than no agent.
         fs::write(dir.join("alert.seq"), "garbage").unwrap();
-        assert!(Sequence::open(&dir).is_err());
+        let mut fresh = Sequence::open(&dir).unwrap();
+        let first = fresh.take().unwrap();
+        assert!(first > 65 + SEQ_RESET_JUMP, "{first}");
+        assert_eq!(first % SEQ_BLOCK, 1, "{first} begins a block");
+        drop(fresh);
+        assert!(Sequence::open(&dir).unwrap().take().unwrap() > first);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -143,7 +143,9 @@ pub fn gaps_table(gaps: &[Gap]) -> String {
                     format!("{}-{}", g.first_missing, g.last_missing)
                 },
                 g.missing.to_string(),
-                if g.restart {
+                if g.reset {
+                    "counter reset (the device's state was lost)".into()
+                } else if g.restart {
                     "agent restart (rest of a reserved block)".into()
                 } else if g.rate_limited == g.missing {
                     "rate limited".into()
@@ -211,6 +213,7 @@ mod tests {
             last_missing: 6,
             missing: 3,
             restart: false,
+            reset: false,
             rate_limited: 0,
         }]);
         assert_eq!(
@@ -223,13 +226,23 @@ mod tests {
             last_missing: 6,
             missing: 3,
             restart: false,
+            reset: false,
             rate_limited,
         };
-        let causes = gaps_table(&[gap(3), gap(2)]);
+        let reset = Gap {
+            missing: 0,
+            reset: true,
+            ..gap(0)
+        };
+        let causes = gaps_table(&[gap(3), gap(2), reset]);
         let causes: Vec<&str> = causes.lines().map(|l| &l[28..]).collect();
         assert_eq!(
             causes[1..],
-            ["rate limited", "missing (2 rate limited)"],
+            [
+                "rate limited",
+                "missing (2 rate limited)",
+                "counter reset (the device's state was lost)"
+            ],
             "{causes:?}"
         );
     }

@@ -130,9 +130,14 @@ pub fn handle(
     match message.store(channel) {
         Ok(stored) => stored,
         Err(refused @ Refused::RateLimited(seq, _)) => {
+            // A copy of an alert stored already (the broker delivers again what it did not see
+            // acknowledged) is not lost to the limit.
+            if !store.note_rate_limited(device, seq)? {
+                log::debug!("alert {device}#{seq} received again");
+                return Ok(Outcome::Duplicate);
+            }
             // Logged by [`Limits`], at most once a minute per device: a flood does not flood
             // the log too.
-            store.note_rate_limited(device, seq)?;
             store.count_refused(
                 Refusal::RateLimited.name(),
                 Some(device),

@@ -219,6 +219,12 @@ fn a_device_over_its_rate_limit_does_not_starve_the_others() {
     let limited = Outcome::Refused(Refusal::RateLimited);
     assert_eq!(flood[..5], [Outcome::Stored; 5]);
     assert_eq!(flood[5..], [limited; 15]);
+    // The broker delivers stored alert 3 again while the device is over its limit: a copy,
+    // not an alert lost to the limit (the counts below do not change).
+    assert_eq!(
+        send(&mut s, "flood", Channel::Alert, &alert_of("flood", 3), 0),
+        Outcome::Duplicate
+    );
     // Heartbeats are not limited.
     let hb = Heartbeat {
         time_ms: 1,
@@ -277,8 +283,8 @@ fn a_device_over_its_rate_limit_does_not_starve_the_others() {
     );
 }
 
-/// The quota keeps exactly `max_alerts_per_device` alerts of a device, its newest (highest
-/// sequence numbers), and counts what it removed; other devices keep theirs.
+/// The quota keeps exactly `max_alerts_per_device` alerts of a device, its newest (last
+/// received), and counts what it removed; other devices keep theirs.
 #[test]
 fn the_quota_keeps_a_device_s_newest_alerts_at_its_bound() {
     let mut s = SqliteStore::memory().unwrap();
@@ -325,6 +331,16 @@ fn the_quota_keeps_a_device_s_newest_alerts_at_its_bound() {
     send(&mut s, "gw-2", 1);
     assert_eq!(stored(&mut s, "gw-1"), ((16..=25).collect(), 15));
     assert_eq!(stored(&mut s, "gw-2"), (vec![1], 0));
+    // gw-1 lost its state: a new counter, whose numbers happen to be lower, received later.
+    // What goes is what was received first, not the lowest numbers.
+    for seq in [3, 4] {
+        let t = topic::topic("gw-1", Channel::Alert);
+        let bytes = picket_proto::encode(Format::Postcard, "gw-1", &alert(seq)).unwrap();
+        let outcome = super::handle(&mut s, &mut limits, &t, &bytes, 2, 2).unwrap();
+        assert_eq!(outcome, Outcome::Stored);
+    }
+    let kept = [3, 4].into_iter().chain(18..=25).collect();
+    assert_eq!(stored(&mut s, "gw-1"), (kept, 17));
 }
 
 #[test]

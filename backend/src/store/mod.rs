@@ -84,6 +84,12 @@ pub struct Gap {
     /// of [`AGENT_SEQ_BLOCK`] and resumes after the last reserved block, so a restart skips the
     /// rest of a block. Such a gap lies within one block and ends at its end.
     pub restart: bool,
+    /// Not a gap in one counter but the end of one and the start of another: the numbers
+    /// jump by [`picket_proto::SEQ_RESET_JUMP`] or more, which only a new counter does (the
+    /// device's state directory was lost, or its counter was corrupt). `missing` is 0: how many
+    /// alerts the old counter left undelivered is not known. Left out when false.
+    #[serde(skip_serializing_if = "is_false")]
+    pub reset: bool,
     /// How many of the missing numbers were alerts the backend received and did not store,
     /// over the device's rate limit. Left out when none.
     #[serde(skip_serializing_if = "is_zero")]
@@ -92,6 +98,10 @@ pub struct Gap {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The most policy results kept per device; beyond it the device's oldest are removed, so
@@ -184,8 +194,9 @@ pub trait Store: Send {
     /// counts them in its `quota_removed`; returns how many.
     fn enforce_quota(&mut self, device_id: &str, max_alerts: u64) -> anyhow::Result<u64>;
     /// Notes that the alert `seq` of the device was not stored, over its rate limit (for
-    /// [`Gap::rate_limited`]).
-    fn note_rate_limited(&mut self, device_id: &str, seq: u64) -> anyhow::Result<()>;
+    /// [`Gap::rate_limited`]). `false` (and nothing noted) if that alert is stored already: a
+    /// copy the broker delivered again is not an alert lost to the limit.
+    fn note_rate_limited(&mut self, device_id: &str, seq: u64) -> anyhow::Result<bool>;
     /// Counts a refused message.
     fn count_refused(
         &mut self,
@@ -264,7 +275,7 @@ impl<D: sql::Database> Store for D {
         self.atomic(|db| sql::enforce_quota(db, device_id, max_alerts))
     }
 
-    fn note_rate_limited(&mut self, device_id: &str, seq: u64) -> anyhow::Result<()> {
+    fn note_rate_limited(&mut self, device_id: &str, seq: u64) -> anyhow::Result<bool> {
         self.atomic(|db| sql::note_rate_limited(db, device_id, seq))
     }
 

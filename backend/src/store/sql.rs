@@ -154,14 +154,18 @@ const COUNT_REFUSED: &str =
          last_ms = excluded.last_ms, last_topic = excluded.last_topic,
          last_error = excluded.last_error";
 
+const ALERT_STORED: &str = "SELECT count(*) FROM alerts WHERE device_id = ?1 AND seq = ?2";
+
 const COUNT_STORED: &str =
     "UPDATE devices SET stored_alerts = stored_alerts + 1 WHERE device_id = ?1";
 
 const STORED: &str = "SELECT stored_alerts FROM devices WHERE device_id = ?1";
 
-/// The device's `?2` alerts of the lowest sequence numbers (the primary key's order).
+/// The device's `?2` alerts received first (of the lowest sequence numbers among those
+/// received in the same millisecond). Not simply the lowest numbers: a device whose state was
+/// lost numbers from a random point, which may be below its older alerts'.
 const DELETE_OLDEST: &str = "DELETE FROM alerts WHERE device_id = ?1 AND seq IN (
-         SELECT seq FROM alerts WHERE device_id = ?1 ORDER BY seq LIMIT ?2)";
+         SELECT seq FROM alerts WHERE device_id = ?1 ORDER BY received_ms, seq LIMIT ?2)";
 
 const COUNT_REMOVED: &str = "UPDATE devices SET stored_alerts = stored_alerts - ?2,
          quota_removed = quota_removed + ?2
@@ -305,10 +309,17 @@ fn count_of(db: &mut dyn Db, sql: &str, args: &[Arg]) -> anyhow::Result<u64> {
 
 /// [`super::Store::note_rate_limited`]: the device's limited numbers are kept as disjoint
 /// ranges; one that follows a range extends it.
-pub(crate) fn note_rate_limited(db: &mut dyn Db, device_id: &str, seq: u64) -> anyhow::Result<()> {
+pub(crate) fn note_rate_limited(
+    db: &mut dyn Db,
+    device_id: &str,
+    seq: u64,
+) -> anyhow::Result<bool> {
     let args = [text(device_id), int(seq)];
+    if count_of(db, ALERT_STORED, &args)? > 0 {
+        return Ok(false);
+    }
     if count_of(db, LIMITED_COVERED, &args)? > 0 || db.execute(EXTEND_LIMITED, &args)? > 0 {
-        return Ok(());
+        return Ok(true);
     }
     db.execute(INSERT_LIMITED, &args)?;
     let ranges = count_of(db, LIMITED_RANGES, &args[..1])?;
@@ -318,7 +329,7 @@ pub(crate) fn note_rate_limited(db: &mut dyn Db, device_id: &str, seq: u64) -> a
             &[text(device_id), int(ranges - MAX_LIMITED_RANGES)],
         )?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// [`super::Store::record_heartbeat`].
@@ -592,12 +603,15 @@ pub(crate) fn gaps(db: &mut dyn Db, device: Option<&str>) -> anyhow::Result<Vec<
     let mut gaps = rows(db, GAPS, &[Arg::Text(device)], |r| {
         let first = get_uint(r, 1)?;
         let last = get_uint(r, 2)?;
+        // A jump this far is a new counter of the device (its state was lost), not alerts.
+        let reset = last - first + 1 >= picket_proto::SEQ_RESET_JUMP - 1;
         Ok(Gap {
             device_id: get_text(r, 0)?,
             first_missing: first,
             last_missing: last,
-            missing: last - first + 1,
-            restart: restart_gap(first, last),
+            missing: if reset { 0 } else { last - first + 1 },
+            restart: !reset && restart_gap(first, last),
+            reset,
             rate_limited: 0,
         })
     })?;

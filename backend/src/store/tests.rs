@@ -231,6 +231,7 @@ fn gaps_are_computed_per_device(s: &mut dyn Store) {
                 last_missing: 6,
                 missing: 3,
                 restart: false,
+                reset: false,
                 rate_limited: 0,
             },
             Gap {
@@ -239,6 +240,7 @@ fn gaps_are_computed_per_device(s: &mut dyn Store) {
                 last_missing: 9,
                 missing: 1,
                 restart: false,
+                reset: false,
                 rate_limited: 0,
             },
         ]
@@ -257,6 +259,20 @@ fn gaps_are_computed_per_device(s: &mut dyn Store) {
     assert_eq!((gaps[1].first_missing, gaps[1].restart), (11, false));
     assert_eq!((gaps[2].first_missing, gaps[2].last_missing), (71, 128));
     assert!(gaps[2].restart);
+    // The device's state was lost: a new counter far away, and one just short of that far.
+    let reset = 129 + picket_proto::SEQ_RESET_JUMP;
+    for seq in [reset, reset + picket_proto::SEQ_RESET_JUMP - 1] {
+        s.insert_alert("gw-1", &alert(seq), "postcard", 4).unwrap();
+    }
+    let gaps = s.gaps(Some("gw-1")).unwrap();
+    assert_eq!(gaps.len(), 5);
+    assert_eq!(
+        (gaps[3].first_missing, gaps[3].last_missing, gaps[3].missing),
+        (130, reset - 1, 0)
+    );
+    assert!(gaps[3].reset && !gaps[3].restart);
+    assert_eq!(gaps[4].missing, picket_proto::SEQ_RESET_JUMP - 2);
+    assert!(!gaps[4].reset);
     assert!(restart_gap(64, 64));
     assert!(restart_gap(1, 64));
     assert!(!restart_gap(64, 65));
@@ -568,9 +584,11 @@ fn rate_limited_numbers_are_told_in_the_gaps(s: &mut dyn Store) {
     }
     // Out of order and twice too; 25 is after the last stored alert: in no gap.
     for seq in [2, 3, 4, 5, 3, 7, 9, 8, 12, 13, 14, 15, 16, 17, 18, 19, 25] {
-        s.note_rate_limited("gw-1", seq).unwrap();
+        assert!(s.note_rate_limited("gw-1", seq).unwrap());
     }
-    s.note_rate_limited("gw-2", 3).unwrap();
+    assert!(s.note_rate_limited("gw-2", 3).unwrap());
+    // A copy of a stored alert over the limit is not a limited one.
+    assert!(!s.note_rate_limited("gw-1", 10).unwrap());
     let figures = |s: &mut dyn Store| -> Vec<(String, u64, u64, u64)> {
         s.gaps(None)
             .unwrap()
