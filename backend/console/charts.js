@@ -98,15 +98,25 @@ export function processTree(process) {
 
 // Each alert a dot on a time line (by time received), each gap between stored sequence numbers
 // marked where the alerts around it lie.
-export function deviceTimeline(alerts) {
+export function deviceTimeline(alerts, gaps) {
+  if (alerts.length === 0) return el("p", { class: "muted" }, "No alerts stored.");
   const w = 900, h = 90, left = 10, right = 10;
   const chart = svg("svg", { viewBox: `0 0 ${w} ${h}`, width: "100%", role: "img", "aria-label": "Alert timeline", id: "timeline" });
-  if (alerts.length === 0) return el("p", { class: "muted" }, "No alerts stored.");
   const times = alerts.map((a) => a.received_ms);
   const t0 = Math.min(...times), t1 = Math.max(...times, t0 + 1);
   const x = (t) => left + ((w - left - right) * (t - t0)) / (t1 - t0);
   const lane = { medium: 60, high: 40, critical: 20 };
   chart.append(svg("line", { class: "axis", x1: left, y1: 72, x2: w - right, y2: 72 }));
+  // A gap between two stored alerts is marked between them (when both are on the chart).
+  const bySeq = new Map(alerts.map((a) => [a.seq, a]));
+  for (const g of gaps) {
+    const before = bySeq.get(g.first_missing - 1), after = bySeq.get(g.last_missing + 1);
+    if (!before || !after) continue;
+    const gx = (x(before.received_ms) + x(after.received_ms)) / 2;
+    chart.append(svg("rect", {
+      class: `gap ${g.restart ? "gap-restart" : "gap-loss"}`, x: gx - 1.5, y: 10, width: 3, height: 62,
+    }, svg("title", {}, `${g.missing} missing (${g.first_missing}-${g.last_missing})${g.restart ? ": agent restart" : ""}`)));
+  }
   for (const a of alerts) {
     const sev = SEVERITIES.includes(a.severity) ? a.severity : "medium";
     chart.append(svg("circle", { class: `bar-${sev}`, cx: x(a.received_ms), cy: lane[sev], r: 4 },

@@ -1,7 +1,7 @@
 // The login, overview, device, policies and audit pages.
 
 import { SEVERITIES, STATES, el, table, td, fmtTime, fmtAgo, fmtBytes, sevBadge, stateBadge } from "./dom.js";
-import { api, query, isRole } from "./api.js";
+import { api, query, isRole, session } from "./api.js";
 import { barChart, timeChart, deviceTimeline } from "./charts.js";
 import { alertRow } from "./alerts.js";
 
@@ -123,13 +123,15 @@ export async function deviceView(id) {
           el("dt", {}, "Unverified execs"), el("dd", {}, c.exec_unverified ?? "unknown"))
           : el("p", { class: "muted" }, "No heartbeat received."))),
     el("h2", {}, `Alert timeline (latest ${alerts.length})`),
-    el("div", { class: "panel" }, deviceTimeline(alerts),
-      el("div", { class: "legend" }, SEVERITIES.map((s) => el("span", { class: `l-${s}` }, s)))),
+    el("div", { class: "panel" }, deviceTimeline(alerts, gaps),
+      el("div", { class: "legend" }, SEVERITIES.map((s) => el("span", { class: `l-${s}` }, s)),
+        el("span", { class: "l-gap-loss" }, "gap"), el("span", { class: "l-gap-restart" }, "agent restart"))),
     el("h2", {}, "Gaps and restarts"),
     gaps.length === 0 ? el("p", { class: "muted", id: "gaps" }, "No sequence numbers missing.")
-      : table(["First missing", "Last missing", "#Missing", "Cause"], gaps.map((g) => el("tr", {},
+      : el("table", { id: "gaps" }, el("thead", {}, el("tr", {}, ["First missing", "Last missing", "Missing", "Cause"]
+        .map((h) => el("th", { class: h === "Missing" ? "num" : null }, h)))), el("tbody", {}, gaps.map((g) => el("tr", {},
         td(g.first_missing), td(g.last_missing), td(g.missing, "num"),
-        td(g.restart ? "agent restart" : g.rate_limited ? `${g.rate_limited} over the rate limit` : "lost")))),
+        td(g.restart ? "agent restart" : g.rate_limited ? `${g.rate_limited} over the rate limit` : "lost"))))),
     el("h2", {}, "Alerts"),
     el("table", {},
       el("thead", {}, el("tr", {}, ["Received", "Device", "Severity", "Kind", "Rule", "Path", "Count", "Triage"]
@@ -156,7 +158,7 @@ export function pushForm(devices) {
   const form = el("form", { class: "stack panel", id: "push-form" },
     el("h2", {}, "Push a signed bundle"),
     el("label", {}, "Bundle file", file),
-    el("fieldset", {}, el("legend", {}, "Devices"), boxes),
+    el("fieldset", { class: "checks" }, el("legend", {}, "Devices"), boxes),
     el("button", { type: "submit", class: "primary" }, "Push"),
     message);
   form.addEventListener("submit", async (event) => {
