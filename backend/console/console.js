@@ -76,6 +76,8 @@ async function route() {
   }
   renderHeader();
   show(content);
+  // Which page is on screen (for style sheets and tests): set with the content, never before.
+  document.getElementById("main").setAttribute("data-view", hash);
   const focus = document.querySelector("main [autofocus]");
   if (focus) focus.focus();
 }
