@@ -114,8 +114,9 @@ export function deviceTimeline(alerts, gaps) {
     if (!before || !after) continue;
     const gx = (x(before.received_ms) + x(after.received_ms)) / 2;
     chart.append(svg("rect", {
-      class: `gap ${g.restart ? "gap-restart" : "gap-loss"}`, x: gx - 1.5, y: 10, width: 3, height: 62,
-    }, svg("title", {}, `${g.missing} missing (${g.first_missing}-${g.last_missing})${g.restart ? ": agent restart" : ""}`)));
+      class: `gap ${g.restart || g.reset ? "gap-restart" : "gap-loss"}`, x: gx - 1.5, y: 10, width: 3, height: 62,
+    }, svg("title", {}, g.reset ? "counter reset"
+      : `${g.missing} missing (${g.first_missing}-${g.last_missing})${g.restart ? ": agent restart" : ""}`)));
   }
   for (const a of alerts) {
     const sev = SEVERITIES.includes(a.severity) ? a.severity : "medium";

@@ -86,6 +86,14 @@ export async function overviewView() {
 }
 
 
+// What a gap is, in the words of `picket-backend gaps`.
+function gapCause(g) {
+  if (g.reset) return "counter reset";
+  if (g.restart) return "agent restart";
+  if (!g.rate_limited) return "lost";
+  return g.rate_limited === g.missing ? "rate limited" : `lost (${g.rate_limited} rate limited)`;
+}
+
 export async function deviceView(id) {
   document.title = `${id} · Picket`;
   const [devices, gaps, alerts] = await Promise.all([
@@ -125,13 +133,13 @@ export async function deviceView(id) {
     el("h2", {}, `Alert timeline (latest ${alerts.length})`),
     el("div", { class: "panel" }, deviceTimeline(alerts, gaps),
       el("div", { class: "legend" }, SEVERITIES.map((s) => el("span", { class: `l-${s}` }, s)),
-        el("span", { class: "l-gap-loss" }, "gap"), el("span", { class: "l-gap-restart" }, "agent restart"))),
+        el("span", { class: "l-gap-loss" }, "gap"), el("span", { class: "l-gap-restart" }, "agent restart or counter reset"))),
     el("h2", {}, "Gaps and restarts"),
     gaps.length === 0 ? el("p", { class: "muted", id: "gaps" }, "No sequence numbers missing.")
       : el("table", { id: "gaps" }, el("thead", {}, el("tr", {}, ["First missing", "Last missing", "Missing", "Cause"]
         .map((h) => el("th", { class: h === "Missing" ? "num" : null }, h)))), el("tbody", {}, gaps.map((g) => el("tr", {},
         td(g.first_missing), td(g.last_missing), td(g.missing, "num"),
-        td(g.restart ? "agent restart" : g.rate_limited ? `${g.rate_limited} over the rate limit` : "lost"))))),
+        td(gapCause(g)))))),
     el("h2", {}, "Alerts"),
     el("table", {},
       el("thead", {}, el("tr", {}, ["Received", "Device", "Severity", "Kind", "Rule", "Path", "Count", "Triage"]
