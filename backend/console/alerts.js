@@ -33,8 +33,9 @@ export function matchesFilters(row, f) {
   if (f.triage && triageState(row) !== f.triage) return false;
   if (f.until) return false; // a live alert is received now, after any `until`
   if (f.q) {
+    const q = f.q.toLowerCase();
     const hay = [row.path || "", row.rule, row.kind, JSON.stringify(row.details || {})];
-    if (!hay.some((s) => s.includes(f.q))) return false;
+    if (!hay.some((s) => s.toLowerCase().includes(q))) return false;
   }
   return true;
 }
@@ -90,7 +91,8 @@ export async function alertsView() {
   const message = el("div");
 
   const shown = new Set();
-  let lowest = null;
+  // The cursor: the last row of the pages read (the API's order: newest received first).
+  let last = null;
   const params = {
     device: f.device, kind: f.kind, severity: f.severity, since: f.since, until: f.until,
     q: f.q, triage: f.triage, limit: PAGE,
@@ -112,12 +114,12 @@ export async function alertsView() {
   const loadOlder = async () => {
     older.disabled = true;
     try {
-      const rows = await api(`/api/alerts${query(Object.assign({}, params, { before: lowest }))}`);
+      const rows = await api(`/api/alerts${query(Object.assign({}, params, { before: last }))}`);
       for (const row of rows) {
+        last = row.id;
         if (shown.has(row.id)) continue;
         shown.add(row.id);
         tbody.append(alertRow(row, false));
-        if (lowest === null || row.id < lowest) lowest = row.id;
       }
       older.hidden = rows.length < PAGE;
       updateStatus();
