@@ -230,9 +230,13 @@ db.close()
 PY
 }
 timed fill_ns fill
+# The HTTP API needs a user: a viewer, and an API token of it for curl.
+"$BACKEND" user add bench --role viewer --generate --db "$WORK/query.db" >/dev/null 2>&1
+TOKEN=$("$BACKEND" user token bench --db "$WORK/query.db")
+AUTH="Authorization: Bearer $TOKEN"
 serve query.toml query.log
 for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$HTTP/api/devices" >/dev/null && break
+    curl -sf -H "$AUTH" "http://127.0.0.1:$HTTP/api/devices" >/dev/null && break
     sleep 0.1
 done
 
@@ -260,8 +264,8 @@ query q_dev_ns "$N_DEV" $Q --device q-0042 --since 1h
 query q_kind_ns "$N_KIND" $Q --kind suspicious_exec --since 1h
 query q_rare_ns "$RARE" $Q --kind alerts_dropped --since 1h
 query q_all_ns 100 $Q
-query q_http_ns "$N_DEV" curl -sf "http://127.0.0.1:$HTTP/api/alerts?device=q-0042&since=1h&limit=100"
-query q_http_rare_ns "$RARE" curl -sf "http://127.0.0.1:$HTTP/api/alerts?kind=alerts_dropped&since=1h&limit=100"
+query q_http_ns "$N_DEV" curl -sf -H "$AUTH" "http://127.0.0.1:$HTTP/api/alerts?device=q-0042&since=1h&limit=100"
+query q_http_rare_ns "$RARE" curl -sf -H "$AUTH" "http://127.0.0.1:$HTTP/api/alerts?kind=alerts_dropped&since=1h&limit=100"
 sample db_mib "$(du -m "$WORK/query.db" | cut -f1)"
 stop_servers
 cd - >/dev/null

@@ -8,7 +8,9 @@
 #   3. starts `picket-backend serve` (SQLite, HTTP API), which starts and supervises its
 #      broker, Mosquitto (mutual TLS, per-device ACL; the `[broker]` section of backend.toml),
 #      and `picket run` reporting to it over MQTT;
-#   4. shows the alerts as the backend stores them, with a hint of what to try.
+#   4. shows the alerts as the backend stores them, with a hint of what to try, and the fleet
+#      console's address and login (user admin, its password kept in backend/admin.password,
+#      mode 0600; an API token for scripts in backend/api.token).
 # Ctrl-C stops them all. Running it again reuses the PKI, the baseline and the stored alerts.
 #
 # Needs root: the agent loads eBPF programs.
@@ -177,6 +179,22 @@ wait_port() {
     exit 1
 }
 
+# The console's first admin, once: its generated password and an API token for scripts are kept
+# here, readable by root only.
+if [ ! -s backend/admin.password ]; then
+    log "adding the console's user admin (password in $FLEET/backend/admin.password)"
+    (umask 077
+     "$BACKEND" user add admin --role admin --generate --config backend/backend.toml \
+         >backend/admin.password.new 2>>backend/backend.log
+     mv backend/admin.password.new backend/admin.password)
+fi
+if [ ! -s backend/api.token ]; then
+    (umask 077
+     "$BACKEND" user token admin --config backend/backend.toml >backend/api.token.new 2>>backend/backend.log
+     mv backend/api.token.new backend/api.token)
+fi
+chmod 600 backend/admin.password backend/api.token
+
 RUST_LOG=info setsid "$BACKEND" serve --config backend/backend.toml >>backend/backend.log 2>&1 &
 BACKEND_PID=$!
 PIDS+=("$BACKEND_PID")
@@ -208,9 +226,10 @@ cat >&2 <<EOF
     cp /bin/ls /tmp/ls && /tmp/ls                      # an unknown executable, from /tmp
     echo changed >> /etc/picket-fleet-demo.conf        # a protected file
     bash -c 'exec 3<>/dev/tcp/127.0.0.1/22'            # a connection the baseline does not allow
+  Console: http://127.0.0.1:$HTTP_PORT/   user admin, password in $FLEET/backend/admin.password
   Query:  $BACKEND alerts --config $FLEET/backend/backend.toml
           $BACKEND devices --config $FLEET/backend/backend.toml
-          curl -s http://127.0.0.1:$HTTP_PORT/api/alerts
+          curl -s -H "Authorization: Bearer \$(cat $FLEET/backend/api.token)" http://127.0.0.1:$HTTP_PORT/api/alerts
   Logs:   $FLEET/{agent/agent.log,backend/backend.log,broker/mosquitto.log}.  Ctrl-C stops everything.
 
 EOF

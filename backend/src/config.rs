@@ -144,9 +144,50 @@ fn default_max_alerts_per_device() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address of the HTTP JSON API.
+    /// Address of the HTTP JSON API and the console.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Certificate chain (PEM) and private key (PEM) of the listener: HTTPS. Required to
+    /// listen beyond the loopback interface.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// A session ends after this long without a request...
+    #[serde(default = "default_session_idle", deserialize_with = "duration")]
+    pub session_idle: Duration,
+    /// ...and this long after the login in any case.
+    #[serde(default = "default_session_lifetime", deserialize_with = "duration")]
+    pub session_lifetime: Duration,
+    /// Failed logins of one user name, and from one client address, within
+    /// `login_window`, after which logins are answered 429 until the window has passed.
+    #[serde(default = "default_login_failures_per_user")]
+    pub login_failures_per_user: u32,
+    #[serde(default = "default_login_failures_per_address")]
+    pub login_failures_per_address: u32,
+    #[serde(default = "default_login_window", deserialize_with = "duration")]
+    pub login_window: Duration,
+}
+
+impl HttpConfig {
+    /// With `tls_cert` and `tls_key`: HTTPS.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        self.tls_cert.as_deref().zip(self.tls_key.as_deref())
+    }
+}
+
+fn default_session_idle() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn default_session_lifetime() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_login_failures_per_user() -> u32 {
+    5
+}
+fn default_login_failures_per_address() -> u32 {
+    20
+}
+fn default_login_window() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +304,24 @@ impl Config {
                 broker.max_queued_messages > 0,
                 "broker.max_queued_messages = 0 (no limit) is refused: with it Mosquitto 2.0.11 \
                  drops the connection of a client whose publication its ACL refuses"
+            );
+        }
+        if let Some(http) = &config.http {
+            anyhow::ensure!(
+                http.tls_cert.is_some() == http.tls_key.is_some(),
+                "http.tls_cert and http.tls_key go together: set both or neither"
+            );
+            anyhow::ensure!(
+                http.listen.ip().is_loopback() || http.tls().is_some(),
+                "http.listen = \"{}\" is beyond the loopback interface: set http.tls_cert and \
+                 http.tls_key (passwords and session cookies must not cross a network in clear), \
+                 or listen on 127.0.0.1",
+                http.listen
+            );
+            anyhow::ensure!(
+                http.login_failures_per_user > 0 && http.login_failures_per_address > 0,
+                "http.login_failures_per_user and http.login_failures_per_address must be at \
+                 least 1"
             );
         }
         let limits = &config.limits;

@@ -1,5 +1,6 @@
 //! `picket-backend`: the fleet backend. `serve` ingests what devices publish over MQTT into a
-//! store and answers an HTTP JSON API; the other commands query the store or push policies.
+//! store and answers an HTTP JSON API; the other commands query the store, push policies or
+//! manage the API's users.
 //! Documented in `docs/BACKEND.md`. This file parses the arguments; the library
 //! (`src/lib.rs`, the commands in `src/cmd/`) does the work.
 
@@ -12,7 +13,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use picket_backend::cmd::query::{self, AlertFormat};
-use picket_backend::cmd::{self, push, serve};
+use picket_backend::cmd::{self, push, serve, user};
 use picket_backend::{broker, config, ingest, store};
 
 #[derive(Parser)]
@@ -54,6 +55,9 @@ enum Command {
     /// Policy distribution.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The users of the HTTP API and the console.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Writes the managed broker's ACL for these backend certificate CNs to standard output
     /// (`bench/backend.sh` configures its Mosquitto with it).
     #[command(hide = true)]
@@ -110,6 +114,29 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is the first line of standard input, or generated and printed
+    /// once with --generate.
+    Add {
+        name: String,
+        /// `viewer` (reads), `operator` (and triage) or `admin` (and policy push, audit log).
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        generate: bool,
+    },
+    /// Print a new API token of a user (shown once; kept hashed).
+    Token { name: String },
+    /// The users and their roles.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user, with its sessions and API tokens.
+    Remove { name: String },
 }
 
 fn main() {
@@ -173,6 +200,24 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }) => {
             let all_good = push::run(&required()?, device, group, *timeout, bundle)?;
             return Ok(if all_good { 0 } else { 2 });
+        }
+        Command::User(command) => {
+            // `user add` may come before the first `serve`: it creates the store.
+            let config = match cmd::load_config(cli.config.as_deref(), false)? {
+                Some(c) => c,
+                None => config::Config::parse("")?,
+            };
+            let mut store = store::open(&config.store, cli.db.as_deref(), true)?;
+            match command {
+                UserCommand::Add {
+                    name,
+                    role,
+                    generate,
+                } => user::add(&mut *store, name, role, *generate)?,
+                UserCommand::Token { name } => user::token(&mut *store, name)?,
+                UserCommand::List { json } => user::list(&mut *store, *json)?,
+                UserCommand::Remove { name } => user::remove(&mut *store, name)?,
+            }
         }
         Command::BrokerAcl { backend_cn } => {
             let cns: Vec<&str> = backend_cn.iter().map(String::as_str).collect();

@@ -1,5 +1,6 @@
 //! The broker, the backend and the devices of these tests.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -143,6 +144,10 @@ impl Backend {
     /// Starts `serve` with `name.toml` and waits until it has subscribed.
     pub fn start(broker: &Broker, name: &str, extra: &str) -> Backend {
         let config = broker.backend_config(name, extra);
+        if let Some(port) = http_port(extra) {
+            let token = admin_token(&config, ADMIN);
+            TOKENS.lock().unwrap().insert(port, token);
+        }
         let log = broker.path(&format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = backend_bin()
@@ -417,12 +422,62 @@ impl Drop for Device {
     }
 }
 
-/// A GET on the backend's HTTP API: (status code, JSON body).
+/// The admin every backend with an HTTP API started by [`Backend::start`] has.
+pub const ADMIN: &str = "e2e-admin";
+
+/// The API token of [`ADMIN`] of the backend listening on each port.
+static TOKENS: Mutex<BTreeMap<u16, String>> = Mutex::new(BTreeMap::new());
+
+/// The port of `listen = "127.0.0.1:PORT"` in an `[http]` section.
+fn http_port(extra: &str) -> Option<u16> {
+    let (_, http) = extra.split_once("[http]")?;
+    let (_, rest) = http.split_once("listen = \"127.0.0.1:")?;
+    rest.split('"').next()?.parse().ok()
+}
+
+/// Adds the user `name` (admin, generated password) to the store of `config` and returns a new
+/// API token of it, both with the CLI.
+pub fn admin_token(config: &std::path::Path, name: &str) -> String {
+    let out = backend_bin()
+        .arg("--config")
+        .arg(config)
+        .args(["user", "add", name, "--role", "admin", "--generate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "user add: {}", text(&out));
+    user_token(config, name)
+}
+
+/// A new API token of the user `name`, made with the CLI.
+pub fn user_token(config: &std::path::Path, name: &str) -> String {
+    let out = backend_bin()
+        .arg("--config")
+        .arg(config)
+        .args(["user", "token", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "user token: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The API token of the backend listening on `port` (see [`Backend::start`]).
+pub fn token_of(port: u16) -> String {
+    TOKENS
+        .lock()
+        .unwrap()
+        .get(&port)
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend with an HTTP API on port {port}"))
+}
+
+/// A GET on the backend's HTTP API with its admin's token: (status code, JSON body).
 pub fn http_get(port: u16, path: &str) -> (u16, Value) {
+    let token = token_of(port);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();

@@ -1,27 +1,94 @@
-//! The HTTP JSON API of `serve` (read-only), documented in `docs/BACKEND.md`.
+//! The HTTP JSON API of `serve`, documented in `docs/BACKEND.md`: the endpoints ([`ENDPOINTS`],
+//! each with the role it needs), the router, and the shared state and errors. By folder:
+//! [`auth`] (login, sessions, API tokens, CSRF, the authorization layer), [`alerts`] (the
+//! reads), [`triage`] (triage and the audit log), [`events`] (live events).
+
+mod alerts;
+pub mod auth;
+mod events;
+#[cfg(test)]
+mod tests;
+mod triage;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::ingest::now_ms;
+use crate::config::HttpConfig;
 use crate::store::Store;
 
+pub use auth::Role;
+
+/// An endpoint of the API and the role it needs (`None`: open to anyone, only the login).
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    pub role: Option<Role>,
+}
+
+const fn endpoint(method: Method, path: &'static str, role: Option<Role>) -> Endpoint {
+    Endpoint { method, path, role }
+}
+
+/// Every endpoint of the API, in one place: the router is built from it, and the tests walk it.
+pub const ENDPOINTS: &[Endpoint] = &[
+    endpoint(Method::POST, "/api/login", None),
+    endpoint(Method::POST, "/api/logout", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/me", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/overview", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/devices", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/devices/{id}/gaps", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/gaps", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/alerts", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/alerts/{id}", Some(Role::Viewer)),
+    endpoint(
+        Method::POST,
+        "/api/alerts/{id}/triage",
+        Some(Role::Operator),
+    ),
+    endpoint(Method::GET, "/api/events", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/refused", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/policy-results", Some(Role::Viewer)),
+    endpoint(Method::GET, "/api/audit", Some(Role::Admin)),
+];
+
+/// The handler of an endpoint of [`ENDPOINTS`].
+fn handler(e: &Endpoint) -> MethodRouter<Api> {
+    match e.path {
+        "/api/login" => post(auth::login),
+        "/api/logout" => post(auth::logout),
+        "/api/me" => get(auth::me),
+        "/api/overview" => get(alerts::overview),
+        "/api/devices" => get(alerts::devices),
+        "/api/devices/{id}/gaps" => get(alerts::device_gaps),
+        "/api/gaps" => get(alerts::gaps),
+        "/api/alerts" => get(alerts::alerts),
+        "/api/alerts/{id}" => get(alerts::alert),
+        "/api/alerts/{id}/triage" => post(triage::set),
+        "/api/events" => get(events::events),
+        "/api/refused" => get(alerts::refused),
+        "/api/policy-results" => get(alerts::policy_results),
+        "/api/audit" => get(triage::audit),
+        other => unreachable!("no handler for {other}"),
+    }
+}
+
+/// What the handlers share.
 #[derive(Clone)]
-struct Api {
+pub(crate) struct Api {
     store: Arc<Mutex<Box<dyn Store>>>,
     heartbeat_timeout: Duration,
+    auth: Arc<auth::Auth>,
+    events: events::Hub,
 }
 
 /// An error answered as `{"error": "..."}`.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -33,41 +100,67 @@ fn bad_request(e: String) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, e)
 }
 
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    log::error!("API: {e:#}");
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+}
+
 /// Runs a query on a blocking thread (SQLite is synchronous).
 async fn query<T, F>(api: &Api, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&mut dyn Store) -> anyhow::Result<T> + Send + 'static,
 {
-    let store = api.store.clone();
+    run_query(&api.store, f).await.map_err(internal)
+}
+
+/// [`query`] on a store.
+async fn run_query<T, F>(store: &Arc<Mutex<Box<dyn Store>>>, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Store) -> anyhow::Result<T> + Send + 'static,
+{
+    let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let mut store = store
             .lock()
             .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
         f(store.as_mut())
     })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| {
-        log::error!("API query failed: {e:#}");
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
-    })
+    .await?
 }
 
-pub fn router(store: Box<dyn Store>, heartbeat_timeout: Duration) -> Router {
+/// The API over `store` (the reader connection of `serve`), with the sessions and login
+/// limits of `http` (session cookies are `Secure` when it has TLS), and the console's pages;
+/// every response has the console's security headers. Starts the task that feeds the live
+/// events, so it is called in a tokio runtime.
+pub fn router(store: Box<dyn Store>, heartbeat_timeout: Duration, http: &HttpConfig) -> Router {
+    let store = Arc::new(Mutex::new(store));
     let api = Api {
-        store: Arc::new(Mutex::new(store)),
+        events: events::Hub::start(store.clone()),
+        store,
         heartbeat_timeout,
+        auth: Arc::new(auth::Auth::new(http)),
     };
-    Router::new()
-        .route("/api/devices", get(devices))
-        .route("/api/devices/{id}/gaps", get(device_gaps))
-        .route("/api/gaps", get(gaps))
-        .route("/api/alerts", get(alerts))
-        .route("/api/refused", get(refused))
-        .route("/api/policy-results", get(policy_results))
+    let mut router = Router::new();
+    for e in ENDPOINTS {
+        let mut route = handler(e);
+        if let Some(role) = e.role {
+            route = route.route_layer(axum::middleware::from_fn_with_state(
+                (api.clone(), role),
+                auth::authorize,
+            ));
+        }
+        router = router.route(e.path, route);
+    }
+    router
         .fallback(|| async { bad_path() })
         .with_state(api)
+        // The console's page and assets need no authentication: all its data comes from here.
+        .merge(crate::console::router())
+        .layer(axum::middleware::map_response(|r: Response| async move {
+            crate::console::add_security_headers(r)
+        }))
 }
 
 fn bad_path() -> ApiError {
@@ -75,94 +168,4 @@ fn bad_path() -> ApiError {
         StatusCode::NOT_FOUND,
         "no such endpoint (see docs/BACKEND.md)".into(),
     )
-}
-
-async fn devices(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let timeout = api.heartbeat_timeout;
-    let rows = query(&api, move |s| s.devices(now_ms(), timeout)).await?;
-    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
-}
-
-fn check_device(id: &str) -> Result<(), ApiError> {
-    picket_proto::topic::check_device_id(id).map_err(|e| bad_request(e.to_string()))
-}
-
-async fn device_gaps(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    check_device(&id)?;
-    let rows = query(&api, move |s| s.gaps(Some(&id))).await?;
-    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
-}
-
-async fn gaps(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let rows = query(&api, |s| s.gaps(None)).await?;
-    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AlertParams {
-    device: Option<String>,
-    since: Option<String>,
-    kind: Option<String>,
-    severity: Option<String>,
-    limit: Option<u64>,
-    format: Option<String>,
-}
-
-async fn alerts(
-    State(api): State<Api>,
-    params: Result<Query<AlertParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(p) = params.map_err(|e| bad_request(e.body_text()))?;
-    let ocsf = match p.format.as_deref() {
-        None | Some("picket") => false,
-        Some("ocsf") => true,
-        Some(other) => {
-            return Err(bad_request(format!(
-                "unknown format `{other}` (picket or ocsf)"
-            )))
-        }
-    };
-    let empty = |v: Option<String>| v.filter(|s| !s.is_empty());
-    let filter = crate::store::filter::alert_filter(
-        empty(p.device),
-        empty(p.since).as_deref(),
-        empty(p.kind),
-        empty(p.severity),
-        p.limit,
-        now_ms(),
-    )
-    .map_err(bad_request)?;
-    let rows = query(&api, move |s| s.alerts(&filter)).await?;
-    Ok(Json(if ocsf {
-        Value::Array(rows.iter().map(crate::export::ocsf::finding).collect())
-    } else {
-        serde_json::to_value(rows).unwrap_or_default()
-    }))
-}
-
-async fn refused(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let rows = query(&api, |s| s.refused()).await?;
-    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeviceParam {
-    device: Option<String>,
-}
-
-async fn policy_results(
-    State(api): State<Api>,
-    params: Result<Query<DeviceParam>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(p) = params.map_err(|e| bad_request(e.body_text()))?;
-    if let Some(d) = &p.device {
-        check_device(d)?;
-    }
-    let rows = query(&api, move |s| s.policy_results(p.device.as_deref())).await?;
-    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
 }

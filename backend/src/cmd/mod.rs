@@ -1,10 +1,12 @@
 //! The commands of `picket-backend` (its arguments are parsed in `main.rs`): `serve`
-//! ([`serve`]), the queries ([`query`], printed by [`tables`]) and `policy push` ([`push`]).
+//! ([`serve`]), the queries ([`query`], printed by [`tables`]), `policy push` ([`push`]) and
+//! the users of the HTTP API ([`user`]).
 
 pub mod push;
 pub mod query;
 pub mod serve;
 pub mod tables;
+pub mod user;
 
 use std::path::Path;
 

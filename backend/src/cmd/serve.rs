@@ -1,7 +1,8 @@
 //! `picket-backend serve`: the managed broker (if configured), the ingest into the store, the
 //! HTTP API and the retention task, until SIGINT or SIGTERM.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,23 +110,120 @@ async fn serve_with(
     }
 }
 
-/// Binds the HTTP API's address and answers it from a task, with `reader`.
+/// Binds the HTTP API's address and answers it from a task, with `reader`: plain HTTP, or
+/// HTTPS with `tls_cert` and `tls_key`.
 async fn spawn_api(
     http: &config::HttpConfig,
     reader: Box<dyn Store>,
     config: &Config,
 ) -> anyhow::Result<()> {
-    let app = api::router(reader, config.devices.heartbeat_timeout);
+    // Read before binding: unreadable certificates fail `serve` with their name.
+    let tls = match http.tls() {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config(
+            cert, key,
+        )?))),
+        None => None,
+    };
+    let app = api::router(reader, config.devices.heartbeat_timeout, http);
     let listener = tokio::net::TcpListener::bind(http.listen)
         .await
         .with_context(|| format!("binding the HTTP API to {}", http.listen))?;
-    log::info!("HTTP API on http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            log::error!("HTTP API: {e}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    log::info!(
+        "HTTP API and console on {scheme}://{}/",
+        listener.local_addr()?
+    );
+    match tls {
+        None => {
+            tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = axum::serve(listener, app).await {
+                    log::error!("HTTP API: {e}");
+                }
+            });
         }
-    });
+        Some(acceptor) => {
+            tokio::spawn(serve_tls(listener, acceptor, app));
+        }
+    }
     Ok(())
+}
+
+/// How long a client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections and answers each, once its TLS handshake is done, from a task of its
+/// own (a slow handshake does not hold up the others).
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+) {
+    use tower::ServiceExt;
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, for instance: wait rather than spin.
+                log::error!("HTTP API: accepting: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    log::debug!("HTTP API: TLS handshake with {peer}: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                log::debug!("HTTP API: connection of {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// The HTTPS listener's configuration: the certificate chain in `cert` and the private key in
+/// `key` (PEM), no client certificate.
+fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading http.tls_cert {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing http.tls_cert {}", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "{}: no certificate found",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading http.tls_key {}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("http.tls_cert and http.tls_key do not form a usable pair")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// Every `every`, deletes what was received longer than `retention` ago.

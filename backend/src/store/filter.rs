@@ -70,7 +70,19 @@ pub fn alert_filter(
         kind,
         severity,
         limit: Some(limit),
+        ..Default::default()
     })
+}
+
+/// Checks a triage state (`open`, `acknowledged` or `resolved`).
+pub fn check_triage(state: &str) -> Result<(), String> {
+    if crate::store::TRIAGE_STATES.contains(&state) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown triage state `{state}` (open, acknowledged or resolved)"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,11 @@
 //! an alert query's textual parameters into an [`AlertFilter`].
 //!
 //! Alerts are keyed by `(device_id, seq)`: a message the broker delivers twice is stored once.
+//! Each also has a store-wide `id`, increasing in the order stored. The accounts of the HTTP
+//! API (users, sessions, API tokens), the alerts' triage and the audit log are kept here too
+//! (`accounts.rs`).
 
+mod accounts;
 pub mod filter;
 mod postgres;
 mod sql;
@@ -70,6 +74,84 @@ pub struct AlertRow {
     pub process: Option<Value>,
     /// The wire format it arrived in (`postcard` or `json`).
     pub format: String,
+}
+
+/// What an operator said of an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Triage {
+    /// `open`, `acknowledged` or `resolved`.
+    pub state: String,
+    pub note: String,
+    /// The user who set it.
+    pub by: String,
+    pub time_ms: u64,
+}
+
+/// The triage states, in the order of their life.
+pub const TRIAGE_STATES: [&str; 3] = ["open", "acknowledged", "resolved"];
+
+/// A stored alert with its store-wide id (increasing in the order stored: the cursor of the
+/// HTTP API's pages and live events) and its triage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredAlert {
+    pub id: u64,
+    #[serde(flatten)]
+    pub alert: AlertRow,
+    pub triage: Option<Triage>,
+}
+
+/// How many alerts of a severity and kind were received in an hour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertCount {
+    /// The start of the hour (ms since the epoch).
+    pub bucket_ms: u64,
+    pub severity: String,
+    pub kind: String,
+    pub count: u64,
+}
+
+/// A user of the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserRow {
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// The Argon2id hash of the password (PHC string).
+    #[serde(skip)]
+    pub password_hash: String,
+    pub created_ms: u64,
+}
+
+/// A session of the HTTP API, found by the SHA-256 of its cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub user: String,
+    pub role: String,
+    pub csrf: String,
+    pub created_ms: u64,
+    pub last_ms: u64,
+}
+
+/// An entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRow {
+    pub time_ms: u64,
+    /// Who did it (for a failed login: the name given).
+    pub user: String,
+    /// `login`, `login_failed`, `logout`, `triage`, `policy_push`, `user_add`,
+    /// `user_remove`, `token_add`.
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// A triage change, as the live events tell it: the audit entry's id (the cursor) and the
+/// alert's triage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriageChange {
+    pub audit_id: u64,
+    pub alert_id: u64,
+    pub triage: Triage,
 }
 
 /// Sequence numbers missing between two stored alerts of a device.
@@ -158,6 +240,14 @@ pub struct AlertFilter {
     pub kind: Option<String>,
     pub severity: Option<String>,
     pub limit: Option<u64>,
+    /// Received at or before this time.
+    pub until_ms: Option<u64>,
+    /// Text found (case-insensitively) in the path, rule, kind or details.
+    pub text: Option<String>,
+    /// `open` (no triage, or set back to open), `acknowledged` or `resolved`.
+    pub triage: Option<String>,
+    /// The alerts after this one (by its id) in the order of the answer: the next page.
+    pub before: Option<u64>,
 }
 
 /// The storage the backend needs; SQLite is the default implementation.
@@ -222,9 +312,77 @@ pub trait Store: Send {
         now_ms: u64,
         heartbeat_timeout: Duration,
     ) -> anyhow::Result<Vec<DeviceRow>>;
-    /// Newest first: by `received_ms`, then device id and sequence number, all descending
-    /// (the order of the indexes that serve the filters).
-    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>>;
+    /// Newest first: by `received_ms`, then id, both descending (the order of the indexes
+    /// that serve the filters).
+    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
+        Ok(self
+            .stored_alerts(filter)?
+            .into_iter()
+            .map(|a| a.alert)
+            .collect())
+    }
+    /// [`Store::alerts`] with their ids and triage.
+    fn stored_alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<StoredAlert>>;
+    fn alert(&mut self, id: u64) -> anyhow::Result<Option<StoredAlert>>;
+    /// At most `limit` alerts of an id above `after`, by id.
+    fn alerts_after(&mut self, after: u64, limit: u64) -> anyhow::Result<Vec<StoredAlert>>;
+    /// The highest alert id given so far (0 when none).
+    fn last_alert_id(&mut self) -> anyhow::Result<u64>;
+    /// Alerts received since `since_ms`, counted by hour, severity and kind.
+    fn alert_counts(&mut self, since_ms: u64) -> anyhow::Result<Vec<AlertCount>>;
+    /// All stored alerts, counted by severity.
+    fn severity_counts(&mut self) -> anyhow::Result<Vec<(String, u64)>>;
+
+    /// Adds a user; `false` when the name is taken.
+    fn add_user(
+        &mut self,
+        name: &str,
+        role: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> anyhow::Result<bool>;
+    fn user(&mut self, name: &str) -> anyhow::Result<Option<UserRow>>;
+    fn users(&mut self) -> anyhow::Result<Vec<UserRow>>;
+    /// Removes a user with its sessions and API tokens; `false` when there was none.
+    fn remove_user(&mut self, name: &str) -> anyhow::Result<bool>;
+    /// Keeps an API token (its SHA-256, hex) of a user.
+    fn add_token(&mut self, sha256: &str, user: &str, now_ms: u64) -> anyhow::Result<()>;
+    /// The user and role an API token (its SHA-256) belongs to.
+    fn token_user(&mut self, sha256: &str) -> anyhow::Result<Option<(String, String)>>;
+    fn add_session(
+        &mut self,
+        sha256: &str,
+        user: &str,
+        csrf: &str,
+        now_ms: u64,
+    ) -> anyhow::Result<()>;
+    fn session(&mut self, sha256: &str) -> anyhow::Result<Option<SessionRow>>;
+    fn touch_session(&mut self, sha256: &str, now_ms: u64) -> anyhow::Result<()>;
+    /// `false` when there was no such session.
+    fn delete_session(&mut self, sha256: &str) -> anyhow::Result<bool>;
+    /// Deletes the sessions idle since before `idle_before_ms` or created before
+    /// `created_before_ms`.
+    fn expire_sessions(
+        &mut self,
+        idle_before_ms: u64,
+        created_before_ms: u64,
+    ) -> anyhow::Result<u64>;
+    /// Sets an alert's triage and audits it, together; `None` when the alert is not stored.
+    fn set_triage(
+        &mut self,
+        alert_id: u64,
+        state: &str,
+        note: &str,
+        by: &str,
+        now_ms: u64,
+    ) -> anyhow::Result<Option<Triage>>;
+    fn audit(&mut self, entry: &AuditRow) -> anyhow::Result<()>;
+    /// Newest first, at most `limit`.
+    fn audit_log(&mut self, limit: u64) -> anyhow::Result<Vec<AuditRow>>;
+    /// Triage changes audited after the audit entry `after`, oldest first.
+    fn triage_changes(&mut self, after: u64, limit: u64) -> anyhow::Result<Vec<TriageChange>>;
+    /// The highest audit entry id (0 when none).
+    fn last_audit_id(&mut self) -> anyhow::Result<u64>;
     fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>>;
     fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>>;
     /// Newest first.
@@ -309,8 +467,115 @@ impl<D: sql::Database> Store for D {
         self.read(|db| sql::devices(db, now_ms, heartbeat_timeout))
     }
 
-    fn alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
+    fn stored_alerts(&mut self, filter: &AlertFilter) -> anyhow::Result<Vec<StoredAlert>> {
         self.read(|db| sql::alerts(db, filter))
+    }
+
+    fn alert(&mut self, id: u64) -> anyhow::Result<Option<StoredAlert>> {
+        self.read(|db| accounts::alert(db, id))
+    }
+
+    fn alerts_after(&mut self, after: u64, limit: u64) -> anyhow::Result<Vec<StoredAlert>> {
+        self.read(|db| accounts::alerts_after(db, after, limit))
+    }
+
+    fn last_alert_id(&mut self) -> anyhow::Result<u64> {
+        self.read(accounts::last_alert_id)
+    }
+
+    fn alert_counts(&mut self, since_ms: u64) -> anyhow::Result<Vec<AlertCount>> {
+        self.read(|db| accounts::alert_counts(db, since_ms))
+    }
+
+    fn severity_counts(&mut self) -> anyhow::Result<Vec<(String, u64)>> {
+        self.read(accounts::severity_counts)
+    }
+
+    fn add_user(
+        &mut self,
+        name: &str,
+        role: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> anyhow::Result<bool> {
+        self.atomic(|db| accounts::add_user(db, name, role, password_hash, now_ms))
+    }
+
+    fn user(&mut self, name: &str) -> anyhow::Result<Option<UserRow>> {
+        self.read(|db| accounts::user(db, name))
+    }
+
+    fn users(&mut self) -> anyhow::Result<Vec<UserRow>> {
+        self.read(accounts::users)
+    }
+
+    fn remove_user(&mut self, name: &str) -> anyhow::Result<bool> {
+        self.atomic(|db| accounts::remove_user(db, name))
+    }
+
+    fn add_token(&mut self, sha256: &str, user: &str, now_ms: u64) -> anyhow::Result<()> {
+        self.atomic(|db| accounts::add_token(db, sha256, user, now_ms))
+    }
+
+    fn token_user(&mut self, sha256: &str) -> anyhow::Result<Option<(String, String)>> {
+        self.read(|db| accounts::token_user(db, sha256))
+    }
+
+    fn add_session(
+        &mut self,
+        sha256: &str,
+        user: &str,
+        csrf: &str,
+        now_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| accounts::add_session(db, sha256, user, csrf, now_ms))
+    }
+
+    fn session(&mut self, sha256: &str) -> anyhow::Result<Option<SessionRow>> {
+        self.read(|db| accounts::session(db, sha256))
+    }
+
+    fn touch_session(&mut self, sha256: &str, now_ms: u64) -> anyhow::Result<()> {
+        self.atomic(|db| accounts::touch_session(db, sha256, now_ms))
+    }
+
+    fn delete_session(&mut self, sha256: &str) -> anyhow::Result<bool> {
+        self.atomic(|db| accounts::delete_session(db, sha256))
+    }
+
+    fn expire_sessions(
+        &mut self,
+        idle_before_ms: u64,
+        created_before_ms: u64,
+    ) -> anyhow::Result<u64> {
+        self.atomic(|db| accounts::expire_sessions(db, idle_before_ms, created_before_ms))
+    }
+
+    fn set_triage(
+        &mut self,
+        alert_id: u64,
+        state: &str,
+        note: &str,
+        by: &str,
+        now_ms: u64,
+    ) -> anyhow::Result<Option<Triage>> {
+        self.atomic(|db| accounts::set_triage(db, alert_id, state, note, by, now_ms))
+    }
+
+    fn audit(&mut self, entry: &AuditRow) -> anyhow::Result<()> {
+        self.atomic(|db| accounts::audit(db, entry, None))
+    }
+
+    fn audit_log(&mut self, limit: u64) -> anyhow::Result<Vec<AuditRow>> {
+        self.read(|db| accounts::audit_log(db, limit))
+    }
+
+    fn triage_changes(&mut self, after: u64, limit: u64) -> anyhow::Result<Vec<TriageChange>> {
+        self.read(|db| accounts::triage_changes(db, after, limit))
+    }
+
+    fn last_audit_id(&mut self) -> anyhow::Result<u64> {
+        self.read(accounts::last_audit_id)
     }
 
     fn gaps(&mut self, device: Option<&str>) -> anyhow::Result<Vec<Gap>> {

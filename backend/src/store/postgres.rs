@@ -9,8 +9,9 @@ use postgres::{Client, GenericClient, NoTls, Row};
 use super::sql::{dollar, Arg, Columns, Database, Db};
 use super::Store;
 
-/// 2 added the devices' `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]).
-const SCHEMA_VERSION: i64 = 2;
+/// 2 added the devices' `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]); 3 the
+/// alerts' `id` and the tables of the HTTP API ([`UPGRADE_FROM_2`], [`TABLES_3`]).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS picket_schema (version BIGINT NOT NULL);
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS devices (
     quota_removed BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS alerts (
+    id BIGSERIAL NOT NULL,
     device_id TEXT NOT NULL,
     seq BIGINT NOT NULL,
     boot_id TEXT NOT NULL,
@@ -48,9 +50,6 @@ CREATE TABLE IF NOT EXISTS alerts (
     format TEXT NOT NULL,
     PRIMARY KEY (device_id, seq)
 );
-CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received_ms);
-CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms);
-CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms);
 CREATE TABLE IF NOT EXISTS refused (
     reason TEXT NOT NULL,
     device_id TEXT NOT NULL,
@@ -87,6 +86,68 @@ ALTER TABLE devices ADD COLUMN IF NOT EXISTS quota_removed BIGINT NOT NULL DEFAU
 UPDATE devices SET stored_alerts =
     (SELECT count(*) FROM alerts a WHERE a.device_id = devices.device_id);
 UPDATE picket_schema SET version = 2;
+";
+
+/// From version 2: the alerts get an `id` from a sequence, the existing ones numbered in the
+/// order they were received; the indexes are rebuilt to end with it (by [`TABLES_3`]).
+const UPGRADE_FROM_2: &str = "
+ALTER TABLE alerts ADD COLUMN id BIGINT;
+UPDATE alerts SET id = n.rn FROM (
+    SELECT device_id, seq, row_number() OVER (ORDER BY received_ms, device_id, seq) AS rn
+    FROM alerts) AS n
+WHERE alerts.device_id = n.device_id AND alerts.seq = n.seq;
+CREATE SEQUENCE alerts_id_seq OWNED BY alerts.id;
+SELECT setval('alerts_id_seq', (SELECT COALESCE(max(id), 0) + 1 FROM alerts), false);
+ALTER TABLE alerts ALTER COLUMN id SET DEFAULT nextval('alerts_id_seq'),
+    ALTER COLUMN id SET NOT NULL;
+DROP INDEX IF EXISTS alerts_received;
+DROP INDEX IF EXISTS alerts_device_received;
+DROP INDEX IF EXISTS alerts_kind_received;
+UPDATE picket_schema SET version = 3;
+";
+
+/// What version 3 adds, created once the alerts have their `id`: the alert indexes (ending
+/// with it, the alert queries' order) and the tables of the HTTP API.
+const TABLES_3: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_id ON alerts (id);
+CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received_ms, id);
+CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms, id);
+CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms, id);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    sha256 TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    last_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_name);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    sha256 TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS triage (
+    alert_id BIGINT PRIMARY KEY,
+    state TEXT NOT NULL,
+    note TEXT NOT NULL,
+    by_user TEXT NOT NULL,
+    time_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id BIGSERIAL PRIMARY KEY,
+    time_ms BIGINT NOT NULL,
+    user_name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    alert_id BIGINT
+);
 ";
 
 /// A store in PostgreSQL.
@@ -130,14 +191,22 @@ impl PgStore {
                     &[&SCHEMA_VERSION],
                 )?;
             }
-            Some(1) => tx
-                .batch_execute(UPGRADE_FROM_1)
-                .context("upgrading the schema from version 1")?,
+            Some(1) => {
+                tx.batch_execute(UPGRADE_FROM_1)
+                    .context("upgrading the schema from version 1")?;
+                tx.batch_execute(UPGRADE_FROM_2)
+                    .context("upgrading the schema from version 2")?;
+            }
+            Some(2) => tx
+                .batch_execute(UPGRADE_FROM_2)
+                .context("upgrading the schema from version 2")?,
             Some(SCHEMA_VERSION) => {}
             Some(other) => anyhow::bail!(
                 "schema version {other} is newer than this backend's ({SCHEMA_VERSION})"
             ),
         }
+        tx.batch_execute(TABLES_3)
+            .context("creating the indexes and tables")?;
         tx.commit()?;
         Ok(PgStore {
             client: Some(client),

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::{
     heartbeat_counters, presence, restart_gap, AlertFilter, AlertRow, DeviceRow, Gap,
-    PolicyResultRow, RefusedRow, MAX_LIMITED_RANGES, MAX_POLICY_RESULTS_PER_DEVICE,
+    PolicyResultRow, RefusedRow, StoredAlert, Triage, MAX_LIMITED_RANGES,
+    MAX_POLICY_RESULTS_PER_DEVICE,
 };
 
 /// What each store says of itself: how a write is made atomic, how a read reaches the
@@ -64,38 +65,38 @@ pub(crate) fn int(v: u64) -> Arg<'static> {
     Arg::Int(Some(i64::try_from(v).unwrap_or(i64::MAX)))
 }
 
-fn uint(v: i64) -> u64 {
+pub(super) fn uint(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn text(v: &str) -> Arg<'_> {
+pub(super) fn text(v: &str) -> Arg<'_> {
     Arg::Text(Some(v))
 }
 
 /// A column that must not be NULL.
-fn some<T>(v: Option<T>, i: usize) -> anyhow::Result<T> {
+pub(super) fn some<T>(v: Option<T>, i: usize) -> anyhow::Result<T> {
     v.with_context(|| format!("column {i} is NULL"))
 }
 
-fn get_uint(r: &dyn Columns, i: usize) -> anyhow::Result<u64> {
+pub(super) fn get_uint(r: &dyn Columns, i: usize) -> anyhow::Result<u64> {
     Ok(uint(some(r.int(i)?, i)?))
 }
 
-fn get_opt_uint(r: &dyn Columns, i: usize) -> anyhow::Result<Option<u64>> {
+pub(super) fn get_opt_uint(r: &dyn Columns, i: usize) -> anyhow::Result<Option<u64>> {
     Ok(r.int(i)?.map(uint))
 }
 
-fn get_text(r: &dyn Columns, i: usize) -> anyhow::Result<String> {
+pub(super) fn get_text(r: &dyn Columns, i: usize) -> anyhow::Result<String> {
     some(r.text(i)?, i)
 }
 
 /// JSON stored as text: the value, or the text itself if it is not JSON.
-fn json(text: String) -> Value {
+pub(super) fn json(text: String) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::String(text))
 }
 
 /// The rows of a query, each mapped by `map`.
-fn rows<T>(
+pub(super) fn rows<T>(
     db: &mut dyn Db,
     sql: &str,
     args: &[Arg],
@@ -206,6 +207,10 @@ const FORGET_LIMITED: &str = "DELETE FROM limited WHERE device_id = ?1 AND first
 const LIMITED: &str = "SELECT device_id, first_seq, last_seq FROM limited
      WHERE CAST(?1 AS TEXT) IS NULL OR device_id = ?1 ORDER BY device_id, first_seq";
 
+/// The triage of alerts no longer stored (removed by the quota or retention).
+const DELETE_ORPHAN_TRIAGE: &str = "DELETE FROM triage
+     WHERE NOT EXISTS (SELECT 1 FROM alerts a WHERE a.id = triage.alert_id)";
+
 const DELETE_POLICY_RESULTS: &str = "DELETE FROM policy_results WHERE received_ms < ?1";
 
 const DEVICES: &str = "SELECT d.device_id, d.first_seen_ms, d.last_seen_ms, d.status, d.status_ms,
@@ -294,11 +299,14 @@ pub(crate) fn enforce_quota(
     }
     let removed = db.execute(DELETE_OLDEST, &[text(device_id), int(stored - max_alerts)])?;
     db.execute(COUNT_REMOVED, &[text(device_id), int(removed)])?;
+    if removed > 0 {
+        db.execute(DELETE_ORPHAN_TRIAGE, &[])?;
+    }
     Ok(removed)
 }
 
 /// The first integer of a one-row query (`count(*)`).
-fn count_of(db: &mut dyn Db, sql: &str, args: &[Arg]) -> anyhow::Result<u64> {
+pub(super) fn count_of(db: &mut dyn Db, sql: &str, args: &[Arg]) -> anyhow::Result<u64> {
     let mut n = 0;
     db.query(sql, args, &mut |r| {
         n = get_uint(r, 0)?;
@@ -475,6 +483,9 @@ pub(crate) fn delete_before(db: &mut dyn Db, before_ms: u64) -> anyhow::Result<u
         db.execute(UNCOUNT_STORED, &[text(id), int(*n)])?;
     }
     db.execute(DELETE_POLICY_RESULTS, &[int(before_ms)])?;
+    if alerts > 0 {
+        db.execute(DELETE_ORPHAN_TRIAGE, &[])?;
+    }
     Ok(alerts)
 }
 
@@ -516,66 +527,19 @@ pub(crate) enum QueryArg {
     Int(i64),
 }
 
-/// The alerts query for `filter`, with a `WHERE` clause of only the filters given (so that an
-/// index bounds what is read: `(device_id, received_ms)`, `(kind, received_ms)` or
-/// `(received_ms)`) and an order every one of these indexes gives when read backwards (ties
-/// on `received_ms` by device id, then sequence number: the primary key's columns, which end
-/// every index entry). `placeholder(n)` writes the n-th parameter (1-based): `?n` or `$n`.
-pub(crate) fn alerts_query(
-    filter: &AlertFilter,
-    placeholder: fn(usize) -> String,
-) -> (String, Vec<QueryArg>) {
-    let mut clauses = Vec::new();
-    let mut args = Vec::new();
-    let mut bind = |column: &str, op: &str, arg: QueryArg| {
-        args.push(arg);
-        clauses.push(format!("{column} {op} {}", placeholder(args.len())));
-    };
-    if let Some(device) = &filter.device {
-        bind("device_id", "=", QueryArg::Text(device.clone()));
-    }
-    if let Some(since) = filter.since_ms {
-        bind(
-            "received_ms",
-            ">=",
-            QueryArg::Int(i64::try_from(since).unwrap_or(i64::MAX)),
-        );
-    }
-    if let Some(kind) = &filter.kind {
-        bind("kind", "=", QueryArg::Text(kind.clone()));
-    }
-    if let Some(severity) = &filter.severity {
-        bind("severity", "=", QueryArg::Text(severity.clone()));
-    }
-    let mut sql = String::from(
-        "SELECT device_id, seq, boot_id, time_ms, received_ms, kind, severity, rule, path,
-                details, count, first_ms, last_ms, process, format
-         FROM alerts",
-    );
-    if !clauses.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&clauses.join(" AND "));
-    }
-    sql.push_str(" ORDER BY received_ms DESC, device_id DESC, seq DESC");
-    if let Some(limit) = filter.limit {
-        args.push(QueryArg::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
-        sql.push_str(&format!(" LIMIT {}", placeholder(args.len())));
-    }
-    (sql, args)
-}
+/// The columns of a [`StoredAlert`] (read by [`stored_alert`]), of `alerts a` left-joined
+/// with `triage t`.
+pub(super) const ALERT_COLUMNS: &str =
+    "SELECT a.device_id, a.seq, a.boot_id, a.time_ms, a.received_ms, a.kind, a.severity, a.rule,
+            a.path, a.details, a.count, a.first_ms, a.last_ms, a.process, a.format, a.id,
+            t.state, t.note, t.by_user, t.time_ms
+     FROM alerts a LEFT JOIN triage t ON t.alert_id = a.id";
 
-/// [`super::Store::alerts`]: the query of [`alerts_query`], with `?n` placeholders.
-pub(crate) fn alerts(db: &mut dyn Db, filter: &AlertFilter) -> anyhow::Result<Vec<AlertRow>> {
-    let (sql, args) = alerts_query(filter, |n| format!("?{n}"));
-    let args: Vec<Arg> = args
-        .iter()
-        .map(|a| match a {
-            QueryArg::Text(t) => Arg::Text(Some(t)),
-            QueryArg::Int(i) => Arg::Int(Some(*i)),
-        })
-        .collect();
-    rows(db, &sql, &args, |r| {
-        Ok(AlertRow {
+/// A row of [`ALERT_COLUMNS`].
+pub(super) fn stored_alert(r: &dyn Columns) -> anyhow::Result<StoredAlert> {
+    Ok(StoredAlert {
+        id: get_uint(r, 15)?,
+        alert: AlertRow {
             device_id: get_text(r, 0)?,
             seq: get_uint(r, 1)?,
             boot_id: get_text(r, 2)?,
@@ -591,8 +555,114 @@ pub(crate) fn alerts(db: &mut dyn Db, filter: &AlertFilter) -> anyhow::Result<Ve
             last_ms: get_uint(r, 12)?,
             process: r.text(13)?.map(json),
             format: get_text(r, 14)?,
-        })
+        },
+        triage: match r.text(16)? {
+            Some(state) => Some(Triage {
+                state,
+                note: get_text(r, 17)?,
+                by: get_text(r, 18)?,
+                time_ms: get_uint(r, 19)?,
+            }),
+            None => None,
+        },
     })
+}
+
+/// A `LIKE` pattern finding `text` anywhere, case-insensitively (`\` escapes).
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::from("%");
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// The alerts query for `filter`, with a `WHERE` clause of only the filters given (so that an
+/// index bounds what is read: `(device_id, received_ms)`, `(kind, received_ms)` or
+/// `(received_ms)`) and an order every one of these indexes gives when read backwards (ties
+/// on `received_ms` by id, which ends every index entry). `before` is a keyset cursor: the
+/// rows after that alert in this order (none when it is no longer stored).
+/// `placeholder(n)` writes the n-th parameter (1-based): `?n` or `$n`.
+pub(crate) fn alerts_query(
+    filter: &AlertFilter,
+    placeholder: fn(usize) -> String,
+) -> (String, Vec<QueryArg>) {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args = Vec::new();
+    let int = |v: u64| QueryArg::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    // Binds `arg` and returns its placeholder.
+    let mut param = |arg: QueryArg| {
+        args.push(arg);
+        placeholder(args.len())
+    };
+    let mut bind = |column: &str, op: &str, arg: QueryArg| {
+        let p = param(arg);
+        clauses.push(format!("{column} {op} {p}"));
+    };
+    if let Some(device) = &filter.device {
+        bind("a.device_id", "=", QueryArg::Text(device.clone()));
+    }
+    if let Some(since) = filter.since_ms {
+        bind("a.received_ms", ">=", int(since));
+    }
+    if let Some(until) = filter.until_ms {
+        bind("a.received_ms", "<=", int(until));
+    }
+    if let Some(kind) = &filter.kind {
+        bind("a.kind", "=", QueryArg::Text(kind.clone()));
+    }
+    if let Some(severity) = &filter.severity {
+        bind("a.severity", "=", QueryArg::Text(severity.clone()));
+    }
+    if let Some(state) = filter.triage.as_deref().filter(|s| *s != "open") {
+        bind("t.state", "=", QueryArg::Text(state.into()));
+    }
+    if filter.triage.as_deref() == Some("open") {
+        clauses.push("(t.state IS NULL OR t.state = 'open')".into());
+    }
+    if let Some(text) = &filter.text {
+        let p = param(QueryArg::Text(contains_pattern(text)));
+        clauses.push(format!(
+            "(lower(a.rule) LIKE {p} ESCAPE '\\' OR lower(COALESCE(a.path, '')) LIKE {p} \
+             ESCAPE '\\' OR lower(a.kind) LIKE {p} ESCAPE '\\' \
+             OR lower(a.details) LIKE {p} ESCAPE '\\')"
+        ));
+    }
+    if let Some(before) = filter.before {
+        let p = param(int(before));
+        clauses.push(format!(
+            "(a.received_ms < (SELECT received_ms FROM alerts WHERE id = {p}) \
+             OR (a.received_ms = (SELECT received_ms FROM alerts WHERE id = {p}) AND a.id < {p}))"
+        ));
+    }
+    let mut sql = String::from(ALERT_COLUMNS);
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    sql.push_str(" ORDER BY a.received_ms DESC, a.id DESC");
+    if let Some(limit) = filter.limit {
+        args.push(int(limit));
+        sql.push_str(&format!(" LIMIT {}", placeholder(args.len())));
+    }
+    (sql, args)
+}
+
+/// [`super::Store::stored_alerts`]: the query of [`alerts_query`], with `?n` placeholders.
+pub(crate) fn alerts(db: &mut dyn Db, filter: &AlertFilter) -> anyhow::Result<Vec<StoredAlert>> {
+    let (sql, args) = alerts_query(filter, |n| format!("?{n}"));
+    let args: Vec<Arg> = args
+        .iter()
+        .map(|a| match a {
+            QueryArg::Text(t) => Arg::Text(Some(t)),
+            QueryArg::Int(i) => Arg::Int(Some(*i)),
+        })
+        .collect();
+    rows(db, &sql, &args, stored_alert)
 }
 
 /// [`super::Store::gaps`].

@@ -11,9 +11,10 @@ use super::sql::{Arg, Columns, Database, Db};
 use super::Store;
 
 /// The schema this code reads and writes (`PRAGMA user_version`). 2 added the devices'
-/// `stored_alerts` and `quota_removed`; a database of version 1 is upgraded when opened
-/// ([`UPGRADE_FROM_1`]).
-const SCHEMA_VERSION: i64 = 2;
+/// `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]); 3 the alerts' `id` and the
+/// tables of the HTTP API's accounts, triage and audit ([`UPGRADE_FROM_2`]). An older
+/// database is upgraded when opened.
+const SCHEMA_VERSION: i64 = 3;
 
 /// The SQLite store (WAL mode, so readers do not block the ingest).
 pub struct SqliteStore {
@@ -38,6 +39,7 @@ CREATE TABLE devices (
     quota_removed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     boot_id TEXT NOT NULL,
@@ -53,11 +55,8 @@ CREATE TABLE alerts (
     last_ms INTEGER NOT NULL,
     process TEXT,
     format TEXT NOT NULL,
-    PRIMARY KEY (device_id, seq)
-) WITHOUT ROWID;
-CREATE INDEX alerts_received ON alerts (received_ms);
-CREATE INDEX alerts_device_received ON alerts (device_id, received_ms);
-CREATE INDEX alerts_kind_received ON alerts (kind, received_ms);
+    UNIQUE (device_id, seq)
+);
 CREATE TABLE refused (
     reason TEXT NOT NULL,
     device_id TEXT NOT NULL,
@@ -90,10 +89,44 @@ UPDATE devices SET stored_alerts =
 PRAGMA user_version = 2;
 ";
 
+/// From version 2: the alerts get an `id` (a rowid that is never reused), given in the order
+/// they were received; the tables of the HTTP API are created (by [`INDEXES`]).
+const UPGRADE_FROM_2: &str = "
+CREATE TABLE alerts_v3 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    boot_id TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    path TEXT,
+    details TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    process TEXT,
+    format TEXT NOT NULL,
+    UNIQUE (device_id, seq)
+);
+INSERT INTO alerts_v3 (device_id, seq, boot_id, time_ms, received_ms, kind, severity, rule,
+        path, details, count, first_ms, last_ms, process, format)
+    SELECT device_id, seq, boot_id, time_ms, received_ms, kind, severity, rule, path, details,
+        count, first_ms, last_ms, process, format
+    FROM alerts ORDER BY received_ms, device_id, seq;
+DROP TABLE alerts;
+ALTER TABLE alerts_v3 RENAME TO alerts;
+PRAGMA user_version = 3;
+";
+
 /// Indexes and tables added after the first schema: created when a database is opened (a
 /// no-op once they exist; the first open of a large store built without the indexes takes a
 /// while). `limited`: ranges of alert sequence numbers not stored, over the device's rate
-/// limit.
+/// limit. The alert indexes end with the rowid (`id`): the order of the alert queries.
+/// `users`, `sessions` and `api_tokens` (SHA-256 of the session cookies and tokens, never
+/// the secrets), `triage` (one row per alert triaged) and `audit` serve the HTTP API.
 const INDEXES: &str = "
 CREATE TABLE IF NOT EXISTS limited (
     device_id TEXT NOT NULL,
@@ -101,8 +134,44 @@ CREATE TABLE IF NOT EXISTS limited (
     last_seq INTEGER NOT NULL,
     PRIMARY KEY (device_id, first_seq)
 );
+CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received_ms);
 CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms);
 CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    sha256 TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_name);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    sha256 TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS triage (
+    alert_id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    note TEXT NOT NULL,
+    by_user TEXT NOT NULL,
+    time_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    user_name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    alert_id INTEGER
+);
 ";
 
 impl SqliteStore {
@@ -162,10 +231,10 @@ impl SqliteStore {
                 })
                 .context("creating the schema")?;
             }
-            1 => {
+            1 | 2 => {
+                upgrade(&conn, version).context("upgrading the schema")?;
                 conn.execute_batch(INDEXES)
                     .context("creating the indexes")?;
-                upgrade_from_1(&conn).context("upgrading the schema from version 1")?;
             }
             SCHEMA_VERSION => {
                 conn.execute_batch(INDEXES)
@@ -179,14 +248,24 @@ impl SqliteStore {
     }
 }
 
-/// Upgrades a database of version 1, unless another process did it first (checked again
-/// once the write lock is held).
-fn upgrade_from_1(conn: &Connection) -> anyhow::Result<()> {
+/// Upgrades a database of version 1 or 2 in one transaction, unless another process did it
+/// first (checked again once the write lock is held).
+fn upgrade(conn: &Connection, from: i64) -> anyhow::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let upgraded = (|| -> anyhow::Result<()> {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version == 1 {
-            conn.execute_batch(UPGRADE_FROM_1)?;
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS limited (device_id TEXT NOT NULL,
+                     first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+                     PRIMARY KEY (device_id, first_seq));",
+            )?;
+            conn.execute_batch(UPGRADE_FROM_1)
+                .context("from version 1")?;
+        }
+        if version == 1 || version == 2 {
+            conn.execute_batch(UPGRADE_FROM_2)
+                .with_context(|| format!("from version {from}"))?;
         }
         Ok(conn.execute_batch("COMMIT")?)
     })();

@@ -140,7 +140,8 @@ fn queries_filter_and_order(s: &mut dyn Store) {
     );
 }
 
-fn ties_are_ordered_by_device_then_sequence_descending(s: &mut dyn Store) {
+/// Alerts received at the same time come newest stored first (by id).
+fn ties_are_ordered_by_id_descending(s: &mut dyn Store) {
     for (device, seq) in [("gw-1", 1), ("gw-2", 1), ("gw-1", 2), ("gw-3", 9)] {
         s.insert_alert(device, &alert(seq), "postcard", 5).unwrap();
     }
@@ -155,8 +156,8 @@ fn ties_are_ordered_by_device_then_sequence_descending(s: &mut dyn Store) {
         order,
         [
             ("gw-3".into(), 9),
-            ("gw-2".into(), 1),
             ("gw-1".into(), 2),
+            ("gw-2".into(), 1),
             ("gw-1".into(), 1),
             ("gw-1".into(), 3)
         ]
@@ -637,8 +638,8 @@ const CHECKS: &[(&str, Check)] = &[
     ),
     ("queries_filter_and_order", queries_filter_and_order),
     (
-        "ties_are_ordered_by_device_then_sequence_descending",
-        ties_are_ordered_by_device_then_sequence_descending,
+        "ties_are_ordered_by_id_descending",
+        ties_are_ordered_by_id_descending,
     ),
     (
         "a_transaction_commits_all_or_nothing",
@@ -691,6 +692,7 @@ fn a_sqlite_store_of_version_1_is_upgraded() {
     let path = dir.path().join("v1.db");
     let mut s = SqliteStore::open(&path).unwrap();
     version_1_contents(&mut s);
+    sqlite_back_to_version_2(&s.conn);
     s.conn
         .execute_batch(
             "ALTER TABLE devices DROP COLUMN stored_alerts;
@@ -704,16 +706,98 @@ fn a_sqlite_store_of_version_1_is_upgraded() {
         .conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     check_upgraded_from_version_1(&mut s);
     // A newer one is refused.
-    s.conn.pragma_update(None, "user_version", 3).unwrap();
+    s.conn.pragma_update(None, "user_version", 4).unwrap();
     drop(s);
     let error = SqliteStore::open_existing(&path).err().unwrap();
     assert!(
-        format!("{error:#}").contains("schema version 3 is newer"),
+        format!("{error:#}").contains("schema version 4 is newer"),
         "{error:#}"
     );
+}
+
+/// Turns a database of this version back into one of version 2: alerts keyed by
+/// `(device_id, seq)` alone, without `id`, and none of the HTTP API's tables.
+fn sqlite_back_to_version_2(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "CREATE TABLE alerts_v2 (
+             device_id TEXT NOT NULL, seq INTEGER NOT NULL, boot_id TEXT NOT NULL,
+             time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, kind TEXT NOT NULL,
+             severity TEXT NOT NULL, rule TEXT NOT NULL, path TEXT, details TEXT NOT NULL,
+             count INTEGER NOT NULL, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+             process TEXT, format TEXT NOT NULL, PRIMARY KEY (device_id, seq)) WITHOUT ROWID;
+         INSERT INTO alerts_v2 SELECT device_id, seq, boot_id, time_ms, received_ms, kind,
+             severity, rule, path, details, count, first_ms, last_ms, process, format
+             FROM alerts;
+         DROP TABLE alerts;
+         ALTER TABLE alerts_v2 RENAME TO alerts;
+         CREATE INDEX alerts_received ON alerts (received_ms);
+         CREATE INDEX alerts_device_received ON alerts (device_id, received_ms);
+         CREATE INDEX alerts_kind_received ON alerts (kind, received_ms);
+         DROP TABLE users; DROP TABLE sessions; DROP TABLE api_tokens; DROP TABLE triage;
+         DROP TABLE audit;
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+}
+
+/// A store of version 2: alerts received in another order than their devices' and numbers'.
+fn version_2_contents(s: &mut dyn Store) {
+    for (device, seq, received) in [("gw-2", 5, 30), ("gw-1", 1, 20), ("gw-1", 2, 10)] {
+        s.insert_alert(device, &alert(seq), "postcard", received)
+            .unwrap();
+    }
+}
+
+/// After the upgrade from version 2, the alerts are kept with ids in the order received, the
+/// next one stored gets a higher id, and the HTTP API's tables are there.
+fn check_upgraded_from_version_2(s: &mut dyn Store) {
+    let rows: Vec<(u64, String, u64)> = s
+        .stored_alerts(&AlertFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.id, a.alert.device_id, a.alert.seq))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (3, "gw-2".into(), 5),
+            (2, "gw-1".into(), 1),
+            (1, "gw-1".into(), 2)
+        ]
+    );
+    assert_eq!(s.alert(2).unwrap().unwrap().alert.received_ms, 20);
+    assert!(s.insert_alert("gw-1", &alert(3), "json", 5).unwrap());
+    assert_eq!(s.last_alert_id().unwrap(), 4);
+    assert_eq!(s.alerts_after(3, 10).unwrap()[0].alert.seq, 3);
+    assert!(s.add_user("ann", "admin", "hash", 1).unwrap());
+    let t = s.set_triage(1, "resolved", "", "ann", 7).unwrap().unwrap();
+    assert_eq!(s.alert(1).unwrap().unwrap().triage, Some(t));
+    assert_eq!(s.enforce_quota("gw-1", 3).unwrap(), 0);
+    assert_eq!(s.enforce_quota("gw-2", 1).unwrap(), 0);
+}
+
+#[test]
+fn a_sqlite_store_of_version_2_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    let mut s = SqliteStore::open(&path).unwrap();
+    version_2_contents(&mut s);
+    sqlite_back_to_version_2(&s.conn);
+    drop(s);
+    let mut s = SqliteStore::open_existing(&path).unwrap();
+    let version: i64 = s
+        .conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    check_upgraded_from_version_2(&mut s);
+    drop(s);
+    // Opened again: nothing more to do, the ids stay.
+    let mut s = SqliteStore::open_existing(&path).unwrap();
+    assert_eq!(s.last_alert_id().unwrap(), 4);
 }
 
 #[test]
@@ -737,10 +821,21 @@ fn postgres_store_passes_the_same_checks() {
     let mut again = PgStore::connect(&params).unwrap();
     assert_eq!(count(&mut again, "gw-1"), 1);
 
+    // A store of version 2 is upgraded.
+    let params = pg.database("upgrade2");
+    let mut s = PgStore::connect(&params).unwrap();
+    version_2_contents(&mut s);
+    s.client().batch_execute(PG_BACK_TO_2).unwrap();
+    drop(s);
+    let mut s = PgStore::connect(&params).unwrap();
+    check_upgraded_from_version_2(&mut s);
+    drop(s);
+
     // A store of version 1 is upgraded.
     let params = pg.database("upgrade");
     let mut s = PgStore::connect(&params).unwrap();
     version_1_contents(&mut s);
+    s.client().batch_execute(PG_BACK_TO_2).unwrap();
     s.client()
         .batch_execute(
             "ALTER TABLE devices DROP COLUMN stored_alerts;
@@ -755,6 +850,16 @@ fn postgres_store_passes_the_same_checks() {
         .query_one("SELECT max(version) FROM picket_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     check_upgraded_from_version_1(&mut s);
 }
+
+/// A PostgreSQL store of this version back to version 2 (see [`sqlite_back_to_version_2`]).
+const PG_BACK_TO_2: &str = "
+ALTER TABLE alerts DROP COLUMN id;
+CREATE INDEX alerts_received ON alerts (received_ms);
+CREATE INDEX alerts_device_received ON alerts (device_id, received_ms);
+CREATE INDEX alerts_kind_received ON alerts (kind, received_ms);
+DROP TABLE users; DROP TABLE sessions; DROP TABLE api_tokens; DROP TABLE triage; DROP TABLE audit;
+UPDATE picket_schema SET version = 2;
+";

@@ -1,0 +1,365 @@
+//! The HTTP API of a real `serve`: live events of alerts ingested from a real device through
+//! Mosquitto (and their resumption), HTTPS with its `Secure` cookie, the users of the CLI, and
+//! the refusal to listen beyond loopback without TLS.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use super::*;
+
+/// A request with a bearer token on a new connection: the status and body (`Connection:
+/// close`).
+fn http(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// An open `/api/events` stream.
+struct Events {
+    reader: BufReader<TcpStream>,
+}
+
+/// One event: its `event`, `id` and `data` fields.
+#[derive(Debug, Default)]
+struct Event {
+    event: String,
+    id: Option<String>,
+    data: Value,
+}
+
+impl Events {
+    fn open(port: u16, token: &str, last_event_id: Option<u64>) -> Events {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // A bound on a test that would otherwise hang, not a figure asserted.
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let resume = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Accept: text/event-stream\r\n{resume}\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        let mut chunked = false;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            let l = line.to_ascii_lowercase();
+            if l.starts_with("content-type:") {
+                assert!(l.contains("text/event-stream"), "{line}");
+            }
+            chunked |= l.starts_with("transfer-encoding:") && l.contains("chunked");
+        }
+        assert!(chunked, "an event stream is sent in chunks");
+        Events { reader }
+    }
+
+    /// The next event (comments and the chunks' framing skipped).
+    fn next(&mut self) -> Event {
+        let mut event = Event::default();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "the event stream ended");
+            let l = line.trim_end_matches(['\r', '\n']);
+            if let Some(v) = l.strip_prefix("event: ") {
+                event.event = v.into();
+            } else if let Some(v) = l.strip_prefix("id: ") {
+                event.id = Some(v.into());
+            } else if let Some(v) = l.strip_prefix("data: ") {
+                event.data = serde_json::from_str(v).unwrap();
+            } else if l.is_empty() && !event.event.is_empty() {
+                return event;
+            }
+            // Else a chunk size, a comment or a blank line between chunks.
+        }
+    }
+
+    fn next_alert(&mut self) -> Event {
+        let e = self.next();
+        assert_eq!(e.event, "alert", "{e:?}");
+        assert_eq!(e.id.as_deref(), Some(e.data["id"].to_string().as_str()));
+        e
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_deliver_what_is_stored_and_resume_after_the_last_id() {
+    let broker = Broker::start();
+    let port = free_http_port();
+    let backend = Backend::start(
+        &broker,
+        "events",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let token = token_of(port);
+    let mut device = Device::connect(&broker, "gw-1", None).await;
+    // Stored before the stream opens: not sent.
+    device
+        .publish(Channel::Alert, Format::Postcard, &alert(1), false)
+        .await;
+    device.flush().await;
+    backend.wait_for(&["alerts", "--json"], |v| seqs(v) == [1]);
+
+    let t = token.clone();
+    let mut events = tokio::task::spawn_blocking(move || Events::open(port, &t, None))
+        .await
+        .unwrap();
+    device
+        .publish(Channel::Alert, Format::Postcard, &alert(2), false)
+        .await;
+    device.flush().await;
+    let (mut events, first) = tokio::task::spawn_blocking(move || {
+        let e = events.next_alert();
+        (events, e)
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.data["seq"], 2);
+    assert_eq!(first.data["device_id"], "gw-1");
+    assert_eq!(first.data["triage"], Value::Null);
+    // The same row as the list gives.
+    let (code, list) = http(port, "GET", "/api/alerts?limit=1", &token, "");
+    assert_eq!(code, 200);
+    assert_eq!(list[0], first.data);
+    let id = first.data["id"].as_u64().unwrap();
+
+    // A triage is sent too.
+    let (code, triage) = http(
+        port,
+        "POST",
+        &format!("/api/alerts/{id}/triage"),
+        &token,
+        r#"{"state": "acknowledged", "note": "looking"}"#,
+    );
+    assert_eq!(code, 200, "{triage}");
+    let (events, change) = tokio::task::spawn_blocking(move || {
+        let e = events.next();
+        (events, e)
+    })
+    .await
+    .unwrap();
+    assert_eq!(change.event, "triage");
+    assert_eq!(change.data, serde_json::json!({"id": id, "triage": triage}));
+    drop(events);
+
+    // Two more while no one listens; a stream resuming after the first gets them, in order.
+    for seq in [3, 4] {
+        device
+            .publish(Channel::Alert, Format::Postcard, &alert(seq), false)
+            .await;
+    }
+    device.flush().await;
+    backend.wait_for(&["alerts", "--json"], |v| seqs(v).len() == 4);
+    let t = token.clone();
+    let resumed = tokio::task::spawn_blocking(move || {
+        let mut events = Events::open(port, &t, Some(id));
+        [events.next_alert(), events.next_alert()]
+    })
+    .await
+    .unwrap();
+    let seqs: Vec<u64> = resumed
+        .iter()
+        .map(|e| e.data["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+    assert!(resumed[0].data["id"].as_u64().unwrap() > id);
+    tokio::task::spawn_blocking(move || backend.stop())
+        .await
+        .unwrap();
+}
+
+/// A rustls client trusting the test CA, for the HTTPS listener.
+fn https_client(broker: &Broker) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(broker.pki.ca_cert()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// A request over HTTPS (`headers`: lines ending with CRLF): the response's head and body.
+fn https(
+    config: &Arc<rustls::ClientConfig>,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (String, String) {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         {headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    // The server may close without a TLS close_notify: what came before it is the answer.
+    let _ = tls.read_to_end(&mut response);
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn https_serves_the_api_and_console_with_a_secure_cookie() {
+    let broker = Broker::start();
+    let port = free_http_port();
+    let backend = Backend::start(
+        &broker,
+        "tls",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            broker.pki.server_cert().display(),
+            broker.pki.server_key().display()
+        ),
+    );
+    assert!(
+        backend
+            .log()
+            .contains(&format!("on https://127.0.0.1:{port}/")),
+        "{}",
+        backend.log()
+    );
+    // A user of the CLI, with the password given on standard input.
+    let mut add = backend_bin()
+        .arg("--config")
+        .arg(&backend.config)
+        .args(["user", "add", "ops", "--role", "operator"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long passphrase\n")
+        .unwrap();
+    let out = add.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "a given password is not printed");
+    let users = backend.query(&["user", "list", "--json"]);
+    let roles: Vec<(&str, &str)> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["name"].as_str().unwrap(), u["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(roles, [(ADMIN, "admin"), ("ops", "operator")]);
+    assert!(users[0].get("password_hash").is_none());
+
+    let client = https_client(&broker);
+    let (head, body) = https(
+        &client,
+        port,
+        "POST",
+        "/api/login",
+        "",
+        r#"{"user": "ops", "password": "a long passphrase"}"#,
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("{head}"));
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    assert!(cookie.contains("; HttpOnly; SameSite=Strict"), "{cookie}");
+    // The console's page, with the security headers, over the same listener.
+    let (head, body) = https(&client, port, "GET", "/", "", "");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'self'"),
+        "{head}"
+    );
+    assert!(body.contains("<html"), "{body}");
+    // The API's answers carry them too.
+    let (head, _) = https(&client, port, "GET", "/api/devices", "", "");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    // Plain HTTP on the HTTPS port gets no answer.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(plain, "GET /api/me HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = plain.read_to_string(&mut answer);
+    assert!(!answer.starts_with("HTTP/1.1"), "{answer}");
+
+    // A user removed: written to the audit log, as every change of the CLI.
+    let out = backend_bin()
+        .arg("--config")
+        .arg(&backend.config)
+        .args(["user", "remove", "ops"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let bearer = format!("Authorization: Bearer {}\r\n", token_of(port));
+    let (head, audit) = https(&client, port, "GET", "/api/audit", &bearer, "");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["user_remove", "login", "user_add", "token_add", "user_add"]
+    );
+    backend.stop();
+}
+
+#[test]
+fn serve_refuses_to_listen_beyond_loopback_without_tls() {
+    let broker = Broker::pki();
+    let config = broker.backend_config("open", "[http]\nlisten = \"0.0.0.0:8443\"\n");
+    let out = backend_bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.listen = \"0.0.0.0:8443\" is beyond the loopback interface")
+            && err.contains("http.tls_cert"),
+        "{err}"
+    );
+}
