@@ -4,10 +4,10 @@ import { SEVERITIES, el, svg, fmtTime, pad } from "./dom.js";
 
 // Vertical bars: [{label, value, cls}].
 export function barChart(items, title) {
-  const w = 420, h = 190, left = 40, bottom = 30, top = 10;
+  const w = 420, h = 190, left = 40, bottom = 30, top = 18;
   const max = Math.max(1, ...items.map((i) => i.value));
   const slot = (w - left - 10) / Math.max(1, items.length);
-  const chart = svg("svg", { viewBox: `0 0 ${w} ${h}`, width: "100%", role: "img", "aria-label": title });
+  const chart = svg("svg", { viewBox: `0 0 ${w} ${h}`, width: w, class: "chart", role: "img", "aria-label": title });
   chart.append(svg("line", { class: "axis", x1: left, y1: h - bottom, x2: w - 5, y2: h - bottom }));
   chart.append(svg("text", { x: left - 6, y: top + 4, "text-anchor": "end" }, String(max)));
   chart.append(svg("text", { x: left - 6, y: h - bottom, "text-anchor": "end" }, "0"));
@@ -40,7 +40,7 @@ export function timeChart(buckets, nowMs) {
   const max = Math.max(1, ...totals);
   const slot = (w - left - 10) / hours;
   const chart = svg("svg", {
-    viewBox: `0 0 ${w} ${h}`, width: "100%", role: "img",
+    viewBox: `0 0 ${w} ${h}`, width: w, class: "chart", role: "img",
     "aria-label": "Alerts per hour over the last 24 hours, by severity",
   });
   chart.append(svg("line", { class: "axis", x1: left, y1: h - bottom, x2: w - 5, y2: h - bottom }));
@@ -128,3 +128,38 @@ export function deviceTimeline(alerts, gaps) {
   return chart;
 }
 
+
+// Alerts of the last 24 hours by kind (most first), each bar stacked by severity.
+export function kindChart(buckets) {
+  const byKind = new Map();
+  for (const b of buckets) {
+    if (!SEVERITIES.includes(b.severity)) continue;
+    const k = byKind.get(b.kind) || { medium: 0, high: 0, critical: 0, total: 0 };
+    k[b.severity] += b.count;
+    k.total += b.count;
+    byKind.set(b.kind, k);
+  }
+  if (byKind.size === 0) return el("p", { class: "muted" }, "No alerts in the last 24 hours.");
+  const kinds = [...byKind.entries()].sort((a, b) => b[1].total - a[1].total || a[0].localeCompare(b[0]));
+  const w = 640, rowH = 22, left = 190, right = 50;
+  const h = rowH * kinds.length + 4;
+  const max = Math.max(...kinds.map(([, k]) => k.total));
+  const chart = svg("svg", {
+    viewBox: `0 0 ${w} ${h}`, width: w, class: "chart", role: "img", id: "kind-chart",
+    "aria-label": "Alerts of the last 24 hours by kind and severity",
+  });
+  kinds.forEach(([kind, k], i) => {
+    const y = 2 + i * rowH;
+    chart.append(svg("text", { x: left - 8, y: y + 14, "text-anchor": "end" }, kind));
+    let x = left;
+    for (const sev of SEVERITIES) {
+      if (!k[sev]) continue;
+      const bw = ((w - left - right) * k[sev]) / max;
+      chart.append(svg("rect", { class: `bar-${sev}`, x, y: y + 3, width: bw, height: rowH - 6 },
+        svg("title", {}, `${kind}: ${k[sev]} ${sev}`)));
+      x += bw;
+    }
+    chart.append(svg("text", { x: x + 6, y: y + 14 }, String(k.total)));
+  });
+  return chart;
+}

@@ -2,7 +2,7 @@
 
 import { SEVERITIES, STATES, el, table, td, fmtTime, fmtAgo, fmtBytes, sevBadge, stateBadge } from "./dom.js";
 import { api, query, isRole, session } from "./api.js";
-import { barChart, timeChart, deviceTimeline } from "./charts.js";
+import { barChart, timeChart, kindChart, deviceTimeline } from "./charts.js";
 import { alertRow } from "./alerts.js";
 
 // ---- login -------------------------------------------------------------------------------
@@ -75,9 +75,11 @@ export async function overviewView() {
     el("div", { class: "charts" },
       el("div", { class: "panel" }, el("h2", {}, "Alerts over the last 24 hours"),
         timeChart(overview.alerts_over_time || [], Date.now())),
-      el("div", { class: "panel" }, el("h2", {}, "Devices by state"),
+      el("div", { class: "panel small" }, el("h2", {}, "Devices by state"),
         barChart(STATES.map((s) => ({ label: s.replace("_", " "), value: byState[s] || 0, cls: `bar-${s}` })),
-          "Devices by state"))),
+          "Devices by state")),
+      el("div", { class: "panel" }, el("h2", {}, "Alerts of the last 24 hours by kind"),
+        kindChart(overview.alerts_over_time || []))),
     el("h2", {}, "Agent versions"),
     table(["Version", "#Devices"], [...versions.entries()].sort().map(([v, n]) =>
       el("tr", {}, td(v), td(n, "num")))),
