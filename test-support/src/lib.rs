@@ -1,8 +1,8 @@
 //! Picket's end-to-end tests (`tests/`, this crate's test targets) and what they share: the
 //! binaries under test ([`bin`], built by `cargo xtask e2e`), a throw-away PKI ([`pki`]), a
 //! Mosquitto with mutual TLS and the backend's own configuration and ACL ([`mosquitto`]), an MQTT v5 test client ([`subscriber`]), a runner for
-//! the `picket` binary that collects its JSON lines and log ([`agent`]), and small helpers for
-//! processes, files and digests.
+//! the `picket` binary that collects its JSON lines and log ([`agent`]), a headless Chromium for
+//! the console's tests ([`browser`]), and small helpers for processes, files and digests.
 //!
 //! The agent's tests run as root, with real sensors: the agent sees every process on the
 //! machine, so tests select events by pid, path or port, never by position in the stream.
@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod bin;
+pub mod browser;
 pub mod mosquitto;
 pub mod pki;
 pub mod ports;
