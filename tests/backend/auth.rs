@@ -1,6 +1,6 @@
 //! The HTTP API of a real `serve`: live events of alerts ingested from a real device through
-//! Mosquitto (and their resumption), HTTPS with its `Secure` cookie, the users of the CLI, and
-//! the refusal to listen beyond loopback without TLS.
+//! Mosquitto (and their resumption), policy push to a device, HTTPS with its `Secure` cookie,
+//! the users of the CLI, and the refusal to listen beyond loopback without TLS.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -362,4 +362,144 @@ fn serve_refuses_to_listen_beyond_loopback_without_tls() {
             && err.contains("http.tls_cert"),
         "{err}"
     );
+}
+
+/// Adds a user with a generated password and returns a new API token of it (the CLI).
+fn user_with_token(backend: &Backend, name: &str, role: &str) -> String {
+    let out = backend_bin()
+        .arg("--config")
+        .arg(&backend.config)
+        .args(["user", "add", name, "--role", role, "--generate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    user_token(&backend.config, name)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+const POLICY: &str = r#"
+[metadata]
+name = "pushed"
+device_class = "gw"
+serial = 42
+created = "2026-11-22T10:00:00Z"
+
+[[executable]]
+path = "/usr/bin/a"
+sha256 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_pushes_a_signed_bundle_to_a_device_and_lower_roles_may_not() {
+    let broker = Broker::start();
+    let port = free_http_port();
+    let backend = Backend::start(
+        &broker,
+        "push",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let (key, _, _) = picket_policy::keys::generate(&broker.path("vendor")).unwrap();
+    let policy = picket_policy::load_toml(POLICY, "pushed.toml").unwrap();
+    let key = picket_policy::keys::SigningKey::load(&key).unwrap();
+    let bundle = picket_policy::bundle::sign(&policy, &key);
+    let body = serde_json::json!({"bundle": base64(&bundle), "devices": ["gw-1"]}).to_string();
+
+    let device = Device::connect(&broker, "gw-1", None).await;
+    device
+        .client
+        .subscribe(
+            picket_proto::topic::topic("gw-1", Channel::Policy),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+
+    let admin = token_of(port);
+    let (b, a, signed) = (body.clone(), admin.clone(), bundle.clone());
+    let backend = tokio::task::spawn_blocking(move || {
+        // Viewers and operators may not push.
+        for (name, role) in [("vic", "viewer"), ("olga", "operator")] {
+            let token = user_with_token(&backend, name, role);
+            let (code, err) = http(port, "POST", "/api/policy/push", &token, &b);
+            assert_eq!(code, 403, "{role}: {err}");
+        }
+        // What is not a bundle, or not a device id, is refused before anything is sent.
+        let not_a_bundle = r#"{"bundle": "bm90IGEgYnVuZGxl", "devices": ["gw-1"]}"#;
+        let (code, err) = http(port, "POST", "/api/policy/push", &a, not_a_bundle);
+        assert_eq!(code, 400, "{err}");
+        let bad_device = serde_json::json!({"bundle": base64(&signed), "devices": ["a/b"]});
+        let (code, err) = http(
+            port,
+            "POST",
+            "/api/policy/push",
+            &a,
+            &bad_device.to_string(),
+        );
+        assert_eq!(code, 400, "{err}");
+        backend
+    })
+    .await
+    .unwrap();
+    let (code, answer) = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || http(port, "POST", "/api/policy/push", &admin, &body)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(
+        answer,
+        serde_json::json!({"serial": 42, "devices": ["gw-1"]})
+    );
+    // The device got the bundle, as signed.
+    let start = Instant::now();
+    loop {
+        let got = device
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.payload.as_ref() == bundle.as_slice());
+        if got {
+            break;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the device did not get the bundle"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, audit) =
+        tokio::task::spawn_blocking(move || http(port, "GET", "/api/audit", &admin, ""))
+            .await
+            .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(audit[0]["action"], "policy_push");
+    assert_eq!(audit[0]["user"], ADMIN);
+    assert_eq!(audit[0]["target"], "gw-1");
+    assert!(audit[0]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("serial 42, sha256 "));
+    tokio::task::spawn_blocking(move || backend.stop())
+        .await
+        .unwrap();
 }

@@ -1,11 +1,13 @@
 //! The HTTP JSON API of `serve`, documented in `docs/BACKEND.md`: the endpoints ([`ENDPOINTS`],
 //! each with the role it needs), the router, and the shared state and errors. By folder:
 //! [`auth`] (login, sessions, API tokens, CSRF, the authorization layer), [`alerts`] (the
-//! reads), [`triage`] (triage and the audit log), [`events`] (live events).
+//! reads), [`triage`] (triage and the audit log), [`events`] (live events), [`policy`] (policy
+//! push).
 
 mod alerts;
 pub mod auth;
 mod events;
+mod policy;
 #[cfg(test)]
 mod tests;
 mod triage;
@@ -19,7 +21,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::config::HttpConfig;
+use crate::config::Config;
 use crate::store::Store;
 
 pub use auth::Role;
@@ -55,6 +57,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint(Method::GET, "/api/refused", Some(Role::Viewer)),
     endpoint(Method::GET, "/api/policy-results", Some(Role::Viewer)),
     endpoint(Method::GET, "/api/audit", Some(Role::Admin)),
+    endpoint(Method::POST, "/api/policy/push", Some(Role::Admin)),
 ];
 
 /// The handler of an endpoint of [`ENDPOINTS`].
@@ -74,6 +77,7 @@ fn handler(e: &Endpoint) -> MethodRouter<Api> {
         "/api/refused" => get(alerts::refused),
         "/api/policy-results" => get(alerts::policy_results),
         "/api/audit" => get(triage::audit),
+        "/api/policy/push" => post(policy::push),
         other => unreachable!("no handler for {other}"),
     }
 }
@@ -85,6 +89,8 @@ pub(crate) struct Api {
     heartbeat_timeout: Duration,
     auth: Arc<auth::Auth>,
     events: events::Hub,
+    /// The configuration, for policy push (its `[mqtt]`).
+    config: Arc<Config>,
 }
 
 /// An error answered as `{"error": "..."}`.
@@ -131,16 +137,22 @@ where
 }
 
 /// The API over `store` (the reader connection of `serve`), with the sessions and login
-/// limits of `http` (session cookies are `Secure` when it has TLS), and the console's pages;
-/// every response has the console's security headers. Starts the task that feeds the live
-/// events, so it is called in a tokio runtime.
-pub fn router(store: Box<dyn Store>, heartbeat_timeout: Duration, http: &HttpConfig) -> Router {
+/// limits of the configuration's `[http]` (session cookies are `Secure` when it has TLS) and
+/// its `[mqtt]` for policy push, and the console's pages; every response has the console's
+/// security headers. Starts the task that feeds the live events, so it is called in a tokio
+/// runtime.
+pub fn router(store: Box<dyn Store>, config: &Config) -> anyhow::Result<Router> {
+    let http = config
+        .http
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the configuration has no [http] section"))?;
     let store = Arc::new(Mutex::new(store));
     let api = Api {
         events: events::Hub::start(store.clone()),
         store,
-        heartbeat_timeout,
+        heartbeat_timeout: config.devices.heartbeat_timeout,
         auth: Arc::new(auth::Auth::new(http)),
+        config: Arc::new(config.clone()),
     };
     let mut router = Router::new();
     for e in ENDPOINTS {
@@ -153,14 +165,14 @@ pub fn router(store: Box<dyn Store>, heartbeat_timeout: Duration, http: &HttpCon
         }
         router = router.route(e.path, route);
     }
-    router
+    Ok(router
         .fallback(|| async { bad_path() })
         .with_state(api)
         // The console's page and assets need no authentication: all its data comes from here.
         .merge(crate::console::router())
         .layer(axum::middleware::map_response(|r: Response| async move {
             crate::console::add_security_headers(r)
-        }))
+        })))
 }
 
 fn bad_path() -> ApiError {

@@ -81,21 +81,68 @@ pub async fn push(
     bundle: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<bool> {
+    println!(
+        "pushing bundle {} ({} bytes) to {} device(s)",
+        &sha256_hex(bundle)[..16],
+        bundle.len(),
+        targets.len()
+    );
+    let push = exchange(config, targets, bundle, timeout, true).await?;
+    Ok(all_good(targets, &push, timeout))
+}
+
+/// Publishes `bundle` (retained, QoS 1) to every target and returns once the broker
+/// acknowledged each, without waiting for the devices' results (they reach the store through
+/// the ingest): for each target, `None` when the broker took the bundle, else why it refused
+/// it. The HTTP API's push.
+pub async fn publish(
+    config: &Config,
+    targets: &[String],
+    bundle: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<String, Option<String>>> {
+    let results = exchange(config, targets, bundle, timeout, false).await?;
+    Ok(targets
+        .iter()
+        .map(|d| {
+            let refusal = match results.get(d) {
+                Some(PolicyOutcome::Refused { reason }) => Some(reason.clone()),
+                _ => None,
+            };
+            (d.clone(), refusal)
+        })
+        .collect())
+}
+
+/// Subscribes to the targets' results, publishes the bundle to each, and collects until every
+/// target has a result (`results`) or, without it, until the broker acknowledged every bundle;
+/// at most `timeout`. Prints what happens with `results`.
+async fn exchange(
+    config: &Config,
+    targets: &[String],
+    bundle: &[u8],
+    timeout: Duration,
+    results: bool,
+) -> anyhow::Result<BTreeMap<String, PolicyOutcome>> {
     check_bundle(bundle)?;
     let mqtt = config.mqtt()?;
-    let client_id = format!("{}-push-{}", mqtt.client_id, std::process::id());
+    let client_id = format!(
+        "{}-push-{}-{}",
+        mqtt.client_id,
+        std::process::id(),
+        PUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let mut options = crate::ingest::mqtt_options(mqtt, &client_id)?;
     options.set_clean_start(true);
     let (client, mut eventloop) = AsyncClient::new(options, 64 + 2 * targets.len());
     let mut push = Push::new(client, targets, bundle);
-    println!(
-        "pushing bundle {} ({} bytes) to {} device(s)",
-        &push.sha[..16],
-        bundle.len(),
-        targets.len()
-    );
+    push.quiet = !results;
     let deadline = tokio::time::Instant::now() + timeout;
-    while push.results.len() < targets.len() {
+    while if results {
+        push.results.len() < targets.len()
+    } else {
+        push.acked < targets.len()
+    } {
         let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
             Err(_) => break,
             Ok(Err(e)) => anyhow::bail!("MQTT {}:{}: {e}", mqtt.host, mqtt.port),
@@ -114,8 +161,16 @@ pub async fn push(
         "could not publish within {}s",
         timeout.as_secs()
     );
-    Ok(all_good(targets, &push.results, timeout))
+    anyhow::ensure!(
+        results || push.acked == targets.len(),
+        "the broker did not acknowledge every bundle within {}s",
+        timeout.as_secs()
+    );
+    Ok(push.results)
 }
+
+/// Pushes made by this process: each has a client id of its own.
+static PUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A bundle a device may accept: not empty, not over [`MAX_POLICY_BYTES`].
 fn check_bundle(bundle: &[u8]) -> anyhow::Result<()> {
@@ -142,6 +197,8 @@ struct Push<'a> {
     in_flight: BTreeMap<u16, &'a str>,
     refused_by_broker: BTreeSet<String>,
     results: BTreeMap<String, PolicyOutcome>,
+    /// Prints nothing (the HTTP API's push).
+    quiet: bool,
 }
 
 impl<'a> Push<'a> {
@@ -157,6 +214,7 @@ impl<'a> Push<'a> {
             in_flight: BTreeMap::new(),
             refused_by_broker: BTreeSet::new(),
             results: BTreeMap::new(),
+            quiet: false,
         }
     }
 
@@ -212,7 +270,9 @@ impl<'a> Push<'a> {
             ack.reason,
             PubAckReason::Success | PubAckReason::NoMatchingSubscribers
         ) {
-            println!("{device}: the broker refused the bundle: {:?}", ack.reason);
+            if !self.quiet {
+                println!("{device}: the broker refused the bundle: {:?}", ack.reason);
+            }
             self.refused_by_broker.insert(device.to_string());
             // No result will come for it.
             self.results.insert(
@@ -223,7 +283,7 @@ impl<'a> Push<'a> {
             );
         }
         self.acked += 1;
-        if self.acked == self.targets.len() && self.refused_by_broker.is_empty() {
+        if self.acked == self.targets.len() && self.refused_by_broker.is_empty() && !self.quiet {
             println!("the broker accepted the bundle for every device; waiting for results");
         }
     }
@@ -245,7 +305,9 @@ impl<'a> Push<'a> {
                 log::debug!("{device}: a result for another bundle")
             }
             Ok((_, env)) => {
-                println!("{device}: {}", describe(&env.body.outcome));
+                if !self.quiet {
+                    println!("{device}: {}", describe(&env.body.outcome));
+                }
                 self.results.insert(device.to_string(), env.body.outcome);
             }
             Err(e) => log::warn!("`{topic_name}`: unreadable result: {e}"),

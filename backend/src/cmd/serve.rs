@@ -124,7 +124,7 @@ async fn spawn_api(
         )?))),
         None => None,
     };
-    let app = api::router(reader, config.devices.heartbeat_timeout, http);
+    let app = api::router(reader, config)?;
     let listener = tokio::net::TcpListener::bind(http.listen)
         .await
         .with_context(|| format!("binding the HTTP API to {}", http.listen))?;
