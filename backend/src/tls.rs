@@ -30,8 +30,7 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<rustl
         "{}: no certificate found",
         cert.display()
     );
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading the private key {}", key.display()))?;
+    let key = private_key(key)?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -41,4 +40,34 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<rustl
     .with_client_auth_cert(chain, key)
     .context("the client certificate and key do not form a usable pair")?;
     Ok(config)
+}
+
+/// The PEM private key in `path`, refused when its group or others may read it.
+pub fn private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let pem = picket_policy::keys::read_private(path)
+        .with_context(|| format!("reading the private key {}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .with_context(|| format!("{}: no usable private key (PEM)", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A key its group or others may read is refused before it is parsed, saying so.
+    #[test]
+    fn a_private_key_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backend.key");
+        let pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        std::fs::write(&path, pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = format!("{:#}", super::private_key(&path).unwrap_err());
+        assert!(
+            err.contains("backend.key") && err.contains("mode 0644") && err.contains("chmod 600"),
+            "{err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        super::private_key(&path).unwrap();
+    }
 }

@@ -3,12 +3,15 @@
 //!
 //! Files: `NAME.key` is the PKCS#8 document ring produces (binary DER, mode 0600);
 //! `NAME.pub` is one line, `ed25519 <64 hex digits> <name>`.
+//!
+//! [`read_private`] reads any private key (this one, and the TLS keys of the agent and the
+//! backend) only when its owner alone can read it.
 
 use std::{
     collections::BTreeMap,
-    fmt, fs,
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
+    fmt, fs, io,
+    io::{Read, Write},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -71,6 +74,32 @@ impl fmt::Debug for KeyId {
     }
 }
 
+/// Reads the private key at `path`, refused (`PermissionDenied`, saying the mode and the fix)
+/// when its group or others may read it, as ssh refuses such keys: a key others could read is a
+/// key someone may have copied, and the device or fleet it stands for is no longer proven by it.
+pub fn read_private(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = fs::File::open(path)?;
+    let mode = file.metadata()?.mode() & 0o7777;
+    if mode & 0o044 != 0 {
+        let who = match (mode & 0o040 != 0, mode & 0o004 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "a private key readable by {who} (mode {mode:04o}) is refused: make it readable \
+                 by its owner only (chmod 600 {})",
+                path.display()
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// A private signing key.
 pub struct SigningKey {
     pair: Ed25519KeyPair,
@@ -79,7 +108,7 @@ pub struct SigningKey {
 impl SigningKey {
     /// Reads `NAME.key`.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let der = fs::read(path).map_err(|source| KeyError::Io {
+        let der = read_private(path).map_err(|source| KeyError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -248,6 +277,21 @@ mod tests {
             generate(&dir.join("vendor")),
             Err(KeyError::Exists(_))
         ));
+        // Readable by others, or by its group: refused, saying why and what to do.
+        for mode in [0o644, 0o640, 0o604] {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            let err = SigningKey::load(&key).err().unwrap();
+            let KeyError::Io { source, .. } = &err else {
+                panic!("{err}")
+            };
+            assert_eq!(source.kind(), io::ErrorKind::PermissionDenied);
+            let text = format!("{err}: {source}");
+            assert!(
+                text.contains(&format!("mode {mode:04o}")) && text.contains("chmod 600"),
+                "{text}"
+            );
+        }
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o400)).unwrap();
         let signer = SigningKey::load(&key).unwrap();
         assert_eq!(signer.id(), id);
         let sig = signer.sign(b"hello");

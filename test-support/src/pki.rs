@@ -201,9 +201,15 @@ fn dn(common_name: &str) -> rcgen::DistinguishedName {
     dn
 }
 
+/// Writes a PEM file; a key (`*.key`) readable by its owner only, as the agent and the backend
+/// require of private keys.
 fn write_pem(dir: &TempDir, name: &str, pem: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
     fs::write(&path, pem).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    if name.ends_with(".key") {
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
     path
 }
 

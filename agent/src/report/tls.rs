@@ -36,7 +36,9 @@ impl Identity {
         picket_proto::topic::check_device_id(&device_id)
             .with_context(|| format!("{}: the certificate's CN", cert.display()))?;
         let key_path = key;
-        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+        let pem = picket_policy::keys::read_private(key_path)
+            .with_context(|| format!("reading the device key {}", key_path.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
             anyhow::anyhow!(
                 "{}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
                 key_path.display()
@@ -103,8 +105,12 @@ mod tests {
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
+        if name.ends_with(".key") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         path
     }
 
@@ -166,6 +172,16 @@ mod tests {
             Identity::load(&garbage, &cert, &wrong).err().unwrap()
         );
         assert!(err.contains("garbage.pem"), "{err}");
+
+        // A key its group or others can read.
+        let (_f4, [ca, cert, key], _) = pki("exposed", "gw-1");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = format!("{:#}", Identity::load(&ca, &cert, &key).err().unwrap());
+        assert!(
+            err.contains("device.key") && err.contains("mode 0640") && err.contains("chmod 600"),
+            "{err}"
+        );
 
         let (_f3, [ca, cert, key], _) = pki("bad3", "gw/1");
         let err = format!("{:#}", Identity::load(&ca, &cert, &key).err().unwrap());

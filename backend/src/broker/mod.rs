@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
@@ -289,8 +289,7 @@ impl Broker {
             ca.display()
         );
         certificate_cn(&cert).with_context(|| "broker.cert")?;
-        PrivateKeyDer::from_pem_file(&key)
-            .with_context(|| format!("broker.key {}", key.display()))?;
+        crate::tls::private_key(&key).context("broker.key")?;
         let backend_cn = certificate_cn(&mqtt.cert).context("mqtt.cert")?;
 
         let dir = broker.dir(&config.store);

@@ -202,7 +202,7 @@ async fn serve_tls(
 /// `key` (PEM), no client certificate.
 fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::pki_types::CertificateDer;
     let chain = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading http.tls_cert {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -212,8 +212,7 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig
         "{}: no certificate found",
         cert.display()
     );
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading http.tls_key {}", key.display()))?;
+    let key = crate::tls::private_key(key).context("http.tls_key")?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
