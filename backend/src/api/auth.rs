@@ -301,7 +301,8 @@ pub(crate) async fn login(
     let Json(login) = body.map_err(|e| super::bad_request(e.body_text()))?;
     let address: Option<IpAddr> = connect.map(|Extension(ConnectInfo(a))| a.ip());
     let address_text = address.map(|a| a.to_string()).unwrap_or_default();
-    let user_key = format!("user:{}", login.user);
+    // Bounded: the memory of the limits does not grow with what a client sends.
+    let user_key = format!("user:{}", login.user.chars().take(100).collect::<String>());
     let address_key = format!("addr:{address_text}");
     let now = now_ms();
     let auth = &api.auth;
