@@ -629,6 +629,100 @@ fn count(s: &mut dyn Store, device: &str) -> usize {
     .len()
 }
 
+/// Users, sessions, tokens, triage and the audit log; the alert filters of the HTTP API and
+/// keyset pages.
+fn accounts_triage_and_alert_filters(s: &mut dyn Store) {
+    assert!(s.add_user("ann", "admin", "hash-a", 1).unwrap());
+    assert!(!s.add_user("ann", "viewer", "hash-b", 2).unwrap());
+    assert!(s.add_user("bob", "viewer", "hash-b", 2).unwrap());
+    assert_eq!(s.user("ann").unwrap().unwrap().password_hash, "hash-a");
+    s.add_token("t1", "bob", 3).unwrap();
+    assert_eq!(
+        s.token_user("t1").unwrap(),
+        Some(("bob".into(), "viewer".into()))
+    );
+    s.add_session("s1", "bob", "csrf", 10).unwrap();
+    s.add_session("s2", "ann", "csrf2", 10).unwrap();
+    s.touch_session("s1", 50).unwrap();
+    let session = s.session("s1").unwrap().unwrap();
+    assert_eq!((session.created_ms, session.last_ms), (10, 50));
+    assert_eq!(s.expire_sessions(20, 0).unwrap(), 1);
+    assert!(s.session("s2").unwrap().is_none());
+    assert!(s.remove_user("bob").unwrap());
+    assert!(s.session("s1").unwrap().is_none());
+    assert!(s.token_user("t1").unwrap().is_none());
+    assert_eq!(s.users().unwrap().len(), 1);
+
+    for seq in 1..=6 {
+        s.insert_alert("gw-1", &alert(seq), "json", 100 + seq)
+            .unwrap();
+    }
+    let ids = |s: &mut dyn Store, f: AlertFilter| -> Vec<u64> {
+        s.stored_alerts(&f)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.alert.seq)
+            .collect()
+    };
+    let all = s.stored_alerts(&AlertFilter::default()).unwrap();
+    let id_of = |seq: u64| all.iter().find(|a| a.alert.seq == seq).unwrap().id;
+    assert!(s
+        .set_triage(id_of(4), "resolved", "fine", "ann", 7)
+        .unwrap()
+        .is_some());
+    assert!(s
+        .set_triage(id_of(5), "open", "", "ann", 8)
+        .unwrap()
+        .is_some());
+    assert!(s.set_triage(9999, "open", "", "ann", 8).unwrap().is_none());
+    let filter = |triage: &str| AlertFilter {
+        triage: Some(triage.into()),
+        ..Default::default()
+    };
+    assert_eq!(ids(s, filter("resolved")), [4]);
+    assert_eq!(ids(s, filter("open")), [6, 5, 3, 2, 1]);
+    assert_eq!(ids(s, filter("acknowledged")), Vec::<u64>::new());
+    let text = |q: &str| AlertFilter {
+        text: Some(q.into()),
+        ..Default::default()
+    };
+    assert_eq!(ids(s, text("/TMP/X3")), [3]);
+    assert_eq!(ids(s, text("\"n\":5")), [5]);
+    // `_` is a character, not a wildcard (`x3` does not match).
+    assert_eq!(ids(s, text("x_")), Vec::<u64>::new());
+    assert_eq!(ids(s, text("connection")), [5, 3, 1]);
+    let page = AlertFilter {
+        before: Some(id_of(4)),
+        until_ms: Some(105),
+        limit: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(ids(s, page), [3, 2]);
+    let changes = s.triage_changes(0, 10).unwrap();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0].alert_id, id_of(4));
+    assert_eq!(changes[1].triage.state, "open");
+    assert_eq!(s.triage_changes(changes[0].audit_id, 10).unwrap().len(), 1);
+    assert_eq!(s.last_audit_id().unwrap(), changes[1].audit_id);
+    let log = s.audit_log(10).unwrap();
+    assert_eq!(log[0].detail, "open");
+    assert_eq!(log[1].detail, "resolved: fine");
+    // The triage of an alert goes with it.
+    assert_eq!(s.delete_before(105).unwrap(), 4);
+    assert!(s
+        .triage_changes(0, 10)
+        .unwrap()
+        .iter()
+        .all(|c| c.alert_id != id_of(4)));
+    assert_eq!(
+        s.severity_counts().unwrap(),
+        [("high".to_string(), 1), ("medium".to_string(), 1)]
+    );
+    let counts = s.alert_counts(0).unwrap();
+    assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 2);
+    assert_eq!(counts[0].bucket_ms, 0);
+}
+
 /// What every store must do, run on each implementation.
 type Check = fn(&mut dyn Store);
 const CHECKS: &[(&str, Check)] = &[
@@ -665,6 +759,10 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "rate_limited_numbers_are_told_in_the_gaps",
         rate_limited_numbers_are_told_in_the_gaps,
+    ),
+    (
+        "accounts_triage_and_alert_filters",
+        accounts_triage_and_alert_filters,
     ),
 ];
 
