@@ -65,8 +65,9 @@ export function show(...children) {
   append(clear(main()), children);
 }
 
-export function table(headers, rows) {
-  return el("table", {},
+// A table; a header starting with `#` is a number column (right-aligned).
+export function table(headers, rows, id) {
+  return el("table", { id: id || null },
     el("thead", {}, el("tr", {}, headers.map((h) =>
       el("th", { class: h.startsWith("#") ? "num" : null }, h.replace(/^#/, ""))))),
     el("tbody", {}, rows));

@@ -182,7 +182,10 @@ export function pushForm(devices) {
     const bytes = new Uint8Array(await file.files[0].arrayBuffer());
     try {
       const r = await api("/api/policy/push", { method: "POST", body: { bundle: base64(bytes), devices: chosen } });
-      message.textContent = `Serial ${r.serial} published to ${r.devices.join(", ")}; results appear below as devices answer.`;
+      const refused = Object.entries(r.refused || {});
+      message.textContent = `Serial ${r.serial} published to ${r.devices.join(", ")}` +
+        (refused.length ? `; the broker refused it for ${refused.map(([d, why]) => `${d} (${why})`).join(", ")}` : "") +
+        ". Each device's result appears below when it answers (reload the page).";
     } catch (e) {
       message.textContent = e.message;
     }
@@ -199,19 +202,19 @@ export async function policiesView() {
     el("h1", {}, "Policies"),
     isRole("admin") ? pushForm(devices) : null,
     el("h2", {}, "Serial running on each device"),
-    table(["Device", "State", "Policy", "Serial"], devices.map((d) => el("tr", {},
+    table(["Device", "State", "Policy", "#Serial"], devices.map((d) => el("tr", {},
       el("td", {}, el("a", { href: `#/devices/${encodeURIComponent(d.device_id)}` }, d.device_id)),
-      el("td", {}, stateBadge(d.state)), td(d.policy_name), td(d.policy_serial, "num")))),
+      el("td", {}, stateBadge(d.state)), td(d.policy_name), td(d.policy_serial, "num"))), "policy-serials"),
     el("h2", {}, "Push results"),
     results.length === 0 ? el("p", { class: "muted" }, "No results yet.")
-      : table(["Time", "Device", "Outcome", "Policy", "Serial", "Reason", "Bundle SHA-256"],
+      : table(["Time", "Device", "Outcome", "Policy", "#Serial", "Reason", "Bundle SHA-256"],
         results.map((r) => el("tr", {}, td(fmtTime(r.received_ms)), td(r.device_id),
           td(r.outcome, r.outcome === "refused" ? "error" : null), td(r.name), td(r.serial, "num"),
-          td(r.reason), td(r.bundle_sha256.slice(0, 16), "path")))),
+          td(r.reason), td(r.bundle_sha256.slice(0, 16), "path"))), "policy-results"),
     el("h2", {}, "Refused messages"),
     refused.length === 0 ? el("p", { class: "muted" }, "None.")
       : table(["Reason", "Device", "#Count", "Last", "Last error"], refused.map((r) => el("tr", {},
-        td(r.reason), td(r.device_id || "–"), td(r.count, "num"), td(fmtTime(r.last_ms)), td(r.last_error, "path"))))];
+        td(r.reason), td(r.device_id || "–"), td(r.count, "num"), td(fmtTime(r.last_ms)), td(r.last_error, "path"))), "refused")];
 }
 
 // ---- audit -------------------------------------------------------------------------------

@@ -172,6 +172,19 @@ impl Browser {
         input.send_keys(text).await.unwrap();
     }
 
+    /// Chooses the file `path` in the file input matching `css`.
+    pub async fn upload(&self, css: &str, path: &Path) {
+        self.client
+            .wait()
+            .at_most(PAGE_TIMEOUT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}` to choose a file in: {e}"))
+            .send_keys(&path.display().to_string())
+            .await
+            .unwrap_or_else(|e| panic!("cannot choose {} in `{css}`: {e}", path.display()));
+    }
+
     /// Saves a PNG of the window as `dir/name.png`.
     pub async fn screenshot(&self, dir: &Path, name: &str) -> PathBuf {
         let png = self.client.screenshot().await.unwrap();

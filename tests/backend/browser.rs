@@ -396,15 +396,62 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
     );
     browser.screenshot(&shots, "device").await;
 
-    // An admin has the push form and the audit log.
+    // An admin pushes a signed bundle from the page: the device receives it, and the result it
+    // sends back is shown.
+    let bundle = signed_bundle(&broker);
+    let bundle_path = broker.path("console.bundle");
+    std::fs::write(&bundle_path, &bundle).unwrap();
+    device
+        .client
+        .subscribe(
+            picket_proto::topic::topic("gw-1", Channel::Policy),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
     go(&browser, "#/policies").await;
-    browser
+    browser.upload("#push-bundle", &bundle_path).await;
+    browser.click("#push-form input[value='gw-1']").await;
+    browser.click("#push-form button[type=submit]").await;
+    let answer = browser
         .wait_js(
-            "the push form",
-            "return document.getElementById('push-form') !== null",
+            "the push's answer",
+            "return document.getElementById('push-result').textContent",
             vec![],
         )
         .await;
+    assert!(
+        answer
+            .as_str()
+            .unwrap()
+            .starts_with("Serial 42 published to gw-1."),
+        "{answer}"
+    );
+    wait_for_bundle(&device, &bundle).await;
+    let sha =
+        picket_test_support::hex(ring::digest::digest(&ring::digest::SHA256, &bundle).as_ref());
+    let result = PolicyResult {
+        time_ms: 5,
+        bundle_sha256: sha.clone(),
+        outcome: PolicyOutcome::Applied {
+            name: "console".into(),
+            serial: 42,
+        },
+    };
+    device
+        .publish(Channel::PolicyResult, Format::Postcard, &result, false)
+        .await;
+    device.flush().await;
+    backend.wait_for(&["policy", "results", "--json"], |v| {
+        v.as_array().unwrap().len() == 1
+    });
+    browser.client.refresh().await.unwrap();
+    shown(&browser, "#/policies").await;
+    let row = browser.text("#policy-results tbody tr").await;
+    assert!(
+        row.contains("gw-1 applied console 42") && row.contains(&sha[..16]),
+        "{row}"
+    );
     browser.screenshot(&shots, "policies").await;
     go(&browser, "#/audit").await;
     browser
@@ -417,7 +464,8 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
         .await;
     browser.screenshot(&shots, "audit").await;
 
-    // A viewer sees the triage, has no triage buttons and no push form.
+    // A viewer sees the triage, has no triage buttons, no push form, and the API refuses its
+    // push.
     browser.click("#logout").await;
     login(&browser, "victor", "victor-has-a-long-password").await;
     shown(&browser, "#/overview").await;
@@ -504,8 +552,51 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
     );
     browser.screenshot(&shots, "alerts-viewer").await;
 
+    let status = browser
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/me').then((r) => r.json()).then((me) => fetch('/api/policy/push', {
+               method: 'POST',
+               headers: {'Content-Type': 'application/json', 'X-CSRF-Token': me.csrf},
+               body: JSON.stringify({
+                 bundle: btoa(String.fromCharCode(...arguments[0])), devices: ['gw-1'],
+               }),
+             })).then((r) => done(r.status), (e) => done(String(e)));",
+            vec![json!(bundle)],
+        )
+        .await;
+    assert_eq!(status, 403);
     browser.close().await;
     backend.stop();
+}
+
+/// A bundle of the policy "console", serial 42, signed with a key made for the test.
+fn signed_bundle(broker: &Broker) -> Vec<u8> {
+    let (key, _, _) = picket_policy::keys::generate(&broker.path("vendor")).unwrap();
+    let policy = picket_policy::load_toml(
+        "[metadata]\nname = \"console\"\ndevice_class = \"gw\"\nserial = 42\n\
+         created = \"2026-11-22T10:00:00Z\"\n\n[[executable]]\npath = \"/usr/bin/a\"\n\
+         sha256 = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n",
+        "console.toml",
+    )
+    .unwrap();
+    let key = picket_policy::keys::SigningKey::load(&key).unwrap();
+    picket_policy::bundle::sign(&policy, &key)
+}
+
+/// Waits until `device` received `bundle` on its policy topic.
+async fn wait_for_bundle(device: &Device, bundle: &[u8]) {
+    let start = std::time::Instant::now();
+    while !device
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.payload.as_ref() == bundle)
+    {
+        assert!(start.elapsed() < TIMEOUT, "gw-1 did not receive the bundle");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn heartbeat() -> Heartbeat {
