@@ -153,9 +153,18 @@ export async function alertsView() {
     interrupted = false;
   });
   events.addEventListener("error", () => {
-    live.textContent = "reconnecting";
     live.className = "live live-off";
     interrupted = true;
+    if (events.readyState !== EventSource.CLOSED) {
+      live.textContent = "reconnecting";
+      return;
+    }
+    // Refused, not interrupted (the browser does not retry): a session that ended goes to the
+    // login page; anything else is said.
+    live.textContent = "stopped";
+    api("/api/me").then(() => {
+      live.textContent = "stopped: reload the page";
+    }, () => {});
   });
   for (const [name, apply] of [["alert", addLive], ["triage", setTriage]]) {
     events.addEventListener(name, (event) => {
