@@ -226,7 +226,8 @@ cat >&2 <<EOF
     cp /bin/ls /tmp/ls && /tmp/ls                      # an unknown executable, from /tmp
     echo changed >> /etc/picket-fleet-demo.conf        # a protected file
     bash -c 'exec 3<>/dev/tcp/127.0.0.1/22'            # a connection the baseline does not allow
-  Console: http://127.0.0.1:$HTTP_PORT/   user admin, password in $FLEET/backend/admin.password
+  Console: http://127.0.0.1:$HTTP_PORT/   user admin, password $(cat backend/admin.password)
+           (kept in $FLEET/backend/admin.password; an API token for scripts in backend/api.token)
   Query:  $BACKEND alerts --config $FLEET/backend/backend.toml
           $BACKEND devices --config $FLEET/backend/backend.toml
           curl -s -H "Authorization: Bearer \$(cat $FLEET/backend/api.token)" http://127.0.0.1:$HTTP_PORT/api/alerts
