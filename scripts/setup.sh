@@ -25,13 +25,24 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The backend's tests start a throwaway PostgreSQL server (the backend's PostgreSQL store).
 dpkg -s postgresql >/dev/null 2>&1 || need_apt+=(postgresql)
-# The fleet console's tests drive Debian's headless Chromium through its WebDriver.
-dpkg -s chromium >/dev/null 2>&1 || need_apt+=(chromium)
-dpkg -s chromium-driver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
     $SUDO apt-get update -qq || log "apt-get update reported errors; installing anyway"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The fleet console's tests drive Debian's headless Chromium through its WebDriver. Without the
+# packages it recommends: desktop services (udev, upower, printing, notifications) a test machine
+# does not want running.
+need_browser=()
+dpkg -s chromium >/dev/null 2>&1 || need_browser+=(chromium)
+dpkg -s chromium-driver >/dev/null 2>&1 || need_browser+=(chromium-driver)
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need_browser+=(fonts-dejavu-core)
+if [ ${#need_browser[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_browser[*]}"
+    $SUDO apt-get update -qq || log "apt-get update reported errors; installing anyway"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${need_browser[@]}"
 fi
 
 # Mosquitto: the MQTT broker of the local fleet and of the end-to-end tests, which start their
