@@ -1,6 +1,9 @@
 //! Builds the eBPF sensors (`picket-ebpf`) for the BPF target with aya-build, so that the agent
 //! can embed the object. Packagers who build the object separately set `AYA_BUILD_SKIP=1`: the
 //! agent is then built without an embedded object and needs `--bpf-object PATH` at run time.
+//! `PICKET_EBPF_OBJECT_DIR=DIR` embeds `DIR/<target_arch>/picket-sensors.bpf.o` instead of
+//! building it again (scripts/test.sh builds the object once, then reuses it for every profile;
+//! an architecture without an object there is built as usual).
 
 use std::{env, fs, path::PathBuf};
 
@@ -14,6 +17,16 @@ fn main() -> anyhow::Result<()> {
         // An empty object: `picket` reports at start-up that it needs `--bpf-object`.
         fs::write(&object, b"").context("writing the empty placeholder object")?;
         return Ok(());
+    }
+    println!("cargo:rerun-if-env-changed=PICKET_EBPF_OBJECT_DIR");
+    if let Some(dir) = env::var_os("PICKET_EBPF_OBJECT_DIR").filter(|d| !d.is_empty()) {
+        let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
+        let built = PathBuf::from(dir).join(&arch).join("picket-sensors.bpf.o");
+        println!("cargo:rerun-if-changed={}", built.display());
+        if built.is_file() {
+            fs::copy(&built, &object).with_context(|| format!("copying {}", built.display()))?;
+            return Ok(());
+        }
     }
     // bpf-linker must use the same LLVM major version as the rustc that compiles the eBPF crate.
     // The pinned stable toolchain matches the LLVM bpf-linker is built against (see

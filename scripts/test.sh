@@ -22,6 +22,21 @@ cargo fmt --all -- --check
 log "clippy: workspace"
 cargo clippy --workspace --exclude picket-ebpf --all-targets --locked -- -D warnings
 
+# The eBPF object clippy's build of the agent just built (agent/build.rs, aya-build) is embedded
+# as it is by every later build of this run (unit tests, end-to-end tests, benchmarks, the fleet,
+# the host's agent for the VMs) instead of being built again for each profile. The Yocto check
+# compares it with the object build-ebpf-object.sh builds.
+case "$(uname -m)" in armv7* | armv6* | arm) arch=arm ;; *) arch=$(uname -m) ;; esac
+object=$(ls -t target/debug/build/picket-agent-*/out/picket-sensors 2>/dev/null |
+    while read -r f; do [ -s "$f" ] && echo "$f" && break; done)
+if [ -n "$object" ]; then
+    mkdir -p "target/ebpf-cache/$arch"
+    cp -p "$object" "target/ebpf-cache/$arch/picket-sensors.bpf.o"
+    export PICKET_EBPF_OBJECT_DIR=$PWD/target/ebpf-cache
+else
+    log "no eBPF object from clippy's build: each build of the agent builds its own"
+fi
+
 log "clippy: eBPF crate (bpfel-unknown-none)"
 RUSTC_BOOTSTRAP=1 cargo "+$EBPF_TOOLCHAIN" clippy --package picket-ebpf --locked \
     --target bpfel-unknown-none -Z build-std=core --release -- -D warnings
