@@ -103,6 +103,10 @@ async fn login(browser: &Browser, user: &str, password: &str) {
     browser.click("#login-form button[type=submit]").await;
 }
 
+/// The links of the header the user sees.
+const NAV_LINKS: &str = "return [...document.querySelectorAll('#nav a')] \
+    .filter((a) => a.checkVisibility()).map((a) => a.textContent);";
+
 /// The paths of the rows of the alerts page, top first.
 const ROW_PATHS: &str =
     "return [...document.querySelectorAll('#alert-rows td.path')].map((td) => td.textContent);";
@@ -218,6 +222,16 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
             vec![],
         )
         .await;
+    // Logged out, the page offers nothing but the login.
+    assert_eq!(
+        browser
+            .js(
+                "return document.getElementById('nav').checkVisibility()",
+                vec![]
+            )
+            .await,
+        false
+    );
     browser.screenshot(&shots, "login").await;
     login(&browser, "alice", "alice-has-a-long-password").await;
     shown(&browser, "#/overview").await;
@@ -238,6 +252,12 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
         )
         .await;
     assert_eq!(inline, "undefined", "an inline script ran");
+
+    // An admin is offered every page.
+    assert_eq!(
+        browser.js(NAV_LINKS, vec![]).await,
+        json!(["Overview", "Alerts", "Policies", "Audit"])
+    );
 
     // The overview counts what was stored.
     let total = browser
@@ -476,6 +496,10 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
             vec![],
         )
         .await;
+    assert_eq!(
+        browser.js(NAV_LINKS, vec![]).await,
+        json!(["Overview", "Alerts", "Policies"])
+    );
     go(&browser, &format!("#/alerts/{first}")).await;
     let note = browser
         .wait_js("the triage seen by a viewer", triaged, vec![])
