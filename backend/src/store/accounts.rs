@@ -10,14 +10,15 @@ fn text(v: &str) -> Arg<'_> {
     Arg::Text(Some(v))
 }
 
-/// The hours' counts: `received_ms - received_ms % 3600000` is the start of the hour.
-const ALERT_COUNTS: &str = "SELECT received_ms - received_ms % 3600000 AS bucket, severity, kind,
-            count(*)
-     FROM alerts WHERE received_ms >= ?1
-     GROUP BY bucket, severity, kind ORDER BY bucket, severity, kind";
+/// The hours' counts, from those kept per device (`hour_ms` is the start of the hour).
+pub(super) const ALERT_COUNTS: &str = "SELECT hour_ms, severity, kind, CAST(sum(alerts) AS BIGINT)
+     FROM alert_hours WHERE hour_ms >= ?1
+     GROUP BY hour_ms, severity, kind HAVING sum(alerts) > 0
+     ORDER BY hour_ms, severity, kind";
 
-const SEVERITY_COUNTS: &str =
-    "SELECT severity, count(*) FROM alerts GROUP BY severity ORDER BY severity";
+pub(super) const SEVERITY_COUNTS: &str =
+    "SELECT severity, CAST(sum(alerts) AS BIGINT) FROM alert_totals
+     GROUP BY severity HAVING sum(alerts) > 0 ORDER BY severity";
 
 const LAST_ALERT_ID: &str = "SELECT COALESCE(max(id), 0) FROM alerts";
 

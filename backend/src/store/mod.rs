@@ -328,7 +328,8 @@ pub trait Store: Send {
     fn alerts_after(&mut self, after: u64, limit: u64) -> anyhow::Result<Vec<StoredAlert>>;
     /// The highest alert id given so far (0 when none).
     fn last_alert_id(&mut self) -> anyhow::Result<u64>;
-    /// Alerts received since `since_ms`, counted by hour, severity and kind.
+    /// Alerts received since `since_ms` (the start of an hour), counted by hour, severity and
+    /// kind, from the counts kept as alerts are stored and removed.
     fn alert_counts(&mut self, since_ms: u64) -> anyhow::Result<Vec<AlertCount>>;
     /// All stored alerts, counted by severity.
     fn severity_counts(&mut self) -> anyhow::Result<Vec<(String, u64)>>;

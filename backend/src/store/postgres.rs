@@ -6,12 +6,13 @@ use anyhow::Context;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row};
 
-use super::sql::{dollar, Arg, Columns, Database, Db};
+use super::sql::{self, dollar, Arg, Columns, Database, Db};
 use super::Store;
 
 /// 2 added the devices' `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]); 3 the
-/// alerts' `id` and the tables of the HTTP API ([`UPGRADE_FROM_2`], [`TABLES_3`]).
-const SCHEMA_VERSION: i64 = 3;
+/// alerts' `id` and the tables of the HTTP API ([`UPGRADE_FROM_2`], [`TABLES_3`]); 4 the counts
+/// of the overview ([`sql::COUNT_TABLES`], filled from the alerts stored).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS picket_schema (version BIGINT NOT NULL);
@@ -113,6 +114,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS alerts_id ON alerts (id);
 CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received_ms, id);
 CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms, id);
 CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms, id);
+CREATE INDEX IF NOT EXISTS alerts_severity_received ON alerts (severity, received_ms, id);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     role TEXT NOT NULL,
@@ -200,13 +202,22 @@ impl PgStore {
             Some(2) => tx
                 .batch_execute(UPGRADE_FROM_2)
                 .context("upgrading the schema from version 2")?,
-            Some(SCHEMA_VERSION) => {}
+            Some(3) | Some(SCHEMA_VERSION) => {}
             Some(other) => anyhow::bail!(
                 "schema version {other} is newer than this backend's ({SCHEMA_VERSION})"
             ),
         }
         tx.batch_execute(TABLES_3)
             .context("creating the indexes and tables")?;
+        tx.batch_execute(sql::COUNT_TABLES)
+            .context("creating the counts")?;
+        if matches!(version, Some(1..=3)) {
+            tx.batch_execute(&format!(
+                "{} UPDATE picket_schema SET version = 4;",
+                sql::FILL_COUNTS
+            ))
+            .context("counting the stored alerts")?;
+        }
         tx.commit()?;
         Ok(PgStore {
             client: Some(client),

@@ -162,6 +162,57 @@ const COUNT_STORED: &str =
 
 const STORED: &str = "SELECT stored_alerts FROM devices WHERE device_id = ?1";
 
+/// The counts the overview reads, kept as alerts are stored and removed (as
+/// `devices.stored_alerts` is), so that it reads a few rows instead of every alert: per device
+/// and severity, and per hour received (its start), device, severity and kind. Created with
+/// the schema; a store of an older version gets them filled from its alerts by [`FILL_COUNTS`].
+pub(crate) const COUNT_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS alert_totals (
+    device_id TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    alerts BIGINT NOT NULL,
+    PRIMARY KEY (device_id, severity)
+);
+CREATE TABLE IF NOT EXISTS alert_hours (
+    hour_ms BIGINT NOT NULL,
+    device_id TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    alerts BIGINT NOT NULL,
+    PRIMARY KEY (hour_ms, device_id, severity, kind)
+);
+";
+
+/// The counts of [`COUNT_TABLES`] from the alerts stored.
+pub(crate) const FILL_COUNTS: &str = "
+DELETE FROM alert_totals;
+DELETE FROM alert_hours;
+INSERT INTO alert_totals (device_id, severity, alerts)
+    SELECT device_id, severity, count(*) FROM alerts GROUP BY device_id, severity;
+INSERT INTO alert_hours (hour_ms, device_id, severity, kind, alerts)
+    SELECT received_ms - received_ms % 3600000, device_id, severity, kind, count(*)
+    FROM alerts GROUP BY received_ms - received_ms % 3600000, device_id, severity, kind;
+";
+
+/// Adds ?3 (negative: removes) to the count of device ?1's alerts of severity ?2.
+const ADD_TOTAL: &str = "INSERT INTO alert_totals (device_id, severity, alerts) VALUES (?1, ?2, ?3)
+     ON CONFLICT (device_id, severity) DO UPDATE SET alerts = alert_totals.alerts + excluded.alerts";
+
+/// Adds ?5 to the count of device ?2's alerts of severity ?3 and kind ?4 received in hour ?1.
+const ADD_HOUR: &str = "INSERT INTO alert_hours (hour_ms, device_id, severity, kind, alerts)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (hour_ms, device_id, severity, kind)
+     DO UPDATE SET alerts = alert_hours.alerts + excluded.alerts";
+
+const FORGET_HOUR: &str = "DELETE FROM alert_hours
+     WHERE hour_ms = ?1 AND device_id = ?2 AND severity = ?3 AND kind = ?4 AND alerts = 0";
+
+/// The hours, severities and kinds of the alerts [`DELETE_OLDEST`] deletes.
+const OLDEST_GROUPS: &str = "SELECT received_ms - received_ms % 3600000, severity, kind, count(*)
+     FROM (SELECT received_ms, severity, kind FROM alerts WHERE device_id = ?1
+           ORDER BY received_ms, seq LIMIT ?2) AS o
+     GROUP BY received_ms - received_ms % 3600000, severity, kind";
+
 /// The device's `?2` alerts received first (of the lowest sequence numbers among those
 /// received in the same millisecond). Not simply the lowest numbers: a device whose state was
 /// lost numbers from a random point, which may be below its older alerts'.
@@ -179,9 +230,10 @@ const DEVICES_EXPIRING: &str = "SELECT DISTINCT device_id FROM alerts WHERE rece
 /// Locks a device's row (PostgreSQL) before its alerts are deleted: the order the ingest takes.
 const LOCK_DEVICE: &str = "UPDATE devices SET stored_alerts = stored_alerts WHERE device_id = ?1";
 
-/// How many of a device's alerts were received before ?2.
-const COUNT_EXPIRING: &str =
-    "SELECT count(*) FROM alerts WHERE device_id = ?1 AND received_ms < ?2";
+/// The hours, severities and kinds of a device's alerts received before ?2.
+const EXPIRING_GROUPS: &str = "SELECT received_ms - received_ms % 3600000, severity, kind, count(*)
+     FROM alerts WHERE device_id = ?1 AND received_ms < ?2
+     GROUP BY received_ms - received_ms % 3600000, severity, kind";
 
 /// After retention deleted ?2 of a device's alerts.
 const UNCOUNT_STORED: &str = "UPDATE devices SET stored_alerts = stored_alerts - ?2
@@ -216,7 +268,7 @@ const DELETE_POLICY_RESULTS: &str = "DELETE FROM policy_results WHERE received_m
 const DEVICES: &str = "SELECT d.device_id, d.first_seen_ms, d.last_seen_ms, d.status, d.status_ms,
             d.agent_version, d.policy_serial, d.policy_name, d.boot_id, d.heartbeat_ms,
             d.uptime_s, d.counters,
-            (SELECT count(*) FROM alerts a WHERE a.device_id = d.device_id),
+            d.stored_alerts,
             COALESCE((SELECT r.count FROM refused r
                       WHERE r.reason = 'rate_limited' AND r.device_id = d.device_id), 0),
             d.quota_removed
@@ -279,8 +331,67 @@ pub(crate) fn insert_alert(
     touch_device(db, device_id, received_ms)?;
     if inserted {
         db.execute(COUNT_STORED, &[text(device_id)])?;
+        let group = Group {
+            hour_ms: received_ms - received_ms % HOUR_MS,
+            severity: alert.severity.name().into(),
+            kind: alert.kind.name().into(),
+            alerts: 1,
+        };
+        add_counts(db, device_id, &[group], 1)?;
     }
     Ok(inserted)
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// Alerts of a device of one hour received, severity and kind.
+struct Group {
+    hour_ms: u64,
+    severity: String,
+    kind: String,
+    alerts: u64,
+}
+
+/// The groups of a query of `(hour, severity, kind, count)`.
+fn groups(db: &mut dyn Db, sql: &str, args: &[Arg]) -> anyhow::Result<Vec<Group>> {
+    rows(db, sql, args, |r| {
+        Ok(Group {
+            hour_ms: get_uint(r, 0)?,
+            severity: get_text(r, 1)?,
+            kind: get_text(r, 2)?,
+            alerts: get_uint(r, 3)?,
+        })
+    })
+}
+
+/// Adds (`sign` 1) or removes (-1) the alerts of `groups` of a device to or from the counts
+/// of [`COUNT_TABLES`]; an hour's count that reaches 0 is deleted.
+fn add_counts(db: &mut dyn Db, device_id: &str, groups: &[Group], sign: i64) -> anyhow::Result<()> {
+    let mut totals: std::collections::BTreeMap<&str, i64> = Default::default();
+    for g in groups {
+        let n = sign * i64::try_from(g.alerts).unwrap_or(i64::MAX);
+        *totals.entry(&g.severity).or_default() += n;
+        let key = [
+            int(g.hour_ms),
+            text(device_id),
+            text(&g.severity),
+            text(&g.kind),
+        ];
+        db.execute(
+            ADD_HOUR,
+            &[key[0], key[1], key[2], key[3], Arg::Int(Some(n))],
+        )?;
+        if sign < 0 {
+            db.execute(FORGET_HOUR, &key)?;
+        }
+    }
+    for (severity, n) in totals {
+        db.execute(
+            ADD_TOTAL,
+            &[text(device_id), text(severity), Arg::Int(Some(n))],
+        )?;
+    }
+    Ok(())
 }
 
 /// [`super::Store::enforce_quota`].
@@ -297,8 +408,11 @@ pub(crate) fn enforce_quota(
     if stored <= max_alerts {
         return Ok(0);
     }
-    let removed = db.execute(DELETE_OLDEST, &[text(device_id), int(stored - max_alerts)])?;
+    let args = [text(device_id), int(stored - max_alerts)];
+    let oldest = groups(db, OLDEST_GROUPS, &args)?;
+    let removed = db.execute(DELETE_OLDEST, &args)?;
     db.execute(COUNT_REMOVED, &[text(device_id), int(removed)])?;
+    add_counts(db, device_id, &oldest, -1)?;
     if removed > 0 {
         db.execute(DELETE_ORPHAN_TRIAGE, &[])?;
     }
@@ -470,17 +584,14 @@ pub(crate) fn delete_before(db: &mut dyn Db, before_ms: u64) -> anyhow::Result<u
     let mut expiring = Vec::with_capacity(ids.len());
     for id in ids {
         db.execute(LOCK_DEVICE, &[text(&id)])?;
-        let n = rows(db, COUNT_EXPIRING, &[text(&id), int(before_ms)], |r| {
-            get_uint(r, 0)
-        })?
-        .first()
-        .copied()
-        .unwrap_or(0);
-        expiring.push((id, n));
+        let expired = groups(db, EXPIRING_GROUPS, &[text(&id), int(before_ms)])?;
+        expiring.push((id, expired));
     }
     let alerts = db.execute(DELETE_ALERTS, &[int(before_ms)])?;
-    for (id, n) in &expiring {
-        db.execute(UNCOUNT_STORED, &[text(id), int(*n)])?;
+    for (id, expired) in &expiring {
+        let n = expired.iter().map(|g| g.alerts).sum();
+        db.execute(UNCOUNT_STORED, &[text(id), int(n)])?;
+        add_counts(db, id, expired, -1)?;
     }
     db.execute(DELETE_POLICY_RESULTS, &[int(before_ms)])?;
     if alerts > 0 {
@@ -622,7 +733,11 @@ pub(crate) fn alerts_query(
         bind("t.state", "=", QueryArg::Text(state.into()));
     }
     if filter.triage.as_deref() == Some("open") {
-        clauses.push("(t.state IS NULL OR t.state = 'open')".into());
+        // Not `t.state IS NULL OR ...`: PostgreSQL would join every alert before the limit.
+        clauses.push(
+            "NOT EXISTS (SELECT 1 FROM triage o WHERE o.alert_id = a.id AND o.state <> 'open')"
+                .into(),
+        );
     }
     if let Some(text) = &filter.text {
         let p = param(QueryArg::Text(contains_pattern(text)));

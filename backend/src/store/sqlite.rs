@@ -7,14 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 
-use super::sql::{Arg, Columns, Database, Db};
+use super::sql::{self, Arg, Columns, Database, Db};
 use super::Store;
 
 /// The schema this code reads and writes (`PRAGMA user_version`). 2 added the devices'
 /// `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]); 3 the alerts' `id` and the
-/// tables of the HTTP API's accounts, triage and audit ([`UPGRADE_FROM_2`]). An older
-/// database is upgraded when opened.
-const SCHEMA_VERSION: i64 = 3;
+/// tables of the HTTP API's accounts, triage and audit ([`UPGRADE_FROM_2`]); 4 the counts of
+/// the overview ([`sql::COUNT_TABLES`], filled from the alerts stored). An older database is
+/// upgraded when opened.
+const SCHEMA_VERSION: i64 = 4;
 
 /// The SQLite store (WAL mode, so readers do not block the ingest).
 pub struct SqliteStore {
@@ -137,6 +138,7 @@ CREATE TABLE IF NOT EXISTS limited (
 CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received_ms);
 CREATE INDEX IF NOT EXISTS alerts_device_received ON alerts (device_id, received_ms);
 CREATE INDEX IF NOT EXISTS alerts_kind_received ON alerts (kind, received_ms);
+CREATE INDEX IF NOT EXISTS alerts_severity_received ON alerts (severity, received_ms);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     role TEXT NOT NULL,
@@ -216,8 +218,9 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} PRAGMA user_version = {SCHEMA_VERSION}; \
-                     COMMIT;"
+                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} {} \
+                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                    sql::COUNT_TABLES
                 ))
                 .or_else(|e| {
                     // Another process may have created it between the check and the write.
@@ -231,7 +234,7 @@ impl SqliteStore {
                 })
                 .context("creating the schema")?;
             }
-            1 | 2 => {
+            1..=3 => {
                 upgrade(&conn, version).context("upgrading the schema")?;
                 conn.execute_batch(INDEXES)
                     .context("creating the indexes")?;
@@ -266,6 +269,14 @@ fn upgrade(conn: &Connection, from: i64) -> anyhow::Result<()> {
         if version == 1 || version == 2 {
             conn.execute_batch(UPGRADE_FROM_2)
                 .with_context(|| format!("from version {from}"))?;
+        }
+        if (1..=3).contains(&version) {
+            conn.execute_batch(&format!(
+                "{} {} PRAGMA user_version = 4;",
+                sql::COUNT_TABLES,
+                sql::FILL_COUNTS
+            ))
+            .with_context(|| format!("counting the alerts of version {from}"))?;
         }
         Ok(conn.execute_batch("COMMIT")?)
     })();

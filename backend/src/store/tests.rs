@@ -460,6 +460,14 @@ fn alert_queries_use_an_index_for_their_filters_and_order() {
                 limit: Some(3),
                 ..Default::default()
             },
+            "alerts_severity_received (severity=?)",
+        ),
+        (
+            AlertFilter {
+                triage: text("open"),
+                limit: Some(3),
+                ..Default::default()
+            },
             "alerts_received",
         ),
     ];
@@ -484,6 +492,29 @@ fn alert_queries_use_an_index_for_their_filters_and_order() {
             "{filter:?}: {plan}"
         );
     }
+    // The overview reads the hours' counts from the first hour asked for, not the alerts.
+    let plan = |sql: &str, args: &[i64]| -> String {
+        let mut stmt = s
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let rows: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.join("; ")
+    };
+    let hours = plan(super::accounts::ALERT_COUNTS, &[1]);
+    assert!(
+        hours.contains("alert_hours USING INDEX sqlite_autoindex_alert_hours_1 (hour_ms>?)"),
+        "{hours}"
+    );
+    let totals = plan(super::accounts::SEVERITY_COUNTS, &[]);
+    assert!(
+        totals.contains("alert_totals") && !totals.contains("alerts "),
+        "{totals}"
+    );
 }
 
 #[test]
@@ -509,7 +540,8 @@ fn the_indexes_are_added_to_an_existing_database() {
         [
             "alerts_device_received",
             "alerts_kind_received",
-            "alerts_received"
+            "alerts_received",
+            "alerts_severity_received"
         ]
     );
 }
@@ -572,6 +604,98 @@ fn the_quota_removes_the_oldest_beyond_its_bound(s: &mut dyn Store) {
         })
         .collect();
     assert_eq!(figures, [("gw-1", 3, 3, 0), ("gw-2", 0, 0, 0)]);
+}
+
+type Counts = (Vec<(String, u64)>, Vec<(u64, String, String, u64)>);
+
+/// The overview's counts, as the store keeps them: by severity, and by hour, severity and kind.
+fn overview_counts(s: &mut dyn Store) -> Counts {
+    let hours = s.alert_counts(0).unwrap();
+    (
+        s.severity_counts().unwrap(),
+        hours
+            .into_iter()
+            .map(|c| (c.bucket_ms, c.severity, c.kind, c.count))
+            .collect(),
+    )
+}
+
+/// The same counts, made from every alert stored.
+fn counted_from_alerts(s: &mut dyn Store) -> Counts {
+    let mut severities = std::collections::BTreeMap::new();
+    let mut hours = std::collections::BTreeMap::new();
+    for a in s.stored_alerts(&AlertFilter::default()).unwrap() {
+        let a = a.alert;
+        *severities.entry(a.severity.clone()).or_insert(0) += 1;
+        let hour = a.received_ms - a.received_ms % 3_600_000;
+        *hours.entry((hour, a.severity, a.kind)).or_insert(0) += 1;
+    }
+    (
+        severities.into_iter().collect(),
+        hours
+            .into_iter()
+            .map(|((h, s, k), n)| (h, s, k, n))
+            .collect(),
+    )
+}
+
+/// The overview's counts are kept as alerts are stored (once: not a copy), removed by the
+/// quota and by retention, and stay those of the alerts stored; the devices' counts too.
+fn overview_counts_follow_the_quota_and_retention(s: &mut dyn Store) {
+    const HOUR: u64 = 3_600_000;
+    let severities = [Severity::Medium, Severity::High, Severity::Critical];
+    let kinds = [
+        AlertKind::SuspiciousExec,
+        AlertKind::AgentTamper,
+        AlertKind::IntegrityDrift,
+        AlertKind::UnknownExecutable,
+    ];
+    let mut stored = 0;
+    for seq in 1..=60u64 {
+        for device in ["gw-1", "gw-2"] {
+            let mut a = alert(seq);
+            a.severity = severities[(seq % 3) as usize];
+            a.kind = kinds[(seq % 4) as usize];
+            // Over 6 hours, a few per hour, the two devices' in other hours.
+            let received = (seq / 10) * HOUR + seq * 1000 + u64::from(device == "gw-2") * HOUR / 2;
+            assert!(s.insert_alert(device, &a, "postcard", received).unwrap());
+            stored += 1;
+            // A copy is not counted.
+            assert!(!s
+                .insert_alert(device, &a, "postcard", received + 1)
+                .unwrap());
+        }
+    }
+    let check = |s: &mut dyn Store, total: u64| {
+        let counts = overview_counts(s);
+        assert_eq!(counts, counted_from_alerts(s));
+        assert_eq!(counts.0.iter().map(|(_, n)| n).sum::<u64>(), total);
+        let devices = s.devices(0, Duration::from_secs(60)).unwrap();
+        let per_device: Vec<u64> = devices.iter().map(|d| d.alerts).collect();
+        assert_eq!(
+            per_device,
+            [count(s, "gw-1") as u64, count(s, "gw-2") as u64]
+        );
+        counts
+    };
+    let full = check(s, stored);
+    assert_eq!(full.0.len(), 3);
+    assert_eq!(full.1.first().unwrap().0, 0);
+    // The quota removes gw-1's oldest 25: its first hours.
+    assert_eq!(s.enforce_quota("gw-1", 35).unwrap(), 25);
+    let after_quota = check(s, stored - 25);
+    assert_ne!(after_quota, full);
+    // Retention removes both devices' alerts of the first three hours and a half.
+    let removed = s.delete_before(3 * HOUR + HOUR / 2).unwrap();
+    assert!(removed > 0);
+    let after_retention = check(s, stored - 25 - removed);
+    assert!(after_retention.1.iter().all(|(h, ..)| *h >= 3 * HOUR));
+    // The hours since a time: those that start at it or later.
+    let late = s.alert_counts(5 * HOUR).unwrap();
+    assert!(!late.is_empty() && late.iter().all(|c| c.bucket_ms >= 5 * HOUR));
+    // Everything removed: nothing is counted.
+    s.delete_before(u64::MAX / 2).unwrap();
+    assert_eq!(check(s, 0), (vec![], vec![]));
 }
 
 /// The numbers of alerts not stored over the rate limit are told in the gaps they leave, as
@@ -764,6 +888,10 @@ const CHECKS: &[(&str, Check)] = &[
         "accounts_triage_and_alert_filters",
         accounts_triage_and_alert_filters,
     ),
+    (
+        "overview_counts_follow_the_quota_and_retention",
+        overview_counts_follow_the_quota_and_retention,
+    ),
 ];
 
 /// A store of schema version 1 (before the quota's counts): 3 alerts of gw-1 and one of gw-2.
@@ -777,6 +905,11 @@ fn version_1_contents(s: &mut dyn Store) {
 
 /// After the upgrade from version 1, the counts are those of the stored alerts.
 fn check_upgraded_from_version_1(s: &mut dyn Store) {
+    assert_eq!(overview_counts(s), counted_from_alerts(s));
+    assert_eq!(
+        overview_counts(s).0,
+        [("high".into(), 1), ("medium".into(), 3)]
+    );
     assert_eq!(s.enforce_quota("gw-1", 3).unwrap(), 0);
     assert_eq!(s.enforce_quota("gw-1", 1).unwrap(), 2);
     assert_eq!(s.enforce_quota("gw-2", 1).unwrap(), 0);
@@ -804,14 +937,14 @@ fn a_sqlite_store_of_version_1_is_upgraded() {
         .conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     check_upgraded_from_version_1(&mut s);
     // A newer one is refused.
-    s.conn.pragma_update(None, "user_version", 4).unwrap();
+    s.conn.pragma_update(None, "user_version", 5).unwrap();
     drop(s);
     let error = SqliteStore::open_existing(&path).err().unwrap();
     assert!(
-        format!("{error:#}").contains("schema version 4 is newer"),
+        format!("{error:#}").contains("schema version 5 is newer"),
         "{error:#}"
     );
 }
@@ -835,7 +968,7 @@ fn sqlite_back_to_version_2(conn: &rusqlite::Connection) {
          CREATE INDEX alerts_device_received ON alerts (device_id, received_ms);
          CREATE INDEX alerts_kind_received ON alerts (kind, received_ms);
          DROP TABLE users; DROP TABLE sessions; DROP TABLE api_tokens; DROP TABLE triage;
-         DROP TABLE audit;
+         DROP TABLE audit; DROP TABLE alert_totals; DROP TABLE alert_hours;
          PRAGMA user_version = 2;",
     )
     .unwrap();
@@ -852,6 +985,8 @@ fn version_2_contents(s: &mut dyn Store) {
 /// After the upgrade from version 2, the alerts are kept with ids in the order received, the
 /// next one stored gets a higher id, and the HTTP API's tables are there.
 fn check_upgraded_from_version_2(s: &mut dyn Store) {
+    assert_eq!(overview_counts(s), counted_from_alerts(s));
+    assert!(!overview_counts(s).1.is_empty());
     let rows: Vec<(u64, String, u64)> = s
         .stored_alerts(&AlertFilter::default())
         .unwrap()
@@ -890,7 +1025,7 @@ fn a_sqlite_store_of_version_2_is_upgraded() {
         .conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     check_upgraded_from_version_2(&mut s);
     drop(s);
     // Opened again: nothing more to do, the ids stay.
@@ -948,7 +1083,7 @@ fn postgres_store_passes_the_same_checks() {
         .query_one("SELECT max(version) FROM picket_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     check_upgraded_from_version_1(&mut s);
 }
 
@@ -959,5 +1094,6 @@ CREATE INDEX alerts_received ON alerts (received_ms);
 CREATE INDEX alerts_device_received ON alerts (device_id, received_ms);
 CREATE INDEX alerts_kind_received ON alerts (kind, received_ms);
 DROP TABLE users; DROP TABLE sessions; DROP TABLE api_tokens; DROP TABLE triage; DROP TABLE audit;
+DROP TABLE alert_totals; DROP TABLE alert_hours;
 UPDATE picket_schema SET version = 2;
 ";
