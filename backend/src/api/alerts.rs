@@ -13,6 +13,9 @@ use super::{bad_request, query, Api, ApiError};
 use crate::ingest::now_ms;
 use crate::store::filter;
 
+/// The longest text filter (`q`) accepted, in characters.
+pub const MAX_TEXT: usize = 200;
+
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
 fn to_json<T: serde::Serialize>(v: T) -> Json<Value> {
@@ -91,6 +94,13 @@ pub(crate) async fn alerts(
         .map(|u| filter::parse_since(&u, now).map_err(|e| e.replace("since", "until")))
         .transpose()
         .map_err(bad_request)?;
+    // Bounded: a text filter is a scan of four columns of every alert the other filters let
+    // through, under the store's lock.
+    if p.q.as_ref().is_some_and(|q| q.chars().count() > MAX_TEXT) {
+        return Err(bad_request(format!(
+            "the text filter `q` is longer than {MAX_TEXT} characters"
+        )));
+    }
     filter.text = empty(p.q);
     if let Some(t) = empty(p.triage) {
         filter::check_triage(&t).map_err(bad_request)?;

@@ -119,10 +119,19 @@ pub(crate) struct Auth {
     /// Failed logins within the window, by `user:NAME` and `addr:IP`. In memory: a restart
     /// forgets them, and each `serve` process sharing a store counts its own.
     failures: Mutex<HashMap<String, VecDeque<u64>>>,
+    /// Password verifications running at once: each holds Argon2's memory (19 MiB) and a
+    /// blocking thread, which the store's queries need too.
+    verifying: tokio::sync::Semaphore,
 }
+
+/// How many passwords are verified at once; further logins wait their turn.
+const VERIFYING_AT_ONCE: usize = 2;
 
 impl Auth {
     pub(crate) fn new(http: &HttpConfig) -> Auth {
+        // Computed now rather than by the first login of an unknown user, which would take
+        // twice as long as others.
+        dummy_hash();
         Auth {
             idle: http.session_idle,
             lifetime: http.session_lifetime,
@@ -131,13 +140,17 @@ impl Auth {
             per_address: http.login_failures_per_address,
             window: http.login_window,
             failures: Mutex::new(HashMap::new()),
+            verifying: tokio::sync::Semaphore::new(VERIFYING_AT_ONCE),
         }
     }
 
-    /// Forgets the failures older than the window; whether `key` is at its limit.
-    fn blocked(&self, key: &str, limit: u32, now: u64) -> bool {
-        let window = self.window.as_millis() as u64;
+    /// An attempt to log in as `user_key` from `address_key`: refused when either is at its
+    /// limit, else counted as a failure at once, under the same lock, so that attempts sent
+    /// together cannot all pass the check before the first one fails; [`Auth::succeeded`]
+    /// takes it back.
+    fn attempt(&self, user_key: &str, address_key: &str, now: u64) -> bool {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let window = self.window.as_millis() as u64;
         failures.retain(|_, times| {
             while times
                 .front()
@@ -147,20 +160,30 @@ impl Auth {
             }
             !times.is_empty()
         });
-        failures.get(key).is_some_and(|t| t.len() >= limit as usize)
+        let at =
+            |key: &str, limit: u32| failures.get(key).is_some_and(|t| t.len() >= limit as usize);
+        if at(user_key, self.per_user) || at(address_key, self.per_address) {
+            return false;
+        }
+        for key in [user_key, address_key] {
+            failures.entry(key.to_string()).or_default().push_back(now);
+        }
+        true
     }
 
-    fn fail(&self, key: String, now: u64) {
+    /// The attempt of [`Auth::attempt`] at `now` succeeded: the user's failures are forgotten,
+    /// and the address's count loses this attempt.
+    fn succeeded(&self, user_key: &str, address_key: &str, now: u64) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures.entry(key).or_default().push_back(now);
+        failures.remove(user_key);
+        if let Some(times) = failures.get_mut(address_key) {
+            if let Some(i) = times.iter().rposition(|t| *t == now) {
+                times.remove(i);
+            }
+        }
     }
 
-    fn forget(&self, key: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures.remove(key);
-    }
-
-    fn expired(&self, created_ms: u64, last_ms: u64, now: u64) -> bool {
+    pub(crate) fn expired(&self, created_ms: u64, last_ms: u64, now: u64) -> bool {
         now.saturating_sub(last_ms) >= self.idle.as_millis() as u64
             || now.saturating_sub(created_ms) >= self.lifetime.as_millis() as u64
     }
@@ -173,6 +196,8 @@ pub(crate) struct Caller {
     pub role: Role,
     /// The session's CSRF token and cookie hash; `None` for an API token.
     pub session: Option<(String, String)>,
+    /// The API token's hash; `None` for a session.
+    pub token: Option<String>,
 }
 
 fn unauthorized() -> ApiError {
@@ -217,13 +242,15 @@ pub(crate) async fn authorize(
     let now = now_ms();
     let caller = if let Some(token) = bearer(request.headers()) {
         let hash = sha256_hex(&token);
-        let (user, role) = query(&api, move |s| s.token_user(&hash))
+        let h = hash.clone();
+        let (user, role) = query(&api, move |s| s.token_user(&h))
             .await?
             .ok_or_else(unauthorized)?;
         Caller {
             user,
             role: Role::parse(&role).ok_or_else(unauthorized)?,
             session: None,
+            token: Some(hash),
         }
     } else if let Some(cookie) = session_cookie(request.headers()) {
         let hash = sha256_hex(&cookie);
@@ -256,6 +283,7 @@ pub(crate) async fn authorize(
             user: session.user,
             role: Role::parse(&session.role).ok_or_else(unauthorized)?,
             session: Some((session.csrf, hash)),
+            token: None,
         }
     } else {
         return Err(unauthorized());
@@ -306,9 +334,7 @@ pub(crate) async fn login(
     let address_key = format!("addr:{address_text}");
     let now = now_ms();
     let auth = &api.auth;
-    if auth.blocked(&user_key, auth.per_user, now)
-        || auth.blocked(&address_key, auth.per_address, now)
-    {
+    if !auth.attempt(&user_key, &address_key, now) {
         return Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed logins: try again later".into(),
@@ -316,33 +342,35 @@ pub(crate) async fn login(
     }
     let name = login.user.clone();
     let user = query(&api, move |s| s.user(&name)).await?;
+    let known = user.is_some();
     let hash = user
         .as_ref()
         .map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
     let password = login.password;
-    let good = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .map_err(super::internal)?;
+    let good = {
+        let _turn = auth.verifying.acquire().await.map_err(super::internal)?;
+        tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .map_err(super::internal)?
+    };
     let user = match user.filter(|_| good) {
         Some(u) => u,
         None => {
-            auth.fail(user_key, now);
-            auth.fail(address_key, now);
-            audit(
-                &api,
-                &login.user,
-                "login_failed",
-                &login.user,
-                &address_text,
-            )
-            .await?;
+            // What was typed as the name of an unknown user may be a password typed in the
+            // wrong field: it is not kept.
+            let name = if known {
+                login.user.as_str()
+            } else {
+                "(unknown user)"
+            };
+            audit(&api, name, "login_failed", name, &address_text).await?;
             return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
                 "wrong user name or password".into(),
             ));
         }
     };
-    auth.forget(&user_key);
+    auth.succeeded(&user_key, &address_key, now);
     let role = Role::parse(&user.role).ok_or_else(|| {
         super::internal(format!(
             "user {} has an unknown role {}",
@@ -381,6 +409,7 @@ pub(crate) async fn logout(
     Extension(caller): Extension<Arc<Caller>>,
 ) -> Result<Response, ApiError> {
     if let Some((_, hash)) = caller.session.clone() {
+        api.events.end_session(&hash);
         query(&api, move |s| s.delete_session(&hash)).await?;
         audit(&api, &caller.user, "logout", &caller.user, "").await?;
     }

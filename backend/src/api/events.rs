@@ -10,9 +10,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Extension;
 use futures_util::Stream;
 use tokio::sync::{broadcast, Notify};
 
+use super::auth::Caller;
 use super::{bad_request, run_query, Api, ApiError};
 use crate::store::{Store, StoredAlert, TriageChange};
 
@@ -22,11 +24,17 @@ pub const POLL: Duration = Duration::from_millis(250);
 const PAGE: u64 = 500;
 /// How often a comment line keeps an idle stream alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often a stream checks that its session or token is still valid: an expired session, a
+/// removed user or token ends it within this time, and no event is sent past it unchecked. A
+/// logout through this process ends the session's streams at once ([`Hub::end_session`]).
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub(crate) enum Change {
     Alert(Box<StoredAlert>),
     Triage(TriageChange),
+    /// The session of this cookie hash was logged out: its streams end at once.
+    Ended(String),
 }
 
 type Shared = Arc<Mutex<Box<dyn Store>>>;
@@ -55,6 +63,12 @@ impl Hub {
 
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Ends the streams of the session whose cookie hash is `hash` (at its logout), before
+    /// anything stored after it is sent to them.
+    pub(crate) fn end_session(&self, hash: &str) {
+        let _ = self.sender.send(Change::Ended(hash.to_string()));
     }
 
     async fn poll(self) {
@@ -113,7 +127,11 @@ fn triage_event(change: &TriageChange) -> Event {
 
 /// A subscriber: the alerts of an id above `sent` not sent yet, then what the hub sends.
 struct Subscriber {
+    api: Api,
     hub: Hub,
+    /// The caller's session or token, checked again every [`RECHECK`].
+    caller: Arc<Caller>,
+    checked: tokio::time::Instant,
     receiver: broadcast::Receiver<Change>,
     sent: u64,
     /// Read from the store, not sent yet.
@@ -123,7 +141,59 @@ struct Subscriber {
 }
 
 impl Subscriber {
+    /// Whether the caller's session (not expired) or token still exists.
+    async fn still_allowed(&self) -> bool {
+        let now = crate::ingest::now_ms();
+        match (&self.caller.session, &self.caller.token) {
+            (Some((_, hash)), _) => {
+                let hash = hash.clone();
+                match run_query(&self.hub.store, move |s| s.session(&hash)).await {
+                    Ok(Some(session)) => {
+                        !self
+                            .api
+                            .auth
+                            .expired(session.created_ms, session.last_ms, now)
+                    }
+                    _ => false,
+                }
+            }
+            (None, Some(hash)) => {
+                let hash = hash.clone();
+                matches!(
+                    run_query(&self.hub.store, move |s| s.token_user(&hash)).await,
+                    Ok(Some(_))
+                )
+            }
+            (None, None) => false,
+        }
+    }
+
+    /// The next event, or `None` to end the stream: the caller is no longer allowed, or the
+    /// hub stopped.
     async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.checked.elapsed() >= RECHECK {
+                if !self.still_allowed().await {
+                    return None;
+                }
+                self.checked = tokio::time::Instant::now();
+            }
+            // Idle: check again when due, and end the stream if the caller is gone. (Both
+            // halves may be dropped midway: the broadcast's `recv` is cancel-safe, and a
+            // backlog read not finished is made again.)
+            let due = self.checked + RECHECK;
+            let event = tokio::select! {
+                event = self.produce() => event?,
+                _ = tokio::time::sleep_until(due) => continue,
+            };
+            if self.checked.elapsed() >= RECHECK && !self.still_allowed().await {
+                return None;
+            }
+            return Some(event);
+        }
+    }
+
+    async fn produce(&mut self) -> Option<Event> {
         loop {
             if let Some(row) = self.backlog.pop_front() {
                 self.sent = self.sent.max(row.id);
@@ -145,6 +215,16 @@ impl Subscriber {
                 }
                 Ok(Change::Alert(_)) => {}
                 Ok(Change::Triage(change)) => return Some(triage_event(&change)),
+                Ok(Change::Ended(hash)) => {
+                    if self
+                        .caller
+                        .session
+                        .as_ref()
+                        .is_some_and(|(_, own)| *own == hash)
+                    {
+                        return None;
+                    }
+                }
                 // Too slow for the channel: read again from the store what it missed.
                 Err(broadcast::error::RecvError::Lagged(_)) => self.caught_up = false,
                 Err(broadcast::error::RecvError::Closed) => return None,
@@ -156,6 +236,7 @@ impl Subscriber {
 /// `GET /api/events`, resuming after `Last-Event-ID` when given.
 pub(crate) async fn events(
     State(api): State<Api>,
+    Extension(caller): Extension<Arc<Caller>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribed before the store is read: nothing stored in between is missed.
@@ -175,6 +256,9 @@ pub(crate) async fn events(
     };
     let subscriber = Subscriber {
         hub: api.events.clone(),
+        api: api.clone(),
+        caller,
+        checked: tokio::time::Instant::now(),
         receiver,
         sent,
         backlog: Default::default(),

@@ -59,30 +59,37 @@ pub(crate) async fn push(
         ));
     }
     let serial = policy.metadata.serial;
-    let published = crate::cmd::push::publish(&api.config, &devices, &bundle, PUBLISH_TIMEOUT)
-        .await
-        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    let sha256 = crate::cmd::push::sha256_hex(&bundle);
+    // The audit's target: the devices, or how many when they would not fit.
+    let target = if devices.len() <= 10 {
+        devices.join(",")
+    } else {
+        format!("{} devices", devices.len())
+    };
+    let published =
+        match crate::cmd::push::publish(&api.config, &devices, &bundle, PUBLISH_TIMEOUT).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Some devices may have the bundle already (published, not all acknowledged):
+                // the push is audited all the same.
+                let detail = format!("serial {serial}, sha256 {sha256}, failed: {e:#}");
+                audit(&api, &caller.user, "policy_push", &target, &detail).await?;
+                return Err(ApiError(StatusCode::BAD_GATEWAY, format!("{e:#}")));
+            }
+        };
     let refused: serde_json::Map<String, Value> = published
         .iter()
         .filter_map(|(d, r)| r.as_ref().map(|r| (d.clone(), Value::String(r.clone()))))
         .collect();
     let detail = format!(
-        "serial {serial}, sha256 {}{}",
-        crate::cmd::push::sha256_hex(&bundle),
+        "serial {serial}, sha256 {sha256}{}",
         if refused.is_empty() {
             String::new()
         } else {
             format!(", refused by the broker for {}", refused.len())
         }
     );
-    audit(
-        &api,
-        &caller.user,
-        "policy_push",
-        &devices.join(","),
-        &detail,
-    )
-    .await?;
+    audit(&api, &caller.user, "policy_push", &target, &detail).await?;
     let mut answer = json!({"serial": serial, "devices": devices});
     if !refused.is_empty() {
         answer["refused"] = Value::Object(refused);

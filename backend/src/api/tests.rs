@@ -395,7 +395,7 @@ fn a_wrong_password_and_an_unknown_user_get_the_same_answer_then_429() {
             ("login", "viewer"),
             ("login_failed", "admin"),
             ("login_failed", "admin"),
-            ("login_failed", "nobody"),
+            ("login_failed", "(unknown user)"),
             ("login_failed", "admin"),
         ]
     );
@@ -562,4 +562,93 @@ fn the_console_is_served_without_authentication_and_every_answer_has_the_securit
         assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
         assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
     }
+}
+
+/// Attempts sent together are counted as they start, not as they end: the limit holds.
+#[test]
+fn logins_sent_together_do_not_pass_the_limit() {
+    let f = Fixture::new(
+        0,
+        "login_failures_per_user = 3\nlogin_failures_per_address = 1000\n",
+    );
+    let port = f.port;
+    let answers: Vec<u16> = std::thread::scope(|scope| {
+        let attempts: Vec<_> = (0..24)
+            .map(|i| {
+                scope.spawn(move || {
+                    request(
+                        port,
+                        "POST",
+                        "/api/login",
+                        &[],
+                        &json!({"user": "admin", "password": format!("guess {i}")}).to_string(),
+                    )
+                    .status
+                })
+            })
+            .collect();
+        attempts.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    let checked = answers.iter().filter(|s| **s == 401).count();
+    let refused = answers.iter().filter(|s| **s == 429).count();
+    assert_eq!((checked, refused), (3, 21), "{answers:?}");
+}
+
+/// A live stream ends when its session does: logout (or expiry, or the user removed).
+#[test]
+fn a_live_stream_ends_with_its_session() {
+    let f = Fixture::new(1, "");
+    let (cookie, csrf) = f.session("viewer");
+    let mut stream = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    write!(
+        stream,
+        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+    let r = request(
+        f.port,
+        "POST",
+        "/api/logout",
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+        "",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    // An alert stored after the logout is not sent, and the stream ends.
+    f.store()
+        .insert_alert("gw-1", &alert(2), "json", 2)
+        .unwrap();
+    let mut rest = String::new();
+    reader
+        .read_to_string(&mut rest)
+        .expect("the stream ends after the logout");
+    assert!(!rest.contains("event: alert"), "{rest}");
+
+    // A stream of a token ends once its user is removed (by the CLI: another process).
+    let token = f.token("viewer");
+    let mut stream = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    write!(
+        stream,
+        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+    assert!(f.store().remove_user("viewer").unwrap());
+    let mut rest = String::new();
+    reader
+        .read_to_string(&mut rest)
+        .expect("the stream ends once its user is removed");
 }
