@@ -105,22 +105,6 @@ impl Sensor {
     }
 }
 
-/// How long the programs may go without waking the agent while records flow, in nanoseconds.
-///
-/// A record is sent without a wakeup when its CPU woke the agent less than this long ago, and
-/// with a wakeup otherwise; the agent, after each read of the ring buffer that followed a
-/// wakeup or found records, reads it again this long later (see the agent's `session` module
-/// for why no record then waits much more than twice this).
-pub const WAKE_INTERVAL_NS: u64 = 5_000_000;
-
-/// While less than [`WAKE_INTERVAL_NS`] has passed, the agent is still woken when the ring
-/// buffer holds more than this fraction of its size (`1 / WAKE_FILL_DIVISOR`), at most once per
-/// [`WAKE_FILL_SPACING_NS`] on each CPU: a burst does not wait for the timer with a full ring.
-pub const WAKE_FILL_DIVISOR: u64 = 4;
-
-/// See [`WAKE_FILL_DIVISOR`].
-pub const WAKE_FILL_SPACING_NS: u64 = WAKE_INTERVAL_NS / 16;
-
 /// Indexes of the in-kernel counters (`COUNTERS`, a per-CPU array of `u64`).
 pub mod counter {
     /// Records dropped because the ring buffer was full, one slot per [`super::Sensor`].

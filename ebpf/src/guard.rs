@@ -22,7 +22,7 @@ use picket_common::{
 
 use crate::{
     context::{current_ids, fill_header, is_agent},
-    maps::{emit_waking, GUARD_LISTEN, GUARD_NETS, GUARD_STATE},
+    maps::{emit, GUARD_LISTEN, GUARD_NETS, GUARD_STATE},
     net::new_event,
 };
 
@@ -208,5 +208,5 @@ fn report(op: NetOp, family: u16, addr: &[u8; 16], port: u16, blocked: bool) {
         event.remote_addr = *addr;
         event.remote_port = port;
     }
-    emit_waking(Sensor::Network, &event, core::mem::size_of::<NetEvent>());
+    emit(Sensor::Network, &event, core::mem::size_of::<NetEvent>());
 }

@@ -1,8 +1,6 @@
 //! The maps the programs share, and the ring buffer output with per-sensor loss accounting.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
-    helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
@@ -10,7 +8,7 @@ use picket_common::{
     counter,
     guard::{NetRule, KEY_BYTES, LISTEN_ENTRIES_MAX, NET_ENTRIES_MAX},
     loss, EventHeader, ExecEvent, ExitEvent, FileEvent, ForkEvent, NetEvent, PrivilegeEvent,
-    Sensor, ARGV_MAX, ENV_MAX, WAKE_FILL_DIVISOR, WAKE_FILL_SPACING_NS, WAKE_INTERVAL_NS,
+    Sensor, ARGV_MAX, ENV_MAX,
 };
 
 /// Default ring buffer size; the agent sets the real one at load time.
@@ -222,73 +220,10 @@ fn count_cgroup_loss(cgroup: u64, sensor: Sensor, kind: u16) {
     }
 }
 
-/// When this CPU last woke the agent (`bpf_ktime_get_boot_ns`), index 0. One slot per CPU,
-/// used by the tracepoint programs alone: the kernel runs them with preemption off and one at a
-/// time on each CPU (a tracepoint hit while one runs, in an interrupt say, is skipped), so a
-/// slot is read and written by one program at a time and its 64-bit value is never torn, even
-/// where the JIT stores it as two 32-bit halves.
-#[map(name = "LAST_WAKE")]
-pub static LAST_WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// The flags to commit a record with: a wakeup of the agent only when this CPU has not woken it
-/// for [`WAKE_INTERVAL_NS`], or when the ring buffer is filling (a quarter full, at most once
-/// per [`WAKE_FILL_SPACING_NS`]); else none.
-///
-/// Why no record is left unread: a record sent without a wakeup was sent less than
-/// `WAKE_INTERVAL_NS` after its CPU forced one (`BPF_RB_FORCE_WAKEUP`, which wakes the agent
-/// whether or not it has read everything: the kernel's default would not wake it when earlier
-/// records are still unread, which is exactly the case after a record sent without one). The
-/// agent reads the ring once woken, and then again `WAKE_INTERVAL_NS` (and a little) after
-/// each read that followed a wakeup or found records, so it reads the ring at least once
-/// after that record was sent. The time is read before the record is reserved: a program
-/// held up between the two for longer than the interval (an interrupt storm) only makes the
-/// record wait for the agent's next read, at the latest its read of every second.
-///
-/// Races: there are none between CPUs, the slot is this CPU's alone (see [`LAST_WAKE`]); the
-/// cost is a wakeup per CPU per interval at most, not one in all. The clock only moves forward
-/// and counts time suspended (the first record after a resume wakes the agent). A missing slot
-/// (it cannot be, the array has one entry) means a wakeup: nothing makes a record go without
-/// one when it is due; at worst the agent is woken once more than needed.
-#[inline(always)]
-fn wake_flags() -> u64 {
-    let Some(last) = LAST_WAKE.get_ptr_mut(0) else {
-        return BPF_RB_FORCE_WAKEUP as u64;
-    };
-    // SAFETY: no helper reads memory here.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    // SAFETY: this CPU's slot, written by no other program while this one runs.
-    let since = now.wrapping_sub(unsafe { *last });
-    let due = since >= WAKE_INTERVAL_NS
-        || (since >= WAKE_FILL_SPACING_NS
-            && EVENTS.query(BPF_RB_AVAIL_DATA as u64) * WAKE_FILL_DIVISOR
-                >= EVENTS.query(BPF_RB_RING_SIZE as u64));
-    if due {
-        // SAFETY: as above.
-        unsafe { *last = now };
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
-}
-
 /// Sends the first `len` bytes of `record` (clamped to its size), counting a loss for `sensor`
-/// and for the acting task's cgroup when the ring buffer is full. For tracepoint programs only
-/// (see [`LAST_WAKE`]): the agent is woken as [`wake_flags`] says.
+/// and for the acting task's cgroup when the ring buffer is full.
 #[inline(always)]
 pub fn emit<T: Record>(sensor: Sensor, record: *const T, len: usize) {
-    output(sensor, record, len, wake_flags());
-}
-
-/// [`emit`] with a wakeup of the agent, for the programs that are not tracepoint programs (the
-/// network guard's): they may be preempted, so they leave [`LAST_WAKE`] alone. Their records are
-/// rare (a refused or would-be-refused connection).
-#[inline(always)]
-pub fn emit_waking<T: Record>(sensor: Sensor, record: *const T, len: usize) {
-    output(sensor, record, len, BPF_RB_FORCE_WAKEUP as u64);
-}
-
-#[inline(always)]
-fn output<T: Record>(sensor: Sensor, record: *const T, len: usize, flags: u64) {
     let size = core::mem::size_of::<T>();
     // The bound check is what lets the verifier accept a variable-length output.
     if len == 0 || len > size {
@@ -296,7 +231,7 @@ fn output<T: Record>(sensor: Sensor, record: *const T, len: usize, flags: u64) {
     }
     // SAFETY: `record` points to a live `T` (a map value or a stack value) and `len <= size`.
     let bytes = unsafe { core::slice::from_raw_parts(record as *const u8, len) };
-    if EVENTS.output(bytes, flags).is_err() {
+    if EVENTS.output(bytes, 0).is_err() {
         count(counter::LOST_BASE + sensor as u32);
         // SAFETY: as above.
         let header = unsafe { (*record).header() };

@@ -4,28 +4,12 @@
 //!
 //! Losses are never silent: every second the in-kernel loss counters are read and any increase
 //! goes to the sink.
-//!
-//! # Reading the ring buffer without a wakeup per record
-//!
-//! The programs wake the agent at most once per [`WAKE_INTERVAL_NS`] on each CPU (and when the
-//! ring buffer is a quarter full); the other records are sent without a wakeup, each less than
-//! `WAKE_INTERVAL_NS` after its CPU last woke the agent (see `ebpf/src/maps.rs`). So the loop
-//! reads the ring buffer again [`DRAIN_AGAIN`] (`WAKE_INTERVAL_NS` and a little) after every
-//! read that followed a wakeup or found records, and stops when a read on that timer finds
-//! nothing. Then a record sent without a wakeup, at `t`, less than `WAKE_INTERVAL_NS` after a
-//! wakeup at `w`, is read within about twice `WAKE_INTERVAL_NS`: the wakeup is followed by a read
-//! at `r >= w`, which sets the timer; each later read that finds records or follows a wakeup
-//! pushes it back, and only a read on the timer, at least `DRAIN_AGAIN` after `r`, so after `t`,
-//! can stop it; until that read the ring is read at most `DRAIN_AGAIN` apart. An idle agent
-//! (nothing sent since its last read) arms no timer. A record's program held up between its
-//! reading of the clock and its output for longer than the interval is read, at the latest, by
-//! the read of every second.
 
 use std::{collections::HashMap, future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use picket_common::{loss, EventKind, Sensor, WAKE_INTERVAL_NS};
+use picket_common::{loss, EventKind, Sensor};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -195,28 +179,18 @@ pub async fn run(
         map_behind: false,
         cgroup_names: CgroupNames::default(),
     };
-    let mut again = Again::default();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for the ring buffer")?;
-                // A wakeup during the read is not lost: tokio clears only the readiness this
-                // guard observed.
                 pump.drain(guard.get_inner_mut(), sink)?;
                 guard.clear_ready();
-                again.arm();
-            }
-            () = again.wait() => {
-                again.disarm();
-                if pump.drain(ring.get_mut(), sink)? > 0 {
-                    again.arm();
-                }
             }
             guard = readable(&mut opens) => {
                 let mut guard = guard.context("waiting for the open listener")?;
                 // The exec records queued before these opens first: an open is judged by what
                 // its process runs.
-                again.arm_if(pump.drain(ring.get_mut(), sink)?);
+                pump.drain(ring.get_mut(), sink)?;
                 pump.opened(guard.get_inner_mut(), sink)?;
                 guard.clear_ready();
             }
@@ -227,7 +201,7 @@ pub async fn run(
                         GuardReport::Decision(decision) => {
                             // The records queued before each decision first: its process's
                             // fork.
-                            again.arm_if(pump.drain(ring.get_mut(), sink)?);
+                            pump.drain(ring.get_mut(), sink)?;
                             sink.event(pump.enricher.refused(decision))?;
                         }
                         GuardReport::Note(line) => log::warn!("{line}"),
@@ -239,7 +213,7 @@ pub async fn run(
             _ = tick.tick() => {
                 // What the ring holds first: the tick judges time-outs (the canary's), and a
                 // record already queued is not late (after a pause of the agent, say).
-                again.arm_if(pump.drain(ring.get_mut(), sink)?);
+                pump.drain(ring.get_mut(), sink)?;
                 pump.report_losses(&sensors, sink)?;
                 sink.tick()?;
                 guarding.apply(&mut sensors, sink)?;
@@ -316,48 +290,6 @@ fn grown(
     grown.sort_by(|a, b| total(&b.1).cmp(&total(&a.1)).then(a.0.cmp(&b.0)));
     grown.truncate(LOSS_CGROUPS_SAID);
     grown
-}
-
-/// How long after a read of the ring buffer that followed a wakeup or found records it is read
-/// again: the programs' [`WAKE_INTERVAL_NS`] and a millisecond for the timer's lateness.
-pub const DRAIN_AGAIN: Duration =
-    Duration::from_nanos(WAKE_INTERVAL_NS).saturating_add(Duration::from_millis(1));
-
-/// The timer of the next read of the ring buffer (see the module's documentation): armed while
-/// records flow, none at rest.
-#[derive(Default)]
-struct Again {
-    at: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl Again {
-    /// The next read [`DRAIN_AGAIN`] from now (later than an earlier setting).
-    fn arm(&mut self) {
-        let deadline = tokio::time::Instant::now() + DRAIN_AGAIN;
-        match self.at.as_mut() {
-            Some(sleep) => sleep.as_mut().reset(deadline),
-            None => self.at = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-    }
-
-    /// [`Again::arm`] when a read found `records`.
-    fn arm_if(&mut self, records: u64) {
-        if records > 0 {
-            self.arm();
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.at = None;
-    }
-
-    /// Until the timer fires; never, when none is armed.
-    async fn wait(&mut self) {
-        match self.at.as_mut() {
-            Some(sleep) => sleep.as_mut().await,
-            None => std::future::pending().await,
-        }
-    }
 }
 
 /// Decisions of the exec guard waiting for the event loop; beyond, they are counted and not
@@ -591,11 +523,9 @@ struct Pump {
 }
 
 impl Pump {
-    /// Handles every record available now, then flushes the sink; says how many there were.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut impl Sink) -> anyhow::Result<u64> {
-        let mut records = 0;
+    /// Handles every record available now, then flushes the sink.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut impl Sink) -> anyhow::Result<()> {
         while let Some(item) = ring.next() {
-            records += 1;
             self.stats.received += 1;
             match decode::decode(&item) {
                 Ok(raw) => {
@@ -613,8 +543,7 @@ impl Pump {
                 }
             }
         }
-        sink.flush()?;
-        Ok(records)
+        sink.flush()
     }
 
     /// Hands the opens of watched files queued now to the sink, as `read` events; not the
@@ -785,49 +714,6 @@ mod tests {
         let exec = grown(&before, &now, Sensor::Process);
         assert_eq!(exec.len(), 1);
         assert_eq!((exec[0].0, exec[0].1[EventKind::Exec as usize]), (2, 1));
-    }
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-    }
-
-    /// Whether `again.wait()` is done at its first poll.
-    fn ready_now(again: &mut Again) -> bool {
-        let mut wait = std::pin::pin!(again.wait());
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        wait.as_mut().poll(&mut cx).is_ready()
-    }
-
-    #[test]
-    fn an_idle_loop_has_no_timer() {
-        runtime().block_on(async {
-            let mut again = Again::default();
-            assert!(!ready_now(&mut again), "nothing armed: never ready");
-            again.arm_if(0);
-            assert!(again.at.is_none(), "a read that found nothing arms nothing");
-            again.arm_if(3);
-            assert!(again.at.is_some());
-            again.disarm();
-            assert!(!ready_now(&mut again), "disarmed: never ready");
-        });
-    }
-
-    #[test]
-    fn the_ring_is_read_again_no_sooner_than_the_interval_after_the_last_read() {
-        runtime().block_on(async {
-            let mut again = Again::default();
-            again.arm();
-            tokio::time::sleep(Duration::from_millis(3)).await;
-            // A later read pushes the timer back.
-            let last = tokio::time::Instant::now();
-            again.arm_if(1);
-            again.wait().await;
-            assert!(last.elapsed() >= DRAIN_AGAIN);
-            assert!(DRAIN_AGAIN > Duration::from_nanos(WAKE_INTERVAL_NS));
-        });
     }
 
     #[test]
