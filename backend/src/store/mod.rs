@@ -6,10 +6,11 @@
 //! Alerts are keyed by `(device_id, seq)`: a message the broker delivers twice is stored once.
 //! Each also has a store-wide `id`, increasing in the order stored. The accounts of the HTTP
 //! API (users, sessions, API tokens), the alerts' triage and the audit log are kept here too
-//! (`accounts.rs`).
+//! (`accounts.rs`), and the delivery state of the integrations (`forward.rs`).
 
 mod accounts;
 pub mod filter;
+mod forward;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -231,6 +232,20 @@ pub struct PolicyResultRow {
     pub reason: Option<String>,
 }
 
+/// The delivery state of an integration (a webhook or syslog receiver), by its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForwardRow {
+    pub name: String,
+    /// The id of the last alert the receiver acknowledged: the alerts of a higher id are
+    /// still to deliver.
+    pub last_id: u64,
+    /// When it last acknowledged a batch.
+    pub success_ms: Option<u64>,
+    /// The last error, cleared by the next success.
+    pub error: Option<String>,
+    pub error_ms: Option<u64>,
+}
+
 /// Which alerts a query wants; `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct AlertFilter {
@@ -388,6 +403,19 @@ pub trait Store: Send {
     fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>>;
     /// Newest first.
     fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>>;
+
+    /// The cursor of the integration `name`, which starts at `from` if it has none yet.
+    fn forward_start(&mut self, name: &str, from: u64) -> anyhow::Result<u64>;
+    /// The integration `name` acknowledged the alerts up to `last_id`: its cursor moves there
+    /// (never back) and its error is cleared.
+    fn forward_acknowledged(&mut self, name: &str, last_id: u64, now_ms: u64)
+        -> anyhow::Result<()>;
+    /// Notes the last error of the integration `name`.
+    fn forward_failed(&mut self, name: &str, error: &str, now_ms: u64) -> anyhow::Result<()>;
+    /// Every integration's delivery state, by name.
+    fn forward_rows(&mut self) -> anyhow::Result<Vec<ForwardRow>>;
+    /// How many stored alerts have an id above `after`.
+    fn alerts_behind(&mut self, after: u64) -> anyhow::Result<u64>;
 }
 
 /// Both stores: the shared statements of [`sql`], written atomically and read as each
@@ -589,6 +617,31 @@ impl<D: sql::Database> Store for D {
 
     fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
         self.read(|db| sql::policy_results(db, device))
+    }
+
+    fn forward_start(&mut self, name: &str, from: u64) -> anyhow::Result<u64> {
+        self.atomic(|db| forward::start(db, name, from))
+    }
+
+    fn forward_acknowledged(
+        &mut self,
+        name: &str,
+        last_id: u64,
+        now_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| forward::acknowledged(db, name, last_id, now_ms))
+    }
+
+    fn forward_failed(&mut self, name: &str, error: &str, now_ms: u64) -> anyhow::Result<()> {
+        self.atomic(|db| forward::failed(db, name, error, now_ms))
+    }
+
+    fn forward_rows(&mut self) -> anyhow::Result<Vec<ForwardRow>> {
+        self.read(forward::all)
+    }
+
+    fn alerts_behind(&mut self, after: u64) -> anyhow::Result<u64> {
+        self.read(|db| forward::behind(db, after))
     }
 }
 
