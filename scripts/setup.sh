@@ -65,6 +65,26 @@ if [ ${#need_mqtt[@]} -gt 0 ]; then
     fi
 fi
 
+# rsyslog: the syslog server the backend's integration tests deliver to (over TCP, and TLS with
+# its GnuTLS driver); they start their own rsyslogd on their own ports. The package enables a
+# system service; none must run.
+need_syslog=()
+dpkg -s rsyslog >/dev/null 2>&1 || need_syslog+=(rsyslog)
+dpkg -s rsyslog-gnutls >/dev/null 2>&1 || need_syslog+=(rsyslog-gnutls)
+if [ ${#need_syslog[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_syslog[*]}"
+    $SUDO apt-get update -qq || log "apt-get update reported errors; installing anyway"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${need_syslog[@]}"
+    if [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now rsyslog.service syslog.socket >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/rsyslog ]; then
+        # Stops only the service's own process (its pid file), not the tests' servers.
+        [ ! -f /run/rsyslogd.pid ] || $SUDO /etc/init.d/rsyslog stop >/dev/null 2>&1 || true
+        $SUDO update-rc.d rsyslog disable >/dev/null 2>&1 || true
+    fi
+fi
+
 if ! command -v rustup >/dev/null 2>&1; then
     log "rustup is missing: install Rust from https://rustup.rs first"
     exit 1

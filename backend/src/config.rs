@@ -9,6 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{de, Deserialize, Deserializer};
 
+use crate::forward::config::check_integrations;
+pub use crate::forward::config::{SyslogConfig, WebhookConfig, WebhookFormat};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -26,6 +29,12 @@ pub struct Config {
     /// Group name → device ids, for `policy push --group`.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Receivers of the stored alerts (`docs/INTEGRATIONS.md`): webhooks...
+    #[serde(default)]
+    pub webhook: Vec<WebhookConfig>,
+    /// ...and syslog servers.
+    #[serde(default)]
+    pub syslog: Vec<SyslogConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,6 +346,7 @@ impl Config {
             limits.max_alerts_per_device > 0,
             "limits.max_alerts_per_device must be at least 1"
         );
+        check_integrations(&config)?;
         for (group, devices) in &config.groups {
             for id in devices {
                 picket_proto::topic::check_device_id(id)
@@ -353,7 +363,7 @@ impl Config {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(de::Error::custom)
 }

@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod config;
 pub mod console;
 pub mod export;
+pub mod forward;
 pub mod ingest;
 pub mod store;
 pub mod tls;

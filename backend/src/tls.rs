@@ -1,4 +1,5 @@
-//! Mutual TLS for the backend's MQTT connections (rustls with the ring provider).
+//! Mutual TLS for the backend's MQTT connections, and TLS to the receivers of the
+//! integrations (rustls with the ring provider).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// A client configuration that trusts the CA certificates in `ca` and presents the
 /// certificate chain in `cert` with the private key in `key` (all PEM).
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    receiver_config(ca, Some((cert, key)))
+}
+
+/// A client configuration that trusts the CA certificates in `ca` and presents the
+/// certificate chain and key of `client`, if given (all PEM).
+pub fn receiver_config(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let cas = CertificateDer::pem_file_iter(ca)
         .with_context(|| format!("reading the CA certificates {}", ca.display()))?
@@ -21,6 +31,15 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<rustl
             .add(c)
             .with_context(|| format!("{}: unusable CA certificate", ca.display()))?;
     }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_root_certificates(roots);
+    let Some((cert, key)) = client else {
+        return Ok(builder.with_no_client_auth());
+    };
     let chain = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading the certificate {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -31,14 +50,9 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<rustl
         cert.display()
     );
     let key = private_key(key)?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .context("the client certificate and key do not form a usable pair")?;
+    let config = builder
+        .with_client_auth_cert(chain, key)
+        .context("the client certificate and key do not form a usable pair")?;
     Ok(config)
 }
 

@@ -2,11 +2,12 @@
 //! each with the role it needs), the router, and the shared state and errors. By folder:
 //! [`auth`] (login, sessions, API tokens, CSRF, the authorization layer), [`alerts`] (the
 //! reads), [`triage`] (triage and the audit log), [`events`] (live events), [`policy`] (policy
-//! push).
+//! push), [`integrations`] (the state of the webhooks and syslog receivers).
 
 mod alerts;
 pub mod auth;
 mod events;
+mod integrations;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint(Method::GET, "/api/policy-results", Some(Role::Viewer)),
     endpoint(Method::GET, "/api/audit", Some(Role::Admin)),
     endpoint(Method::POST, "/api/policy/push", Some(Role::Admin)),
+    endpoint(Method::GET, "/api/integrations", Some(Role::Admin)),
 ];
 
 /// The handler of an endpoint of [`ENDPOINTS`].
@@ -78,6 +80,7 @@ fn handler(e: &Endpoint) -> MethodRouter<Api> {
         "/api/policy-results" => get(alerts::policy_results),
         "/api/audit" => get(triage::audit),
         "/api/policy/push" => post(policy::push),
+        "/api/integrations" => get(integrations::list),
         other => unreachable!("no handler for {other}"),
     }
 }
@@ -89,7 +92,7 @@ pub(crate) struct Api {
     heartbeat_timeout: Duration,
     auth: Arc<auth::Auth>,
     events: events::Hub,
-    /// The configuration, for policy push (its `[mqtt]`).
+    /// The configuration, for policy push (its `[mqtt]`) and the integrations.
     config: Arc<Config>,
 }
 

@@ -1,5 +1,5 @@
 //! `picket-backend serve`: the managed broker (if configured), the ingest into the store, the
-//! HTTP API and the retention task, until SIGINT or SIGTERM.
+//! HTTP API, the integrations and the retention task, until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::config::{self, Config};
 use crate::store::{self, Store};
-use crate::{api, broker, ingest, tls};
+use crate::{api, broker, forward, ingest, tls};
 
 /// Runs `serve` with `config`, into the SQLite database `db` if given.
 pub fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
@@ -36,6 +36,11 @@ pub fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
         Some(_) => Some(store::open(&config.store, db.as_deref(), false)?),
         None => None,
     };
+    // The integrations' own connection too, if any are configured.
+    let forwarder = match forward::configured(&config).is_empty() {
+        false => Some(store::open(&config.store, db.as_deref(), false)?),
+        true => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -49,7 +54,7 @@ pub fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
             Some(b) => Some(broker::Broker::start(&config, b).await?),
             None => None,
         };
-        let served = serve_with(&config, mqtt, store, reader, location, signals).await;
+        let served = serve_with(&config, mqtt, store, [reader, forwarder], location, signals).await;
         if let Some(broker) = broker {
             broker.stop().await;
         }
@@ -79,10 +84,16 @@ async fn serve_with(
     config: &Config,
     mqtt: config::MqttConfig,
     store: Arc<Mutex<Box<dyn Store>>>,
-    reader: Option<Box<dyn Store>>,
+    [reader, forwarder]: [Option<Box<dyn Store>>; 2],
     location: String,
     mut signals: Signals,
 ) -> anyhow::Result<()> {
+    // Held until `serve` ends: dropping it stops the integrations. Started first: an entry
+    // that is wrong (an unreadable secret or certificate) fails `serve` before anything runs.
+    let _integrations = match forwarder {
+        Some(connection) => Some(forward::start(config, connection)?),
+        None => None,
+    };
     if let (Some(http), Some(reader)) = (&config.http, reader) {
         spawn_api(http, reader, config).await?;
     }

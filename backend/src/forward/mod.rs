@@ -1,0 +1,304 @@
+//! The integrations of `serve` (`docs/INTEGRATIONS.md`): each configured receiver, a webhook
+//! ([`webhook`]) or a syslog server ([`syslog`]), gets the stored alerts from a task of its own,
+//! fed from the store. A receiver's cursor (the id of the last alert it acknowledged) is kept in
+//! the store: the task delivers the alerts of a higher id, in id order (the order stored, so in
+//! order per device), a batch at a time, and moves the cursor only once the receiver has
+//! acknowledged the batch. A receiver that is down, or refuses, gets the same batch again, after
+//! a backoff, until it takes it: nothing is lost, and a batch may be delivered twice (at least
+//! once). One poller reads the newest alert id every [`POLL`] and wakes the tasks.
+
+pub mod config;
+mod syslog;
+#[cfg(test)]
+mod syslog_tests;
+#[cfg(test)]
+mod tests;
+mod webhook;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::ingest::now_ms;
+use crate::store::{Store, StoredAlert};
+
+/// How often the store is polled for new alerts.
+pub const POLL: Duration = Duration::from_millis(250);
+/// The first wait after a failure; it doubles up to the receiver's `max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+type Shared = Arc<Mutex<Box<dyn Store>>>;
+
+/// Why a batch was not acknowledged.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Down, unreachable, overloaded: tried again after a backoff that grows.
+    Retry(String),
+    /// The receiver refused the request itself (an HTTP 4xx): a configuration problem on one
+    /// side, tried again at the longest backoff.
+    Refused(String),
+}
+
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Failure::Retry(m) | Failure::Refused(m) => m,
+        }
+    }
+}
+
+/// A configured receiver.
+enum Receiver {
+    Webhook(Box<webhook::Webhook>),
+    Syslog(syslog::Syslog),
+}
+
+impl Receiver {
+    async fn deliver(&self, alerts: &[StoredAlert]) -> Result<(), Failure> {
+        match self {
+            Receiver::Webhook(w) => w.deliver(alerts).await,
+            Receiver::Syslog(s) => s.deliver(alerts).await,
+        }
+    }
+}
+
+/// What every receiver's task needs to know of it.
+struct Settings {
+    name: String,
+    kind: &'static str,
+    batch: u64,
+    max_backoff: Duration,
+    backfill: bool,
+}
+
+/// The running integrations; dropping it stops their tasks (a batch being delivered then is
+/// delivered again by the next `serve`).
+pub struct Integrations {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Integrations {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The kind (`webhook` or `syslog`) of each configured integration, by name.
+pub fn configured(config: &Config) -> Vec<(String, &'static str)> {
+    let webhooks = config.webhook.iter().map(|w| (w.name.clone(), "webhook"));
+    let syslogs = config.syslog.iter().map(|s| (s.name.clone(), "syslog"));
+    webhooks.chain(syslogs).collect()
+}
+
+/// Checks every receiver of the configuration (their secrets, certificates and addresses):
+/// an error names the entry. Nothing is started.
+fn receivers(config: &Config) -> anyhow::Result<Vec<(Settings, Receiver)>> {
+    let mut out = Vec::new();
+    for w in &config.webhook {
+        let receiver = webhook::Webhook::new(w)
+            .map_err(|e| anyhow::anyhow!("[[webhook]] `{}`: {e:#}", w.name))?;
+        let settings = Settings {
+            name: w.name.clone(),
+            kind: "webhook",
+            batch: w.batch.into(),
+            max_backoff: w.max_backoff,
+            backfill: w.backfill,
+        };
+        out.push((settings, Receiver::Webhook(Box::new(receiver))));
+    }
+    for s in &config.syslog {
+        let receiver = syslog::Syslog::new(s)
+            .map_err(|e| anyhow::anyhow!("[[syslog]] `{}`: {e:#}", s.name))?;
+        let settings = Settings {
+            name: s.name.clone(),
+            kind: "syslog",
+            batch: s.batch.into(),
+            max_backoff: s.max_backoff,
+            backfill: s.backfill,
+        };
+        out.push((settings, Receiver::Syslog(receiver)));
+    }
+    Ok(out)
+}
+
+/// Checks the configured receivers, then starts a task for each, and the poller, on `store`
+/// (a connection of their own). With none configured, nothing runs. In a tokio runtime.
+pub fn start(config: &Config, store: Box<dyn Store>) -> anyhow::Result<Integrations> {
+    let receivers = receivers(config)?;
+    if receivers.is_empty() {
+        return Ok(Integrations { tasks: Vec::new() });
+    }
+    let store: Shared = Arc::new(Mutex::new(store));
+    let (newest, watcher) = watch::channel(0u64);
+    let mut tasks = vec![tokio::spawn(poll(store.clone(), newest))];
+    for (settings, receiver) in receivers {
+        log::info!(
+            "integration `{}` ({}): delivering the stored alerts",
+            settings.name,
+            settings.kind
+        );
+        tasks.push(tokio::spawn(run(
+            settings,
+            receiver,
+            store.clone(),
+            watcher.clone(),
+        )));
+    }
+    Ok(Integrations { tasks })
+}
+
+/// Runs `f` on the store from a blocking thread.
+async fn with_store<T, F>(store: &Shared, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Store) -> anyhow::Result<T> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
+        f(store.as_mut())
+    })
+    .await?
+}
+
+/// Runs `f` on the store until it succeeds, waiting a little more after each failure: the
+/// tasks never skip what they could not read or write.
+async fn retry_store<T, F>(what: &str, store: &Shared, f: F) -> T
+where
+    T: Send + 'static,
+    F: Fn(&mut dyn Store) -> anyhow::Result<T> + Clone + Send + 'static,
+{
+    let mut wait = FIRST_BACKOFF;
+    loop {
+        match with_store(store, f.clone()).await {
+            Ok(v) => return v,
+            Err(e) => {
+                log::error!("{what}: {e:#}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Every [`POLL`], the newest alert id, for the tasks (which wake when it changes).
+async fn poll(store: Shared, newest: watch::Sender<u64>) {
+    let mut failing = false;
+    loop {
+        match with_store(&store, |s| s.last_alert_id()).await {
+            Ok(id) => {
+                failing = false;
+                newest.send_if_modified(|n| {
+                    let changed = *n != id;
+                    *n = id;
+                    changed
+                });
+            }
+            Err(e) if !failing => {
+                failing = true;
+                log::error!("integrations: reading the store: {e:#}");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The wait before attempt `attempt + 1` (from 0): doubling from [`FIRST_BACKOFF`] up to `max`,
+/// then between half of it and all of it, at random (receivers coming back are not hit by
+/// every `serve` at once).
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let full = FIRST_BACKOFF
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(max);
+    let mut byte = [0u8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
+    full / 2 + full / 2 * u32::from(byte[0]) / 255
+}
+
+/// One receiver's task: from its cursor on, every alert, in batches, each until acknowledged.
+async fn run(
+    settings: Settings,
+    receiver: Receiver,
+    store: Shared,
+    mut newest: watch::Receiver<u64>,
+) {
+    let name = settings.name.clone();
+    let backfill = settings.backfill;
+    let what = format!("integration `{name}`");
+    let mut cursor = retry_store(&what, &store, move |s| {
+        let from = if backfill { 0 } else { s.last_alert_id()? };
+        s.forward_start(&name, from)
+    })
+    .await;
+    // The error last noted: a failure is logged and stored when it differs from it.
+    let mut failing: Option<String> = None;
+    loop {
+        let seen = *newest.borrow_and_update();
+        if seen <= cursor {
+            if newest.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let (after, limit) = (cursor, settings.batch);
+        let batch = retry_store(&what, &store, move |s| s.alerts_after(after, limit)).await;
+        let Some(last) = batch.last().map(|a| a.id) else {
+            // Removed since (retention, quota): nothing to deliver up to what was seen.
+            cursor = seen;
+            continue;
+        };
+        let mut attempt = 0;
+        while let Err(failure) = receiver.deliver(&batch).await {
+            let message = failure.message().to_string();
+            if failing.as_deref() != Some(message.as_str()) {
+                match &failure {
+                    Failure::Retry(m) => log::warn!(
+                        "{what} ({}): {m}; retrying with backoff, nothing is skipped",
+                        settings.kind
+                    ),
+                    Failure::Refused(m) => log::warn!(
+                        "{what} ({}): {m}: a configuration problem (of the receiver or of \
+                         this entry); retrying every {}, nothing is skipped",
+                        settings.kind,
+                        humantime::format_duration(settings.max_backoff)
+                    ),
+                }
+                let (name, m) = (settings.name.clone(), message.clone());
+                retry_store(&what, &store, move |s| {
+                    s.forward_failed(&name, &m, now_ms())
+                })
+                .await;
+                failing = Some(message);
+            }
+            let wait = match failure {
+                Failure::Retry(_) => backoff(attempt, settings.max_backoff),
+                Failure::Refused(_) => settings.max_backoff,
+            };
+            attempt = attempt.saturating_add(1);
+            tokio::time::sleep(wait).await;
+        }
+        let name = settings.name.clone();
+        retry_store(&what, &store, move |s| {
+            s.forward_acknowledged(&name, last, now_ms())
+        })
+        .await;
+        if failing.take().is_some() {
+            log::info!("{what} ({}): delivering again", settings.kind);
+        }
+        cursor = last;
+    }
+}
+
+/// The JSON of an alert as the HTTP API gives it.
+pub(crate) fn alert_json(a: &StoredAlert) -> serde_json::Value {
+    serde_json::to_value(a).unwrap_or_default()
+}
