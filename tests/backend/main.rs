@@ -7,10 +7,11 @@
 // The tests, by what they exercise: ingest and storage, per-device limits and quotas, policy
 // distribution and the configuration, the managed broker, a real agent (policy push,
 // retention, gaps of a restart and of a full spool), the HTTP API's authentication, HTTPS and
-// live events, the fleet console in a real browser.
+// live events, the fleet console in a real browser, the integrations (webhooks).
 mod auth;
 mod browser;
 mod ingest;
+mod integrations;
 mod limits;
 mod managed_broker;
 mod policy;
