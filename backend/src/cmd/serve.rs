@@ -211,7 +211,7 @@ async fn serve_tls(
 
 /// The HTTPS listener's configuration: the certificate chain in `cert` and the private key in
 /// `key` (PEM), no client certificate.
-fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+pub(crate) fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let chain = CertificateDer::pem_file_iter(cert)

@@ -137,6 +137,16 @@ impl Receiver {
 
     /// Listens on `port` from a task; aborting it stops the server.
     async fn listen(&self, port: u16) -> tokio::task::JoinHandle<()> {
+        let app = self.router();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        })
+    }
+
+    fn router(&self) -> axum::Router {
         async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
             let header = |n: &str| {
                 headers
@@ -160,14 +170,43 @@ impl Receiver {
             }
             status
         }
-        let app = axum::Router::new()
+        axum::Router::new()
             .route("/hook", axum::routing::post(hook))
-            .with_state(self.clone());
+            .with_state(self.clone())
+    }
+
+    /// Listens on `port` with HTTPS (the test PKI's server certificate) from a task.
+    async fn listen_tls(
+        &self,
+        port: u16,
+        pki: &picket_test_support::Pki,
+    ) -> tokio::task::JoinHandle<()> {
+        use tower::ServiceExt;
+        let config = crate::cmd::serve::server_config(pki.server_cert(), pki.server_key()).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let app = self.router();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
         tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                        app.clone().oneshot(request.map(axum::body::Body::new))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
         })
     }
 
@@ -184,8 +223,17 @@ impl Receiver {
 }
 
 fn webhook(name: &str, port: u16, secret: &Path, extra: &str) -> String {
+    webhook_at(
+        name,
+        &format!("http://127.0.0.1:{port}/hook"),
+        secret,
+        extra,
+    )
+}
+
+fn webhook_at(name: &str, url: &str, secret: &Path, extra: &str) -> String {
     format!(
-        "[[webhook]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+        "[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\n\
          secret = \"{}\"\nbatch = 7\nmax_backoff = \"1s\"\n{extra}\n",
         secret.display()
     )
@@ -323,6 +371,45 @@ fn webhook_down_then_up_across_a_restart_loses_nothing() {
         assert_eq!(row.error, None);
         assert!(row.success_ms.is_some());
         assert_eq!(f.writer.alerts_behind(row.last_id).unwrap(), 0);
+    });
+}
+
+/// Over HTTPS, the receiver's certificate is verified: a receiver whose certificate chains to
+/// the entry's `ca` gets every alert; an entry that trusts another CA refuses it, and nothing is
+/// marked delivered to it.
+#[test]
+fn webhook_over_https_verifies_the_receiver() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let mut f = Fixture::new();
+        let pki = picket_test_support::Pki::new();
+        let port = picket_test_support::ports::free_port();
+        let receiver = Receiver::new(SECRET);
+        let _server = receiver.listen_tls(port, &pki).await;
+        let secret = f.secret("s", SECRET);
+        let url = format!("https://127.0.0.1:{port}/hook");
+        let ca = |path: &Path| format!("ca = \"{}\"\nbackfill = true", path.display());
+        let config = format!(
+            "{}{}",
+            webhook_at("tls", &url, &secret, &ca(pki.ca_cert())),
+            webhook_at("stranger", &url, &secret, &ca(pki.other_ca_cert())),
+        );
+        let ids = f.store_many(&["gw-1", "gw-2"], 1, 5);
+        let _running = f.start(&config);
+        let last = *ids.last().unwrap();
+        until("every alert over HTTPS", || {
+            f.row("tls").is_some_and(|r| r.last_id == last)
+        })
+        .await;
+        until("the other CA's refusal", || {
+            f.row("stranger")
+                .and_then(|r| r.error)
+                .is_some_and(|e| e.contains("UnknownIssuer"))
+        })
+        .await;
+        assert_eq!(receiver.ids(), ids, "from `tls` only, each once");
+        let stranger = f.row("stranger").unwrap();
+        assert_eq!((stranger.last_id, stranger.success_ms), (0, None));
     });
 }
 
