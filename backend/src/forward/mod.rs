@@ -37,8 +37,8 @@ type Shared = Arc<Mutex<Box<dyn Store>>>;
 pub(crate) enum Failure {
     /// Down, unreachable, overloaded: tried again after a backoff that grows.
     Retry(String),
-    /// The receiver refused the request itself (an HTTP 4xx): a configuration problem on one
-    /// side, tried again at the longest backoff.
+    /// The receiver refused the request itself (an HTTP 4xx but 408 and 429, or a 3xx): a
+    /// configuration problem on one side, tried again at the longest backoff.
     Refused(String),
 }
 

@@ -159,12 +159,14 @@ impl Webhook {
             }
         }
         .map_err(|e| retry("POST to", &e))?;
-        if status.is_success() {
-            Ok(())
-        } else if status.is_client_error() {
-            Err(Failure::Refused(format!("{} answered {status}", self.uri)))
-        } else {
-            Err(Failure::Retry(format!("{} answered {status}", self.uri)))
+        let answered = format!("{} answered {status}", self.uri);
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            // Busy or slow: the receiver asks to be tried again.
+            408 | 429 => Err(Failure::Retry(answered)),
+            // A redirection (not followed: the URL is to be fixed) or a refusal of the request.
+            300..=499 => Err(Failure::Refused(answered)),
+            _ => Err(Failure::Retry(answered)),
         }
     }
 
