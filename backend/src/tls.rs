@@ -1,4 +1,5 @@
-//! Mutual TLS for the backend's MQTT connections (rustls with the ring provider).
+//! TLS for the backend's client connections, MQTT (mutual) and PostgreSQL (rustls with the ring
+//! provider).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,41 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// A client configuration that trusts the CA certificates in `ca` and presents the
 /// certificate chain in `cert` with the private key in `key` (all PEM).
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    client_config_for(ca, Some((cert, key)))
+}
+
+/// A client configuration that trusts the CA certificates in `ca` and presents the certificate
+/// chain and key of `identity`, if given (all PEM).
+pub fn client_config_for(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_root_certificates(roots(ca)?);
+    let Some((cert, key)) = identity else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading the certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing the certificate {}", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "{}: no certificate found",
+        cert.display()
+    );
+    let key = private_key(key)?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .context("the client certificate and key do not form a usable pair")
+}
+
+/// The CA certificates in the PEM file `ca`, refused when it holds none.
+fn roots(ca: &Path) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     let cas = CertificateDer::pem_file_iter(ca)
         .with_context(|| format!("reading the CA certificates {}", ca.display()))?
@@ -21,25 +57,7 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<rustl
             .add(c)
             .with_context(|| format!("{}: unusable CA certificate", ca.display()))?;
     }
-    let chain = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading the certificate {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing the certificate {}", cert.display()))?;
-    anyhow::ensure!(
-        !chain.is_empty(),
-        "{}: no certificate found",
-        cert.display()
-    );
-    let key = private_key(key)?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .context("the client certificate and key do not form a usable pair")?;
-    Ok(config)
+    Ok(roots)
 }
 
 /// The PEM private key in `path`, refused when its group or others may read it.
