@@ -22,8 +22,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = env::var_os("PICKET_EBPF_OBJECT_DIR").filter(|d| !d.is_empty()) {
         let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
         let built = PathBuf::from(dir).join(&arch).join("picket-sensors.bpf.o");
-        println!("cargo:rerun-if-changed={}", built.display());
         if built.is_file() {
+            // Only for an object that is there: a path that never exists would make cargo run
+            // this script again at every build (an architecture with no object in DIR).
+            println!("cargo:rerun-if-changed={}", built.display());
             fs::copy(&built, &object).with_context(|| format!("copying {}", built.display()))?;
             return Ok(());
         }

@@ -16,8 +16,10 @@ fi
 bash scripts/setup.sh
 EBPF_TOOLCHAIN="${PICKET_EBPF_TOOLCHAIN:-1.95.0}"
 
-log "cargo fmt --check"
+log "cargo fmt --check; the Yocto layer's crate list matches Cargo.lock"
 cargo fmt --all -- --check
+# Cheap, and otherwise first caught by the Yocto step near the end of the run.
+python3 yocto-layer/meta-picket/scripts/gen-crates-inc.py --check
 
 log "clippy: workspace"
 cargo clippy --workspace --exclude picket-ebpf --all-targets --locked -- -D warnings

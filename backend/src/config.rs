@@ -75,6 +75,13 @@ pub struct StoreConfig {
     sqlite: Option<PathBuf>,
     /// A PostgreSQL connection string; when set, the store is PostgreSQL, not SQLite.
     pub postgres: Option<String>,
+    /// The CA certificates (PEM) that sign the PostgreSQL server's certificate: when set, the
+    /// connection must use TLS and the server's certificate must be valid for the host named
+    /// in `postgres`.
+    pub postgres_ca: Option<PathBuf>,
+    /// A client certificate (PEM) and its key, for a server that asks for one.
+    pub postgres_cert: Option<PathBuf>,
+    pub postgres_key: Option<PathBuf>,
     /// Alerts older than this (by time received) are deleted. Absent: kept forever.
     #[serde(default, deserialize_with = "opt_duration")]
     pub retention: Option<Duration>,
@@ -88,6 +95,9 @@ impl Default for StoreConfig {
         StoreConfig {
             sqlite: None,
             postgres: None,
+            postgres_ca: None,
+            postgres_cert: None,
+            postgres_key: None,
             retention: None,
             retention_interval: default_retention_interval(),
         }
@@ -306,6 +316,22 @@ impl Config {
         anyhow::ensure!(
             config.store.sqlite.is_none() || config.store.postgres.is_none(),
             "store.sqlite and store.postgres are both set: choose one"
+        );
+        let store = &config.store;
+        anyhow::ensure!(
+            store.postgres.is_some()
+                || (store.postgres_ca.is_none()
+                    && store.postgres_cert.is_none()
+                    && store.postgres_key.is_none()),
+            "store.postgres_ca, store.postgres_cert and store.postgres_key need store.postgres"
+        );
+        anyhow::ensure!(
+            store.postgres_cert.is_some() == store.postgres_key.is_some(),
+            "store.postgres_cert and store.postgres_key go together: set both or neither"
+        );
+        anyhow::ensure!(
+            store.postgres_cert.is_none() || store.postgres_ca.is_some(),
+            "store.postgres_cert needs store.postgres_ca (the client certificate is sent over TLS)"
         );
         if let Some(broker) = &config.broker {
             anyhow::ensure!(broker.listen.port() != 0, "broker.listen needs a port");

@@ -1,4 +1,4 @@
-//! Mutual TLS for the backend's MQTT connections, and TLS to the receivers of the
+//! TLS for the backend's client connections, MQTT (mutual), PostgreSQL and the receivers of the
 //! integrations (rustls with the ring provider).
 
 use std::path::Path;
@@ -11,33 +11,22 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// A client configuration that trusts the CA certificates in `ca` and presents the
 /// certificate chain in `cert` with the private key in `key` (all PEM).
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<rustls::ClientConfig> {
-    receiver_config(ca, Some((cert, key)))
+    client_config_for(ca, Some((cert, key)))
 }
 
-/// A client configuration that trusts the CA certificates in `ca` and presents the
-/// certificate chain and key of `client`, if given (all PEM).
-pub fn receiver_config(
+/// A client configuration that trusts the CA certificates in `ca` and presents the certificate
+/// chain and key of `identity`, if given (all PEM).
+pub fn client_config_for(
     ca: &Path,
-    client: Option<(&Path, &Path)>,
+    identity: Option<(&Path, &Path)>,
 ) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let cas = CertificateDer::pem_file_iter(ca)
-        .with_context(|| format!("reading the CA certificates {}", ca.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing the CA certificates {}", ca.display()))?;
-    anyhow::ensure!(!cas.is_empty(), "{}: no certificate found", ca.display());
-    for c in cas {
-        roots
-            .add(c)
-            .with_context(|| format!("{}: unusable CA certificate", ca.display()))?;
-    }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .context("TLS protocol versions")?
-    .with_root_certificates(roots);
-    let Some((cert, key)) = client else {
+    .with_root_certificates(roots(ca)?);
+    let Some((cert, key)) = identity else {
         return Ok(builder.with_no_client_auth());
     };
     let chain = CertificateDer::pem_file_iter(cert)
@@ -50,10 +39,25 @@ pub fn receiver_config(
         cert.display()
     );
     let key = private_key(key)?;
-    let config = builder
+    builder
         .with_client_auth_cert(chain, key)
-        .context("the client certificate and key do not form a usable pair")?;
-    Ok(config)
+        .context("the client certificate and key do not form a usable pair")
+}
+
+/// The CA certificates in the PEM file `ca`, refused when it holds none.
+fn roots(ca: &Path) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("reading the CA certificates {}", ca.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing the CA certificates {}", ca.display()))?;
+    anyhow::ensure!(!cas.is_empty(), "{}: no certificate found", ca.display());
+    for c in cas {
+        roots
+            .add(c)
+            .with_context(|| format!("{}: unusable CA certificate", ca.display()))?;
+    }
+    Ok(roots)
 }
 
 /// The PEM private key in `path`, refused when its group or others may read it.

@@ -23,6 +23,18 @@ impl Postgres {
     /// Creates a cluster under a temporary directory and starts its server (waiting until it
     /// accepts connections).
     pub fn start() -> Postgres {
+        Self::start_with(None)
+    }
+
+    /// As [`Postgres::start`], for clients over TLS only: the server presents `cert` (with
+    /// `key`) and refuses TCP connections without TLS; with `client_ca`, it also asks each
+    /// client for a certificate that CA signed, whose CN is the user name (`picket`).
+    /// Connections over the Unix socket in [`Postgres::dir`] need neither.
+    pub fn start_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Postgres {
+        Self::start_with(Some((cert, key, client_ca)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path, Option<&Path>)>) -> Postgres {
         let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL is not installed (apt-get install postgresql)")
             .map(|e| e.unwrap().path().join("bin"))
@@ -61,10 +73,23 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -k {} -F",
             pg.dir.path().display()
         );
+        if let Some((cert, key, client_ca)) = tls {
+            pg.own(&data, "server.crt", &std::fs::read(cert).unwrap());
+            pg.own(&data, "server.key", &std::fs::read(key).unwrap());
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+            let mut client = "";
+            if let Some(ca) = client_ca {
+                pg.own(&data, "client-ca.crt", &std::fs::read(ca).unwrap());
+                options.push_str(" -c ssl_ca_file=client-ca.crt");
+                client = " clientcert=verify-full";
+            }
+            let hba = format!("local all all trust\nhostssl all all 127.0.0.1/32 trust{client}\n");
+            pg.own(&data, "pg_hba.conf", hba.as_bytes());
+        }
         let log = pg.dir.path().join("server.log");
         pg.run(
             "pg_ctl",
@@ -82,6 +107,22 @@ impl Postgres {
             ],
         );
         pg
+    }
+
+    /// Writes `name` in the data directory `data`, mode 0600, owned by the server's user.
+    fn own(&self, data: &Path, name: &str, contents: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = data.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.as_postgres {
+            std::os::unix::fs::chown(
+                &path,
+                Some(id(&["-u", "postgres"])),
+                Some(id(&["-g", "postgres"])),
+            )
+            .unwrap();
+        }
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
@@ -107,8 +148,10 @@ impl Postgres {
 
     /// A connection string for `database` (created if needed).
     pub fn database(&self, database: &str) -> String {
+        // Over the Unix socket: a server for TLS clients refuses TCP without it.
         let admin = format!(
-            "host=127.0.0.1 port={} user=picket dbname=postgres",
+            "host={} port={} user=picket dbname=postgres",
+            self.dir.path().display(),
             self.port
         );
         let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();

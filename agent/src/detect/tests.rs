@@ -329,20 +329,23 @@ fn executables() {
     );
 }
 
+/// A scratch directory not under /tmp (or wherever running is suspicious in itself): beside the
+/// test binary, in whatever target directory the build uses, unless that is itself under such a
+/// directory.
+fn scratch_outside_temporary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap().canonicalize().unwrap();
+    let build = exe.parent().unwrap();
+    let base = if TEMPORARY.iter().any(|t| build.starts_with(t)) {
+        Path::new("/var/lib")
+    } else {
+        build
+    };
+    base.join(format!("picket-detect-{name}-{}", std::process::id()))
+}
+
 #[test]
 fn a_link_to_a_listed_executable_is_that_executable() {
-    // Not under /tmp (or wherever running is suspicious in itself): in the build tree,
-    // unless that is itself under such a directory.
-    let target = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target")
-        .canonicalize()
-        .unwrap();
-    let base = if TEMPORARY.iter().any(|t| target.starts_with(t)) {
-        Path::new("/var/lib").to_path_buf()
-    } else {
-        target
-    };
-    let dir = base.join(format!("picket-detect-link-{}", std::process::id()));
+    let dir = scratch_outside_temporary("link");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("real")).unwrap();
     std::fs::write(dir.join("real/tool"), b"#!/bin/sh\n").unwrap();
@@ -556,16 +559,7 @@ fn one_spelling_in_the_policy_covers_every_spelling_through_directory_links() {
 
 #[test]
 fn an_executable_is_found_under_any_spelling_of_its_directory() {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target")
-        .canonicalize()
-        .unwrap();
-    let base = if TEMPORARY.iter().any(|t| target.starts_with(t)) {
-        Path::new("/var/lib").to_path_buf()
-    } else {
-        target
-    };
-    let dir = base.join(format!("picket-detect-spelling-{}", std::process::id()));
+    let dir = scratch_outside_temporary("spelling");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("real")).unwrap();
     std::fs::write(dir.join("real/tool"), b"#!/bin/sh\n").unwrap();

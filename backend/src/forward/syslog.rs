@@ -82,7 +82,7 @@ impl Syslog {
                 c.ca.as_deref()
                     .unwrap_or(Path::new(super::webhook::SYSTEM_CAS));
             let client = c.cert.as_deref().zip(c.key.as_deref());
-            let config = crate::tls::receiver_config(ca, client)?;
+            let config = crate::tls::client_config_for(ca, client)?;
             let name = ServerName::try_from(host.clone())
                 .with_context(|| format!("`{host}` is not a server name"))?;
             Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))

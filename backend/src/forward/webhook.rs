@@ -77,7 +77,7 @@ impl Webhook {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
             let ca = c.ca.as_deref().unwrap_or(Path::new(SYSTEM_CAS));
-            let mut config = crate::tls::receiver_config(ca, None)?;
+            let mut config = crate::tls::client_config_for(ca, None)?;
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             let name = ServerName::try_from(host.clone())
                 .with_context(|| format!("`{host}` is not a server name"))?;

@@ -16,6 +16,8 @@ mod sql;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pg_tls;
 
 use std::path::Path;
 use std::time::Duration;
@@ -694,7 +696,19 @@ pub fn open(
     create: bool,
 ) -> anyhow::Result<Box<dyn Store>> {
     match (&config.postgres, sqlite) {
-        (Some(params), None) => Ok(Box::new(PgStore::connect(params)?)),
+        (Some(params), None) => {
+            let tls = match &config.postgres_ca {
+                None => None,
+                Some(ca) => Some(crate::tls::client_config_for(
+                    ca,
+                    config
+                        .postgres_cert
+                        .as_deref()
+                        .zip(config.postgres_key.as_deref()),
+                )?),
+            };
+            Ok(Box::new(PgStore::connect_with(params, tls)?))
+        }
         (_, path) => {
             let path = path.map_or_else(|| config.sqlite(), Path::to_path_buf);
             Ok(Box::new(if create {

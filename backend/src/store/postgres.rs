@@ -1,5 +1,7 @@
 //! The PostgreSQL store: the same tables and answers as the SQLite one, for a store shared by
-//! several backend instances. Connection without TLS (a Unix socket or a trusted network).
+//! several backend instances. The connection uses TLS, verifying the server's certificate, when
+//! `store.postgres_ca` is set ([`PgStore::connect_with`]); otherwise none (a Unix socket or a
+//! trusted network).
 //! Its statements are those of [`super::sql`], with PostgreSQL's placeholders.
 
 use anyhow::Context;
@@ -178,7 +180,36 @@ impl PgStore {
     /// Connects (`params` is a libpq-style connection string: `host=/run/postgresql
     /// dbname=picket user=picket`) and creates the tables if needed.
     pub fn connect(params: &str) -> anyhow::Result<Self> {
-        let mut client = Client::connect(params, NoTls).context("connecting to PostgreSQL")?;
+        Self::connect_with(params, None)
+    }
+
+    /// As [`PgStore::connect`], over TLS when `tls` is given: TLS is then required, whatever
+    /// `sslmode` says, and the server's certificate must chain to the configuration's roots and
+    /// name the host connected to (libpq's `sslmode=verify-full`). A host that is a Unix socket
+    /// is refused: TLS is for TCP.
+    pub fn connect_with(params: &str, tls: Option<rustls::ClientConfig>) -> anyhow::Result<Self> {
+        let mut client = match tls {
+            None => Client::connect(params, NoTls).context("connecting to PostgreSQL")?,
+            Some(tls) => {
+                let mut config: postgres::Config = params
+                    .parse()
+                    .context("store.postgres is not a valid connection string")?;
+                if let Some(socket) = config.get_hosts().iter().find_map(|h| match h {
+                    postgres::config::Host::Unix(path) => Some(path.clone()),
+                    _ => None,
+                }) {
+                    anyhow::bail!(
+                        "store.postgres names the Unix socket {}, and store.postgres_ca asks for \
+                         TLS, which PostgreSQL uses over TCP only: name a host (host=NAME)",
+                        socket.display()
+                    );
+                }
+                config.ssl_mode(postgres::config::SslMode::Require);
+                config
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                    .context("connecting to PostgreSQL over TLS")?
+            }
+        };
         let mut tx = client.transaction()?;
         // One backend at a time creates the schema.
         tx.execute("SELECT pg_advisory_xact_lock(7426163)", &[])?;
