@@ -153,7 +153,7 @@ pub(crate) async fn overview(State(api): State<Api>) -> Result<Json<Value>, ApiE
         ))
     })
     .await?;
-    let mut states: BTreeMap<&str, u64> = ["online", "offline", "timed_out", "unknown"]
+    let mut states: BTreeMap<&str, u64> = ["online", "offline", "lost", "timed_out", "unknown"]
         .into_iter()
         .map(|s| (s, 0))
         .collect();

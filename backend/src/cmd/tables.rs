@@ -111,7 +111,12 @@ pub fn alerts_table(alerts: &[AlertRow]) -> String {
             vec![
                 time(a.received_ms),
                 a.device_id.clone(),
-                a.seq.to_string(),
+                if a.format == crate::store::presence::BACKEND_FORMAT {
+                    // Raised by the backend: not in the device's sequence.
+                    "backend".to_string()
+                } else {
+                    a.seq.to_string()
+                },
                 a.severity.clone(),
                 a.kind.clone(),
                 if a.count > 1 {

@@ -6,13 +6,15 @@ use anyhow::Context;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row};
 
+use super::presence;
 use super::sql::{self, dollar, Arg, Columns, Database, Db};
 use super::Store;
 
 /// 2 added the devices' `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]); 3 the
 /// alerts' `id` and the tables of the HTTP API ([`UPGRADE_FROM_2`], [`TABLES_3`]); 4 the counts
-/// of the overview ([`sql::COUNT_TABLES`], filled from the alerts stored).
-const SCHEMA_VERSION: i64 = 4;
+/// of the overview ([`sql::COUNT_TABLES`], filled from the alerts stored); 5 the devices'
+/// presence and its changes ([`presence::TABLES`]).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS picket_schema (version BIGINT NOT NULL);
@@ -202,7 +204,7 @@ impl PgStore {
             Some(2) => tx
                 .batch_execute(UPGRADE_FROM_2)
                 .context("upgrading the schema from version 2")?,
-            Some(3) | Some(SCHEMA_VERSION) => {}
+            Some(3) | Some(4) | Some(SCHEMA_VERSION) => {}
             Some(other) => anyhow::bail!(
                 "schema version {other} is newer than this backend's ({SCHEMA_VERSION})"
             ),
@@ -217,6 +219,15 @@ impl PgStore {
                 sql::FILL_COUNTS
             ))
             .context("counting the stored alerts")?;
+        }
+        tx.batch_execute(presence::TABLES)
+            .context("creating the presence tables")?;
+        if matches!(version, Some(1..=4)) {
+            tx.batch_execute(&format!(
+                "{} UPDATE picket_schema SET version = 5;",
+                presence::FILL
+            ))
+            .context("recording the devices' presence")?;
         }
         tx.commit()?;
         Ok(PgStore {

@@ -7,15 +7,16 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 
+use super::presence;
 use super::sql::{self, Arg, Columns, Database, Db};
 use super::Store;
 
 /// The schema this code reads and writes (`PRAGMA user_version`). 2 added the devices'
 /// `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]); 3 the alerts' `id` and the
 /// tables of the HTTP API's accounts, triage and audit ([`UPGRADE_FROM_2`]); 4 the counts of
-/// the overview ([`sql::COUNT_TABLES`], filled from the alerts stored). An older database is
-/// upgraded when opened.
-const SCHEMA_VERSION: i64 = 4;
+/// the overview ([`sql::COUNT_TABLES`], filled from the alerts stored); 5 the devices' presence
+/// and its changes ([`presence::TABLES`]). An older database is upgraded when opened.
+const SCHEMA_VERSION: i64 = 5;
 
 /// The SQLite store (WAL mode, so readers do not block the ingest).
 pub struct SqliteStore {
@@ -218,9 +219,10 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} {} \
+                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} {} {} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
-                    sql::COUNT_TABLES
+                    sql::COUNT_TABLES,
+                    presence::TABLES,
                 ))
                 .or_else(|e| {
                     // Another process may have created it between the check and the write.
@@ -234,7 +236,7 @@ impl SqliteStore {
                 })
                 .context("creating the schema")?;
             }
-            1..=3 => {
+            1..=4 => {
                 upgrade(&conn, version).context("upgrading the schema")?;
                 conn.execute_batch(INDEXES)
                     .context("creating the indexes")?;
@@ -251,7 +253,7 @@ impl SqliteStore {
     }
 }
 
-/// Upgrades a database of version 1 or 2 in one transaction, unless another process did it
+/// Upgrades a database of version 1 to 4 in one transaction, unless another process did it
 /// first (checked again once the write lock is held).
 fn upgrade(conn: &Connection, from: i64) -> anyhow::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -277,6 +279,14 @@ fn upgrade(conn: &Connection, from: i64) -> anyhow::Result<()> {
                 sql::FILL_COUNTS
             ))
             .with_context(|| format!("counting the alerts of version {from}"))?;
+        }
+        if (1..=4).contains(&version) {
+            conn.execute_batch(&format!(
+                "{} {} PRAGMA user_version = 5;",
+                presence::TABLES,
+                presence::FILL
+            ))
+            .with_context(|| format!("adding the presence tables to version {from}"))?;
         }
         Ok(conn.execute_batch("COMMIT")?)
     })();
