@@ -134,6 +134,35 @@ fn a_killed_agent_is_lost_and_raised_and_a_clean_stop_is_not() {
     stop(agent);
     wait_state(&backend, DEVICE, "offline");
     assert_eq!(backend_alerts(&backend, DEVICE).len(), 2);
+
+    // The history, from the CLI and the API, newest first: each change once, and the alerts
+    // the kill and the return raised.
+    let changes = backend.query(&["presence", "--device", DEVICE, "--json"]);
+    let seen: Vec<(&str, bool)> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|c| (c["state"].as_str().unwrap(), c["alert_id"].is_u64()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("online", false),
+            ("offline", false),
+            ("online", false),
+            ("lost", true),
+            ("online", true),
+            ("offline", false),
+        ],
+        "{changes:#}"
+    );
+    let (_, returned) = http_get(http, "/api/alerts?kind=device_returned");
+    assert_eq!(changes[1]["alert_id"], returned[0]["id"]);
+    assert_eq!(changes[2]["alert_id"], found[0]["id"]);
+    let (code, api) = http_get(http, &format!("/api/devices/{DEVICE}/presence"));
+    assert_eq!(code, 200);
+    assert_eq!(api, changes);
     backend.stop();
 }
 
