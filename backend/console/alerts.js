@@ -249,7 +249,9 @@ export async function alertView(id) {
   return [
     el("p", {}, el("a", { href: "#/alerts" }, "← Alerts")),
     el("h1", {}, sevBadge(row.severity), " ", row.kind, " ",
-      el("span", { class: "muted" }, `on ${row.device_id}, #${row.seq}`)),
+      el("span", { class: "muted" }, row.format === "backend"
+        ? `on ${row.device_id}, raised by the backend`
+        : `on ${row.device_id}, #${row.seq}`)),
     el("div", { class: "columns" },
       el("div", {},
         el("div", { class: "panel" },

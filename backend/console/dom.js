@@ -2,7 +2,7 @@
 // attribute values: never parsed as HTML.
 
 export const SEVERITIES = ["medium", "high", "critical"];
-export const STATES = ["online", "offline", "timed_out", "unknown"];
+export const STATES = ["online", "offline", "lost", "timed_out", "unknown"];
 export const TRIAGE_STATES = ["open", "acknowledged", "resolved"];
 export const KINDS = [
   "unknown_executable", "modified_executable", "suspicious_exec", "unexpected_connection",
@@ -12,6 +12,8 @@ export const KINDS = [
   "kernel_module_loaded", "process_injection", "mount_changed", "append_only_violated",
   "sensitive_file_read", "blocked_exec", "blocked_connection", "blocked_listener",
   "would_block", "enforcement_weakened", "agent_interrupted",
+  // Raised by the backend itself (presence).
+  "device_silent", "device_returned",
 ];
 export const PAGE = 100;
 export const SVG_NS = "http://www.w3.org/2000/svg";

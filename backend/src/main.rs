@@ -47,6 +47,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The devices' presence changes (online, offline, lost, timed out), newest first.
+    Presence {
+        #[arg(long, value_name = "ID")]
+        device: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Messages refused, by reason and device.
     Refused {
         #[arg(long)]
@@ -187,6 +197,17 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             let (mut store, _) = open()?;
             query::gaps(&mut *store, device.as_deref(), *json)?;
+        }
+        Command::Presence {
+            device,
+            limit,
+            json,
+        } => {
+            if let Some(d) = device {
+                picket_proto::topic::check_device_id(d)?;
+            }
+            anyhow::ensure!(*limit >= 1, "--limit must be at least 1");
+            query::presence(&mut *open()?.0, device.as_deref(), *limit, *json)?;
         }
         Command::Refused { json } => query::refused(&mut *open()?.0, *json)?,
         Command::Policy(PolicyCommand::Results { device, json }) => {

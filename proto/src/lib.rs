@@ -456,8 +456,9 @@ pub struct AlertCounters {
     pub dropped: u64,
 }
 
-/// The device's presence, retained on its status topic; the broker publishes the `Offline` one
-/// (the last will) when the device goes away without saying so.
+/// The device's presence, retained on its status topic: `Online` at each connection, `Offline`
+/// on a clean stop, and `Lost` as the last will, which the broker publishes when the device goes
+/// away without saying so (killed, crashed, its link cut, powered off).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub state: Presence,
@@ -472,7 +473,22 @@ pub struct Status {
 #[serde(rename_all = "lowercase")]
 pub enum Presence {
     Online,
+    /// A clean stop: the agent said goodbye.
     Offline,
+    /// The last will: the connection ended without a goodbye. Appended (postcard index 2), so
+    /// that `Online` and `Offline` keep theirs; agents before it leave an `Offline` will.
+    Lost,
+}
+
+impl Presence {
+    /// The name used on the wire in JSON and in the backend (`online`, `offline`, `lost`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Presence::Online => "online",
+            Presence::Offline => "offline",
+            Presence::Lost => "lost",
+        }
+    }
 }
 
 /// What a device did with a policy bundle it received.
@@ -675,6 +691,32 @@ mod tests {
                 assert_eq!(decode::<PolicyResult>(&bytes).unwrap().1.body, r);
             }
         }
+    }
+
+    #[test]
+    fn the_lost_presence_is_appended_and_round_trips() {
+        for state in [Presence::Online, Presence::Offline, Presence::Lost] {
+            let s = Status {
+                state,
+                time_ms: 1,
+                agent_version: "0.1.0".into(),
+                policy_serial: 2,
+                policy_name: "base".into(),
+                boot_id: "b".into(),
+            };
+            for format in [Format::Postcard, Format::Json] {
+                let bytes = encode(format, "d", &s).unwrap();
+                assert_eq!(decode::<Status>(&bytes).unwrap().1.body, s);
+            }
+            let json: serde_json::Value =
+                serde_json::from_slice(&encode(Format::Json, "d", &s).unwrap()).unwrap();
+            assert_eq!(json["body"]["state"], state.name());
+        }
+        // Postcard indexes: the earlier states keep theirs.
+        let postcard = |p| postcard::to_stdvec(&p).unwrap();
+        assert_eq!(postcard(Presence::Online), [0]);
+        assert_eq!(postcard(Presence::Offline), [1]);
+        assert_eq!(postcard(Presence::Lost), [2]);
     }
 
     #[test]

@@ -6,8 +6,10 @@
 
 // The tests, by what they exercise: ingest and storage, per-device limits and quotas, policy
 // distribution and the configuration, the managed broker, a real agent (policy push,
-// retention, gaps of a restart and of a full spool), the HTTP API's authentication, HTTPS and
-// live events, the fleet console in a real browser, the integrations (webhooks).
+// retention, gaps of a restart and of a full spool), what the backend makes of a device's
+// silence (a killed agent, a clean stop, a connection that carries nothing), the HTTP API's
+// authentication, HTTPS and live events, the fleet console in a real browser, the integrations
+// (webhooks).
 mod auth;
 mod browser;
 mod ingest;
@@ -15,6 +17,7 @@ mod integrations;
 mod limits;
 mod managed_broker;
 mod policy;
+mod presence;
 mod real_agent;
 mod support;
 

@@ -23,12 +23,12 @@ use super::*;
 /// One real agent at a time: each loads the sensors into the kernel.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(super) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The device id: the CN of the agent's certificate.
-const DEVICE: &str = "gw-real-1";
+pub(super) const DEVICE: &str = "gw-real-1";
 
 /// The files the agent watches, created before it starts.
 const WATCHED: [&str; 3] = ["a", "b", "c"];
@@ -428,7 +428,7 @@ fn alerts_a_full_spool_dropped_are_the_gap_the_backend_reports() {
 
 /// The agent's files: its certificate (CN [`DEVICE`]), a vendor key and the trust directory,
 /// its state, the files it watches and the alerts it writes.
-struct Site {
+pub(super) struct Site {
     root: PathBuf,
     key: PathBuf,
     identity: Identity,
@@ -436,7 +436,7 @@ struct Site {
 }
 
 impl Site {
-    fn new(broker: &Broker) -> Site {
+    pub(super) fn new(broker: &Broker) -> Site {
         let root = broker.path("device");
         fs::create_dir_all(root.join("trust")).unwrap();
         fs::create_dir_all(root.join("watched")).unwrap();
@@ -499,7 +499,7 @@ impl Site {
 
     /// Starts `picket run`: policy `base` serial 1, only the file sensor's checks on, alerts
     /// to a file and over MQTT to the broker.
-    fn start_agent(&self) -> Agent {
+    pub(super) fn start_agent(&self) -> Agent {
         self.start_agent_with("")
     }
 
@@ -612,7 +612,7 @@ fn now_ms() -> u64 {
 }
 
 /// SIGTERM; the agent must exit with status 0.
-fn stop(agent: Agent) {
+pub(super) fn stop(agent: Agent) {
     let out = agent.stop();
     let status = out.status.unwrap();
     assert!(status.success(), "exit {status}:\n{}", out.log());

@@ -100,10 +100,10 @@ fn retained_status(fleet: &Fleet) -> Status {
     decode(&m)
 }
 
-/// The last will: the broker says the device offline (retained) when it is SIGKILLed or its
-/// link goes silent beyond the keep-alive, as it does on a clean stop.
+/// The last will: the broker says the device lost (retained) when it is SIGKILLed or its link
+/// goes silent beyond the keep-alive, where a clean stop says offline.
 #[test]
-fn the_offline_status_is_retained_after_a_sigkill_and_a_silent_link() {
+fn the_lost_status_is_retained_after_a_sigkill_and_a_silent_link() {
     let _serial = serial();
     let fleet = Fleet::new("will");
     // The shortest keep-alive: the broker gives up on a silent link after one and a half of it.
@@ -122,7 +122,7 @@ fn the_offline_status_is_retained_after_a_sigkill_and_a_silent_link() {
     let online = wait_live_status(&sub, 0, Presence::Online, || agent.log());
     let before = sub.messages().len();
     let killed = agent.kill();
-    let will = wait_live_status(&sub, before, Presence::Offline, || killed.clone());
+    let will = wait_live_status(&sub, before, Presence::Lost, || killed.clone());
     assert_eq!(
         (will.policy_name.as_str(), will.policy_serial, &will.boot_id),
         ("base", 1, &online.boot_id)
@@ -137,7 +137,7 @@ fn the_offline_status_is_retained_after_a_sigkill_and_a_silent_link() {
     let before = sub.messages().len();
     agent.pause();
     let silent = Instant::now();
-    let will = wait_live_status(&sub, before, Presence::Offline, || agent.log());
+    let will = wait_live_status(&sub, before, Presence::Lost, || agent.log());
     eprintln!(
         "the will came {:?} after the link went silent",
         silent.elapsed()

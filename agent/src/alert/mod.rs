@@ -175,6 +175,23 @@ fn fresh_start() -> anyhow::Result<u64> {
     Ok(start - start % SEQ_BLOCK)
 }
 
+/// How many characters of a corrupt counter's content its warning quotes.
+const QUOTED_MAX: usize = 64;
+
+/// `text` escaped for a log line, cut after `max` characters (with `...` when it was).
+fn quoted(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if text.chars().nth(max).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// The persisted alert counter.
 pub struct Sequence {
     path: PathBuf,
@@ -184,44 +201,49 @@ pub struct Sequence {
 
 impl Sequence {
     /// Opens the counter in `state_dir`, resuming past what a previous run reserved. Without
-    /// a counter (the first start, or the state directory was lost) or with one that cannot be
-    /// read, a new counter begins at a random point (see [`fresh_start`]): never at 1 again,
-    /// where the fleet already holds this device's first numbers.
+    /// a counter (the first start, or the state directory was lost) or with one whose content
+    /// is not a number, a new counter begins at a random point (see [`fresh_start`]): never at
+    /// 1 again, where the fleet already holds this device's first numbers. A counter that
+    /// cannot be read (`EIO`, `EACCES`, ...) is an error: the file may be fine, and a new
+    /// counter would be a reset the backend reports for nothing.
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
         let path = state_dir.join("alert.seq");
-        let start = match fs::read_to_string(&path) {
-            Ok(text) => match text.trim().parse::<u64>() {
-                Ok(n) => n,
-                Err(_) => {
-                    let start = fresh_start()?;
-                    log::warn!(
-                        "{} is corrupt (`{}` is not a number): alerts are numbered from {} on, \
-                         a new sequence (the backend reports it as a reset)",
-                        path.display(),
-                        text.trim().escape_debug(),
-                        start + 1
-                    );
-                    start
+        let start = match fs::read(&path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                match text.trim().parse::<u64>() {
+                    Ok(n) => n,
+                    Err(_) => {
+                        let start = fresh_start()?;
+                        log::warn!(
+                            "{} is corrupt (`{}` is not a number): alerts are numbered from {} \
+                             on, a new sequence (the backend reports it as a reset)",
+                            path.display(),
+                            quoted(text.trim(), QUOTED_MAX),
+                            start + 1
+                        );
+                        start
+                    }
                 }
-            },
-            Err(e) => {
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let start = fresh_start()?;
-                if e.kind() == io::ErrorKind::NotFound {
-                    log::info!(
-                        "no alert counter in {} (a first start, or the state was lost): \
-                         alerts are numbered from {} on",
-                        state_dir.display(),
-                        start + 1
-                    );
-                } else {
-                    log::warn!(
-                        "cannot read {} ({e}): alerts are numbered from {} on, a new sequence \
-                         (the backend reports it as a reset)",
-                        path.display(),
-                        start + 1
-                    );
-                }
+                log::info!(
+                    "no alert counter in {} (a first start, or the state was lost): \
+                     alerts are numbered from {} on",
+                    state_dir.display(),
+                    start + 1
+                );
                 start
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading the alert counter {} (the agent does not start a new sequence \
+                         over a file it cannot read)",
+                        path.display()
+                    )
+                })
             }
         };
         Ok(Self {
@@ -544,5 +566,45 @@ mod tests {
         drop(fresh);
         assert!(Sequence::open(&dir).unwrap().take().unwrap() > first);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_counter_that_cannot_be_read_stops_the_start_and_bad_content_begins_anew() {
+        let dir = std::env::temp_dir().join(format!("picket-seq-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let counter = dir.join("alert.seq");
+        fs::write(&counter, "128\n").unwrap();
+        assert_eq!(Sequence::open(&dir).unwrap().take().unwrap(), 129);
+        // An I/O error other than absence (here EISDIR; EIO and EACCES take the same path): an
+        // error naming the file, and the counter is left as it is.
+        fs::remove_file(&counter).unwrap();
+        fs::create_dir(&counter).unwrap();
+        let error = format!("{:#}", Sequence::open(&dir).err().expect("an error"));
+        assert!(error.contains("alert.seq"), "{error}");
+        assert!(error.contains("does not start a new sequence"), "{error}");
+        assert!(counter.is_dir());
+        fs::remove_dir(&counter).unwrap();
+        // Content that is not UTF-8 is not a number: a new counter.
+        fs::write(&counter, b"\xff\xfe12").unwrap();
+        let first = Sequence::open(&dir).unwrap().take().unwrap();
+        assert!(first > SEQ_RESET_JUMP, "{first}");
+        // Absent: a new counter too.
+        fs::remove_file(&counter).unwrap();
+        assert!(Sequence::open(&dir).unwrap().take().unwrap() > SEQ_RESET_JUMP);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_counter_is_quoted_within_bounds() {
+        assert_eq!(quoted("abc", 64), "abc");
+        let long = "x".repeat(10_000);
+        let q = quoted(&long, 64);
+        assert_eq!(q, format!("{}...", "x".repeat(64)));
+        assert_eq!(quoted("a\nb", 64), "a\\nb");
+        assert_eq!(
+            quoted(&"é".repeat(65), 64),
+            format!("{}...", "é".repeat(64))
+        );
     }
 }

@@ -256,7 +256,7 @@ fn reporter_config(
     policy: (String, u64),
 ) -> anyhow::Result<ReporterConfig> {
     let (host, port) = m.address()?;
-    let will = Reporter::offline_status(device_id, m.format, policy, alerter.boot_id());
+    let will = Reporter::will_status(device_id, m.format, policy, alerter.boot_id());
     let options = mqtt::Options {
         host,
         port,

@@ -183,14 +183,15 @@ impl Reporter {
         }
     }
 
-    /// The offline status, also the last will.
-    pub fn offline_status(
+    /// The last will: the `lost` status, which the broker publishes when the connection ends
+    /// without the goodbye (the `offline` status of a clean stop).
+    pub fn will_status(
         device_id: &str,
         format: Format,
         policy: (String, u64),
         boot_id: &str,
     ) -> Vec<u8> {
-        status::status_payload(device_id, format, Presence::Offline, policy, boot_id)
+        status::status_payload(device_id, format, Presence::Lost, policy, boot_id)
     }
 
     /// Runs until `stop` is notified: then says goodbye (offline status) and returns.

@@ -1,5 +1,5 @@
-//! What the device says about itself: the retained status (online, offline: also the last
-//! will) and the periodic heartbeat with its counters.
+//! What the device says about itself: the retained status (online; offline on a clean stop;
+//! lost, the last will) and the periodic heartbeat with its counters.
 
 use std::{fs, sync::atomic::Ordering::Relaxed, time::Duration};
 

@@ -43,6 +43,18 @@ pub(crate) async fn device_gaps(
     Ok(to_json(rows))
 }
 
+/// `GET /api/devices/{id}/presence`: the device's presence changes, newest first (at most
+/// 1000, what the store keeps).
+pub(crate) async fn device_presence(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_device(&id)?;
+    let limit = crate::store::presence::MAX_CHANGES_PER_DEVICE;
+    let rows = query(&api, move |s| s.presence_changes(Some(&id), limit)).await?;
+    Ok(to_json(rows))
+}
+
 /// `GET /api/gaps`.
 pub(crate) async fn gaps(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let rows = query(&api, |s| s.gaps(None)).await?;
@@ -153,7 +165,7 @@ pub(crate) async fn overview(State(api): State<Api>) -> Result<Json<Value>, ApiE
         ))
     })
     .await?;
-    let mut states: BTreeMap<&str, u64> = ["online", "offline", "timed_out", "unknown"]
+    let mut states: BTreeMap<&str, u64> = ["online", "offline", "lost", "timed_out", "unknown"]
         .into_iter()
         .map(|s| (s, 0))
         .collect();

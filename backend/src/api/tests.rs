@@ -538,7 +538,7 @@ fn pages_follow_each_other_and_stay_stable_as_alerts_arrive() {
     assert_eq!(o["alerts_by_severity"], json!({"high": 6, "medium": 7}));
     assert_eq!(
         o["devices"],
-        json!({"online": 0, "offline": 0, "timed_out": 0, "unknown": 1})
+        json!({"online": 0, "offline": 0, "lost": 0, "timed_out": 0, "unknown": 1})
     );
     // Received in 1970: outside the last 24 hours.
     assert_eq!(o["alerts_over_time"], json!([]));

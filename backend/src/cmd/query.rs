@@ -1,4 +1,5 @@
-//! The query commands (`devices`, `alerts`, `gaps`, `refused`, `policy results`): read the
+//! The query commands (`devices`, `alerts`, `gaps`, `presence`, `refused`, `policy results`):
+//! read the
 //! store, print a table ([`super::tables`]) or JSON.
 
 use std::io::Write;
@@ -74,6 +75,21 @@ pub fn gaps(store: &mut dyn Store, device: Option<&str>, json: bool) -> anyhow::
         print_json(&gaps)
     } else {
         print!("{}", tables::gaps_table(&gaps));
+        Ok(())
+    }
+}
+
+pub fn presence(
+    store: &mut dyn Store,
+    device: Option<&str>,
+    limit: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let changes = store.presence_changes(device, limit)?;
+    if json {
+        print_json(&changes)
+    } else {
+        print!("{}", tables::presence_table(&changes));
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,8 +115,14 @@ async fn serve_with(
         limits.alert_burst,
         limits.max_alerts_per_device
     );
+    let connected = Arc::new(AtomicU64::new(0));
+    spawn_timeouts(
+        store.clone(),
+        config.devices.heartbeat_timeout,
+        connected.clone(),
+    );
     tokio::select! {
-        r = ingest::run(mqtt, limits, store) => r,
+        r = ingest::run(mqtt, limits, store, connected) => r,
         _ = signals.interrupt.recv() => { log::info!("interrupted; stopping"); Ok(()) }
         _ = signals.terminate.recv() => { log::info!("terminated; stopping"); Ok(()) }
     }
@@ -234,6 +241,38 @@ pub(crate) fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::S
     .context("http.tls_cert and http.tls_key do not form a usable pair")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Records as timed out (once each, with the backend's `device_silent` alert) the devices that
+/// said they were online and sent nothing for longer than `timeout`: checked every quarter of
+/// it (1 s to 30 s), once the ingest has been connected for at least `timeout` (a backend that
+/// was away, or an ingest that just reconnected, has not heard what the devices sent
+/// meanwhile, and must not take its own absence for theirs).
+fn spawn_timeouts(store: Arc<Mutex<Box<dyn Store>>>, timeout: Duration, connected: Arc<AtomicU64>) {
+    let every = (timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = ingest::now_ms();
+            let since = connected.load(Ordering::Relaxed);
+            if since == 0 || now.saturating_sub(since) < timeout_ms {
+                continue;
+            }
+            let store = store.clone();
+            let checked = tokio::task::spawn_blocking(move || match store.lock() {
+                Ok(mut s) => s.check_timeouts(now, timeout),
+                Err(_) => Err(anyhow::anyhow!("the store lock is poisoned")),
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("timeout task: {e}")));
+            if let Err(e) = checked {
+                log::error!("checking the devices' heartbeats: {e:#}");
+            }
+        }
+    });
 }
 
 /// Every `every`, deletes what was received longer than `retention` ago.

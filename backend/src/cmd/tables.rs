@@ -4,7 +4,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::store::{AlertRow, DeviceRow, Gap, PolicyResultRow, RefusedRow};
+use crate::store::{AlertRow, DeviceRow, Gap, PolicyResultRow, PresenceChange, RefusedRow};
 
 fn time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
@@ -111,7 +111,12 @@ pub fn alerts_table(alerts: &[AlertRow]) -> String {
             vec![
                 time(a.received_ms),
                 a.device_id.clone(),
-                a.seq.to_string(),
+                if a.format == crate::store::presence::BACKEND_FORMAT {
+                    // Raised by the backend: not in the device's sequence.
+                    "backend".to_string()
+                } else {
+                    a.seq.to_string()
+                },
                 a.severity.clone(),
                 a.kind.clone(),
                 if a.count > 1 {
@@ -126,6 +131,29 @@ pub fn alerts_table(alerts: &[AlertRow]) -> String {
     table(
         &[
             "RECEIVED", "DEVICE", "SEQ", "SEVERITY", "KIND", "PATH", "PROCESS",
+        ],
+        rows,
+    )
+}
+
+pub fn presence_table(changes: &[PresenceChange]) -> String {
+    let rows = changes
+        .iter()
+        .map(|c| {
+            vec![
+                time(c.time_ms),
+                c.device_id.clone(),
+                c.state.clone(),
+                opt(&c.previous),
+                opt(&c.boot_id),
+                opt(&c.agent_version),
+                opt(&c.alert_id),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TIME", "DEVICE", "STATE", "PREVIOUS", "BOOT", "AGENT", "ALERT",
         ],
         rows,
     )

@@ -37,6 +37,8 @@ fn title(kind: &str) -> &'static str {
         "would_block" => "Enforcement would refuse this",
         "enforcement_weakened" => "Enforcement weakened by local configuration",
         "agent_interrupted" => "Security agent ended without a clean stop",
+        "device_silent" => "Device went silent without a clean stop",
+        "device_returned" => "Silent device back online",
         _ => "Picket alert",
     }
 }
@@ -108,7 +110,12 @@ fn process(p: &Value) -> Value {
 
 /// One alert as a Detection Finding.
 pub fn finding(a: &AlertRow) -> Value {
-    let uid = format!("{}:{}", a.device_id, a.seq);
+    // The backend's own alerts are numbered by presence change, not in the device's sequence.
+    let uid = if a.format == crate::store::presence::BACKEND_FORMAT {
+        format!("{}:backend:{}", a.device_id, a.seq)
+    } else {
+        format!("{}:{}", a.device_id, a.seq)
+    };
     let (severity_id, severity_name) = severity(&a.severity);
     let mut message = title(&a.kind).to_string();
     if let Some(path) = &a.path {

@@ -5,6 +5,7 @@
 //! only once stored. `handle.rs` checks and stores one message, or refuses it; `limit.rs`
 //! keeps each device's alert rate limit.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,10 +83,14 @@ const REQUEST_CAPACITY: usize = 2 * RECEIVE_MAXIMUM as usize;
 
 /// Runs the ingest until the process ends: connects, subscribes, stores; reconnects with a
 /// doubling wait (1 s up to `max_backoff`) whenever the connection or the store fails.
+/// `connected` is the time (ms since the epoch) the current connection was accepted by the
+/// broker, 0 while there is none: a device's silence means something only while the ingest
+/// was there to hear it.
 pub async fn run(
     config: MqttConfig,
     limits: &LimitsConfig,
     store: Arc<Mutex<Box<dyn Store>>>,
+    connected: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     // Kept across connections: a device does not get a full bucket by making the ingest
     // reconnect.
@@ -101,7 +106,16 @@ pub async fn run(
     let filters = filters(&config.share_group);
     let mut backoff = Duration::from_secs(1);
     loop {
-        let error = session(&options, &filters, &store, &limits, &mut backoff).await;
+        let error = session(
+            &options,
+            &filters,
+            &store,
+            &limits,
+            &mut backoff,
+            &connected,
+        )
+        .await;
+        connected.store(0, Ordering::Relaxed);
         log::warn!(
             "MQTT {}:{}: {error:#}; reconnecting in {}s",
             config.host,
@@ -127,6 +141,7 @@ async fn session(
     store: &Arc<Mutex<Box<dyn Store>>>,
     limits: &Arc<Mutex<Limits>>,
     backoff: &mut Duration,
+    connected: &AtomicU64,
 ) -> anyhow::Error {
     let (client, mut eventloop) = AsyncClient::new(options.clone(), REQUEST_CAPACITY);
     let (messages, received) = tokio::sync::mpsc::unbounded_channel();
@@ -159,6 +174,7 @@ async fn session(
                     ack.session_present
                 );
                 *backoff = Duration::from_secs(1);
+                connected.store(now_ms(), Ordering::Relaxed);
                 let subscriptions = filters
                     .iter()
                     .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));

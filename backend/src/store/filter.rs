@@ -29,8 +29,12 @@ pub fn parse_since(s: &str, now_ms: u64) -> Result<u64, String> {
     Ok(now_ms.saturating_sub(d.as_millis() as u64))
 }
 
-/// Checks that `kind` is an alert kind of the protocol.
+/// Checks that `kind` is an alert kind of the protocol, or of the alerts the backend raises
+/// itself ([`crate::store::presence::BACKEND_KINDS`]).
 pub fn check_kind(kind: &str) -> Result<(), String> {
+    if crate::store::presence::BACKEND_KINDS.contains(&kind) {
+        return Ok(());
+    }
     serde_json::from_value::<picket_proto::AlertKind>(Value::String(kind.into()))
         .map(|_| ())
         .map_err(|_| format!("unknown alert kind `{kind}`"))

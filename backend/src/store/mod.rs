@@ -12,6 +12,9 @@ mod accounts;
 pub mod filter;
 mod forward;
 mod postgres;
+pub mod presence;
+#[cfg(test)]
+mod presence_tests;
 mod sql;
 mod sqlite;
 #[cfg(test)]
@@ -33,9 +36,9 @@ pub use sqlite::SqliteStore;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceRow {
     pub device_id: String,
-    /// `online`, `offline` (it said so, or its last will did), `timed_out` (it said it was
-    /// online but nothing came for longer than the heartbeat timeout) or `unknown` (no
-    /// status received yet).
+    /// `online`, `offline` (it said so: a clean stop), `lost` (its last will: the connection
+    /// ended without a clean stop), `timed_out` (it said it was online but nothing came for
+    /// longer than the heartbeat timeout) or `unknown` (no status received yet).
     pub state: &'static str,
     pub online: bool,
     pub first_seen_ms: u64,
@@ -58,6 +61,24 @@ pub struct DeviceRow {
     pub quota_removed: u64,
 }
 
+/// A change of a device's presence, as the backend recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresenceChange {
+    pub device_id: String,
+    /// The change's number, per device (1, 2, ...).
+    pub n: u64,
+    /// When it was recorded (backend clock).
+    pub time_ms: u64,
+    /// `online`, `offline`, `lost` or `timed_out`.
+    pub state: String,
+    /// The state before (`None`: the first recorded).
+    pub previous: Option<String>,
+    pub boot_id: Option<String>,
+    pub agent_version: Option<String>,
+    /// The alert the backend raised for it (`device_silent`, `device_returned`), if any.
+    pub alert_id: Option<u64>,
+}
+
 /// A stored alert.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertRow {
@@ -75,7 +96,9 @@ pub struct AlertRow {
     pub first_ms: u64,
     pub last_ms: u64,
     pub process: Option<Value>,
-    /// The wire format it arrived in (`postcard` or `json`).
+    /// The wire format it arrived in (`postcard` or `json`), or `backend` for an alert the
+    /// backend raised itself ([`presence`]); `seq` is then the number of the presence change
+    /// that raised it, not one of the device's.
     pub format: String,
 }
 
@@ -304,6 +327,20 @@ pub trait Store: Send {
     /// [`Gap::rate_limited`]). `false` (and nothing noted) if that alert is stored already: a
     /// copy the broker delivered again is not an alert lost to the limit.
     fn note_rate_limited(&mut self, device_id: &str, seq: u64) -> anyhow::Result<bool>;
+    /// Records as `timed_out` the devices whose status says online and from which nothing
+    /// arrived for longer than `timeout`, once each (with its `device_silent` alert); returns
+    /// the changes made.
+    fn check_timeouts(
+        &mut self,
+        now_ms: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<PresenceChange>>;
+    /// The presence changes of a device (or of all), newest first, at most `limit`.
+    fn presence_changes(
+        &mut self,
+        device: Option<&str>,
+        limit: u64,
+    ) -> anyhow::Result<Vec<PresenceChange>>;
     /// Counts a refused message.
     fn count_refused(
         &mut self,
@@ -466,6 +503,23 @@ impl<D: sql::Database> Store for D {
 
     fn note_rate_limited(&mut self, device_id: &str, seq: u64) -> anyhow::Result<bool> {
         self.atomic(|db| sql::note_rate_limited(db, device_id, seq))
+    }
+
+    fn check_timeouts(
+        &mut self,
+        now_ms: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<PresenceChange>> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.atomic(|db| presence::check_timeouts(db, now_ms, timeout_ms))
+    }
+
+    fn presence_changes(
+        &mut self,
+        device: Option<&str>,
+        limit: u64,
+    ) -> anyhow::Result<Vec<PresenceChange>> {
+        self.read(|db| presence::changes(db, device, limit))
     }
 
     fn count_refused(
@@ -668,20 +722,25 @@ pub(crate) fn heartbeat_counters(hb: &Heartbeat) -> Value {
     })
 }
 
-/// A device's state from its latest status and when it was last heard of.
-pub(crate) fn presence(
+/// A device's state from its latest status, when it was last heard of, and the presence the
+/// backend recorded (a device recorded as timed out stays so until something new arrives from
+/// it, even if its retained status was delivered again).
+pub(crate) fn device_state(
     status: Option<&str>,
     last_seen_ms: u64,
+    recorded: Option<&str>,
     now_ms: u64,
     heartbeat_timeout: Duration,
 ) -> &'static str {
     match status {
         Some("online")
-            if now_ms.saturating_sub(last_seen_ms) > heartbeat_timeout.as_millis() as u64 =>
+            if now_ms.saturating_sub(last_seen_ms) > heartbeat_timeout.as_millis() as u64
+                || recorded == Some("timed_out") =>
         {
             "timed_out"
         }
         Some("online") => "online",
+        Some("lost") => "lost",
         Some(_) => "offline",
         None => "unknown",
     }

@@ -9,13 +9,15 @@ use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row};
 
 use super::forward::FORWARD_TABLES;
+use super::presence;
 use super::sql::{self, dollar, Arg, Columns, Database, Db};
 use super::Store;
 
 /// 2 added the devices' `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]); 3 the
 /// alerts' `id` and the tables of the HTTP API ([`UPGRADE_FROM_2`], [`TABLES_3`]); 4 the counts
 /// of the overview ([`sql::COUNT_TABLES`], filled from the alerts stored); 5 the delivery state
-/// of the integrations ([`FORWARD_TABLES`]).
+/// of the integrations ([`FORWARD_TABLES`]) and the devices' presence and its changes
+/// ([`presence::TABLES`]).
 const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
@@ -250,10 +252,14 @@ impl PgStore {
         }
         tx.batch_execute(FORWARD_TABLES)
             .context("creating the integrations' cursors")?;
+        tx.batch_execute(presence::TABLES)
+            .context("creating the presence tables")?;
         if matches!(version, Some(1..=4)) {
             tx.batch_execute(&format!(
-                "UPDATE picket_schema SET version = {SCHEMA_VERSION};"
-            ))?;
+                "{} UPDATE picket_schema SET version = {SCHEMA_VERSION};",
+                presence::FILL
+            ))
+            .context("recording the devices' presence")?;
         }
         tx.commit()?;
         Ok(PgStore {

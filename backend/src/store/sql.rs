@@ -4,11 +4,11 @@
 //! `postgres.rs` only run them ([`Db`]) and keep their schemas.
 
 use anyhow::Context;
-use picket_proto::{Alert, Heartbeat, PolicyOutcome, PolicyResult, Presence, Status};
+use picket_proto::{Alert, Heartbeat, PolicyOutcome, PolicyResult, Status};
 use serde_json::Value;
 
 use super::{
-    heartbeat_counters, presence, restart_gap, AlertFilter, AlertRow, DeviceRow, Gap,
+    device_state, heartbeat_counters, restart_gap, AlertFilter, AlertRow, DeviceRow, Gap,
     PolicyResultRow, RefusedRow, StoredAlert, Triage, MAX_LIMITED_RANGES,
     MAX_POLICY_RESULTS_PER_DEVICE,
 };
@@ -209,15 +209,17 @@ const FORGET_HOUR: &str = "DELETE FROM alert_hours
 
 /// The hours, severities and kinds of the alerts [`DELETE_OLDEST`] deletes.
 const OLDEST_GROUPS: &str = "SELECT received_ms - received_ms % 3600000, severity, kind, count(*)
-     FROM (SELECT received_ms, severity, kind FROM alerts WHERE device_id = ?1
+     FROM (SELECT received_ms, severity, kind FROM alerts WHERE device_id = ?1 AND seq >= 0
            ORDER BY received_ms, seq LIMIT ?2) AS o
      GROUP BY received_ms - received_ms % 3600000, severity, kind";
 
 /// The device's `?2` alerts received first (of the lowest sequence numbers among those
 /// received in the same millisecond). Not simply the lowest numbers: a device whose state was
-/// lost numbers from a random point, which may be below its older alerts'.
+/// lost numbers from a random point, which may be below its older alerts'. The backend's own
+/// alerts (negative numbers) are not the device's: the quota leaves them.
 const DELETE_OLDEST: &str = "DELETE FROM alerts WHERE device_id = ?1 AND seq IN (
-         SELECT seq FROM alerts WHERE device_id = ?1 ORDER BY received_ms, seq LIMIT ?2)";
+         SELECT seq FROM alerts WHERE device_id = ?1 AND seq >= 0
+         ORDER BY received_ms, seq LIMIT ?2)";
 
 const COUNT_REMOVED: &str = "UPDATE devices SET stored_alerts = stored_alerts - ?2,
          quota_removed = quota_removed + ?2
@@ -234,6 +236,10 @@ const LOCK_DEVICE: &str = "UPDATE devices SET stored_alerts = stored_alerts WHER
 const EXPIRING_GROUPS: &str = "SELECT received_ms - received_ms % 3600000, severity, kind, count(*)
      FROM alerts WHERE device_id = ?1 AND received_ms < ?2
      GROUP BY received_ms - received_ms % 3600000, severity, kind";
+
+/// The device's own alerts (not the backend's) received before ?2.
+const EXPIRING_OWN: &str =
+    "SELECT count(*) FROM alerts WHERE device_id = ?1 AND received_ms < ?2 AND seq >= 0";
 
 /// After retention deleted ?2 of a device's alerts.
 const UNCOUNT_STORED: &str = "UPDATE devices SET stored_alerts = stored_alerts - ?2
@@ -271,13 +277,15 @@ const DEVICES: &str = "SELECT d.device_id, d.first_seen_ms, d.last_seen_ms, d.st
             d.stored_alerts,
             COALESCE((SELECT r.count FROM refused r
                       WHERE r.reason = 'rate_limited' AND r.device_id = d.device_id), 0),
-            d.quota_removed
+            d.quota_removed,
+            (SELECT p.state FROM presence p WHERE p.device_id = d.device_id)
      FROM devices d ORDER BY d.device_id";
 
 // `CAST(?1 AS TEXT)`: PostgreSQL needs the type of a parameter that is only tested for NULL.
+// The backend's own alerts (negative numbers) are in no device's sequence.
 const GAPS: &str = "SELECT device_id, seq + 1, next - 1 FROM (
          SELECT device_id, seq, lead(seq) OVER (PARTITION BY device_id ORDER BY seq) AS next
-         FROM alerts WHERE CAST(?1 AS TEXT) IS NULL OR device_id = ?1) AS s
+         FROM alerts WHERE seq >= 0 AND (CAST(?1 AS TEXT) IS NULL OR device_id = ?1)) AS s
      WHERE next > seq + 1 ORDER BY device_id, seq";
 
 const REFUSED: &str = "SELECT reason, device_id, count, first_ms, last_ms, last_topic, last_error
@@ -331,15 +339,33 @@ pub(crate) fn insert_alert(
     touch_device(db, device_id, received_ms)?;
     if inserted {
         db.execute(COUNT_STORED, &[text(device_id)])?;
-        let group = Group {
-            hour_ms: received_ms - received_ms % HOUR_MS,
-            severity: alert.severity.name().into(),
-            kind: alert.kind.name().into(),
-            alerts: 1,
-        };
-        add_counts(db, device_id, &[group], 1)?;
+        count_alert(
+            db,
+            device_id,
+            received_ms,
+            alert.severity.name(),
+            alert.kind.name(),
+        )?;
     }
+    super::presence::heard(db, device_id, received_ms)?;
     Ok(inserted)
+}
+
+/// Counts a new alert in the overview's counts ([`COUNT_TABLES`]).
+pub(super) fn count_alert(
+    db: &mut dyn Db,
+    device_id: &str,
+    received_ms: u64,
+    severity: &str,
+    kind: &str,
+) -> anyhow::Result<()> {
+    let group = Group {
+        hour_ms: received_ms - received_ms % HOUR_MS,
+        severity: severity.into(),
+        kind: kind.into(),
+        alerts: 1,
+    };
+    add_counts(db, device_id, &[group], 1)
 }
 
 const HOUR_MS: u64 = 3_600_000;
@@ -474,6 +500,7 @@ pub(crate) fn record_heartbeat(
             text(&counters),
         ],
     )?;
+    super::presence::heard(db, device_id, received_ms)?;
     Ok(())
 }
 
@@ -484,10 +511,7 @@ pub(crate) fn record_status(
     status: &Status,
     received_ms: u64,
 ) -> anyhow::Result<()> {
-    let state = match status.state {
-        Presence::Online => "online",
-        Presence::Offline => "offline",
-    };
+    let state = status.state.name();
     touch_device(db, device_id, received_ms)?;
     // A status is applied in the order received: a last will carries the time of the
     // connection it belongs to, not of the disconnection.
@@ -502,6 +526,13 @@ pub(crate) fn record_status(
             text(&status.policy_name),
             text(&status.boot_id),
         ],
+    )?;
+    super::presence::status(
+        db,
+        device_id,
+        state,
+        (&status.boot_id, status.time_ms),
+        received_ms,
     )?;
     Ok(())
 }
@@ -546,6 +577,7 @@ pub(crate) fn insert_policy_result(
     if let PolicyOutcome::Applied { name, serial } = &result.outcome {
         db.execute(SET_POLICY, &[text(device_id), int(*serial), text(name)])?;
     }
+    super::presence::heard(db, device_id, received_ms)?;
     Ok(inserted)
 }
 
@@ -585,15 +617,16 @@ pub(crate) fn delete_before(db: &mut dyn Db, before_ms: u64) -> anyhow::Result<u
     for id in ids {
         db.execute(LOCK_DEVICE, &[text(&id)])?;
         let expired = groups(db, EXPIRING_GROUPS, &[text(&id), int(before_ms)])?;
-        expiring.push((id, expired));
+        let own = count_of(db, EXPIRING_OWN, &[text(&id), int(before_ms)])?;
+        expiring.push((id, expired, own));
     }
     let alerts = db.execute(DELETE_ALERTS, &[int(before_ms)])?;
-    for (id, expired) in &expiring {
-        let n = expired.iter().map(|g| g.alerts).sum();
-        db.execute(UNCOUNT_STORED, &[text(id), int(n)])?;
+    for (id, expired, own) in &expiring {
+        db.execute(UNCOUNT_STORED, &[text(id), int(*own)])?;
         add_counts(db, id, expired, -1)?;
     }
     db.execute(DELETE_POLICY_RESULTS, &[int(before_ms)])?;
+    super::presence::delete_before(db, before_ms)?;
     if alerts > 0 {
         db.execute(DELETE_ORPHAN_TRIAGE, &[])?;
     }
@@ -609,7 +642,14 @@ pub(crate) fn devices(
     rows(db, DEVICES, &[], |r| {
         let last_seen_ms = get_uint(r, 2)?;
         let status = r.text(3)?;
-        let state = presence(status.as_deref(), last_seen_ms, now_ms, heartbeat_timeout);
+        let recorded = r.text(15)?;
+        let state = device_state(
+            status.as_deref(),
+            last_seen_ms,
+            recorded.as_deref(),
+            now_ms,
+            heartbeat_timeout,
+        );
         Ok(DeviceRow {
             device_id: get_text(r, 0)?,
             state,
@@ -652,7 +692,8 @@ pub(super) fn stored_alert(r: &dyn Columns) -> anyhow::Result<StoredAlert> {
         id: get_uint(r, 15)?,
         alert: AlertRow {
             device_id: get_text(r, 0)?,
-            seq: get_uint(r, 1)?,
+            // The backend's alerts: minus the number of the presence change that raised them.
+            seq: some(r.int(1)?, 1)?.unsigned_abs(),
             boot_id: get_text(r, 2)?,
             time_ms: get_uint(r, 3)?,
             received_ms: get_uint(r, 4)?,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 
 use super::forward::FORWARD_TABLES;
+use super::presence;
 use super::sql::{self, Arg, Columns, Database, Db};
 use super::Store;
 
@@ -15,7 +16,8 @@ use super::Store;
 /// `stored_alerts` and `quota_removed` ([`UPGRADE_FROM_1`]); 3 the alerts' `id` and the
 /// tables of the HTTP API's accounts, triage and audit ([`UPGRADE_FROM_2`]); 4 the counts of
 /// the overview ([`sql::COUNT_TABLES`], filled from the alerts stored); 5 the delivery state
-/// of the integrations ([`FORWARD_TABLES`]). An older database is upgraded when opened.
+/// of the integrations ([`FORWARD_TABLES`]) and the devices' presence and its changes
+/// ([`presence::TABLES`]). An older database is upgraded when opened.
 const SCHEMA_VERSION: i64 = 5;
 
 /// The SQLite store (WAL mode, so readers do not block the ingest).
@@ -219,9 +221,10 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} {} {FORWARD_TABLES} \
+                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} {} {FORWARD_TABLES} {} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
-                    sql::COUNT_TABLES
+                    sql::COUNT_TABLES,
+                    presence::TABLES,
                 ))
                 .or_else(|e| {
                     // Another process may have created it between the check and the write.
@@ -280,8 +283,16 @@ fn upgrade(conn: &Connection, from: i64) -> anyhow::Result<()> {
             .with_context(|| format!("counting the alerts of version {from}"))?;
         }
         if (1..=4).contains(&version) {
-            conn.execute_batch(&format!("{FORWARD_TABLES} PRAGMA user_version = 5;"))
-                .with_context(|| format!("adding the integrations' cursors to version {from}"))?;
+            conn.execute_batch(&format!(
+                "{FORWARD_TABLES} {} {} PRAGMA user_version = 5;",
+                presence::TABLES,
+                presence::FILL
+            ))
+            .with_context(|| {
+                format!(
+                    "adding the integrations' cursors and the presence tables to version {from}"
+                )
+            })?;
         }
         Ok(conn.execute_batch("COMMIT")?)
     })();
