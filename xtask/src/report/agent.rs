@@ -17,8 +17,11 @@
 //! `STORM_before_ns`, `STORM_before_cpu_ns_before`, `STORM_before_cpu_ns_after`,
 //! `STORM_before_stopped`, the same readings with it; `idle_rss_kib`, `bpf_maps` ("COUNT
 //! TOTAL_BYTES RINGBUF_BYTES"), `step` ("RATE COUNT SECONDS LOST_BEFORE LOST_AFTER", one per
-//! rate, 0 for as fast as possible), `lost_end`, `startup_peak_kib`, `load_rss_kib`; `hash_ns`
-//! per round, `openssl_kbs` (absent without OpenSSL), `stripped_bytes`, `cross_sizes` (a path);
+//! rate, 0 for as fast as possible), `lost_end`, `startup_peak_kib`, `load_rss_kib`; `hash_file`
+//! ("MIB COUNT", one per file size hashed), per round `hash_MIB_picket_ns` and
+//! `hash_MIB_openssl_ns` (COUNT hashes of the file by each), `hash_blocks_picket_bps` and
+//! `openssl_kbs` (16 KiB blocks in memory; OpenSSL's absent without it); `stripped_bytes`,
+//! `cross_sizes` (a path);
 //! the kernel's statistics of the agent's programs, `STORM_bpf_*` (see `kernel.rs`).
 
 use super::footprint::{ceiling, hashing};
