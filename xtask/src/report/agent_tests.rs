@@ -305,3 +305,21 @@ fn missing_samples_are_an_error() {
     let err = report(&Samples::parse(&text), &test_env()).err().unwrap();
     assert!(format!("{err:#}").contains("write_with_ns"), "{err:#}");
 }
+
+#[test]
+fn without_openssl_the_hashing_has_no_reference() {
+    let text: String = SAMPLES
+        .lines()
+        .flat_map(|l| l.split("\\n"))
+        .filter(|l| !l.contains("openssl"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let r = report(&Samples::parse(&text), &test_env()).unwrap();
+    let hashing = &r.sections[2].1;
+    assert!(hashing.contains(" hashed 512 times in one process: the agent's `digest_of_file`; `openssl dgst -sha256` with the file 512 times | 1326 MB/s (1309–1342) | not measured | |\n"), "{hashing}");
+    assert!(hashing.contains(" `openssl speed -evp sha256 -bytes 16384` | 1450 MB/s (1400–1500) | not measured | |\n"), "{hashing}");
+    // A file size without its rounds is an error naming the samples.
+    let text = SAMPLES.replace("hash_16_picket_ns", "other");
+    let err = report(&Samples::parse(&text), &test_env()).err().unwrap();
+    assert!(format!("{err:#}").contains("hash_file"), "{err:#}");
+}

@@ -91,8 +91,8 @@ const HASH_TARGET: f64 = 0.95;
 
 /// One row of the hashing table: picket's and OpenSSL's rates per round (MB/s, OpenSSL's empty
 /// when it was not measured).
-fn hash_row(what: &str, picket: &[f64], openssl: &[f64]) -> Result<String> {
-    let ours = Spread::of(picket).with_context(|| format!("no rounds of {what}"))?;
+fn hash_row(what: &str, key: &str, picket: &[f64], openssl: &[f64]) -> Result<String> {
+    let ours = Spread::of(picket).with_context(|| format!("no {key} sample ({what})"))?;
     let mb = |r: &Spread| match r.rounds {
         1 => format!("{:.0} MB/s", r.median),
         _ => format!("{:.0} MB/s ({})", r.median, r.range(0)),
@@ -139,13 +139,15 @@ pub(super) fn hashing(s: &Samples, env: &Env) -> Result<String> {
             bail!("a hash_file sample needs MIB COUNT: {row:?}");
         };
         let bytes = number(mib)? * 1_048_576.0 * number(count)?;
-        let picket = rate(bytes, &s.nums(&format!("hash_{mib}_picket_ns"))?);
+        let key = format!("hash_{mib}_picket_ns");
+        let picket = rate(bytes, &s.nums(&key)?);
         let openssl = rate(bytes, &s.nums(&format!("hash_{mib}_openssl_ns"))?);
         table += &hash_row(
             &format!(
                 "a {mib} MiB file in memory (tmpfs), hashed {count} times in one process: \
                  the agent's `digest_of_file`; `openssl dgst -sha256` with the file {count} times"
             ),
+            &format!("{key}, for the hash_file {mib} {count}"),
             &picket,
             &openssl,
         )?;
@@ -159,6 +161,7 @@ pub(super) fn hashing(s: &Samples, env: &Env) -> Result<String> {
     table += &hash_row(
         "one 16 KiB block in memory, over and over: the agent's `sha256_chunks`; \
          `openssl speed -evp sha256 -bytes 16384`",
+        "hash_blocks_picket_bps",
         &blocks,
         &speed,
     )?;
