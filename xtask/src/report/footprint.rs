@@ -140,12 +140,16 @@ pub(super) fn hashing(s: &Samples, env: &Env) -> Result<String> {
         };
         let bytes = number(mib)? * 1_048_576.0 * number(count)?;
         let key = format!("hash_{mib}_picket_ns");
+        let times = match count {
+            "1" => "once".to_string(),
+            n => format!("{n} times"),
+        };
         let picket = rate(bytes, &s.nums(&key)?);
         let openssl = rate(bytes, &s.nums(&format!("hash_{mib}_openssl_ns"))?);
         table += &hash_row(
             &format!(
-                "a {mib} MiB file in memory (tmpfs), hashed {count} times in one process: \
-                 the agent's `digest_of_file`; `openssl dgst -sha256` with the file {count} times"
+                "a {mib} MiB file in memory (tmpfs), hashed {times} in one process: \
+                 the agent's `digest_of_file`; `openssl dgst -sha256` with the file {times}"
             ),
             &format!("{key}, for the hash_file {mib} {count}"),
             &picket,
