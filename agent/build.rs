@@ -5,9 +5,13 @@
 //! building it again (scripts/test.sh builds the object once, then reuses it for every profile;
 //! an architecture without an object there is built as usual).
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs, io,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
@@ -51,5 +55,38 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Custom(&toolchain),
     )
-    .context("building the eBPF sensors (see README.md, 'Requirements', for the toolchain)")
+    .context("building the eBPF sensors (see README.md, 'Requirements', for the toolchain)")?;
+    strip_debug(&object)
+}
+
+/// Strips the DWARF that the BTF was made from (three quarters of the object, of no use once
+/// linked), keeping `.BTF` and `.BTF.ext`, which aya and the verifier read: with LLVM's strip, of
+/// the LLVM that bpf-linker is built against, as build-ebpf-object.sh strips the released objects.
+fn strip_debug(object: &Path) -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=PICKET_LLVM_STRIP");
+    let tools = match env::var_os("PICKET_LLVM_STRIP").filter(|s| !s.is_empty()) {
+        Some(tool) => vec![tool],
+        None => vec!["llvm-strip-22".into(), "llvm-strip".into()],
+    };
+    for tool in &tools {
+        match Command::new(tool).arg("--strip-debug").arg(object).status() {
+            Ok(status) if status.success() => return Ok(()),
+            Ok(status) => bail!(
+                "{} --strip-debug {}: {status}",
+                Path::new(tool).display(),
+                object.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => bail!("running {}: {e}", Path::new(tool).display()),
+        }
+    }
+    bail!(
+        "none of {} was found to strip the eBPF object's debug information: run \
+         scripts/setup.sh (LLVM 22), or set PICKET_LLVM_STRIP",
+        tools
+            .iter()
+            .map(|t| Path::new(t).display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }

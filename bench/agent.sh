@@ -463,22 +463,57 @@ wait "$SAMPLER" || true
 sample load_rss_kib "$(cat "$WORK/rss")"
 echo "ceiling steps done" >&2
 
-# SHA-256: the agent's hasher on one file in memory (tmpfs, one thread) against OpenSSL's
-# `speed` on 16 KiB blocks, one thread.
+# SHA-256: the agent's hashing path (`agent/examples/hash_speed.rs`: `digest_of_file`, as the
+# agent hashes an executable) against OpenSSL's on the same files in memory (tmpfs), one thread,
+# alternately in every round: a 1 MiB and a 16 MiB file, each hashed over and over in one
+# process (`openssl dgst -sha256 FILE FILE ...`), about HASH_MIB MiB per run; then the hash alone,
+# one 16 KiB block in memory over and over, against `openssl speed -evp sha256` on 16 KiB blocks.
+# Each is timed in CPU time (user and system, of the process; `openssl speed` divides by its
+# user time), which the machine's other work disturbs far less than wall time.
+cargo build --locked $([ "${PICKET_BENCH_PROFILE:-release}" = debug ] || echo --release) \
+    --package picket-agent --example hash_speed >&2
+HASH_SPEED="$(dirname "$PICKET")/examples/hash_speed"
 hashdir="$(mktemp -d /dev/shm/picket-hash.XXXXXX)"
-head -c "${HASH_MIB}M" /dev/urandom > "$hashdir/blob"
-chmod 755 "$hashdir/blob" # the scan hashes executables
-for _ in $(seq "$ROUNDS"); do
-    timed hash_ns "$PICKET" baseline scan --root "$hashdir" --out "$WORK/hash.toml" 2>/dev/null
+hash_seconds=$([ "$SMOKE" = yes ] && echo 1 || echo 2)
+# Runs COMMAND... with its output in $WORK/hash.out and records its CPU time (user and
+# system) in nanoseconds under KEY.
+cpu_timed() { # KEY COMMAND...
+    local key=$1 times
+    shift
+    times=$( { TIMEFORMAT='%3U %3S'; time "$@" > "$WORK/hash.out" 2> "$WORK/hash.err"; } 2>&1 ) ||
+        { cat "$WORK/hash.err" >&2; return 1; }
+    sample "$key" "$(awk '{ printf "%.0f", ($1 + $2) * 1e9 }' <<< "$times")"
+}
+for mib in 1 16; do
+    head -c "${mib}M" /dev/urandom > "$hashdir/$mib"
+    sample hash_file "$mib $(( HASH_MIB / mib > 0 ? HASH_MIB / mib : 1 ))"
 done
-rm -rf "$hashdir"
-openssl_seconds=$([ "$SMOKE" = yes ] && echo 1 || echo 3)
-if command -v openssl >/dev/null; then
-    sample openssl_kbs "$(openssl speed -seconds "$openssl_seconds" -bytes 16384 -evp sha256 2>/dev/null |
-        "$XTASK" probe openssl-sha256)"
-else
+for _ in $(seq "$ROUNDS"); do
+    for mib in 1 16; do
+        count=$(( HASH_MIB / mib > 0 ? HASH_MIB / mib : 1 ))
+        files=()
+        for _ in $(seq "$count"); do files+=("$hashdir/$mib"); done
+        cpu_timed "hash_${mib}_picket_ns" "$HASH_SPEED" "$hashdir/$mib" "$count"
+        ours=$(cat "$WORK/hash.out")
+        if command -v openssl >/dev/null; then
+            cpu_timed "hash_${mib}_openssl_ns" openssl dgst -sha256 -r "${files[@]}"
+            theirs=$(tail -n 1 "$WORK/hash.out")
+            # Both must have hashed the same bytes to the same digest.
+            [ "${theirs%% *}" = "$ours" ] || {
+                echo "SHA-256 of $hashdir/$mib: picket $ours, openssl ${theirs%% *}" >&2
+                exit 1
+            }
+        fi
+    done
+    sample hash_blocks_picket_bps "$("$HASH_SPEED" --blocks 16384 "$hash_seconds")"
+    if command -v openssl >/dev/null; then
+        sample openssl_kbs "$(openssl speed -seconds "$hash_seconds" -bytes 16384 -evp sha256 2>/dev/null |
+            "$XTASK" probe openssl-sha256)"
+    fi
+done
+command -v openssl >/dev/null ||
     echo "openssl is not installed (scripts/setup.sh installs it): no SHA-256 reference" >&2
-fi
+rm -rf "$hashdir"
 
 # Sizes.
 strip -o "$WORK/picket.stripped" "$PICKET"

@@ -18,6 +18,73 @@ pub fn median(values: &[f64]) -> Result<f64> {
     })
 }
 
+/// A figure's rounds are too noisy to trust when they spread over more than this share of their
+/// median: (highest − lowest) / median. Past it, a verdict against a target says little.
+pub const NOISE_LIMIT: f64 = 0.20;
+
+/// The lowest, median and highest of a figure's rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+    /// How many rounds.
+    pub rounds: usize,
+}
+
+impl Spread {
+    /// The spread of `values`; an error when there are none.
+    pub fn of(values: &[f64]) -> Result<Self> {
+        let median = median(values)?;
+        Ok(Spread {
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            median,
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            rounds: values.len(),
+        })
+    }
+
+    /// The spread of the rounds' own ratios `b[i] / a[i]` (rounds whose `a` is not positive
+    /// left out); `None` when no round has one.
+    pub fn of_ratios(a: &[f64], b: &[f64]) -> Option<Self> {
+        let ratios: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .filter(|(a, _)| **a > 0.0)
+            .map(|(a, b)| b / a)
+            .collect();
+        Self::of(&ratios).ok()
+    }
+
+    /// (highest − lowest) / median: 0 with one round; infinite when the median is not positive
+    /// and the rounds differ.
+    pub fn width(&self) -> f64 {
+        let range = self.max - self.min;
+        if range == 0.0 {
+            0.0
+        } else if self.median > 0.0 {
+            range / self.median
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// More than one round, spread wider than [`NOISE_LIMIT`].
+    pub fn noisy(&self) -> bool {
+        self.rounds > 1 && self.width() > NOISE_LIMIT
+    }
+
+    /// "LO–HI" with `decimals` decimals.
+    pub fn range(&self, decimals: usize) -> String {
+        format!("{:.decimals$}–{:.decimals$}", self.min, self.max)
+    }
+
+    /// The width as a whole percentage of the median ("56 %").
+    pub fn width_percent(&self) -> String {
+        format!("{:.0} %", 100.0 * self.width())
+    }
+}
+
 /// `b / a` with two decimals; "0.00" when `a` is not positive.
 pub fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}", if a > 0.0 { b / a } else { 0.0 })
@@ -195,5 +262,41 @@ mod tests {
         assert_eq!(civil_date(11_016), (2000, 2, 29));
         assert_eq!(civil_date(20_819), (2027, 1, 1));
         assert_eq!(civil_date(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn spread_is_lowest_median_highest() {
+        let s = Spread::of(&[12.0, 10.0, 11.0, 30.0]).unwrap();
+        assert_eq!((s.min, s.median, s.max, s.rounds), (10.0, 11.5, 30.0, 4));
+        assert_eq!(s.range(1), "10.0–30.0");
+        assert!((s.width() - 20.0 / 11.5).abs() < 1e-12);
+        assert_eq!(s.width_percent(), "174 %");
+        assert!(s.noisy());
+        assert!(Spread::of(&[]).is_err());
+    }
+
+    #[test]
+    fn noise_is_judged_against_the_stated_limit() {
+        // 20 % of the median exactly is not past the limit; a hair more is.
+        assert!(!Spread::of(&[4.0, 5.0, 5.0]).unwrap().noisy());
+        assert!(Spread::of(&[4.0, 5.0, 5.01]).unwrap().noisy());
+        // One round has no spread to judge, however odd its value.
+        let one = Spread::of(&[5.0]).unwrap();
+        assert_eq!(one.width(), 0.0);
+        assert!(!one.noisy());
+        // Identical rounds at zero are steady; differing rounds around a zero median are not.
+        assert!(!Spread::of(&[0.0, 0.0]).unwrap().noisy());
+        assert!(Spread::of(&[-1.0, 0.0, 1.0]).unwrap().noisy());
+    }
+
+    #[test]
+    fn spread_of_ratios_pairs_rounds_and_skips_a_zero_base() {
+        let s = Spread::of_ratios(&[100.0, 0.0, 200.0, 50.0], &[97.0, 5.0, 302.0, 60.0]).unwrap();
+        assert_eq!(s.rounds, 3);
+        assert_eq!(s.range(2), "0.97–1.51");
+        assert_eq!(s.median, 1.2);
+        assert!(s.noisy());
+        assert!(Spread::of_ratios(&[0.0], &[1.0]).is_none());
+        assert!(Spread::of_ratios(&[], &[]).is_none());
     }
 }

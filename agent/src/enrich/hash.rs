@@ -345,6 +345,42 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The digest of `path` as coreutils' `sha256sum` gives it.
+    fn sha256sum(path: &Path) -> String {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum runs");
+        assert!(out.status.success(), "sha256sum {}", path.display());
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    }
+
+    #[test]
+    fn digests_equal_sha256sum_on_real_files() {
+        let dir = std::env::temp_dir().join(format!("picket-hash-real-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Crosses the 64 KiB read buffer and ends mid-block: 16 MiB + 1 MiB + 12345 bytes.
+        let big = dir.join("big");
+        let bytes: Vec<u8> = (0..(17 << 20) + 12_345u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&big, &bytes).unwrap();
+        // And this test's own executable, a real binary of several MiB.
+        let me = std::env::current_exe().unwrap();
+        for path in [big.as_path(), me.as_path()] {
+            let file = File::open(path).unwrap();
+            let meta = file.metadata().unwrap();
+            let digest = digest_of_file(&file, &meta).unwrap();
+            assert_eq!(
+                crate::paths::hex(&digest.sha256),
+                sha256sum(path),
+                "{}",
+                path.display()
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn reads_the_interpreter_of_scripts_only() {
         assert_eq!(

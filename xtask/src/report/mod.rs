@@ -3,11 +3,12 @@
 
 mod agent;
 mod backend;
+mod footprint;
 mod kernel;
 mod reporting;
 mod scan;
 
-use crate::{doc, samples::Samples, stats};
+use crate::{doc, samples::Samples, stats, stats::Spread};
 use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
@@ -100,6 +101,28 @@ fn ms(ns: &[f64]) -> Vec<f64> {
 /// Nanoseconds as whole microseconds (rounded down), each sample apart.
 fn us(ns: &[f64]) -> Vec<f64> {
     ns.iter().map(|v| (v / 1e3).floor()).collect()
+}
+
+/// "rounds LO–HI" of `spread` after `sep`, with ", noisy" when it is; empty without a spread of
+/// two rounds or more.
+pub(super) fn rounds_of(spread: Option<Spread>, decimals: usize, sep: &str) -> String {
+    match spread {
+        Some(r) if r.rounds > 1 => format!(
+            "{sep}rounds {}{}",
+            r.range(decimals),
+            if r.noisy() { ", noisy" } else { "" }
+        ),
+        _ => String::new(),
+    }
+}
+
+/// " (LO–HI)", the lowest and highest of `values`, with `decimals` decimals; empty with fewer
+/// than two.
+pub(super) fn range_in_parens(values: &[f64], decimals: usize) -> String {
+    match Spread::of(values) {
+        Ok(r) if r.rounds > 1 => format!(" ({})", r.range(decimals)),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 //! could be dropped); per round `cold_picket_ns`, `cold_sha256sum_ns`, `warm_picket_ns`,
 //! `warm_sha256sum_ns`, `verify_ns`, `version_ns`.
 
-use super::{ms, us, Env, Report};
+use super::{ms, range_in_parens, rounds_of, us, Env, Report};
 use crate::samples::Samples;
-use crate::stats::{median, num, ratio};
+use crate::stats::{median, num, ratio, Spread};
 use anyhow::{Context, Result};
 
 pub fn report(s: &Samples, env: &Env) -> Result<Report> {
@@ -25,13 +25,19 @@ pub fn report(s: &Samples, env: &Env) -> Result<Report> {
             continue;
         }
         let p = median(&picket).context(format!("{cache}_picket_ns"))?;
-        let b = median(&ms(&s.nums(&format!("{cache}_sha256sum_ns"))?))
-            .context(format!("{cache}_sha256sum_ns"))?;
+        let baseline = ms(&s.nums(&format!("{cache}_sha256sum_ns"))?);
+        let b = median(&baseline).context(format!("{cache}_sha256sum_ns"))?;
         table += &format!(
-            "\n| scan, {cache} cache ({files} files, {mib} MiB) | {} ms | {} ms (`find \\| xargs -P{nproc} sha256sum`) | {} |",
+            "\n| scan, {cache} cache ({files} files, {mib} MiB) | {} ms{} | {} ms{} (`find \\| xargs -P{nproc} sha256sum`) | {}{} |",
             num(p),
+            range_in_parens(&picket, 0),
             num(b),
-            ratio(p, b)
+            range_in_parens(&baseline, 0),
+            ratio(p, b),
+            match rounds_of(Spread::of_ratios(&picket, &baseline), 2, "") {
+                r if r.is_empty() => r,
+                r => format!(" ({r})"),
+            },
         );
     }
     let verify = median(&us(&s.nums("verify_ns")?)).context("verify_ns")?;
@@ -48,7 +54,7 @@ pub fn report(s: &Samples, env: &Env) -> Result<Report> {
     let section = format!(
         "## Integrity scan
 
-Measured by `bench/scan.sh` ({rounds} rounds, medians) on {today}: {machine}.
+Measured by `bench/scan.sh` ({rounds} rounds, medians; in parentheses the lowest and highest of the rounds, and of the rounds' own ratios) on {today}: {machine}.
 
 {table}
 ",
@@ -80,7 +86,7 @@ verify_ns 17424900\nversion_ns 3546100
             r.sections[0].1,
             "## Integrity scan
 
-Measured by `bench/scan.sh` (1 rounds, medians) on 2026-11-22: 2 cores, 24 GiB, kernel 6.1.0, commit abc1234.
+Measured by `bench/scan.sh` (1 rounds, medians; in parentheses the lowest and highest of the rounds, and of the rounds' own ratios) on 2026-11-22: 2 cores, 24 GiB, kernel 6.1.0, commit abc1234.
 
 | measure | picket | baseline | ratio (baseline / picket; > 1 means picket is faster) |
 | --- | --- | --- | --- |
@@ -90,6 +96,16 @@ Measured by `bench/scan.sh` (1 rounds, medians) on 2026-11-22: 2 cores, 24 GiB, 
 "
         );
         assert!(r.sections[0].1.ends_with(&format!("{}\n", r.printed)));
+    }
+
+    #[test]
+    fn rounds_show_their_lowest_and_highest() {
+        let text = format!(
+            "{SAMPLES}cold_picket_ns 5454100000\ncold_sha256sum_ns 10112900000\nwarm_picket_ns 2600000000\nwarm_sha256sum_ns 17000000000\n"
+        );
+        let r = report(&Samples::parse(&text), &test_env()).unwrap();
+        assert!(r.printed.contains("\n| scan, cold cache (20000 files, 1613 MiB) | 5404 ms (5354–5454) | 15112 ms (10112–20112) (`find \\| xargs -P2 sha256sum`) | 2.80 (rounds 1.85–3.76, noisy) |\n"), "{}", r.printed);
+        assert!(r.printed.contains("\n| scan, warm cache (20000 files, 1613 MiB) | 2592 ms (2584–2600) | 17169 ms (17000–17338) (`find \\| xargs -P2 sha256sum`) | 6.62 (rounds 6.54–6.71) |\n"), "{}", r.printed);
     }
 
     #[test]

@@ -46,6 +46,9 @@ aarch64 | arm | x86_64 | x86 | riscv64 | powerpc64 | mips | loongarch64 | s390x)
 *) die "unknown --arch '$arch': use Rust's target_arch name (aarch64, arm, x86_64, riscv64...)" ;;
 esac
 command -v bpf-linker >/dev/null || die "bpf-linker is missing: run scripts/setup.sh"
+# LLVM's strip, of the LLVM that bpf-linker is built against (scripts/setup.sh installs it).
+strip=${PICKET_LLVM_STRIP:-$(command -v llvm-strip-22 || command -v llvm-strip || true)}
+[ -n "$strip" ] || die "llvm-strip-22 is missing: run scripts/setup.sh (or set PICKET_LLVM_STRIP)"
 
 # aya-build's flags: the architecture the programs are built for (aya-ebpf reads registers
 # through it), full debug information, and BTF emitted by bpf-linker.
@@ -64,6 +67,10 @@ mkdir -p "$out_dir"
 out_dir=$(cd "$out_dir" && pwd)
 install -m 0644 "$target_dir/bpfel-unknown-none/release/picket-sensors" \
     "$out_dir/picket-sensors.bpf.o"
+# The DWARF that the BTF was made from is of no use once linked (three quarters of the object):
+# strip it, keeping .BTF and .BTF.ext, which aya and the verifier read. The agent's build.rs
+# strips the object it builds the same way.
+"$strip" --strip-debug "$out_dir/picket-sensors.bpf.o"
 sha=$(sha256sum "$out_dir/picket-sensors.bpf.o" | cut -d' ' -f1)
 echo "# $out_dir/picket-sensors.bpf.o for $arch, from $(git -C "$src" rev-parse HEAD 2>/dev/null || echo "$src"):" >&2
 echo "PICKET_BPF_OBJECT_SHA256 = \"$sha\""
