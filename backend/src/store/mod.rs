@@ -388,6 +388,13 @@ pub trait Store: Send {
     fn refused(&mut self) -> anyhow::Result<Vec<RefusedRow>>;
     /// Newest first.
     fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>>;
+    /// The policy results received at or after `since_ms` (backend clock), oldest first, at
+    /// most `limit`: what the live events poll.
+    fn policy_results_since(
+        &mut self,
+        since_ms: u64,
+        limit: u64,
+    ) -> anyhow::Result<Vec<PolicyResultRow>>;
 }
 
 /// Both stores: the shared statements of [`sql`], written atomically and read as each
@@ -589,6 +596,14 @@ impl<D: sql::Database> Store for D {
 
     fn policy_results(&mut self, device: Option<&str>) -> anyhow::Result<Vec<PolicyResultRow>> {
         self.read(|db| sql::policy_results(db, device))
+    }
+
+    fn policy_results_since(
+        &mut self,
+        since_ms: u64,
+        limit: u64,
+    ) -> anyhow::Result<Vec<PolicyResultRow>> {
+        self.read(|db| sql::policy_results_since(db, since_ms, limit))
     }
 }
 

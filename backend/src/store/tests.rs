@@ -402,6 +402,16 @@ fn refusals_and_policy_results_are_counted(s: &mut dyn Store) {
     assert_eq!(rows.len() as u64, MAX_POLICY_RESULTS_PER_DEVICE);
     assert_eq!(rows.last().unwrap().time_ms, 105, "the 5 oldest went");
     assert_eq!(s.policy_results(Some("gw-1")).unwrap().len(), 1);
+    // What the live events read: from a time received on, oldest first.
+    let since = s.policy_results_since(7, 3).unwrap();
+    let got: Vec<(&str, u64)> = since
+        .iter()
+        .map(|r| (r.device_id.as_str(), r.received_ms))
+        .collect();
+    assert_eq!(got, [("gw-1", 7), ("gw-2", 15), ("gw-2", 16)]);
+    let last = s.policy_results_since(1014, 10).unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].time_ms, 100 + MAX_POLICY_RESULTS_PER_DEVICE + 4);
 }
 
 /// Each combination of filters reads through an index that bounds it and gives the order
