@@ -7,9 +7,10 @@
 // The tests, by what they exercise: ingest and storage, per-device limits and quotas, policy
 // distribution and the configuration, the managed broker, a real agent (policy push,
 // retention, gaps of a restart and of a full spool), the HTTP API's authentication, HTTPS and
-// live events, the fleet console in a real browser.
+// live events, the fleet console in a real browser (fed by test devices and a real agent).
 mod auth;
 mod browser;
+mod browser_agent;
 mod ingest;
 mod limits;
 mod managed_broker;
