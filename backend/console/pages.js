@@ -1,6 +1,6 @@
 // The login, overview, device, policies and audit pages.
 
-import { SEVERITIES, STATES, el, table, td, fmtTime, fmtAgo, fmtBytes, sevBadge, stateBadge } from "./dom.js";
+import { SEVERITIES, STATES, view, el, table, td, fmtTime, fmtAgo, fmtBytes, sevBadge, stateBadge } from "./dom.js";
 import { api, query, isRole, session } from "./api.js";
 import { barChart, timeChart, kindChart, deviceTimeline } from "./charts.js";
 import { alertRow } from "./alerts.js";
@@ -185,7 +185,7 @@ export function pushForm(devices) {
       const refused = Object.entries(r.refused || {});
       message.textContent = `Serial ${r.serial} published to ${r.devices.join(", ")}` +
         (refused.length ? `; the broker refused it for ${refused.map(([d, why]) => `${d} (${why})`).join(", ")}` : "") +
-        ". Each device's result appears below when it answers (reload the page).";
+        ". Each device's result appears below when it answers.";
     } catch (e) {
       message.textContent = e.message;
     }
@@ -193,24 +193,71 @@ export function pushForm(devices) {
   return form;
 }
 
+function serialRow(d) {
+  return el("tr", { "data-device": d.device_id },
+    el("td", {}, el("a", { href: `#/devices/${encodeURIComponent(d.device_id)}` }, d.device_id)),
+    el("td", {}, stateBadge(d.state)), td(d.policy_name, "policy-name"), td(d.policy_serial, "num policy-serial"));
+}
+
+function resultRow(r) {
+  return el("tr", { "data-device": r.device_id }, td(fmtTime(r.received_ms)), td(r.device_id),
+    td(r.outcome, r.outcome === "refused" ? "error" : null), td(r.name), td(r.serial, "num"),
+    td(r.reason), td(r.bundle_sha256.slice(0, 16), "path"));
+}
+
+const resultKey = (r) => `${r.device_id} ${r.bundle_sha256} ${r.time_ms}`;
+
 export async function policiesView() {
   document.title = "Policies · Picket";
+  // The stream is opened before the results are read, and what it brings meanwhile applied
+  // after: no result stored in between is missed (one already shown is not added again).
+  const events = new EventSource("/api/events");
+  view.cleanup.push(() => events.close());
+  await new Promise((resolve) => {
+    events.addEventListener("open", resolve, { once: true });
+    events.addEventListener("error", resolve, { once: true });
+  });
+  const pending = [];
+  let apply = (r) => pending.push(r);
+  events.addEventListener("policy_result", (event) => {
+    try {
+      apply(JSON.parse(event.data));
+    } catch (_) {
+      // Not JSON: nothing to show.
+    }
+  });
   const [devices, results, refused] = await Promise.all([
     api("/api/devices"), api("/api/policy-results"), api("/api/refused"),
   ]);
+  const serials = table(["Device", "State", "Policy", "#Serial"], devices.map(serialRow), "policy-serials");
+  const none = el("p", { class: "muted" }, "No results yet.");
+  const resultTable = table(["Time", "Device", "Outcome", "Policy", "#Serial", "Reason", "Bundle SHA-256"],
+    results.map(resultRow), "policy-results");
+  none.hidden = results.length > 0;
+  resultTable.hidden = results.length === 0;
+  // A result as it arrives: on top of the results, and the serial the device now runs.
+  const shown = new Set(results.map(resultKey));
+  apply = (r) => {
+    if (shown.has(resultKey(r))) return;
+    shown.add(resultKey(r));
+    resultTable.querySelector("tbody").prepend(resultRow(r));
+    none.hidden = true;
+    resultTable.hidden = false;
+    const row = serials.querySelector(`tr[data-device="${CSS.escape(r.device_id)}"]`);
+    if (row && r.serial !== null && r.outcome !== "refused") {
+      row.querySelector(".policy-serial").textContent = r.serial;
+      if (r.name !== null) row.querySelector(".policy-name").textContent = r.name;
+    }
+  };
+  for (const r of pending) apply(r);
   return [
     el("h1", {}, "Policies"),
     isRole("admin") ? pushForm(devices) : null,
     el("h2", {}, "Serial running on each device"),
-    table(["Device", "State", "Policy", "#Serial"], devices.map((d) => el("tr", {},
-      el("td", {}, el("a", { href: `#/devices/${encodeURIComponent(d.device_id)}` }, d.device_id)),
-      el("td", {}, stateBadge(d.state)), td(d.policy_name), td(d.policy_serial, "num"))), "policy-serials"),
+    serials,
     el("h2", {}, "Push results"),
-    results.length === 0 ? el("p", { class: "muted" }, "No results yet.")
-      : table(["Time", "Device", "Outcome", "Policy", "#Serial", "Reason", "Bundle SHA-256"],
-        results.map((r) => el("tr", {}, td(fmtTime(r.received_ms)), td(r.device_id),
-          td(r.outcome, r.outcome === "refused" ? "error" : null), td(r.name), td(r.serial, "num"),
-          td(r.reason), td(r.bundle_sha256.slice(0, 16), "path"))), "policy-results"),
+    none,
+    resultTable,
     el("h2", {}, "Refused messages"),
     refused.length === 0 ? el("p", { class: "muted" }, "None.")
       : table(["Reason", "Device", "#Count", "Last", "Last error"], refused.map((r) => el("tr", {},

@@ -1,5 +1,5 @@
-//! The HTTP API of a real `serve`: live events of alerts ingested from a real device through
-//! Mosquitto (and their resumption), policy push to a device, HTTPS with its `Secure` cookie,
+//! The HTTP API of a real `serve`: live events of alerts, triage and policy results ingested
+//! from a real device through Mosquitto (and their resumption), policy push to a device, HTTPS with its `Secure` cookie,
 //! the users of the CLI, and the refusal to listen beyond loopback without TLS.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -7,24 +7,6 @@ use std::net::TcpStream;
 use std::sync::Arc;
 
 use super::*;
-
-/// A request with a bearer token on a new connection: the status and body (`Connection:
-/// close`).
-fn http(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
 
 /// An open `/api/events` stream.
 struct Events {
@@ -40,7 +22,7 @@ struct Event {
 }
 
 impl Events {
-    fn open(port: u16, token: &str, last_event_id: Option<u64>) -> Events {
+    fn open(port: u16, token: &str, last_event_id: Option<&str>) -> Events {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         // A bound on a test that would otherwise hang, not a figure asserted.
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -96,24 +78,45 @@ impl Events {
         }
     }
 
+    /// The next event, an alert: its id is the stream's position, its alert id first.
     fn next_alert(&mut self) -> Event {
         let e = self.next();
         assert_eq!(e.event, "alert", "{e:?}");
-        assert_eq!(e.id.as_deref(), Some(e.data["id"].to_string().as_str()));
+        let position = e.id.as_deref().unwrap_or_default();
+        assert!(position.starts_with(&format!("{}.", e.data["id"])), "{e:?}");
         e
+    }
+
+    /// The next event, a policy result: its id ends with the time it was received.
+    fn next_result(&mut self) -> Event {
+        let e = self.next();
+        assert_eq!(e.event, "policy_result", "{e:?}");
+        let position = e.id.as_deref().unwrap_or_default();
+        assert!(
+            position.ends_with(&format!(".{}", e.data["received_ms"])),
+            "{e:?}"
+        );
+        e
+    }
+}
+
+/// A result of the device applying the policy `p` serial `serial` (device time `serial`).
+fn applied(serial: u64) -> PolicyResult {
+    PolicyResult {
+        time_ms: serial,
+        bundle_sha256: format!("{serial:064x}"),
+        outcome: PolicyOutcome::Applied {
+            name: "p".into(),
+            serial,
+        },
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_events_deliver_what_is_stored_and_resume_after_the_last_id() {
     let broker = Broker::start();
-    let port = free_http_port();
-    let backend = Backend::start(
-        &broker,
-        "events",
-        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-    );
-    let token = token_of(port);
+    let backend = Backend::with_http(&broker, "events", "");
+    let (port, token) = (backend.http(), backend.token());
     let mut device = Device::connect(&broker, "gw-1", None).await;
     // Stored before the stream opens: not sent.
     device
@@ -140,13 +143,13 @@ async fn live_events_deliver_what_is_stored_and_resume_after_the_last_id() {
     assert_eq!(first.data["device_id"], "gw-1");
     assert_eq!(first.data["triage"], Value::Null);
     // The same row as the list gives.
-    let (code, list) = http(port, "GET", "/api/alerts?limit=1", &token, "");
+    let (code, list) = api_call(port, "GET", "/api/alerts?limit=1", &token, "");
     assert_eq!(code, 200);
     assert_eq!(list[0], first.data);
     let id = first.data["id"].as_u64().unwrap();
 
     // A triage is sent too.
-    let (code, triage) = http(
+    let (code, triage) = api_call(
         port,
         "POST",
         &format!("/api/alerts/{id}/triage"),
@@ -154,7 +157,7 @@ async fn live_events_deliver_what_is_stored_and_resume_after_the_last_id() {
         r#"{"state": "acknowledged", "note": "looking"}"#,
     );
     assert_eq!(code, 200, "{triage}");
-    let (events, change) = tokio::task::spawn_blocking(move || {
+    let (mut events, change) = tokio::task::spawn_blocking(move || {
         let e = events.next();
         (events, e)
     })
@@ -162,29 +165,90 @@ async fn live_events_deliver_what_is_stored_and_resume_after_the_last_id() {
     .unwrap();
     assert_eq!(change.event, "triage");
     assert_eq!(change.data, serde_json::json!({"id": id, "triage": triage}));
+
+    // A policy result the device sends: the row /api/policy-results gives, at the position of
+    // the last alert sent and its own time received.
+    device
+        .publish(Channel::PolicyResult, Format::Postcard, &applied(7), false)
+        .await;
+    device.flush().await;
+    let (events, result) = tokio::task::spawn_blocking(move || {
+        let e = events.next_result();
+        (events, e)
+    })
+    .await
+    .unwrap();
+    let (code, results) = api_call(port, "GET", "/api/policy-results", &token, "");
+    assert_eq!(code, 200);
+    assert_eq!(results[0], result.data);
+    assert_eq!(result.data["device_id"], "gw-1");
+    assert_eq!(result.data["outcome"], "applied");
+    assert_eq!(result.data["name"], "p");
+    assert_eq!(result.data["serial"], 7);
+    let received = result.data["received_ms"].as_u64().unwrap();
+    let position = result.id.clone().unwrap();
+    assert_eq!(position, format!("{id}.{received}"));
     drop(events);
 
-    // Two more while no one listens; a stream resuming after the first gets them, in order.
+    // Two alerts and a result while no one listens. A stream resumed from the last position
+    // gets the alerts after its alert, in order, then the results received from its time on:
+    // the last one sent (received in that millisecond) and the new one.
     for seq in [3, 4] {
         device
             .publish(Channel::Alert, Format::Postcard, &alert(seq), false)
             .await;
     }
+    device
+        .publish(Channel::PolicyResult, Format::Postcard, &applied(8), false)
+        .await;
     device.flush().await;
     backend.wait_for(&["alerts", "--json"], |v| seqs(v).len() == 4);
+    backend.wait_for(&["policy", "results", "--json"], |v| {
+        v.as_array().unwrap().len() == 2
+    });
     let t = token.clone();
     let resumed = tokio::task::spawn_blocking(move || {
-        let mut events = Events::open(port, &t, Some(id));
-        [events.next_alert(), events.next_alert()]
+        let mut events = Events::open(port, &t, Some(&position));
+        [
+            events.next_alert(),
+            events.next_alert(),
+            events.next_result(),
+            events.next_result(),
+        ]
     })
     .await
     .unwrap();
-    let seqs: Vec<u64> = resumed
+    let seqs: Vec<u64> = resumed[..2]
         .iter()
         .map(|e| e.data["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, [3, 4]);
     assert!(resumed[0].data["id"].as_u64().unwrap() > id);
+    assert_eq!(
+        resumed[0].id.as_deref(),
+        Some(format!("{}.{received}", resumed[0].data["id"]).as_str())
+    );
+    assert_eq!(resumed[2].data, result.data);
+    assert_eq!(resumed[3].data["serial"], 8);
+
+    // Resumed from an alert id alone: the alerts after it, and the results from then on only.
+    let t = token.clone();
+    let mut events = tokio::task::spawn_blocking(move || {
+        let mut events = Events::open(port, &t, Some(&id.to_string()));
+        let seqs = [events.next_alert(), events.next_alert()].map(|e| e.data["seq"].clone());
+        assert_eq!(seqs, [3, 4]);
+        events
+    })
+    .await
+    .unwrap();
+    device
+        .publish(Channel::PolicyResult, Format::Postcard, &applied(9), false)
+        .await;
+    device.flush().await;
+    let next = tokio::task::spawn_blocking(move || events.next_result())
+        .await
+        .unwrap();
+    assert_eq!(next.data["serial"], 9);
     tokio::task::spawn_blocking(move || backend.stop())
         .await
         .unwrap();
@@ -239,16 +303,16 @@ fn https(
 #[test]
 fn https_serves_the_api_and_console_with_a_secure_cookie() {
     let broker = Broker::start();
-    let port = free_http_port();
-    let backend = Backend::start(
+    let backend = Backend::with_http(
         &broker,
         "tls",
         &format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
             broker.pki.server_cert().display(),
             broker.pki.server_key().display()
         ),
     );
+    let port = backend.http();
     assert!(
         backend
             .log()
@@ -257,23 +321,7 @@ fn https_serves_the_api_and_console_with_a_secure_cookie() {
         backend.log()
     );
     // A user of the CLI, with the password given on standard input.
-    let mut add = backend_bin()
-        .arg("--config")
-        .arg(&backend.config)
-        .args(["user", "add", "ops", "--role", "operator"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    add.stdin
-        .take()
-        .unwrap()
-        .write_all(b"a long passphrase\n")
-        .unwrap();
-    let out = add.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(out.stdout.is_empty(), "a given password is not printed");
+    backend.add_user("ops", "operator", "a long passphrase");
     let users = backend.query(&["user", "list", "--json"]);
     let roles: Vec<(&str, &str)> = users
         .as_array()
@@ -328,7 +376,7 @@ fn https_serves_the_api_and_console_with_a_secure_cookie() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let bearer = format!("Authorization: Bearer {}\r\n", token_of(port));
+    let bearer = format!("Authorization: Bearer {}\r\n", backend.token());
     let (head, audit) = https(&client, port, "GET", "/api/audit", &bearer, "");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let audit: Value = serde_json::from_str(&audit).unwrap();
@@ -362,18 +410,6 @@ fn serve_refuses_to_listen_beyond_loopback_without_tls() {
             && err.contains("http.tls_cert"),
         "{err}"
     );
-}
-
-/// Adds a user with a generated password and returns a new API token of it (the CLI).
-fn user_with_token(backend: &Backend, name: &str, role: &str) -> String {
-    let out = backend_bin()
-        .arg("--config")
-        .arg(&backend.config)
-        .args(["user", "add", name, "--role", role, "--generate"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    user_token(&backend.config, name)
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -410,12 +446,8 @@ sha256 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_pushes_a_signed_bundle_to_a_device_and_lower_roles_may_not() {
     let broker = Broker::start();
-    let port = free_http_port();
-    let backend = Backend::start(
-        &broker,
-        "push",
-        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-    );
+    let backend = Backend::with_http(&broker, "push", "");
+    let port = backend.http();
     let (key, _, _) = picket_policy::keys::generate(&broker.path("vendor")).unwrap();
     let policy = picket_policy::load_toml(POLICY, "pushed.toml").unwrap();
     let key = picket_policy::keys::SigningKey::load(&key).unwrap();
@@ -432,21 +464,21 @@ async fn an_admin_pushes_a_signed_bundle_to_a_device_and_lower_roles_may_not() {
         .await
         .unwrap();
 
-    let admin = token_of(port);
+    let admin = backend.token();
     let (b, a, signed) = (body.clone(), admin.clone(), bundle.clone());
     let backend = tokio::task::spawn_blocking(move || {
         // Viewers and operators may not push.
         for (name, role) in [("vic", "viewer"), ("olga", "operator")] {
-            let token = user_with_token(&backend, name, role);
-            let (code, err) = http(port, "POST", "/api/policy/push", &token, &b);
+            let token = backend.user_with_token(name, role);
+            let (code, err) = api_call(port, "POST", "/api/policy/push", &token, &b);
             assert_eq!(code, 403, "{role}: {err}");
         }
         // What is not a bundle, or not a device id, is refused before anything is sent.
         let not_a_bundle = r#"{"bundle": "bm90IGEgYnVuZGxl", "devices": ["gw-1"]}"#;
-        let (code, err) = http(port, "POST", "/api/policy/push", &a, not_a_bundle);
+        let (code, err) = api_call(port, "POST", "/api/policy/push", &a, not_a_bundle);
         assert_eq!(code, 400, "{err}");
         let bad_device = serde_json::json!({"bundle": base64(&signed), "devices": ["a/b"]});
-        let (code, err) = http(
+        let (code, err) = api_call(
             port,
             "POST",
             "/api/policy/push",
@@ -460,7 +492,7 @@ async fn an_admin_pushes_a_signed_bundle_to_a_device_and_lower_roles_may_not() {
     .unwrap();
     let (code, answer) = tokio::task::spawn_blocking({
         let admin = admin.clone();
-        move || http(port, "POST", "/api/policy/push", &admin, &body)
+        move || api_call(port, "POST", "/api/policy/push", &admin, &body)
     })
     .await
     .unwrap();
@@ -488,7 +520,7 @@ async fn an_admin_pushes_a_signed_bundle_to_a_device_and_lower_roles_may_not() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (code, audit) =
-        tokio::task::spawn_blocking(move || http(port, "GET", "/api/audit", &admin, ""))
+        tokio::task::spawn_blocking(move || api_call(port, "GET", "/api/audit", &admin, ""))
             .await
             .unwrap();
     assert_eq!(code, 200);

@@ -3,10 +3,7 @@
 //! session and one `serve` for the whole scenario (a browser start costs about a second).
 //! Screenshots of each page are saved under `target/console-screenshots/`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use picket_test_support::browser::Browser;
 use serde_json::json;
@@ -20,41 +17,6 @@ const SCRIPT: &str = "<script>window.__pwned=2;document.title='pwned'</script>";
 
 fn screenshots() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots")
-}
-
-/// `picket-backend user add NAME --role ROLE`, the password on standard input.
-fn add_user(backend: &Backend, name: &str, role: &str, password: &str) {
-    let mut child = backend_bin()
-        .arg("--config")
-        .arg(&backend.config)
-        .args(["user", "add", name, "--role", role])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "user add {name}: {}", text(&out));
-}
-
-/// The status line and headers of a GET (lowercase names), and the body.
-fn http_raw(port: u16, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.to_ascii_lowercase(), body.to_string())
 }
 
 fn hostile_alert(seq: u64) -> Alert {
@@ -112,7 +74,7 @@ const ROW_PATHS: &str =
     "return [...document.querySelectorAll('#alert-rows td.path')].map((td) => td.textContent);";
 
 /// Opens the page of `fragment` without a reload, and waits until it is shown.
-async fn go(browser: &Browser, fragment: &str) {
+pub(super) async fn go(browser: &Browser, fragment: &str) {
     browser
         .js("location.hash = arguments[0];", vec![json!(fragment)])
         .await;
@@ -128,6 +90,21 @@ async fn shown(browser: &Browser, fragment: &str) {
             "return document.getElementById('main').getAttribute('data-view') === arguments[0];",
             vec![json!(fragment)],
         )
+        .await;
+}
+
+/// Waits until the open alerts page receives live alerts, and marks the page with `mark`
+/// (`window.__same_page`): a reload would lose it.
+pub(super) async fn live(browser: &Browser, mark: &str) {
+    browser
+        .wait_js(
+            "the live indicator",
+            "return document.getElementById('live').textContent === 'live'",
+            vec![],
+        )
+        .await;
+    browser
+        .js("window.__same_page = arguments[0];", vec![json!(mark)])
         .await;
 }
 
@@ -149,14 +126,10 @@ async fn alert_id(browser: &Browser, path: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
     let broker = Broker::start();
-    let http = free_http_port();
-    let backend = Backend::start(
-        &broker,
-        "console",
-        &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
-    );
-    add_user(&backend, "alice", "admin", "alice-has-a-long-password");
-    add_user(&backend, "victor", "viewer", "victor-has-a-long-password");
+    let backend = Backend::with_http(&broker, "console", "");
+    let port = backend.http();
+    backend.add_user("alice", "admin", "alice-has-a-long-password");
+    backend.add_user("victor", "viewer", "victor-has-a-long-password");
 
     // The page and its files, with their types and the security headers.
     for (path, kind) in [
@@ -164,7 +137,7 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
         ("/console/console.js", "text/javascript"),
         ("/console/console.css", "text/css"),
     ] {
-        let (head, body) = http_raw(http, path);
+        let Reply { head, body, .. } = http(port, "GET", path, None, "");
         assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
         assert!(
             head.contains(&format!("content-type: {kind}")),
@@ -211,7 +184,7 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
 
     let browser = Browser::start().await;
     let shots = screenshots();
-    browser.goto(&format!("http://127.0.0.1:{http}/")).await;
+    browser.goto(&format!("http://127.0.0.1:{port}/")).await;
 
     // Without a session the page asks to log in; a wrong password is refused.
     login(&browser, "alice", "not-her-password").await;
@@ -290,14 +263,7 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
     go(&browser, "#/alerts").await;
     let first = alert_id(&browser, "/tmp/dropped-1").await;
     let hostile = alert_id(&browser, &format!("/tmp/{IMG}")).await;
-    browser
-        .wait_js(
-            "the live indicator",
-            "return document.getElementById('live').textContent === 'live'",
-            vec![],
-        )
-        .await;
-    browser.js("window.__same_page = 'yes';", vec![]).await;
+    live(&browser, "yes").await;
     // Sequence number 5: 3 and 4 are missing, a gap the device page shows.
     device
         .publish(Channel::Alert, Format::Postcard, &alert(5), false)
@@ -430,6 +396,7 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
         .await
         .unwrap();
     go(&browser, "#/policies").await;
+    browser.js("window.__same_page = 'policies';", vec![]).await;
     browser.upload("#push-bundle", &bundle_path).await;
     browser.click("#push-form input[value='gw-1']").await;
     browser.click("#push-form button[type=submit]").await;
@@ -462,16 +429,39 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
         .publish(Channel::PolicyResult, Format::Postcard, &result, false)
         .await;
     device.flush().await;
-    backend.wait_for(&["policy", "results", "--json"], |v| {
-        v.as_array().unwrap().len() == 1
-    });
-    browser.client.refresh().await.unwrap();
-    shown(&browser, "#/policies").await;
-    let row = browser.text("#policy-results tbody tr").await;
+    // The result appears on the open page, without a reload, and the device's serial with it.
+    let row = browser
+        .wait_js(
+            "the push's result on the open page",
+            "const tr = document.querySelector('#policy-results tbody tr');              return tr && tr.checkVisibility() && tr.textContent.includes('applied')                && [...tr.querySelectorAll('td')].map((td) => td.textContent).join(' ');",
+            vec![],
+        )
+        .await;
+    let row = row.as_str().unwrap();
     assert!(
         row.contains("gw-1 applied console 42") && row.contains(&sha[..16]),
         "{row}"
     );
+    assert_eq!(
+        browser
+            .text("#policy-serials tr[data-device='gw-1'] .policy-serial")
+            .await,
+        "42"
+    );
+    assert_eq!(
+        browser
+            .text("#policy-serials tr[data-device='gw-1'] .policy-name")
+            .await,
+        "console"
+    );
+    assert_eq!(
+        browser.js("return window.__same_page", vec![]).await,
+        "policies",
+        "the page was reloaded"
+    );
+    backend.wait_for(&["policy", "results", "--json"], |v| {
+        v.as_array().unwrap().len() == 1
+    });
     browser.screenshot(&shots, "policies").await;
     go(&browser, "#/audit").await;
     browser
@@ -590,6 +580,11 @@ async fn browser_console_login_live_alerts_triage_roles_and_hostile_text() {
         )
         .await;
     assert_eq!(status, 403);
+
+    super::browser_agent::an_alert_of_a_real_agent_appears_live(
+        &browser, &broker, &backend, &shots,
+    )
+    .await;
     browser.close().await;
     backend.stop();
 }

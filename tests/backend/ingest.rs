@@ -5,12 +5,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
     let broker = Broker::start();
-    let http = free_http_port();
-    let backend = Backend::start(
-        &broker,
-        "be",
-        &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
-    );
+    let backend = Backend::with_http(&broker, "be", "");
     let mut device = Device::connect(&broker, "gw-1", None).await;
     publish_alerts_with_a_duplicate_and_a_gap(&mut device).await;
 
@@ -35,13 +30,13 @@ async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
     );
 
     // The HTTP API says the same, and exports OCSF.
-    check_the_http_api_says_the_same(http, gaps);
+    check_the_http_api_says_the_same(&backend, gaps);
 
     // The CLI's OCSF export matches.
     check_the_cli_export_and_table(&backend);
 
     // Another device's executable that could not be verified: stored and served as such.
-    an_unverified_executable_is_stored_and_exported(&broker, &backend, http).await;
+    an_unverified_executable_is_stored_and_exported(&broker, &backend).await;
     tokio::task::spawn_blocking(move || backend.stop())
         .await
         .unwrap();
@@ -49,11 +44,7 @@ async fn alerts_are_stored_once_with_their_context_and_gaps_reported() {
 
 /// gw-9 sends an `unverified_executable` alert: its kind, severity and details survive, the
 /// kind filter finds it, and OCSF gives it as a Compliance Finding without a result.
-async fn an_unverified_executable_is_stored_and_exported(
-    broker: &Broker,
-    backend: &Backend,
-    http: u16,
-) {
+async fn an_unverified_executable_is_stored_and_exported(broker: &Broker, backend: &Backend) {
     let mut device = Device::connect(broker, "gw-9", None).await;
     let mut unverified = alert(1);
     unverified.kind = AlertKind::UnverifiedExecutable;
@@ -85,7 +76,7 @@ async fn an_unverified_executable_is_stored_and_exported(
         "larger than 268435456 bytes, not hashed"
     );
     assert!(a["process"]["sha256"].is_null());
-    let (code, ocsf) = http_get(http, "/api/alerts?kind=unverified_executable&format=ocsf");
+    let (code, ocsf) = backend.get("/api/alerts?kind=unverified_executable&format=ocsf");
     assert_eq!(code, 200);
     let f = &ocsf[0];
     assert_eq!(
@@ -141,26 +132,26 @@ fn check_each_alert_stored_once_with_its_context(backend: &Backend) {
     assert_eq!(a6["details"]["sha256"], "ab".repeat(32));
 }
 
-/// The HTTP API on port `http` lists the alerts, exports OCSF, reports the same `gaps`,
+/// The HTTP API lists the alerts, exports OCSF, reports the same `gaps`,
 /// counts the device's alerts and refuses a bad severity.
-fn check_the_http_api_says_the_same(http: u16, gaps: Value) {
-    let (code, api_alerts) = http_get(http, "/api/alerts?device=gw-1&limit=2");
+fn check_the_http_api_says_the_same(backend: &Backend, gaps: Value) {
+    let (code, api_alerts) = backend.get("/api/alerts?device=gw-1&limit=2");
     assert_eq!(code, 200);
     assert_eq!(api_alerts.as_array().unwrap().len(), 2);
-    let (code, ocsf) = http_get(http, "/api/alerts?device=gw-1&format=ocsf");
+    let (code, ocsf) = backend.get("/api/alerts?device=gw-1&format=ocsf");
     assert_eq!(code, 200);
     let ocsf = ocsf.as_array().unwrap();
     assert_eq!(ocsf.len(), 4);
     assert!(ocsf.iter().all(|f| f["class_uid"] == 2004));
     assert!(ocsf.iter().any(|f| f["finding_info"]["uid"] == "gw-1:6"
         && f["evidences"][0]["process"]["cmd_line"] == "dropped-6 --now"));
-    let (code, api_gaps) = http_get(http, "/api/devices/gw-1/gaps");
+    let (code, api_gaps) = backend.get("/api/devices/gw-1/gaps");
     assert_eq!((code, api_gaps), (200, gaps));
-    let (code, devices) = http_get(http, "/api/devices");
+    let (code, devices) = backend.get("/api/devices");
     assert_eq!(code, 200);
     assert_eq!(devices[0]["device_id"], "gw-1");
     assert_eq!(devices[0]["alerts"], 4);
-    let (code, err) = http_get(http, "/api/alerts?severity=low");
+    let (code, err) = backend.get("/api/alerts?severity=low");
     assert_eq!(code, 400);
     assert!(err["error"].as_str().unwrap().contains("low"), "{err}");
 }
@@ -313,12 +304,7 @@ async fn a_silent_device_is_shown_timed_out(broker: &Broker, backend: &Backend) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_refused_and_counted_while_good_ones_are_stored() {
     let broker = Broker::start();
-    let http = free_http_port();
-    let mut backend = Backend::start(
-        &broker,
-        "be",
-        &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
-    );
+    let mut backend = Backend::with_http(&broker, "be", "");
     let mut device = Device::connect(&broker, "gw-1", None).await;
     device
         .publish_raw(Channel::Alert, b"\x07not a message".to_vec(), false)
@@ -359,7 +345,7 @@ async fn bad_messages_are_refused_and_counted_while_good_ones_are_stored() {
     assert_eq!(count("device_mismatch"), 1, "{refused:#}");
     let alerts = backend.wait_for(&["alerts", "--json"], |v| !seqs(v).is_empty());
     assert_eq!(seqs(&alerts), [3]);
-    let (code, api_refused) = http_get(http, "/api/refused");
+    let (code, api_refused) = backend.get("/api/refused");
     assert_eq!((code, &api_refused), (200, &refused));
     assert!(
         alerts[0]["device_id"] == "gw-1",

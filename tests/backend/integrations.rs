@@ -98,10 +98,10 @@ impl Receiver {
 }
 
 /// Polls `GET /api/integrations` until `done` accepts the receiver `siem`.
-fn wait_integration(http: u16, done: impl Fn(&Value) -> bool) -> Value {
+fn wait_integration(backend: &Backend, done: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
-        let (code, list) = http_get(http, "/api/integrations");
+        let (code, list) = backend.get("/api/integrations");
         assert_eq!(code, 200, "{list}");
         let siem = list
             .as_array()
@@ -133,7 +133,7 @@ async fn publish(devices: &mut [Device], seqs: std::ops::RangeInclusive<u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_down_failing_and_restarted_gets_every_alert_once_in_order() {
     let broker = Broker::start();
-    let hook = free_http_port();
+    let hook = picket_test_support::ports::free_port();
     let secret = broker.path("siem.secret");
     std::fs::write(&secret, SECRET).unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -159,15 +159,10 @@ async fn a_webhook_down_failing_and_restarted_gets_every_alert_once_in_order() {
     // Up again, with the HTTP API, while the receiver answers 500: the cursor kept in the store
     // holds every alert back (a receiver new to the store would start after them).
     let receiver = Receiver::start(hook, 500);
-    let http = free_http_port();
-    let backend = Backend::start(
-        &broker,
-        "be",
-        &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n{webhook}"),
-    );
+    let backend = Backend::with_http(&broker, "be", &webhook);
     publish(&mut devices, 7..=9).await;
     backend.wait_for(&["alerts", "--json"], |a| a.as_array().unwrap().len() == 18);
-    let failing = wait_integration(http, |s| {
+    let failing = wait_integration(&backend, |s| {
         s["last_error"].as_str().is_some_and(|e| e.contains("500"))
     });
     assert_eq!(failing["kind"], "webhook");
@@ -178,7 +173,7 @@ async fn a_webhook_down_failing_and_restarted_gets_every_alert_once_in_order() {
 
     // It recovers: everything arrives, once, in order per device.
     receiver.status.store(200, Ordering::SeqCst);
-    let done = wait_integration(http, |s| s["behind"] == 0);
+    let done = wait_integration(&backend, |s| s["behind"] == 0);
     assert_eq!(done["last_error"], Value::Null);
     assert!(done["last_success_ms"].as_u64().is_some());
     let received = receiver.alerts();

@@ -36,14 +36,10 @@ fn heartbeat(uptime_s: u64) -> Heartbeat {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_device_is_limited_while_another_loses_nothing() {
     let broker = Broker::start();
-    let http = free_http_port();
-    let backend = Backend::start(
+    let backend = Backend::with_http(
         &broker,
         "be",
-        &format!(
-            "[http]\nlisten = \"127.0.0.1:{http}\"\n\
-             [limits]\nalerts_per_second = 1\nalert_burst = 50\n"
-        ),
+        "[limits]\nalerts_per_second = 1\nalert_burst = 50\n",
     );
     let mut flood = Device::connect(&broker, "flood", None).await;
     let will =
@@ -150,7 +146,7 @@ async fn a_flooding_device_is_limited_while_another_loses_nothing() {
         "{refused:#?}"
     );
     // The HTTP API and the table say it too.
-    let (code, api) = http_get(http, "/api/devices");
+    let (code, api) = backend.get("/api/devices");
     assert_eq!(code, 200);
     assert_eq!(row(&api, "flood")["rate_limited"], limited);
     let out = backend_bin()

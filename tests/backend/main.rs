@@ -8,10 +8,11 @@
 // distribution and the configuration, the managed broker, a real agent (policy push,
 // retention, gaps of a restart and of a full spool), what the backend makes of a device's
 // silence (a killed agent, a clean stop, a connection that carries nothing), the HTTP API's
-// authentication, HTTPS and live events, the fleet console in a real browser, the integrations
-// (webhooks).
+// authentication, HTTPS and live events, the fleet console in a real browser (fed by test
+// devices and a real agent), the integrations (webhooks).
 mod auth;
 mod browser;
+mod browser_agent;
 mod ingest;
 mod integrations;
 mod limits;

@@ -46,12 +46,7 @@ fn backend_alerts(backend: &Backend, id: &str) -> Vec<Value> {
 fn a_killed_agent_is_lost_and_raised_and_a_clean_stop_is_not() {
     let _serial = serial();
     let broker = Broker::start();
-    let http = free_http_port();
-    let backend = Backend::start(
-        &broker,
-        "be",
-        &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
-    );
+    let backend = Backend::with_http(&broker, "be", "");
     let site = Site::new(&broker);
 
     // A clean stop and a restart: offline, then online, and nothing raised.
@@ -94,17 +89,17 @@ fn a_killed_agent_is_lost_and_raised_and_a_clean_stop_is_not() {
             .any(|l| l.starts_with(DEVICE) && l.contains(" lost ")),
         "{table}"
     );
-    let (code, devices) = http_get(http, "/api/devices");
+    let (code, devices) = backend.get("/api/devices");
     assert_eq!(code, 200);
     assert_eq!(devices[0]["state"], "lost");
-    let (code, overview) = http_get(http, "/api/overview");
+    let (code, overview) = backend.get("/api/overview");
     assert_eq!(code, 200);
     assert_eq!(overview["devices"]["lost"], 1);
-    let (code, found) = http_get(http, "/api/alerts?kind=device_silent");
+    let (code, found) = backend.get("/api/alerts?kind=device_silent");
     assert_eq!(code, 200);
     assert_eq!(found.as_array().unwrap().len(), 1, "{found:#}");
     let id = found[0]["id"].as_u64().unwrap();
-    let (code, one) = http_get(http, &format!("/api/alerts/{id}"));
+    let (code, one) = backend.get(&format!("/api/alerts/{id}"));
     assert_eq!(code, 200);
     assert_eq!(
         one["ocsf"]["finding_info"]["uid"],
@@ -157,10 +152,10 @@ fn a_killed_agent_is_lost_and_raised_and_a_clean_stop_is_not() {
         ],
         "{changes:#}"
     );
-    let (_, returned) = http_get(http, "/api/alerts?kind=device_returned");
+    let (_, returned) = backend.get("/api/alerts?kind=device_returned");
     assert_eq!(changes[1]["alert_id"], returned[0]["id"]);
     assert_eq!(changes[2]["alert_id"], found[0]["id"]);
-    let (code, api) = http_get(http, &format!("/api/devices/{DEVICE}/presence"));
+    let (code, api) = backend.get(&format!("/api/devices/{DEVICE}/presence"));
     assert_eq!(code, 200);
     assert_eq!(api, changes);
     backend.stop();

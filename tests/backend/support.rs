@@ -1,10 +1,9 @@
 //! The broker, the backend and the devices of these tests.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -134,6 +133,9 @@ pub struct Backend {
     /// The SQLite database (none when the store is PostgreSQL).
     pub db: Option<PathBuf>,
     log: PathBuf,
+    /// The port of the HTTP API and the API token of its admin [`ADMIN`]
+    /// ([`Backend::with_http`]).
+    api: Option<(u16, String)>,
 }
 
 pub fn backend_bin() -> Command {
@@ -143,11 +145,23 @@ pub fn backend_bin() -> Command {
 impl Backend {
     /// Starts `serve` with `name.toml` and waits until it has subscribed.
     pub fn start(broker: &Broker, name: &str, extra: &str) -> Backend {
+        Backend::spawn(broker, name, extra, None)
+    }
+
+    /// [`Backend::start`] with the HTTP API on a free loopback port ([`Backend::http`]) and an
+    /// admin, [`ADMIN`], whose token [`Backend::get`] sends. `extra` follows the `listen` line
+    /// of the `[http]` section: its first lines, before a section of their own, are the
+    /// section's.
+    pub fn with_http(broker: &Broker, name: &str, extra: &str) -> Backend {
+        let port = free_port();
+        let extra = format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{extra}");
+        let config = broker.backend_config(name, &extra);
+        let token = admin_token(&config, ADMIN);
+        Backend::spawn(broker, name, &extra, Some((port, token)))
+    }
+
+    fn spawn(broker: &Broker, name: &str, extra: &str, api: Option<(u16, String)>) -> Backend {
         let config = broker.backend_config(name, extra);
-        if let Some(port) = http_port(extra) {
-            let token = admin_token(&config, ADMIN);
-            TOKENS.lock().unwrap().insert(port, token);
-        }
         let log = broker.path(&format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = backend_bin()
@@ -164,9 +178,69 @@ impl Backend {
             config,
             db: (!extra.contains("[store]")).then(|| broker.path(&format!("{name}.db"))),
             log,
+            api,
         };
         backend.wait_log("subscribed to", 1);
         backend
+    }
+
+    /// The port of the HTTP API.
+    pub fn http(&self) -> u16 {
+        self.api
+            .as_ref()
+            .expect("a backend of Backend::with_http")
+            .0
+    }
+
+    /// The API token of [`ADMIN`].
+    pub fn token(&self) -> String {
+        self.api
+            .as_ref()
+            .expect("a backend of Backend::with_http")
+            .1
+            .clone()
+    }
+
+    /// A GET on the HTTP API with the admin's token: (status code, JSON body).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let r = http(self.http(), "GET", path, Some(&self.token()), "");
+        (r.status, r.json(path))
+    }
+
+    /// Adds the user `name` of `role` with the CLI, the password given on standard input
+    /// (which it does not print).
+    pub fn add_user(&self, name: &str, role: &str, password: &str) {
+        let mut child = backend_bin()
+            .arg("--config")
+            .arg(&self.config)
+            .args(["user", "add", name, "--role", role])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "user add {name}: {}", text(&out));
+        assert!(out.stdout.is_empty(), "a given password is not printed");
+    }
+
+    /// Adds the user `name` of `role` with a generated password, and returns a new API token
+    /// of it (the CLI).
+    pub fn user_with_token(&self, name: &str, role: &str) -> String {
+        let out = backend_bin()
+            .arg("--config")
+            .arg(&self.config)
+            .args(["user", "add", name, "--role", role, "--generate"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "user add {name}: {}", text(&out));
+        user_token(&self.config, name)
     }
 
     pub fn log(&self) -> String {
@@ -422,18 +496,8 @@ impl Drop for Device {
     }
 }
 
-/// The admin every backend with an HTTP API started by [`Backend::start`] has.
+/// The admin every backend of [`Backend::with_http`] has.
 pub const ADMIN: &str = "e2e-admin";
-
-/// The API token of [`ADMIN`] of the backend listening on each port.
-static TOKENS: Mutex<BTreeMap<u16, String>> = Mutex::new(BTreeMap::new());
-
-/// The port of `listen = "127.0.0.1:PORT"` in an `[http]` section.
-fn http_port(extra: &str) -> Option<u16> {
-    let (_, http) = extra.split_once("[http]")?;
-    let (_, rest) = http.split_once("listen = \"127.0.0.1:")?;
-    rest.split('"').next()?.parse().ok()
-}
 
 /// Adds the user `name` (admin, generated password) to the store of `config` and returns a new
 /// API token of it, both with the CLI.
@@ -460,36 +524,48 @@ pub fn user_token(config: &std::path::Path, name: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// The API token of the backend listening on `port` (see [`Backend::start`]).
-pub fn token_of(port: u16) -> String {
-    TOKENS
-        .lock()
-        .unwrap()
-        .get(&port)
-        .cloned()
-        .unwrap_or_else(|| panic!("no backend with an HTTP API on port {port}"))
+/// An answer of the HTTP API: status, head (lower case) and body.
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
 }
 
-/// A GET on the backend's HTTP API with its admin's token: (status code, JSON body).
-pub fn http_get(port: u16, path: &str) -> (u16, Value) {
-    let token = token_of(port);
+impl Reply {
+    /// The body as JSON (`what` names the request in the failure).
+    pub fn json(&self, what: &str) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{what}: {e}: {}", self.body))
+    }
+}
+
+/// A request with a bearer token: the status and the body as JSON (null when it is not).
+pub fn api_call(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
+    let r = http(port, method, path, Some(token), body);
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+/// A request on a new connection (`Connection: close`), with a bearer token when given.
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Reply {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-         Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
-    )
-}
-
-pub fn free_http_port() -> u16 {
-    free_port()
+    Reply {
+        status: head.split(' ').nth(1).unwrap().parse().unwrap(),
+        head: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
 }

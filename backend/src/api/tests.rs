@@ -100,6 +100,24 @@ fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: 
     }
 }
 
+/// Opens `/api/events` with `header` (credentials): its reader, past the status line (200).
+fn open_stream(port: u16, header: &str) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{header}\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+    reader
+}
+
 /// A store with three users (one per role, named after it) and `alerts` alerts of gw-1, and
 /// the API on it.
 struct Fixture {
@@ -599,19 +617,7 @@ fn logins_sent_together_do_not_pass_the_limit() {
 fn a_live_stream_ends_with_its_session() {
     let f = Fixture::new(1, "");
     let (cookie, csrf) = f.session("viewer");
-    let mut stream = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
-    write!(
-        stream,
-        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"
-    )
-    .unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.contains(" 200 "), "{line}");
+    let mut reader = open_stream(f.port, &format!("Cookie: {cookie}"));
     let r = request(
         f.port,
         "POST",
@@ -632,20 +638,7 @@ fn a_live_stream_ends_with_its_session() {
 
     // A stream of a token ends once its user is removed (by the CLI: another process).
     let token = f.token("viewer");
-    let mut stream = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
-    write!(
-        stream,
-        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Authorization: Bearer {token}\r\n\r\n"
-    )
-    .unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.contains(" 200 "), "{line}");
+    let mut reader = open_stream(f.port, &format!("Authorization: Bearer {token}"));
     assert!(f.store().remove_user("viewer").unwrap());
     let mut rest = String::new();
     reader

@@ -455,6 +455,13 @@ pub trait Store: Send {
     fn forward_rows(&mut self) -> anyhow::Result<Vec<ForwardRow>>;
     /// How many stored alerts have an id above `after`.
     fn alerts_behind(&mut self, after: u64) -> anyhow::Result<u64>;
+    /// The policy results received at or after `since_ms` (backend clock), oldest first, at
+    /// most `limit`: what the live events poll.
+    fn policy_results_since(
+        &mut self,
+        since_ms: u64,
+        limit: u64,
+    ) -> anyhow::Result<Vec<PolicyResultRow>>;
 }
 
 /// Both stores: the shared statements of [`sql`], written atomically and read as each
@@ -698,6 +705,14 @@ impl<D: sql::Database> Store for D {
 
     fn alerts_behind(&mut self, after: u64) -> anyhow::Result<u64> {
         self.read(|db| forward::behind(db, after))
+    }
+
+    fn policy_results_since(
+        &mut self,
+        since_ms: u64,
+        limit: u64,
+    ) -> anyhow::Result<Vec<PolicyResultRow>> {
+        self.read(|db| sql::policy_results_since(db, since_ms, limit))
     }
 }
 

@@ -254,6 +254,8 @@ impl PgStore {
             .context("creating the integrations' cursors")?;
         tx.batch_execute(presence::TABLES)
             .context("creating the presence tables")?;
+        tx.batch_execute(sql::INDEXES_5)
+            .context("creating the indexes of version 5")?;
         if matches!(version, Some(1..=4)) {
             tx.batch_execute(&format!(
                 "{} UPDATE picket_schema SET version = {SCHEMA_VERSION};",

@@ -296,6 +296,15 @@ const POLICY_RESULTS: &str =
      FROM policy_results WHERE CAST(?1 AS TEXT) IS NULL OR device_id = ?1
      ORDER BY received_ms DESC, device_id";
 
+/// The index of version 5 that the live events' poll of [`POLICY_RESULTS_SINCE`] reads by.
+pub(crate) const INDEXES_5: &str =
+    "CREATE INDEX IF NOT EXISTS policy_results_received ON policy_results (received_ms);";
+
+const POLICY_RESULTS_SINCE: &str =
+    "SELECT device_id, bundle_sha256, time_ms, received_ms, outcome, name, serial, reason
+     FROM policy_results WHERE received_ms >= ?1
+     ORDER BY received_ms, device_id, bundle_sha256, time_ms LIMIT ?2";
+
 /// Notes that a device was heard of at `received_ms`.
 fn touch_device(db: &mut dyn Db, device_id: &str, received_ms: u64) -> anyhow::Result<()> {
     db.execute(TOUCH_DEVICE, &[text(device_id), int(received_ms)])?;
@@ -878,21 +887,37 @@ pub(crate) fn refused(db: &mut dyn Db) -> anyhow::Result<Vec<RefusedRow>> {
     })
 }
 
+fn policy_result_row(r: &dyn Columns) -> anyhow::Result<PolicyResultRow> {
+    Ok(PolicyResultRow {
+        device_id: get_text(r, 0)?,
+        bundle_sha256: get_text(r, 1)?,
+        time_ms: get_uint(r, 2)?,
+        received_ms: get_uint(r, 3)?,
+        outcome: get_text(r, 4)?,
+        name: r.text(5)?,
+        serial: get_opt_uint(r, 6)?,
+        reason: r.text(7)?,
+    })
+}
+
 /// [`super::Store::policy_results`].
 pub(crate) fn policy_results(
     db: &mut dyn Db,
     device: Option<&str>,
 ) -> anyhow::Result<Vec<PolicyResultRow>> {
-    rows(db, POLICY_RESULTS, &[Arg::Text(device)], |r| {
-        Ok(PolicyResultRow {
-            device_id: get_text(r, 0)?,
-            bundle_sha256: get_text(r, 1)?,
-            time_ms: get_uint(r, 2)?,
-            received_ms: get_uint(r, 3)?,
-            outcome: get_text(r, 4)?,
-            name: r.text(5)?,
-            serial: get_opt_uint(r, 6)?,
-            reason: r.text(7)?,
-        })
-    })
+    rows(db, POLICY_RESULTS, &[Arg::Text(device)], policy_result_row)
+}
+
+/// [`super::Store::policy_results_since`].
+pub(crate) fn policy_results_since(
+    db: &mut dyn Db,
+    since_ms: u64,
+    limit: u64,
+) -> anyhow::Result<Vec<PolicyResultRow>> {
+    rows(
+        db,
+        POLICY_RESULTS_SINCE,
+        &[int(since_ms), int(limit)],
+        policy_result_row,
+    )
 }

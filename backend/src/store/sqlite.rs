@@ -221,10 +221,11 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} {} {FORWARD_TABLES} {} \
+                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} {} {FORWARD_TABLES} {} {} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
                     sql::COUNT_TABLES,
                     presence::TABLES,
+                    sql::INDEXES_5,
                 ))
                 .or_else(|e| {
                     // Another process may have created it between the check and the write.
@@ -284,9 +285,10 @@ fn upgrade(conn: &Connection, from: i64) -> anyhow::Result<()> {
         }
         if (1..=4).contains(&version) {
             conn.execute_batch(&format!(
-                "{FORWARD_TABLES} {} {} PRAGMA user_version = 5;",
+                "{FORWARD_TABLES} {} {} {} PRAGMA user_version = 5;",
                 presence::TABLES,
-                presence::FILL
+                presence::FILL,
+                sql::INDEXES_5
             ))
             .with_context(|| {
                 format!(

@@ -402,6 +402,16 @@ fn refusals_and_policy_results_are_counted(s: &mut dyn Store) {
     assert_eq!(rows.len() as u64, MAX_POLICY_RESULTS_PER_DEVICE);
     assert_eq!(rows.last().unwrap().time_ms, 105, "the 5 oldest went");
     assert_eq!(s.policy_results(Some("gw-1")).unwrap().len(), 1);
+    // What the live events read: from a time received on, oldest first.
+    let since = s.policy_results_since(7, 3).unwrap();
+    let got: Vec<(&str, u64)> = since
+        .iter()
+        .map(|r| (r.device_id.as_str(), r.received_ms))
+        .collect();
+    assert_eq!(got, [("gw-1", 7), ("gw-2", 15), ("gw-2", 16)]);
+    let last = s.policy_results_since(1014, 10).unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].time_ms, 100 + MAX_POLICY_RESULTS_PER_DEVICE + 4);
 }
 
 /// Each combination of filters reads through an index that bounds it and gives the order
@@ -969,7 +979,7 @@ fn sqlite_back_to_version_2(conn: &rusqlite::Connection) {
          CREATE INDEX alerts_kind_received ON alerts (kind, received_ms);
          DROP TABLE users; DROP TABLE sessions; DROP TABLE api_tokens; DROP TABLE triage;
          DROP TABLE audit; DROP TABLE alert_totals; DROP TABLE alert_hours;
-         DROP TABLE forward_cursors;
+         DROP TABLE forward_cursors; DROP INDEX policy_results_received;
          PRAGMA user_version = 2;",
     )
     .unwrap();
@@ -1028,6 +1038,15 @@ fn a_sqlite_store_of_version_2_is_upgraded() {
         .unwrap();
     assert_eq!(version, 5);
     check_upgraded_from_version_2(&mut s);
+    let indexed: i64 = s
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'policy_results_received'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexed, 1, "the index of version 5");
     drop(s);
     // Opened again: nothing more to do, the ids stay.
     let mut s = SqliteStore::open_existing(&path).unwrap();
@@ -1086,6 +1105,15 @@ fn postgres_store_passes_the_same_checks() {
         .get(0);
     assert_eq!(version, 5);
     check_upgraded_from_version_1(&mut s);
+    let indexed: i64 = s
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'policy_results_received'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(indexed, 1, "the index of version 5");
 }
 
 /// A PostgreSQL store of this version back to version 2 (see [`sqlite_back_to_version_2`]).
@@ -1096,5 +1124,6 @@ CREATE INDEX alerts_device_received ON alerts (device_id, received_ms);
 CREATE INDEX alerts_kind_received ON alerts (kind, received_ms);
 DROP TABLE users; DROP TABLE sessions; DROP TABLE api_tokens; DROP TABLE triage; DROP TABLE audit;
 DROP TABLE alert_totals; DROP TABLE alert_hours; DROP TABLE forward_cursors;
+DROP INDEX policy_results_received;
 UPDATE picket_schema SET version = 2;
 ";
