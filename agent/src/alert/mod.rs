@@ -202,10 +202,10 @@ pub struct Sequence {
 impl Sequence {
     /// Opens the counter in `state_dir`, resuming past what a previous run reserved. Without
     /// a counter (the first start, or the state directory was lost) or with one whose content
-    /// is not a number, a new counter begins at a random point (see [`fresh_start`]): never at
-    /// 1 again, where the fleet already holds this device's first numbers. A counter that
-    /// cannot be read (`EIO`, `EACCES`, ...) is an error: the file may be fine, and a new
-    /// counter would be a reset the backend reports for nothing.
+    /// is not a number, or that cannot be read (`EIO`, `EACCES`, ...), a new counter begins at
+    /// a random point (see [`fresh_start`]): never at 1 again, where the fleet already holds
+    /// this device's first numbers. An agent that did not start over an unreadable counter
+    /// would watch nothing; a new sequence costs a reset the backend reports.
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
         let path = state_dir.join("alert.seq");
         let start = match fs::read(&path) {
@@ -236,14 +236,18 @@ impl Sequence {
                 );
                 start
             }
+            // Unreadable (a failing flash, its mode changed): a security agent that did not
+            // start over it would watch nothing. A new sequence, which the backend reports as a
+            // reset, costs only that report.
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "reading the alert counter {} (the agent does not start a new sequence \
-                         over a file it cannot read)",
-                        path.display()
-                    )
-                })
+                let start = fresh_start()?;
+                log::warn!(
+                    "cannot read the alert counter {}: {e}: alerts are numbered from {} on, a \
+                     new sequence (the backend reports it as a reset)",
+                    path.display(),
+                    start + 1
+                );
+                start
             }
         };
         Ok(Self {
@@ -569,20 +573,20 @@ mod tests {
     }
 
     #[test]
-    fn a_counter_that_cannot_be_read_stops_the_start_and_bad_content_begins_anew() {
+    fn a_counter_that_cannot_be_read_or_holds_no_number_begins_anew() {
         let dir = std::env::temp_dir().join(format!("picket-seq-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let counter = dir.join("alert.seq");
         fs::write(&counter, "128\n").unwrap();
         assert_eq!(Sequence::open(&dir).unwrap().take().unwrap(), 129);
-        // An I/O error other than absence (here EISDIR; EIO and EACCES take the same path): an
-        // error naming the file, and the counter is left as it is.
+        // An I/O error other than absence (here EISDIR; EIO and EACCES take the same path): a
+        // new counter (whose first reservation then fails here, writing over a directory).
         fs::remove_file(&counter).unwrap();
         fs::create_dir(&counter).unwrap();
-        let error = format!("{:#}", Sequence::open(&dir).err().expect("an error"));
-        assert!(error.contains("alert.seq"), "{error}");
-        assert!(error.contains("does not start a new sequence"), "{error}");
+        let mut unreadable = Sequence::open(&dir).unwrap();
+        assert!(unreadable.next > SEQ_RESET_JUMP, "{}", unreadable.next);
+        assert!(unreadable.take().is_err());
         assert!(counter.is_dir());
         fs::remove_dir(&counter).unwrap();
         // Content that is not UTF-8 is not a number: a new counter.

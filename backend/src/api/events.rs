@@ -230,6 +230,9 @@ impl PolicyWatch {
     }
 }
 
+/// How far back a resumed stream sends the policy results it missed.
+const POLICY_RESUME_MS: u64 = 3_600_000;
+
 /// The position of a stream: the last alert sent, the time received of the last policy result
 /// sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,11 +464,19 @@ pub(crate) async fn events(
         None => None,
     };
     let (sent, policy_backlog) = match resume {
-        // The policy results received since the position, when it has one.
-        Some(at) => (
-            at,
-            (at.policy_ms < now).then(|| PolicyBacklog::from(at.policy_ms)),
-        ),
+        // The policy results received since the position, when it has one, over the last
+        // [`POLICY_RESUME_MS`] at most: what a stream holds back is bounded, whatever id a
+        // client sends (a page away for longer reads the list again).
+        Some(at) => {
+            let at = Position {
+                policy_ms: at.policy_ms.max(now.saturating_sub(POLICY_RESUME_MS)),
+                ..at
+            };
+            (
+                at,
+                (at.policy_ms < now).then(|| PolicyBacklog::from(at.policy_ms)),
+            )
+        }
         None => {
             let alert = super::query(&api, |s| s.last_alert_id()).await?;
             let at = Position {

@@ -1,13 +1,11 @@
 //! The tables the query commands print.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use serde_json::Value;
 
 use crate::store::{AlertRow, DeviceRow, Gap, PolicyResultRow, PresenceChange, RefusedRow};
 
 fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    crate::rfc3339(ms, false).unwrap_or_else(|| format!("{ms} ms"))
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {

@@ -166,6 +166,11 @@ pub(crate) fn check_integrations(config: &Config) -> anyhow::Result<()> {
             w.url
         );
         anyhow::ensure!(
+            !uri.authority().is_some_and(|a| a.as_str().contains('@')),
+            "{at}: url has a user name or password, which webhooks do not send: put a token in \
+             the path or query, or let the receiver check the signature"
+        );
+        anyhow::ensure!(
             w.ca.is_none() || scheme == "https",
             "{at}: `ca` is for an https:// url"
         );
@@ -251,6 +256,10 @@ mod tests {
             (
                 hook("").replace("http://h/", "ftp://h/"),
                 "`a`: url `ftp://h/`",
+            ),
+            (
+                hook("").replace("http://h/", "http://u:p@h/"),
+                "`a`: url has a user name or password",
             ),
             (hook("ca = \"ca.pem\""), "`a`: `ca` is for an https"),
             (hook("batch = 0"), "`a`: batch"),

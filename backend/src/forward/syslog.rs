@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use rustls::pki_types::ServerName;
@@ -104,8 +104,8 @@ impl Syslog {
     pub(crate) fn message(&self, a: &StoredAlert) -> String {
         let alert = &a.alert;
         let pri = u16::from(self.facility) * 8 + u16::from(severity(&alert.severity));
-        let time =
-            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(alert.time_ms));
+        // The device's time; past the year 9999, RFC 5424's NILVALUE.
+        let time = crate::rfc3339(alert.time_ms, true).unwrap_or_else(|| "-".into());
         let hostname = header_field(self.hostname.as_deref().unwrap_or(&alert.device_id), 255);
         let msgid = header_field(&alert.kind, 32);
         let mut sd = format!(

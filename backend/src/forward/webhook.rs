@@ -159,7 +159,8 @@ impl Webhook {
             }
         }
         .map_err(|e| retry("POST to", &e))?;
-        let answered = format!("{} answered {status}", self.uri);
+        // Not the URL: its path or query may hold a token of the receiver's.
+        let answered = format!("{}:{} answered {status}", self.host, self.port);
         match status.as_u16() {
             200..=299 => Ok(()),
             // Busy or slow: the receiver asks to be tried again.

@@ -86,6 +86,16 @@ const INSERT_CHANGE: &str = "INSERT INTO presence_changes (device_id, n, time_ms
 
 const CHANGES_OF: &str = "SELECT count(*) FROM presence_changes WHERE device_id = ?1";
 
+/// The backend's alerts about a device stored since ?2 (by the alerts' index of devices and
+/// times received).
+const RAISED_SINCE: &str =
+    "SELECT count(*) FROM alerts WHERE device_id = ?1 AND received_ms >= ?2 AND seq < 0";
+
+/// At most this many of the backend's alerts about one device in an hour: a device that makes
+/// its presence flap (it publishes its own status, a link that comes and goes) has every change
+/// recorded, but cannot fill the store and every receiver with alerts about it.
+pub(crate) const MAX_RAISED_PER_HOUR: u64 = 12;
+
 const DELETE_OLDEST_CHANGES: &str = "DELETE FROM presence_changes WHERE device_id = ?1 AND n IN (
          SELECT n FROM presence_changes WHERE device_id = ?1 ORDER BY n LIMIT ?2)";
 
@@ -186,7 +196,14 @@ pub(crate) fn status(
     time_ms: u64,
 ) -> anyhow::Result<Option<PresenceChange>> {
     if let Some(c) = current(db, device_id)? {
-        if c.state == "timed_out" && state == "online" && c.status_time_ms == Some(status_time_ms) {
+        // A presence taken over by the upgrade to version 5 has no status time: the same boot
+        // then stands for the same status (a new connection of that boot sends heartbeats,
+        // which end the timeout).
+        let same = match c.status_time_ms {
+            Some(t) => t == status_time_ms,
+            None => c.boot_id.as_deref() == Some(boot_id),
+        };
+        if c.state == "timed_out" && state == "online" && same {
             return Ok(None);
         }
     }
@@ -290,6 +307,21 @@ fn change(
             Some((RETURNED, "medium", details, since_ms))
         }
         _ => None,
+    };
+    let raised = count_of(
+        db,
+        RAISED_SINCE,
+        &[text(device_id), int(time_ms.saturating_sub(3_600_000))],
+    )?;
+    let alert = match alert {
+        Some((kind, ..)) if raised >= MAX_RAISED_PER_HOUR => {
+            log::debug!(
+                "{device_id} is {state}: {kind} not raised, {raised} alerts about it in the \
+                 last hour already"
+            );
+            None
+        }
+        alert => alert,
     };
     let alert_id = match alert {
         Some((kind, severity, details, first_ms)) => {

@@ -284,6 +284,53 @@ fn changes_are_bounded_per_device(s: &mut dyn Store) {
     assert_eq!(kept[0].n, n, "the newest kept");
 }
 
+fn a_flapping_device_raises_a_bounded_number_of_alerts(s: &mut dyn Store) {
+    let d = "gw-7";
+    let hour = 3_600_000;
+    // Lost and back 50 times in a minute: every change recorded, a dozen alerts.
+    for i in 0..50 {
+        let t = 1_000_000 + i * 1_000;
+        s.record_status(d, &status(Presence::Online, "b", t), t)
+            .unwrap();
+        s.record_status(d, &status(Presence::Lost, "b", t), t + 500)
+            .unwrap();
+    }
+    assert_eq!(s.presence_changes(Some(d), 1000).unwrap().len(), 100);
+    let raised = backend_alerts(s, d);
+    assert_eq!(raised.len() as u64, presence::MAX_RAISED_PER_HOUR);
+    assert_eq!(raised[0].0, "device_silent");
+    // An hour on, a new silence is raised again.
+    let t = 1_000_000 + 50_000 + hour;
+    s.record_status(d, &status(Presence::Online, "b", t), t)
+        .unwrap();
+    s.record_status(d, &status(Presence::Lost, "b", t), t + 500)
+        .unwrap();
+    let raised = backend_alerts(s, d);
+    assert_eq!(raised.len() as u64, presence::MAX_RAISED_PER_HOUR + 2);
+}
+
+/// A last will is made at the agent's start: the policy it names may be older than the one
+/// the device said it put in force since, which stays recorded.
+fn a_last_will_does_not_take_the_policy_back(s: &mut dyn Store) {
+    let d = "gw-8";
+    s.record_status(d, &status(Presence::Online, "b", 1), 1_000)
+        .unwrap();
+    let newer = Status {
+        policy_serial: 4,
+        policy_name: "newer".into(),
+        ..status(Presence::Online, "b", 2)
+    };
+    s.record_status(d, &newer, 2_000).unwrap();
+    s.record_status(d, &status(Presence::Lost, "b", 1), 3_000)
+        .unwrap();
+    let row = s.devices(3_000, TIMEOUT).unwrap().remove(0);
+    assert_eq!(row.state, "lost");
+    assert_eq!(
+        (row.policy_serial, row.policy_name.as_deref()),
+        (Some(4), Some("newer"))
+    );
+}
+
 type Check = (&'static str, fn(&mut dyn Store));
 
 const CHECKS: &[Check] = &[
@@ -303,6 +350,14 @@ const CHECKS: &[Check] = &[
         "changes_are_bounded_per_device",
         changes_are_bounded_per_device,
     ),
+    (
+        "a_flapping_device_raises_a_bounded_number_of_alerts",
+        a_flapping_device_raises_a_bounded_number_of_alerts,
+    ),
+    (
+        "a_last_will_does_not_take_the_policy_back",
+        a_last_will_does_not_take_the_policy_back,
+    ),
 ];
 
 /// A store of version 4: one device online, one offline, one never heard a status from.
@@ -312,6 +367,8 @@ fn version_4_contents(s: &mut dyn Store) {
     s.record_status("gw-off", &status(Presence::Offline, "b", 1), 2_000)
         .unwrap();
     s.insert_alert("gw-none", &alert(1), "postcard", 3_000)
+        .unwrap();
+    s.record_status("gw-hung", &status(Presence::Online, "b", 1), 1_500)
         .unwrap();
 }
 
@@ -334,6 +391,16 @@ fn check_upgraded_from_version_4(s: &mut dyn Store) {
     s.record_status("gw-on", &status(Presence::Lost, "b", 1), 5_000)
         .unwrap();
     assert_eq!(history(s, "gw-on"), [change("lost", Some("online"), true)]);
+    // A device whose presence the upgrade took over (no status time recorded) times out; its
+    // retained status, delivered again, is not its return.
+    let timed_out = s.check_timeouts(200_000, TIMEOUT).unwrap();
+    assert_eq!(timed_out.len(), 1, "{timed_out:?}");
+    s.record_status("gw-hung", &status(Presence::Online, "b", 1), 201_000)
+        .unwrap();
+    assert_eq!(
+        history(s, "gw-hung"),
+        [change("timed_out", Some("online"), true)]
+    );
 }
 
 #[test]

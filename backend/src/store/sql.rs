@@ -131,6 +131,11 @@ const RECORD_STATUS: &str = "UPDATE devices SET status = ?2, status_ms = ?3, age
          policy_serial = ?5, policy_name = ?6, boot_id = ?7
      WHERE device_id = ?1";
 
+/// A last will's: made at the agent's start, its policy may be older than the one in force.
+const RECORD_WILL: &str = "UPDATE devices SET status = ?2, status_ms = ?3, agent_version = ?4,
+         boot_id = ?5
+     WHERE device_id = ?1";
+
 const INSERT_POLICY_RESULT: &str =
     "INSERT INTO policy_results (device_id, bundle_sha256, time_ms, received_ms, outcome, name,
          serial, reason)
@@ -523,19 +528,31 @@ pub(crate) fn record_status(
     let state = status.state.name();
     touch_device(db, device_id, received_ms)?;
     // A status is applied in the order received: a last will carries the time of the
-    // connection it belongs to, not of the disconnection.
-    db.execute(
-        RECORD_STATUS,
-        &[
-            text(device_id),
-            text(state),
-            int(received_ms),
-            text(&status.agent_version),
-            int(status.policy_serial),
-            text(&status.policy_name),
-            text(&status.boot_id),
-        ],
-    )?;
+    // agent's start, not of the disconnection, and the policy of then (not recorded).
+    match status.state {
+        picket_proto::Presence::Lost => db.execute(
+            RECORD_WILL,
+            &[
+                text(device_id),
+                text(state),
+                int(received_ms),
+                text(&status.agent_version),
+                text(&status.boot_id),
+            ],
+        )?,
+        _ => db.execute(
+            RECORD_STATUS,
+            &[
+                text(device_id),
+                text(state),
+                int(received_ms),
+                text(&status.agent_version),
+                int(status.policy_serial),
+                text(&status.policy_name),
+                text(&status.boot_id),
+            ],
+        )?,
+    };
     super::presence::status(
         db,
         device_id,
