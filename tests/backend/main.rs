@@ -7,9 +7,11 @@
 // The tests, by what they exercise: ingest and storage, per-device limits and quotas, policy
 // distribution and the configuration, the managed broker, a real agent (policy push,
 // retention, gaps of a restart and of a full spool), the HTTP API's authentication, HTTPS and
-// live events, the fleet console in a real browser.
+// live events, the fleet console in a real browser; faults over the whole pipe (kills, restarts
+// and a flapping broker while alerts flow, counted against the store).
 mod auth;
 mod browser;
+mod faults;
 mod ingest;
 mod limits;
 mod managed_broker;
