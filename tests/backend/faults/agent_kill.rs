@@ -62,7 +62,8 @@ fn faults_agent_killed_during_bursts_loses_only_what_was_not_durable() {
         assert!(start.elapsed() < TIMEOUT, "{}", agent.describe());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let raised_all = drain(&site, agent, &backend);
+    let killed: BTreeSet<u64> = runs.iter().flatten().copied().collect();
+    let raised_all = drain(&site, agent, &backend, &killed);
     let (raised, _) = site.raised();
     assert_eq!(raised.len(), raised_all.len(), "each alert raised once");
     let last_run: BTreeSet<u64> = raised[runs.iter().map(Vec::len).sum::<usize>()..]

@@ -44,7 +44,7 @@ fn faults_broker_flapping_under_a_steady_rate_delivers_everything_exactly_once()
     let raised = steady.finish(&site, &agent);
     wait_stored(&backend, &raised, "raised");
     let recover = back.elapsed();
-    let raised = drain(&site, agent, &backend);
+    let raised = drain(&site, agent, &backend, &BTreeSet::new());
     backend.assert_running();
     assert!(broker.is_running());
     let reconnects = backend.log().matches("connected to the broker").count();

@@ -41,7 +41,7 @@ fn faults_postgres_restarted_during_ingest_loses_nothing() {
     let raised = steady.finish(&site, &agent);
     wait_stored(&backend, &raised, "raised");
     let recover = back.elapsed();
-    let raised = drain(&site, agent, &backend);
+    let raised = drain(&site, agent, &backend, &BTreeSet::new());
     backend.assert_running();
     let tally = Tally {
         raised,

@@ -57,8 +57,16 @@ fn faults_serve_killed_mid_batch_stores_every_alert_exactly_once() {
         );
     }
 
-    let raised = drain(&site, agent, &backend);
+    // Every change raised, and what was raised stored: the end of the recovery.
+    let start = Instant::now();
+    while site.raised().0.len() < rounds * BURST {
+        assert!(start.elapsed() < TIMEOUT, "{}", agent.describe());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let so_far: BTreeSet<u64> = site.raised().0.into_iter().collect();
+    wait_stored(&backend, &so_far, "raised");
     let recover = restarted.elapsed();
+    let raised = drain(&site, agent, &backend, &BTreeSet::new());
     assert_eq!(raised.len(), BURST * rounds, "one alert per change");
     let stored = stored(&backend);
     backend.assert_running();
