@@ -6,10 +6,10 @@ use std::os::unix::process::ExitStatusExt;
 
 use super::*;
 
-/// Alerts per burst, and the most the kill waits after a burst begins (its alerts are raised
-/// over about 100 ms: kills land before, during and after their flushes).
+/// Alerts per burst, and the most the kill waits after the burst's first alert (its alerts are
+/// raised over about 100 ms: kills land during and after their flushes).
 const BURST: usize = 50;
-const MAX_DELAY_MS: u64 = 250;
+const MAX_DELAY_MS: u64 = 150;
 
 #[test]
 fn faults_agent_killed_during_bursts_loses_only_what_was_not_durable() {
@@ -23,13 +23,26 @@ fn faults_agent_killed_during_bursts_loses_only_what_was_not_durable() {
     // Each round: a burst, a SIGKILL at a random point of it, and what the spool then holds.
     let mut durable = BTreeSet::new();
     let mut runs: Vec<Vec<u64>> = Vec::new();
-    let mut delays = Vec::new();
     for round in 0..rounds {
         let agent = site.start();
         let before = site.raised().0.len();
         let files = site.take(BURST);
         let delay = rng.below(MAX_DELAY_MS);
         let burst = std::thread::spawn(move || chmod_all(&files, Duration::from_millis(2)));
+        // From the first alert of the burst on: the kill lands while its alerts are raised
+        // and flushed, or shortly after.
+        let start = Instant::now();
+        while !site.raised_alerts().0[before..]
+            .iter()
+            .any(|a| a["alert"] == "protected_file_changed")
+        {
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "round {round}: {}",
+                agent.describe()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(Duration::from_millis(delay));
         let out = agent.kill();
         burst.join().unwrap();
@@ -47,7 +60,6 @@ fn faults_agent_killed_during_bursts_loses_only_what_was_not_durable() {
         );
         runs.push(raised[before..].to_vec());
         durable.extend(site.spooled());
-        delays.push(delay);
     }
 
     // The last run, not killed: it sends what the others left, and a burst of its own.
