@@ -33,6 +33,9 @@ pub struct Options {
     /// `(user, topic filter)`: topics denied to a user on top of the backend's ACL, a right
     /// taken away (never one given).
     pub denied: Vec<(String, String)>,
+    /// Whether the broker saves its state (the managed broker's `persistence true`, in its
+    /// directory) and finds it again when restarted; off by default: each start begins empty.
+    pub persistence: bool,
 }
 
 impl Default for Options {
@@ -41,6 +44,7 @@ impl Default for Options {
             max_queued_messages: 1000,
             username_as_client_id: true,
             denied: Vec::new(),
+            persistence: false,
         }
     }
 }
@@ -99,6 +103,17 @@ impl Mosquitto {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Stops the broker with SIGTERM (a clean stop: with [`Options::persistence`], it saves its
+    /// state) and reaps it.
+    pub fn stop_clean(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if crate::process::terminate(&mut child, READY_TIMEOUT).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 
@@ -225,7 +240,8 @@ const BROKER_LOG_TAIL: usize = 25;
 
 /// The managed broker's configuration (`picket_backend::broker::mosquitto_conf`) on `port`,
 /// then what the tests change: no state saved across restarts (each start of a test's broker
-/// begins empty, as after a crash of a broker without persistence), every log line, and the
+/// begins empty, as after a crash of a broker without persistence, unless
+/// [`Options::persistence`]), every log line, and the
 /// settings of `options`.
 fn config_file(pki: &Pki, options: &Options, files: &Files, port: u16) -> String {
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -237,9 +253,11 @@ fn config_file(pki: &Pki, options: &Options, files: &Files, port: u16) -> String
         options.max_queued_messages,
         files,
     );
+    if !options.persistence {
+        conf.push_str("\n# Tests: nothing saved across restarts.\npersistence false\n");
+    }
     conf.push_str(
-        "\n# Tests: nothing saved across restarts, everything logged.\n\
-         persistence false\n\
+        "\n# Tests: everything logged.\n\
          log_type all\n\
          log_timestamp_format %H:%M:%S\n",
     );

@@ -11,6 +11,8 @@ pub struct Postgres {
     bin: PathBuf,
     pub port: u16,
     as_postgres: bool,
+    /// The server's options (`pg_ctl -o`), for [`Postgres::restart`].
+    options: String,
 }
 
 fn id(args: &[&str]) -> u32 {
@@ -53,11 +55,12 @@ impl Postgres {
             .unwrap();
         }
         let port = crate::ports::free_port();
-        let pg = Postgres {
+        let mut pg = Postgres {
             dir,
             bin,
             port,
             as_postgres,
+            options: String::new(),
         };
         let data = pg.dir.path().join("data");
         pg.run(
@@ -90,14 +93,22 @@ impl Postgres {
             let hba = format!("local all all trust\nhostssl all all 127.0.0.1/32 trust{client}\n");
             pg.own(&data, "pg_hba.conf", hba.as_bytes());
         }
-        let log = pg.dir.path().join("server.log");
-        pg.run(
+        pg.options = options;
+        pg.pg_start();
+        pg
+    }
+
+    /// Starts the server of the cluster (waiting until it accepts connections).
+    fn pg_start(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
                 data.to_str().unwrap(),
                 "-o",
-                &options,
+                &self.options,
                 "-l",
                 log.to_str().unwrap(),
                 "-w",
@@ -106,7 +117,19 @@ impl Postgres {
                 "start",
             ],
         );
-        pg
+    }
+
+    /// Stops the server (`mode`: `fast` ends the sessions and shuts down cleanly, `immediate`
+    /// is a crash that the next start recovers from), waits `down`, and starts it again on the
+    /// same port with the same settings.
+    pub fn restart(&self, mode: &str, down: std::time::Duration) {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", mode, "-w", "stop"],
+        );
+        std::thread::sleep(down);
+        self.pg_start();
     }
 
     /// Writes `name` in the data directory `data`, mode 0600, owned by the server's user.

@@ -9,10 +9,12 @@
 // retention, gaps of a restart and of a full spool), what the backend makes of a device's
 // silence (a killed agent, a clean stop, a connection that carries nothing), the HTTP API's
 // authentication, HTTPS and live events, the fleet console in a real browser (fed by test
-// devices and a real agent), the integrations (webhooks).
+// devices and a real agent), the integrations (webhooks); faults over the whole pipe (kills,
+// restarts and a flapping broker while alerts flow, counted against the store).
 mod auth;
 mod browser;
 mod browser_agent;
+mod faults;
 mod ingest;
 mod integrations;
 mod limits;

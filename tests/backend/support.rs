@@ -40,11 +40,18 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_saving(false)
+    }
+
+    /// [`Broker::start`], saving its state across restarts if `persistence` (as the managed
+    /// broker does: the backend's session and the messages queued for it outlive a clean stop).
+    pub fn start_saving(persistence: bool) -> Broker {
         let mut broker = Broker::pki();
         let options = Options {
             max_queued_messages: 100_000,
             username_as_client_id: false,
             denied: vec![(BACKEND_ID.into(), "picket/v1/locked/policy".into())],
+            persistence,
         };
         let mosquitto = Mosquitto::start_with(&broker.pki, &options);
         broker.port = mosquitto.port();
@@ -87,7 +94,21 @@ impl Broker {
             .stop();
     }
 
-    /// Stops the broker and starts it again on the same port (sessions are lost).
+    /// Stops the broker with SIGTERM (it saves its state, if it keeps one).
+    pub fn stop_clean(&mut self) {
+        self.mosquitto
+            .as_mut()
+            .expect("a broker started by Broker::start")
+            .stop_clean();
+    }
+
+    /// Whether the broker is running.
+    pub fn is_running(&mut self) -> bool {
+        self.mosquitto.as_mut().is_some_and(|m| m.is_running())
+    }
+
+    /// Stops the broker and starts it again on the same port (sessions are lost unless it
+    /// saves its state).
     pub fn restart(&mut self) {
         self.mosquitto
             .as_mut()
@@ -289,6 +310,21 @@ impl Backend {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL (a crash: nothing finished, nothing acknowledged after it); returns how it
+    /// exited, which must be that kill: it had not exited on its own.
+    pub fn kill(mut self) -> std::process::ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the backend exited before it was killed:\n{}",
+            self.log()
+        );
+        self.child.kill().unwrap();
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+        status
     }
 
     pub fn assert_running(&mut self) {

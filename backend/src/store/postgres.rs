@@ -164,6 +164,9 @@ pub struct PgStore {
     client: Option<Client>,
     /// In [`Store::in_transaction`]: the writes run in its transaction, not in their own.
     in_batch: bool,
+    /// How to connect again when the connection is lost (a restarted server).
+    params: String,
+    tls: Option<rustls::ClientConfig>,
 }
 
 impl Drop for PgStore {
@@ -171,10 +174,18 @@ impl Drop for PgStore {
         // Closing a connection blocks on the client's own runtime, which tokio forbids on a
         // thread that drives async tasks: there, close it from a thread of its own.
         if let Some(client) = self.client.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                let _ = std::thread::spawn(move || drop(client)).join();
-            }
+            close(client);
         }
+    }
+}
+
+/// Closes `client`: from a thread of its own on a thread that drives async tasks, where
+/// closing it blocks on its runtime, which tokio forbids.
+fn close(client: Client) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let _ = std::thread::spawn(move || drop(client)).join();
+    } else {
+        drop(client);
     }
 }
 
@@ -190,85 +201,114 @@ impl PgStore {
     /// name the host connected to (libpq's `sslmode=verify-full`). A host that is a Unix socket
     /// is refused: TLS is for TCP.
     pub fn connect_with(params: &str, tls: Option<rustls::ClientConfig>) -> anyhow::Result<Self> {
-        let mut client = match tls {
-            None => Client::connect(params, NoTls).context("connecting to PostgreSQL")?,
-            Some(tls) => {
-                let mut config: postgres::Config = params
-                    .parse()
-                    .context("store.postgres is not a valid connection string")?;
-                if let Some(socket) = config.get_hosts().iter().find_map(|h| match h {
-                    postgres::config::Host::Unix(path) => Some(path.clone()),
-                    _ => None,
-                }) {
-                    anyhow::bail!(
-                        "store.postgres names the Unix socket {}, and store.postgres_ca asks for \
-                         TLS, which PostgreSQL uses over TCP only: name a host (host=NAME)",
-                        socket.display()
-                    );
-                }
-                config.ssl_mode(postgres::config::SslMode::Require);
-                config
-                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-                    .context("connecting to PostgreSQL over TLS")?
-            }
-        };
-        let mut tx = client.transaction()?;
-        // One backend at a time creates the schema.
-        tx.execute("SELECT pg_advisory_xact_lock(7426163)", &[])?;
-        tx.batch_execute(SCHEMA).context("creating the schema")?;
-        let version: Option<i64> = tx
-            .query_opt("SELECT max(version) FROM picket_schema", &[])?
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .flatten();
-        match version {
-            None => {
-                tx.execute(
-                    "INSERT INTO picket_schema (version) VALUES ($1)",
-                    &[&SCHEMA_VERSION],
-                )?;
-            }
-            Some(1) => {
-                tx.batch_execute(UPGRADE_FROM_1)
-                    .context("upgrading the schema from version 1")?;
-                tx.batch_execute(UPGRADE_FROM_2)
-                    .context("upgrading the schema from version 2")?;
-            }
-            Some(2) => tx
-                .batch_execute(UPGRADE_FROM_2)
-                .context("upgrading the schema from version 2")?,
-            Some(3..=SCHEMA_VERSION) => {}
-            Some(other) => anyhow::bail!(
-                "schema version {other} is newer than this backend's ({SCHEMA_VERSION})"
-            ),
-        }
-        tx.batch_execute(TABLES_3)
-            .context("creating the indexes and tables")?;
-        tx.batch_execute(sql::COUNT_TABLES)
-            .context("creating the counts")?;
-        if matches!(version, Some(1..=3)) {
-            tx.batch_execute(sql::FILL_COUNTS)
-                .context("counting the stored alerts")?;
-        }
-        tx.batch_execute(FORWARD_TABLES)
-            .context("creating the integrations' cursors")?;
-        tx.batch_execute(presence::TABLES)
-            .context("creating the presence tables")?;
-        tx.batch_execute(sql::INDEXES_5)
-            .context("creating the indexes of version 5")?;
-        if matches!(version, Some(1..=4)) {
-            tx.batch_execute(&format!(
-                "{} UPDATE picket_schema SET version = {SCHEMA_VERSION};",
-                presence::FILL
-            ))
-            .context("recording the devices' presence")?;
-        }
-        tx.commit()?;
-        Ok(PgStore {
+        let client = open(params, tls.clone())?;
+        let mut store = PgStore {
             client: Some(client),
             in_batch: false,
-        })
+            params: params.to_string(),
+            tls,
+        };
+        create_schema(store.client())?;
+        Ok(store)
     }
+
+    /// The connection, connected again first if it was lost (the server restarted, or it
+    /// ended the session): a write that failed with it was rolled back, and its caller tries
+    /// again (the ingest: the broker delivers the batch again).
+    fn live(&mut self) -> anyhow::Result<&mut Client> {
+        if self.client().is_closed() {
+            log::warn!("the connection to PostgreSQL was lost; connecting again");
+            let client = open(&self.params, self.tls.clone())?;
+            if let Some(old) = self.client.replace(client) {
+                close(old);
+            }
+            log::info!("connected to PostgreSQL again");
+        }
+        Ok(self.client())
+    }
+}
+
+/// A connection to `params`, over TLS when `tls` is given (see [`PgStore::connect_with`]).
+fn open(params: &str, tls: Option<rustls::ClientConfig>) -> anyhow::Result<Client> {
+    Ok(match tls {
+        None => Client::connect(params, NoTls).context("connecting to PostgreSQL")?,
+        Some(tls) => {
+            let mut config: postgres::Config = params
+                .parse()
+                .context("store.postgres is not a valid connection string")?;
+            if let Some(socket) = config.get_hosts().iter().find_map(|h| match h {
+                postgres::config::Host::Unix(path) => Some(path.clone()),
+                _ => None,
+            }) {
+                anyhow::bail!(
+                    "store.postgres names the Unix socket {}, and store.postgres_ca asks for \
+                         TLS, which PostgreSQL uses over TCP only: name a host (host=NAME)",
+                    socket.display()
+                );
+            }
+            config.ssl_mode(postgres::config::SslMode::Require);
+            config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .context("connecting to PostgreSQL over TLS")?
+        }
+    })
+}
+
+/// Creates the tables (or brings them up to date), one backend at a time.
+fn create_schema(client: &mut Client) -> anyhow::Result<()> {
+    let mut tx = client.transaction()?;
+    // One backend at a time creates the schema.
+    tx.execute("SELECT pg_advisory_xact_lock(7426163)", &[])?;
+    tx.batch_execute(SCHEMA).context("creating the schema")?;
+    let version: Option<i64> = tx
+        .query_opt("SELECT max(version) FROM picket_schema", &[])?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .flatten();
+    match version {
+        None => {
+            tx.execute(
+                "INSERT INTO picket_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )?;
+        }
+        Some(1) => {
+            tx.batch_execute(UPGRADE_FROM_1)
+                .context("upgrading the schema from version 1")?;
+            tx.batch_execute(UPGRADE_FROM_2)
+                .context("upgrading the schema from version 2")?;
+        }
+        Some(2) => tx
+            .batch_execute(UPGRADE_FROM_2)
+            .context("upgrading the schema from version 2")?,
+        Some(3..=SCHEMA_VERSION) => {}
+        Some(other) => {
+            anyhow::bail!("schema version {other} is newer than this backend's ({SCHEMA_VERSION})")
+        }
+    }
+    tx.batch_execute(TABLES_3)
+        .context("creating the indexes and tables")?;
+    tx.batch_execute(sql::COUNT_TABLES)
+        .context("creating the counts")?;
+    if matches!(version, Some(1..=3)) {
+        tx.batch_execute(sql::FILL_COUNTS)
+            .context("counting the stored alerts")?;
+    }
+    tx.batch_execute(FORWARD_TABLES)
+        .context("creating the integrations' cursors")?;
+    tx.batch_execute(presence::TABLES)
+        .context("creating the presence tables")?;
+    tx.batch_execute(sql::INDEXES_5)
+        .context("creating the indexes of version 5")?;
+    if matches!(version, Some(1..=4)) {
+        tx.batch_execute(&format!(
+            "{} UPDATE picket_schema SET version = {SCHEMA_VERSION};",
+            presence::FILL
+        ))
+        .context("recording the devices' presence")?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 impl PgStore {
@@ -328,14 +368,14 @@ impl Database for PgStore {
         if self.in_batch {
             return f(&mut Pg(self.client()));
         }
-        let mut tx = self.client().transaction()?;
+        let mut tx = self.live()?.transaction()?;
         let value = f(&mut Pg(&mut tx))?;
         tx.commit()?;
         Ok(value)
     }
 
     fn read<T>(&mut self, f: impl FnOnce(&mut dyn Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        f(&mut Pg(self.client()))
+        f(&mut Pg(self.live()?))
     }
 
     fn batch(
@@ -343,7 +383,7 @@ impl Database for PgStore {
         f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(!self.in_batch, "transactions do not nest");
-        self.client().batch_execute("BEGIN")?;
+        self.live()?.batch_execute("BEGIN")?;
         self.in_batch = true;
         let result = f(self);
         self.in_batch = false;
