@@ -458,7 +458,12 @@ impl Reporter {
                         self.delivered(seq);
                     }
                 }
-                Ok(Ok(Ev::Disconnected)) | Ok(Err(_)) | Err(_) => {
+                // DISCONNECT written: read on until the broker closes the connection (or the
+                // deadline). Closing it at once, with the offline status's PUBACK unread, makes
+                // the kernel reset the connection, which may discard the DISCONNECT on its way:
+                // the broker would then publish the last will (lost) over the goodbye.
+                Ok(Ok(Ev::Disconnected)) => {}
+                Ok(Err(_)) | Err(_) => {
                     let mut spool = self.shared.spool();
                     self.take_acked(&mut spool);
                     return;
