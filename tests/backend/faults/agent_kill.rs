@@ -24,8 +24,9 @@ fn faults_agent_killed_during_bursts_loses_only_what_was_not_durable() {
     let mut durable = BTreeSet::new();
     let mut runs: Vec<Vec<u64>> = Vec::new();
     for round in 0..rounds {
-        let agent = site.start();
+        // Everything this run raises, from its start (`agent_interrupted` after a kill).
         let before = site.raised().0.len();
+        let agent = site.start();
         let files = site.take(BURST);
         let delay = rng.below(MAX_DELAY_MS);
         let burst = std::thread::spawn(move || chmod_all(&files, Duration::from_millis(2)));
@@ -63,6 +64,8 @@ fn faults_agent_killed_during_bursts_loses_only_what_was_not_durable() {
     }
 
     // The last run, not killed: it sends what the others left, and a burst of its own.
+    let first_of_last = site.raised().0.len();
+    assert_eq!(first_of_last, runs.iter().map(Vec::len).sum::<usize>());
     let agent = site.start();
     let restarted = Instant::now();
     wait_stored(&backend, &durable, "durable before a kill");
@@ -78,10 +81,7 @@ fn faults_agent_killed_during_bursts_loses_only_what_was_not_durable() {
     let raised_all = drain(&site, agent, &backend, &killed);
     let (raised, _) = site.raised();
     assert_eq!(raised.len(), raised_all.len(), "each alert raised once");
-    let last_run: BTreeSet<u64> = raised[runs.iter().map(Vec::len).sum::<usize>()..]
-        .iter()
-        .copied()
-        .collect();
+    let last_run: BTreeSet<u64> = raised[first_of_last..].iter().copied().collect();
     assert!(last_run.len() >= BURST, "the last run raised {last_run:?}");
     let stored = stored(&backend);
     backend.assert_running();
