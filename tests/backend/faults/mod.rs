@@ -20,7 +20,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use picket_agent::spool::{Spool, SpoolLimits};
 use picket_test_support::bin::picket;
@@ -33,12 +32,9 @@ mod broker_flap;
 mod postgres_restart;
 mod serve_kill;
 
-/// One real agent at a time: each loads the sensors into the kernel.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// One real agent at a time, among these scenarios and the other tests that run one (each
+/// loads the sensors into the kernel, and each test counts its agent's alerts exactly).
+use super::real_agent::serial;
 
 /// The device id: the CN of the agent's certificate.
 const DEVICE: &str = "gw-faults-1";
