@@ -129,8 +129,8 @@ where
     run_query(&api.store, f).await.map_err(internal)
 }
 
-/// [`query`] on a store.
-async fn run_query<T, F>(store: &Arc<Mutex<Box<dyn Store>>>, f: F) -> anyhow::Result<T>
+/// [`query`] on a store (also the integrations' way to it: `crate::forward`).
+pub(crate) async fn run_query<T, F>(store: &Arc<Mutex<Box<dyn Store>>>, f: F) -> anyhow::Result<T>
 where
     T: Send + 'static,
     F: FnOnce(&mut dyn Store) -> anyhow::Result<T> + Send + 'static,

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::run_query;
 use crate::config::Config;
 use crate::ingest::now_ms;
 use crate::store::{Store, StoredAlert};
@@ -152,22 +153,6 @@ pub fn start(config: &Config, store: Box<dyn Store>) -> anyhow::Result<Integrati
     Ok(Integrations { tasks })
 }
 
-/// Runs `f` on the store from a blocking thread.
-async fn with_store<T, F>(store: &Shared, f: F) -> anyhow::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut dyn Store) -> anyhow::Result<T> + Send + 'static,
-{
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
-        f(store.as_mut())
-    })
-    .await?
-}
-
 /// Runs `f` on the store until it succeeds, waiting a little more after each failure: the
 /// tasks never skip what they could not read or write.
 async fn retry_store<T, F>(what: &str, store: &Shared, f: F) -> T
@@ -177,7 +162,7 @@ where
 {
     let mut wait = FIRST_BACKOFF;
     loop {
-        match with_store(store, f.clone()).await {
+        match run_query(store, f.clone()).await {
             Ok(v) => return v,
             Err(e) => {
                 log::error!("{what}: {e:#}");
@@ -192,7 +177,7 @@ where
 async fn poll(store: Shared, newest: watch::Sender<u64>) {
     let mut failing = false;
     loop {
-        match with_store(&store, |s| s.last_alert_id()).await {
+        match run_query(&store, |s| s.last_alert_id()).await {
             Ok(id) => {
                 failing = false;
                 newest.send_if_modified(|n| {
