@@ -84,14 +84,7 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
         ));
     }
     let (policy, notes) = seen.into_policy(base, &args.device_class)?;
-    let mut text = String::from(
-        "# Draft policy from `picket baseline learn`: review every entry before signing.\n",
-    );
-    for note in &notes {
-        text.push_str(&format!("# {}\n", note.replace('\n', " ")));
-    }
-    text.push('\n');
-    text.push_str(&picket_policy::to_toml(&policy));
+    let text = draft_text(&notes, &policy);
     // What is written must load back as the same policy.
     let back = picket_policy::load_toml(&text, &args.out.display().to_string())
         .context("the draft does not load back (a bug: please report it)")?;
@@ -423,6 +416,62 @@ fn draft_base(base: Option<Policy>, device_class: &str) -> anyhow::Result<Policy
     })
 }
 
+/// The draft as written: a header, one comment line per note, then the policy.
+fn draft_text(notes: &BTreeSet<String>, policy: &Policy) -> String {
+    let mut text = String::from(
+        "# Draft policy from `picket baseline learn`: review every entry before signing.\n",
+    );
+    for note in notes {
+        text.push_str("# ");
+        text.push_str(&comment(note));
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(&picket_policy::to_toml(policy));
+    text
+}
+
+/// `note` as one TOML comment line: a comment may not hold control characters, and a note can
+/// quote any path a process wrote (a name with a newline, a NUL, an escape sequence), so each
+/// is written escaped (`\n`, `\0`, `\u{1b}`).
+fn comment(note: &str) -> String {
+    let mut out = String::with_capacity(note.len());
+    for c in note.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn now() -> anyhow::Result<Timestamp> {
     Timestamp::for_new_policy().map_err(|e| anyhow::anyhow!("creation time: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_quoting_any_path_keep_the_draft_loadable() {
+        let policy = draft_base(None, "lab").unwrap();
+        let notes: BTreeSet<String> = [
+            "written while learning: /srv/\0x".to_string(),
+            "written while learning: /srv/a\nb\rc\td\u{7f}e\u{1b}[31m".to_string(),
+            "written while learning: /srv/caf\u{e9} \u{fffd}".to_string(),
+        ]
+        .into();
+        let text = draft_text(&notes, &policy);
+        let back = picket_policy::load_toml(&text, "draft.toml").expect("loads back");
+        assert_eq!(back, policy);
+        assert!(text.contains("# written while learning: /srv/\\0x\n"), "{text}");
+        assert!(
+            text.contains("/srv/a\\nb\\rc\\td\\u{7f}e\\u{1b}[31m\n"),
+            "{text}"
+        );
+        // Printable text beyond ASCII is kept as it is.
+        assert!(text.contains("/srv/caf\u{e9} \u{fffd}\n"), "{text}");
+    }
 }
