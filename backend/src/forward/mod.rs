@@ -5,7 +5,7 @@
 //! order per device), a batch at a time, and moves the cursor only once the receiver has
 //! acknowledged the batch. A receiver that is down, or refuses, gets the same batch again, after
 //! a backoff, until it takes it: nothing is lost, and a batch may be delivered twice (at least
-//! once). One poller reads the newest alert id every [`POLL`] and wakes the tasks.
+//! once). The tasks wake when the newest alert id stored moves ([`crate::newest`]).
 
 pub mod config;
 mod syslog;
@@ -18,16 +18,14 @@ mod webhook;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::run_query;
 use crate::config::Config;
 use crate::ingest::now_ms;
+use crate::newest::Newest;
 use crate::store::{Store, StoredAlert};
 
-/// How often the store is polled for new alerts.
-pub const POLL: Duration = Duration::from_millis(250);
 /// The first wait after a failure; it doubles up to the receiver's `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -127,16 +125,15 @@ fn receivers(config: &Config) -> anyhow::Result<Vec<(Settings, Receiver)>> {
     Ok(out)
 }
 
-/// Checks the configured receivers, then starts a task for each, and the poller, on `store`
-/// (a connection of their own). With none configured, nothing runs. In a tokio runtime.
-pub fn start(config: &Config, store: Box<dyn Store>) -> anyhow::Result<Integrations> {
+/// Checks the configured receivers, then starts a task for each on `store` (a connection of
+/// their own), woken by `newest`. With none configured, nothing runs. In a tokio runtime.
+pub fn start(
+    config: &Config,
+    store: Arc<Mutex<Box<dyn Store>>>,
+    newest: Newest,
+) -> anyhow::Result<Integrations> {
     let receivers = receivers(config)?;
-    if receivers.is_empty() {
-        return Ok(Integrations { tasks: Vec::new() });
-    }
-    let store: Shared = Arc::new(Mutex::new(store));
-    let (newest, watcher) = watch::channel(0u64);
-    let mut tasks = vec![tokio::spawn(poll(store.clone(), newest))];
+    let mut tasks = Vec::new();
     for (settings, receiver) in receivers {
         log::info!(
             "integration `{}` ({}): delivering the stored alerts",
@@ -147,7 +144,7 @@ pub fn start(config: &Config, store: Box<dyn Store>) -> anyhow::Result<Integrati
             settings,
             receiver,
             store.clone(),
-            watcher.clone(),
+            newest.clone(),
         )));
     }
     Ok(Integrations { tasks })
@@ -173,29 +170,6 @@ where
     }
 }
 
-/// Every [`POLL`], the newest alert id, for the tasks (which wake when it changes).
-async fn poll(store: Shared, newest: watch::Sender<u64>) {
-    let mut failing = false;
-    loop {
-        match run_query(&store, |s| s.last_alert_id()).await {
-            Ok(id) => {
-                failing = false;
-                newest.send_if_modified(|n| {
-                    let changed = *n != id;
-                    *n = id;
-                    changed
-                });
-            }
-            Err(e) if !failing => {
-                failing = true;
-                log::error!("integrations: reading the store: {e:#}");
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// The wait before attempt `attempt + 1` (from 0): doubling from [`FIRST_BACKOFF`] up to `max`,
 /// then between half of it and all of it, at random (receivers coming back are not hit by
 /// every `serve` at once).
@@ -210,12 +184,7 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
 }
 
 /// One receiver's task: from its cursor on, every alert, in batches, each until acknowledged.
-async fn run(
-    settings: Settings,
-    receiver: Receiver,
-    store: Shared,
-    mut newest: watch::Receiver<u64>,
-) {
+async fn run(settings: Settings, receiver: Receiver, store: Shared, mut newest: Newest) {
     let name = settings.name.clone();
     let backfill = settings.backfill;
     let what = format!("integration `{name}`");

@@ -43,9 +43,15 @@ impl Fixture {
 
     /// Starts the integrations of `config` on a connection of their own, as `serve` does.
     pub fn start(&self, config: &str) -> super::Integrations {
-        let config = Config::parse(config).unwrap();
-        let store = SqliteStore::open_existing(&self.db).unwrap();
-        super::start(&config, Box::new(store)).unwrap()
+        self.try_start(&Config::parse(config).unwrap()).unwrap()
+    }
+
+    /// [`Fixture::start`], or its error. In a tokio runtime.
+    pub fn try_start(&self, config: &Config) -> anyhow::Result<super::Integrations> {
+        let store: Box<dyn Store> = Box::new(SqliteStore::open_existing(&self.db).unwrap());
+        let store = Arc::new(Mutex::new(store));
+        let newest = crate::newest::start(store.clone());
+        super::start(config, store, newest)
     }
 
     /// Stores alert `seq` of `device`; returns its id.
@@ -421,24 +427,16 @@ fn an_unusable_secret_is_refused_naming_the_entry() {
     let secret = f.secret("open.secret", SECRET);
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = Config::parse(&webhook("siem", 1, &secret, "")).unwrap();
-    let store = SqliteStore::open_existing(&f.db).unwrap();
     let runtime = runtime();
     let _guard = runtime.enter();
-    let error = format!(
-        "{:#}",
-        super::start(&config, Box::new(store)).err().unwrap()
-    );
+    let error = format!("{:#}", f.try_start(&config).err().unwrap());
     assert!(
         error.contains("[[webhook]] `siem`") && error.contains("chmod 600"),
         "{error}"
     );
     let short = f.secret("short.secret", "short");
     let config = Config::parse(&webhook("siem", 1, &short, "")).unwrap();
-    let store = SqliteStore::open_existing(&f.db).unwrap();
-    let error = format!(
-        "{:#}",
-        super::start(&config, Box::new(store)).err().unwrap()
-    );
+    let error = format!("{:#}", f.try_start(&config).err().unwrap());
     assert!(error.contains("shorter than 16 bytes"), "{error}");
 }
 
