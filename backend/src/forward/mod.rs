@@ -5,7 +5,8 @@
 //! order per device), a batch at a time, and moves the cursor only once the receiver has
 //! acknowledged the batch. A receiver that is down, or refuses, gets the same batch again, after
 //! a backoff, until it takes it: nothing is lost, and a batch may be delivered twice (at least
-//! once). The tasks wake when the newest alert id stored moves ([`crate::newest`]).
+//! once). The tasks wake when the newest alert id stored moves ([`crate::newest`]); one that
+//! panics is logged and started again ([`supervise`]).
 
 pub mod config;
 mod syslog;
@@ -140,9 +141,9 @@ pub fn start(
             settings.name,
             settings.kind
         );
-        tasks.push(tokio::spawn(run(
-            settings,
-            receiver,
+        tasks.push(tokio::spawn(supervise(
+            Arc::new(settings),
+            Arc::new(receiver),
             store.clone(),
             newest.clone(),
         )));
@@ -183,8 +184,56 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
     full / 2 + full / 2 * u32::from(byte[0]) / 255
 }
 
+/// How long a receiver's task must have run before a panic for its restart to wait the first
+/// backoff again (rather than the next, longer one).
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Runs a receiver's task ([`run`]) and, when it panics, logs it, naming the receiver, and
+/// starts it again after a backoff (as after a failed delivery): it resumes from its cursor in
+/// the store, so nothing is skipped. Ends with the task (when `serve` stops).
+async fn supervise(
+    settings: Arc<Settings>,
+    receiver: Arc<Receiver>,
+    store: Shared,
+    newest: Newest,
+) {
+    use futures_util::FutureExt;
+    let mut panics = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        let task = run(
+            settings.clone(),
+            receiver.clone(),
+            store.clone(),
+            newest.clone(),
+        );
+        let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await else {
+            return;
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            panics = 0;
+        }
+        let wait = backoff(panics, settings.max_backoff);
+        panics += 1;
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        log::error!(
+            "integration `{}` ({}): the delivery task panicked ({message}); restarting it in \
+             {} from its cursor",
+            settings.name,
+            settings.kind,
+            humantime::format_duration(wait)
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// One receiver's task: from its cursor on, every alert, in batches, each until acknowledged.
-async fn run(settings: Settings, receiver: Receiver, store: Shared, mut newest: Newest) {
+/// Returns when the newest alert id is no longer published (`serve` stops).
+async fn run(settings: Arc<Settings>, receiver: Arc<Receiver>, store: Shared, mut newest: Newest) {
     let name = settings.name.clone();
     let backfill = settings.backfill;
     let what = format!("integration `{name}`");
@@ -210,6 +259,8 @@ async fn run(settings: Settings, receiver: Receiver, store: Shared, mut newest: 
             cursor = seen;
             continue;
         };
+        #[cfg(test)]
+        tests::panic_if_armed(&settings.name);
         let mut attempt = 0;
         while let Err(failure) = receiver.deliver(&batch).await {
             let message = failure.message().to_string();

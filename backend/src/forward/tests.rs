@@ -453,3 +453,65 @@ fn the_signature_is_hmac_sha256_of_the_timestamp_and_body() {
     assert_ne!(sig, signature(b"Jefe", "1700000001", br#"{"alerts":[]}"#));
     assert_ne!(sig, signature(b"Jefe", "1700000000", br#"{"alerts":[{}]}"#));
 }
+
+/// The receivers whose task panics before its next delivery, once each (by name: the tests run
+/// side by side).
+static PANIC_BEFORE_DELIVERY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Panics if a panic is armed for the receiver `name` (and disarms it).
+pub(super) fn panic_if_armed(name: &str) {
+    let mut armed = PANIC_BEFORE_DELIVERY.lock().unwrap();
+    if let Some(i) = armed.iter().position(|n| n == name) {
+        armed.remove(i);
+        drop(armed);
+        panic!("a panic armed for `{name}`");
+    }
+}
+
+/// A receiver's task that panics is started again (after a backoff) from its cursor: every
+/// alert is delivered, once, in order; the other receivers go on meanwhile.
+#[test]
+fn a_task_that_panics_is_restarted_and_delivery_resumes() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let mut f = Fixture::new();
+        let port = picket_test_support::ports::free_port();
+        let receiver = Receiver::new(SECRET);
+        let _server = receiver.listen(port).await;
+        let secret = f.secret("s", SECRET);
+        let config = format!(
+            "{}{}",
+            webhook("panicky", port, &secret, ""),
+            webhook("steady", port, &secret, ""),
+        );
+        PANIC_BEFORE_DELIVERY.lock().unwrap().push("panicky".into());
+        let _running = f.start(&config);
+        until("the receivers to start", || {
+            f.writer.forward_rows().unwrap().len() == 2
+        })
+        .await;
+        let ids = f.store_many(&["gw-1", "gw-2"], 1, 5);
+        let last = *ids.last().unwrap();
+        until("every alert delivered to both", || {
+            f.row("panicky").unwrap().last_id == last && f.row("steady").unwrap().last_id == last
+        })
+        .await;
+        assert!(
+            PANIC_BEFORE_DELIVERY.lock().unwrap().is_empty(),
+            "the task panicked"
+        );
+        let by = |name: &str| -> Vec<u64> {
+            receiver
+                .accepted
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|b| b["receiver"] == name)
+                .flat_map(|b| b["alerts"].as_array().unwrap().clone())
+                .map(|a| a["id"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(by("panicky"), ids, "each alert once, in order");
+        assert_eq!(by("steady"), ids);
+    });
+}
