@@ -14,6 +14,7 @@ pub mod console;
 pub mod export;
 pub mod forward;
 pub mod ingest;
+pub mod newest;
 pub mod store;
 pub mod tls;
 

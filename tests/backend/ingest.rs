@@ -194,15 +194,13 @@ async fn presence_follows_status_heartbeats_and_the_last_will() {
 
     // The connection drops without DISCONNECT: the broker publishes the last will.
     device.vanish();
-    let devices = backend.wait_for(&["devices", "--json"], |v| v[0]["state"] == "offline");
-    assert_eq!(devices[0]["online"], false);
+    let gw7 = backend.wait_device("gw-7", |d| d["state"] == "offline");
+    assert_eq!(gw7["online"], false);
 
     // A backend started later learns the presence from the retained status.
     let late = Backend::start(&broker, "late", "");
-    let devices = late.wait_for(&["devices", "--json"], |v| {
-        v.as_array().is_some_and(|a| !a.is_empty())
-    });
-    assert_eq!(devices[0]["state"], "offline");
+    let gw7 = late.wait_device("gw-7", |_| true);
+    assert_eq!(gw7["state"], "offline");
 
     // With a short heartbeat timeout, a device that said it is online but went silent is
     // shown as timed out.
@@ -236,11 +234,7 @@ fn heartbeat() -> Heartbeat {
 
 /// gw-7 is shown online, with its status and the counters of its heartbeat.
 fn check_online_with_the_heartbeat_counters(backend: &Backend) {
-    let devices = backend.wait_for(&["devices", "--json"], |v| {
-        v[0]["online"] == true && v[0]["counters"].is_object()
-    });
-    let d = &devices[0];
-    assert_eq!(d["device_id"], "gw-7");
+    let d = backend.wait_device("gw-7", |d| d["online"] == true && d["counters"].is_object());
     assert_eq!(d["state"], "online");
     assert_eq!(d["agent_version"], "0.1.1");
     assert_eq!(d["policy_name"], "base");
@@ -273,12 +267,7 @@ async fn a_silent_device_is_shown_timed_out(broker: &Broker, backend: &Backend) 
         )
         .await;
     quiet.flush().await;
-    backend.wait_for(&["devices", "--json"], |v| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["device_id"] == "gw-8")
-    });
+    backend.wait_device("gw-8", |_| true);
     let short = broker.path("short.toml");
     std::fs::write(&short, "[devices]\nheartbeat_timeout = \"1s\"\n").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -474,9 +463,9 @@ async fn two_instances_share_one_postgresql_store() {
     let gaps = a.query(&["gaps", "--json"]);
     assert_eq!(gaps[0]["first_missing"], 7);
     assert_eq!(gaps.as_array().unwrap().len(), 1);
-    a.wait_for(&["devices", "--json"], |v| v[0]["state"] == "online");
+    a.wait_device("gw-1", |d| d["state"] == "online");
     device.vanish();
-    a.wait_for(&["devices", "--json"], |v| v[0]["state"] == "offline");
+    a.wait_device("gw-1", |d| d["state"] == "offline");
     tokio::task::spawn_blocking(move || {
         a.stop();
         b.stop();

@@ -3,16 +3,6 @@
 
 use super::*;
 
-/// The row of `device` in a devices listing.
-fn row<'a>(devices: &'a Value, device: &str) -> &'a Value {
-    devices
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["device_id"] == device)
-        .unwrap_or_else(|| panic!("no {device} in {devices:#}"))
-}
-
 fn heartbeat(uptime_s: u64) -> Heartbeat {
     Heartbeat {
         time_ms: uptime_s,
@@ -78,19 +68,24 @@ async fn a_flooding_device_is_limited_while_another_loses_nothing() {
     steady.flush().await;
 
     // Everything handled: each of flood's alerts stored or limited.
-    let devices = backend.wait_for(&["devices", "--json"], |v| {
-        v.as_array().is_some_and(|a| a.len() == 2)
-            && row(v, "flood")["alerts"].as_u64().unwrap()
-                + row(v, "flood")["rate_limited"].as_u64().unwrap()
-                == FLOOD
-            && row(v, "steady")["alerts"] == STEADY
-            && row(v, "steady")["uptime_s"] == STEADY
-            && row(v, "flood")["uptime_s"] == 7
+    let f = backend.wait_device("flood", |d| {
+        d["alerts"].as_u64().unwrap() + d["rate_limited"].as_u64().unwrap() == FLOOD
+            && d["uptime_s"] == 7
     });
+    let s = backend.wait_device("steady", |d| {
+        d["alerts"] == STEADY && d["uptime_s"] == STEADY
+    });
+    assert_eq!(
+        backend
+            .query(&["devices", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     // The bucket refilled 1 per second while the test ran: at most that many more than the
     // burst are stored.
     let elapsed = started.elapsed().as_secs() + 1;
-    let (f, s) = (row(&devices, "flood"), row(&devices, "steady"));
     let stored = f["alerts"].as_u64().unwrap();
     assert!(
         (50..=50 + elapsed).contains(&stored),
@@ -148,7 +143,7 @@ async fn a_flooding_device_is_limited_while_another_loses_nothing() {
     // The HTTP API and the table say it too.
     let (code, api) = backend.get("/api/devices");
     assert_eq!(code, 200);
-    assert_eq!(row(&api, "flood")["rate_limited"], limited);
+    assert_eq!(device_row(&api, "flood").unwrap()["rate_limited"], limited);
     let out = backend_bin()
         .arg("--db")
         .arg(backend.db.as_ref().unwrap())
@@ -202,10 +197,7 @@ async fn the_quota_keeps_exactly_a_device_s_newest_alerts() {
         seqs(v).len() == 10
     });
     assert_eq!(seqs(&alerts), (1..=10).collect::<Vec<_>>());
-    assert_eq!(
-        row(&backend.query(&["devices", "--json"]), "gw-1")["quota_removed"],
-        0
-    );
+    assert_eq!(backend.device("gw-1")["quota_removed"], 0);
     for seq in 11..=25 {
         device
             .publish(Channel::Alert, Format::Postcard, &alert(seq), false)
@@ -216,11 +208,9 @@ async fn the_quota_keeps_exactly_a_device_s_newest_alerts() {
         .await;
     device.flush().await;
     other.flush().await;
-    let devices = backend.wait_for(&["devices", "--json"], |v| {
-        v.as_array().is_some_and(|a| a.len() == 2) && row(v, "gw-1")["quota_removed"] == 15
-    });
-    assert_eq!(row(&devices, "gw-1")["alerts"], 10);
-    assert_eq!(row(&devices, "gw-2")["alerts"], 1);
+    let gw1 = backend.wait_device("gw-1", |d| d["quota_removed"] == 15);
+    assert_eq!(gw1["alerts"], 10);
+    assert_eq!(backend.wait_device("gw-2", |_| true)["alerts"], 1);
     let alerts = backend.query(&["alerts", "--device", "gw-1", "--json"]);
     assert_eq!(seqs(&alerts), (16..=25).collect::<Vec<_>>());
     assert_eq!(backend.query(&["gaps", "--json"]), serde_json::json!([]));

@@ -6,26 +6,9 @@
 use super::real_agent::{serial, stop, Site, DEVICE};
 use super::*;
 
-/// The device's row of `devices --json`.
-fn device(backend: &Backend, id: &str) -> Value {
-    backend
-        .query(&["devices", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["device_id"] == id)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
+/// Waits until device `id` is in `state`; returns its row of `devices --json`.
 fn wait_state(backend: &Backend, id: &str, state: &str) -> Value {
-    backend.wait_for(&["devices", "--json"], |v| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["device_id"] == id && d["state"] == state)
-    });
-    device(backend, id)
+    backend.wait_device(id, |d| d["state"] == state)
 }
 
 /// The alerts the backend raised about `id`, oldest first.
@@ -187,7 +170,7 @@ async fn a_silent_connection_times_out_once_and_its_next_message_ends_it() {
     let silent = wait_backend_alerts(&backend, "gw-quiet", 1);
     assert_eq!(silent[0]["kind"], "device_silent");
     assert_eq!(silent[0]["details"]["state"], "timed_out");
-    assert_eq!(device(&backend, "gw-quiet")["state"], "timed_out");
+    assert_eq!(backend.device("gw-quiet")["state"], "timed_out");
 
     // A second device, silent from now on: when it has timed out, the checks have run again
     // and again, and the first is still raised once.

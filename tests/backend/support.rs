@@ -364,6 +364,27 @@ impl Backend {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// The row of device `id` in `devices --json` (`null` when it has none).
+    pub fn device(&self, id: &str) -> Value {
+        device_row(&self.query(&["devices", "--json"]), id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Polls `devices --json` until the row of device `id` is there and `done` accepts it;
+    /// returns that row.
+    pub fn wait_device(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let devices = self.wait_for(&["devices", "--json"], |v| {
+            device_row(v, id).is_some_and(&done)
+        });
+        device_row(&devices, id).cloned().unwrap()
+    }
+}
+
+/// The row of device `id` in a devices listing (`devices --json`, `/api/devices`).
+pub fn device_row<'a>(devices: &'a Value, id: &str) -> Option<&'a Value> {
+    devices.as_array()?.iter().find(|d| d["device_id"] == id)
 }
 
 impl Drop for Backend {

@@ -1,9 +1,10 @@
 //! `GET /api/events`: Server-Sent Events of the alerts stored, the triage changes and the policy
-//! results. One task polls the store for alerts of an id above the last it saw, for triage
-//! changes (audit entries) likewise, and for policy results received since a little before the
-//! newest it saw (they have no id: they are told apart by their key), and hands them to every
-//! subscriber through a broadcast channel: what a subscriber gets is what was stored, whichever
-//! `serve` process stored it.
+//! results. One task reads the store for alerts of an id above the last it saw when the newest
+//! alert id stored moves ([`crate::newest`]), and polls it for triage changes (audit entries)
+//! likewise, and for policy results received since a little before the newest it saw (they have
+//! no id: they are told apart by their key), and hands them to every subscriber through a
+//! broadcast channel: what a subscriber gets is what was stored, whichever `serve` process
+//! stored it.
 //!
 //! An event's id is the stream's position, `<alert id>.<ms>`: the last alert sent and the time
 //! received of the last policy result sent (or of the stream's start). A stream resumed from it
@@ -25,10 +26,9 @@ use tokio::sync::{broadcast, Notify};
 use super::auth::Caller;
 use super::{bad_request, run_query, Api, ApiError};
 use crate::ingest::now_ms;
+use crate::newest::{Newest, POLL};
 use crate::store::{PolicyResultRow, Store, StoredAlert, TriageChange};
 
-/// How often the store is polled.
-pub const POLL: Duration = Duration::from_millis(250);
 /// Alerts read per query.
 const PAGE: u64 = 500;
 /// Policy results read per query (a push to many devices brings many at once).
@@ -63,8 +63,8 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    /// Starts the poller from what is stored now.
-    pub(crate) fn start(store: Shared) -> Hub {
+    /// Starts the poller from what is stored now, woken by `newest` for the alerts.
+    pub(crate) fn start(store: Shared, newest: Newest) -> Hub {
         let (sender, _) = broadcast::channel(4096);
         let hub = Hub {
             sender,
@@ -72,7 +72,7 @@ impl Hub {
             store,
         };
         let poller = hub.clone();
-        tokio::spawn(async move { poller.poll().await });
+        tokio::spawn(async move { poller.poll(newest).await });
         hub
     }
 
@@ -86,7 +86,7 @@ impl Hub {
         let _ = self.sender.send(Change::Ended(hash.to_string()));
     }
 
-    async fn poll(self) {
+    async fn poll(self, mut newest: Newest) {
         let start = run_query(&self.store, |s| {
             Ok((s.last_alert_id()?, s.last_audit_id()?))
         })
@@ -108,10 +108,23 @@ impl Hub {
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = self.wake.notified() => {}
+                changed = newest.changed() => {
+                    if changed.is_err() {
+                        log::error!("live events: the newest alert id is not read; none sent");
+                        return;
+                    }
+                }
             }
+            // The alerts only when there are new ones (a page at a time: the rest at the next
+            // turn).
             let (a, t) = (alerts, audit);
+            let stored = *newest.borrow_and_update();
             let read = run_query(&self.store, move |s| {
-                Ok((s.alerts_after(a, PAGE)?, s.triage_changes(t, PAGE)?))
+                let new = match stored > a {
+                    true => s.alerts_after(a, PAGE)?,
+                    false => Vec::new(),
+                };
+                Ok((new, s.triage_changes(t, PAGE)?))
             })
             .await;
             let (new, changes) = match read {

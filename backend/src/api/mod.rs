@@ -23,6 +23,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::newest::Newest;
 use crate::store::Store;
 
 pub use auth::Role;
@@ -148,16 +149,19 @@ where
 /// The API over `store` (the reader connection of `serve`), with the sessions and login
 /// limits of the configuration's `[http]` (session cookies are `Secure` when it has TLS) and
 /// its `[mqtt]` for policy push, and the console's pages; every response has the console's
-/// security headers. Starts the task that feeds the live events, so it is called in a tokio
-/// runtime.
-pub fn router(store: Box<dyn Store>, config: &Config) -> anyhow::Result<Router> {
+/// security headers. Starts the task that feeds the live events, woken by `newest` for the
+/// alerts, so it is called in a tokio runtime.
+pub fn router(
+    store: Arc<Mutex<Box<dyn Store>>>,
+    config: &Config,
+    newest: Newest,
+) -> anyhow::Result<Router> {
     let http = config
         .http
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the configuration has no [http] section"))?;
-    let store = Arc::new(Mutex::new(store));
     let api = Api {
-        events: events::Hub::start(store.clone()),
+        events: events::Hub::start(store.clone(), newest),
         store,
         heartbeat_timeout: config.devices.heartbeat_timeout,
         auth: Arc::new(auth::Auth::new(http)),

@@ -205,9 +205,11 @@ impl Fixture {
 /// Serves the API on a free loopback port, from a new reader connection to `db`.
 fn serve(runtime: &tokio::runtime::Runtime, db: &Path, config: &Config) -> u16 {
     let reader: Box<dyn Store> = Box::new(SqliteStore::open_existing(db).unwrap());
+    let reader = Arc::new(Mutex::new(reader));
     let config = config.clone();
     runtime.block_on(async move {
-        let app = router(reader, &config).unwrap();
+        let newest = crate::newest::start(reader.clone());
+        let app = router(reader, &config, newest).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {

@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::config::{self, Config};
 use crate::store::{self, Store};
-use crate::{api, broker, forward, ingest, tls};
+use crate::{api, broker, forward, ingest, newest, tls};
 
 /// Runs `serve` with `config`, into the SQLite database `db` if given.
 pub fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
@@ -89,14 +89,25 @@ async fn serve_with(
     location: String,
     mut signals: Signals,
 ) -> anyhow::Result<()> {
-    // Held until `serve` ends: dropping it stops the integrations. Started first: an entry
-    // that is wrong (an unreadable secret or certificate) fails `serve` before anything runs.
-    let _integrations = match forwarder {
-        Some(connection) => Some(forward::start(config, connection)?),
-        None => None,
+    let shared = |s: Box<dyn Store>| Arc::new(Mutex::new(s));
+    let (reader, forwarder) = (reader.map(shared), forwarder.map(shared));
+    // The newest alert id, read for both the integrations and the live events, on the
+    // integrations' connection (else the API's).
+    let newest = forwarder
+        .as_ref()
+        .or(reader.as_ref())
+        .map(|s| newest::start(s.clone()));
+    // Held until `serve` ends: dropping it stops the integrations. Started before the API: an
+    // entry that is wrong (an unreadable secret or certificate) fails `serve` before it
+    // answers anything.
+    let _integrations = match (forwarder, &newest) {
+        (Some(connection), Some(newest)) => {
+            Some(forward::start(config, connection, newest.clone())?)
+        }
+        _ => None,
     };
-    if let (Some(http), Some(reader)) = (&config.http, reader) {
-        spawn_api(http, reader, config).await?;
+    if let (Some(http), Some(reader), Some(newest)) = (&config.http, reader, newest) {
+        spawn_api(http, reader, newest, config).await?;
     }
     if let Some(retention) = config.store.retention {
         spawn_retention(store.clone(), retention, config.store.retention_interval);
@@ -128,11 +139,12 @@ async fn serve_with(
     }
 }
 
-/// Binds the HTTP API's address and answers it from a task, with `reader`: plain HTTP, or
-/// HTTPS with `tls_cert` and `tls_key`.
+/// Binds the HTTP API's address and answers it from a task, with `reader` and its live events
+/// woken by `newest`: plain HTTP, or HTTPS with `tls_cert` and `tls_key`.
 async fn spawn_api(
     http: &config::HttpConfig,
-    reader: Box<dyn Store>,
+    reader: Arc<Mutex<Box<dyn Store>>>,
+    newest: newest::Newest,
     config: &Config,
 ) -> anyhow::Result<()> {
     // Read before binding: unreadable certificates fail `serve` with their name.
@@ -142,7 +154,7 @@ async fn spawn_api(
         )?))),
         None => None,
     };
-    let app = api::router(reader, config)?;
+    let app = api::router(reader, config, newest)?;
     let listener = tokio::net::TcpListener::bind(http.listen)
         .await
         .with_context(|| format!("binding the HTTP API to {}", http.listen))?;

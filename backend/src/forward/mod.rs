@@ -5,7 +5,8 @@
 //! order per device), a batch at a time, and moves the cursor only once the receiver has
 //! acknowledged the batch. A receiver that is down, or refuses, gets the same batch again, after
 //! a backoff, until it takes it: nothing is lost, and a batch may be delivered twice (at least
-//! once). One poller reads the newest alert id every [`POLL`] and wakes the tasks.
+//! once). The tasks wake when the newest alert id stored moves ([`crate::newest`]); one that
+//! panics is logged and started again ([`supervise`]).
 
 pub mod config;
 mod syslog;
@@ -18,16 +19,14 @@ mod webhook;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::run_query;
 use crate::config::Config;
 use crate::ingest::now_ms;
+use crate::newest::Newest;
 use crate::store::{Store, StoredAlert};
 
-/// How often the store is polled for new alerts.
-pub const POLL: Duration = Duration::from_millis(250);
 /// The first wait after a failure; it doubles up to the receiver's `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -127,27 +126,26 @@ fn receivers(config: &Config) -> anyhow::Result<Vec<(Settings, Receiver)>> {
     Ok(out)
 }
 
-/// Checks the configured receivers, then starts a task for each, and the poller, on `store`
-/// (a connection of their own). With none configured, nothing runs. In a tokio runtime.
-pub fn start(config: &Config, store: Box<dyn Store>) -> anyhow::Result<Integrations> {
+/// Checks the configured receivers, then starts a task for each on `store` (a connection of
+/// their own), woken by `newest`. With none configured, nothing runs. In a tokio runtime.
+pub fn start(
+    config: &Config,
+    store: Arc<Mutex<Box<dyn Store>>>,
+    newest: Newest,
+) -> anyhow::Result<Integrations> {
     let receivers = receivers(config)?;
-    if receivers.is_empty() {
-        return Ok(Integrations { tasks: Vec::new() });
-    }
-    let store: Shared = Arc::new(Mutex::new(store));
-    let (newest, watcher) = watch::channel(0u64);
-    let mut tasks = vec![tokio::spawn(poll(store.clone(), newest))];
+    let mut tasks = Vec::new();
     for (settings, receiver) in receivers {
         log::info!(
             "integration `{}` ({}): delivering the stored alerts",
             settings.name,
             settings.kind
         );
-        tasks.push(tokio::spawn(run(
-            settings,
-            receiver,
+        tasks.push(tokio::spawn(supervise(
+            Arc::new(settings),
+            Arc::new(receiver),
             store.clone(),
-            watcher.clone(),
+            newest.clone(),
         )));
     }
     Ok(Integrations { tasks })
@@ -173,29 +171,6 @@ where
     }
 }
 
-/// Every [`POLL`], the newest alert id, for the tasks (which wake when it changes).
-async fn poll(store: Shared, newest: watch::Sender<u64>) {
-    let mut failing = false;
-    loop {
-        match run_query(&store, |s| s.last_alert_id()).await {
-            Ok(id) => {
-                failing = false;
-                newest.send_if_modified(|n| {
-                    let changed = *n != id;
-                    *n = id;
-                    changed
-                });
-            }
-            Err(e) if !failing => {
-                failing = true;
-                log::error!("integrations: reading the store: {e:#}");
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// The wait before attempt `attempt + 1` (from 0): doubling from [`FIRST_BACKOFF`] up to `max`,
 /// then between half of it and all of it, at random (receivers coming back are not hit by
 /// every `serve` at once).
@@ -209,13 +184,56 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
     full / 2 + full / 2 * u32::from(byte[0]) / 255
 }
 
-/// One receiver's task: from its cursor on, every alert, in batches, each until acknowledged.
-async fn run(
-    settings: Settings,
-    receiver: Receiver,
+/// How long a receiver's task must have run before a panic for its restart to wait the first
+/// backoff again (rather than the next, longer one).
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Runs a receiver's task ([`run`]) and, when it panics, logs it, naming the receiver, and
+/// starts it again after a backoff (as after a failed delivery): it resumes from its cursor in
+/// the store, so nothing is skipped. Ends with the task (when `serve` stops).
+async fn supervise(
+    settings: Arc<Settings>,
+    receiver: Arc<Receiver>,
     store: Shared,
-    mut newest: watch::Receiver<u64>,
+    newest: Newest,
 ) {
+    use futures_util::FutureExt;
+    let mut panics = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        let task = run(
+            settings.clone(),
+            receiver.clone(),
+            store.clone(),
+            newest.clone(),
+        );
+        let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await else {
+            return;
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            panics = 0;
+        }
+        let wait = backoff(panics, settings.max_backoff);
+        panics += 1;
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        log::error!(
+            "integration `{}` ({}): the delivery task panicked ({message}); restarting it in \
+             {} from its cursor",
+            settings.name,
+            settings.kind,
+            humantime::format_duration(wait)
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One receiver's task: from its cursor on, every alert, in batches, each until acknowledged.
+/// Returns when the newest alert id is no longer published (`serve` stops).
+async fn run(settings: Arc<Settings>, receiver: Arc<Receiver>, store: Shared, mut newest: Newest) {
     let name = settings.name.clone();
     let backfill = settings.backfill;
     let what = format!("integration `{name}`");
@@ -241,6 +259,8 @@ async fn run(
             cursor = seen;
             continue;
         };
+        #[cfg(test)]
+        tests::panic_if_armed(&settings.name);
         let mut attempt = 0;
         while let Err(failure) = receiver.deliver(&batch).await {
             let message = failure.message().to_string();

@@ -43,9 +43,15 @@ impl Fixture {
 
     /// Starts the integrations of `config` on a connection of their own, as `serve` does.
     pub fn start(&self, config: &str) -> super::Integrations {
-        let config = Config::parse(config).unwrap();
-        let store = SqliteStore::open_existing(&self.db).unwrap();
-        super::start(&config, Box::new(store)).unwrap()
+        self.try_start(&Config::parse(config).unwrap()).unwrap()
+    }
+
+    /// [`Fixture::start`], or its error. In a tokio runtime.
+    pub fn try_start(&self, config: &Config) -> anyhow::Result<super::Integrations> {
+        let store: Box<dyn Store> = Box::new(SqliteStore::open_existing(&self.db).unwrap());
+        let store = Arc::new(Mutex::new(store));
+        let newest = crate::newest::start(store.clone());
+        super::start(config, store, newest)
     }
 
     /// Stores alert `seq` of `device`; returns its id.
@@ -421,24 +427,16 @@ fn an_unusable_secret_is_refused_naming_the_entry() {
     let secret = f.secret("open.secret", SECRET);
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = Config::parse(&webhook("siem", 1, &secret, "")).unwrap();
-    let store = SqliteStore::open_existing(&f.db).unwrap();
     let runtime = runtime();
     let _guard = runtime.enter();
-    let error = format!(
-        "{:#}",
-        super::start(&config, Box::new(store)).err().unwrap()
-    );
+    let error = format!("{:#}", f.try_start(&config).err().unwrap());
     assert!(
         error.contains("[[webhook]] `siem`") && error.contains("chmod 600"),
         "{error}"
     );
     let short = f.secret("short.secret", "short");
     let config = Config::parse(&webhook("siem", 1, &short, "")).unwrap();
-    let store = SqliteStore::open_existing(&f.db).unwrap();
-    let error = format!(
-        "{:#}",
-        super::start(&config, Box::new(store)).err().unwrap()
-    );
+    let error = format!("{:#}", f.try_start(&config).err().unwrap());
     assert!(error.contains("shorter than 16 bytes"), "{error}");
 }
 
@@ -454,4 +452,66 @@ fn the_signature_is_hmac_sha256_of_the_timestamp_and_body() {
     assert_ne!(sig, signature(b"Jefg", "1700000000", br#"{"alerts":[]}"#));
     assert_ne!(sig, signature(b"Jefe", "1700000001", br#"{"alerts":[]}"#));
     assert_ne!(sig, signature(b"Jefe", "1700000000", br#"{"alerts":[{}]}"#));
+}
+
+/// The receivers whose task panics before its next delivery, once each (by name: the tests run
+/// side by side).
+static PANIC_BEFORE_DELIVERY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Panics if a panic is armed for the receiver `name` (and disarms it).
+pub(super) fn panic_if_armed(name: &str) {
+    let mut armed = PANIC_BEFORE_DELIVERY.lock().unwrap();
+    if let Some(i) = armed.iter().position(|n| n == name) {
+        armed.remove(i);
+        drop(armed);
+        panic!("a panic armed for `{name}`");
+    }
+}
+
+/// A receiver's task that panics is started again (after a backoff) from its cursor: every
+/// alert is delivered, once, in order; the other receivers go on meanwhile.
+#[test]
+fn a_task_that_panics_is_restarted_and_delivery_resumes() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let mut f = Fixture::new();
+        let port = picket_test_support::ports::free_port();
+        let receiver = Receiver::new(SECRET);
+        let _server = receiver.listen(port).await;
+        let secret = f.secret("s", SECRET);
+        let config = format!(
+            "{}{}",
+            webhook("panicky", port, &secret, ""),
+            webhook("steady", port, &secret, ""),
+        );
+        PANIC_BEFORE_DELIVERY.lock().unwrap().push("panicky".into());
+        let _running = f.start(&config);
+        until("the receivers to start", || {
+            f.writer.forward_rows().unwrap().len() == 2
+        })
+        .await;
+        let ids = f.store_many(&["gw-1", "gw-2"], 1, 5);
+        let last = *ids.last().unwrap();
+        until("every alert delivered to both", || {
+            f.row("panicky").unwrap().last_id == last && f.row("steady").unwrap().last_id == last
+        })
+        .await;
+        assert!(
+            PANIC_BEFORE_DELIVERY.lock().unwrap().is_empty(),
+            "the task panicked"
+        );
+        let by = |name: &str| -> Vec<u64> {
+            receiver
+                .accepted
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|b| b["receiver"] == name)
+                .flat_map(|b| b["alerts"].as_array().unwrap().clone())
+                .map(|a| a["id"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(by("panicky"), ids, "each alert once, in order");
+        assert_eq!(by("steady"), ids);
+    });
 }
