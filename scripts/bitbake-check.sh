@@ -15,11 +15,17 @@
 #      says what to provide;
 #   3. `bitbake -e picket`: the recipe is skipped, and the reason names what to provide: the
 #      keys, and nothing about the eBPF object.
-#  scarthgap (OE-core scarthgap, BitBake 2.8):
+#  scarthgap (OE-core scarthgap, BitBake 2.8; its Rust, 1.75, is older than picket's
+#  rust-version):
 #   1. `bitbake -p`, as above;
-#   4. `bitbake -e picket-native` succeeds;
-#   5. an image that asks for picket (`bitbake -n core-image-minimal`) stops with the skip
-#      reason, not a parse error.
+#   4. `bitbake -e picket-native` fails: skipped, and the reason names the Rust needed, the one
+#      the build has and the layer that provides a newer one (meta-lts-mixins' Rust mixin);
+#   5. an image that asks for picket (`bitbake -n core-image-minimal`) stops with that reason,
+#      not a parse error;
+#   6. through tinfoil, with a layer that sets RUSTVERSION the way the Rust mixin does
+#      (RUSTVERSION ?= "1.91.0%" in its layer.conf): picket with the keys and picket-native
+#      parse; with PICKET_RUST_VERSION set to a Rust one minor version too old, picket is
+#      skipped with the Rust reason.
 # BitBake 2.18's server parses every recipe again for the command after a `bitbake -e TARGET`
 # or a failed one: each release has one such command, its last.
 #
@@ -209,6 +215,19 @@ expect_reason() { # FILE
     return 0
 }
 
+# What the skip reason must say when the build's Rust is too old: the version needed (the
+# recipe's PICKET_RUST_MIN), the build's, and how to get a newer one.
+rust_min=$(sed -n 's/^PICKET_RUST_MIN = "\(.*\)"$/\1/p' "$layer/recipes-security/picket/picket_git.bb")
+[ -n "$rust_min" ] || fail "picket_git.bb has no PICKET_RUST_MIN"
+expect_rust_reason() { # FILE BUILD-RUST
+    local f=$1 word
+    for word in 'was skipped' "needs Rust $rust_min or later" "this build has Rust $2" \
+        'meta-lts-mixins' 'scarthgap/rust' 'PICKET_RUST_VERSION' 'meta-picket/README.md'; do
+        grep -qF -- "$word" "$f" || fail "the skip reason does not say '$word': $(grep -i -m5 skip "$f")"
+    done
+}
+expect_rust_reason_scarthgap() { expect_rust_reason "$1" 1.75.0; }
+
 parse_release() { # RELEASE BITBAKE OECORE
     local release=$1 bb=$top/src/$2 oe=$top/src/$3 build=$top/build-$1 start
     setup_build "$build" "$oe/meta" "$layer"
@@ -220,12 +239,14 @@ parse_release() { # RELEASE BITBAKE OECORE
     log "$release: every recipe parses ($((SECONDS - start)) s)"
 }
 
-native_parses() { # RELEASE BITBAKE
+native_rust_refused() { # RELEASE BITBAKE BUILD-RUST
     local release=$1 bb=$top/src/$2 build=$top/build-$1 start=$SECONDS
-    # picket-native (the image class's scan-and-sign tool) needs none of the settings.
-    as_user "$build" "$bb" bitbake -e picket-native >"$build/env-native.log" 2>&1 ||
-        fail "$release: bitbake -e picket-native failed: $(grep -m5 ERROR "$build/env-native.log")"
-    log "$release: picket-native parses ($((SECONDS - start)) s)"
+    # picket-native (the image class's scan-and-sign tool) needs no settings, but a Rust.
+    if as_user "$build" "$bb" bitbake -e picket-native >"$build/env-native.log" 2>&1; then
+        fail "$release: bitbake -e picket-native succeeded with Rust $3"
+    fi
+    expect_rust_reason "$build/env-native.log" "$3"
+    log "$release: picket-native is skipped ($((SECONDS - start)) s): $(grep -o 'was skipped: .*' "$build/env-native.log" | head -n 1)"
 }
 
 picket_skipped() { # RELEASE BITBAKE
@@ -238,8 +259,8 @@ picket_skipped() { # RELEASE BITBAKE
     log "$release: picket is skipped ($((SECONDS - start)) s): $(grep -o 'picket was skipped: .*' "$build/env.log" | head -n 1)"
 }
 
-image_refused() { # RELEASE BITBAKE
-    local release=$1 bb=$top/src/$2 build=$top/build-$1 start=$SECONDS
+image_refused() { # RELEASE BITBAKE EXPECT-REASON
+    local release=$1 bb=$top/src/$2 build=$top/build-$1 expect=$3 start=$SECONDS
     # An image asking for picket: refused with the skip reason, before any task runs.
     if as_user "$build" "$bb" bitbake -n core-image-minimal >"$build/image.log" 2>&1; then
         fail "$release: an image with picket but without the manufacturer's settings was accepted"
@@ -248,7 +269,7 @@ image_refused() { # RELEASE BITBAKE
         fail "$release: the image failed for another reason: $(grep -m5 ERROR "$build/image.log")"
     grep -q 'Parsing halted\|ParseError\|Unable to get checksum' "$build/image.log" &&
         fail "$release: parse errors: $(grep -m5 ERROR "$build/image.log")"
-    expect_reason "$build/image.log"
+    "$expect" "$build/image.log"
     log "$release: an image with picket stops with the skip reason ($((SECONDS - start)) s)"
 }
 
@@ -327,6 +348,59 @@ EOF
     as_user "$kbuild" "$bb" bitbake -m >/dev/null 2>&1 || true
 }
 
+# Scarthgap with a newer Rust, as the Rust mixin of meta-lts-mixins gives it: its layer.conf sets
+# RUSTVERSION (a weak default, read before OE-core's tcmode-default.inc). No Rust recipe here:
+# parsing picket needs none.
+scarthgap_mixin() {
+    local bb=$top/src/bitbake-2.8 oe=$top/src/oe-core-scarthgap start=$SECONDS
+    local mixin=$top/meta-rust-mixin build=$top/build-scarthgap-mixin old
+    old=$(awk -F. '{ printf "%d.%d.0", $1, $2 - 1 }' <<<"$rust_min")
+    mkdir -p "$mixin/conf" "$vendor/oldrust"
+    {
+        # shellcheck disable=SC2016 # BitBake expands it
+        echo 'BBPATH .= ":${LAYERDIR}"'
+        echo 'BBFILE_COLLECTIONS += "scarthgap-rust-mixin"'
+        # shellcheck disable=SC2016 # BitBake expands it
+        echo 'BBFILE_PATTERN_scarthgap-rust-mixin := "^${LAYERDIR}/"'
+        echo 'BBFILE_PRIORITY_scarthgap-rust-mixin = "6"'
+        echo 'LAYERSERIES_COMPAT_scarthgap-rust-mixin = "scarthgap"'
+        echo 'LAYERDEPENDS_scarthgap-rust-mixin = "core"'
+        echo "RUSTVERSION ?= \"$rust_min.0%\""
+    } >"$mixin/conf/layer.conf"
+    echo "PICKET_RUST_VERSION = \"$old\"" >"$vendor/oldrust/picket_%.bbappend"
+    setup_build "$build" "$oe/meta" "$layer" "$mixin"
+    chown -R "$user:$user" "$build" "$mixin" "$vendor"
+    as_user "$build" "$bb" python3 - "$bb/lib" "$layer/recipes-security/picket/picket_git.bb" \
+        "$vendor" >"$build/mixin.log" 2>&1 <<'PY' ||
+import sys
+sys.path.insert(0, sys.argv[1])
+import bb.tinfoil
+with bb.tinfoil.Tinfoil() as tinfoil:
+    tinfoil.prepare(config_only=True)
+    print("RUSTVERSION=" + tinfoil.config_data.getVar("RUSTVERSION"))
+    native = tinfoil.parse_recipe_file("virtual:native:" + sys.argv[2])
+    print("NATIVE=" + " ".join((native.getVar("__SKIPPED") or native.getVar("PN")).split()))
+    keys = "%s/keys/picket_%%.bbappend" % sys.argv[3]
+    old = "%s/oldrust/picket_%%.bbappend" % sys.argv[3]
+    for kind, appends in (("KEYS", [keys]), ("OLDRUST", [keys, old])):
+        r = tinfoil.parse_recipe_file(sys.argv[2], appends=True, appendlist=appends)
+        skipped = r.getVar("__SKIPPED")
+        print("%s=%s" % (kind, "was skipped: " + " ".join(skipped.split()) if skipped
+                         else "parsed " + " ".join(r.getVar("SRC_URI").split())))
+PY
+        fail "scarthgap with a newer Rust: tinfoil failed: $(tail -n 20 "$build/mixin.log")"
+    grep -qx "RUSTVERSION=$rust_min.0%" "$build/mixin.log" ||
+        fail "scarthgap: the mixin's RUSTVERSION is not the build's: $(grep '^RUSTVERSION=' "$build/mixin.log")"
+    grep -qx 'NATIVE=picket-native' "$build/mixin.log" ||
+        fail "scarthgap with Rust $rust_min: picket-native does not parse: $(grep '^NATIVE=' "$build/mixin.log")"
+    grep -q '^KEYS=parsed .*file://vendor\.pub' "$build/mixin.log" ||
+        fail "scarthgap with Rust $rust_min: picket with the keys does not parse: $(grep '^KEYS=' "$build/mixin.log")"
+    grep '^OLDRUST=' "$build/mixin.log" >"$build/oldrust.log" || true
+    expect_rust_reason "$build/oldrust.log" "$old"
+    log "scarthgap with RUSTVERSION $rust_min.0% (as the Rust mixin sets it): picket and picket-native parse; with PICKET_RUST_VERSION $old, picket is skipped ($((SECONDS - start)) s)"
+    as_user "$build" "$bb" bitbake -m >/dev/null 2>&1 || true
+}
+
 # A failure leaves no server holding a build directory's lock (a success stopped them).
 stop_all() {
     local status=$?
@@ -343,8 +417,9 @@ tinfoil_checks
 picket_skipped wrynose bitbake-2.18
 stop_server wrynose bitbake-2.18
 parse_release scarthgap bitbake-2.8 oe-core-scarthgap
-native_parses scarthgap bitbake-2.8
-image_refused scarthgap bitbake-2.8
+native_rust_refused scarthgap bitbake-2.8 1.75.0
+image_refused scarthgap bitbake-2.8 expect_rust_reason_scarthgap
 stop_server scarthgap bitbake-2.8
+scarthgap_mixin
 log "BitBake checks passed in $((SECONDS - total)) s"
 echo "bitbake: passed"

@@ -25,6 +25,10 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The backend's tests start a throwaway PostgreSQL server (the backend's PostgreSQL store).
 dpkg -s postgresql >/dev/null 2>&1 || need_apt+=(postgresql)
+# scripts/backend-unit-check.sh: the backend's unit (systemd-analyze, systemd-sysusers) and the
+# system calls of the backend run in its sandbox.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
     $SUDO apt-get update -qq || log "apt-get update reported errors; installing anyway"

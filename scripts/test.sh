@@ -83,6 +83,9 @@ bash bench/backend.sh --smoke
 log "the local fleet of scripts/run.sh: first run, an alert end to end, clean stop, second run"
 bash tests/fleet.sh
 
+log "the backend's systemd unit: verified, rated, and the backend run as its user in its sandbox"
+bash scripts/backend-unit-check.sh
+
 log "the Yocto layer: lint, crates, scan-and-sign, the unit sandboxed, real BitBake parses"
 bash scripts/yocto-check.sh
 

@@ -3,8 +3,9 @@
 #
 #  1. oelint-adv (pinned, installed in a venv under target/) over the layer, for scarthgap and
 #     wrynose: no finding at all.
-#  2. picket-crates.inc is what Cargo.lock gives; the recipe's PV and LIC_FILES_CHKSUM match
-#     Cargo.toml; the systemd unit passes `systemd-analyze verify`.
+#  2. picket-crates.inc is what Cargo.lock gives; the recipe's PV, LIC_FILES_CHKSUM and
+#     PICKET_RUST_MIN match Cargo.toml (the rust-version, which no locked crate exceeds); the
+#     systemd unit passes `systemd-analyze verify`.
 #  3. The image class's scan-and-sign step, scripts/picket-baseline-sign.sh (what
 #     picket_baseline.bbclass runs), over a root filesystem laid out as the picket recipe
 #     installs it, with the real `picket`: the bundle verifies with the public key, and lists
@@ -128,6 +129,23 @@ sources_match() {
     pv=$(sed -n 's/^PV = "\(.*\)+git"$/\1/p' "$recipe_dir/picket_git.bb")
     [ -n "$version" ] && [ "$version" = "$pv" ] ||
         fail "picket_git.bb has PV $pv+git, Cargo.toml's version is $version"
+    # The Rust the recipe asks for (PICKET_RUST_MIN) is the workspace's rust-version, and no
+    # locked crate needs a newer one (cargo would refuse to build with that version).
+    local rust_min min_rv newest
+    min_rv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+    rust_min=$(sed -n 's/^PICKET_RUST_MIN = "\(.*\)"$/\1/p' "$recipe_dir/picket_git.bb")
+    [ -n "$min_rv" ] && [ "$min_rv" = "$rust_min" ] ||
+        fail "picket_git.bb has PICKET_RUST_MIN $rust_min, Cargo.toml's rust-version is $min_rv"
+    newest=$(cargo metadata --locked --offline --format-version 1 \
+        --filter-platform "$(rustc -vV | sed -n 's/^host: //p')" |
+        python3 -c 'import json, sys
+v = lambda p: tuple(int(x) for x in p["rust_version"].split("."))
+ps = [p for p in json.load(sys.stdin)["packages"] if p.get("rust_version")]
+p = max(ps, key=v)
+print(p["rust_version"], p["name"], p["version"])')
+    read -r newest_rv newest_name newest_version <<<"$newest"
+    printf '%s\n%s\n' "$newest_rv" "$min_rv" | sort -V -C ||
+        fail "$newest_name $newest_version (Cargo.lock) needs Rust $newest_rv, the workspace's rust-version says $min_rv: raise it, and PICKET_RUST_MIN in picket_git.bb, or pin the crate"
     # LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=N;endline=N;md5=SUM", checked as BitBake
     # does: the MD5 of lines N..N, newlines included.
     local lic line md5 actual

@@ -537,7 +537,7 @@ impl Pump {
                     self.stats.undecodable += 1;
                     // Log the first few, then one in a thousand: a flood must not flood the log.
                     let n = self.stats.undecodable;
-                    if n <= 10 || n % 1000 == 0 {
+                    if n <= 10 || n.is_multiple_of(1000) {
                         log::warn!("undecodable record #{n} ({} bytes): {err}", item.len());
                     }
                 }

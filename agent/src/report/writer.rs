@@ -89,7 +89,7 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
             // A full or failing disk: the batch stays buffered in the spool and the next round
             // tries again. Nothing unflushed is ever published.
             Err(e) => {
-                if failures % 60 == 0 {
+                if failures.is_multiple_of(60) {
                     log::error!("writing the spool to disk: {e:#}");
                 }
                 failures += 1;

@@ -72,7 +72,7 @@ pub(super) fn encode_gone(ranges: &[(u64, u64)], segment_bytes: u64) -> Vec<Vec<
 
 /// The ranges of a tombstone body, as inclusive ranges; `None` if malformed.
 pub(super) fn parse_ranges(body: &[u8]) -> Option<Vec<(u64, u64)>> {
-    if body.is_empty() || body.len() % RANGE != 0 {
+    if body.is_empty() || !body.len().is_multiple_of(RANGE) {
         return None;
     }
     body.chunks_exact(RANGE)

@@ -22,7 +22,7 @@ fn alert(seq: u64) -> Alert {
         boot_id: "boot".into(),
         time_ms: 1000 + seq,
         kind: AlertKind::UnknownExecutable,
-        severity: if seq % 2 == 0 {
+        severity: if seq.is_multiple_of(2) {
             Severity::High
         } else {
             Severity::Medium

@@ -15,6 +15,14 @@ use crate::{api, broker, forward, ingest, newest, tls};
 
 /// Runs `serve` with `config`, into the SQLite database `db` if given.
 pub fn serve(config: Config, db: Option<PathBuf>) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        // Allowed (development, scripts/run.sh), but said: whoever takes over a backend
+        // running as root owns its host too.
+        log::warn!(
+            "running as root: outside development, run `serve` as a user of its own, as \
+             backend/dist/picket-backend.service does (docs/BACKEND.md, \"Running as a service\")"
+        );
+    }
     let mut mqtt = config.mqtt()?.clone();
     if let Some(broker) = &config.broker {
         if broker::points_at(&mqtt.host, mqtt.port, broker.listen) {

@@ -61,7 +61,7 @@ impl Fixture {
             boot_id: "boot-1".into(),
             time_ms: 1_700_000_000_000 + seq,
             kind: AlertKind::UnknownExecutable,
-            severity: if seq % 2 == 0 {
+            severity: if seq.is_multiple_of(2) {
                 Severity::High
             } else {
                 Severity::Critical

@@ -227,7 +227,7 @@ pub const AGENT_SEQ_BLOCK: u64 = 64;
 
 pub(crate) fn restart_gap(first_missing: u64, last_missing: u64) -> bool {
     first_missing >= 1
-        && last_missing % AGENT_SEQ_BLOCK == 0
+        && last_missing.is_multiple_of(AGENT_SEQ_BLOCK)
         && (first_missing - 1) / AGENT_SEQ_BLOCK == (last_missing - 1) / AGENT_SEQ_BLOCK
 }
 

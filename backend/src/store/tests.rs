@@ -13,12 +13,12 @@ fn alert(seq: u64) -> Alert {
         seq,
         boot_id: "boot".into(),
         time_ms: 1000 + seq,
-        kind: if seq % 2 == 0 {
+        kind: if seq.is_multiple_of(2) {
             AlertKind::UnknownExecutable
         } else {
             AlertKind::UnexpectedConnection
         },
-        severity: if seq % 2 == 0 {
+        severity: if seq.is_multiple_of(2) {
             Severity::High
         } else {
             Severity::Medium

@@ -106,8 +106,38 @@ PICKET_BPF_SHA256 = "${@d.getVar('PICKET_BPF_OBJECT_SHA256') or picket_bpf_relea
 # failing to parse: a file:// entry that cannot be found is a parse error, and a parse error
 # stops every recipe of the build. An image that asks for picket then fails with this reason.
 # picket-native (the image class's scan-and-sign tool) needs none of them.
+# The oldest Rust that builds picket: the workspace's rust-version (Cargo.toml; scripts/yocto-check.sh
+# checks that they agree and that no locked crate needs a newer one).
+PICKET_RUST_MIN = "1.91"
+# The Rust of the build, as OE-core selects it (RUSTVERSION, "1.75%" on scarthgap, "1.94.1%" on
+# wrynose; the Rust mixin of meta-lts-mixins sets its own in its layer.conf). A layer that
+# provides Rust some other way sets PICKET_RUST_VERSION to the version it provides.
+PICKET_RUST_VERSION ?= "${@d.getVar('PREFERRED_VERSION_rust-native') or ''}"
+
+# With a Rust older than PICKET_RUST_MIN, picket and picket-native are skipped with what to do,
+# rather than failing to compile (cargo cannot even read Cargo.lock before 1.78).
+def picket_rust_too_old(d):
+    import re
+    def parse(v):
+        m = re.match(r'(\d+)\.(\d+)(?:\.(\d+))?', v or '')
+        return tuple(int(x or 0) for x in m.groups()) if m else None
+    have, need = parse(d.getVar('PICKET_RUST_VERSION')), parse(d.getVar('PICKET_RUST_MIN'))
+    if have is None or have >= need:
+        return None
+    return ("picket needs Rust %s or later (its Cargo.toml's rust-version: crates it uses need "
+            "edition 2024 and recent compilers), and this build has Rust %s (RUSTVERSION, or "
+            "PICKET_RUST_VERSION when set). On scarthgap, add the Rust mixin layer of "
+            "meta-lts-mixins (branch scarthgap/rust, at a revision whose RUSTVERSION is %s or "
+            "later), or another layer providing such a Rust and set PICKET_RUST_VERSION to its "
+            "version (meta-picket/README.md, \"Rust\")"
+            % (d.getVar('PICKET_RUST_MIN'), '.'.join(str(x) for x in have),
+               d.getVar('PICKET_RUST_MIN')))
+
 # nooelint: oelint.task.noanonpython - skipping a recipe at parse time (SkipRecipe) takes one
 python __anonymous() {
+    too_old = picket_rust_too_old(d)
+    if too_old:
+        raise bb.parse.SkipRecipe(too_old)
     if d.getVar('CLASSOVERRIDE') != 'class-target':
         return
     filespath = d.getVar('FILESPATH')
