@@ -137,13 +137,7 @@ where
     F: FnOnce(&mut dyn Store) -> anyhow::Result<T> + Send + 'static,
 {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
-        f(store.as_mut())
-    })
-    .await?
+    tokio::task::spawn_blocking(move || f(crate::store::lock(&store).as_mut())).await?
 }
 
 /// The API over `store` (the reader connection of `serve`), with the sessions and login

@@ -647,3 +647,19 @@ fn a_live_stream_ends_with_its_session() {
         .read_to_string(&mut rest)
         .expect("the stream ends once its user is removed");
 }
+
+#[test]
+fn a_query_that_panics_leaves_the_store_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Box<dyn Store> = Box::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    let store = Arc::new(Mutex::new(store));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let failed = run_query(&store, |_| -> anyhow::Result<u64> { panic!("a bug") }).await;
+        assert!(failed.is_err());
+        assert!(store.is_poisoned());
+        // The next query is served, on the same connection.
+        assert_eq!(run_query(&store, |s| s.last_alert_id()).await.unwrap(), 0);
+        assert!(!store.is_poisoned());
+    });
+}

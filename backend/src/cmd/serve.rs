@@ -282,9 +282,9 @@ fn spawn_timeouts(store: Arc<Mutex<Box<dyn Store>>>, timeout: Duration, connecte
                 continue;
             }
             let store = store.clone();
-            let checked = tokio::task::spawn_blocking(move || match store.lock() {
-                Ok(mut s) => s.check_timeouts(now, timeout),
-                Err(_) => Err(anyhow::anyhow!("the store lock is poisoned")),
+            let checked = tokio::task::spawn_blocking(move || {
+                let mut s = crate::store::lock(&store);
+                s.check_timeouts(now, timeout)
             })
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("timeout task: {e}")));
@@ -303,9 +303,9 @@ fn spawn_retention(store: Arc<Mutex<Box<dyn Store>>>, retention: Duration, every
             tick.tick().await;
             let cutoff = ingest::now_ms().saturating_sub(retention.as_millis() as u64);
             let store = store.clone();
-            let deleted = tokio::task::spawn_blocking(move || match store.lock() {
-                Ok(mut s) => s.delete_before(cutoff),
-                Err(_) => Err(anyhow::anyhow!("the store lock is poisoned")),
+            let deleted = tokio::task::spawn_blocking(move || {
+                let mut s = crate::store::lock(&store);
+                s.delete_before(cutoff)
             })
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("retention task: {e}")));

@@ -290,6 +290,20 @@ pub struct AlertFilter {
     pub before: Option<u64>,
 }
 
+/// The store behind `shared`, for one statement or transaction. A query that panicked while
+/// holding it (a bug) left no transaction open (a transaction dropped is rolled back), so the
+/// connection goes on serving: the panic is logged here once, rather than every later query
+/// failing for the rest of the process.
+pub fn lock(
+    shared: &std::sync::Mutex<Box<dyn Store>>,
+) -> std::sync::MutexGuard<'_, Box<dyn Store>> {
+    shared.lock().unwrap_or_else(|poisoned| {
+        log::error!("a store query panicked earlier: going on with the same connection");
+        shared.clear_poison();
+        poisoned.into_inner()
+    })
+}
+
 /// The storage the backend needs; SQLite is the default implementation.
 pub trait Store: Send {
     /// Stores an alert; `false` when `(device_id, seq)` was already stored.
