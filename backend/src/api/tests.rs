@@ -661,5 +661,22 @@ fn a_query_that_panics_leaves_the_store_usable() {
         // The next query is served, on the same connection.
         assert_eq!(run_query(&store, |s| s.last_alert_id()).await.unwrap(), 0);
         assert!(!store.is_poisoned());
+        // A transaction a panic left open is rolled back: nothing of it is kept, and the
+        // next one commits.
+        let failed = run_query(&store, |s| {
+            s.in_transaction(&mut |s| {
+                s.insert_alert("gw-1", &alert(1), "json", 1)?;
+                panic!("a bug in a batch")
+            })
+        })
+        .await;
+        assert!(failed.is_err());
+        assert_eq!(run_query(&store, |s| s.last_alert_id()).await.unwrap(), 0);
+        run_query(&store, |s| {
+            s.in_transaction(&mut |s| s.insert_alert("gw-1", &alert(2), "json", 2).map(drop))
+        })
+        .await
+        .unwrap();
+        assert_ne!(run_query(&store, |s| s.last_alert_id()).await.unwrap(), 0);
     });
 }

@@ -290,17 +290,19 @@ pub struct AlertFilter {
     pub before: Option<u64>,
 }
 
-/// The store behind `shared`, for one statement or transaction. A query that panicked while
-/// holding it (a bug) left no transaction open (a transaction dropped is rolled back), so the
-/// connection goes on serving: the panic is logged here once, rather than every later query
-/// failing for the rest of the process.
+/// The store behind `shared`, for one statement or transaction. After a query that panicked
+/// while holding it (a bug), the transaction it left open is rolled back and the connection
+/// goes on serving, with the panic logged once, rather than every later query failing for the
+/// rest of the process.
 pub fn lock(
     shared: &std::sync::Mutex<Box<dyn Store>>,
 ) -> std::sync::MutexGuard<'_, Box<dyn Store>> {
     shared.lock().unwrap_or_else(|poisoned| {
-        log::error!("a store query panicked earlier: going on with the same connection");
+        log::error!("a store query panicked earlier: its transaction rolled back, going on");
         shared.clear_poison();
-        poisoned.into_inner()
+        let mut store = poisoned.into_inner();
+        store.abandon();
+        store
     })
 }
 
@@ -374,6 +376,8 @@ pub trait Store: Send {
         &mut self,
         f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
     ) -> anyhow::Result<()>;
+    /// Rolls back the transaction of [`Store::in_transaction`] that a panic left open, if any.
+    fn abandon(&mut self);
 
     fn devices(
         &mut self,
@@ -563,6 +567,10 @@ impl<D: sql::Database> Store for D {
         f: &mut dyn FnMut(&mut dyn Store) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         self.batch(f)
+    }
+
+    fn abandon(&mut self) {
+        sql::Database::abandon(self)
     }
 
     fn devices(

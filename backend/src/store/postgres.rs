@@ -397,4 +397,9 @@ impl Database for PgStore {
             }
         }
     }
+    fn abandon(&mut self) {
+        if std::mem::take(&mut self.in_batch) {
+            let _ = self.client().batch_execute("ROLLBACK");
+        }
+    }
 }

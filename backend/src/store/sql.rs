@@ -26,6 +26,8 @@ pub(crate) trait Database: Send {
         &mut self,
         f: &mut dyn FnMut(&mut dyn super::Store) -> anyhow::Result<()>,
     ) -> anyhow::Result<()>;
+    /// [`super::Store::abandon`].
+    fn abandon(&mut self);
 }
 
 /// A value bound to a statement: text or a 64-bit integer, either possibly NULL.

@@ -383,4 +383,9 @@ impl Database for SqliteStore {
             }
         }
     }
+    fn abandon(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
