@@ -121,7 +121,13 @@ pub trait AlertSink {
 pub struct JsonLinesSink {
     stdout: Option<io::Stdout>,
     file: Option<(PathBuf, fs::File)>,
+    /// While lines cannot be written: since when the failure was last said, and the lines
+    /// not written since the first failure.
+    failing: Option<(Instant, u64)>,
 }
+
+/// How often a sink whose writes keep failing says so again.
+const FAILING_REPEAT: Duration = Duration::from_secs(60);
 
 impl JsonLinesSink {
     pub fn new(stdout: bool, file: Option<&Path>) -> anyhow::Result<Self> {
@@ -139,22 +145,52 @@ impl JsonLinesSink {
         Ok(Self {
             stdout: stdout.then(io::stdout),
             file,
+            failing: None,
         })
+    }
+
+    fn write(&mut self, line: &[u8]) -> anyhow::Result<()> {
+        if let Some(out) = &mut self.stdout {
+            let mut out = out.lock();
+            out.write_all(line).context("writing an alert to stdout")?;
+            out.flush().context("writing an alert to stdout")?;
+        }
+        if let Some((path, f)) = &mut self.file {
+            f.write_all(line)
+                .with_context(|| format!("writing an alert to {}", path.display()))?;
+        }
+        Ok(())
     }
 }
 
 impl AlertSink for JsonLinesSink {
+    /// Never fails the detection loop: a line that cannot be written (a full or read-only
+    /// disk, a closed stdout) is lost to this sink only, the other sinks still get the alert.
+    /// Said at the first failure, once a minute while it lasts, and when lines are written
+    /// again.
     fn send(&mut self, alert: &Alert) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(alert).context("encoding an alert")?;
         line.push(b'\n');
-        if let Some(out) = &mut self.stdout {
-            let mut out = out.lock();
-            out.write_all(&line).context("writing an alert to stdout")?;
-            out.flush().context("writing an alert to stdout")?;
-        }
-        if let Some((path, f)) = &mut self.file {
-            f.write_all(&line)
-                .with_context(|| format!("writing an alert to {}", path.display()))?;
+        match (self.write(&line), &mut self.failing) {
+            (Ok(()), None) => {}
+            (Ok(()), Some((_, lost))) => {
+                log::info!("alert lines are written again ({lost} could not be written)");
+                self.failing = None;
+            }
+            (Err(e), None) => {
+                log::error!(
+                    "{e:#}: the alerts go on to the other sinks; said again every minute while \
+                     it lasts"
+                );
+                self.failing = Some((Instant::now(), 1));
+            }
+            (Err(e), Some((said, lost))) => {
+                *lost += 1;
+                if said.elapsed() >= FAILING_REPEAT {
+                    log::error!("{e:#}: {lost} alert line(s) not written so far");
+                    *said = Instant::now();
+                }
+            }
         }
         Ok(())
     }
@@ -672,6 +708,35 @@ mod tests {
         assert_eq!(reserved, next + SEQ_BLOCK - 1);
         drop(seq);
         assert!(Sequence::open(&dir).unwrap().take() > reserved);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_alert_file_that_cannot_be_written_loses_no_alert_to_the_other_sinks() {
+        let dir = std::env::temp_dir().join(format!("picket-lines-full-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        // /dev/full: every write fails with ENOSPC, as on a full disk.
+        let full = JsonLinesSink::new(false, Some(Path::new("/dev/full"))).unwrap();
+        let mut a = Alerter::new(
+            "d".into(),
+            Sequence::open(&dir).unwrap(),
+            Duration::from_millis(0),
+            8,
+            vec![Box::new(full), Box::new(Collect(seen.clone()))],
+            Arc::default(),
+        );
+        for i in 0..3 {
+            a.raise(draft(&format!("/tmp/{i}"))).unwrap();
+        }
+        a.tick().unwrap();
+        let paths: Vec<Option<String>> =
+            seen.lock().unwrap().iter().map(|a| a.path.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![Some("/tmp/0".into()), Some("/tmp/1".into()), Some("/tmp/2".into())]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
