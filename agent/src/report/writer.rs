@@ -34,13 +34,17 @@ enum ToWriter {
 /// tries again after a failed write.
 const WRITER_IDLE: Duration = Duration::from_secs(1);
 
+/// How often the writer says again that the spool cannot be written.
+const FAILING_REPEAT: Duration = Duration::from_secs(60);
+
 /// The spool writer: a thread that pushes alerts into the spool and makes them durable (one
 /// write and one `fdatasync` for all that arrived meanwhile), so that the event loop, which
 /// reads the sensors' ring buffer, never waits for the disk. Ends when its sender is dropped,
 /// after a last flush.
 fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWriter>) {
     use std::sync::mpsc::RecvTimeoutError;
-    let mut failures: u64 = 0;
+    // While flushes fail: when that was last said.
+    let mut failing: Option<std::time::Instant> = None;
     loop {
         let mut alerts = Vec::new();
         let mut syncs = Vec::new();
@@ -60,7 +64,7 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
             take(m);
         }
         let acked = shared.acked.swap(false, Relaxed);
-        if alerts.is_empty() && syncs.is_empty() && !acked && failures == 0 && !last {
+        if alerts.is_empty() && syncs.is_empty() && !acked && failing.is_none() && !last {
             // Nothing to write: an idle agent does not touch the spool.
             continue;
         }
@@ -77,22 +81,30 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
             }
             shared.dropped.fetch_add(spool.take_dropped(), Relaxed);
             // Also what the reporter acknowledged meanwhile (a no-op when there is nothing).
-            spool.flush()
+            let flushed = spool.flush();
+            (flushed, spool.stats().unflushed)
         };
         match flushed {
-            Ok(()) => {
-                if failures > 0 {
+            (Ok(()), _) => {
+                if failing.take().is_some() {
                     log::info!("the spool is written to disk again");
                 }
-                failures = 0;
             }
-            // A full or failing disk: the batch stays buffered in the spool and the next round
-            // tries again. Nothing unflushed is ever published.
-            Err(e) => {
-                if failures % 60 == 0 {
-                    log::error!("writing the spool to disk: {e:#}");
+            // A full or failing disk: the batch stays buffered in the spool (within its size
+            // limit: past it the least severe alerts are dropped, counted and reported) and the
+            // next round tries again, every second. Nothing unflushed is ever published.
+            (Err(e), waiting) if last => log::error!(
+                "writing the spool to disk: {e:#}: {waiting} alert(s) never written are lost"
+            ),
+            (Err(e), waiting) => {
+                if failing.is_none_or(|said| said.elapsed() >= FAILING_REPEAT) {
+                    log::error!(
+                        "writing the spool to disk: {e:#}: {waiting} alert(s) wait in memory \
+                         and are not sent until they are written; tried again every second, \
+                         said again every minute"
+                    );
+                    failing = Some(std::time::Instant::now());
                 }
-                failures += 1;
             }
         }
         // New alerts to send; and the reporter, which does not wait for the spool while this
