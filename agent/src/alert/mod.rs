@@ -322,10 +322,7 @@ impl Sequence {
             match self.persist(until) {
                 Ok(()) => {
                     if self.retry_at.take().is_some() {
-                        log::info!(
-                            "the alert counter {} is written again",
-                            self.path.display()
-                        );
+                        log::info!("the alert counter {} is written again", self.path.display());
                     }
                     self.reserved_until = until;
                 }
@@ -704,7 +701,11 @@ mod tests {
         let next = seq.take();
         assert_eq!(next, 130 + 3 * SEQ_BLOCK);
         assert!(seq.retry_at.is_none());
-        let reserved: u64 = fs::read_to_string(&counter).unwrap().trim().parse().unwrap();
+        let reserved: u64 = fs::read_to_string(&counter)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(reserved, next + SEQ_BLOCK - 1);
         drop(seq);
         assert!(Sequence::open(&dir).unwrap().take() > reserved);
@@ -731,11 +732,19 @@ mod tests {
             a.raise(draft(&format!("/tmp/{i}"))).unwrap();
         }
         a.tick().unwrap();
-        let paths: Vec<Option<String>> =
-            seen.lock().unwrap().iter().map(|a| a.path.clone()).collect();
+        let paths: Vec<Option<String>> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.path.clone())
+            .collect();
         assert_eq!(
             paths,
-            vec![Some("/tmp/0".into()), Some("/tmp/1".into()), Some("/tmp/2".into())]
+            vec![
+                Some("/tmp/0".into()),
+                Some("/tmp/1".into()),
+                Some("/tmp/2".into())
+            ]
         );
         fs::remove_dir_all(&dir).unwrap();
     }

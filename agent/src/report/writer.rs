@@ -26,8 +26,8 @@ struct Spooled {
 enum ToWriter {
     /// Alerts to spool and make durable, in sequence order.
     Alerts(Vec<Spooled>),
-    /// Make everything durable, then answer.
-    Sync(std::sync::mpsc::SyncSender<()>),
+    /// Make everything durable, then answer with how many alerts could not be written.
+    Sync(std::sync::mpsc::SyncSender<usize>),
 }
 
 /// How often the writer makes acknowledgements durable (tombstones) when no alert comes, and
@@ -84,6 +84,7 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
             let flushed = spool.flush();
             (flushed, spool.stats().unflushed)
         };
+        let unwritten = flushed.1;
         match flushed {
             (Ok(()), _) => {
                 if failing.take().is_some() {
@@ -93,9 +94,6 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
             // A full or failing disk: the batch stays buffered in the spool (within its size
             // limit: past it the least severe alerts are dropped, counted and reported) and the
             // next round tries again, every second. Nothing unflushed is ever published.
-            (Err(e), waiting) if last => log::error!(
-                "writing the spool to disk: {e:#}: {waiting} alert(s) never written are lost"
-            ),
             (Err(e), waiting) => {
                 if failing.is_none_or(|said| said.elapsed() >= FAILING_REPEAT) {
                     log::error!(
@@ -111,7 +109,7 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
         // thread holds it, may have skipped sending meanwhile.
         shared.wake.notify_one();
         for answer in syncs {
-            let _ = answer.send(());
+            let _ = answer.send(if failing.is_some() { unwritten } else { 0 });
         }
         if last {
             return;
@@ -123,6 +121,8 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
 /// are durable when `sync` returns.
 pub struct SpoolSink {
     shared: Arc<Shared>,
+    /// The alerts a `sync` last found unwritten, once said.
+    unwritten_said: usize,
     batch: Vec<Spooled>,
     max_payload: usize,
     writer: std::sync::mpsc::Sender<ToWriter>,
@@ -140,6 +140,7 @@ impl SpoolSink {
             .context("starting the spool writer's thread")?;
         Ok(Self {
             shared,
+            unwritten_said: 0,
             batch: Vec::new(),
             max_payload,
             writer,
@@ -180,10 +181,21 @@ impl AlertSink for SpoolSink {
     fn sync(&mut self) -> anyhow::Result<()> {
         self.flush()?;
         let (answer, done) = std::sync::mpsc::sync_channel(1);
-        if self.writer.send(ToWriter::Sync(answer)).is_ok()
-            && done.recv_timeout(Duration::from_secs(10)).is_err()
-        {
-            log::warn!("the spool writer did not finish in 10 s");
+        if self.writer.send(ToWriter::Sync(answer)).is_err() {
+            return Ok(());
+        }
+        match done.recv_timeout(Duration::from_secs(10)) {
+            Err(_) => log::warn!("the spool writer did not finish in 10 s"),
+            // The spool cannot be written (said by the writer): what waits in memory ends with
+            // this run. Said once, with the count.
+            Ok(n) if n > 0 && n != self.unwritten_said => {
+                log::error!(
+                    "the spool cannot be written: {n} alert(s) never written are lost when the \
+                     agent stops"
+                );
+                self.unwritten_said = n;
+            }
+            Ok(_) => {}
         }
         Ok(())
     }
