@@ -466,7 +466,10 @@ mod tests {
         let text = draft_text(&notes, &policy);
         let back = picket_policy::load_toml(&text, "draft.toml").expect("loads back");
         assert_eq!(back, policy);
-        assert!(text.contains("# written while learning: /srv/\\0x\n"), "{text}");
+        assert!(
+            text.contains("# written while learning: /srv/\\0x\n"),
+            "{text}"
+        );
         assert!(
             text.contains("/srv/a\\nb\\rc\\td\\u{7f}e\\u{1b}[31m\n"),
             "{text}"
