@@ -418,12 +418,16 @@ mod tests {
         // on a full or read-only state directory, even for root).
         let tmp = dir.join("integrity.tmp");
         fs::create_dir(&tmp).unwrap();
-        assert!(snap.scan_globs(&policy, Mode::Alert, &mut hashes).is_empty());
+        assert!(snap
+            .scan_globs(&policy, Mode::Alert, &mut hashes)
+            .is_empty());
         assert!(!dir.join("integrity.snapshot").exists());
         // Nothing changed since, and the snapshot is written at the next scan all the same:
         // a restart compares with what was last seen, not with an older snapshot.
         fs::remove_dir(&tmp).unwrap();
-        assert!(snap.scan_globs(&policy, Mode::Alert, &mut hashes).is_empty());
+        assert!(snap
+            .scan_globs(&policy, Mode::Alert, &mut hashes)
+            .is_empty());
         let saved = Snapshot::load(&dir);
         assert_eq!(saved.globs, snap.globs);
         assert_eq!(saved.globs.values().map(BTreeMap::len).sum::<usize>(), 1);
