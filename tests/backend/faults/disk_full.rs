@@ -13,6 +13,8 @@
 //! says so, and the cure is what a device does: a restart of the agent over the repaired
 //! filesystem (`e2fsck`, mounted again). The alerts raised while read-only were never durable
 //! and end with that run: that loss is by design, and the agent says how many at its stop.
+//! The restart also finds the policy's anti-rollback serial damaged, which it sets again from
+//! the policy in force.
 //!
 //! `PICKET_FAULT_FULL=1`: more fill/free cycles, longer, and a burst while full larger than
 //! the spool may hold in memory, whose oldest alerts are dropped and reported
@@ -524,9 +526,19 @@ fn faults_state_filesystem_full_then_read_only_keeps_the_agent_running_and_loses
     let said = lost_lines[0];
 
     volume.repair();
+    // What such an error may also leave: a damaged anti-rollback serial. The agent sets it
+    // again from the policy in force, says so, and runs.
+    let serial = site.root.join("state/policy/serial");
+    fs::write(&serial, b"\xff\x00garbage").unwrap();
     let restarted = Instant::now();
     let agent = site.start();
     let started = restarted.elapsed();
+    assert!(
+        agent.log().contains("policy/serial is corrupt"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(fs::read_to_string(&serial).unwrap(), "1\n");
     let after = raise(&mut site, &agent, 10);
     wait_keys(&backend, &after, "after the repair");
     let recover_ro = restarted.elapsed();
