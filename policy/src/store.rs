@@ -72,14 +72,45 @@ impl PolicyStore {
     /// The highest serial accepted so far (0 when none).
     pub fn accepted_serial(&self) -> Result<u64, StoreError> {
         let path = self.dir.join("serial");
-        match fs::read_to_string(&path) {
+        match fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned()) {
             Ok(text) => text.trim().parse().map_err(|_| StoreError::CorruptState {
                 path,
-                reason: format!("`{}` is not a serial number", text.trim()),
+                reason: format!(
+                    "`{}` is not a serial number",
+                    text.trim()
+                        .chars()
+                        .take(64)
+                        .collect::<String>()
+                        .escape_debug()
+                ),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(source) => Err(StoreError::Io { path, source }),
         }
+    }
+
+    /// Replaces a `serial` file that holds no serial number (damaged on the medium, written by
+    /// something else) with the serial of the bundle in force, if it verifies, else 0: the
+    /// value an intact file holds (the bundle is written before the serial), so that a bundle
+    /// older than the one in force is still refused, and the agent starts rather than refusing
+    /// every policy. Returns what was found and done, for the log; `None` when the file is
+    /// fine or absent.
+    pub fn repair_serial(&self, trust: &TrustStore) -> Result<Option<String>, StoreError> {
+        let path = self.dir.join("serial");
+        let reason = match self.accepted_serial() {
+            Err(StoreError::CorruptState { reason, .. }) => reason,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(None),
+        };
+        let floor = fs::read(self.dir.join("active.bundle"))
+            .ok()
+            .and_then(|bytes| bundle::verify(&bytes, trust).ok())
+            .map_or(0, |v| v.policy.metadata.serial);
+        write_atomic(&path, format!("{floor}\n").as_bytes())?;
+        Ok(Some(format!(
+            "{} is corrupt ({reason}): set again to {floor}, the serial of the policy in force",
+            path.display()
+        )))
     }
 
     /// The policy in force, verified again (the state directory is not trusted blindly).
@@ -113,7 +144,13 @@ impl PolicyStore {
                 });
             }
         }
-        let accepted = self.accepted_serial()?;
+        // The bundle in force counts too: a `serial` file cut short by damage ("1" of "12")
+        // still reads as a number, and must not let an older bundle in.
+        let in_force = fs::read(self.dir.join("active.bundle"))
+            .ok()
+            .and_then(|bytes| bundle::verify(&bytes, trust).ok())
+            .map_or(0, |v| v.policy.metadata.serial);
+        let accepted = self.accepted_serial()?.max(in_force);
         let serial = meta.serial;
         if serial < accepted {
             return Err(StoreError::Rollback {
@@ -233,6 +270,79 @@ mod tests {
             Err(StoreError::WrongDeviceClass { .. })
         ));
         assert_eq!(store.accepted_serial().unwrap(), 5);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_serial_is_set_again_from_the_policy_in_force_and_rollback_stays_refused() {
+        let dir = std::env::temp_dir().join(format!("picket-store-dmg-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let keys_dir = dir.join("trust");
+        fs::create_dir_all(&keys_dir).unwrap();
+        let (key, _, _) = keys::generate(&keys_dir.join("vendor")).unwrap();
+        let signer = SigningKey::load(&key).unwrap();
+        let trust = TrustStore::load_dir(&keys_dir).unwrap();
+        let state = dir.join("state");
+        let store = PolicyStore::open(&state, Some("gw".into())).unwrap();
+        assert_eq!(
+            store.repair_serial(&trust).unwrap(),
+            None,
+            "no file: nothing to do"
+        );
+        let twelve = bundle::sign(&policy(12, "gw"), &signer);
+        let seven = bundle::sign(&policy(7, "gw"), &signer);
+        store.accept(&twelve, &trust).unwrap();
+        assert_eq!(
+            store.repair_serial(&trust).unwrap(),
+            None,
+            "intact: nothing to do"
+        );
+        let serial = state.join("policy/serial");
+        let intact = fs::read(&serial).unwrap();
+        // Cut at every offset (a prefix of "12\n" that is still a number is not damage it can
+        // tell), and bytes that are no number.
+        let mut damaged: Vec<Vec<u8>> = (0..intact.len()).map(|n| intact[..n].to_vec()).collect();
+        damaged.push(b"\xff\xfe\x00garbage".to_vec());
+        damaged.push(vec![b'9'; 100]);
+        for bytes in damaged {
+            fs::write(&serial, &bytes).unwrap();
+            if let Ok(n) = store.accepted_serial() {
+                // A prefix that is still a number: the bundle in force keeps the floor.
+                assert!(n <= 12, "{bytes:?}");
+                assert!(matches!(
+                    store.accept(&seven, &trust),
+                    Err(StoreError::Rollback {
+                        offered: 7,
+                        accepted: 12
+                    })
+                ));
+                continue;
+            }
+            // Without the repair, the policy in force cannot be checked: the agent would not
+            // start.
+            assert!(store.active(&trust).is_err(), "{bytes:?}");
+            let said = store.repair_serial(&trust).unwrap().unwrap();
+            assert!(said.contains("corrupt"), "{said}");
+            assert_eq!(store.accepted_serial().unwrap(), 12, "{bytes:?}");
+            let active = store.active(&trust).unwrap().unwrap();
+            assert_eq!(active.policy.metadata.serial, 12);
+            assert!(matches!(
+                store.accept(&seven, &trust),
+                Err(StoreError::Rollback {
+                    offered: 7,
+                    accepted: 12
+                })
+            ));
+        }
+        // No bundle in force to take it from: 0, and the next bundle is accepted.
+        fs::remove_file(state.join("policy/active.bundle")).unwrap();
+        fs::write(&serial, "x").unwrap();
+        store.repair_serial(&trust).unwrap().unwrap();
+        assert_eq!(store.accepted_serial().unwrap(), 0);
+        assert!(matches!(
+            store.accept(&seven, &trust),
+            Ok(Accepted::Installed(_))
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

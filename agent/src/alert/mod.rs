@@ -121,7 +121,13 @@ pub trait AlertSink {
 pub struct JsonLinesSink {
     stdout: Option<io::Stdout>,
     file: Option<(PathBuf, fs::File)>,
+    /// While lines cannot be written: since when the failure was last said, and the lines
+    /// not written since the first failure.
+    failing: Option<(Instant, u64)>,
 }
+
+/// How often a sink whose writes keep failing says so again.
+const FAILING_REPEAT: Duration = Duration::from_secs(60);
 
 impl JsonLinesSink {
     pub fn new(stdout: bool, file: Option<&Path>) -> anyhow::Result<Self> {
@@ -139,22 +145,52 @@ impl JsonLinesSink {
         Ok(Self {
             stdout: stdout.then(io::stdout),
             file,
+            failing: None,
         })
+    }
+
+    fn write(&mut self, line: &[u8]) -> anyhow::Result<()> {
+        if let Some(out) = &mut self.stdout {
+            let mut out = out.lock();
+            out.write_all(line).context("writing an alert to stdout")?;
+            out.flush().context("writing an alert to stdout")?;
+        }
+        if let Some((path, f)) = &mut self.file {
+            f.write_all(line)
+                .with_context(|| format!("writing an alert to {}", path.display()))?;
+        }
+        Ok(())
     }
 }
 
 impl AlertSink for JsonLinesSink {
+    /// Never fails the detection loop: a line that cannot be written (a full or read-only
+    /// disk, a closed stdout) is lost to this sink only, the other sinks still get the alert.
+    /// Said at the first failure, once a minute while it lasts, and when lines are written
+    /// again.
     fn send(&mut self, alert: &Alert) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(alert).context("encoding an alert")?;
         line.push(b'\n');
-        if let Some(out) = &mut self.stdout {
-            let mut out = out.lock();
-            out.write_all(&line).context("writing an alert to stdout")?;
-            out.flush().context("writing an alert to stdout")?;
-        }
-        if let Some((path, f)) = &mut self.file {
-            f.write_all(&line)
-                .with_context(|| format!("writing an alert to {}", path.display()))?;
+        match (self.write(&line), &mut self.failing) {
+            (Ok(()), None) => {}
+            (Ok(()), Some((_, lost))) => {
+                log::info!("alert lines are written again ({lost} could not be written)");
+                self.failing = None;
+            }
+            (Err(e), None) => {
+                log::error!(
+                    "{e:#}: the alerts go on to the other sinks; said again every minute while \
+                     it lasts"
+                );
+                self.failing = Some((Instant::now(), 1));
+            }
+            (Err(e), Some((said, lost))) => {
+                *lost += 1;
+                if said.elapsed() >= FAILING_REPEAT {
+                    log::error!("{e:#}: {lost} alert line(s) not written so far");
+                    *said = Instant::now();
+                }
+            }
         }
         Ok(())
     }
@@ -197,7 +233,13 @@ pub struct Sequence {
     path: PathBuf,
     next: u64,
     reserved_until: u64,
+    /// While the counter cannot be written (a full or read-only state directory): when to
+    /// try again.
+    retry_at: Option<Instant>,
 }
+
+/// How long a counter that could not be written waits before the next try.
+const SEQ_RETRY: Duration = Duration::from_secs(1);
 
 impl Sequence {
     /// Opens the counter in `state_dir`, resuming past what a previous run reserved. Without
@@ -254,6 +296,7 @@ impl Sequence {
             path,
             next: start + 1,
             reserved_until: start,
+            retry_at: None,
         })
     }
 
@@ -264,22 +307,55 @@ impl Sequence {
     }
 
     /// The next number, reserving a new block on disk when the current one is used up.
-    pub fn take(&mut self) -> anyhow::Result<u64> {
-        if self.next > self.reserved_until {
+    ///
+    /// Never fails: a counter that cannot be written (the state directory full or read-only)
+    /// costs no alert. Numbering goes on past the reservation, the failure is logged once, and
+    /// the write is tried again at most once a second until it succeeds (logged too). The
+    /// numbers used meanwhile are not reused by a later run where it matters: an alert that
+    /// reached the spool's disk is above the spool's last sequence number, which the next run
+    /// skips past; one that did not was never published (the spool publishes durable records
+    /// only).
+    pub fn take(&mut self) -> u64 {
+        let due = self.retry_at.is_none_or(|at| Instant::now() >= at);
+        if self.next > self.reserved_until && due {
             let until = self.next + SEQ_BLOCK - 1;
-            let tmp = self.path.with_extension("tmp");
-            let write = || -> io::Result<()> {
-                let mut f = fs::File::create(&tmp)?;
-                f.write_all(format!("{until}\n").as_bytes())?;
-                f.sync_all()?;
-                fs::rename(&tmp, &self.path)
-            };
-            write().with_context(|| format!("persisting {}", self.path.display()))?;
-            self.reserved_until = until;
+            match self.persist(until) {
+                Ok(()) => {
+                    if self.retry_at.take().is_some() {
+                        log::info!("the alert counter {} is written again", self.path.display());
+                    }
+                    self.reserved_until = until;
+                }
+                Err(e) => {
+                    if self.retry_at.is_none() {
+                        log::error!(
+                            "{e:#}: alerts are numbered on without a reservation on disk until \
+                             it can be written (tried again every second, said once)"
+                        );
+                    }
+                    self.retry_at = Some(Instant::now() + SEQ_RETRY);
+                }
+            }
         }
         let n = self.next;
         self.next += 1;
-        Ok(n)
+        n
+    }
+
+    /// Writes `until` as the last number reserved (a temporary file renamed over the counter).
+    fn persist(&self, until: u64) -> anyhow::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let write = || -> io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(format!("{until}\n").as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| {
+            // A full disk: the partial file would hold space it needs.
+            let _ = fs::remove_file(&tmp);
+            anyhow::Error::new(e).context(format!("persisting {}", self.path.display()))
+        })
     }
 }
 
@@ -428,7 +504,7 @@ impl Alerter {
         let alert = Alert {
             alert: d.kind,
             severity: d.severity,
-            seq: self.seq.take()?,
+            seq: self.seq.take(),
             boot_id: self.boot_id.clone(),
             time_ms: now_ms(),
             device_id: self.device_id.clone(),
@@ -553,22 +629,22 @@ mod tests {
         drop(a);
         // A restart: numbering resumes above anything the first run could have used.
         let mut seq = Sequence::open(&dir).unwrap();
-        assert!(seq.take().unwrap() > last);
+        assert!(seq.take() > last);
         seq.skip_past(last + 1000);
-        assert_eq!(seq.take().unwrap(), last + 1001);
+        assert_eq!(seq.take(), last + 1001);
         drop(seq);
-        assert!(Sequence::open(&dir).unwrap().take().unwrap() > last + 1001);
+        assert!(Sequence::open(&dir).unwrap().take() > last + 1001);
         // A counter of an older agent, numbered from 1: it goes on.
         fs::write(dir.join("alert.seq"), "64\n").unwrap();
-        assert_eq!(Sequence::open(&dir).unwrap().take().unwrap(), 65);
+        assert_eq!(Sequence::open(&dir).unwrap().take(), 65);
         // A corrupt counter: a new one, far from the old numbers, rather than no agent.
         fs::write(dir.join("alert.seq"), "garbage").unwrap();
         let mut fresh = Sequence::open(&dir).unwrap();
-        let first = fresh.take().unwrap();
+        let first = fresh.take();
         assert!(first > 65 + SEQ_RESET_JUMP, "{first}");
         assert_eq!(first % SEQ_BLOCK, 1, "{first} begins a block");
         drop(fresh);
-        assert!(Sequence::open(&dir).unwrap().take().unwrap() > first);
+        assert!(Sequence::open(&dir).unwrap().take() > first);
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -579,23 +655,97 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let counter = dir.join("alert.seq");
         fs::write(&counter, "128\n").unwrap();
-        assert_eq!(Sequence::open(&dir).unwrap().take().unwrap(), 129);
+        assert_eq!(Sequence::open(&dir).unwrap().take(), 129);
         // An I/O error other than absence (here EISDIR; EIO and EACCES take the same path): a
         // new counter (whose first reservation then fails here, writing over a directory).
         fs::remove_file(&counter).unwrap();
         fs::create_dir(&counter).unwrap();
         let mut unreadable = Sequence::open(&dir).unwrap();
         assert!(unreadable.next > SEQ_RESET_JUMP, "{}", unreadable.next);
-        assert!(unreadable.take().is_err());
+        // Its reservation cannot be written over the directory: it numbers on regardless.
+        let n = unreadable.take();
+        assert_eq!(unreadable.take(), n + 1);
         assert!(counter.is_dir());
         fs::remove_dir(&counter).unwrap();
         // Content that is not UTF-8 is not a number: a new counter.
         fs::write(&counter, b"\xff\xfe12").unwrap();
-        let first = Sequence::open(&dir).unwrap().take().unwrap();
+        let first = Sequence::open(&dir).unwrap().take();
         assert!(first > SEQ_RESET_JUMP, "{first}");
         // Absent: a new counter too.
         fs::remove_file(&counter).unwrap();
-        assert!(Sequence::open(&dir).unwrap().take().unwrap() > SEQ_RESET_JUMP);
+        assert!(Sequence::open(&dir).unwrap().take() > SEQ_RESET_JUMP);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_counter_that_cannot_be_written_costs_no_alert_and_is_written_once_it_can() {
+        let dir = std::env::temp_dir().join(format!("picket-seq-full-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let counter = dir.join("alert.seq");
+        fs::write(&counter, "128\n").unwrap();
+        let mut seq = Sequence::open(&dir).unwrap();
+        assert_eq!(seq.take(), 129);
+        assert_eq!(fs::read_to_string(&counter).unwrap(), "192\n");
+        // The counter's temporary file cannot be created (a directory in its place: the write
+        // fails as on a full or read-only state directory, even for root).
+        let tmp = dir.join("alert.tmp");
+        fs::create_dir(&tmp).unwrap();
+        let taken: Vec<u64> = (0..3 * SEQ_BLOCK).map(|_| seq.take()).collect();
+        assert_eq!(taken, (130..130 + 3 * SEQ_BLOCK).collect::<Vec<_>>());
+        assert_eq!(fs::read_to_string(&counter).unwrap(), "192\n");
+        assert!(seq.retry_at.is_some(), "a retry is due");
+        // Writable again: the next try (once its second is up) reserves past what was used.
+        fs::remove_dir(&tmp).unwrap();
+        seq.retry_at = Some(Instant::now());
+        let next = seq.take();
+        assert_eq!(next, 130 + 3 * SEQ_BLOCK);
+        assert!(seq.retry_at.is_none());
+        let reserved: u64 = fs::read_to_string(&counter)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(reserved, next + SEQ_BLOCK - 1);
+        drop(seq);
+        assert!(Sequence::open(&dir).unwrap().take() > reserved);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_alert_file_that_cannot_be_written_loses_no_alert_to_the_other_sinks() {
+        let dir = std::env::temp_dir().join(format!("picket-lines-full-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        // /dev/full: every write fails with ENOSPC, as on a full disk.
+        let full = JsonLinesSink::new(false, Some(Path::new("/dev/full"))).unwrap();
+        let mut a = Alerter::new(
+            "d".into(),
+            Sequence::open(&dir).unwrap(),
+            Duration::from_millis(0),
+            8,
+            vec![Box::new(full), Box::new(Collect(seen.clone()))],
+            Arc::default(),
+        );
+        for i in 0..3 {
+            a.raise(draft(&format!("/tmp/{i}"))).unwrap();
+        }
+        a.tick().unwrap();
+        let paths: Vec<Option<String>> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.path.clone())
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                Some("/tmp/0".into()),
+                Some("/tmp/1".into()),
+                Some("/tmp/2".into())
+            ]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

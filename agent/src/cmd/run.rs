@@ -61,6 +61,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let trust = TrustStore::load_dir(&config.trust_dir)?;
     let store = PolicyStore::open(&config.state_dir, Some(config.device_class.clone()))?;
+    // A damaged anti-rollback serial would refuse every policy, the one in force included:
+    // set again from the bundle in force, and said.
+    match store.repair_serial(&trust) {
+        Ok(None) => {}
+        Ok(Some(done)) => log::error!("{done}"),
+        Err(e) => log::error!("repairing the policy state: {e:#}"),
+    }
     let identity = match &config.mqtt {
         Some(m) => Some(Identity::load(&m.ca, &m.cert, &m.key)?),
         None => None,

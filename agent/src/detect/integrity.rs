@@ -144,7 +144,12 @@ impl Snapshot {
             self.globs = next;
             self.outdated = false;
             if let Err(e) = self.save() {
-                log::error!("saving {}: {e}", self.path.display());
+                // A full or read-only state directory: saved again at the next scan.
+                log::error!(
+                    "saving {}: {e}; tried again at the next scan",
+                    self.path.display()
+                );
+                self.outdated = true;
             }
         }
         out
@@ -397,6 +402,35 @@ mod tests {
             .is_empty());
         fs::write(dir.join("integrity.snapshot"), "garbage\n").unwrap();
         assert!(Snapshot::load(&dir).globs.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_that_cannot_be_saved_is_saved_at_the_next_scan() {
+        let dir = tempdir("unsaved");
+        let watched = dir.join("fw");
+        fs::create_dir_all(&watched).unwrap();
+        fs::write(watched.join("a"), "1").unwrap();
+        let policy = glob_policy(&format!("{}/*", watched.display()));
+        let mut hashes = HashCache::new(16);
+        let mut snap = Snapshot::load(&dir);
+        // The temporary file cannot be created (a directory in its place: the save fails as
+        // on a full or read-only state directory, even for root).
+        let tmp = dir.join("integrity.tmp");
+        fs::create_dir(&tmp).unwrap();
+        assert!(snap
+            .scan_globs(&policy, Mode::Alert, &mut hashes)
+            .is_empty());
+        assert!(!dir.join("integrity.snapshot").exists());
+        // Nothing changed since, and the snapshot is written at the next scan all the same:
+        // a restart compares with what was last seen, not with an older snapshot.
+        fs::remove_dir(&tmp).unwrap();
+        assert!(snap
+            .scan_globs(&policy, Mode::Alert, &mut hashes)
+            .is_empty());
+        let saved = Snapshot::load(&dir);
+        assert_eq!(saved.globs, snap.globs);
+        assert_eq!(saved.globs.values().map(BTreeMap::len).sum::<usize>(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 

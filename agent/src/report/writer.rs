@@ -26,13 +26,16 @@ struct Spooled {
 enum ToWriter {
     /// Alerts to spool and make durable, in sequence order.
     Alerts(Vec<Spooled>),
-    /// Make everything durable, then answer.
-    Sync(std::sync::mpsc::SyncSender<()>),
+    /// Make everything durable, then answer with how many alerts could not be written.
+    Sync(std::sync::mpsc::SyncSender<usize>),
 }
 
 /// How often the writer makes acknowledgements durable (tombstones) when no alert comes, and
 /// tries again after a failed write.
 const WRITER_IDLE: Duration = Duration::from_secs(1);
+
+/// How often the writer says again that the spool cannot be written.
+const FAILING_REPEAT: Duration = Duration::from_secs(60);
 
 /// The spool writer: a thread that pushes alerts into the spool and makes them durable (one
 /// write and one `fdatasync` for all that arrived meanwhile), so that the event loop, which
@@ -40,7 +43,8 @@ const WRITER_IDLE: Duration = Duration::from_secs(1);
 /// after a last flush.
 fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWriter>) {
     use std::sync::mpsc::RecvTimeoutError;
-    let mut failures: u64 = 0;
+    // While flushes fail: when that was last said.
+    let mut failing: Option<std::time::Instant> = None;
     loop {
         let mut alerts = Vec::new();
         let mut syncs = Vec::new();
@@ -60,7 +64,7 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
             take(m);
         }
         let acked = shared.acked.swap(false, Relaxed);
-        if alerts.is_empty() && syncs.is_empty() && !acked && failures == 0 && !last {
+        if alerts.is_empty() && syncs.is_empty() && !acked && failing.is_none() && !last {
             // Nothing to write: an idle agent does not touch the spool.
             continue;
         }
@@ -77,29 +81,35 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
             }
             shared.dropped.fetch_add(spool.take_dropped(), Relaxed);
             // Also what the reporter acknowledged meanwhile (a no-op when there is nothing).
-            spool.flush()
+            let flushed = spool.flush();
+            (flushed, spool.stats().unflushed)
         };
+        let unwritten = flushed.1;
         match flushed {
-            Ok(()) => {
-                if failures > 0 {
+            (Ok(()), _) => {
+                if failing.take().is_some() {
                     log::info!("the spool is written to disk again");
                 }
-                failures = 0;
             }
-            // A full or failing disk: the batch stays buffered in the spool and the next round
-            // tries again. Nothing unflushed is ever published.
-            Err(e) => {
-                if failures.is_multiple_of(60) {
-                    log::error!("writing the spool to disk: {e:#}");
+            // A full or failing disk: the batch stays buffered in the spool (within its size
+            // limit: past it the least severe alerts are dropped, counted and reported) and the
+            // next round tries again, every second. Nothing unflushed is ever published.
+            (Err(e), waiting) => {
+                if failing.is_none_or(|said| said.elapsed() >= FAILING_REPEAT) {
+                    log::error!(
+                        "writing the spool to disk: {e:#}: {waiting} alert(s) wait in memory \
+                         and are not sent until they are written; tried again every second, \
+                         said again every minute"
+                    );
+                    failing = Some(std::time::Instant::now());
                 }
-                failures += 1;
             }
         }
         // New alerts to send; and the reporter, which does not wait for the spool while this
         // thread holds it, may have skipped sending meanwhile.
         shared.wake.notify_one();
         for answer in syncs {
-            let _ = answer.send(());
+            let _ = answer.send(if failing.is_some() { unwritten } else { 0 });
         }
         if last {
             return;
@@ -111,6 +121,8 @@ fn spool_writer(shared: Arc<Shared>, from_loop: std::sync::mpsc::Receiver<ToWrit
 /// are durable when `sync` returns.
 pub struct SpoolSink {
     shared: Arc<Shared>,
+    /// The alerts a `sync` last found unwritten, once said.
+    unwritten_said: usize,
     batch: Vec<Spooled>,
     max_payload: usize,
     writer: std::sync::mpsc::Sender<ToWriter>,
@@ -128,6 +140,7 @@ impl SpoolSink {
             .context("starting the spool writer's thread")?;
         Ok(Self {
             shared,
+            unwritten_said: 0,
             batch: Vec::new(),
             max_payload,
             writer,
@@ -168,10 +181,21 @@ impl AlertSink for SpoolSink {
     fn sync(&mut self) -> anyhow::Result<()> {
         self.flush()?;
         let (answer, done) = std::sync::mpsc::sync_channel(1);
-        if self.writer.send(ToWriter::Sync(answer)).is_ok()
-            && done.recv_timeout(Duration::from_secs(10)).is_err()
-        {
-            log::warn!("the spool writer did not finish in 10 s");
+        if self.writer.send(ToWriter::Sync(answer)).is_err() {
+            return Ok(());
+        }
+        match done.recv_timeout(Duration::from_secs(10)) {
+            Err(_) => log::warn!("the spool writer did not finish in 10 s"),
+            // The spool cannot be written (said by the writer): what waits in memory ends with
+            // this run. Said once, with the count.
+            Ok(n) if n > 0 && n != self.unwritten_said => {
+                log::error!(
+                    "the spool cannot be written: {n} alert(s) never written are lost when the \
+                     agent stops"
+                );
+                self.unwritten_said = n;
+            }
+            Ok(_) => {}
         }
         Ok(())
     }

@@ -169,7 +169,11 @@ impl Spool {
                 .write(true)
                 .open(path)
                 .with_context(|| format!("opening {}", path.display()))?;
-            self.active = Some(Active { id, file });
+            self.active = Some(Active {
+                id,
+                file,
+                entry_synced: true,
+            });
         }
         Ok(())
     }

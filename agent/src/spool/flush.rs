@@ -152,12 +152,13 @@ impl Spool {
     }
 
     /// The segment to append a record of `len` bytes to, starting a new one when the active
-    /// one is full: (segment, its size, whether it was just created).
+    /// one is full: (segment, its size, whether its directory entry is still to be synced: a
+    /// new file, or one whose first write failed).
     fn writable_segment(&mut self, len: u64) -> anyhow::Result<(u32, u64, bool)> {
         if let Some(active) = &self.active {
             let size = self.segments.get(&active.id).map_or(0, |s| s.size);
             if size + len <= self.segment_bytes {
-                return Ok((active.id, size, false));
+                return Ok((active.id, size, !active.entry_synced));
             }
         }
         self.active = None;
@@ -175,12 +176,18 @@ impl Spool {
             .with_context(|| format!("creating {}", path.display()))?;
         self.next_segment = id + 1;
         self.segments.insert(id, Segment::default());
-        self.active = Some(Active { id, file });
+        self.active = Some(Active {
+            id,
+            file,
+            entry_synced: false,
+        });
         Ok((id, 0, true))
     }
 
     /// Writes `buf` at `base` in the active segment `id` and syncs it (and the directory for a
-    /// new file). On failure the segment is sealed: later records go to a new one.
+    /// new file). A write that fails (a full or read-only disk) is cut off again and the
+    /// segment stays the one appended to; if it cannot be cut, or the sync fails, the segment
+    /// is sealed: later records go to a new one.
     fn write_segment(
         &mut self,
         id: u32,
@@ -191,14 +198,33 @@ impl Spool {
         let Some(active) = self.active.as_ref().filter(|a| a.id == id) else {
             bail!("spool segment {id:08x} is not the active one");
         };
-        let mut result = active
-            .file
-            .write_all_at(buf, base)
-            .and_then(|()| active.file.sync_data());
-        self.stats.syncs += 1;
+        let mut result = active.file.write_all_at(buf, base);
+        if let Err(e) = result {
+            // Nothing of it was synced: cut what landed and go on in this segment (a full
+            // disk is tried again every second, without a new file each time). If it cannot
+            // be cut, the segment is sealed below.
+            if active.file.set_len(base).is_ok() {
+                return Err(e).with_context(|| {
+                    format!(
+                        "writing to the spool segment {}",
+                        self.seg_path(id).display()
+                    )
+                });
+            }
+            result = Err(e);
+        }
+        if result.is_ok() {
+            result = active.file.sync_data();
+            self.stats.syncs += 1;
+        }
         if result.is_ok() && created {
             result = File::open(&self.dir).and_then(|d| d.sync_all());
             self.stats.syncs += 1;
+            if result.is_ok() {
+                if let Some(active) = self.active.as_mut() {
+                    active.entry_synced = true;
+                }
+            }
         }
         if let Err(e) = result {
             self.active = None;

@@ -191,6 +191,8 @@ pub struct Spool {
 struct Active {
     id: u32,
     file: File,
+    /// Whether its directory entry is durable (a new file's is once its first write is).
+    entry_synced: bool,
 }
 
 /// Per-segment accounting.

@@ -194,7 +194,11 @@ impl Spool {
                 .read(true)
                 .open(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
-            self.active = Some(Active { id: last, file });
+            self.active = Some(Active {
+                id: last,
+                file,
+                entry_synced: true,
+            });
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ use super::*;
 
 mod agent_kill;
 mod broker_flap;
+mod disk_full;
 mod postgres_restart;
 mod serve_kill;
 
