@@ -135,6 +135,12 @@ pub struct LimitsConfig {
     /// removed.
     #[serde(default = "default_max_alerts_per_device")]
     pub max_alerts_per_device: u64,
+    /// Heartbeats and statuses per minute a device may send, sustained.
+    #[serde(default = "default_presence_per_minute")]
+    pub presence_per_minute: u32,
+    /// Heartbeats and statuses a device may send at once beyond the sustained rate.
+    #[serde(default = "default_presence_burst")]
+    pub presence_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -143,6 +149,8 @@ impl Default for LimitsConfig {
             alerts_per_second: default_alerts_per_second(),
             alert_burst: default_alert_burst(),
             max_alerts_per_device: default_max_alerts_per_device(),
+            presence_per_minute: default_presence_per_minute(),
+            presence_burst: default_presence_burst(),
         }
     }
 }
@@ -158,6 +166,14 @@ fn default_alert_burst() -> u32 {
 }
 fn default_max_alerts_per_device() -> u64 {
     1_000_000
+}
+/// Twice what an agent with a heartbeat every second sends (60 s by default), with room for a
+/// status at each of its connections.
+fn default_presence_per_minute() -> u32 {
+    120
+}
+fn default_presence_burst() -> u32 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,6 +388,10 @@ impl Config {
             limits.max_alerts_per_device > 0,
             "limits.max_alerts_per_device must be at least 1"
         );
+        anyhow::ensure!(
+            limits.presence_per_minute > 0 && limits.presence_burst > 0,
+            "limits.presence_per_minute and limits.presence_burst must be at least 1"
+        );
         check_integrations(&config)?;
         for (group, devices) in &config.groups {
             for id in devices {
@@ -471,6 +491,8 @@ lab = ["gw-1", "gw-2"]
             limits.max_alerts_per_device,
             default_max_alerts_per_device()
         );
+        assert_eq!(limits.presence_per_minute, default_presence_per_minute());
+        assert_eq!(limits.presence_burst, default_presence_burst());
     }
 
     #[test]

@@ -219,7 +219,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             timeout,
             bundle,
         }) => {
-            let all_good = push::run(&required()?, device, group, *timeout, bundle)?;
+            let all_good = push::run(
+                &required()?,
+                cli.db.as_deref(),
+                device,
+                group,
+                *timeout,
+                bundle,
+            )?;
             return Ok(if all_good { 0 } else { 2 });
         }
         Command::User(command) => {

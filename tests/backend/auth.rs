@@ -100,11 +100,12 @@ impl Events {
     }
 }
 
-/// A result of the device applying the policy `p` serial `serial` (device time `serial`).
-fn applied(serial: u64) -> PolicyResult {
+/// A result of the device applying the bundle `sha`, policy `p` serial `serial` (device time
+/// `serial`).
+fn applied(sha: &str, serial: u64) -> PolicyResult {
     PolicyResult {
         time_ms: serial,
-        bundle_sha256: format!("{serial:064x}"),
+        bundle_sha256: sha.into(),
         outcome: PolicyOutcome::Applied {
             name: "p".into(),
             serial,
@@ -118,6 +119,25 @@ async fn live_events_deliver_what_is_stored_and_resume_after_the_last_id() {
     let backend = Backend::with_http(&broker, "events", "");
     let (port, token) = (backend.http(), backend.token());
     let mut device = Device::connect(&broker, "gw-1", None).await;
+    // A bundle pushed to the device, which its results name (no result comes within the
+    // second `policy push` waits: exit 2).
+    let bundle = broker.path("events.bundle");
+    std::fs::write(&bundle, b"a bundle").unwrap();
+    let config = backend.config.clone();
+    let pushed = tokio::task::spawn_blocking(move || {
+        backend_bin()
+            .arg("--config")
+            .arg(&config)
+            .args(["policy", "push", "--device", "gw-1", "--timeout", "1s"])
+            .arg(&bundle)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(pushed.status.code(), Some(2), "{}", text(&pushed));
+    let sha =
+        picket_test_support::hex(ring::digest::digest(&ring::digest::SHA256, b"a bundle").as_ref());
     // Stored before the stream opens: not sent.
     device
         .publish(Channel::Alert, Format::Postcard, &alert(1), false)
@@ -169,7 +189,12 @@ async fn live_events_deliver_what_is_stored_and_resume_after_the_last_id() {
     // A policy result the device sends: the row /api/policy-results gives, at the position of
     // the last alert sent and its own time received.
     device
-        .publish(Channel::PolicyResult, Format::Postcard, &applied(7), false)
+        .publish(
+            Channel::PolicyResult,
+            Format::Postcard,
+            &applied(&sha, 7),
+            false,
+        )
         .await;
     device.flush().await;
     let (events, result) = tokio::task::spawn_blocking(move || {
@@ -199,7 +224,12 @@ async fn live_events_deliver_what_is_stored_and_resume_after_the_last_id() {
             .await;
     }
     device
-        .publish(Channel::PolicyResult, Format::Postcard, &applied(8), false)
+        .publish(
+            Channel::PolicyResult,
+            Format::Postcard,
+            &applied(&sha, 8),
+            false,
+        )
         .await;
     device.flush().await;
     backend.wait_for(&["alerts", "--json"], |v| seqs(v).len() == 4);
@@ -242,7 +272,12 @@ async fn live_events_deliver_what_is_stored_and_resume_after_the_last_id() {
     .await
     .unwrap();
     device
-        .publish(Channel::PolicyResult, Format::Postcard, &applied(9), false)
+        .publish(
+            Channel::PolicyResult,
+            Format::Postcard,
+            &applied(&sha, 9),
+            false,
+        )
         .await;
     device.flush().await;
     let next = tokio::task::spawn_blocking(move || events.next_result())

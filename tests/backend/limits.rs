@@ -1,5 +1,6 @@
-//! Per-device limits: a device flooding alerts is limited and reported while another device
-//! loses nothing and stays online; the quota keeps exactly a device's newest alerts.
+//! Per-device limits: a device flooding alerts, or looping heartbeats and statuses, is limited
+//! and reported while another device loses nothing and stays online; the quota keeps exactly a
+//! device's newest alerts.
 
 use super::*;
 
@@ -221,6 +222,133 @@ async fn the_quota_keeps_exactly_a_device_s_newest_alerts() {
         1,
         "{log}"
     );
+    tokio::task::spawn_blocking(move || backend.stop())
+        .await
+        .unwrap();
+}
+
+/// `flood` loops 2000 heartbeats and 1000 `online` statuses as fast as it can, then says it is
+/// offline; `steady` sends 40 alerts and 40 heartbeats among them, as a healthy agent (far
+/// more often than one, whose heartbeat comes once a minute by default) within its burst.
+/// `flood` has at most its burst (60) and what its bucket refilled (120 a minute) written, the
+/// rest counted as `presence_limited` (refusals, devices listing, API) and logged at most once
+/// a minute; its change to offline is stored all the same. `steady` loses nothing, is never
+/// limited and stays online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_looping_heartbeats_and_statuses_is_limited_while_another_loses_nothing() {
+    let broker = Broker::start();
+    let backend = Backend::with_http(&broker, "be", "");
+    let mut flood = Device::connect(&broker, "flood", None).await;
+    let mut steady = Device::connect(&broker, "steady", None).await;
+    steady
+        .publish(
+            Channel::Status,
+            Format::Postcard,
+            &status(Presence::Online),
+            true,
+        )
+        .await;
+    const HEARTBEATS: u64 = 2000;
+    const STATUSES: u64 = 1000;
+    const STEADY: u64 = 40;
+    let started = Instant::now();
+    for n in 1..=HEARTBEATS {
+        flood
+            .publish(Channel::Heartbeat, Format::Postcard, &heartbeat(n), false)
+            .await;
+        if n % 2 == 0 {
+            flood
+                .publish(
+                    Channel::Status,
+                    Format::Postcard,
+                    &status(Presence::Online),
+                    false,
+                )
+                .await;
+        }
+        if n % (HEARTBEATS / STEADY) == 0 {
+            let k = n / (HEARTBEATS / STEADY);
+            steady
+                .publish(Channel::Alert, Format::Postcard, &alert(k), false)
+                .await;
+            steady
+                .publish(Channel::Heartbeat, Format::Postcard, &heartbeat(k), false)
+                .await;
+        }
+    }
+    flood
+        .publish(
+            Channel::Status,
+            Format::Postcard,
+            &status(Presence::Offline),
+            false,
+        )
+        .await;
+    flood.flush().await;
+    steady.flush().await;
+
+    // Everything handled: flood's offline status stored, and of its 3000 heartbeats and
+    // statuses before it, at most the burst, what refilled since the start and its first status
+    // (a change) written; steady's all stored.
+    let sent = HEARTBEATS + STATUSES;
+    let devices = backend.wait_for(&["devices", "--json"], |v| {
+        let written_at_most = 60 + 2 * (started.elapsed().as_secs() + 1) + 1;
+        v.as_array().is_some_and(|a| a.len() == 2)
+            && row(v, "flood")["state"] == "offline"
+            && row(v, "flood")["presence_limited"].as_u64().unwrap() + written_at_most >= sent
+            && row(v, "steady")["alerts"] == STEADY
+            && row(v, "steady")["uptime_s"] == STEADY
+    });
+    let (f, s) = (row(&devices, "flood"), row(&devices, "steady"));
+    let limited = f["presence_limited"].as_u64().unwrap();
+    assert!(limited <= sent - 60, "the burst is written: {f:#}");
+    assert_eq!(
+        (&s["presence_limited"], &s["rate_limited"], &s["state"]),
+        (&0.into(), &0.into(), &"online".into()),
+        "steady is never limited: {s:#}"
+    );
+    assert_eq!(
+        seqs(&backend.query(&["alerts", "--device", "steady", "--json"])),
+        (1..=STEADY).collect::<Vec<_>>()
+    );
+    // Its presence changes: online, then offline, nothing in between.
+    let presence = backend.query(&["presence", "--device", "flood", "--json"]);
+    let states: Vec<&str> = presence
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["offline", "online"], "{presence:#}");
+
+    // Recorded with the reason, as refusals of flood only.
+    let refused = backend.query(&["refused", "--json"]);
+    let refused = refused.as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(
+        (&refused[0]["reason"], &refused[0]["device_id"]),
+        (&"presence_limited".into(), &"flood".into())
+    );
+    assert_eq!(refused[0]["count"], limited);
+    assert!(
+        refused[0]["last_error"].as_str().unwrap().ends_with(
+            "over the device's limit of heartbeats and statuses (120/min, burst 60): not stored"
+        ),
+        "{refused:#?}"
+    );
+    let (code, api) = backend.get("/api/devices");
+    assert_eq!(code, 200);
+    assert_eq!(row(&api, "flood")["presence_limited"], limited);
+    assert_eq!(row(&api, "steady")["presence_limited"], 0);
+    // Logged at most once a minute per kind, not once per message.
+    let log = backend.log();
+    let lines = log.matches("(presence_limited)").count() as u64;
+    assert!(
+        (1..=1 + started.elapsed().as_secs() / 60).contains(&lines),
+        "{lines} lines: {}",
+        &log[log.len().saturating_sub(4000)..]
+    );
+    assert!(!log.contains("reconnecting in"), "{log}");
     tokio::task::spawn_blocking(move || backend.stop())
         .await
         .unwrap();

@@ -45,6 +45,10 @@ async fn policy_push_reaches_devices_and_shows_their_results() {
     // The serving backend stored gw-1's result and the new policy serial.
     check_the_result_and_serial_of_gw1(&backend, &sha);
 
+    // Results for bundles never pushed to their devices are refused.
+    let mut gw1 = gw1;
+    made_up_results_are_refused(&backend, &broker, &mut gw1, &sha).await;
+
     // gw-2 connects later and finds the bundle retained on its policy topic.
     let _gw2 = connect_gw2_and_find_the_bundle_retained(&broker, &bundle).await;
 
@@ -127,6 +131,100 @@ fn check_the_result_and_serial_of_gw1(backend: &Backend, sha: &str) {
     assert_eq!(results[0]["bundle_sha256"], sha);
     let devices = backend.query(&["devices", "--json"]);
     assert_eq!(devices[0]["policy_serial"], 4, "{devices:#}");
+}
+
+/// gw-1 sends a result for a bundle never pushed (claiming serial 99), gw-3 (not in the
+/// group) one for the bundle pushed to the group: both refused as `unknown_policy`, neither
+/// stored; gw-2's result for the bundle pushed to it, not yet received, is stored.
+async fn made_up_results_are_refused(
+    backend: &Backend,
+    broker: &Broker,
+    gw1: &mut Device,
+    pushed: &str,
+) {
+    let result = |sha: &str, serial| PolicyResult {
+        time_ms: 6,
+        bundle_sha256: sha.into(),
+        outcome: PolicyOutcome::Applied {
+            name: "made-up".into(),
+            serial,
+        },
+    };
+    let never_pushed = "ab".repeat(32);
+    gw1.publish(
+        Channel::PolicyResult,
+        Format::Postcard,
+        &result(&never_pushed, 99),
+        false,
+    )
+    .await;
+    let mut gw3 = Device::connect(broker, "gw-3", None).await;
+    gw3.publish(
+        Channel::PolicyResult,
+        Format::Json,
+        &result(pushed, 98),
+        false,
+    )
+    .await;
+    let mut gw2 = Device::connect(broker, "gw-2", None).await;
+    gw2.publish(
+        Channel::PolicyResult,
+        Format::Postcard,
+        &result(pushed, 4),
+        false,
+    )
+    .await;
+    gw1.flush().await;
+    gw3.flush().await;
+    gw2.flush().await;
+    let refused = backend.wait_for(&["refused", "--json"], |v| v.as_array().unwrap().len() == 2);
+    let refused = refused.as_array().unwrap();
+    let rows: Vec<(&str, &str, u64)> = refused
+        .iter()
+        .map(|r| {
+            (
+                r["reason"].as_str().unwrap(),
+                r["device_id"].as_str().unwrap(),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("unknown_policy", "gw-1", 1), ("unknown_policy", "gw-3", 1)]
+    );
+    assert_eq!(
+        refused[0]["last_error"],
+        format!(
+            "a result (applied) for bundle {never_pushed}, which was never pushed to this \
+             device: not stored"
+        )
+    );
+    let results = backend.wait_for(&["policy", "results", "--json"], |v| {
+        v.as_array().unwrap().len() == 2
+    });
+    let stored: Vec<(&str, &str)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["device_id"].as_str().unwrap(),
+                r["bundle_sha256"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(stored.contains(&("gw-2", pushed)), "{results:#}");
+    assert!(stored.contains(&("gw-1", pushed)), "{results:#}");
+    // gw-1's policy is still the one it applied, not the one it made up.
+    let devices = backend.query(&["devices", "--json"]);
+    let gw1_row = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == "gw-1")
+        .unwrap();
+    assert_eq!(gw1_row["policy_serial"], 4, "{devices:#}");
 }
 
 /// Connects gw-2, subscribes to its policy topic and waits for `bundle`, retained; returns

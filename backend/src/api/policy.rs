@@ -60,6 +60,14 @@ pub(crate) async fn push(
     }
     let serial = policy.metadata.serial;
     let sha256 = crate::cmd::push::sha256_hex(&bundle);
+    // Before it is published: the devices' results for it are stored only then.
+    {
+        let (devices, bundle) = (devices.clone(), bundle.clone());
+        super::query(&api, move |s| {
+            crate::cmd::push::record(s, &devices, &bundle, crate::ingest::now_ms())
+        })
+        .await?;
+    }
     // The audit's target: the devices, or how many when they would not fit.
     let target = if devices.len() <= 10 {
         devices.join(",")

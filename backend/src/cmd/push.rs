@@ -1,5 +1,7 @@
 //! `policy push`: publishes a signed policy bundle to devices (QoS 1, retained, so that a
 //! device that is offline gets it when it connects) and shows what each device did with it.
+//! Each push is recorded in the store first ([`record`]): the ingest stores a device's policy
+//! result only for a bundle pushed to it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
@@ -54,11 +56,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// `policy push`: reads the bundle, publishes it to the devices `devices` and `groups` name and
-/// waits up to `timeout` for their results. Returns whether every device applied it (or
-/// already had it).
+/// `policy push`: reads the bundle, records the push in the store of the configuration (or the
+/// SQLite file `db`), publishes it to the devices `devices` and `groups` name and waits up to
+/// `timeout` for their results. Returns whether every device applied it (or already had it).
 pub fn run(
     config: &Config,
+    db: Option<&Path>,
     devices: &[String],
     groups: &[String],
     timeout: Duration,
@@ -67,10 +70,39 @@ pub fn run(
     let targets = targets(config, devices, groups)?;
     let bytes = std::fs::read(bundle)
         .with_context(|| format!("reading the bundle {}", bundle.display()))?;
+    check_bundle(&bytes)?;
+    {
+        // Not created: a push recorded in a store no `serve` reads would have its results
+        // refused.
+        let mut store = crate::store::open(&config.store, db, false)
+            .context("recording the push in the store")?;
+        record(&mut *store, &targets, &bytes, crate::ingest::now_ms())
+            .context("recording the push in the store")?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(push(config, &targets, &bytes, timeout))
+}
+
+/// Records in `store` that `bundle` is pushed to `targets` at `now_ms`, with its policy's name
+/// and serial when it reads as a bundle (the devices verify it; the backend holds no trust
+/// store). Before it is published, so that no result can come first.
+pub fn record(
+    store: &mut dyn crate::store::Store,
+    targets: &[String],
+    bundle: &[u8],
+    now_ms: u64,
+) -> anyhow::Result<()> {
+    let policy = picket_policy::bundle::inspect(bundle)
+        .ok()
+        .map(|(p, _)| (p.metadata.name, p.metadata.serial));
+    store.record_push(
+        targets,
+        &sha256_hex(bundle),
+        policy.as_ref().map(|(n, s)| (n.as_str(), *s)),
+        now_ms,
+    )
 }
 
 /// Publishes `bundle` to every target and waits up to `timeout` for their results. Returns

@@ -69,6 +69,7 @@ pub fn devices_table(devices: &[DeviceRow]) -> String {
                 d.alerts.to_string(),
                 d.rate_limited.to_string(),
                 d.quota_removed.to_string(),
+                d.presence_limited.to_string(),
                 opt(&counter(&["rss_bytes"]).map(|b| format!("{} KiB", b / 1024))),
                 opt(&lost),
                 opt(&counter(&["spool_pending"])),
@@ -86,6 +87,7 @@ pub fn devices_table(devices: &[DeviceRow]) -> String {
             "ALERTS",
             "RATE LIMITED",
             "OVER QUOTA",
+            "PRESENCE LIMITED",
             "RSS",
             "LOST EVENTS",
             "SPOOLED",
@@ -292,6 +294,7 @@ mod tests {
             alerts: 2,
             rate_limited: 7,
             quota_removed: 1,
+            presence_limited: 4,
         };
         let counters = serde_json::json!({
             "rss_bytes": 4 << 20, "sensors": [{"sensor": "process", "seen": 9, "lost": 1}],
@@ -315,9 +318,18 @@ mod tests {
             })
             .collect();
         assert_eq!(lines[0].last(), Some(&"UNVERIFIED EXECS"));
-        assert_eq!(lines[0][5..8], ["ALERTS", "RATE LIMITED", "OVER QUOTA"]);
-        assert_eq!(lines[1][5..], ["2", "7", "1", "4096 KiB", "1", "0", "5"]);
-        assert_eq!(lines[2][5..], ["2", "7", "1", "4096 KiB", "1", "0", "-"]);
-        assert_eq!(lines[3][5..], ["2", "7", "1", "-", "-", "-", "-"]);
+        assert_eq!(
+            lines[0][5..9],
+            ["ALERTS", "RATE LIMITED", "OVER QUOTA", "PRESENCE LIMITED"]
+        );
+        assert_eq!(
+            lines[1][5..],
+            ["2", "7", "1", "4", "4096 KiB", "1", "0", "5"]
+        );
+        assert_eq!(
+            lines[2][5..],
+            ["2", "7", "1", "4", "4096 KiB", "1", "0", "-"]
+        );
+        assert_eq!(lines[3][5..], ["2", "7", "1", "4", "-", "-", "-", "-"]);
     }
 }

@@ -1,9 +1,11 @@
 //! One message: its topic and size checked, its body decoded and checked against its topic,
 //! then stored; or refused ([`Refused`]) and counted in the store by reason. An alert is also
-//! checked against its device's rate limit, and stored within its quota ([`Limits`]).
+//! checked against its device's rate limit, and stored within its quota; a heartbeat or a
+//! status against its device's limit of those ([`Limits`]); a policy result against the
+//! bundles pushed to its device.
 
 use picket_proto::topic::{self, Channel};
-use picket_proto::{Alert, PolicyResult, Status, MAX_MESSAGE_BYTES};
+use picket_proto::{Alert, PolicyOutcome, PolicyResult, Status, MAX_MESSAGE_BYTES};
 use serde::de::DeserializeOwned;
 
 use super::limit::Limits;
@@ -34,6 +36,11 @@ pub enum Refusal {
     DeviceMismatch,
     /// An alert over its device's rate limit (`limits.alerts_per_second`, `alert_burst`).
     RateLimited,
+    /// A heartbeat, or a status repeating the device's state, over its device's limit
+    /// (`limits.presence_per_minute`, `presence_burst`).
+    PresenceLimited,
+    /// A policy result for a bundle never pushed to its device.
+    UnknownPolicy,
 }
 
 impl Refusal {
@@ -46,6 +53,8 @@ impl Refusal {
             Refusal::Version => "version",
             Refusal::DeviceMismatch => "device_mismatch",
             Refusal::RateLimited => "rate_limited",
+            Refusal::PresenceLimited => "presence_limited",
+            Refusal::UnknownPolicy => "unknown_policy",
         }
     }
 }
@@ -70,6 +79,12 @@ pub enum Refused {
     /// The alert's sequence number and the limits it is over.
     #[error("alert {0} is over the device's rate limit ({1}): not stored")]
     RateLimited(u64, String),
+    /// What it is (`heartbeat`, `status online`) and the limit it is over.
+    #[error("{0} over the device's limit of heartbeats and statuses ({1}): not stored")]
+    PresenceLimited(String, String),
+    /// The bundle's SHA-256 (at most 80 characters of it) and the outcome the result claims.
+    #[error("a result ({1}) for bundle {0}, which was never pushed to this device: not stored")]
+    UnknownPolicy(String, &'static str),
 }
 
 impl Refused {
@@ -85,6 +100,8 @@ impl Refused {
             Refused::Decode(_) | Refused::SeqOutOfRange(_) => Refusal::Malformed,
             Refused::DeviceMismatch(_) => Refusal::DeviceMismatch,
             Refused::RateLimited(..) => Refusal::RateLimited,
+            Refused::PresenceLimited(..) => Refusal::PresenceLimited,
+            Refused::UnknownPolicy(..) => Refusal::UnknownPolicy,
         }
     }
 }
@@ -252,12 +269,21 @@ impl Message<'_> {
             Channel::Heartbeat => {
                 // From this agent version or an older one (without the newer counters).
                 let (_, hb) = checked(picket_proto::decode_heartbeat(self.payload)?, device)?;
+                if !self.limits.admit_heartbeat(device, self.clock_ms) {
+                    let limit = self.limits.describe_presence();
+                    return Err(Refused::PresenceLimited("heartbeat".into(), limit));
+                }
                 store
                     .record_heartbeat(device, &hb, now_ms)
                     .map(|()| Outcome::Stored)
             }
             Channel::Status => {
                 let (_, status) = decode::<Status>(self.payload, device)?;
+                let state = status.state.name();
+                if !self.limits.admit_status(device, state, self.clock_ms) {
+                    let limit = self.limits.describe_presence();
+                    return Err(Refused::PresenceLimited(format!("status {state}"), limit));
+                }
                 log::info!("{device} is {:?}", status.state);
                 store
                     .record_status(device, &status, now_ms)
@@ -265,6 +291,17 @@ impl Message<'_> {
             }
             Channel::PolicyResult => {
                 let (_, result) = decode::<PolicyResult>(self.payload, device)?;
+                // The agent sends a result only in answer to a bundle on its policy topic,
+                // which only `policy push` publishes (and records): one for a bundle never
+                // pushed there is made up.
+                match store.policy_pushed(device, &result.bundle_sha256) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let sha: String = result.bundle_sha256.chars().take(80).collect();
+                        return Err(Refused::UnknownPolicy(sha, outcome_name(&result.outcome)));
+                    }
+                    Err(e) => return Ok(Err(e)),
+                }
                 log::info!("{device}: policy {:?}", result.outcome);
                 store
                     .insert_policy_result(device, &result, now_ms)
@@ -278,6 +315,15 @@ impl Message<'_> {
             }
             Channel::Policy => return Err(Refused::UnexpectedChannel),
         })
+    }
+}
+
+/// What a policy result says, as the store names it.
+fn outcome_name(outcome: &PolicyOutcome) -> &'static str {
+    match outcome {
+        PolicyOutcome::Applied { .. } => "applied",
+        PolicyOutcome::Unchanged { .. } => "unchanged",
+        PolicyOutcome::Refused { .. } => "refused",
     }
 }
 

@@ -1,7 +1,8 @@
 //! Per-device limits of the ingest: a token bucket on the alerts each device sends, so that
-//! one device flooding alerts cannot have them all stored, and the throttling of what is
-//! logged about a device over its limit or its quota. No I/O: the time is given (ms of a
-//! monotonic clock), so that the arithmetic is tested without waiting.
+//! one device flooding alerts cannot have them all stored; another on its heartbeats and
+//! statuses, so that one looping them cannot make the store write at will; and the throttling
+//! of what is logged about a device over its limit or its quota. No I/O: the time is given (ms
+//! of a monotonic clock), so that the arithmetic is tested without waiting.
 
 use std::collections::HashMap;
 
@@ -10,17 +11,74 @@ use crate::config::LimitsConfig;
 /// How often, at most, a device over its limit or quota is logged.
 pub const LOG_EVERY_MS: u64 = 60_000;
 
-/// Tokens are counted in thousandths: a second refills `alerts_per_second` alerts, that is
-/// `alerts_per_second` thousandths per millisecond, exactly.
-const MILLI: u64 = 1000;
+/// A token bucket's arithmetic, in integers: a message costs `cost` units, `rate` units refill
+/// per ms, up to `capacity`. Alerts are counted in thousandths (a second refills
+/// `alerts_per_second` alerts: that many thousandths per ms, exactly); heartbeats and statuses
+/// in sixty-thousandths (a minute refills `presence_per_minute`: that many per ms).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    cost: u64,
+    rate: u64,
+    capacity: u64,
+}
 
-/// The limits and every device's bucket.
+impl Rate {
+    fn new(per_period: u32, burst: u32, period_ms: u64) -> Rate {
+        Rate {
+            cost: period_ms,
+            rate: u64::from(per_period),
+            capacity: u64::from(burst) * period_ms,
+        }
+    }
+
+    /// A full bucket at `now_ms`.
+    fn full(&self, now_ms: u64) -> Bucket {
+        Bucket {
+            units: self.capacity,
+            at_ms: now_ms,
+        }
+    }
+
+    /// `bucket` refilled up to `now_ms` (a clock going back refills nothing).
+    fn refill(&self, bucket: &mut Bucket, now_ms: u64) {
+        let elapsed = now_ms.saturating_sub(bucket.at_ms);
+        bucket.units = bucket
+            .units
+            .saturating_add(elapsed.saturating_mul(self.rate))
+            .min(self.capacity);
+        bucket.at_ms = bucket.at_ms.max(now_ms);
+    }
+
+    /// Takes one message's worth from `bucket` (refilled): `true` when there was that much.
+    fn take(&self, bucket: &mut Bucket, now_ms: u64) -> bool {
+        self.refill(bucket, now_ms);
+        if bucket.units >= self.cost {
+            bucket.units -= self.cost;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// As the log says it: `per/unit, burst N`.
+    fn describe(&self, unit: &str) -> String {
+        format!("{}/{unit}, burst {}", self.rate, self.capacity / self.cost)
+    }
+}
+
+/// A device's tokens in one bucket, as of `at_ms`.
+#[derive(Debug, Clone)]
+struct Bucket {
+    units: u64,
+    at_ms: u64,
+}
+
+/// The limits and every device's buckets.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Thousandths of a token per ms (= alerts per second).
-    rate: u64,
-    /// The bucket's size in thousandths.
-    capacity: u64,
+    alerts: Rate,
+    /// Heartbeats and statuses together.
+    presence: Rate,
     /// Stored alerts kept per device.
     pub max_alerts_per_device: u64,
     devices: HashMap<String, DeviceState>,
@@ -36,9 +94,10 @@ pub struct Snapshot(Vec<(String, Option<DeviceState>)>);
 
 #[derive(Debug, Clone)]
 struct DeviceState {
-    /// Thousandths of a token, at `at_ms`.
-    tokens: u64,
-    at_ms: u64,
+    alerts: Bucket,
+    presence: Bucket,
+    /// The state of the device's latest status admitted (`online`, `offline`, `lost`).
+    status: Option<String>,
     limited: Reported,
     removed: Reported,
 }
@@ -67,8 +126,8 @@ impl Reported {
 impl Limits {
     pub fn new(config: &LimitsConfig) -> Limits {
         Limits {
-            rate: u64::from(config.alerts_per_second),
-            capacity: u64::from(config.alert_burst) * MILLI,
+            alerts: Rate::new(config.alerts_per_second, config.alert_burst, 1000),
+            presence: Rate::new(config.presence_per_minute, config.presence_burst, 60_000),
             max_alerts_per_device: config.max_alerts_per_device,
             devices: HashMap::new(),
             refusals: HashMap::new(),
@@ -81,47 +140,58 @@ impl Limits {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The limits as the log says them (`10/s, burst 100000`).
+    /// The alert limit as the log says it (`10/s, burst 100000`).
     pub fn describe(&self) -> String {
-        format!("{}/s, burst {}", self.rate, self.capacity / MILLI)
+        self.alerts.describe("s")
+    }
+
+    /// The limit of heartbeats and statuses as the log says it (`120/min, burst 60`).
+    pub fn describe_presence(&self) -> String {
+        self.presence.describe("min")
     }
 
     fn device(&mut self, device: &str, now_ms: u64) -> &mut DeviceState {
-        if !self.devices.contains_key(device) {
-            // A device first heard of has a full bucket.
-            self.devices.insert(
-                device.to_string(),
-                DeviceState {
-                    tokens: self.capacity,
-                    at_ms: now_ms,
-                    limited: Reported::default(),
-                    removed: Reported::default(),
-                },
-            );
-        }
-        let (rate, capacity) = (self.rate, self.capacity);
-        let state = self
-            .devices
-            .get_mut(device)
-            .expect("inserted above when missing");
-        let elapsed = now_ms.saturating_sub(state.at_ms);
-        state.tokens = state
-            .tokens
-            .saturating_add(elapsed.saturating_mul(rate))
-            .min(capacity);
-        state.at_ms = state.at_ms.max(now_ms);
-        state
+        let (alerts, presence) = (self.alerts, self.presence);
+        // A device first heard of has full buckets.
+        self.devices
+            .entry(device.to_string())
+            .or_insert_with(|| DeviceState {
+                alerts: alerts.full(now_ms),
+                presence: presence.full(now_ms),
+                status: None,
+                limited: Reported::default(),
+                removed: Reported::default(),
+            })
     }
 
     /// Takes one alert of `device` at `now_ms`: `true` when it is within the limit.
     pub fn admit(&mut self, device: &str, now_ms: u64) -> bool {
-        let state = self.device(device, now_ms);
-        if state.tokens >= MILLI {
-            state.tokens -= MILLI;
-            true
-        } else {
-            false
+        let rate = self.alerts;
+        rate.take(&mut self.device(device, now_ms).alerts, now_ms)
+    }
+
+    /// Takes one heartbeat of `device` at `now_ms`: `true` when it is within the limit of
+    /// heartbeats and statuses.
+    pub fn admit_heartbeat(&mut self, device: &str, now_ms: u64) -> bool {
+        let rate = self.presence;
+        rate.take(&mut self.device(device, now_ms).presence, now_ms)
+    }
+
+    /// Takes one status of `device` saying `state` at `now_ms`: `true` when it is within the
+    /// limit of heartbeats and statuses, or when it says another state than the device's
+    /// latest status admitted. A change of presence is never refused (it takes a token if
+    /// there is one): refusing it would leave the device shown in a state it has left, for
+    /// good if it says nothing more (a clean stop, a lost connection). Only the repeats of a
+    /// state are limited.
+    pub fn admit_status(&mut self, device: &str, state: &str, now_ms: u64) -> bool {
+        let rate = self.presence;
+        let d = self.device(device, now_ms);
+        let within = rate.take(&mut d.presence, now_ms);
+        if d.status.as_deref() == Some(state) {
+            return within;
         }
+        d.status = Some(state.to_string());
+        true
     }
 
     /// The state of `devices` (topics' device parts), for [`Limits::restore`].
@@ -177,7 +247,21 @@ mod tests {
             alerts_per_second: per_second,
             alert_burst: burst,
             max_alerts_per_device: u64::from(burst),
+            ..LimitsConfig::default()
         })
+    }
+
+    fn presence_limits(per_minute: u32, burst: u32) -> Limits {
+        Limits::new(&LimitsConfig {
+            presence_per_minute: per_minute,
+            presence_burst: burst,
+            ..LimitsConfig::default()
+        })
+    }
+
+    /// How many of `n` heartbeats at `now_ms` are admitted.
+    fn heartbeats(l: &mut Limits, device: &str, n: u32, now_ms: u64) -> u32 {
+        (0..n).filter(|_| l.admit_heartbeat(device, now_ms)).count() as u32
     }
 
     /// How many of `n` alerts at `now_ms` are admitted.
@@ -227,6 +311,78 @@ mod tests {
         // The refill resumes from the latest time seen.
         assert_eq!(admitted(&mut l, "gw-1", 1, 5_999), 0);
         assert_eq!(admitted(&mut l, "gw-1", 1, 6_000), 1);
+    }
+
+    #[test]
+    fn heartbeats_have_a_bucket_per_minute_apart_from_the_alerts() {
+        let mut l = presence_limits(6, 3);
+        assert_eq!(heartbeats(&mut l, "gw-1", 10, 0), 3);
+        // 6 a minute: one every 10 s, none in between; fractions kept across calls.
+        assert_eq!(heartbeats(&mut l, "gw-1", 5, 9_999), 0);
+        assert_eq!(heartbeats(&mut l, "gw-1", 5, 10_000), 1);
+        assert_eq!(heartbeats(&mut l, "gw-1", 5, 15_000), 0);
+        assert_eq!(heartbeats(&mut l, "gw-1", 5, 20_000), 1);
+        // 25 s: two and a half.
+        assert_eq!(heartbeats(&mut l, "gw-1", 5, 45_000), 2);
+        assert_eq!(heartbeats(&mut l, "gw-1", 5, 50_000), 1);
+        // Never beyond the burst; the clock going back refills nothing.
+        assert_eq!(heartbeats(&mut l, "gw-1", 10, 10_000_000), 3);
+        assert_eq!(heartbeats(&mut l, "gw-1", 1, 9_000_000), 0);
+        // The alerts' bucket is another, and so is another device's.
+        assert!(l.admit("gw-1", 10_000_000));
+        assert_eq!(heartbeats(&mut l, "gw-2", 10, 10_000_000), 3);
+        assert_eq!(l.describe_presence(), "6/min, burst 3");
+    }
+
+    #[test]
+    fn a_healthy_agent_s_heartbeats_and_statuses_are_never_limited_by_default() {
+        // The agent's heartbeat every second (the shortest the tests use; 60 s by default),
+        // and a new connection (an online status) every 5 s, with a lost will before it, for
+        // an hour: under the default 120 a minute.
+        let mut l = Limits::new(&LimitsConfig::default());
+        for s in 0..3600u64 {
+            assert!(l.admit_heartbeat("gw-1", s * 1000), "heartbeat {s}");
+            if s % 5 == 0 {
+                assert!(l.admit_status("gw-1", "lost", s * 1000 + 1), "will {s}");
+                assert!(l.admit_status("gw-1", "online", s * 1000 + 2), "status {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_status_changing_state_is_admitted_over_the_limit_its_repeats_are_not() {
+        let mut l = presence_limits(1, 2);
+        assert!(l.admit_status("gw-1", "online", 0));
+        assert!(l.admit_status("gw-1", "online", 0));
+        // The bucket is empty: repeats are refused, heartbeats too.
+        assert!(!l.admit_status("gw-1", "online", 0));
+        assert!(!l.admit_heartbeat("gw-1", 0));
+        // A change is admitted all the same, and its repeats are not.
+        assert!(l.admit_status("gw-1", "offline", 1));
+        assert!(!l.admit_status("gw-1", "offline", 2));
+        assert!(l.admit_status("gw-1", "lost", 3));
+        assert!(l.admit_status("gw-1", "online", 4));
+        assert!(!l.admit_status("gw-1", "online", 5));
+        // The bucket refills as before: a minute, one more.
+        assert!(l.admit_status("gw-1", "online", 60_005));
+        assert!(!l.admit_status("gw-1", "online", 60_005));
+        // Another device's first status, and a state once refused, are admitted.
+        assert!(l.admit_status("gw-2", "online", 5));
+    }
+
+    #[test]
+    fn a_snapshot_puts_back_the_presence_bucket_and_the_latest_status() {
+        let mut l = presence_limits(1, 1);
+        assert!(l.admit_status("gw-1", "online", 0));
+        let saved = l.snapshot([b"gw-1".as_slice(), b"gw-2".as_slice()].into_iter());
+        assert!(l.admit_status("gw-1", "offline", 1));
+        assert!(!l.admit_heartbeat("gw-1", 1));
+        assert!(l.admit_heartbeat("gw-2", 1));
+        l.restore(saved);
+        // As before: offline is still a change, gw-2 has a full bucket again.
+        assert!(!l.admit_status("gw-1", "online", 1));
+        assert!(l.admit_status("gw-1", "offline", 1));
+        assert!(l.admit_heartbeat("gw-2", 1));
     }
 
     #[test]

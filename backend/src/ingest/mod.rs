@@ -116,12 +116,7 @@ pub async fn run(
         )
         .await;
         connected.store(0, Ordering::Relaxed);
-        log::warn!(
-            "MQTT {}:{}: {error:#}; reconnecting in {}s",
-            config.host,
-            config.port,
-            backoff.as_secs()
-        );
+        log::warn!("{}", session_end(&error, &config, backoff));
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(config.max_backoff.max(Duration::from_secs(1)));
     }
@@ -219,6 +214,33 @@ async fn session(
     error
 }
 
+/// What the log says when a session ended with `error`: the store's failure or the
+/// connection's, and when the ingest reconnects.
+fn session_end(error: &anyhow::Error, config: &MqttConfig, backoff: Duration) -> String {
+    match error.downcast_ref::<StoreFailed>() {
+        // Not the connection's fault: the broker delivers the batch again once the ingest has
+        // reconnected.
+        Some(StoreFailed(e)) => format!(
+            "the store failed: {e:#}; nothing of that batch was acknowledged; reconnecting in \
+             {}s to the broker {}:{}, which delivers it again",
+            backoff.as_secs(),
+            config.host,
+            config.port
+        ),
+        None => format!(
+            "MQTT {}:{}: {error:#}; reconnecting in {}s",
+            config.host,
+            config.port,
+            backoff.as_secs()
+        ),
+    }
+}
+
+/// The store failed to store a batch (not the MQTT connection): what the ingest logs says so.
+#[derive(Debug, thiserror::Error)]
+#[error("the store failed: {0:#}")]
+struct StoreFailed(anyhow::Error);
+
 /// Stores what [`session`] receives: everything already received (up to
 /// [`RECEIVE_MAXIMUM`]) in one transaction, then acknowledges each message. `Err` when the
 /// store failed (nothing of that batch is acknowledged: the broker delivers it again after
@@ -247,9 +269,9 @@ async fn storage(
                 (publishes, stored)
             })
             .await
-            .map_err(|e| anyhow::anyhow!("store task: {e}"))?
+            .map_err(|e| anyhow::Error::new(StoreFailed(anyhow::anyhow!("store task: {e}"))))?
         };
-        stored?;
+        stored.map_err(|e| anyhow::Error::new(StoreFailed(e)))?;
         for publish in &publishes {
             // Never waits in practice (see REQUEST_CAPACITY); fails only once the event loop
             // is gone.

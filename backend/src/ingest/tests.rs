@@ -16,6 +16,7 @@ fn limits(alerts_per_second: u32, alert_burst: u32, max_alerts_per_device: u64) 
         alerts_per_second,
         alert_burst,
         max_alerts_per_device,
+        ..LimitsConfig::default()
     })
 }
 
@@ -355,4 +356,210 @@ fn subscribes_shared_except_to_statuses() {
         ]
     );
     assert_eq!(filters("")[0], "picket/v1/+/alert");
+}
+
+/// A store that failed (here a lost PostgreSQL connection) is said to be the store's failure,
+/// not the MQTT connection's; the connection's own failures still name the broker.
+#[test]
+fn a_store_failure_is_logged_as_the_store_s() {
+    let config = crate::config::Config::parse(
+        "[mqtt]\nhost = \"broker.example\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+    )
+    .unwrap();
+    let mqtt = config.mqtt().unwrap();
+    let lost = anyhow::anyhow!("connection closed").context("storing a message from `t`");
+    let store = anyhow::Error::new(StoreFailed(lost));
+    let said = session_end(&store, mqtt, Duration::from_secs(2));
+    assert_eq!(
+        said,
+        "the store failed: storing a message from `t`: connection closed; nothing of that \
+         batch was acknowledged; reconnecting in 2s to the broker broker.example:8883, which \
+         delivers it again"
+    );
+    let broker = anyhow::anyhow!("connection closed");
+    assert_eq!(
+        session_end(&broker, mqtt, Duration::from_secs(4)),
+        "MQTT broker.example:8883: connection closed; reconnecting in 4s"
+    );
+}
+
+fn encode<T: serde::Serialize>(device: &str, body: &T) -> Vec<u8> {
+    picket_proto::encode(Format::Postcard, device, body).unwrap()
+}
+
+fn heartbeat(uptime_s: u64) -> Heartbeat {
+    Heartbeat {
+        time_ms: uptime_s,
+        uptime_s,
+        agent_version: "0.1.0".into(),
+        policy_serial: 3,
+        rss_bytes: 4,
+        sensors: Vec::new(),
+        alerts: AlertCounters::default(),
+        spool_pending: 0,
+        spool_bytes: 0,
+        exec_unverified: None,
+    }
+}
+
+fn status(state: picket_proto::Presence) -> picket_proto::Status {
+    picket_proto::Status {
+        state,
+        time_ms: 1,
+        agent_version: "0.1.0".into(),
+        policy_serial: 3,
+        policy_name: "base".into(),
+        boot_id: "b".into(),
+    }
+}
+
+/// `flood` loops heartbeats and statuses, far over its limit (60 a minute, burst 5): its burst
+/// is stored, the rest refused as `presence_limited` (counted, in its row), except a status
+/// that changes its presence; `quiet`, a heartbeat a second, loses none. Then policy results:
+/// one for a bundle never pushed to its device is refused as `unknown_policy`, one for a
+/// pushed bundle stored.
+fn check_presence_limit_and_unknown_policies(s: &mut dyn Store) {
+    use picket_proto::{PolicyOutcome, PolicyResult, Presence};
+    let mut limits = Limits::new(&LimitsConfig {
+        presence_per_minute: 60,
+        presence_burst: 5,
+        ..LimitsConfig::default()
+    });
+    let mut send = |s: &mut dyn Store, device: &str, channel, bytes: &[u8], clock_ms| {
+        let t = topic::topic(device, channel);
+        super::handle(s, &mut limits, &t, bytes, 1_000 + clock_ms, clock_ms).unwrap()
+    };
+    let limited = Outcome::Refused(Refusal::PresenceLimited);
+    let mut outcomes = Vec::new();
+    for n in 1..=1000 {
+        let hb = encode("flood", &heartbeat(n));
+        outcomes.push(send(s, "flood", Channel::Heartbeat, &hb, 0));
+    }
+    assert_eq!(outcomes[..5], [Outcome::Stored; 5]);
+    assert!(outcomes[5..].iter().all(|o| *o == limited));
+    let online = encode("flood", &status(Presence::Online));
+    // Its first status is a change (none before): stored; its repeats are not.
+    assert_eq!(
+        send(s, "flood", Channel::Status, &online, 0),
+        Outcome::Stored
+    );
+    for _ in 0..99 {
+        assert_eq!(send(s, "flood", Channel::Status, &online, 0), limited);
+    }
+    // A heartbeat a second for 100 s, and a status, from another device: all stored.
+    let quiet_online = encode("quiet", &status(Presence::Online));
+    assert_eq!(
+        send(s, "quiet", Channel::Status, &quiet_online, 0),
+        Outcome::Stored
+    );
+    for n in 1..=100 {
+        let hb = encode("quiet", &heartbeat(n));
+        assert_eq!(
+            send(s, "quiet", Channel::Heartbeat, &hb, n * 1000),
+            Outcome::Stored,
+            "quiet heartbeat {n}"
+        );
+    }
+    // flood stops, over its limit: the change of its presence is stored all the same.
+    let offline = encode("flood", &status(Presence::Offline));
+    assert_eq!(
+        send(s, "flood", Channel::Status, &offline, 0),
+        Outcome::Stored
+    );
+    let devices = s
+        .devices(102_000, std::time::Duration::from_secs(600))
+        .unwrap();
+    let figures: Vec<_> = devices
+        .iter()
+        .map(|d| {
+            (
+                d.device_id.as_str(),
+                d.state,
+                d.uptime_s,
+                d.presence_limited,
+            )
+        })
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            ("flood", "offline", Some(5), 995 + 99),
+            ("quiet", "online", Some(100), 0)
+        ]
+    );
+    let refused = s.refused().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        (refused[0].reason.as_str(), refused[0].device_id.as_str()),
+        ("presence_limited", "flood")
+    );
+    assert_eq!(
+        refused[0].last_error,
+        "status online over the device's limit of heartbeats and statuses (60/min, burst 5): \
+         not stored"
+    );
+
+    // Policy results.
+    let result = |time_ms| PolicyResult {
+        time_ms,
+        bundle_sha256: "ab".repeat(32),
+        outcome: PolicyOutcome::Applied {
+            name: "made-up".into(),
+            serial: 99,
+        },
+    };
+    let unknown = Outcome::Refused(Refusal::UnknownPolicy);
+    let made_up = encode("quiet", &result(1));
+    assert_eq!(
+        send(s, "quiet", Channel::PolicyResult, &made_up, 200_000),
+        unknown
+    );
+    s.record_push(&["quiet".to_string()], &"ab".repeat(32), None, 1)
+        .unwrap();
+    assert_eq!(
+        send(s, "quiet", Channel::PolicyResult, &made_up, 200_000),
+        Outcome::Stored
+    );
+    // Pushed to quiet, not to flood.
+    let other = encode("flood", &result(2));
+    assert_eq!(
+        send(s, "flood", Channel::PolicyResult, &other, 200_000),
+        unknown
+    );
+    let results = s.policy_results(None).unwrap();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].device_id, "quiet");
+    let refused = s.refused().unwrap();
+    let unknown: Vec<_> = refused
+        .iter()
+        .filter(|r| r.reason == "unknown_policy")
+        .map(|r| (r.device_id.as_str(), r.count))
+        .collect();
+    assert_eq!(unknown, [("flood", 1), ("quiet", 1)]);
+    assert!(
+        refused[1].last_error.starts_with(&format!(
+            "a result (applied) for bundle {}, which was never pushed",
+            "ab".repeat(32)
+        )),
+        "{refused:?}"
+    );
+    // The made-up serial did not become the device's policy.
+    let devices = s
+        .devices(102_000, std::time::Duration::from_secs(600))
+        .unwrap();
+    assert_eq!(devices[0].policy_serial, Some(3));
+}
+
+#[test]
+fn sqlite_limits_presence_and_refuses_unknown_policies() {
+    check_presence_limit_and_unknown_policies(&mut SqliteStore::memory().unwrap());
+}
+
+#[test]
+fn postgres_limits_presence_and_refuses_unknown_policies() {
+    let pg = picket_test_support::postgres::Postgres::start();
+    let params = pg.database("ingest");
+    check_presence_limit_and_unknown_policies(
+        &mut crate::store::PgStore::connect(&params).unwrap(),
+    );
 }

@@ -143,7 +143,7 @@ mod tests {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
         check_cursors(&mut s);
     }
 
@@ -163,7 +163,7 @@ mod tests {
             .query_one("SELECT max(version) FROM picket_schema", &[])
             .unwrap()
             .get(0);
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
         check_cursors(&mut s);
     }
 }

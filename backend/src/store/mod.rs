@@ -15,6 +15,9 @@ mod postgres;
 pub mod presence;
 #[cfg(test)]
 mod presence_tests;
+pub mod pushes;
+#[cfg(test)]
+mod pushes_tests;
 mod sql;
 mod sqlite;
 #[cfg(test)]
@@ -59,6 +62,9 @@ pub struct DeviceRow {
     pub rate_limited: u64,
     /// Alerts stored, then removed because the device was over its quota.
     pub quota_removed: u64,
+    /// Heartbeats and statuses not stored because they were over the device's limit of those
+    /// (the `presence_limited` refusals of the device).
+    pub presence_limited: u64,
 }
 
 /// A change of a device's presence, as the backend recorded it.
@@ -357,6 +363,17 @@ pub trait Store: Send {
         device: Option<&str>,
         limit: u64,
     ) -> anyhow::Result<Vec<PresenceChange>>;
+    /// Records that the bundle of SHA-256 `bundle_sha256` (its policy's name and serial when
+    /// known) is being pushed to `devices` at `now_ms`: their results for it are stored.
+    fn record_push(
+        &mut self,
+        devices: &[String],
+        bundle_sha256: &str,
+        policy: Option<(&str, u64)>,
+        now_ms: u64,
+    ) -> anyhow::Result<()>;
+    /// Whether the bundle of SHA-256 `bundle_sha256` was pushed to the device.
+    fn policy_pushed(&mut self, device_id: &str, bundle_sha256: &str) -> anyhow::Result<bool>;
     /// Counts a refused message.
     fn count_refused(
         &mut self,
@@ -545,6 +562,20 @@ impl<D: sql::Database> Store for D {
         limit: u64,
     ) -> anyhow::Result<Vec<PresenceChange>> {
         self.read(|db| presence::changes(db, device, limit))
+    }
+
+    fn record_push(
+        &mut self,
+        devices: &[String],
+        bundle_sha256: &str,
+        policy: Option<(&str, u64)>,
+        now_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.atomic(|db| pushes::record(db, devices, bundle_sha256, policy, now_ms))
+    }
+
+    fn policy_pushed(&mut self, device_id: &str, bundle_sha256: &str) -> anyhow::Result<bool> {
+        self.read(|db| pushes::pushed(db, device_id, bundle_sha256))
     }
 
     fn count_refused(

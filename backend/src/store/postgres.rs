@@ -10,6 +10,7 @@ use postgres::{Client, GenericClient, NoTls, Row};
 
 use super::forward::FORWARD_TABLES;
 use super::presence;
+use super::pushes;
 use super::sql::{self, dollar, Arg, Columns, Database, Db};
 use super::Store;
 
@@ -17,8 +18,9 @@ use super::Store;
 /// alerts' `id` and the tables of the HTTP API ([`UPGRADE_FROM_2`], [`TABLES_3`]); 4 the counts
 /// of the overview ([`sql::COUNT_TABLES`], filled from the alerts stored); 5 the delivery state
 /// of the integrations ([`FORWARD_TABLES`]) and the devices' presence and its changes
-/// ([`presence::TABLES`]).
-const SCHEMA_VERSION: i64 = 5;
+/// ([`presence::TABLES`]); 6 the bundles pushed to each device ([`pushes::TABLES`], filled from
+/// the policy results stored).
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS picket_schema (version BIGINT NOT NULL);
@@ -301,11 +303,17 @@ fn create_schema(client: &mut Client) -> anyhow::Result<()> {
     tx.batch_execute(sql::INDEXES_5)
         .context("creating the indexes of version 5")?;
     if matches!(version, Some(1..=4)) {
+        tx.batch_execute(presence::FILL)
+            .context("recording the devices' presence")?;
+    }
+    tx.batch_execute(pushes::TABLES)
+        .context("creating the policy pushes")?;
+    if matches!(version, Some(1..=5)) {
         tx.batch_execute(&format!(
             "{} UPDATE picket_schema SET version = {SCHEMA_VERSION};",
-            presence::FILL
+            pushes::FILL
         ))
-        .context("recording the devices' presence")?;
+        .context("recording the bundles of the policy results stored")?;
     }
     tx.commit()?;
     Ok(())

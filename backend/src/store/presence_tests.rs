@@ -426,7 +426,7 @@ fn a_sqlite_store_of_version_4_is_upgraded() {
         .conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     check_upgraded_from_version_4(&mut s);
 }
 
@@ -453,6 +453,6 @@ fn postgres_presence_checks_and_upgrade() {
         .query_one("SELECT max(version) FROM picket_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     check_upgraded_from_version_4(&mut s);
 }

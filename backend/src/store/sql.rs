@@ -285,7 +285,9 @@ const DEVICES: &str = "SELECT d.device_id, d.first_seen_ms, d.last_seen_ms, d.st
             COALESCE((SELECT r.count FROM refused r
                       WHERE r.reason = 'rate_limited' AND r.device_id = d.device_id), 0),
             d.quota_removed,
-            (SELECT p.state FROM presence p WHERE p.device_id = d.device_id)
+            (SELECT p.state FROM presence p WHERE p.device_id = d.device_id),
+            COALESCE((SELECT r.count FROM refused r
+                      WHERE r.reason = 'presence_limited' AND r.device_id = d.device_id), 0)
      FROM devices d ORDER BY d.device_id";
 
 // `CAST(?1 AS TEXT)`: PostgreSQL needs the type of a parameter that is only tested for NULL.
@@ -695,6 +697,7 @@ pub(crate) fn devices(
             alerts: get_uint(r, 12)?,
             rate_limited: get_uint(r, 13)?,
             quota_removed: get_uint(r, 14)?,
+            presence_limited: get_uint(r, 16)?,
         })
     })
 }

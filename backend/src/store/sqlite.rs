@@ -9,6 +9,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::forward::FORWARD_TABLES;
 use super::presence;
+use super::pushes;
 use super::sql::{self, Arg, Columns, Database, Db};
 use super::Store;
 
@@ -17,8 +18,9 @@ use super::Store;
 /// tables of the HTTP API's accounts, triage and audit ([`UPGRADE_FROM_2`]); 4 the counts of
 /// the overview ([`sql::COUNT_TABLES`], filled from the alerts stored); 5 the delivery state
 /// of the integrations ([`FORWARD_TABLES`]) and the devices' presence and its changes
-/// ([`presence::TABLES`]). An older database is upgraded when opened.
-const SCHEMA_VERSION: i64 = 5;
+/// ([`presence::TABLES`]); 6 the bundles pushed to each device ([`pushes::TABLES`], filled from
+/// the policy results stored). An older database is upgraded when opened.
+const SCHEMA_VERSION: i64 = 6;
 
 /// The SQLite store (WAL mode, so readers do not block the ingest).
 pub struct SqliteStore {
@@ -221,11 +223,12 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} {} {FORWARD_TABLES} {} {} \
+                    "BEGIN IMMEDIATE; {SCHEMA} {INDEXES} {} {FORWARD_TABLES} {} {} {} \
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
                     sql::COUNT_TABLES,
                     presence::TABLES,
                     sql::INDEXES_5,
+                    pushes::TABLES,
                 ))
                 .or_else(|e| {
                     // Another process may have created it between the check and the write.
@@ -239,7 +242,7 @@ impl SqliteStore {
                 })
                 .context("creating the schema")?;
             }
-            1..=4 => {
+            1..=5 => {
                 upgrade(&conn, version).context("upgrading the schema")?;
                 conn.execute_batch(INDEXES)
                     .context("creating the indexes")?;
@@ -256,7 +259,7 @@ impl SqliteStore {
     }
 }
 
-/// Upgrades a database of version 1 to 4 in one transaction, unless another process did it
+/// Upgrades a database of version 1 to 5 in one transaction, unless another process did it
 /// first (checked again once the write lock is held).
 fn upgrade(conn: &Connection, from: i64) -> anyhow::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -295,6 +298,14 @@ fn upgrade(conn: &Connection, from: i64) -> anyhow::Result<()> {
                     "adding the integrations' cursors and the presence tables to version {from}"
                 )
             })?;
+        }
+        if (1..=5).contains(&version) {
+            conn.execute_batch(&format!(
+                "{} {} PRAGMA user_version = 6;",
+                pushes::TABLES,
+                pushes::FILL
+            ))
+            .with_context(|| format!("adding the policy pushes to version {from}"))?;
         }
         Ok(conn.execute_batch("COMMIT")?)
     })();

@@ -947,14 +947,14 @@ fn a_sqlite_store_of_version_1_is_upgraded() {
         .conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     check_upgraded_from_version_1(&mut s);
     // A newer one is refused.
-    s.conn.pragma_update(None, "user_version", 6).unwrap();
+    s.conn.pragma_update(None, "user_version", 7).unwrap();
     drop(s);
     let error = SqliteStore::open_existing(&path).err().unwrap();
     assert!(
-        format!("{error:#}").contains("schema version 6 is newer"),
+        format!("{error:#}").contains("schema version 7 is newer"),
         "{error:#}"
     );
 }
@@ -1036,7 +1036,7 @@ fn a_sqlite_store_of_version_2_is_upgraded() {
         .conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     check_upgraded_from_version_2(&mut s);
     let indexed: i64 = s
         .conn
@@ -1103,7 +1103,7 @@ fn postgres_store_passes_the_same_checks() {
         .query_one("SELECT max(version) FROM picket_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     check_upgraded_from_version_1(&mut s);
     let indexed: i64 = s
         .client()

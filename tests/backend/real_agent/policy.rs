@@ -83,6 +83,22 @@ fn a_policy_pushed_by_the_backend_is_applied_or_refused_by_the_agent_and_the_res
     ];
     want.sort();
     assert_eq!(rejected, want, "{alerts:#}");
+
+    // Restarted, the agent answers again the bundle retained on its topic (the last pushed):
+    // a result for a bundle pushed to it, stored. Nothing it sent was refused: no result
+    // (`unknown_policy`), no heartbeat or status (`presence_limited`, a heartbeat a second).
+    stop(agent);
+    let agent = site.start_agent();
+    let retained = sha256_file(&tampered);
+    backend.wait_for(&["policy", "results", "--json"], |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .filter(|r| r["bundle_sha256"] == retained.as_str())
+                .count()
+                >= 2
+        })
+    });
+    assert_eq!(backend.query(&["refused", "--json"]), serde_json::json!([]));
     stop(agent);
     backend.stop();
 }
