@@ -295,7 +295,9 @@ async fn a_device_looping_heartbeats_and_statuses_is_limited_while_another_loses
         let written_at_most = 60 + 2 * (started.elapsed().as_secs() + 1) + 1;
         v.as_array().is_some_and(|a| a.len() == 2)
             && row(v, "flood")["state"] == "offline"
-            && row(v, "flood")["presence_limited"].as_u64().unwrap() + written_at_most >= sent
+            && row(v, "flood")["presence_limited"]
+                .as_u64()
+                .is_some_and(|limited| limited + written_at_most >= sent)
             && row(v, "steady")["alerts"] == STEADY
             && row(v, "steady")["uptime_s"] == STEADY
     });
@@ -352,4 +354,9 @@ async fn a_device_looping_heartbeats_and_statuses_is_limited_while_another_loses
     tokio::task::spawn_blocking(move || backend.stop())
         .await
         .unwrap();
+}
+
+/// The row of device `id` in a devices listing, or null.
+fn row<'a>(devices: &'a Value, id: &str) -> &'a Value {
+    device_row(devices, id).unwrap_or(&Value::Null)
 }
