@@ -311,35 +311,52 @@ impl Sequence {
     /// Never fails: a counter that cannot be written (the state directory full or read-only)
     /// costs no alert. Numbering goes on past the reservation, the failure is logged once, and
     /// the write is tried again at most once a second until it succeeds (logged too). The
-    /// numbers used meanwhile are not reused by a later run where it matters: an alert that
-    /// reached the spool's disk is above the spool's last sequence number, which the next run
-    /// skips past; one that did not was never published (the spool publishes durable records
-    /// only).
+    /// numbers used meanwhile are recorded by the first write that succeeds, at the next alert
+    /// or at the alerter's next tick ([`Sequence::catch_up`]), whichever comes first: the
+    /// spool's own numbers do not last (acknowledged records are compacted away), so a run
+    /// stopped before either would leave the next to use them again.
     pub fn take(&mut self) -> u64 {
-        let due = self.retry_at.is_none_or(|at| Instant::now() >= at);
-        if self.next > self.reserved_until && due {
-            let until = self.next + SEQ_BLOCK - 1;
-            match self.persist(until) {
-                Ok(()) => {
-                    if self.retry_at.take().is_some() {
-                        log::info!("the alert counter {} is written again", self.path.display());
-                    }
-                    self.reserved_until = until;
-                }
-                Err(e) => {
-                    if self.retry_at.is_none() {
-                        log::error!(
-                            "{e:#}: alerts are numbered on without a reservation on disk until \
-                             it can be written (tried again every second, said once)"
-                        );
-                    }
-                    self.retry_at = Some(Instant::now() + SEQ_RETRY);
-                }
-            }
+        if self.next > self.reserved_until {
+            self.reserve();
         }
         let n = self.next;
         self.next += 1;
         n
+    }
+
+    /// Writes the reservation again when numbers were used past it (the counter could not be
+    /// written then), once its retry is due. The alerter calls it at every tick, so that a run
+    /// with no further alert still records what it used.
+    pub fn catch_up(&mut self) {
+        if self.next > self.reserved_until.saturating_add(1) {
+            self.reserve();
+        }
+    }
+
+    /// Reserves the numbers from `next` to a block past it on disk, unless a failed write's
+    /// retry is not due yet; a failure is logged once, a success after failures once.
+    fn reserve(&mut self) {
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let until = self.next + SEQ_BLOCK - 1;
+        match self.persist(until) {
+            Ok(()) => {
+                if self.retry_at.take().is_some() {
+                    log::info!("the alert counter {} is written again", self.path.display());
+                }
+                self.reserved_until = until;
+            }
+            Err(e) => {
+                if self.retry_at.is_none() {
+                    log::error!(
+                        "{e:#}: alerts are numbered on without a reservation on disk until it \
+                         can be written (tried again every second, said once)"
+                    );
+                }
+                self.retry_at = Some(Instant::now() + SEQ_RETRY);
+            }
+        }
     }
 
     /// Writes `until` as the last number reserved (a temporary file renamed over the counter).
@@ -469,6 +486,7 @@ impl Alerter {
 
     /// Closes the windows that have ended, reporting their repeats as one alert each.
     pub fn tick(&mut self) -> anyhow::Result<()> {
+        self.seq.catch_up();
         let window = self.window;
         let ended: Vec<String> = self
             .open
@@ -695,18 +713,31 @@ mod tests {
         assert_eq!(taken, (130..130 + 3 * SEQ_BLOCK).collect::<Vec<_>>());
         assert_eq!(fs::read_to_string(&counter).unwrap(), "192\n");
         assert!(seq.retry_at.is_some(), "a retry is due");
-        // Writable again: the next try (once its second is up) reserves past what was used.
+        // Not due yet: a tick does not write.
+        seq.catch_up();
+        assert_eq!(fs::read_to_string(&counter).unwrap(), "192\n");
+        // Writable again, and no alert comes: the tick records what was used, so that a run
+        // stopped now leaves the next one above it.
         fs::remove_dir(&tmp).unwrap();
         seq.retry_at = Some(Instant::now());
-        let next = seq.take();
-        assert_eq!(next, 130 + 3 * SEQ_BLOCK);
+        seq.catch_up();
         assert!(seq.retry_at.is_none());
+        let used = 130 + 3 * SEQ_BLOCK - 1;
         let reserved: u64 = fs::read_to_string(&counter)
             .unwrap()
             .trim()
             .parse()
             .unwrap();
-        assert_eq!(reserved, next + SEQ_BLOCK - 1);
+        assert_eq!(reserved, used + SEQ_BLOCK);
+        // Caught up: a tick writes nothing more, and numbering goes on in the reservation.
+        seq.catch_up();
+        assert_eq!(
+            fs::read_to_string(&counter).unwrap().trim(),
+            reserved.to_string()
+        );
+        let next = seq.take();
+        assert_eq!(next, 130 + 3 * SEQ_BLOCK);
+        assert!(seq.retry_at.is_none());
         drop(seq);
         assert!(Sequence::open(&dir).unwrap().take() > reserved);
         fs::remove_dir_all(&dir).unwrap();

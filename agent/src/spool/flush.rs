@@ -201,9 +201,16 @@ impl Spool {
         let mut result = active.file.write_all_at(buf, base);
         if let Err(e) = result {
             // Nothing of it was synced: cut what landed and go on in this segment (a full
-            // disk is tried again every second, without a new file each time). If it cannot
-            // be cut, the segment is sealed below.
-            if active.file.set_len(base).is_ok() {
+            // disk is tried again every second, without a new file each time). The cut is
+            // synced: records of the failed write coming back after a power cut would be
+            // copies of records written later elsewhere. If it cannot be cut, the segment is
+            // sealed below.
+            if active
+                .file
+                .set_len(base)
+                .and_then(|()| active.file.sync_data())
+                .is_ok()
+            {
                 return Err(e).with_context(|| {
                     format!(
                         "writing to the spool segment {}",

@@ -262,10 +262,16 @@ async fn storage(
         let (publishes, stored) = {
             let (store, limits) = (store.clone(), limits.clone());
             tokio::task::spawn_blocking(move || {
-                let stored = match limits.lock() {
-                    Ok(mut limits) => store_batch(&store, &mut limits, &publishes),
-                    Err(_) => Err(anyhow::anyhow!("the limits lock is poisoned")),
-                };
+                // A batch that panicked (a bug) was not acknowledged and comes again: the
+                // limits it left go on (at worst a few tokens spent on it), and so does the
+                // store, its transaction rolled back ([`crate::store::lock`]).
+                let mut limits = limits.lock().unwrap_or_else(|poisoned| {
+                    log::error!("storing a batch panicked earlier: going on");
+                    limits.clear_poison();
+                    poisoned.into_inner()
+                });
+                let stored = store_batch(&store, &mut limits, &publishes);
+                drop(limits);
                 (publishes, stored)
             })
             .await
@@ -313,9 +319,7 @@ pub fn store_batch_at(
         .map(|(i, p)| (device_part(&p.topic), i))
         .collect();
     order.sort();
-    let mut store = store
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the store lock is poisoned"))?;
+    let mut store = crate::store::lock(store);
     let started = std::time::Instant::now();
     let saved = limits.snapshot(order.iter().map(|(device, _)| *device));
     let stored = store.in_transaction(&mut |store| {
