@@ -149,17 +149,31 @@ impl JsonLinesSink {
         })
     }
 
+    /// Writes `line` to stdout and to the file, each whatever becomes of the other; the first
+    /// failure is returned.
     fn write(&mut self, line: &[u8]) -> anyhow::Result<()> {
+        let mut failed = None;
         if let Some(out) = &mut self.stdout {
             let mut out = out.lock();
-            out.write_all(line).context("writing an alert to stdout")?;
-            out.flush().context("writing an alert to stdout")?;
+            if let Err(e) = out.write_all(line).and_then(|()| out.flush()) {
+                failed = Some(anyhow::Error::new(e).context("writing an alert to stdout"));
+            }
         }
         if let Some((path, f)) = &mut self.file {
-            f.write_all(line)
-                .with_context(|| format!("writing an alert to {}", path.display()))?;
+            let before = f.metadata().map(|m| m.len());
+            if let Err(e) = f.write_all(line) {
+                // A line cut short (a full disk) would have the next one glued to it: it is
+                // cut off.
+                if let Ok(len) = before {
+                    let _ = f.set_len(len);
+                }
+                failed.get_or_insert(
+                    anyhow::Error::new(e)
+                        .context(format!("writing an alert to {}", path.display())),
+                );
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 }
 
