@@ -55,7 +55,7 @@ impl Spool {
             let before = self.disk_bytes;
             if let Err(e) = self.compact(id) {
                 // Try the others; a segment that cannot be read must not stop the spool.
-                log::warn!("spool: {e:#}");
+                self.warn(&e);
             }
             self.collect_free(true)?;
             if self.disk_bytes >= before {
@@ -272,7 +272,7 @@ impl Spool {
                 match remove_file(&self.seg_path(id)) {
                     Ok(()) => removed.push(id),
                     Err(e) => {
-                        log::warn!("spool: {e:#}");
+                        self.warn(&e);
                         stuck.insert(id);
                     }
                 }

@@ -43,7 +43,7 @@ impl Spool {
         self.tombs_pending.clear();
         // The batch is durable: failing to delete what is no longer needed does not undo that.
         if let Err(e) = self.collect_free(false) {
-            log::warn!("spool: {e:#}");
+            self.warn(&e);
         }
         Ok(())
     }

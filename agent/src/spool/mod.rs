@@ -186,7 +186,13 @@ pub struct Spool {
     last_seq: u64,
     dropped_since_take: u64,
     stats: SpoolStats,
+    /// When a failure to free space (a segment that cannot be rewritten or deleted) was last
+    /// logged: a failing disk is retried every second, said once a minute.
+    warned: Option<std::time::Instant>,
 }
+
+/// How often the spool says again that it cannot free space.
+const WARN_REPEAT: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct Active {
     id: u32,
@@ -244,6 +250,14 @@ impl Pending {
 }
 
 impl Spool {
+    /// Logs a failure to free space, at most once every [`WARN_REPEAT`].
+    fn warn(&mut self, e: &anyhow::Error) {
+        if self.warned.is_none_or(|at| at.elapsed() >= WARN_REPEAT) {
+            log::warn!("spool: {e:#} (said at most once a minute)");
+            self.warned = Some(std::time::Instant::now());
+        }
+    }
+
     /// Opens (creating it, mode 0700) the spool in `dir`, recovering what a previous run left:
     /// damaged records are skipped and counted, a torn end of the newest segment is cut off.
     pub fn open(dir: &Path, limits: SpoolLimits) -> anyhow::Result<(Spool, Recovered)> {
@@ -273,6 +287,7 @@ impl Spool {
             last_seq: 0,
             dropped_since_take: 0,
             stats: SpoolStats::default(),
+            warned: None,
         };
         let torn = spool.recover()?;
         let recovered = Recovered {
