@@ -77,6 +77,7 @@ pub(super) fn behind(db: &mut dyn Db, after: u64) -> anyhow::Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{pg_upgraded, sqlite_upgraded};
     use super::super::{PgStore, SqliteStore, Store};
     use picket_proto::{Alert, AlertKind, Details, Severity};
 
@@ -134,16 +135,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v4.db");
         let s = SqliteStore::open(&path).unwrap();
-        s.conn
-            .execute_batch("DROP TABLE forward_cursors; PRAGMA user_version = 4;")
-            .unwrap();
-        drop(s);
-        let mut s = SqliteStore::open_existing(&path).unwrap();
-        let version: i64 = s
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, 6);
+        let mut s = sqlite_upgraded(
+            s,
+            &path,
+            "DROP TABLE forward_cursors; PRAGMA user_version = 4;",
+        );
         check_cursors(&mut s);
     }
 
@@ -152,18 +148,12 @@ mod tests {
         let pg = picket_test_support::postgres::Postgres::start();
         check_cursors(&mut PgStore::connect(&pg.database("cursors")).unwrap());
         let params = pg.database("v4");
-        let mut s = PgStore::connect(&params).unwrap();
-        s.client()
-            .batch_execute("DROP TABLE forward_cursors; UPDATE picket_schema SET version = 4;")
-            .unwrap();
-        drop(s);
-        let mut s = PgStore::connect(&params).unwrap();
-        let version: i64 = s
-            .client()
-            .query_one("SELECT max(version) FROM picket_schema", &[])
-            .unwrap()
-            .get(0);
-        assert_eq!(version, 6);
+        let s = PgStore::connect(&params).unwrap();
+        let mut s = pg_upgraded(
+            s,
+            &params,
+            "DROP TABLE forward_cursors; UPDATE picket_schema SET version = 4;",
+        );
         check_cursors(&mut s);
     }
 }

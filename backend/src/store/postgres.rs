@@ -20,7 +20,7 @@ use super::Store;
 /// of the integrations ([`FORWARD_TABLES`]) and the devices' presence and its changes
 /// ([`presence::TABLES`]); 6 the bundles pushed to each device ([`pushes::TABLES`], filled from
 /// the policy results stored).
-const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS picket_schema (version BIGINT NOT NULL);

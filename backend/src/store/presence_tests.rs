@@ -2,6 +2,7 @@
 //! PostgreSQL; the upgrade of a store of version 4.
 
 use super::presence::{BACKEND_FORMAT, RETURNED, SILENT};
+use super::tests::{pg_upgraded, sqlite_upgraded};
 use super::*;
 use picket_proto::{AlertKind, Details, Presence, Severity};
 
@@ -417,16 +418,7 @@ fn a_sqlite_store_of_version_4_is_upgraded() {
     let path = dir.path().join("v4.db");
     let mut s = SqliteStore::open(&path).unwrap();
     version_4_contents(&mut s);
-    s.conn
-        .execute_batch(&format!("{BACK_TO_4} PRAGMA user_version = 4;"))
-        .unwrap();
-    drop(s);
-    let mut s = SqliteStore::open_existing(&path).unwrap();
-    let version: i64 = s
-        .conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, 6);
+    let mut s = sqlite_upgraded(s, &path, &format!("{BACK_TO_4} PRAGMA user_version = 4;"));
     check_upgraded_from_version_4(&mut s);
 }
 
@@ -441,18 +433,10 @@ fn postgres_presence_checks_and_upgrade() {
     let params = pg.database("upgrade4");
     let mut s = PgStore::connect(&params).unwrap();
     version_4_contents(&mut s);
-    s.client()
-        .batch_execute(&format!(
-            "{BACK_TO_4} UPDATE picket_schema SET version = 4;"
-        ))
-        .unwrap();
-    drop(s);
-    let mut s = PgStore::connect(&params).unwrap();
-    let version: i64 = s
-        .client()
-        .query_one("SELECT max(version) FROM picket_schema", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(version, 6);
+    let mut s = pg_upgraded(
+        s,
+        &params,
+        &format!("{BACK_TO_4} UPDATE picket_schema SET version = 4;"),
+    );
     check_upgraded_from_version_4(&mut s);
 }

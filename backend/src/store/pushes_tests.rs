@@ -1,6 +1,7 @@
 //! The bundles pushed to each device, on SQLite and on a throwaway PostgreSQL; the upgrade of a
 //! store of version 5.
 
+use super::tests::{pg_upgraded, sqlite_upgraded};
 use super::*;
 use picket_proto::PolicyOutcome;
 
@@ -83,16 +84,7 @@ fn a_sqlite_store_of_version_5_is_upgraded() {
     let path = dir.path().join("v5.db");
     let mut s = SqliteStore::open(&path).unwrap();
     version_5_contents(&mut s);
-    s.conn
-        .execute_batch(&format!("{BACK_TO_5} PRAGMA user_version = 5;"))
-        .unwrap();
-    drop(s);
-    let mut s = SqliteStore::open_existing(&path).unwrap();
-    let version: i64 = s
-        .conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, 6);
+    let mut s = sqlite_upgraded(s, &path, &format!("{BACK_TO_5} PRAGMA user_version = 5;"));
     check_upgraded_from_version_5(&mut s);
 }
 
@@ -103,18 +95,10 @@ fn postgres_records_the_pushes_and_upgrades_version_5() {
     let params = pg.database("upgrade5");
     let mut s = PgStore::connect(&params).unwrap();
     version_5_contents(&mut s);
-    s.client()
-        .batch_execute(&format!(
-            "{BACK_TO_5} UPDATE picket_schema SET version = 5;"
-        ))
-        .unwrap();
-    drop(s);
-    let mut s = PgStore::connect(&params).unwrap();
-    let version: i64 = s
-        .client()
-        .query_one("SELECT max(version) FROM picket_schema", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(version, 6);
+    let mut s = pg_upgraded(
+        s,
+        &params,
+        &format!("{BACK_TO_5} UPDATE picket_schema SET version = 5;"),
+    );
     check_upgraded_from_version_5(&mut s);
 }

@@ -20,7 +20,7 @@ use super::Store;
 /// of the integrations ([`FORWARD_TABLES`]) and the devices' presence and its changes
 /// ([`presence::TABLES`]); 6 the bundles pushed to each device ([`pushes::TABLES`], filled from
 /// the policy results stored). An older database is upgraded when opened.
-const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// The SQLite store (WAL mode, so readers do not block the ingest).
 pub struct SqliteStore {

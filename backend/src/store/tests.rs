@@ -934,20 +934,13 @@ fn a_sqlite_store_of_version_1_is_upgraded() {
     let mut s = SqliteStore::open(&path).unwrap();
     version_1_contents(&mut s);
     sqlite_back_to_version_2(&s.conn);
-    s.conn
-        .execute_batch(
-            "ALTER TABLE devices DROP COLUMN stored_alerts;
-             ALTER TABLE devices DROP COLUMN quota_removed;
-             PRAGMA user_version = 1;",
-        )
-        .unwrap();
-    drop(s);
-    let mut s = SqliteStore::open_existing(&path).unwrap();
-    let version: i64 = s
-        .conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, 6);
+    let mut s = sqlite_upgraded(
+        s,
+        &path,
+        "ALTER TABLE devices DROP COLUMN stored_alerts;
+         ALTER TABLE devices DROP COLUMN quota_removed;
+         PRAGMA user_version = 1;",
+    );
     check_upgraded_from_version_1(&mut s);
     // A newer one is refused.
     s.conn.pragma_update(None, "user_version", 7).unwrap();
@@ -1030,13 +1023,7 @@ fn a_sqlite_store_of_version_2_is_upgraded() {
     let mut s = SqliteStore::open(&path).unwrap();
     version_2_contents(&mut s);
     sqlite_back_to_version_2(&s.conn);
-    drop(s);
-    let mut s = SqliteStore::open_existing(&path).unwrap();
-    let version: i64 = s
-        .conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, 6);
+    let mut s = sqlite_upgraded(s, &path, "");
     check_upgraded_from_version_2(&mut s);
     let indexed: i64 = s
         .conn
@@ -1089,21 +1076,13 @@ fn postgres_store_passes_the_same_checks() {
     let mut s = PgStore::connect(&params).unwrap();
     version_1_contents(&mut s);
     s.client().batch_execute(PG_BACK_TO_2).unwrap();
-    s.client()
-        .batch_execute(
-            "ALTER TABLE devices DROP COLUMN stored_alerts;
-             ALTER TABLE devices DROP COLUMN quota_removed;
-             UPDATE picket_schema SET version = 1;",
-        )
-        .unwrap();
-    drop(s);
-    let mut s = PgStore::connect(&params).unwrap();
-    let version: i64 = s
-        .client()
-        .query_one("SELECT max(version) FROM picket_schema", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(version, 6);
+    let mut s = pg_upgraded(
+        s,
+        &params,
+        "ALTER TABLE devices DROP COLUMN stored_alerts;
+         ALTER TABLE devices DROP COLUMN quota_removed;
+         UPDATE picket_schema SET version = 1;",
+    );
     check_upgraded_from_version_1(&mut s);
     let indexed: i64 = s
         .client()
@@ -1127,3 +1106,32 @@ DROP TABLE alert_totals; DROP TABLE alert_hours; DROP TABLE forward_cursors;
 DROP INDEX policy_results_received;
 UPDATE picket_schema SET version = 2;
 ";
+
+/// Runs `back` on `s` (SQL taking the store at `path` back to an older schema, its
+/// `user_version` included), then opens it again and checks that the opening upgraded it to
+/// the current version.
+pub(super) fn sqlite_upgraded(s: SqliteStore, path: &std::path::Path, back: &str) -> SqliteStore {
+    s.conn.execute_batch(back).unwrap();
+    drop(s);
+    let s = SqliteStore::open_existing(path).unwrap();
+    let version: i64 = s
+        .conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, super::sqlite::SCHEMA_VERSION);
+    s
+}
+
+/// [`sqlite_upgraded`] for the PostgreSQL store at `params` (`back` sets `picket_schema`).
+pub(super) fn pg_upgraded(mut s: PgStore, params: &str, back: &str) -> PgStore {
+    s.client().batch_execute(back).unwrap();
+    drop(s);
+    let mut s = PgStore::connect(params).unwrap();
+    let version: i64 = s
+        .client()
+        .query_one("SELECT max(version) FROM picket_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, super::postgres::SCHEMA_VERSION);
+    s
+}
