@@ -208,15 +208,22 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn refuses_rollback_also_after_a_restart() {
-        let dir = std::env::temp_dir().join(format!("picket-store-{}", std::process::id()));
+    /// A new directory named after `tag` and the process, with a vendor key in `trust/`: the
+    /// directory, the key to sign with and the trust store that verifies it.
+    fn lab(tag: &str) -> (PathBuf, SigningKey, TrustStore) {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let keys_dir = dir.join("trust");
         fs::create_dir_all(&keys_dir).unwrap();
         let (key, _, _) = keys::generate(&keys_dir.join("vendor")).unwrap();
         let signer = SigningKey::load(&key).unwrap();
         let trust = TrustStore::load_dir(&keys_dir).unwrap();
+        (dir, signer, trust)
+    }
+
+    #[test]
+    fn refuses_rollback_also_after_a_restart() {
+        let (dir, signer, trust) = lab("picket-store");
         let state = dir.join("state");
 
         let five = bundle::sign(&policy(5, "gw"), &signer);
@@ -275,13 +282,7 @@ mod tests {
 
     #[test]
     fn a_damaged_serial_is_set_again_from_the_policy_in_force_and_rollback_stays_refused() {
-        let dir = std::env::temp_dir().join(format!("picket-store-dmg-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let keys_dir = dir.join("trust");
-        fs::create_dir_all(&keys_dir).unwrap();
-        let (key, _, _) = keys::generate(&keys_dir.join("vendor")).unwrap();
-        let signer = SigningKey::load(&key).unwrap();
-        let trust = TrustStore::load_dir(&keys_dir).unwrap();
+        let (dir, signer, trust) = lab("picket-store-dmg");
         let state = dir.join("state");
         let store = PolicyStore::open(&state, Some("gw".into())).unwrap();
         assert_eq!(
